@@ -1,0 +1,162 @@
+"""Benchmark: base hash networks on Fashion-MNIST with the CIFAR-10-style protocol.
+
+Protocol: per class 100 queries, 500 training and 100 validation images, the rest (63,000) is the
+retrieval database; seed 0. The model is chosen on validation mAP (val vs train), then test
+mAP@all and mAP@1000 (queries vs database) are measured. Rows: resnet20 / vgg11 / mobilenetv2 at
+16/32/64 bits with CSQ, and resnet20 with HashNet at 32 bits.
+
+Run by hand (not part of the tests), e.g.
+
+    nice -n 10 .venv/bin/python benchmarks/base_models.py --only resnet20-csq32 --epochs 40
+    nice -n 10 .venv/bin/python benchmarks/base_models.py            # the whole table
+
+Results are merged into benchmarks/results/base_models.json (one entry per row id) and rendered to
+benchmarks/results/base_models.md. The resnet20 / CSQ / 32-bit checkpoint is saved to
+benchmarks/cache/resnet20_csq32_fmnist.pt for the ranking benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from acpsearch.hashing import (  # noqa: E402
+    checkpoint_meta,
+    create_model,
+    evaluate,
+    load_dataset,
+    make_splits,
+    save_zoo_checkpoint,
+    train_hash_net,
+)
+
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / "cache"
+PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
+
+# row id -> (model, loss, bits, default epochs). 40 epochs for the reference row, fewer elsewhere:
+# 2 CPU cores are shared by four workers, the whole table must fit in about an hour.
+ROWS: dict[str, tuple[str, str, int, int]] = {
+    "resnet20-csq32": ("resnet20", "csq", 32, 40),
+    "resnet20-csq16": ("resnet20", "csq", 16, 15),
+    "resnet20-csq64": ("resnet20", "csq", 64, 15),
+    "resnet20-hashnet32": ("resnet20", "hashnet", 32, 15),
+    "mobilenetv2-csq16": ("mobilenetv2", "csq", 16, 10),
+    "mobilenetv2-csq32": ("mobilenetv2", "csq", 32, 10),
+    "mobilenetv2-csq64": ("mobilenetv2", "csq", 64, 10),
+    "vgg11-csq16": ("vgg11", "csq", 16, 10),
+    "vgg11-csq32": ("vgg11", "csq", 32, 10),
+    "vgg11-csq64": ("vgg11", "csq", 64, 10),
+}
+ALIASES = {f"{m}-{b}": f"{m}-csq{b}" for m in ("resnet20", "vgg11", "mobilenetv2") for b in (16, 32, 64)}
+
+# training recipe shared by all rows (chosen before the run, not tuned per row)
+RECIPE = {"lr": 2e-3, "batch_size": 128, "augment": True, "hflip": True, "warmup_epochs": 1, "weight_decay": 1e-4}
+
+
+def run_row(row: str, splits, epochs: int, seed: int) -> dict:
+    name, loss, bits, _ = ROWS[row]
+    c, h, _w = splits.input_shape
+    torch.manual_seed(seed)
+    model = create_model(name, bits=bits, in_channels=c, image_size=h)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"== {row}: {name} {loss} {bits} bits, {epochs} epochs, {params} params", flush=True)
+    res = train_hash_net(model, splits, loss=loss, epochs=epochs, seed=seed, progress=False,
+                         callback=lambda e, v: print(f"   epoch {e}: val mAP {v:.4f}", flush=True) and False,
+                         **RECIPE)
+    metrics = evaluate(res.model, splits, topk=1000)
+    train_s = [r["train_seconds"] for r in res.history]
+    out = {
+        "row": row, "model": name, "loss": loss, "bits": bits, "epochs": res.epochs_run,
+        "best_epoch": res.best_epoch, "params": params,
+        "val_map": round(res.best_val_map, 4), "map_all": round(metrics["map_all"], 4),
+        "map_1000": round(metrics["map_topk"], 4), "precision_at_1000": round(metrics["precision_at_n"], 4),
+        "train_seconds_per_epoch": round(sum(train_s) / len(train_s), 2),
+        "seconds_per_epoch_with_val": round(res.seconds_per_epoch, 2),
+        "eval_seconds": metrics["seconds"], "seed": seed, "recipe": RECIPE,
+        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in res.history],
+    }
+    if row == "resnet20-csq32":
+        meta = checkpoint_meta(splits, loss, res, metrics, bits=bits, lr=RECIPE["lr"], batch_size=RECIPE["batch_size"], seed=seed)
+        path = save_zoo_checkpoint(CACHE / "resnet20_csq32_fmnist.pt", res.model, name, bits, c, h, meta)
+        out["checkpoint"] = str(path.relative_to(ROOT))
+        print(f"   saved {path}", flush=True)
+    print(f"   -> mAP@all {out['map_all']}  mAP@1000 {out['map_1000']}  val {out['val_map']}  "
+          f"{out['train_seconds_per_epoch']} s/epoch", flush=True)
+    return out
+
+
+def write_markdown(results: dict, env: dict) -> None:
+    lines = [
+        "# Base hash networks on Fashion-MNIST",
+        "",
+        "Protocol: 100 query / 500 train / 100 val images per class, database = the other 63,000; seed 0. "
+        "Model chosen by validation mAP (val vs train); test = 1,000 queries vs 63,000 database images, "
+        "Hamming ranking with ties in (shuffled) database order.",
+        f"Recipe: Adam lr {RECIPE['lr']}, batch {RECIPE['batch_size']}, 1 warm-up epoch + cosine to 0, weight decay "
+        f"{RECIPE['weight_decay']}, random crop (pad 3) + horizontal flip. Machine: {env.get('machine', '')}.",
+        "",
+        "| model | loss | bits | epochs (best) | params | val mAP | test mAP@all | test mAP@1000 | P@1000 | s/epoch (train) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in ROWS:
+        r = results.get(row)
+        if not r:
+            continue
+        lines.append(f"| {r['model']} | {r['loss']} | {r['bits']} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
+                     f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
+                     f"{r['train_seconds_per_epoch']:.1f} |")
+    lines += ["", "s/epoch is wall time on 2 CPU cores shared with other jobs, so it is an upper bound.",
+              "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py [--only ROW] [--epochs N]`", ""]
+    (RESULTS / "base_models.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="", help=f"comma-separated row ids: {', '.join(ROWS)} (or e.g. resnet20-32)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the epochs of the selected rows")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    rows = [ALIASES.get(r.strip(), r.strip()) for r in args.only.split(",") if r.strip()] or list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown row(s) {unknown}; known: {', '.join(ROWS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset("fashion-mnist", args.data_dir)
+    splits = make_splits(ds, **PROTOCOL)
+    print(f"splits {splits.sizes()}", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "base_models.json"
+    doc = json.loads(json_path.read_text()) if json_path.exists() else {}
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}"}
+    doc.setdefault("results", {})
+    doc["protocol"] = PROTOCOL
+    doc["dataset"] = "fashion-mnist"
+    doc["env"] = env
+    for row in rows:
+        epochs = args.epochs or ROWS[row][3]
+        t0 = time.time()
+        out = run_row(row, splits, epochs, args.seed)
+        out["wall_seconds"] = round(time.time() - t0, 1)
+        out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        doc["results"][row] = out
+        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        write_markdown(doc["results"], env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
