@@ -1,0 +1,136 @@
+"""Study spec validation: one-line errors naming the field; the shipped specs validate."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from acpsearch.errors import SpecError
+from acpsearch.spec import StudySpec, load_spec, parse_spec, spec_from_json
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = {"model": {"zoo": "resnet20"}, "data": {"dataset": "digits"}, "budget": {"flops": 0.5}}
+
+
+def _with(path: str, value):
+    d = copy.deepcopy(MINIMAL)
+    *parents, last = path.split(".")
+    cur = d
+    for p in parents:
+        cur = cur.setdefault(p, {})
+    cur[last] = value
+    return d
+
+
+def test_minimal_spec_gets_design_defaults():
+    s = parse_spec(copy.deepcopy(MINIMAL))
+    assert s.model.bits == 32 and s.model.checkpoint is None
+    assert s.train.loss == "csq" and s.train.epochs == 20 and s.train.batch_size == 128
+    assert s.space.step == 0.1 and s.space.min_keep == 0.2 and s.space.criterion == "l1"
+    assert s.encoder.objective == "sacp" and s.encoder.epochs == 50 and s.encoder.strategies == 512
+    assert s.search.candidates == 500 and s.search.sampler == "tpe" and s.search.workers == 2
+    assert s.search.rerank is None and s.search.rerank_top == 32
+    assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
+    assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("budget.flops", 1.5, "spec: budget.flops: must be in (0, 1], got 1.5"),
+    ("budget.flops", 0.0, "spec: budget.flops: must be in (0, 1], got 0.0"),
+    ("budget.params", -0.1, "spec: budget.params: must be in (0, 1], got -0.1"),
+    ("budget.latency_ms", 0, "spec: budget.latency_ms: must be > 0, got 0"),
+    ("budget.flops", "half", "spec: budget.flops: "),
+    ("train.epochs", "3", "spec: train.epochs: input should be a valid integer, got '3'"),
+    ("train.epochs", 0, "spec: train.epochs: must be >= 1, got 0"),
+    ("train.epochs", True, "spec: train.epochs: input should be a valid integer"),
+    ("train.lr", -1.0, "spec: train.lr: must be in (0, 10], got -1.0"),
+    ("train.loss", "mse", "spec: train.loss: input should be 'csq', 'hashnet' or 'dpsh', got 'mse'"),
+    ("space.step", 0.7, "spec: space.step: must be in (0, 0.5], got 0.7"),
+    ("space.criterion", "l3", "spec: space.criterion: input should be"),
+    ("search.workers", 0, "spec: search.workers: must be >= 1, got 0"),
+    ("search.sampler", "cmaes", "spec: search.sampler: input should be"),
+    ("search.rerank", "oracle", "spec: search.rerank: input should be"),
+    ("finetune.early_stop", "median", "spec: finetune.early_stop: input should be 'asha', got 'median'"),
+    ("model.bits", 1, "spec: model.bits: must be in [2, 4096], got 1"),
+    ("model.factory", "nocolon", "spec: model.factory: must be of the form 'package.module:function', got 'nocolon'"),
+    ("data.dataset", "imagenet", "spec: data.dataset: input should be"),
+    ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be >= 1, got 0"),
+    ("name", "bad name!", "spec: name: must match"),
+])
+def test_bad_values_name_the_field(path, value, message):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(_with(path, value))
+    msg = str(exc.value)
+    assert msg.startswith(message), msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("path,message", [
+    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top)"),
+    ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
+    ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
+    ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),
+])
+def test_unknown_keys_are_errors(path, message):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(_with(path, 1))
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_missing_sections_and_cross_field_rules():
+    for key in ("model", "data", "budget"):
+        d = copy.deepcopy(MINIMAL)
+        d.pop(key)
+        with pytest.raises(SpecError, match=rf"^spec: {key}: required$"):
+            parse_spec(d)
+    with pytest.raises(SpecError, match="set at least one of flops, params, latency_ms"):
+        parse_spec(_with("budget", {}))
+    with pytest.raises(SpecError, match="user-supplied: set data.path"):
+        parse_spec(_with("data", {"dataset": "cifar10"}))
+    with pytest.raises(SpecError, match=r"finetune.top \(9\) must be <= search.candidates \(8\)"):
+        parse_spec({**_with("search", {"candidates": 8}), "finetune": {"top": 9}})
+    with pytest.raises(SpecError, match="give exactly one of 'zoo' or 'factory'"):
+        parse_spec(_with("model", {"zoo": "resnet20", "factory": "a.b:c"}))
+    with pytest.raises(SpecError, match="must be a mapping"):
+        parse_spec(_with("search", "fast"))
+    with pytest.raises(SpecError, match="must be a mapping"):
+        parse_spec(["not", "a", "mapping"])
+
+
+def test_yaml_file_errors_and_relative_paths(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {zoo: resnet20\nbudget: [")
+    with pytest.raises(SpecError, match=r"not valid YAML at line \d+"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(tmp_path / "missing.yaml")
+    good = tmp_path / "sub" / "s.yaml"
+    good.parent.mkdir()
+    good.write_text(yaml.safe_dump({**_with("model.checkpoint", "base.pt"),
+                                    "data": {"dataset": "npz", "path": "../data.npz"}}))
+    s = load_spec(good)
+    assert s.model.checkpoint == str((good.parent / "base.pt").resolve())
+    assert s.data.path == str((tmp_path / "data.npz").resolve())
+    # the stored form round-trips exactly (what a resumed runner reads back)
+    assert spec_from_json(s.to_dict()) == s
+    assert isinstance(StudySpec.model_validate(s.to_dict()), StudySpec)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_validate(path):
+    s = load_spec(path)
+    assert s.name == path.stem
+    assert s.model.zoo in ("resnet20", "vgg11", "mobilenetv2")
+    ratio = s.budget.flops
+    assert ratio in (0.5, 0.25)
+    assert f"{int(ratio * 100)}flops" in path.stem
+
+
+def test_shipped_specs_cover_the_issue():
+    names = {p.stem for p in (ROOT / "search_spaces").glob("*.yaml")}
+    for model in ("resnet20", "vgg11", "mobilenetv2"):
+        for pct in (50, 25):
+            assert f"{model}-fashion-mnist-{pct}flops" in names
+    assert any("cifar10" in n for n in names)
