@@ -1,0 +1,155 @@
+"""Candidate rankers: one interface, `score(strategies) -> np.ndarray` (higher is better).
+
+- `similarity`   ACP-SSE: cosine of z(s) with z(unpruned) from the StructureEncoder. Graph
+                 features and one batched GNN forward; no model forward at all.
+- `adaptive_bn`  EagleEye: prune, recalibrate batch norm on a few training batches, then the
+                 validation mAP (val queries against the train set as database).
+- `code_agreement` prune, recalibrate BN, fraction of hash bits equal to the unpruned net's on
+                 a probe set (the signal the `effect` encoder objective learns from).
+- `l1_retained`  fraction of the total L1 channel-importance mass the strategy keeps.
+- `random`       seeded uniform scores (the floor every ranker must beat).
+Every ranker records the wall time of its last `score` call in `last_seconds`.
+"""
+from __future__ import annotations
+
+import random as _random
+import time
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from acpsearch.errors import SpecError
+
+RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
+
+
+class Ranker(Protocol):
+    name: str
+    last_seconds: float
+
+    def score(self, strategies: Sequence[Any]) -> np.ndarray: ...
+
+
+class _Timed:
+    name = "ranker"
+    last_seconds = 0.0
+
+    def score(self, strategies: Sequence[Any]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = np.asarray(self._score(list(strategies)), dtype=np.float64)
+        self.last_seconds = time.perf_counter() - t0
+        return out
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SimilarityRanker(_Timed):
+    """ACP-SSE score: cos(z(s), z(unpruned)), all strategies in batched GNN forwards."""
+
+    name = "similarity"
+
+    def __init__(self, encoder: Any, graph: Any, batch_size: int = 512) -> None:
+        from acpsearch.encoder.model import GraphBatcher
+
+        self.encoder = encoder.eval()
+        self.batcher = GraphBatcher(graph)
+        self.batch_size = batch_size
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        return self.batcher.similarity(self.encoder, strategies, self.batch_size).numpy()
+
+
+class AdaptiveBNRanker(_Timed):
+    """EagleEye adaptive-BN evaluation: validation mAP of the pruned, BN-recalibrated net."""
+
+    name = "adaptive_bn"
+
+    def __init__(self, model: nn.Module, splits: Any, example_input: torch.Tensor, calib_batches: int = 20,
+                 batch_size: int = 128, topk: int | None = None, seed: int = 0) -> None:
+        from acpsearch.encoder.signals import FunctionalProbe
+
+        Xtr, self.ytr = splits.train
+        self.Xval, self.yval = splits.val
+        gen = torch.Generator().manual_seed(seed)
+        calib = Xtr[torch.randperm(len(Xtr), generator=gen)[:calib_batches * batch_size]]
+        self.Xtr = Xtr
+        self.topk = topk
+        self.probe = FunctionalProbe(model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size)
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        from acpsearch.encoder.signals import model_codes
+        from acpsearch.hashing import mean_average_precision
+
+        out = np.empty(len(strategies))
+        for i, s in enumerate(strategies):
+            net = self.probe.pruned(s)
+            q = model_codes(net, self.Xval)
+            db = model_codes(net, self.Xtr)
+            out[i] = mean_average_precision(q, db, self.yval, self.ytr, topk=self.topk)
+        return out
+
+
+class CodeAgreementRanker(_Timed):
+    """Fraction of hash bits the pruned, BN-recalibrated net shares with the unpruned net."""
+
+    name = "code_agreement"
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, calib_X: torch.Tensor,
+                 probe_X: torch.Tensor, calib_batch_size: int = 128) -> None:
+        from acpsearch.encoder.signals import FunctionalProbe
+
+        self.probe = FunctionalProbe(model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size)
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        return self.probe.agreement(strategies)
+
+
+class L1RetainedRanker(_Timed):
+    """Share of the total channel-importance mass (under `criterion`) that the kept channels hold."""
+
+    name = "l1_retained"
+
+    def __init__(self, graph: Any, criterion: str = "l1") -> None:
+        self.graph = graph
+        self.imp = {grp.name: np.sort(np.asarray(graph.importance(grp.name, criterion), dtype=np.float64))[::-1]
+                    for grp in graph.groups}
+        self.csum = {n: np.concatenate([[0.0], np.cumsum(v)]) for n, v in self.imp.items()}
+        self.total = sum(float(v.sum()) for v in self.imp.values())
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        out = np.empty(len(strategies))
+        for i, s in enumerate(strategies):
+            kept = s.kept
+            out[i] = sum(self.csum[n][int(kept.get(n, len(self.imp[n])))] for n in self.imp) / max(self.total, 1e-12)
+        return out
+
+
+class RandomRanker(_Timed):
+    """Seeded uniform scores."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = _random.Random(seed)
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        return np.array([self.rng.random() for _ in strategies])
+
+
+def make_ranker(name: str, **ctx: Any) -> Ranker:
+    """Build a ranker by name from context (encoder, graph, model, splits, example_input, ...)."""
+    if name == "similarity":
+        return SimilarityRanker(ctx["encoder"], ctx["graph"])
+    if name == "adaptive_bn":
+        return AdaptiveBNRanker(ctx["model"], ctx["splits"], ctx["example_input"],
+                                calib_batches=ctx.get("calib_batches", 20))
+    if name == "code_agreement":
+        return CodeAgreementRanker(ctx["model"], ctx["example_input"], ctx["calib_X"], ctx["probe_X"])
+    if name == "l1_retained":
+        return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))
+    if name == "random":
+        return RandomRanker(ctx.get("seed", 0))
+    raise SpecError(f"search.rerank: unknown ranker {name!r}; known: {', '.join(RANKERS)}")

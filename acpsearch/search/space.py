@@ -1,0 +1,361 @@
+"""Dynamic resource-constrained search space (ACP-SSE "dynamic search space").
+
+A candidate is a keep ratio per channel group on a grid anchored at 1.0 (1.0, 1.0-step, ...,
+>= min_keep). Sampling is define-by-run over the groups: when a group's ratio is chosen, the
+earlier choices are fixed, and only the ratios are offered for which
+- a FEASIBLE completion exists: the remaining groups all at their smallest ratio meet every
+  budget (costs grow monotonically with every ratio, so that completion is the cheapest), and
+- a NON-WASTEFUL completion exists: the remaining groups at their largest ratio reach at least
+  (1 - slack) of the tightest budget.
+Both conditions are monotone in the ratio, so the offered ratios form an interval [lo, hi] on
+the grid; `suggest` hands exactly that interval to Optuna (`suggest_float(step=...)`), so TPE
+samples conditional ranges define-by-run. Every sample meets the budget (the cheapest completion
+stays available until the last group); when no offered ratio can still reach (1 - slack) of the
+budget, the largest feasible ratio is taken, so waste only happens where the grid is too coarse.
+
+"Dynamic": groups whose pruning would save a negligible share of every budgeted cost are frozen
+at 1.0; `narrow(elite)` returns a new space whose per-group ranges shrink around the best
+candidates with a refined grid; a new budget is a new space. All cost checks go through
+`g.cost_batch` (one vectorised call per group step) or a latency table (`acpsearch.search.latency`).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from acpsearch.errors import BudgetError, SpecError
+
+_KIND_LABEL = {"flops": "FLOPs", "params": "params"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resource budget: FLOPs and params as ratios of the unpruned network, latency in ms."""
+
+    flops: float | None = None
+    params: float | None = None
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+    def is_empty(self) -> bool:
+        return self.flops is None and self.params is None and self.latency_ms is None
+
+
+def _grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """Grid values {1 - k*step} inside [lo, hi], ascending, rounded to 1e-6."""
+    kmax = int(math.floor((1.0 - lo) / step + 1e-9))
+    kmin = int(math.ceil((1.0 - hi) / step - 1e-9))
+    vals = [round(1.0 - k * step, 6) for k in range(max(kmin, 0), kmax + 1)]
+    return np.array(sorted(vals), dtype=np.float64)
+
+
+class DynamicSpace:
+    """Budget-feasible, define-by-run space of keep ratios for the groups of a ChannelGraph."""
+
+    def __init__(
+        self,
+        g: Any,
+        budget: Budget | None = None,
+        step: float = 0.1,
+        criterion: str = "l1",
+        min_keep: float = 0.2,
+        slack: float = 0.1,
+        freeze_below: float = 0.01,
+        round_to: int | None = None,
+        latency: Any = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        frozen: Iterable[str] | None = None,
+    ) -> None:
+        budget = budget if budget is not None else Budget()
+        if not (0.0 < step <= 0.5):
+            raise SpecError(f"space.step={step} must be in (0, 0.5]")
+        if not (0.0 < min_keep <= 1.0):
+            raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
+        if not (0.0 <= slack < 1.0):
+            raise SpecError(f"space.slack={slack} must be in [0, 1)")
+        for kind in ("flops", "params"):
+            v = getattr(budget, kind)
+            if v is not None and not (0.0 < v <= 1.0):
+                raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
+        if budget.latency_ms is not None:
+            if budget.latency_ms <= 0:
+                raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be positive")
+            if latency is None:
+                raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
+        self.g = g
+        self.budget = budget
+        self.step = float(step)
+        self.criterion = criterion
+        self.min_keep = float(min_keep)
+        self.slack = float(slack)
+        self.freeze_below = float(freeze_below)
+        self.round_to = round_to
+        self.latency = latency
+        self.names = [grp.name for grp in g.groups]
+        self._col = {n: i for i, n in enumerate(self.names)}
+        full = g.cost()
+        self.full = {"flops": float(full.flops), "params": float(full.params)}
+        self.kinds: list[str] = [k for k in ("flops", "params") if getattr(budget, k) is not None]
+        self.limits = np.array([getattr(budget, k) * self.full[k] for k in self.kinds]
+                               + ([budget.latency_ms] if budget.latency_ms is not None else []), dtype=np.float64)
+        if budget.latency_ms is not None:
+            self.kinds.append("latency_ms")
+
+        # Freeze groups whose pruning saves a negligible share of every budgeted cost.
+        if frozen is not None:
+            self.frozen = [n for n in self.names if n in set(frozen)]
+        else:
+            self.frozen = self._negligible_groups()
+        self.active = [n for n in self.names if n not in set(self.frozen)]
+        ranges = dict(ranges or {})
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.grids: dict[str, np.ndarray] = {}
+        for n in self.active:
+            lo, hi = ranges.get(n, (self.min_keep, 1.0))
+            lo, hi = max(lo, self.min_keep), min(hi, 1.0)
+            grid = _grid(lo, hi, self.step)
+            if grid.size == 0:
+                grid = _grid(self.min_keep, 1.0, self.step)
+                grid = grid[np.argmin(np.abs(grid - hi)):][:1]
+            self.grids[n] = grid
+            self.ranges[n] = (float(grid[0]), float(grid[-1]))
+        self._act_cols = np.array([self._col[n] for n in self.active], dtype=np.int64)
+        self._lo = np.array([self.grids[n][0] for n in self.active])
+        self._hi = np.array([self.grids[n][-1] for n in self.active])
+        m = max((len(self.grids[n]) for n in self.active), default=1)
+        self._gm = np.zeros((len(self.active), m))
+        self._gvalid = np.zeros((len(self.active), m), dtype=bool)
+        for i, n in enumerate(self.active):
+            gr = self.grids[n]
+            self._gm[i, :len(gr)] = gr
+            self._gm[i, len(gr):] = gr[0]
+            self._gvalid[i, :len(gr)] = True
+        self._check_reachable()
+
+    # ------------------------------------------------------------------ costs
+    def _full_matrix(self, act: np.ndarray) -> np.ndarray:
+        """Ratios of active groups (n, A) -> ratios of all groups (n, G), frozen at 1.0."""
+        out = np.ones((act.shape[0], len(self.names)))
+        out[:, self._act_cols] = act
+        return out
+
+    def costs(self, ratios: np.ndarray) -> np.ndarray:
+        """Absolute costs (n, len(kinds)) in the order of `self.kinds` for full ratio rows (n, G)."""
+        cols = []
+        if any(k in ("flops", "params") for k in self.kinds):
+            flops, params = self.g.cost_batch(ratios)
+            if "flops" in self.kinds:
+                cols.append(np.asarray(flops, dtype=np.float64))
+            if "params" in self.kinds:
+                cols.append(np.asarray(params, dtype=np.float64))
+        if "latency_ms" in self.kinds:
+            cols.append(np.asarray(self.latency.predict_batch(self.g, ratios), dtype=np.float64))
+        if not cols:
+            return np.zeros((ratios.shape[0], 0))
+        return np.stack(cols, axis=1)
+
+    def usage(self, ratios: np.ndarray) -> np.ndarray:
+        """Cost / limit per budget kind, (n, len(kinds)); a row is feasible when all <= 1."""
+        if not self.kinds:
+            return np.zeros((ratios.shape[0], 0))
+        return self.costs(ratios) / self.limits
+
+    def _negligible_groups(self) -> list[str]:
+        kinds = [k for k in ("flops", "params") if k in self.kinds] or ["flops", "params"]
+        base = np.ones((1, len(self.names)))
+        rows = np.ones((len(self.names), len(self.names)))
+        np.fill_diagonal(rows, self.min_keep)
+        f0, p0 = self.g.cost_batch(base)
+        f, p = self.g.cost_batch(rows)
+        saved = {"flops": (f0[0] - np.asarray(f)) / max(f0[0], 1), "params": (p0[0] - np.asarray(p)) / max(p0[0], 1)}
+        share = np.max(np.stack([saved[k] for k in kinds]), axis=0)
+        return [n for n, s in zip(self.names, share) if s < self.freeze_below]
+
+    def _check_reachable(self) -> None:
+        if not self.kinds:
+            return
+        cheapest = self._full_matrix(self._lo[None, :])
+        cost = self.costs(cheapest)[0]
+        for i, kind in enumerate(self.kinds):
+            if cost[i] > self.limits[i] * (1 + 1e-12):
+                if kind == "latency_ms":
+                    raise BudgetError(f"budget.latency_ms={self.budget.latency_ms} is below the smallest reachable "
+                                      f"latency {cost[i]:.3f} ms")
+                ratio = cost[i] / self.full[kind]
+                raise BudgetError(f"budget.{kind}={getattr(self.budget, kind)} is below the smallest reachable "
+                                  f"{_KIND_LABEL[kind]} ratio {math.ceil(ratio * 1000) / 1000:.3f}")
+
+    def smallest_reachable(self) -> dict[str, float]:
+        """Cost ratios (latency in ms) of the cheapest strategy in this space."""
+        cheapest = self._full_matrix(self._lo[None, :])
+        f, p = self.g.cost_batch(cheapest)
+        out = {"flops": float(f[0]) / self.full["flops"], "params": float(p[0]) / self.full["params"]}
+        if self.latency is not None:
+            out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest)[0])
+        return out
+
+    # ------------------------------------------------------------------ define-by-run core
+    def _offered(self, cur: np.ndarray, decided: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For n partial assignments (cur, decided: (n, A)) and the active slot each decides next,
+        return (values (n, M), offered mask (n, M)) — the define-by-run choice set."""
+        n = cur.shape[0]
+        cand = self._gm[slots]  # (n, M)
+        valid = self._gvalid[slots]
+        m = cand.shape[1]
+        if not self.kinds:
+            return cand, valid
+        rows_min = np.where(decided, cur, self._lo[None, :])[:, None, :].repeat(m, axis=1)
+        rows_max = np.where(decided, cur, self._hi[None, :])[:, None, :].repeat(m, axis=1)
+        ar = np.arange(n)
+        rows_min[ar, :, slots] = cand
+        rows_max[ar, :, slots] = cand
+        both = np.concatenate([rows_min.reshape(n * m, -1), rows_max.reshape(n * m, -1)])
+        use = self.usage(self._full_matrix(both))
+        use_min = use[:n * m].reshape(n, m, -1)
+        use_max = use[n * m:].reshape(n, m, -1)
+        feasible = valid & np.all(use_min <= 1.0 + 1e-12, axis=2)
+        reach = np.max(use_max, axis=2) >= 1.0 - self.slack
+        offered = feasible & reach
+        # Where nothing can reach (1 - slack) any more, offer the largest feasible ratio alone.
+        none = ~offered.any(axis=1)
+        if none.any():
+            idx = np.where(none)[0]
+            last = m - 1 - np.argmax(feasible[idx, ::-1], axis=1)
+            offered[idx, last] = feasible[idx, last]
+        return cand, offered
+
+    def sample_ratios(self, n: int, rng: random.Random, order: str = "random") -> np.ndarray:
+        """n feasible ratio rows (n, G) over all groups. order="random" visits the groups in a fresh
+        random order per sample (no group is systematically squeezed last); "fixed" uses graph order."""
+        a = len(self.active)
+        cur = np.zeros((n, a))
+        decided = np.zeros((n, a), dtype=bool)
+        if order == "random":
+            perms = np.array([rng.sample(range(a), a) for _ in range(n)], dtype=np.int64).reshape(n, a)
+        else:
+            perms = np.tile(np.arange(a), (n, 1))
+        u = np.array([[rng.random() for _ in range(a)] for _ in range(n)]).reshape(n, a)
+        ar = np.arange(n)
+        for j in range(a):
+            slots = perms[:, j]
+            cand, offered = self._offered(cur, decided, slots)
+            counts = offered.sum(axis=1)
+            if (counts == 0).any():  # cannot happen once _check_reachable passed; guard the invariant
+                raise BudgetError("budget: no feasible ratio left for group "
+                                  f"{self.active[int(slots[np.argmax(counts == 0)])]!r}")
+            pick = np.minimum((u[:, j] * counts).astype(np.int64), counts - 1)
+            # index of the pick-th offered entry in each row
+            csum = np.cumsum(offered, axis=1)
+            col = np.argmax(csum > pick[:, None], axis=1)
+            cur[ar, slots] = cand[ar, col]
+            decided[ar, slots] = True
+        return self._full_matrix(cur)
+
+    def to_strategy(self, ratios: np.ndarray | dict[str, float]) -> Any:
+        """PruningStrategy for one ratio row (G,) or dict, with this space's criterion."""
+        from acpsearch.pruning import PruningStrategy
+
+        if not isinstance(ratios, dict):
+            ratios = {n: float(r) for n, r in zip(self.names, ratios)}
+        kw = {} if self.round_to is None else {"round_to": self.round_to}
+        return PruningStrategy(self.g, ratios, criterion=self.criterion, **kw)
+
+    def sample(self, rng: random.Random | None = None) -> Any:
+        """One PruningStrategy that meets the budget (define-by-run, random group order)."""
+        rng = rng if rng is not None else random.Random()
+        return self.to_strategy(self.sample_ratios(1, rng)[0])
+
+    def sample_many(self, n: int, rng: random.Random | None = None) -> list[Any]:
+        """n strategies sampled at once (vectorised over samples)."""
+        rng = rng if rng is not None else random.Random()
+        return [self.to_strategy(r) for r in self.sample_ratios(n, rng)]
+
+    def suggest(self, trial: Any, prefix: str = "keep/", mode: str = "range") -> Any:
+        """Define-by-run sampling through an Optuna trial, one parameter per active group.
+
+        mode="range": `trial.suggest_float(prefix+group, lo, hi, step=step)` where [lo, hi] is the
+        interval offered given the earlier groups (conditional ranges; TPE models them).
+        mode="index": `trial.suggest_float(prefix+group, 0, 1)` mapped onto the offered interval,
+        for samplers that need one fixed distribution per parameter name.
+        """
+        if mode not in ("range", "index"):
+            raise SpecError(f"space.suggest mode={mode!r} must be 'range' or 'index'")
+        a = len(self.active)
+        cur = np.zeros((1, a))
+        decided = np.zeros((1, a), dtype=bool)
+        for j in range(a):
+            slots = np.array([j])
+            cand, offered = self._offered(cur, decided, slots)
+            vals = cand[0][offered[0]]
+            name = prefix + self.active[j]
+            if mode == "range":
+                lo, hi = float(vals[0]), float(vals[-1])
+                if hi - lo < 1e-9:
+                    v = trial.suggest_float(name, lo, lo)
+                else:
+                    v = trial.suggest_float(name, lo, hi, step=self.step)
+                v = float(vals[np.argmin(np.abs(vals - v))])
+            else:
+                u = trial.suggest_float(name, 0.0, 1.0)
+                v = float(vals[min(int(u * len(vals)), len(vals) - 1)])
+            cur[0, j] = v
+            decided[0, j] = True
+        return self.to_strategy(self._full_matrix(cur)[0])
+
+    # ------------------------------------------------------------------ dynamics
+    def narrow(self, elite: Sequence[Any], margin: float | None = None, min_step: float = 0.025) -> "DynamicSpace":
+        """A new space whose per-group ranges span the elite's ratios +- margin (default one old
+        step) on a grid of half the step (not below `min_step`). Elite: strategies or ratio dicts."""
+        if not elite:
+            raise SpecError("space.narrow: elite is empty")
+        margin = self.step if margin is None else margin
+        new_step = max(min_step, self.step / 2)
+        ratios = [dict(e.ratios) if hasattr(e, "ratios") else dict(e) for e in elite]
+        ranges = {}
+        for n in self.active:
+            vals = [r.get(n, 1.0) for r in ratios]
+            lo = max(self.min_keep, min(vals) - margin)
+            hi = min(1.0, max(vals) + margin)
+            ranges[n] = (round(lo, 6), round(hi, 6))
+        return DynamicSpace(self.g, self.budget, step=new_step, criterion=self.criterion, min_keep=self.min_keep,
+                            slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
+                            latency=self.latency, ranges=ranges, frozen=self.frozen)
+
+    def with_budget(self, budget: Budget) -> "DynamicSpace":
+        """A new space for another budget (same graph, grid and frozen groups)."""
+        return DynamicSpace(self.g, budget, step=self.step, criterion=self.criterion, min_keep=self.min_keep,
+                            slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
+                            latency=self.latency, frozen=self.frozen)
+
+    # ------------------------------------------------------------------ inspection
+    def feasible(self, strategy: Any) -> bool:
+        row = np.array([[strategy.ratios.get(n, 1.0) for n in self.names]])
+        return bool(np.all(self.usage(row) <= 1.0 + 1e-12))
+
+    def budget_use(self, strategies: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Max over budget kinds of cost / limit, per strategy (1.0 = budget fully used)."""
+        if isinstance(strategies, np.ndarray):
+            rows = strategies
+        else:
+            rows = np.array([[s.ratios.get(n, 1.0) for n in self.names] for s in strategies])
+        use = self.usage(rows)
+        return use.max(axis=1) if use.shape[1] else np.zeros(rows.shape[0])
+
+    def log10_size(self) -> float:
+        """log10 of the number of grid combinations before the budget filter."""
+        return float(sum(math.log10(len(self.grids[n])) for n in self.active))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (for study notes and user attributes)."""
+        return {
+            "budget": self.budget.to_dict(), "step": self.step, "criterion": self.criterion,
+            "min_keep": self.min_keep, "slack": self.slack, "frozen": list(self.frozen),
+            "ranges": {n: list(r) for n, r in self.ranges.items()}, "log10_size": round(self.log10_size(), 3),
+            "smallest_reachable": self.smallest_reachable(),
+        }
