@@ -1,0 +1,404 @@
+"""ChannelGraph: prunable channel groups, closed-form cost model, graph exports.
+
+What the cost model counts (and `acpsearch.pruning.measure_cost` measures the same way):
+
+* ``flops`` = multiply-accumulates (MACs) **per input sample** of every call of a convolution
+  (``nn.Conv1d/2d/3d`` and subclasses: output elements x in_channels/groups x kernel volume;
+  transposed convs: input elements x out_channels/groups x kernel volume) and of every
+  ``nn.Linear`` (and subclasses: output elements x in_features). Biases, norms, activations,
+  pooling, elementwise ops and functional convs/linears (``F.conv2d``) are not counted.
+* ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
+  norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
+
+Each conv/linear call contributes ``num * L_a * L_b // den`` MACs and each parameter tensor
+``const * L_a * L_b // den`` entries, where ``L`` is the kept channel count of a segment list
+(a linear form of the groups' kept counts). So ``cost`` and ``cost_batch`` are a small matrix
+product plus a gather, exact in integers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from acpsearch.errors import SpecError, UnsupportedModelError
+from acpsearch.graph.analysis import Analysis, Seg, analyse
+
+if TYPE_CHECKING:  # pragma: no cover
+    from acpsearch.pruning.strategy import PruningStrategy
+
+CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
+NODE_TYPES = ("conv", "conv_dw", "linear", "hash", "norm", "act", "add", "mul", "cat", "scale", "other")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Model cost: MACs per input sample (``flops``) and parameter count."""
+
+    flops: int
+    params: int
+
+    def ratio(self, base: "Cost") -> tuple[float, float]:
+        """(flops ratio, params ratio) relative to `base`."""
+        return self.flops / max(base.flops, 1), self.params / max(base.params, 1)
+
+    def flops_ratio(self, base: "Cost") -> float:
+        return self.flops / max(base.flops, 1)
+
+    def params_ratio(self, base: "Cost") -> float:
+        return self.params / max(base.params, 1)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"flops": int(self.flops), "params": int(self.params)}
+
+
+@dataclass
+class ChannelGroup:
+    """Channel dimensions pruned together; kept count must be a multiple of `divisor`."""
+
+    name: str
+    channels: int
+    modules: list[str]
+    divisor: int = 1
+    index: int = 0
+    flops_share: float = 0.0
+    params_share: float = 0.0
+
+
+@dataclass
+class NodeRecord:
+    """One graph node: a parameterised layer, a merge op (add/mul/cat) or a free-parameter op."""
+
+    name: str
+    type: str
+    op: str
+    module: str | None
+    kernel: int
+    stride: int
+    groups: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    flops: int
+    params: int
+    in_groups: list[str]
+    out_groups: list[str]
+    depth: int
+    preds: list[int] = field(default_factory=list)
+    index: int = 0
+
+
+class ChannelGraph:
+    """A traced model's channel structure; see the module docstring for the cost definition."""
+
+    def __init__(self, model: nn.Module, analysis: Analysis, example_input: Any) -> None:
+        self.model = model
+        self.analysis = analysis
+        self.hash_layer = analysis.hash_layer
+        self.example_shape = [int(s) for s in (example_input[0] if isinstance(example_input, (tuple, list)) else example_input).shape]
+        self._check_bindings()
+        self._build_groups()
+        self._build_forms()
+        self._build_nodes()
+        self._importance: dict[tuple[str, str, int], np.ndarray] = {}
+        self._taylor: dict[str, torch.Tensor] | None = None
+        self._pyg_static: Any = None
+        self._order_cache: dict[tuple[str, int], Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model: nn.Module, example_input: Any, hash_layer: str | None = None) -> "ChannelGraph":
+        """Trace `model` on `example_input` (one forward, no grad) and find its channel groups."""
+        if not isinstance(model, nn.Module):
+            raise UnsupportedModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        analysis, _ = analyse(model, example_input, hash_layer)
+        return cls(model, analysis, example_input)
+
+    def _check_bindings(self) -> None:
+        """Every bound axis must match its tensor's size; a mismatch freezes (never mis-slices)."""
+        V = self.analysis.vars
+        tensors = dict(self.model.named_parameters(remove_duplicate=False))
+        tensors.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        for tname, axes in self.analysis.bindings.items():
+            t = tensors.get(tname)
+            for axis, segs in axes.items():
+                total = sum(V.size[v] * r for v, r in segs)
+                if axis == -1:
+                    g = self.analysis.grouped_in.get(tname, 1)
+                    ok = t is not None and t.dim() > 1 and t.shape[1] * g == total
+                else:
+                    ok = t is not None and axis < t.dim() and t.shape[axis] == total
+                if not ok:
+                    for v, _ in segs:
+                        V.freeze(v)
+
+    def _build_groups(self) -> None:
+        V = self.analysis.vars
+        used: dict[int, list[str]] = {}
+
+        def note(segs: Iterable[Seg], who: str) -> None:
+            for v, _ in segs:
+                r = V.find(v)
+                lst = used.setdefault(r, [])
+                if who not in lst:
+                    lst.append(who)
+
+        for tname, axes in self.analysis.bindings.items():
+            owner = tname.rsplit(".", 1)[0] if "." in tname else tname
+            for segs in axes.values():
+                note(segs, owner)
+        for lay in self.analysis.layers:
+            note(lay.in_segs, lay.name)
+            note(lay.out_segs, lay.name)
+        self.groups: list[ChannelGroup] = []
+        self.group_of_root: dict[int, int] = {}
+        names: set[str] = set()
+        for r in sorted(used):
+            if V.frozen[r] or V.size[r] <= 1:
+                continue
+            name = V.label[r]
+            k = 2
+            while name in names:
+                name = f"{V.label[r]}#{k}"
+                k += 1
+            names.add(name)
+            self.group_of_root[r] = len(self.groups)
+            self.groups.append(ChannelGroup(name, V.size[r], used[r], V.blocks[r], len(self.groups)))
+        self.group_index = {g.name: g.index for g in self.groups}
+        self.channels = np.array([g.channels for g in self.groups], dtype=np.int64)
+        self.divisors = np.array([g.divisor for g in self.groups], dtype=np.int64)
+
+    def form_of(self, segs: tuple[Seg, ...] | None) -> int:
+        """Index of the linear form 'kept channels of `segs`' (0 = the constant 1)."""
+        if segs is None:
+            return 0
+        V = self.analysis.vars
+        coef: dict[int, int] = {}
+        const = 0
+        for v, r in segs:
+            root = V.find(v)
+            gi = self.group_of_root.get(root)
+            if gi is None:
+                const += V.size[root] * r
+            else:
+                coef[gi] = coef.get(gi, 0) + r
+        key = (tuple(sorted(coef.items())), const)
+        idx = self._form_key.get(key)
+        if idx is None:
+            idx = len(self._forms)
+            self._form_key[key] = idx
+            self._forms.append(key)
+        return idx
+
+    def _build_forms(self) -> None:
+        self._forms: list[tuple[tuple[tuple[int, int], ...], int]] = [((), 1)]
+        self._form_key = {((), 1): 0}
+        an = self.analysis
+        ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms]
+        # Parameters: one term per tensor; bound axes are forms, the rest constants.
+        pt = []
+        self._param_term_of: dict[str, int] = {}
+        for pname, p in self.model.named_parameters():
+            axes = an.bindings.get(pname, {})
+            const, den, forms = 1, 1, []
+            for ax, s in enumerate(p.shape):
+                if ax in axes:
+                    forms.append(self.form_of(axes[ax]))
+                elif ax == 1 and -1 in axes:
+                    forms.append(self.form_of(axes[-1]))
+                    den = an.grouped_in[pname]
+                else:
+                    const *= int(s)
+            forms = [f for f in forms if f != 0]
+            if len(forms) > 2:
+                raise UnsupportedModelError(f"parameter {pname!r}: more than two prunable axes")
+            while len(forms) < 2:
+                forms.append(0)
+            self._param_term_of[pname] = len(pt)
+            pt.append((const, den, forms[0], forms[1]))
+        G = len(self.groups)
+        nf = len(self._forms)
+        self.form_matrix = np.zeros((nf, G), dtype=np.int64)
+        self.form_const = np.zeros(nf, dtype=np.int64)
+        for i, (coef, const) in enumerate(self._forms):
+            for gi, c in coef:
+                self.form_matrix[i, gi] = c
+            self.form_const[i] = const
+        self._fmT = self.form_matrix.T.copy()
+        self.ft_num = np.array([t[0] for t in ft], dtype=np.int64)
+        self.ft_den = np.array([t[1] for t in ft], dtype=np.int64)
+        self.ft_a = np.array([t[2] for t in ft], dtype=np.int64)
+        self.ft_b = np.array([t[3] for t in ft], dtype=np.int64)
+        self.ft_node = np.array([t[4] for t in ft], dtype=np.int64)
+        self.pt_num = np.array([t[0] for t in pt], dtype=np.int64)
+        self.pt_den = np.array([t[1] for t in pt], dtype=np.int64)
+        self.pt_a = np.array([t[2] for t in pt], dtype=np.int64)
+        self.pt_b = np.array([t[3] for t in pt], dtype=np.int64)
+        self._base_cost = self._eval_terms(self.channels[None, :])
+        base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]))
+        self._base = base
+        # cost shares per group: cost removed when the group alone is pruned to zero channels
+        if G:
+            probe = np.repeat(self.channels[None, :], G, axis=0)
+            probe[np.arange(G), np.arange(G)] = 0
+            f, p = self._eval_terms(probe)
+            for gi, grp in enumerate(self.groups):
+                grp.flops_share = float((base.flops - f[gi]) / max(base.flops, 1))
+                grp.params_share = float((base.params - p[gi]) / max(base.params, 1))
+
+    def _eval_forms(self, kept: np.ndarray) -> np.ndarray:
+        return kept @ self._fmT + self.form_const
+
+    def _eval_terms(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        L = self._eval_forms(kept)
+        f = (L[:, self.ft_a] * L[:, self.ft_b] * self.ft_num) // self.ft_den
+        p = (L[:, self.pt_a] * L[:, self.pt_b] * self.pt_num) // self.pt_den
+        return f.sum(axis=1), p.sum(axis=1)
+
+    def _build_nodes(self) -> None:
+        an = self.analysis
+        V = an.vars
+        params = dict(self.model.named_parameters())
+        base_L = self._eval_forms(self.channels[None, :])[0]
+        node_flops = np.zeros(len(an.layers), dtype=np.int64)
+        for i in range(len(self.ft_num)):
+            node_flops[self.ft_node[i]] += base_L[self.ft_a[i]] * base_L[self.ft_b[i]] * self.ft_num[i] // self.ft_den[i]
+        self.nodes: list[NodeRecord] = []
+        self.node_in_form = np.zeros(len(an.layers), dtype=np.int64)
+        self.node_out_form = np.zeros(len(an.layers), dtype=np.int64)
+
+        def gnames(segs: tuple[Seg, ...]) -> list[str]:
+            out = []
+            for v, _ in segs:
+                gi = self.group_of_root.get(V.find(v))
+                if gi is not None and self.groups[gi].name not in out:
+                    out.append(self.groups[gi].name)
+            return out
+
+        for i, lay in enumerate(an.layers):
+            self.node_in_form[i] = self.form_of(lay.in_segs) if lay.in_segs else 0
+            self.node_out_form[i] = self.form_of(lay.out_segs) if lay.out_segs else 0
+            self.nodes.append(NodeRecord(
+                name=lay.name, type=lay.type, op=lay.op, module=lay.module, kernel=lay.kernel, stride=lay.stride,
+                groups=lay.groups, in_shape=lay.in_shape, out_shape=lay.out_shape,
+                in_channels=sum(V.size[v] * r for v, r in lay.in_segs),
+                out_channels=sum(V.size[v] * r for v, r in lay.out_segs),
+                flops=int(node_flops[i]), params=int(sum(params[p].numel() for p in lay.params if p in params)),
+                in_groups=gnames(lay.in_segs), out_groups=gnames(lay.out_segs), depth=lay.depth,
+                preds=sorted(lay.preds), index=i))
+        # forms may have grown (node forms): rebuild the matrix
+        nf = len(self._forms)
+        if nf != self.form_matrix.shape[0]:
+            fm = np.zeros((nf, len(self.groups)), dtype=np.int64)
+            fc = np.zeros(nf, dtype=np.int64)
+            for i, (coef, const) in enumerate(self._forms):
+                for gi, c in coef:
+                    fm[i, gi] = c
+                fc[i] = const
+            self.form_matrix, self.form_const, self._fmT = fm, fc, fm.T.copy()
+
+    # ------------------------------------------------------------------ strategy arithmetic
+    def group(self, name: str) -> ChannelGroup:
+        idx = self.group_index.get(name)
+        if idx is None:
+            raise SpecError(f"group {name!r}: no such prunable channel group (see ChannelGraph.groups)")
+        return self.groups[idx]
+
+    def units(self, round_to: int) -> np.ndarray:
+        """Rounding unit per group: lcm(round_to, divisor) when it fits, else the divisor."""
+        u = np.array([math.lcm(int(round_to), int(d)) for d in self.divisors], dtype=np.int64)
+        return np.where(u <= self.channels, u, self.divisors)
+
+    def kept_counts(self, ratios: np.ndarray, round_to: int = 4) -> np.ndarray:
+        """Vectorised rounding rule: ratio 1 keeps all; else round(ratio*C/unit)*unit in [unit, C]."""
+        r = np.asarray(ratios, dtype=np.float64)
+        C = self.channels
+        u = self.units(round_to)
+        k = np.floor(r * C / u + 0.5).astype(np.int64) * u
+        k = np.clip(k, u, C)
+        return np.where(r >= 1.0, C, k)
+
+    def kept_channels(self, group: str | ChannelGroup, ratio: float, round_to: int = 4) -> int:
+        """Kept channel count of one group at `ratio` (the single rounding rule)."""
+        g = group if isinstance(group, ChannelGroup) else self.group(group)
+        r = np.ones(len(self.groups))
+        r[g.index] = ratio
+        return int(self.kept_counts(r, round_to)[g.index])
+
+    def cost(self, strategy: "PruningStrategy | None" = None) -> Cost:
+        """Cost of the model pruned by `strategy` (unpruned when None); closed form, exact."""
+        if strategy is None:
+            return self._base
+        kept = strategy.kept_vector()[None, :]
+        f, p = self._eval_terms(kept)
+        return Cost(int(f[0]), int(p[0]))
+
+    def cost_batch(self, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (flops, params) arrays for ratio rows [n, n_groups], same rounding as strategies."""
+        r = np.asarray(ratios, dtype=np.float64)
+        if r.ndim != 2 or r.shape[1] != len(self.groups):
+            raise SpecError(f"ratios: expected shape [n, {len(self.groups)}], got {list(r.shape)}")
+        return self._eval_terms(self.kept_counts(r, round_to))
+
+    def cost_kept(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flops, params) for explicit kept-count rows [n, n_groups]."""
+        return self._eval_terms(np.asarray(kept, dtype=np.int64).reshape(-1, len(self.groups)))
+
+    # ------------------------------------------------------------------ importance
+    def importance(self, group: str, criterion: str = "l1", seed: int = 0) -> np.ndarray:
+        """Per-channel importance of a group (sum of per-layer normalised scores; cached)."""
+        from acpsearch.graph.importance import group_importance
+
+        if criterion not in CRITERIA:
+            raise SpecError(f"criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        g = self.group(group)
+        key = (g.name, criterion, seed if criterion == "random" else 0)
+        if key not in self._importance:
+            self._importance[key] = group_importance(self, g, criterion, seed, self.model)
+        return self._importance[key]
+
+    def set_taylor_importance(self, model: nn.Module | None, batches: Iterable[Any], loss_fn: Any = None) -> None:
+        """Accumulate first-order Taylor scores |sum w*dL/dw| per channel from a few batches."""
+        from acpsearch.graph.importance import taylor_products
+
+        self._taylor = taylor_products(model if model is not None else self.model, batches, loss_fn)
+        self._importance = {k: v for k, v in self._importance.items() if k[1] != "taylor"}
+        self._order_cache = {k: v for k, v in self._order_cache.items() if k[0] != "taylor"}
+
+    # ------------------------------------------------------------------ exports
+    def to_networkx(self) -> Any:
+        """networkx.DiGraph: node attributes type, channels, kernel, stride, groups, flops, params, groups."""
+        import networkx as nx
+
+        G = nx.DiGraph()
+        for n in self.nodes:
+            G.add_node(n.name, type=n.type, op=n.op, module=n.module, in_channels=n.in_channels,
+                       channels=n.out_channels, kernel=n.kernel, stride=n.stride, groups=n.groups,
+                       flops=n.flops, params=n.params, in_groups=list(n.in_groups), out_groups=list(n.out_groups),
+                       depth=n.depth, in_shape=list(n.in_shape), out_shape=list(n.out_shape),
+                       is_hash=n.module == self.hash_layer)
+        for n in self.nodes:
+            for p in n.preds:
+                G.add_edge(self.nodes[p].name, n.name)
+        return G
+
+    def to_pyg(self, strategy: "PruningStrategy | None" = None) -> Any:
+        """torch_geometric Data: x = static descriptors + strategy descriptors (see features.py)."""
+        from acpsearch.graph.features import to_pyg
+
+        return to_pyg(self, strategy)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per group: name, channels, divisor, flops/params share (for `acpsearch inspect`)."""
+        return [{"name": g.name, "channels": g.channels, "divisor": g.divisor, "flops_share": g.flops_share,
+                 "params_share": g.params_share, "modules": list(g.modules)} for g in self.groups]
+
+    def __repr__(self) -> str:
+        c = self.cost()
+        return (f"ChannelGraph({len(self.nodes)} nodes, {len(self.groups)} groups, flops={c.flops}, "
+                f"params={c.params}, hash_layer={self.hash_layer!r})")

@@ -1,0 +1,269 @@
+"""Physical pruning, measured cost, replayable pruning records.
+
+``prune`` deep-copies the model, slices every parameter / buffer along the axes the channel
+analysis bound to groups, updates the layers' size attributes, then VERIFIES the result
+(forward on the example input, output shapes unchanged, measured cost == predicted cost) and
+raises ``UnsupportedModelError`` instead of ever returning a wrong model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from acpsearch.errors import CheckpointError, UnsupportedModelError
+from acpsearch.graph.core import ChannelGraph, Cost
+from acpsearch.pruning.strategy import PruningStrategy
+
+RECORD_FORMAT = "acpsearch-pruning"
+
+
+def measure_cost(model: nn.Module, example_input: Any) -> Cost:
+    """Cost measured on the real module: MACs per sample of every conv / linear call (hooks,
+    same definition as ``acpsearch.graph.core``) and the number of parameters."""
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
+    total = [0]
+
+    def hook(m: nn.Module, args: tuple, out: Any) -> None:
+        x = args[0]
+        if isinstance(m, _ConvNd):
+            kv = int(math.prod(m.kernel_size))
+            if m.transposed:
+                total[0] += x.numel() * (m.out_channels // m.groups) * kv
+            else:
+                total[0] += out.numel() * (m.in_channels // m.groups) * kv
+        else:
+            total[0] += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(int(total[0] // batch), int(params))
+
+
+def _out_shapes(out: Any) -> list[tuple[int, ...]]:
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, (tuple, list)):
+        return [s for o in out for s in _out_shapes(o)]
+    if isinstance(out, dict):
+        return [s for o in out.values() for s in _out_shapes(o)]
+    return []
+
+
+def _check_same_arch(model: nn.Module, g: ChannelGraph) -> None:
+    if model is g.model:
+        return
+    mine = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    ref = {n: tuple(p.shape) for n, p in g.model.named_parameters()}
+    if mine != ref:
+        diff = sorted(set(mine.items()) ^ set(ref.items()))
+        raise UnsupportedModelError(
+            f"model does not match the graph's architecture (first difference: {diff[0][0] if diff else '?'})")
+
+
+def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarray], example_input: Any,
+                  expected: Cost | None = None, verify: bool = True) -> nn.Module:
+    """Return a pruned deep copy of `model` keeping `indices[group]` (sorted) of each group."""
+    _check_same_arch(model, g)
+    an = g.analysis
+    V = an.vars
+    keep_root: dict[int, torch.Tensor] = {}
+    for r, gi in g.group_of_root.items():
+        grp = g.groups[gi]
+        idx = np.asarray(indices.get(grp.name, np.arange(grp.channels)), dtype=np.int64)
+        if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= grp.channels or len(np.unique(idx)) != len(idx):
+            raise UnsupportedModelError(f"group {grp.name!r}: invalid kept indices")
+        if grp.divisor > 1:
+            per = grp.channels // grp.divisor
+            counts = np.bincount(idx // per, minlength=grp.divisor)
+            if len(set(counts.tolist())) != 1:
+                raise UnsupportedModelError(f"group {grp.name!r}: kept channels must be balanced over {grp.divisor} groups")
+        keep_root[r] = torch.from_numpy(np.sort(idx))
+
+    def seg_index(segs: tuple) -> tuple[torch.Tensor, int, int]:
+        parts, off, full = [], 0, 0
+        for v, rep in segs:
+            r = V.find(v)
+            size = V.size[r]
+            k = keep_root.get(r)
+            if k is None:
+                k = torch.arange(size)
+            parts.append((off + (k[:, None] * rep + torch.arange(rep)[None, :])).reshape(-1))
+            off += size * rep
+        idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return idx, len(idx), off
+
+    new = copy.deepcopy(model)
+    owners: dict[int, list[tuple[nn.Module, str, bool]]] = {}
+    for mod in new.modules():
+        for leaf, p in mod._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append((mod, leaf, True))
+        for leaf, b in mod._buffers.items():
+            if b is not None:
+                owners.setdefault(id(b), []).append((mod, leaf, False))
+    tensors = dict(new.named_parameters(remove_duplicate=False))
+    tensors.update(dict(new.named_buffers(remove_duplicate=False)))
+    with torch.no_grad():
+        for tname, axes in an.bindings.items():
+            t = tensors.get(tname)
+            if t is None:
+                continue
+            t2 = t.detach()
+            for axis, segs in axes.items():
+                if axis == -1:
+                    continue
+                idx, n, full = seg_index(segs)
+                if n != full:
+                    t2 = t2.index_select(axis, idx)
+            if -1 in axes:
+                grp_n = an.grouped_in[tname]
+                idx, n, full = seg_index(axes[-1])
+                if n != full:
+                    per_in = full // grp_n
+                    out_per = t2.shape[0] // grp_n
+                    blocks = []
+                    for b in range(grp_n):
+                        local = idx[(idx >= b * per_in) & (idx < (b + 1) * per_in)] - b * per_in
+                        blocks.append(t2[b * out_per:(b + 1) * out_per].index_select(1, local))
+                    t2 = torch.cat(blocks, 0)
+            if t2 is t:
+                continue
+            for mod, leaf, is_param in owners.get(id(t), []):
+                if is_param:
+                    mod._parameters[leaf] = nn.Parameter(t2.clone().contiguous(), requires_grad=t.requires_grad)
+                else:
+                    mod._buffers[leaf] = t2.clone().contiguous()
+    # size attributes
+    for name, info in an.modules.items():
+        m = new.get_submodule(name)
+        n_in = seg_index(info.in_segs)[1] if info.in_segs else None
+        n_out = seg_index(info.out_segs)[1] if info.out_segs else None
+        if info.kind in ("conv", "conv_grouped"):
+            m.out_channels, m.in_channels = n_out, n_in
+        elif info.kind == "conv_dw":
+            m.out_channels = m.in_channels = m.groups = n_out
+        elif info.kind == "linear":
+            m.out_features, m.in_features = n_out, n_in
+        elif info.kind == "norm":
+            m.num_features = n_out
+        elif info.kind == "groupnorm":
+            m.num_channels = n_out
+        elif info.kind == "layernorm":
+            m.normalized_shape = (n_out,)
+        elif info.kind == "prelu":
+            m.num_parameters = n_out
+    if verify:
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        was = new.training
+        new.eval()
+        try:
+            with torch.no_grad():
+                out = new(*inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot prune this model safely
+            first = (str(exc).splitlines() or [""])[0]
+            raise UnsupportedModelError(
+                f"pruned {type(model).__name__} fails on the example input ({type(exc).__name__}: {first[:160]}); "
+                "an op in its forward hard-codes channel sizes") from None
+        finally:
+            new.train(was)
+        shapes = _out_shapes(out)
+        if shapes != an.output_shapes:
+            raise UnsupportedModelError(f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}")
+        if expected is not None:
+            measured = measure_cost(new, example_input)
+            if measured != expected:
+                raise UnsupportedModelError(
+                    f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it")
+    return new
+
+
+def prune(model: nn.Module, strategy: PruningStrategy, example_input: Any, verify: bool = True) -> nn.Module:
+    """A new, physically smaller copy of `model` pruned by `strategy`; `model` is unchanged.
+
+    Channels are chosen by the strategy's criterion on `model`'s own weights. The returned module
+    carries its replay record as ``acp_pruning_record`` (used by ``save_pruned``)."""
+    if not isinstance(strategy, PruningStrategy):
+        raise UnsupportedModelError(f"strategy: expected a PruningStrategy, got {type(strategy).__name__}")
+    g = strategy.graph
+    _check_same_arch(model, g)
+    indices = strategy.kept_indices(model)
+    pruned = apply_indices(model, g, indices, example_input, expected=g.cost(strategy), verify=verify)
+    pruned.acp_pruning_record = _record(g, strategy, indices)
+    return pruned
+
+
+def _record(g: ChannelGraph, strategy: PruningStrategy | None, indices: dict[str, np.ndarray]) -> dict[str, Any]:
+    kept = np.array([len(indices.get(gr.name, range(gr.channels))) for gr in g.groups], dtype=np.int64)
+    f, p = g.cost_kept(kept)
+    return {
+        "format": RECORD_FORMAT,
+        "version": 1,
+        "hash_layer": g.hash_layer,
+        "strategy": strategy.to_dict() if strategy is not None else None,
+        "groups": {gr.name: {"channels": int(gr.channels),
+                             "kept": [int(i) for i in indices.get(gr.name, np.arange(gr.channels))]}
+                   for gr in g.groups},
+        "cost": {"flops": int(f[0]), "params": int(p[0])},
+        "base_cost": g.cost().to_dict(),
+    }
+
+
+def make_record(strategy: PruningStrategy, model: nn.Module | None = None) -> dict[str, Any]:
+    """A JSON/weights-only-safe record (kept indices per group) that `apply_record` replays."""
+    return _record(strategy.graph, strategy, strategy.kept_indices(model))
+
+
+def apply_record(model: nn.Module, record: dict[str, Any], example_input: Any) -> nn.Module:
+    """Replay a pruning record on a fresh (unpruned) `model` of the same architecture."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise CheckpointError("pruning record: not an acpsearch pruning record")
+    g = ChannelGraph.from_model(model, example_input, hash_layer=record.get("hash_layer"))
+    indices: dict[str, np.ndarray] = {}
+    for name, ent in record.get("groups", {}).items():
+        if name not in g.group_index or g.group(name).channels != int(ent["channels"]):
+            raise CheckpointError(f"pruning record: group {name!r} does not match the architecture")
+        indices[name] = np.asarray(ent["kept"], dtype=np.int64)
+    kept = np.array([len(indices.get(gr.name, range(gr.channels))) for gr in g.groups], dtype=np.int64)
+    f, p = g.cost_kept(kept)
+    expected = Cost(int(f[0]), int(p[0]))
+    if "cost" in record and Cost(int(record["cost"]["flops"]), int(record["cost"]["params"])) != expected:
+        raise CheckpointError("pruning record: its cost does not match the replayed architecture")
+    pruned = apply_indices(model, g, indices, example_input, expected=expected)
+    pruned.acp_pruning_record = record
+    return pruned
+
+
+def save_pruned(path: str | Path, pruned_model: nn.Module, strategy: PruningStrategy | dict[str, Any] | None,
+                model_cfg: dict[str, Any], input_shape: list[int] | tuple[int, ...],
+                meta: dict[str, Any] | None = None) -> Path:
+    """Write a weights-only checkpoint of a pruned model that ``acpsearch.load_model`` reloads.
+
+    `strategy` may be the PruningStrategy used, or a record; by default the record attached by
+    ``prune`` is used (it holds the indices actually kept)."""
+    from acpsearch.checkpoint import save_checkpoint
+
+    record = getattr(pruned_model, "acp_pruning_record", None)
+    if isinstance(strategy, dict):
+        record = strategy
+    elif record is None and isinstance(strategy, PruningStrategy):
+        record = make_record(strategy)
+    if record is None:
+        raise CheckpointError("save_pruned: no pruning record (pass the strategy or a record)")
+    return save_checkpoint(path, pruned_model, model_cfg, input_shape, pruning=record, meta=meta)

@@ -1,0 +1,129 @@
+"""PruningStrategy: a keep ratio per channel group plus the criterion that picks the channels."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from acpsearch.errors import SpecError
+from acpsearch.graph.core import CRITERIA, ChannelGraph
+
+
+def _check_ratio(name: str, r: Any) -> float:
+    try:
+        f = float(r)
+    except (TypeError, ValueError):
+        raise SpecError(f"ratio of group {name!r}: {r!r} is not a number") from None
+    if not math.isfinite(f) or f <= 0.0 or f > 1.0:
+        raise SpecError(f"ratio of group {name!r}: {f} is outside (0, 1]")
+    return f
+
+
+class PruningStrategy:
+    """Keep ratios per group (groups not named keep 1.0), a criterion, and the rounding unit.
+
+    Kept counts are ``graph.kept_counts``: multiples of ``round_to`` (and of the group's
+    divisor), at least one unit, all channels at ratio 1.0 — odd counts waste the savings."""
+
+    def __init__(self, graph: ChannelGraph, ratios: dict[str, float] | None = None, criterion: str = "l1",
+                 round_to: int = 4, seed: int = 0) -> None:
+        if not isinstance(graph, ChannelGraph):
+            raise SpecError(f"graph: expected a ChannelGraph, got {type(graph).__name__}")
+        if criterion not in CRITERIA:
+            raise SpecError(f"criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        if not isinstance(round_to, (int, np.integer)) or isinstance(round_to, bool) or round_to < 1:
+            raise SpecError(f"round_to: {round_to!r} must be a positive integer")
+        self.graph = graph
+        self.criterion = criterion
+        self.round_to = int(round_to)
+        self.seed = int(seed)
+        full = {g.name: 1.0 for g in graph.groups}
+        for name, r in (ratios or {}).items():
+            if name not in full:
+                raise SpecError(f"group {name!r}: no such prunable channel group (see ChannelGraph.groups)")
+            full[name] = _check_ratio(name, r)
+        self.ratios = full
+        self._vec = np.array([full[g.name] for g in graph.groups], dtype=np.float64)
+        self._kept = graph.kept_counts(self._vec, self.round_to) if graph.groups else np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def uniform(cls, graph: ChannelGraph, keep: float, criterion: str = "l1", round_to: int = 4,
+                seed: int = 0) -> "PruningStrategy":
+        """The same keep ratio for every group."""
+        keep = _check_ratio("*", keep)
+        return cls(graph, {g.name: keep for g in graph.groups}, criterion, round_to, seed)
+
+    @classmethod
+    def from_vector(cls, graph: ChannelGraph, ratios: np.ndarray, criterion: str = "l1", round_to: int = 4,
+                    seed: int = 0) -> "PruningStrategy":
+        """From a ratio array ordered like ``graph.groups``."""
+        r = np.asarray(ratios, dtype=np.float64).ravel()
+        if len(r) != len(graph.groups):
+            raise SpecError(f"ratios: expected {len(graph.groups)} values, got {len(r)}")
+        return cls(graph, {g.name: float(v) for g, v in zip(graph.groups, r)}, criterion, round_to, seed)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def kept(self) -> dict[str, int]:
+        """Kept channel count per group."""
+        return {g.name: int(k) for g, k in zip(self.graph.groups, self._kept)}
+
+    def kept_vector(self) -> np.ndarray:
+        return self._kept
+
+    def ratio_vector(self) -> np.ndarray:
+        return self._vec.copy()
+
+    def cost(self) -> Any:
+        return self.graph.cost(self)
+
+    def kept_indices(self, model: nn.Module | None = None) -> dict[str, np.ndarray]:
+        """Sorted kept channel indices per group, chosen by the criterion on `model`'s weights
+        (the graph's model by default; a same-architecture model, e.g. fine-tuned, may be passed)."""
+        from acpsearch.graph.importance import group_importance, kept_indices
+
+        g = self.graph
+        out: dict[str, np.ndarray] = {}
+        for grp, k in zip(g.groups, self._kept):
+            if k >= grp.channels:
+                out[grp.name] = np.arange(grp.channels)
+                continue
+            if model is None or model is g.model:
+                imp = g.importance(grp.name, self.criterion, self.seed)
+            else:
+                imp = group_importance(g, grp, self.criterion, self.seed, model)
+            out[grp.name] = kept_indices(imp, int(k), grp.divisor)
+        return out
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (ratios of every group, criterion, round_to, seed)."""
+        return {"ratios": {k: float(v) for k, v in self.ratios.items()}, "criterion": self.criterion,
+                "round_to": self.round_to, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, graph: ChannelGraph, d: dict[str, Any]) -> "PruningStrategy":
+        if not isinstance(d, dict) or "ratios" not in d:
+            raise SpecError("strategy: expected a dict with 'ratios'")
+        return cls(graph, d["ratios"], d.get("criterion", "l1"), d.get("round_to", 4), d.get("seed", 0))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, PruningStrategy) and other.graph is self.graph
+                and other.to_dict() == self.to_dict())
+
+    def __hash__(self) -> int:
+        return hash((tuple(self._vec.tolist()), self.criterion, self.round_to, self.seed))
+
+    def __repr__(self) -> str:
+        c = self.graph.cost(self)
+        b = self.graph.cost()
+        return (f"PruningStrategy({len(self.ratios)} groups, criterion={self.criterion!r}, "
+                f"flops={c.flops / max(b.flops, 1):.3f}, params={c.params / max(b.params, 1):.3f})")
+
+
+def strategy_tensor(strategy: PruningStrategy) -> torch.Tensor:
+    """Ratios as a float tensor ordered like graph.groups (handy for encoders)."""
+    return torch.from_numpy(strategy.ratio_vector()).float()
