@@ -1,2 +1,141 @@
-"""CLI commands of the hashing side: train, evaluate. (Placeholder until implemented.)"""
-from acpsearch.cli import app  # noqa: F401
+"""CLI commands of the hashing side: `acpsearch train` and `acpsearch evaluate`."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from acpsearch.cli import app
+from acpsearch.errors import DataError, SpecError
+
+
+def _protocol(query: int, train: int, val: int, seed: int) -> dict[str, int]:
+    return {"query_per_class": query, "train_per_class": train, "val_per_class": val, "seed": seed}
+
+
+def _print_metrics(title: str, rows: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows.items():
+        if isinstance(v, float):
+            v = "nan" if math.isnan(v) else f"{v:.4f}"
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def _metric_rows(m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "test mAP@all": m["map_all"], f"test mAP@{m['topk']}": m["map_topk"],
+        f"precision@{m['precision_n']}": m["precision_at_n"], "val mAP (val vs train)": m["val_map"],
+        "bits": m["bits"], "queries / database": f"{m['n_query']} / {m['n_database']}",
+    }
+
+
+@app.command()
+def train(
+    model: str = typer.Option("resnet20", "--model", help="zoo model: resnet20, resnet32, resnet56, vgg11, vgg16, alexnet, mobilenetv2"),
+    dataset: str = typer.Option("fashion-mnist", "--dataset", help="digits, mnist5k, fashion-mnist, cifar10, folder, npz"),
+    bits: int = typer.Option(32, "--bits", help="code length K"),
+    loss: str = typer.Option("csq", "--loss", help="csq, hashnet, dpsh"),
+    epochs: int = typer.Option(20, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where user-supplied data lives"),
+    seed: int = typer.Option(0, "--seed"),
+    query_per_class: int = typer.Option(100, "--query-per-class"),
+    train_per_class: int = typer.Option(500, "--train-per-class"),
+    val_per_class: int = typer.Option(100, "--val-per-class"),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="random crop with padding"),
+    hflip: bool = typer.Option(False, "--hflip/--no-hflip", help="random horizontal flip (with --augment)"),
+    topk: int = typer.Option(1000, "--topk", help="k of the reported mAP@k"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write (.pt)"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a zoo hash network on a data set and save a checkpoint (then report test metrics)."""
+    from acpsearch.hashing import (
+        LOSS_NAMES, MODEL_NAMES, checkpoint_meta, create_model, evaluate, load_dataset, make_splits, save_zoo_checkpoint,
+        train_hash_net,
+    )
+
+    if loss.lower() not in LOSS_NAMES:
+        raise SpecError(f"--loss: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
+    for flag, value in (("--epochs", epochs), ("--bits", bits), ("--batch-size", batch_size), ("--topk", topk)):
+        if value < 1:
+            raise SpecError(f"{flag}: must be >= 1, got {value}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise SpecError(f"--lr: must be a positive number, got {lr}")
+    if model.lower() not in MODEL_NAMES:  # fail before loading data; create_model words the error
+        create_model(model, bits=bits)
+    ds = load_dataset(dataset, data_dir)
+    splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed)
+    c, h, _w = splits.input_shape
+    net = create_model(model, bits=bits, in_channels=c, image_size=h)
+    result = train_hash_net(net, splits, loss=loss.lower(), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            progress=progress and not json_out, augment=augment, hflip=hflip)
+    metrics = evaluate(result.model, splits, topk=topk)
+    meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, bits=bits, lr=lr,
+                           batch_size=batch_size, seed=seed, augment=augment, hflip=hflip)
+    path = save_zoo_checkpoint(out, result.model, model.lower(), bits, c, h, meta)
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": str(path), "model": model.lower(), "dataset": splits.dataset,
+                               "loss": loss.lower(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                               "seconds_per_epoch": round(result.seconds_per_epoch, 3), "metrics": metrics}))
+        return
+    rows = {"checkpoint": str(path), "best epoch": f"{result.best_epoch} of {result.epochs_run}",
+            "s / epoch": round(result.seconds_per_epoch, 2), **_metric_rows(metrics)}
+    _print_metrics(f"{model} / {loss} / {bits} bits on {splits.dataset}", rows)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="default: the data set stored in the checkpoint"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    topk: int = typer.Option(1000, "--topk", help="k of mAP@k"),
+    query_per_class: Optional[int] = typer.Option(None, "--query-per-class"),
+    train_per_class: Optional[int] = typer.Option(None, "--train-per-class"),
+    val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="protocol seed (default: the checkpoint's)"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+) -> None:
+    """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.hashing import evaluate as evaluate_model
+    from acpsearch.hashing import load_dataset, make_splits
+
+    if topk < 1:
+        raise SpecError(f"--topk: must be >= 1, got {topk}")
+    ckpt = read_checkpoint(checkpoint)
+    meta = ckpt.get("meta") or {}
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise SpecError("--dataset: the checkpoint stores no data set; pass --dataset")
+    directory = data_dir if data_dir is not None else (meta.get("data_dir") if name == meta.get("dataset") else None)
+    stored = meta.get("protocol") or {}
+    proto = _protocol(
+        query_per_class if query_per_class is not None else int(stored.get("query_per_class", 100)),
+        train_per_class if train_per_class is not None else int(stored.get("train_per_class", 500)),
+        val_per_class if val_per_class is not None else int(stored.get("val_per_class", 100)),
+        seed if seed is not None else int(stored.get("seed", 0)),
+    )
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}")
+    ds = load_dataset(name, directory)
+    splits = make_splits(ds, **proto)
+    want = tuple(int(v) for v in ckpt["input_shape"][1:])
+    if splits.input_shape[0] != want[0]:
+        raise DataError(f"--dataset: {name} images have {splits.input_shape[0]} channels, "
+                        f"the checkpoint's model expects {want[0]}")
+    metrics = evaluate_model(model, splits, topk=topk)
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": str(checkpoint), "dataset": splits.dataset, "protocol": proto,
+                               "model": ckpt["model"], "pruned": bool(ckpt.get("pruning")), "metrics": metrics}))
+        return
+    _print_metrics(f"{checkpoint} on {splits.dataset}", _metric_rows(metrics))

@@ -64,6 +64,7 @@ class Splits:
     num_classes: int
     dataset: str = ""
     protocol: dict[str, Any] = field(default_factory=dict)
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)  # rows of the data set, per part
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -355,17 +356,20 @@ def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 
                 )
             assign(idx)
 
+    indices: dict[str, torch.Tensor] = {}
+
     def take(key: str, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype=np.int64)
         if shuffle:
             idx = rng.permutation(idx)
         t = torch.from_numpy(idx.astype(np.int64))
+        indices[key] = t
         return ds.images[t], ds.labels[t]
 
     splits = Splits(
         query=take("query", True), train=take("train", True), val=take("val", True),
         database=take("database", True), num_classes=ds.num_classes, dataset=ds.name,
-        protocol={**{k: int(v) for k, v in counts.items()}, "seed": int(seed)},
+        protocol={**{k: int(v) for k, v in counts.items()}, "seed": int(seed)}, indices=indices,
     )
     if splits.database[0].shape[0] == 0:
         raise DataError("protocol: nothing is left for the database; lower query/train/val_per_class")

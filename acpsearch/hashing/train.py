@@ -273,11 +273,13 @@ class _Progress:
         self.enabled = enabled
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # stderr, so `--json` output on stdout stays one clean document
         self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 transient=False)
+                                 transient=False, console=Console(stderr=True))
         self.progress.start()
         self.task = self.progress.add_task("train", total=1, epoch=0, epochs=epochs, info="")
         self.epochs = epochs
