@@ -53,10 +53,14 @@ def run(argv: list[str]) -> int:
     except Exception as exc:  # click usage errors carry their own exit code (2)
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        try:  # typer >= 0.29 vendors its own click: its usage errors are not click's classes
+            from typer._click import exceptions as _tclick
+        except ImportError:
+            _tclick = click.exceptions
+        if isinstance(exc, (click.exceptions.ClickException, _tclick.ClickException)):
             print(f"error: {exc.format_message()}", file=sys.stderr)
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, _tclick.Abort)):
             return 1
         raise
     return 0
