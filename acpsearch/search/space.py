@@ -96,6 +96,7 @@ class DynamicSpace:
         self.slack = float(slack)
         self.freeze_below = float(freeze_below)
         self.round_to = round_to
+        self._rt = 4 if round_to is None else int(round_to)  # PruningStrategy's default rounding
         self.latency = latency
         self.names = [grp.name for grp in g.groups]
         self._col = {n: i for i, n in enumerate(self.names)}
@@ -149,13 +150,13 @@ class DynamicSpace:
         """Absolute costs (n, len(kinds)) in the order of `self.kinds` for full ratio rows (n, G)."""
         cols = []
         if any(k in ("flops", "params") for k in self.kinds):
-            flops, params = self.g.cost_batch(ratios)
+            flops, params = self.g.cost_batch(ratios, round_to=self._rt)
             if "flops" in self.kinds:
                 cols.append(np.asarray(flops, dtype=np.float64))
             if "params" in self.kinds:
                 cols.append(np.asarray(params, dtype=np.float64))
         if "latency_ms" in self.kinds:
-            cols.append(np.asarray(self.latency.predict_batch(self.g, ratios), dtype=np.float64))
+            cols.append(np.asarray(self.latency.predict_batch(self.g, ratios, self._rt), dtype=np.float64))
         if not cols:
             return np.zeros((ratios.shape[0], 0))
         return np.stack(cols, axis=1)
@@ -171,8 +172,8 @@ class DynamicSpace:
         base = np.ones((1, len(self.names)))
         rows = np.ones((len(self.names), len(self.names)))
         np.fill_diagonal(rows, self.min_keep)
-        f0, p0 = self.g.cost_batch(base)
-        f, p = self.g.cost_batch(rows)
+        f0, p0 = self.g.cost_batch(base, round_to=self._rt)
+        f, p = self.g.cost_batch(rows, round_to=self._rt)
         saved = {"flops": (f0[0] - np.asarray(f)) / max(f0[0], 1), "params": (p0[0] - np.asarray(p)) / max(p0[0], 1)}
         share = np.max(np.stack([saved[k] for k in kinds]), axis=0)
         return [n for n, s in zip(self.names, share) if s < self.freeze_below]
@@ -194,10 +195,10 @@ class DynamicSpace:
     def smallest_reachable(self) -> dict[str, float]:
         """Cost ratios (latency in ms) of the cheapest strategy in this space."""
         cheapest = self._full_matrix(self._lo[None, :])
-        f, p = self.g.cost_batch(cheapest)
+        f, p = self.g.cost_batch(cheapest, round_to=self._rt)
         out = {"flops": float(f[0]) / self.full["flops"], "params": float(p[0]) / self.full["params"]}
         if self.latency is not None:
-            out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest)[0])
+            out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest, self._rt)[0])
         return out
 
     # ------------------------------------------------------------------ define-by-run core

@@ -1,0 +1,197 @@
+"""Per-layer latency table, measured once on this machine and cached, for latency budgets.
+
+Why a table and not FLOPs: on CPUs latency is not proportional to MACs (odd channel counts,
+memory-bound small layers; FACTS.md: candidates at equal MACs ran 65-120 ms). Measuring every
+candidate is too slow for a search, so each conv / linear layer of the graph is timed alone on
+a grid of (kept input fraction, kept output fraction) with its real kernel, stride, padding,
+groups and input size, at the deployment batch size. A candidate's latency = sum over layers of
+the bilinearly interpolated table + a constant for everything the table does not time (norms,
+activations, adds, pooling: full-model latency minus the table's sum at full width).
+The table is made monotone (cumulative max along both axes) so that latency, like FLOPs, grows
+with every keep ratio, which the define-by-run space relies on.
+
+Cache: JSON under $ACPSEARCH_CACHE (default ~/.cache/acpsearch)/latency/, keyed by the layers'
+shapes, batch size, thread count, torch version and CPU model, so a table is measured once per
+machine and network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+TIMED_TYPES = ("conv", "conv_dw", "linear", "hash")
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACPSEARCH_CACHE", Path.home() / ".cache" / "acpsearch")) / "latency"
+
+
+def _time(fn: Any, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1000.0
+
+
+class LatencyTable:
+    """Measured per-layer latencies of one ChannelGraph; `predict_batch(g, ratios)` in ms."""
+
+    def __init__(self, nodes: list[int], fractions: list[float], tables: list[list[list[float]]], offset_ms: float,
+                 full_ms: float, batch_size: int, meta: dict[str, Any]) -> None:
+        self.nodes = nodes
+        self.fractions = np.asarray(fractions, dtype=np.float64)
+        t = np.asarray(tables, dtype=np.float64).reshape(len(nodes), len(fractions), len(fractions))
+        # monotone in both kept fractions (measurement noise must not make pruning "cost" time)
+        self.tables = np.maximum.accumulate(np.maximum.accumulate(t, axis=1), axis=2)
+        self.offset_ms = float(offset_ms)
+        self.full_ms = float(full_ms)
+        self.batch_size = int(batch_size)
+        self.meta = meta
+
+    # ------------------------------------------------------------------ measurement
+    @classmethod
+    def build(cls, g: Any, batch_size: int = 32, fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+              repeats: int = 5, cache: bool = True) -> "LatencyTable":
+        """Measure (or read from the cache) the table for graph `g` at `batch_size`."""
+        nodes = [nd for nd in g.nodes if nd.type in TIMED_TYPES and nd.module is not None]
+        key = cls._key(g, nodes, batch_size, fractions)
+        path = cache_dir() / f"{key}.json"
+        if cache and path.exists():
+            try:
+                return cls.from_dict(json.loads(path.read_text()))
+            except (ValueError, KeyError):
+                pass  # a damaged cache entry is re-measured
+        modules = dict(g.model.named_modules())
+        tables = []
+        t_start = time.perf_counter()
+        with torch.no_grad():
+            for nd in nodes:
+                m = modules[nd.module]
+                tab = np.zeros((len(fractions), len(fractions)))
+                for i, fi in enumerate(fractions):
+                    for j, fo in enumerate(fractions):
+                        layer, x = _standalone(m, nd, fi, fo, batch_size)
+                        tab[i, j] = _time(lambda: layer(x), repeats)
+                tables.append(tab.tolist())
+            model = g.model.eval()
+            x = _example(g, batch_size)
+            full_ms = _time(lambda: model(x), repeats)
+        table_full = float(sum(t[-1][-1] for t in tables))
+        meta = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "build_seconds": round(time.perf_counter() - t_start, 2), "key": key}
+        tab = cls([nd.index for nd in nodes], list(fractions), tables, max(0.0, full_ms - table_full), full_ms,
+                  batch_size, meta)
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(tab.to_dict()))
+        return tab
+
+    @staticmethod
+    def _key(g: Any, nodes: list[Any], batch_size: int, fractions: tuple[float, ...]) -> str:
+        sig = [(nd.type, nd.kernel, nd.stride, nd.groups, nd.in_channels, nd.out_channels, list(nd.in_shape),
+                list(nd.out_shape)) for nd in nodes]
+        blob = json.dumps([sig, batch_size, list(fractions), torch.get_num_threads(), torch.__version__, _cpu_model()])
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "fractions": self.fractions.tolist(), "tables": self.tables.tolist(),
+                "offset_ms": self.offset_ms, "full_ms": self.full_ms, "batch_size": self.batch_size, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
+        return cls(d["nodes"], d["fractions"], d["tables"], d["offset_ms"], d["full_ms"], d["batch_size"], d["meta"])
+
+    # ------------------------------------------------------------------ prediction
+    def kept_fractions(self, g: Any, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """Kept (input, output) channel fractions (n, len(nodes)) of the timed nodes."""
+        kept = g.kept_counts(np.asarray(ratios, dtype=np.float64), round_to).astype(np.float64)
+        fm, fc = g.form_matrix.astype(np.float64), g.form_const.astype(np.float64)
+        C = g.channels.astype(np.float64)
+        idx = np.asarray(self.nodes, dtype=np.int64)
+        fin, fout = g.node_in_form[idx], g.node_out_form[idx]
+        full_in = np.maximum(fm[fin] @ C + fc[fin], 1.0)
+        full_out = np.maximum(fm[fout] @ C + fc[fout], 1.0)
+        kin = (kept @ fm[fin].T + fc[fin]) / full_in
+        kout = (kept @ fm[fout].T + fc[fout]) / full_out
+        return kin, kout
+
+    def predict_batch(self, g: Any, ratios: np.ndarray, round_to: int = 4) -> np.ndarray:
+        """Predicted latency in ms of each ratio row (n, n_groups)."""
+        kin, kout = self.kept_fractions(g, ratios, round_to)
+        f = self.fractions
+        kin = np.clip(kin, f[0], 1.0)
+        kout = np.clip(kout, f[0], 1.0)
+        i = np.clip(np.searchsorted(f, kin, side="right") - 1, 0, len(f) - 2)
+        j = np.clip(np.searchsorted(f, kout, side="right") - 1, 0, len(f) - 2)
+        wi = (kin - f[i]) / (f[i + 1] - f[i])
+        wj = (kout - f[j]) / (f[j + 1] - f[j])
+        node = np.arange(len(self.nodes))[None, :]
+        T = self.tables
+        lat = ((1 - wi) * (1 - wj) * T[node, i, j] + wi * (1 - wj) * T[node, i + 1, j]
+               + (1 - wi) * wj * T[node, i, j + 1] + wi * wj * T[node, i + 1, j + 1])
+        return lat.sum(axis=1) + self.offset_ms
+
+    def predict(self, g: Any, strategy: Any) -> float:
+        row = np.array([[strategy.ratios.get(grp.name, 1.0) for grp in g.groups]])
+        return float(self.predict_batch(g, row, getattr(strategy, "round_to", 4))[0])
+
+
+def _example(g: Any, batch_size: int) -> torch.Tensor:
+    shape = list(g.example_shape)
+    shape[0] = batch_size
+    x = torch.randn(shape)
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh layer like `m` with the kept channel fractions, and an input of its real size."""
+    if isinstance(m, nn.Linear):
+        cin = max(1, round(m.in_features * fin)) if nd.in_groups else m.in_features
+        cout = max(1, round(m.out_features * fout)) if nd.out_groups else m.out_features
+        layer = nn.Linear(cin, cout, bias=m.bias is not None).eval()
+        lead = list(nd.in_shape[1:-1]) if len(nd.in_shape) > 2 else []
+        return layer, torch.randn([batch_size, *lead, cin])
+    if isinstance(m, nn.modules.conv._ConvNd):
+        groups = m.groups
+        if groups == m.in_channels == m.out_channels and groups > 1:  # depthwise: in = out = groups
+            c = max(1, round(m.out_channels * fout)) if nd.out_groups else m.out_channels
+            cin, cout, groups = c, c, c
+        else:
+            cin = max(groups, round(m.in_channels * fin / groups) * groups) if nd.in_groups else m.in_channels
+            cout = max(groups, round(m.out_channels * fout / groups) * groups) if nd.out_groups else m.out_channels
+        kw = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups,
+                  bias=m.bias is not None)
+        layer = type(m)(cin, cout, **kw) if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else \
+            {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)](cin, cout, **kw)
+        layer = layer.eval()
+        x = torch.randn([batch_size, cin, *nd.in_shape[2:]])
+        if x.ndim == 4:
+            layer = layer.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return layer, x
+    raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
