@@ -1,0 +1,417 @@
+"""CLI of the search service: submit, run, worker, status, show, export, dashboard (and demo).
+
+Tables by default, `--json` prints one JSON document on stdout (progress goes to stderr).
+Bad input (spec, model, data, budget, storage URL, checkpoint, Ray address) is an AcpError:
+one line on stderr, exit 2, and the stored studies are untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from acpsearch.cli import app
+from acpsearch.errors import SpecError, StorageError
+
+STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
+ADDRESS_HELP = "Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray with --workers CPUs)"
+ARTIFACTS_HELP = "artifact directory (default: next to the storage file, or $ACPSEARCH_ARTIFACTS)"
+
+err = Console(stderr=True, highlight=False)
+
+
+def out(obj: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+# --- progress ------------------------------------------------------------------------------------
+class RichReporter:
+    """Rich progress bars on stderr for the long phases (base training, search, fine-tuning)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+                                 transient=False, disable=quiet or not err.is_terminal)
+        self.task: Any = None
+        self.started = False
+        self.t0 = time.perf_counter()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._start()
+        if self.task is not None:
+            self.progress.stop_task(self.task)
+        self.task = self.progress.add_task(name, total=total, info="")
+        if not err.is_terminal and not self.quiet:
+            err.print(f"[{time.perf_counter() - self.t0:6.0f}s] {name}")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self.task is None:
+            return
+        text = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        self.progress.update(self.task, advance=n, info=text)
+
+    def done(self, name: str, seconds: float, skipped: bool = False) -> None:
+        if not self.quiet:
+            msg = f"{name}: already done ({seconds:.1f} s when it ran), skipped" if skipped else f"{name}: done in {seconds:.1f} s"
+            if self.started:
+                self.progress.console.print(msg)
+            else:
+                err.print(msg)
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            (self.progress.console if self.started else err).print(msg)
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _storage(url: str | None) -> tuple[str, Any]:
+    import warnings
+
+    import optuna
+
+    from acpsearch.search.storage import open_storage, resolve_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own progress
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    url = resolve_url(url)
+    return url, open_storage(url)
+
+
+def _is_spec_path(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
+
+
+def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, reuse: bool = False) -> str:
+    """Validate the spec and its inputs, then create the study. With `reuse`, a study of the same
+    name and the same spec is taken as is (so `run SPEC.yaml` resumes)."""
+    from acpsearch.search import study as st
+    from acpsearch.search.pipeline import preflight
+    from acpsearch.spec import load_spec
+
+    spec = load_spec(spec_path)
+    final_name = name or spec.name
+    if reuse and final_name:
+        try:
+            existing = st.load_search_study(storage, final_name)
+        except StorageError:
+            existing = None
+        if existing is not None:
+            stored = existing.user_attrs.get("spec") or {}
+            mine = spec.model_copy(update={"name": final_name}).to_dict()
+            if stored != mine:
+                raise SpecError(f"name: study {final_name!r} exists with a different spec (use --name for a new study)")
+            return final_name
+    if check:
+        preflight(spec)
+    return st.submit(storage, spec, name)
+
+
+# --- commands ------------------------------------------------------------------------------------
+@app.command()
+def submit(
+    spec: str = typer.Argument(..., help="study spec (YAML)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    name: Optional[str] = typer.Option(None, "--name", help="study name (overrides the spec's name)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Validate a spec (data, model, budget) and store it as a submitted study; prints its name."""
+    url, st_obj = _storage(storage)
+    study_name = _submit(spec, st_obj, name)
+    if json_out:
+        out({"name": study_name, "storage": url, "state": "submitted"})
+    else:
+        print(study_name)
+
+
+@app.command()
+def run(
+    target: str = typer.Argument(..., help="study NAME, or a SPEC.yaml to submit and run"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: spec search.workers)"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    name: Optional[str] = typer.Option(None, "--name", help="study name when TARGET is a spec"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Run a study to the end; an interrupted study resumes where the storage says it stopped."""
+    from acpsearch.search.pipeline import run_study
+
+    url, st_obj = _storage(storage)
+    if address is not None:
+        from acpsearch.search.cluster import _check_reachable, ray_env
+
+        ray_env()
+        _check_reachable(address)  # before touching the study: a bad address leaves it untouched
+    study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
+    rep = RichReporter(quiet=json_out)
+    try:
+        summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep)
+    finally:
+        rep.close()
+    if json_out:
+        out(_show(url, st_obj, study_name))
+    else:
+        _print_show(_show(url, st_obj, study_name))
+        del summary
+
+
+@app.command()
+def worker(
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: each spec's)"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    wait: float = typer.Option(0.0, "--wait", min=0.0, help="keep polling this many seconds after the queue is empty"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Run submitted studies one after another until none is left (a study is claimed through a
+    lease in the storage, so several workers never run the same study)."""
+    from acpsearch.search import study as st
+    from acpsearch.search.pipeline import StudyBusy, claimable, run_study
+
+    url, st_obj = _storage(storage)
+    if address is not None:
+        from acpsearch.search.cluster import _check_reachable, ray_env
+
+        ray_env()
+        _check_reachable(address)
+    ran: list[dict[str, Any]] = []
+    idle_since = time.monotonic()
+    while True:
+        todo = [s for s in st.list_search_studies(st_obj) if claimable(s)]
+        progressed = False
+        for frozen in todo:
+            rep = RichReporter(quiet=json_out)
+            if not json_out:
+                err.print(f"worker: running study {frozen.study_name!r}")
+            try:
+                run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep)
+                ran.append({"name": frozen.study_name, "state": "done"})
+            except StudyBusy:
+                continue
+            except st.LeaseLost as exc:
+                ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
+                ran.append({"name": frozen.study_name, "state": "failed",
+                            "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"})
+                if not json_out:
+                    err.print(f"worker: study {frozen.study_name!r} failed: {ran[-1]['error']}")
+            finally:
+                rep.close()
+            progressed = True
+            break  # re-list: other workers may have taken or submitted studies meanwhile
+        if progressed:
+            idle_since = time.monotonic()
+            continue
+        if time.monotonic() - idle_since >= wait:
+            break
+        time.sleep(min(5.0, max(0.5, wait / 10)))
+    if json_out:
+        out({"ran": ran})
+    else:
+        err.print(f"worker: no study left to run ({len(ran)} run by this worker)")
+
+
+def _status_rows(st_obj: Any) -> list[dict[str, Any]]:
+    from acpsearch.search import study as st
+
+    return [st.summarize(s, st_obj) for s in st.list_search_studies(st_obj)]
+
+
+@app.command()
+def status(
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """All studies in the storage: state, progress, winner."""
+    url, st_obj = _storage(storage)
+    rows = _status_rows(st_obj)
+    if json_out:
+        out({"storage": url, "studies": rows})
+        return
+    table = Table(title=f"studies in {url}")
+    for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test mAP", "FLOPs"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["state"] + (f" ({r['lease']})" if r["lease"] != "free" else ""), str(r["model"]),
+                      str(r["dataset"]), ", ".join(f"{k}={v}" for k, v in r["budget"].items()),
+                      f"{r['candidates']}/{r['candidates_target']}", ",".join(r["phases_done"]) or "–",
+                      f"{r['winner_test_map']:.4f}" if r["winner_test_map"] is not None else "–",
+                      f"{r['winner_flops_ratio']:.3f}" if r["winner_flops_ratio"] is not None else "–")
+    console().print(table)
+
+
+def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
+    from acpsearch.search import study as st
+    from acpsearch.search.report import build_report
+
+    study = st.load_search_study(st_obj, name)
+    rep = build_report(study, st_obj)
+    rep["summary"] = st.summarize(study, st_obj)
+    rep["phases"] = {p: {k: v for k, v in (study.user_attrs.get(f"phase.{p}") or {}).items()
+                         if k not in ("pr_curve", "space", "losses", "scores")}
+                     for p in st.PHASES if study.user_attrs.get(f"phase.{p}")}
+    rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
+    rep["storage"] = url
+    return rep
+
+
+def _print_show(rep: dict[str, Any]) -> None:
+    from acpsearch.search.report import markdown
+
+    c = console()
+    s = rep["summary"]
+    c.print(f"[bold]{rep['study']}[/bold]  state={s['state']}  candidates={s['candidates']}/{s['candidates_target']}  "
+            f"lease={s['lease']}")
+    if s.get("error"):
+        c.print(f"error: {s['error']}")
+    table = Table(title="phases")
+    table.add_column("phase")
+    table.add_column("seconds")
+    table.add_column("details")
+    for p, rec in rep["phases"].items():
+        details = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in ("done", "seconds", "at", "path", "artifact_id",
+                                                                              "history", "training", "finalists", "artifacts"))
+        table.add_row(p, f"{rec.get('seconds', 0):.1f}", details[:120])
+    c.print(table)
+    if rep.get("winner"):
+        from rich.markdown import Markdown
+
+        c.print(Markdown(markdown(rep)))
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(..., help="study name"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """One study: phases, base vs winner, finalists."""
+    url, st_obj = _storage(storage)
+    rep = _show(url, st_obj, name)
+    if json_out:
+        out(rep)
+    else:
+        _print_show(rep)
+
+
+@app.command()
+def export(
+    name: str = typer.Argument(..., help="study name"),
+    out_path: Path = typer.Option(..., "--out", help="where to write the pruned model checkpoint"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    trial: Optional[int] = typer.Option(None, "--trial", help="a finalist trial number of NAME.finetune (default: the winner)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Write the winner (or a chosen fine-tuned finalist) as a checkpoint acpsearch.load_model reads."""
+    import optuna
+
+    from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.search import study as st
+
+    url, st_obj = _storage(storage)
+    study = st.load_search_study(st_obj, name)
+    if trial is None:
+        winner = study.user_attrs.get("winner")
+        if not winner:
+            raise StorageError(f"study {name!r}: has no winner yet (state {study.user_attrs.get('state')!r})")
+        src, number = winner["path"], winner.get("finetune_trial")
+    else:
+        ft_name = study.user_attrs.get("finetune_study")
+        if not ft_name:
+            raise StorageError(f"study {name!r}: has no fine-tuned finalists yet")
+        ft = optuna.load_study(study_name=ft_name, storage=st_obj)
+        match = [t for t in ft.get_trials(deepcopy=False) if t.number == trial]
+        if not match or not match[0].user_attrs.get("path"):
+            raise SpecError(f"--trial: study {ft_name!r} has no finished finalist trial {trial}")
+        src, number = match[0].user_attrs["path"], trial
+    if not Path(src).is_file():
+        raise StorageError(f"study {name!r}: artifact {src!r} is missing (artifact directory moved?)")
+    read_checkpoint(src)  # validate before copying
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out_path)
+    res = {"study": name, "finetune_trial": number, "out": str(out_path)}
+    if json_out:
+        out(res)
+    else:
+        print(f"wrote {out_path} (study {name}, finalist trial {number})")
+
+
+def dashboard_config(path: str | None) -> dict[str, Any]:
+    """dashboards/dashboard.yaml (or --config): storage, artifacts, host, port defaults."""
+    import yaml
+
+    candidates = [Path(path)] if path else [Path("dashboards/dashboard.yaml"),
+                                            Path(__file__).resolve().parents[2] / "dashboards" / "dashboard.yaml"]
+    for p in candidates:
+        if p.is_file():
+            try:
+                cfg = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise SpecError(f"dashboard config {str(p)!r}: not valid YAML ({exc})") from None
+            if not isinstance(cfg, dict):
+                raise SpecError(f"dashboard config {str(p)!r}: must be a mapping")
+            unknown = set(cfg) - {"storage", "artifacts", "host", "port"}
+            if unknown:
+                raise SpecError(f"dashboard config {str(p)!r}: unknown key {sorted(unknown)[0]!r} "
+                                "(allowed: storage, artifacts, host, port)")
+            return {**cfg, "_path": str(p)}
+        if path:
+            raise SpecError(f"--config: {path!r} not found")
+    return {}
+
+
+@app.command()
+def dashboard(
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    host: Optional[str] = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="port (default 8080)"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    config: Optional[str] = typer.Option(None, "--config", help="dashboard config (default dashboards/dashboard.yaml)"),
+) -> None:
+    """Serve optuna-dashboard over the storage with the study artifacts."""
+    from optuna_dashboard import run_server
+
+    from acpsearch.search.storage import artifact_dir, artifact_store
+
+    cfg = dashboard_config(config)
+    url, st_obj = _storage(storage or cfg.get("storage"))
+    host = host or cfg.get("host") or "127.0.0.1"
+    port = int(port or cfg.get("port") or 8080)
+    art = artifact_dir(url, artifacts or cfg.get("artifacts"))
+    if host != "127.0.0.1":
+        err.print(f"note: serving on {host}, not 127.0.0.1: the dashboard has no authentication and anyone who "
+                  f"can reach {host}:{port} can read and edit the studies")
+    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}")
+    run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
+
+
+# register `demo`
+from acpsearch.commands import demo as _demo  # noqa: E402,F401

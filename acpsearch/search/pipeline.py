@@ -1,0 +1,787 @@
+"""The phases of a study, each recorded in Optuna storage so that a resumed run skips them.
+
+    base      load the checkpoint or train the base network      -> artifact base.pt, metrics
+    encoder   train the GCN structure encoder (if the ranker needs it) -> artifact encoder.pt
+    search    Optuna ask/tell over the dynamic space; Ray actors score candidates (one trial each)
+    rerank    optional: a costlier ranker re-scores the top tier (Ray actors)
+    finetune  top-m finalists pruned + fine-tuned as Ray Tune trials (ASHA), one trial each in
+              the companion study NAME.finetune (curve = intermediate values; ASHA-stopped = PRUNED)
+    select    winner by validation mAP; test mAP of base and finalists (Ray tasks); winner exported
+    report    study note (markdown), JSON report and plots as artifacts
+
+The driver is the only writer of the study (workers return values). State = storage + artifact
+directory: phase records hold artifact paths, candidate/finalist progress is the trials.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from acpsearch.errors import AcpError, CheckpointError, DataError, SpecError
+from acpsearch.search import study as st
+from acpsearch.spec import StudySpec
+
+
+# --- reporting -----------------------------------------------------------------------------------
+class Reporter:
+    """Progress sink; the CLI passes a rich-based one, library callers get silence."""
+
+    def phase(self, name: str, total: int | None = None) -> None: ...
+    def advance(self, n: int = 1, **info: Any) -> None: ...
+    def done(self, name: str, seconds: float, skipped: bool = False) -> None: ...
+    def log(self, msg: str) -> None: ...
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy for storage (NaN/inf -> None, numpy -> Python): the dashboard parses
+    attributes as strict JSON, where NaN is invalid."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# --- context -------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    storage: Any
+    url: str
+    study: Any
+    spec: StudySpec
+    artifacts: Path
+    store: Any
+    reporter: Reporter
+    workers: int
+    lease: st.Lease | None = None
+    splits: Any = None
+    base_ckpt: dict[str, Any] | None = None
+    graph: Any = None
+    encoder_state: dict[str, Any] | None = None
+    space: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def spec_dict(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+    def dir(self) -> Path:
+        d = self.artifacts / "studies" / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def check(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def upload(self, path: Path, target: Any = None, mimetype: str | None = None) -> str:
+        """Register a file in the dashboard's artifact store (it keeps its own copy)."""
+        from optuna.artifacts import upload_artifact
+
+        if mimetype is None and path.suffix == ".pt":
+            mimetype = "application/octet-stream"  # mimetypes guesses a SNES page table for .pt
+        kw = {"mimetype": mimetype} if mimetype else {}
+        return upload_artifact(artifact_store=self.store, file_path=str(path),
+                               study_or_trial=target if target is not None else self.study, **kw)
+
+
+# --- data / model helpers ------------------------------------------------------------------------
+def load_data(spec: StudySpec) -> Any:
+    from acpsearch.search.tasks import load_splits
+
+    return load_splits(spec.to_dict())
+
+
+def build_model(spec: StudySpec, input_shape: tuple[int, int, int]) -> tuple[Any, dict[str, Any]]:
+    """An untrained base network for the data's input shape, and its checkpoint model config."""
+    from acpsearch.checkpoint import build_from_config
+
+    c, h, w = input_shape
+    if spec.model.zoo is not None:
+        cfg = {"zoo": spec.model.zoo,
+               "kwargs": {"bits": spec.model.bits, "in_channels": c, "image_size": h, **spec.model.kwargs}}
+    else:
+        cfg = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
+    try:
+        return build_from_config(cfg), cfg
+    except AcpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user factory failing is bad input
+        raise SpecError(f"model: cannot build the network ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The user's trained base network, checked against the data it will be pruned on."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+
+    assert spec.model.checkpoint
+    ckpt = read_checkpoint(spec.model.checkpoint)
+    shape = [int(v) for v in ckpt["input_shape"]]
+    if tuple(shape[1:]) != tuple(input_shape):
+        raise CheckpointError(
+            f"model.checkpoint: {spec.model.checkpoint!r} expects input {tuple(shape[1:])}, "
+            f"the data set {spec.data.dataset!r} has {tuple(input_shape)}")
+    model = model_from_checkpoint(ckpt, source=f"model.checkpoint {spec.model.checkpoint!r}")
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.zeros(*shape))
+    out = out[-1] if isinstance(out, (tuple, list)) else out
+    if int(out.shape[-1]) != spec.model.bits:
+        raise CheckpointError(f"model.checkpoint: the network outputs {int(out.shape[-1])} bits, "
+                              f"model.bits is {spec.model.bits}")
+    return ckpt
+
+
+def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = None) -> Any:
+    """The budget's dynamic space; a latency budget needs the ACP-core latency table."""
+    from acpsearch.search.space import Budget, DynamicSpace
+
+    latency = None
+    if spec.budget.latency_ms is not None:
+        latency = _latency_table(graph, model, example)
+    budget = Budget(flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms)
+    return DynamicSpace(graph, budget, step=spec.space.step, criterion=spec.space.criterion,
+                        min_keep=spec.space.min_keep, latency=latency)
+
+
+def _latency_table(graph: Any, model: Any, example: Any) -> Any:
+    try:
+        from acpsearch.search import latency as lat  # ACP-core layer
+    except ImportError:
+        raise SpecError("budget.latency_ms: latency budgets need acpsearch.search.latency, "
+                        "which is not available in this build") from None
+    builder = getattr(lat, "build_latency_table", None)
+    if builder is None or model is None:
+        raise SpecError("budget.latency_ms: acpsearch.search.latency has no build_latency_table(graph, model, example)")
+    return builder(graph, model, example)
+
+
+def preflight(spec: StudySpec) -> dict[str, Any]:
+    """Check the inputs a study needs BEFORE it is stored: data, model / checkpoint, graph, budget.
+    Every problem is an AcpError (exit 2) and the storage stays untouched."""
+    import torch
+
+    from acpsearch.graph import ChannelGraph
+
+    splits = load_data(spec)
+    shape = splits.input_shape
+    if spec.model.checkpoint:
+        from acpsearch.checkpoint import model_from_checkpoint
+
+        ckpt = read_base_checkpoint(spec, shape)
+        model = model_from_checkpoint(ckpt)
+    else:
+        model, _ = build_model(spec, shape)
+    graph = ChannelGraph.from_model(model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer)
+    space = make_space(spec, graph, model, torch.zeros(1, *shape))
+    cost = graph.cost()
+    return {"input_shape": list(shape), "groups": len(graph.groups), "flops": int(cost.flops),
+            "params": int(cost.params), "space": space.describe() if space is not None else None,
+            "splits": splits.sizes()}
+
+
+# --- phases --------------------------------------------------------------------------------------
+def phase_base(ctx: Context) -> None:
+    """Load or train the base network; store it as an artifact with its metrics."""
+    import torch
+
+    from acpsearch.checkpoint import read_checkpoint, save_checkpoint
+    from acpsearch.graph import ChannelGraph
+
+    ctx.splits = ctx.splits or load_data(ctx.spec)
+    rec = st.phase_done(ctx.study, "base")
+    if rec:
+        ctx.base_ckpt = read_checkpoint(rec["path"])
+        ctx.reporter.done("base", rec["seconds"], skipped=True)
+    else:
+        t0 = time.perf_counter()
+        shape = ctx.splits.input_shape
+        path = ctx.dir() / "base.pt"
+        if ctx.spec.model.checkpoint:
+            ctx.reporter.phase("base: loading checkpoint")
+            ckpt = read_base_checkpoint(ctx.spec, shape)
+            from acpsearch.checkpoint import model_from_checkpoint
+
+            model = model_from_checkpoint(ckpt)
+            save_checkpoint(path, model, ckpt["model"], ckpt["input_shape"], pruning=ckpt.get("pruning"),
+                            meta=ckpt.get("meta"))
+            trained = None
+        else:
+            from acpsearch.hashing import train_hash_net
+
+            tr = ctx.spec.train
+            ctx.reporter.phase("base: training", total=tr.epochs)
+            model, cfg = build_model(ctx.spec, shape)
+
+            def on_epoch(epoch: int, val: float) -> bool:
+                ctx.reporter.advance(1, val_map=val)
+                ctx.check()
+                return False
+
+            res = train_hash_net(model, ctx.splits, loss=tr.loss, epochs=tr.epochs, lr=tr.lr,
+                                 batch_size=tr.batch_size, seed=ctx.spec.data.protocol.seed, progress=False,
+                                 callback=on_epoch)
+            model = res.model
+            trained = {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2),
+                       "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history]}
+            save_checkpoint(path, model, cfg, [1, *shape], meta={"dataset": ctx.spec.data.dataset, "bits": ctx.spec.model.bits,
+                                                                 "loss": tr.loss, "trained_by": ctx.name})
+        ckpt = read_checkpoint(path)
+        g = ChannelGraph.from_model(model, torch.zeros(*ckpt["input_shape"]), hash_layer=ctx.spec.model.hash_layer)
+        cost = g.cost()
+        art = ctx.upload(path)
+        ctx.reporter.phase("base: test evaluation")
+        from acpsearch.search.tasks import evaluate_checkpoint
+
+        ev = evaluate_checkpoint(str(path), ctx.spec_dict, threads=None)
+        st.mark_phase(ctx.study, "base", time.perf_counter() - t0, path=str(path), artifact_id=art,
+                      flops=int(cost.flops), params=int(cost.params), groups=len(g.groups),
+                      source="checkpoint" if ctx.spec.model.checkpoint else "trained", training=trained,
+                      **clean({k: ev.get(k) for k in ("val_map", "test_map", "test_map_topk", "topk", "latency_ms",
+                                                      "pr_curve")}))
+        ctx.base_ckpt = ckpt
+        ctx.reporter.done("base", time.perf_counter() - t0)
+    from acpsearch.checkpoint import model_from_checkpoint
+    from acpsearch.search.tasks import example_input
+
+    base_model = model_from_checkpoint(ctx.base_ckpt)
+    ex = example_input(ctx.base_ckpt)
+    ctx.graph = ChannelGraph.from_model(base_model, ex, hash_layer=ctx.spec.model.hash_layer)
+    ctx.space = make_space(ctx.spec, ctx.graph, base_model, ex)
+
+
+def needs_encoder(spec: StudySpec) -> bool:
+    return spec.search.ranker == "similarity" or spec.search.rerank == "similarity"
+
+
+def phase_encoder(ctx: Context, ray_mod: Any) -> None:
+    """Train the structure encoder contrastively (no fine-tuned labels); `effect` computes its
+    functional signal (code agreement after BN recalibration) on Ray actors."""
+    import torch
+
+    from acpsearch.encoder import StructureEncoder, train_encoder
+
+    rec = st.phase_done(ctx.study, "encoder")
+    if rec:
+        if rec.get("path"):
+            ctx.encoder_state = StructureEncoder.load(rec["path"]).state()
+        ctx.reporter.done("encoder", rec["seconds"], skipped=True)
+        return
+    t0 = time.perf_counter()
+    if not needs_encoder(ctx.spec):
+        st.mark_phase(ctx.study, "encoder", 0.0, path=None, reason=f"ranker {ctx.spec.search.ranker!r} needs no encoder")
+        ctx.reporter.done("encoder", 0.0, skipped=True)
+        return
+    enc = ctx.spec.encoder
+    sp = ctx.spec.space
+    rng = random.Random(ctx.spec.search.seed)
+    kwargs: dict[str, Any] = dict(criterion=sp.criterion, min_keep=sp.min_keep, step=sp.step,
+                                  seed=ctx.spec.search.seed, epochs=enc.epochs)
+    ctx.reporter.phase(f"encoder: {enc.objective}", total=enc.epochs)
+    if enc.objective == "sacp":
+        # strategies from the budget's own space (positives / negatives near where we search)
+        strategies = ctx.space.sample_many(enc.strategies, rng)
+        result = train_encoder(ctx.graph, "sacp", strategies=strategies, n_strategies=enc.strategies,
+                               progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
+    else:
+        strategies = ctx.space.sample_many(enc.strategies, rng)
+        signal = score_on_ray(ctx, ray_mod, "code_agreement", [dict(s.ratios) for s in strategies])
+        result = train_encoder(ctx.graph, "effect", strategies=strategies, signal=signal,
+                               progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
+    path = ctx.dir() / "encoder.pt"
+    result.encoder.save(path)
+    ctx.encoder_state = result.encoder.state()
+    art = ctx.upload(path)
+    st.mark_phase(ctx.study, "encoder", time.perf_counter() - t0, path=str(path), artifact_id=art,
+                  objective=enc.objective, strategies=len(strategies),
+                  losses=[round(float(x), 4) for x in result.losses])
+    ctx.reporter.done("encoder", time.perf_counter() - t0)
+    del torch
+
+
+class RankerPool:
+    """A few Ray actors that each hold the graph + ranker; batches go round-robin."""
+
+    def __init__(self, ctx: Context, ray_mod: Any, name: str, n: int) -> None:
+        from acpsearch.search.tasks import RankerWorker, light_splits
+
+        need_data = name in ("adaptive_bn", "code_agreement")
+        splits = light_splits(ctx.splits) if need_data else None
+        actor = ray_mod.remote(num_cpus=1)(RankerWorker)
+        ckpt_ref = ray_mod.put(ctx.base_ckpt)
+        enc_ref = ray_mod.put(ctx.encoder_state)
+        splits_ref = ray_mod.put(splits)
+        self.ray = ray_mod
+        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref) for _ in range(max(1, n))]
+
+    def score(self, ratios: list[dict[str, float]]) -> list[float]:
+        if not ratios:
+            return []
+        k = len(self.actors)
+        chunks = [ratios[i::k] for i in range(k)]
+        refs = [a.score.remote(c) for a, c in zip(self.actors, chunks) if c]
+        parts = self.ray.get(refs)
+        out: list[float] = [0.0] * len(ratios)
+        for i, part in enumerate(parts):
+            out[i::k] = part
+        return out
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
+def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16) -> list[float]:
+    pool = RankerPool(ctx, ray_mod, name, ctx.workers)
+    try:
+        out: list[float] = []
+        for i in range(0, len(ratios), chunk * len(pool.actors)):
+            out += pool.score(ratios[i:i + chunk * len(pool.actors)])
+            ctx.check()
+        return out
+    finally:
+        pool.close()
+
+
+def make_sampler(spec: StudySpec) -> Any:
+    import optuna
+
+    seed = spec.search.seed
+    kind = spec.search.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise SpecError(f"search.sampler: unknown sampler {kind!r}")
+
+
+def fail_leftovers(study: Any, reason: str) -> int:
+    """Trials a dead runner left RUNNING/WAITING become FAIL (Optuna cannot resume them)."""
+    import optuna
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)):
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+
+
+def candidate_attrs(ctx: Context, strategies: list[Any]) -> list[dict[str, Any]]:
+    """Costs (closed form from the graph), ratios and budget slack of each candidate."""
+    names = [g.name for g in ctx.graph.groups]
+    rows = np.array([[s.ratios.get(n, 1.0) for n in names] for s in strategies], dtype=np.float64)
+    flops, params = ctx.graph.cost_batch(rows)
+    full = ctx.graph.cost()
+    b = ctx.spec.budget
+    out = []
+    for i, s in enumerate(strategies):
+        fr, pr = float(flops[i]) / full.flops, float(params[i]) / full.params
+        cons = {}
+        if b.flops is not None:
+            cons["flops"] = round(fr - b.flops, 6)
+        if b.params is not None:
+            cons["params"] = round(pr - b.params, 6)
+        out.append({"flops": int(flops[i]), "params": int(params[i]), "flops_ratio": round(fr, 6),
+                    "params_ratio": round(pr, 6), "constraints": cons})
+    return out
+
+
+def phase_search(ctx: Context, ray_mod: Any) -> None:
+    """Optuna proposes keep ratios inside the dynamic space (define-by-run); Ray actors score them.
+
+    Every candidate is one COMPLETE trial: params = keep ratios, value = ranker score, user attrs =
+    costs, ratios of the unpruned net, similarity, constraint values (also set_constraint)."""
+    rec = st.phase_done(ctx.study, "search")
+    if rec:
+        ctx.reporter.done("search", rec["seconds"], skipped=True)
+        return
+    import optuna
+
+    t0 = time.perf_counter()
+    study = ctx.study
+    left = fail_leftovers(study, "runner stopped before the candidate was scored")
+    target = ctx.spec.search.candidates
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    ranker = ctx.spec.search.ranker
+    ctx.reporter.phase(f"search: {ranker}", total=target)
+    ctx.reporter.advance(done)
+    if left:
+        ctx.reporter.log(f"resumed: {done} candidates kept, {left} unfinished marked FAIL")
+    pool = RankerPool(ctx, ray_mod, ranker, ctx.workers)
+    batch = max(8, 8 * ctx.workers)
+    try:
+        while done < target:
+            ctx.check()
+            k = min(batch, target - done)
+            trials = [study.ask() for _ in range(k)]
+            strategies = [ctx.space.suggest(t) for t in trials]
+            attrs = candidate_attrs(ctx, strategies)
+            scores = pool.score([dict(s.ratios) for s in strategies])
+            for t, s, a, score in zip(trials, strategies, attrs, scores):
+                for key, val in a["constraints"].items():
+                    t.set_constraint(key, val)
+                    t.set_user_attr(f"constraint.{key}", val)
+                t.set_user_attr("feasible", all(v <= 1e-9 for v in a["constraints"].values()))
+                for key in ("flops", "params", "flops_ratio", "params_ratio"):
+                    t.set_user_attr(key, a[key])
+                t.set_user_attr(ranker, round(float(score), 6))
+                study.tell(t, float(score))
+            done += k
+            ctx.reporter.advance(k, best=study.best_value)
+    finally:
+        pool.close()
+    st.mark_phase(ctx.study, "search", time.perf_counter() - t0, candidates=done, ranker=ranker,
+                  space=clean(ctx.space.describe()))
+    ctx.reporter.done("search", time.perf_counter() - t0)
+
+
+def _ranked_candidates(ctx: Context) -> list[Any]:
+    """Feasible COMPLETE candidates, best ranker score first."""
+    import optuna
+
+    trials = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = [t for t in trials if t.user_attrs.get("feasible", True) and t.value is not None]
+    seen: set[str] = set()
+    unique = []
+    for t in sorted(trials, key=lambda t: (-t.value, t.number)):
+        key = json.dumps(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(t)
+    return unique
+
+
+def _ratios_of(ctx: Context, trial: Any) -> dict[str, float]:
+    prefix = "keep/"
+    return {k[len(prefix):]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
+
+
+def phase_rerank(ctx: Context, ray_mod: Any) -> None:
+    """Re-score the top tier with a costlier ranker (e.g. adaptive BN) and keep the new order."""
+    rec = st.phase_done(ctx.study, "rerank")
+    if rec:
+        ctx.reporter.done("rerank", rec["seconds"], skipped=True)
+        return
+    name = ctx.spec.search.rerank
+    if name is None:
+        st.mark_phase(ctx.study, "rerank", 0.0, ranker=None)
+        return
+    t0 = time.perf_counter()
+    top = _ranked_candidates(ctx)[: ctx.spec.search.rerank_top]
+    ctx.reporter.phase(f"rerank: {name}", total=len(top))
+    scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4)
+    ctx.reporter.advance(len(top))
+    st.mark_phase(ctx.study, "rerank", time.perf_counter() - t0, ranker=name,
+                  scores={str(t.number): round(float(s), 6) for t, s in zip(top, scores)})
+    ctx.reporter.done("rerank", time.perf_counter() - t0)
+
+
+def finalists(ctx: Context) -> list[Any]:
+    ranked = _ranked_candidates(ctx)
+    rerank = st.phase_done(ctx.study, "rerank") or {}
+    scores = rerank.get("scores") or {}
+    if scores:
+        ranked = sorted([t for t in ranked if str(t.number) in scores], key=lambda t: (-scores[str(t.number)], t.number))
+    return ranked[: ctx.spec.finetune.top]
+
+
+class _TuneRecorder:
+    """Ray Tune callback on the driver: writes each reported val mAP of a finalist into its
+    Optuna trial as an intermediate value (live curves in the dashboard)."""
+
+    def __init__(self, storage: Any, trial_ids: dict[int, int]) -> None:
+        from ray.tune import Callback
+
+        recorder = self
+
+        class _CB(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                recorder.result(trial, result)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                recorder.complete(trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                recorder.errors[trial.config["finalist"]["number"]] = str(getattr(trial, "error_file", "error"))
+
+        self.callback = _CB()
+        self.storage = storage
+        self.trial_ids = trial_ids
+        self.reported: dict[int, int] = {}
+        self.completed: set[int] = set()
+        self.errors: dict[int, str] = {}
+
+    def result(self, trial: Any, result: dict[str, Any]) -> None:
+        number = trial.config["finalist"]["number"]
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        val = result.get("val_map")
+        if val is not None and math.isfinite(val):
+            self.storage.set_trial_intermediate_value(self.trial_ids[number], epoch, float(val))
+        self.reported[number] = max(self.reported.get(number, -1), epoch)
+
+    def complete(self, trial: Any) -> None:
+        self.completed.add(trial.config["finalist"]["number"])
+
+
+def phase_finetune(ctx: Context, ray_mod: Any) -> None:
+    """Fine-tune the finalists as Ray Tune trials (ASHA stops weak ones early).
+
+    Each finalist is a trial of NAME.finetune: params = keep ratios, intermediate values = val
+    mAP per epoch, user attrs = candidate number and costs; finished with val mAP as value, or
+    PRUNED when ASHA stopped it. Finalists already finished are skipped on resume."""
+    import optuna
+    from ray import tune
+
+    from acpsearch.checkpoint import load_model
+    from acpsearch.search.tasks import evaluate_checkpoint, finetune_trainable, light_splits, measure_latency_ms
+
+    rec = st.phase_done(ctx.study, "finetune")
+    if rec:
+        ctx.reporter.done("finetune", rec["seconds"], skipped=True)
+        return
+    t0 = time.perf_counter()
+    ft_study = st.finetune_study(ctx.storage, ctx.study)
+    ctx.study.set_user_attr("finetune_study", ft_study.study_name)
+    fail_leftovers(ft_study, "runner stopped during fine-tuning")
+    finished = {t.user_attrs.get("candidate") for t in ft_study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))}
+    chosen = finalists(ctx)
+    todo = [t for t in chosen if t.number not in finished]
+    ft = ctx.spec.finetune
+    out_dir = ctx.dir() / "finalists"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.reporter.phase(f"finetune: {len(chosen)} finalists x {ft.epochs} epochs", total=len(todo))
+    trial_ids: dict[int, int] = {}
+    for cand in todo:
+        frozen = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, params=dict(cand.params), distributions=dict(cand.distributions),
+            user_attrs=clean({"candidate": cand.number, "score": cand.value,
+                              **{k: cand.user_attrs.get(k) for k in ("flops", "params", "flops_ratio", "params_ratio",
+                                                                     ctx.spec.search.ranker)}}))
+        ft_study.add_trial(frozen)
+        trial_ids[cand.number] = ft_study.get_trials(deepcopy=False)[-1]._trial_id
+    if todo:
+        recorder = _TuneRecorder(ctx.storage, trial_ids)
+        if ft.early_stop == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler: Any = ASHAScheduler(time_attr="training_iteration", metric="val_map", mode="max",
+                                           max_t=ft.epochs + 1, grace_period=min(2, ft.epochs + 1), reduction_factor=2)
+        else:
+            from ray.tune.schedulers import FIFOScheduler
+
+            scheduler = FIFOScheduler()
+        trainable = tune.with_resources(
+            tune.with_parameters(finetune_trainable, ckpt=ctx.base_ckpt, spec=ctx.spec_dict,
+                                 splits=light_splits(ctx.splits), out_dir=str(out_dir)),
+            {"cpu": 1})
+        space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t)} for t in todo])}
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max(1, ctx.workers),
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
+                                      storage_path=str(ctx.artifacts / "ray-results"), callbacks=[recorder.callback],
+                                      verbose=0, log_to_file=True),
+        )
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables on stdout; --json owns stdout
+            tuner.fit()
+        # Test metrics are computed BEFORE a finalist trial is finished: Optuna forbids attribute
+        # updates on finished trials, and every finalist must carry val_map and test_map.
+        remote = ray_mod.remote(num_cpus=1)(evaluate_checkpoint)
+        refs = {}
+        for cand in todo:
+            path = out_dir / f"finalist-{cand.number}.pt"
+            if cand.number not in recorder.errors and path.exists():
+                refs[cand.number] = remote.remote(str(path), ctx.spec_dict, latency=False)
+        full = ctx.graph.cost()
+        frozen_shape = list(ctx.base_ckpt["input_shape"])
+        for cand in todo:
+            tid = trial_ids[cand.number]
+            path = out_dir / f"finalist-{cand.number}.pt"
+            frozen = ctx.storage.get_trial(tid)
+            curve = {int(k): float(v) for k, v in frozen.intermediate_values.items()}
+            if cand.number not in refs or not curve:
+                ctx.storage.set_trial_user_attr(tid, "fail_reason", recorder.errors.get(cand.number, "no result"))
+                ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
+                continue
+            ev = ray_mod.get(refs[cand.number])
+            # Latency is timed here on the driver, one finalist after another, like the base net in
+            # phase_base: parallel timings on a busy worker measured each other, not the model.
+            ev["latency_ms"] = round(measure_latency_ms(load_model(path), frozen_shape), 3)
+            epochs_run = max(curve)
+            stopped = epochs_run < ft.epochs
+            best_val = max(curve.values())
+            attrs = {"val_map": round(best_val, 6), "test_map": ev["test_map"], "test_map_topk": ev["test_map_topk"],
+                     "topk": ev["topk"], "measured_flops": ev["flops"], "measured_params": ev["params"],
+                     "measured_flops_ratio": ev["flops"] / full.flops, "measured_params_ratio": ev["params"] / full.params,
+                     "latency_ms": ev.get("latency_ms"), "epochs_run": epochs_run, "stopped_early": stopped,
+                     "val_map_before_finetune": curve.get(0), "path": str(path), "pr_curve": ev.get("pr_curve")}
+            for key, val in clean(attrs).items():
+                ctx.storage.set_trial_user_attr(tid, key, val)
+            if stopped:  # ASHA stopped it: PRUNED, not COMPLETE (FACTS.md: Tune would call it complete)
+                ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.PRUNED)
+            else:
+                ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE, [best_val])
+            ctx.reporter.advance(1)
+            ctx.check()
+    n_ok = len(ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if n_ok == 0:
+        raise RuntimeError("finetune: no finalist finished its fine-tuning (see the FAIL trials' fail_reason)")
+    st.mark_phase(ctx.study, "finetune", time.perf_counter() - t0, finalists=[t.number for t in chosen],
+                  finetune_study=ft_study.study_name)
+    ctx.reporter.done("finetune", time.perf_counter() - t0)
+
+
+def phase_select(ctx: Context, ray_mod: Any) -> None:
+    """Winner = best validation mAP among fully fine-tuned finalists (never the test queries);
+    exported as winner.pt (pruning record + weights) and stored as the study's `winner`."""
+    rec = st.phase_done(ctx.study, "select")
+    if rec:
+        ctx.reporter.done("select", rec["seconds"], skipped=True)
+        return
+    import optuna
+
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+
+    t0 = time.perf_counter()
+    ft_study = st.finetune_study(ctx.storage, ctx.study)
+    complete = [t for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get("val_map") is not None]
+    if not complete:
+        raise RuntimeError("select: no COMPLETE finalist to choose from")
+    best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
+    winner_path = ctx.dir() / "winner.pt"
+    ck = read_checkpoint(best.user_attrs["path"])
+    save_checkpoint(winner_path, model_from_checkpoint(ck), ck["model"], ck["input_shape"], pruning=ck["pruning"],
+                    meta={**(ck.get("meta") or {}), "study": ctx.name, "finetune_trial": best.number,
+                          "val_map": best.user_attrs["val_map"], "test_map": best.user_attrs.get("test_map")})
+    art = ctx.upload(winner_path)
+    cand = ctx.study.trials[int(best.user_attrs["candidate"])]
+    winner = {k: v for k, v in best.user_attrs.items() if k != "pr_curve"}
+    winner.update({"finetune_trial": best.number, "path": str(winner_path), "artifact_id": art,
+                   "ratios": _ratios_of(ctx, cand), "score": cand.value,
+                   "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
+                   "kept": {k: int(v) for k, v in ctx.space.to_strategy(_ratios_of(ctx, cand)).kept.items()}})
+    ctx.study.set_user_attr("winner", clean(winner))
+    st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
+                  finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
+    ctx.reporter.done("select", time.perf_counter() - t0)
+
+
+def run_phases(ctx: Context, ray_mod: Any) -> None:
+    phase_base(ctx)
+    ctx.check()
+    phase_encoder(ctx, ray_mod)
+    ctx.check()
+    phase_search(ctx, ray_mod)
+    ctx.check()
+    phase_rerank(ctx, ray_mod)
+    ctx.check()
+    phase_finetune(ctx, ray_mod)
+    ctx.check()
+    phase_select(ctx, ray_mod)
+    ctx.check()
+    from acpsearch.search.report import phase_report
+
+    phase_report(ctx)
+
+
+# --- entry points --------------------------------------------------------------------------------
+class StudyBusy(AcpError):
+    """Another runner holds the study's lease."""
+
+
+def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
+              artifacts: str | Path | None = None, reporter: Reporter | None = None,
+              on_lease: Callable[[st.Lease], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) study `name` to the end under a lease; returns its summary.
+
+    Storage is the only state: every phase checks its record and skips what is done."""
+    from acpsearch.search.cluster import connect, shutdown_if_owned
+    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url
+
+    url = resolve_url(url)
+    storage = open_storage(url)
+    study = st.load_search_study(storage, name)
+    spec = st.study_spec(study)
+    if study.user_attrs.get("state") == "done":
+        return st.summarize(study, storage)
+    study = st.load_search_study(storage, name, sampler=make_sampler(spec))
+    lease = st.Lease(storage, study._study_id, st.holder_id())
+    if not lease.try_acquire():
+        raise StudyBusy(f"study {name!r}: {st.lease_state(study.user_attrs)} (another runner works on it)")
+    if on_lease is not None:
+        on_lease(lease)
+    n_workers = int(workers or spec.search.workers)
+    art = artifact_dir(url, artifacts)
+    ctx = Context(storage=storage, url=url, study=study, spec=spec, artifacts=art, store=artifact_store(art),
+                  reporter=reporter or Reporter(), workers=n_workers, lease=lease)
+    info: dict[str, Any] = {}
+    try:
+        info = connect(address, n_workers)
+        import ray
+
+        st.set_state(study, "running", started_at=study.user_attrs.get("started_at") or st.now_iso(),
+                     ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"]})
+        run_phases(ctx, ray)
+        st.set_state(study, "done", finished_at=st.now_iso(), error=None)
+    except st.LeaseLost:
+        raise
+    except AcpError as exc:
+        st.set_state(study, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    except BaseException as exc:
+        msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        if isinstance(exc, KeyboardInterrupt):
+            st.set_state(study, "interrupted", error=msg)
+        else:
+            st.set_state(study, "failed", error=msg, traceback=traceback.format_exc()[-4000:])
+        raise
+    finally:
+        lease.release()
+        if info:
+            shutdown_if_owned(info)
+    return st.summarize(study, storage)
+
+
+def claimable(frozen: Any) -> bool:
+    """A worker may take a study that is submitted, or was left running/interrupted by a dead
+    runner (its lease expired). Failed and done studies are left alone."""
+    attrs = frozen.user_attrs
+    return attrs.get("state") in ("submitted", "running", "interrupted") and st.lease_state(attrs) == "free"
+
+
+def data_error_hint(exc: DataError) -> str:
+    return str(exc)

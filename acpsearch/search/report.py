@@ -1,0 +1,200 @@
+"""The study report: markdown note (optuna-dashboard shows it on the study page), a JSON report,
+and plots (similarity vs FLOPs of all candidates, keep ratio per group of the winner,
+precision-recall of base vs winner) both as dashboard graph objects and as one HTML artifact."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from acpsearch.search import study as st
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v / 1e6:.3f} M" if abs(v) >= 1_000_000 else f"{v / 1e3:.1f} k"
+    return str(v)
+
+
+def _change(base: Any, new: Any, ratio: bool = False) -> str:
+    if base in (None, 0) or new is None:
+        return "–"
+    if ratio:
+        return f"{new / base:.1%} of base"
+    return f"{new - base:+.4f}"
+
+
+def build_report(study: Any, storage: Any) -> dict[str, Any]:
+    """Everything the report shows, read from the storage (works for any finished study)."""
+    import optuna
+
+    attrs = study.user_attrs
+    base = attrs.get("phase.base") or {}
+    winner = attrs.get("winner") or {}
+    phases = {p: (attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
+    ft_name = attrs.get("finetune_study")
+    finalists: list[dict[str, Any]] = []
+    if ft_name:
+        ft = optuna.load_study(study_name=ft_name, storage=storage)
+        for t in ft.get_trials(deepcopy=False):
+            u = t.user_attrs
+            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "state": t.state.name,
+                              "score": u.get("score"), "val_map": u.get("val_map"), "test_map": u.get("test_map"),
+                              "flops_ratio": u.get("flops_ratio"), "params_ratio": u.get("params_ratio"),
+                              "latency_ms": u.get("latency_ms"), "epochs_run": u.get("epochs_run")})
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return {
+        "study": study.study_name,
+        "spec": attrs.get("spec"),
+        "base": {k: base.get(k) for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params",
+                                          "latency_ms", "source", "path")},
+        "winner": winner,
+        "finalists": finalists,
+        "candidates": len(complete),
+        "phase_seconds": phases,
+        "space": (attrs.get("phase.search") or {}).get("space"),
+        "ray": attrs.get("ray"),
+    }
+
+
+def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
+    """The study note: base vs winner, per-group keep ratios, finalists, phase timings."""
+    b, w = rep["base"], rep["winner"]
+    spec = rep.get("spec") or {}
+    model = (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory")
+    budget = {k: v for k, v in (spec.get("budget") or {}).items() if v is not None}
+    lines = [f"# {rep['study']}", "",
+             f"**{model}** ({(spec.get('model') or {}).get('bits')} bits) on **{(spec.get('data') or {}).get('dataset')}**, "
+             f"budget {budget}, {rep['candidates']} candidates ranked by "
+             f"`{(spec.get('search') or {}).get('ranker')}`"
+             + (f", re-ranked by `{spec['search']['rerank']}`" if (spec.get("search") or {}).get("rerank") else "")
+             + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned.", "",
+             "| | base | winner | change |", "|---|---|---|---|"]
+    topk = b.get("topk") or w.get("topk")
+    rows = [("test mAP@all", "test_map", False, 4), (f"test mAP@{topk}", "test_map_topk", False, 4),
+            ("val mAP", "val_map", False, 4)]
+    for label, key, _, d in rows:
+        lines.append(f"| {label} | {_fmt(b.get(key), d)} | {_fmt(w.get(key), d)} | {_change(b.get(key), w.get(key))} |")
+    wf, wp = w.get("measured_flops"), w.get("measured_params")
+    lines.append(f"| FLOPs (MACs) | {_fmt(b.get('flops'))} | {_fmt(wf)} | {_change(b.get('flops'), wf, True)} |")
+    lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
+    bl, wl = b.get("latency_ms"), w.get("latency_ms")
+    speed = f"{bl / wl:.2f}x faster" if bl and wl else "–"
+    lines.append(f"| latency (ms, batch 64, 1 thread) | {_fmt(bl, 2)} | {_fmt(wl, 2)} | {speed} |")
+    lines += ["", "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
+              "the best validation mAP.", ""]
+    ratios = w.get("ratios") or {}
+    kept = w.get("kept") or {}
+    if ratios:
+        lines += ["## Keep ratio per channel group (winner)", "", "| group | channels | kept | ratio |", "|---|---|---|---|"]
+        for name, r in ratios.items():
+            ch = (groups or w.get("channels") or {}).get(name, "–")
+            lines.append(f"| `{name}` | {ch} | {kept.get(name, '–')} | {r:.2f} |")
+        lines.append("")
+    if rep["finalists"]:
+        lines += ["## Finalists (fine-tuned)", "",
+                  "| trial | candidate | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for f in rep["finalists"]:
+            lines.append(f"| {f['trial']} | {f['candidate']} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
+                         f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
+                         f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |")
+        lines.append("")
+    lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
+    for p, sec in rep["phase_seconds"].items():
+        if sec is not None:
+            lines.append(f"| {p} | {sec:.1f} |")
+    lines += ["", "Artifacts: `winner.pt` (load with `acpsearch.load_model`), `base.pt`, `encoder.pt`, "
+              "`report.json`, `report.html` (plots)."]
+    return "\n".join(lines) + "\n"
+
+
+def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
+    """Plotly figures: candidates' score vs FLOPs ratio, winner keep ratios, PR base vs winner."""
+    import optuna
+    import plotly.graph_objects as go
+
+    ranker = ((rep.get("spec") or {}).get("search") or {}).get("ranker", "similarity")
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    fin_cands = {f["candidate"] for f in rep["finalists"]}
+    win_cand = (rep["winner"] or {}).get("candidate")
+    figs = []
+    fig = go.Figure()
+    xs = [t.user_attrs.get("flops_ratio") for t in trials]
+    fig.add_trace(go.Scatter(x=xs, y=[t.value for t in trials], mode="markers", name="candidates",
+                             text=[f"trial {t.number}" for t in trials], marker={"size": 5, "opacity": 0.6}))
+    fin = [t for t in trials if t.number in fin_cands]
+    fig.add_trace(go.Scatter(x=[t.user_attrs.get("flops_ratio") for t in fin], y=[t.value for t in fin],
+                             mode="markers", name="finalists", marker={"size": 10, "symbol": "diamond"}))
+    win = [t for t in trials if t.number == win_cand]
+    fig.add_trace(go.Scatter(x=[t.user_attrs.get("flops_ratio") for t in win], y=[t.value for t in win],
+                             mode="markers", name="winner", marker={"size": 16, "symbol": "star"}))
+    fig.update_layout(title=f"{ranker} vs FLOPs ratio of all candidates", xaxis_title="FLOPs ratio",
+                      yaxis_title=ranker)
+    figs.append(fig)
+    ratios = (rep["winner"] or {}).get("ratios") or {}
+    fig = go.Figure(go.Bar(x=list(ratios), y=list(ratios.values())))
+    fig.update_layout(title="keep ratio per channel group (winner)", yaxis_title="keep ratio", yaxis_range=[0, 1.05])
+    figs.append(fig)
+    curves = {"base": (study.user_attrs.get("phase.base") or {}).get("pr_curve"),
+              "winner": (rep["winner"] or {}).get("pr_curve") or _winner_curve(study, rep)}
+    fig = go.Figure()
+    for label, c in curves.items():
+        if c:
+            fig.add_trace(go.Scatter(x=c["recall"], y=c["precision"], mode="lines+markers", name=label,
+                                     text=[f"radius {r}" for r in c.get("radius", [])]))
+    fig.update_layout(title="precision-recall (Hamming radius), test queries", xaxis_title="recall",
+                      yaxis_title="precision")
+    figs.append(fig)
+    return figs
+
+
+def _winner_curve(study: Any, rep: dict[str, Any]) -> Any:
+    import optuna
+
+    ft_name = study.user_attrs.get("finetune_study")
+    trial_no = (rep["winner"] or {}).get("finetune_trial")
+    if not ft_name or trial_no is None:
+        return None
+    ft = optuna.load_study(study_name=ft_name, storage=study._storage)
+    return ft.trials[int(trial_no)].user_attrs.get("pr_curve")
+
+
+def phase_report(ctx: Any) -> None:
+    """Write the note, the JSON report and the plots; upload them as study artifacts."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    rec = st.phase_done(ctx.study, "report")
+    if rec:
+        ctx.reporter.done("report", rec["seconds"], skipped=True)
+        return
+    t0 = time.perf_counter()
+    ctx.reporter.phase("report")
+    rep = build_report(ctx.study, ctx.storage)
+    groups = {g.name: g.channels for g in ctx.graph.groups} if ctx.graph is not None else None
+    note = markdown(rep, groups)
+    save_note(ctx.study, note)
+    out = ctx.dir()
+    (out / "report.md").write_text(note)
+    rep_path = out / "report.json"
+    rep_path.write_text(json.dumps(rep, indent=2, default=str))
+    figs = figures(ctx.study, rep)
+    for i, fig in enumerate(figs):
+        save_plotly_graph_object(ctx.study, fig, graph_object_id=f"acpsearch-{i}")
+    html = out / "report.html"
+    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    html.write_text(f"<html><head><meta charset='utf-8'><title>{rep['study']}</title></head><body>"
+                    + "\n".join(parts) + "</body></html>")
+    arts = {p.name: ctx.upload(p, mimetype=m) for p, m in
+            ((rep_path, "application/json"), (html, "text/html"), (out / "report.md", "text/markdown"))}
+    st.mark_phase(ctx.study, "report", time.perf_counter() - t0, artifacts=arts, path=str(rep_path))
+    ctx.reporter.done("report", time.perf_counter() - t0)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,244 @@
+"""Study bookkeeping in Optuna storage: submission, state, phases, the lease, summaries.
+
+Everything a runner needs to resume lives in the storage (study user attributes + artifacts),
+never in the runner's memory: a SIGKILLed runner leaves a study that the next runner continues.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from acpsearch.errors import SpecError, StorageError
+from acpsearch.spec import StudySpec, spec_from_json
+
+KIND = "acpsearch-search"
+FINETUNE_KIND = "acpsearch-finetune"
+FINETUNE_SUFFIX = ".finetune"
+PHASES = ("base", "encoder", "search", "rerank", "finetune", "select", "report")
+LEASE_TTL_S = 60.0
+CANDIDATE_OBJECTIVE = "similarity"
+FINETUNE_OBJECTIVE = "val_map"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- studies -------------------------------------------------------------------------------------
+def _get_study(storage: Any, name: str, sampler: Any = None) -> Any:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    except KeyError:
+        raise StorageError(f"study {name!r}: no such study in this storage") from None
+
+
+def load_search_study(storage: Any, name: str, sampler: Any = None) -> Any:
+    """The main (candidate) study of a search; refuses studies acpsearch did not create."""
+    study = _get_study(storage, name, sampler)
+    if study.user_attrs.get("kind") != KIND:
+        raise StorageError(f"study {name!r}: not an acpsearch search study")
+    return study
+
+
+def study_spec(study: Any) -> StudySpec:
+    return spec_from_json(study.user_attrs["spec"])
+
+
+def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
+    """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name."""
+    import optuna
+
+    name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    spec = spec.model_copy(update={"name": name})
+    from acpsearch.spec import NAME_RE
+
+    if not NAME_RE.match(name):
+        raise SpecError(f"--name: must match {NAME_RE.pattern}, got {name!r}")
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        raise SpecError(f"name: a study named {name!r} already exists in this storage (use --name)") from None
+    study.set_user_attr("kind", KIND)
+    study.set_user_attr("spec", spec.to_dict())
+    study.set_user_attr("state", "submitted")
+    study.set_user_attr("submitted_at", now_iso())
+    set_objective_names(study, [CANDIDATE_OBJECTIVE])
+    return name
+
+
+def set_objective_names(study: Any, names: list[str]) -> None:
+    """Objective names shown by optuna-dashboard. optuna_dashboard.set_objective_names is deprecated
+    in 0.21 in favour of Optuna's study.set_metric_names (which the dashboard reads)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names(names)
+
+
+def finetune_study(storage: Any, parent: Any) -> Any:
+    """The companion study holding the finalists' fine-tuning trials (objective: val mAP).
+
+    A separate study, because finalists have another objective than candidates and must not
+    feed the candidate sampler."""
+    import optuna
+
+    name = parent.study_name + FINETUNE_SUFFIX
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    if study.user_attrs.get("kind") != FINETUNE_KIND:
+        study.set_user_attr("kind", FINETUNE_KIND)
+        study.set_user_attr("parent", parent.study_name)
+        set_objective_names(study, [FINETUNE_OBJECTIVE])
+    return study
+
+
+def list_search_studies(storage: Any) -> list[Any]:
+    """FrozenStudy records of all acpsearch search studies, oldest first."""
+    studies = [s for s in storage.get_all_studies() if s.user_attrs.get("kind") == KIND]
+    return sorted(studies, key=lambda s: s._study_id)
+
+
+# --- phases --------------------------------------------------------------------------------------
+def phase_done(study: Any, phase: str) -> dict[str, Any] | None:
+    """The record of a finished phase, or None (attrs are re-read from storage every time)."""
+    rec = study.user_attrs.get(f"phase.{phase}")
+    return rec if isinstance(rec, dict) and rec.get("done") else None
+
+
+def mark_phase(study: Any, phase: str, seconds: float, **details: Any) -> None:
+    study.set_user_attr(f"phase.{phase}", {"done": True, "seconds": round(float(seconds), 3), "at": now_iso(), **details})
+
+
+def set_state(study: Any, state: str, **extra: Any) -> None:
+    study.set_user_attr("state", state)
+    for key, value in extra.items():
+        study.set_user_attr(key, value)
+
+
+# --- lease ---------------------------------------------------------------------------------------
+class LeaseLost(RuntimeError):
+    """Another runner took the study (our lease expired): stop writing to it."""
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _lease_free(lease: Any, me: str, now: float) -> bool:
+    return not isinstance(lease, dict) or lease.get("holder") == me or float(lease.get("expires", 0)) < now
+
+
+@dataclass
+class Lease:
+    """A claim on a study: user attr ``lease = {holder, expires}`` renewed by a background thread.
+
+    Optuna's storage API has no compare-and-swap, so a claim is: check free -> write -> wait a
+    moment -> read back; only the last writer reads its own id and proceeds. The holder re-checks
+    on every renewal and raises LeaseLost in the runner if someone else holds it. A dead holder
+    stops renewing, so its lease expires after `ttl` seconds and another runner can take over."""
+
+    storage: Any
+    study_id: int
+    holder: str
+    ttl: float = LEASE_TTL_S
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+    lost: str | None = None
+
+    def _attrs(self) -> dict[str, Any]:
+        return self.storage.get_study_user_attrs(self.study_id)
+
+    def _write(self) -> None:
+        self.storage.set_study_user_attr(self.study_id, "lease", {"holder": self.holder, "expires": time.time() + self.ttl})
+
+    def try_acquire(self, settle_s: float = 0.3) -> bool:
+        if not _lease_free(self._attrs().get("lease"), self.holder, time.time()):
+            return False
+        self._write()
+        time.sleep(settle_s)
+        lease = self._attrs().get("lease")
+        if not (isinstance(lease, dict) and lease.get("holder") == self.holder):
+            return False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="acpsearch-lease", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        assert self._stop is not None
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                lease = self._attrs().get("lease")
+                if isinstance(lease, dict) and lease.get("holder") != self.holder:
+                    self.lost = f"study taken over by {lease.get('holder')}"
+                    return
+                self._write()
+            except Exception as exc:  # noqa: BLE001 - storage hiccup: retry next tick, expire if it persists
+                self.lost = None if time.time() < self._expires_guess() else f"cannot renew lease ({exc})"
+
+    def _expires_guess(self) -> float:
+        try:
+            return float(self._attrs()["lease"]["expires"])
+        except Exception:  # noqa: BLE001
+            return 0.0
+
+    def check(self) -> None:
+        """Raise LeaseLost when the renewal thread saw someone else take the study."""
+        if self.lost:
+            raise LeaseLost(self.lost)
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            lease = self._attrs().get("lease")
+            if isinstance(lease, dict) and lease.get("holder") == self.holder:
+                self.storage.set_study_user_attr(self.study_id, "lease", {"holder": None, "expires": 0.0})
+        except Exception:  # noqa: BLE001 - an unreleased lease simply expires
+            pass
+
+
+def lease_state(attrs: dict[str, Any], now: float | None = None) -> str:
+    lease = attrs.get("lease")
+    now = time.time() if now is None else now
+    if isinstance(lease, dict) and lease.get("holder") and float(lease.get("expires", 0)) >= now:
+        return f"held by {lease['holder']}"
+    return "free"
+
+
+# --- summaries -----------------------------------------------------------------------------------
+def summarize(frozen_or_study: Any, storage: Any) -> dict[str, Any]:
+    """One row of `acpsearch status`: state, progress and the winner, from storage only."""
+    import optuna
+
+    attrs = frozen_or_study.user_attrs
+    sid = frozen_or_study._study_id
+    spec = attrs.get("spec") or {}
+    trials = storage.get_all_trials(sid, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    winner = attrs.get("winner") or {}
+    phases = [p for p in PHASES if isinstance(attrs.get(f"phase.{p}"), dict) and attrs[f"phase.{p}"].get("done")]
+    return {
+        "name": frozen_or_study.study_name,
+        "state": attrs.get("state", "?"),
+        "model": (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory"),
+        "dataset": (spec.get("data") or {}).get("dataset"),
+        "budget": {k: v for k, v in (spec.get("budget") or {}).items() if v is not None},
+        "candidates": len(trials),
+        "candidates_target": (spec.get("search") or {}).get("candidates"),
+        "phases_done": phases,
+        "lease": lease_state(attrs),
+        "winner_test_map": winner.get("test_map"),
+        "winner_flops_ratio": winner.get("flops_ratio"),
+        "submitted_at": attrs.get("submitted_at"),
+        "error": attrs.get("error"),
+    }

@@ -1,0 +1,200 @@
+"""Work that runs on Ray workers: candidate ranking (actors), finalist fine-tuning (a Ray Tune
+function trainable) and test evaluation (tasks). Workers never write to the Optuna storage:
+the driver is the one writer of a study (FACTS.md: one writer per study), workers return values.
+
+Models travel as acpsearch checkpoint dicts (tensors + config, no pickled modules); data sets
+are loaded on the worker from the spec (deterministic splits), so nothing large is shipped.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def worker_threads(n: int | None = None) -> None:
+    """One torch thread per Ray CPU slot: oversubscribing 2 cores with N threads each is slower."""
+    torch.set_num_threads(int(n or os.environ.get("ACPSEARCH_TORCH_THREADS", 1)))
+
+
+@functools.lru_cache(maxsize=2)
+def _splits_cached(data_json: str) -> Any:
+    from acpsearch.hashing import load_dataset, make_splits
+
+    data = json.loads(data_json)
+    ds = load_dataset(data["dataset"], data.get("path"))
+    return make_splits(ds, **data["protocol"])
+
+
+def load_splits(spec: dict[str, Any]) -> Any:
+    """The protocol splits of a spec (cached per process)."""
+    return _splits_cached(json.dumps(spec["data"], sort_keys=True))
+
+
+def light_splits(splits: Any) -> Any:
+    """The splits without query/database: what ranking and fine-tuning need (train + val)."""
+    from acpsearch.hashing import Splits
+
+    empty = (splits.train[0][:0], splits.train[1][:0])
+    return Splits(query=empty, train=splits.train, val=splits.val, database=empty,
+                  num_classes=splits.num_classes, dataset=splits.dataset, protocol=dict(splits.protocol))
+
+
+def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
+    return torch.zeros(*[int(v) for v in ckpt["input_shape"]])
+
+
+def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: int = 64, repeats: int = 10,
+                       warmup: int = 3) -> float:
+    """Median wall time of one forward of `batch` images (ms), one thread, channels_last.
+
+    Our own few lines: torch.utils.benchmark adds nothing for a median of plain forwards."""
+    shape = [batch, *[int(v) for v in input_shape[1:]]]
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    model = model.eval().to(memory_format=torch.channels_last)
+    times = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same setting for base and finalists, wherever they are measured
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(times) * 1000.0)
+
+
+def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
+                 splits: Any | None) -> tuple[Any, Any]:
+    """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side)."""
+    from acpsearch.checkpoint import model_from_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.search.rankers import make_ranker
+
+    model = model_from_checkpoint(ckpt, source="base network")
+    ex = example_input(ckpt)
+    graph = ChannelGraph.from_model(model, ex, hash_layer=spec["model"].get("hash_layer"))
+    ctx: dict[str, Any] = {"graph": graph, "model": model, "example_input": ex, "criterion": spec["space"]["criterion"],
+                           "seed": spec["search"]["seed"], "splits": splits}
+    if name == "similarity":
+        from acpsearch.encoder import StructureEncoder
+
+        ctx["encoder"] = StructureEncoder.from_state(encoder_state)
+    if name == "code_agreement" and splits is not None:
+        gen = torch.Generator().manual_seed(int(spec["search"]["seed"]))
+        X = splits.train[0]
+        ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[:20 * 128]]
+        ctx["probe_X"] = splits.val[0][:1000]
+    return graph, make_ranker(name, **ctx)
+
+
+class RankerWorker:
+    """Ray actor: holds the graph and a ranker, scores batches of keep-ratio dicts."""
+
+    def __init__(self, name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
+                 splits: Any | None = None, threads: int = 1) -> None:
+        worker_threads(threads)
+        self.spec = spec
+        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits)
+
+    def score(self, ratios: list[dict[str, float]]) -> list[float]:
+        from acpsearch.pruning import PruningStrategy
+
+        crit = self.spec["space"]["criterion"]
+        strategies = [PruningStrategy(self.graph, r, criterion=crit) for r in ratios]
+        return [float(v) for v in self.ranker.score(strategies)]
+
+
+def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+                       splits: Any | None = None, out_dir: str = "") -> None:
+    """Ray Tune function trainable: prune the base net to one finalist, fine-tune it with the hash
+    loss, report val mAP every epoch (ASHA may stop it there). The best epoch is written to
+    `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
+    from ray import tune
+
+    from acpsearch.checkpoint import model_from_checkpoint, save_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.hashing import train_hash_net, validation_map
+    from acpsearch.pruning import PruningStrategy, make_record, prune
+
+    assert ckpt is not None and spec is not None and splits is not None
+    worker_threads(config.get("threads", 1))
+    fin = config["finalist"]
+    ft = spec["finetune"]
+    base = model_from_checkpoint(ckpt, source="base network")
+    ex = example_input(ckpt)
+    graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
+    strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"])
+    net = prune(base, strategy, ex)
+    record = make_record(strategy)
+    path = Path(out_dir) / f"finalist-{fin['number']}.pt"
+    best = {"val": -1.0}
+    v0 = validation_map(net, splits)  # step 0: the pruned net before fine-tuning
+
+    def save(val: float, epoch: int) -> None:
+        save_checkpoint(path, net, ckpt["model"], ckpt["input_shape"], pruning=record,
+                        meta={**(ckpt.get("meta") or {}), "candidate": fin["number"], "val_map": val,
+                              "epoch": epoch, "finetune": ft})
+
+    save(v0, 0)
+    best["val"] = v0
+    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0)})
+
+    def on_epoch(epoch: int, val: float) -> bool:
+        if not math.isnan(val) and val > best["val"]:
+            best["val"] = val
+            save(val, epoch)
+        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"])})
+        return False
+
+    train_hash_net(net, splits, loss=spec["train"]["loss"], epochs=int(ft["epochs"]), lr=float(ft["lr"]),
+                   batch_size=int(ft["batch_size"]), seed=int(spec["search"]["seed"]), progress=False,
+                   callback=on_epoch)
+
+
+def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, latency: bool = True,
+                        threads: int | None = 1) -> dict[str, Any]:
+    """Test metrics of a stored model: test mAP@all / @1000 (query vs database), val mAP, measured
+    cost, latency, and the precision-recall curve by Hamming radius (for the report's plot)."""
+    from acpsearch.checkpoint import read_checkpoint, model_from_checkpoint
+    from acpsearch.hashing import encode, evaluate, precision_recall_curve
+    from acpsearch.pruning import measure_cost
+
+    if threads:
+        worker_threads(threads)
+    splits = load_splits(spec)
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {path!r}")
+    res = evaluate(model, splits)
+    ex = example_input(ckpt)
+    cost = measure_cost(model, ex)
+    out: dict[str, Any] = {"test_map": float(res["map_all"]), "test_map_topk": float(res["map_topk"]),
+                           "topk": int(res["topk"]), "val_map": float(res["val_map"]),
+                           "flops": int(cost.flops), "params": int(cost.params)}
+    if pr_curve:
+        q = encode(model, splits.query[0])
+        db = encode(model, splits.database[0])
+        pr = precision_recall_curve(q, db, splits.query[1], splits.database[1])
+        out["pr_curve"] = _pr_to_lists(pr)
+    if latency:
+        out["latency_ms"] = round(measure_latency_ms(model, ckpt["input_shape"]), 3)
+    return out
+
+
+def _pr_to_lists(pr: Any) -> dict[str, list[float]]:
+    if isinstance(pr, dict):
+        return {k: [float(v) for v in np.asarray(val).ravel()] for k, val in pr.items()}
+    if isinstance(pr, (tuple, list)):
+        names = ["precision", "recall", "radius"][: len(pr)]
+        return {n: [float(v) for v in np.asarray(val).ravel()] for n, val in zip(names, pr)}
+    raise TypeError(f"precision_recall_curve returned {type(pr).__name__}")
