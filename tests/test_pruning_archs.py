@@ -12,6 +12,17 @@ from acpsearch.pruning import apply_indices
 
 import archs
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convs on a shared 2-core machine: OpenMP spin-waiting made them 100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(0))
 # Channel-mixing ops (LayerNorm over channels, GroupNorm, XNOR weight scale) see zeroed channels: skip.
 MIXING = {"convnext", "senet", "binary_net"}  # binary conv: weight scale = mean over in-channels

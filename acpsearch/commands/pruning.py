@@ -1,0 +1,93 @@
+"""CLI commands of the pruning side: `inspect` (channel groups of a checkpoint) and `prune`
+(manual uniform pruning to a new checkpoint that `load_model` reloads)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from acpsearch.cli import app
+from acpsearch.errors import CheckpointError, SpecError
+
+
+def _load(checkpoint: Path):
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}")
+    example = torch.zeros(*ckpt["input_shape"])
+    return ckpt, model, example
+
+
+@app.command("inspect")
+def inspect_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    hash_layer: Optional[str] = typer.Option(None, "--hash-layer", help="dotted module name of the hash layer"),
+) -> None:
+    """Show the prunable channel groups of a model: channels, FLOPs share, params share."""
+    from acpsearch.graph import ChannelGraph
+
+    ckpt, model, example = _load(checkpoint)
+    g = ChannelGraph.from_model(model, example, hash_layer=hash_layer)
+    cost = g.cost()
+    doc = {"checkpoint": str(checkpoint), "hash_layer": g.hash_layer, "flops": cost.flops, "params": cost.params,
+           "nodes": len(g.nodes), "pruned": bool(ckpt.get("pruning")),
+           "groups": [{k: v for k, v in row.items() if k != "modules"} | {"modules": row["modules"]}
+                      for row in g.summary()]}
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{checkpoint}: {len(g.groups)} prunable groups, {cost.flops:,} MACs, {cost.params:,} params, "
+                    f"hash layer {g.hash_layer}")
+    for col in ("group", "channels", "divisor", "FLOPs share", "params share", "modules"):
+        t.add_column(col, justify="right" if col not in ("group", "modules") else "left")
+    for row in g.summary():
+        mods = ", ".join(row["modules"][:4]) + (" ..." if len(row["modules"]) > 4 else "")
+        t.add_row(row["name"], str(row["channels"]), str(row["divisor"]), f"{row['flops_share']:.3f}",
+                  f"{row['params_share']:.3f}", mods)
+    Console().print(t)
+
+
+@app.command("prune")
+def prune_cmd(
+    checkpoint: Path = typer.Argument(..., help="unpruned checkpoint (train output)"),
+    keep: float = typer.Option(..., "--keep", help="keep ratio for every group, in (0, 1]"),
+    criterion: str = typer.Option("l1", "--criterion", help="l1 | l2 | bn_scale | fpgm | random"),
+    round_to: int = typer.Option(4, "--round-to", help="kept channels are multiples of this"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random criterion"),
+    out: Path = typer.Option(..., "--out", help="pruned checkpoint to write"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+) -> None:
+    """Prune every channel group uniformly; print the cost before/after and write a checkpoint."""
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.pruning import PruningStrategy, measure_cost, prune, save_pruned
+
+    if criterion == "taylor":
+        raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")
+    ckpt, model, example = _load(checkpoint)
+    if ckpt.get("pruning"):
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r}: already pruned; prune its unpruned base instead")
+    g = ChannelGraph.from_model(model, example)
+    s = PruningStrategy.uniform(g, keep, criterion=criterion, round_to=round_to, seed=seed)
+    pruned = prune(model, s, example)
+    before, after = g.cost(), measure_cost(pruned, example)
+    meta = dict(ckpt.get("meta") or {})
+    meta.update({"pruned_from": str(checkpoint), "strategy": s.to_dict(), "base_cost": before.to_dict(),
+                 "cost": after.to_dict()})
+    save_pruned(out, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
+    doc = {"out": str(out), "before": before.to_dict(), "after": after.to_dict(),
+           "flops_ratio": after.flops / max(before.flops, 1), "params_ratio": after.params / max(before.params, 1)}
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    typer.echo(f"before: {before.flops:,} MACs, {before.params:,} params")
+    typer.echo(f"after:  {after.flops:,} MACs ({doc['flops_ratio']:.3f}), {after.params:,} params "
+               f"({doc['params_ratio']:.3f})")
+    typer.echo(f"wrote {out}")
