@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from acpsearch.encoder.losses import info_nce, pairwise_rank_loss, soft_info_nce
-from acpsearch.encoder.model import GraphBatcher, StructureEncoder
+from acpsearch.encoder.model import GraphBatcher, StructureEncoder, torch_threads
 from acpsearch.errors import SpecError
 
 OBJECTIVES = ("sacp", "effect")
@@ -71,6 +71,7 @@ def train_encoder(
     encoder: StructureEncoder | None = None,
     encoder_config: dict[str, Any] | None = None,
     pairwise_weight: float = 1.0,
+    threads: int | None = 1,
     progress: Callable[[int, float], None] | None = None,
 ) -> EncoderTrainResult:
     """Train (or continue training) a StructureEncoder on one ChannelGraph.
@@ -78,12 +79,20 @@ def train_encoder(
     sacp: `strategies` (ratio dicts or PruningStrategy; only their ratios are used) or
     `n_strategies` random grid ratios give the positives/negatives. effect: `strategies` and a
     `signal` of the same length are required (higher = functionally closer to the unpruned net).
-    Returns the encoder in eval mode with the per-epoch mean loss history.
+    Returns the encoder in eval mode with the per-epoch mean loss history. `threads` bounds
+    torch's intra-op threads while training (1 is fastest for these small ops on a shared CPU).
     """
-    from acpsearch.pruning import PruningStrategy
-
     if objective not in OBJECTIVES:
         raise SpecError(f"encoder.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    with torch_threads(threads):
+        return _train(graph, objective, strategies, signal, n_strategies, epochs, batch_size, lr, temperature,
+                      criterion, min_keep, step, seed, encoder, encoder_config, pairwise_weight, progress)
+
+
+def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_size, lr, temperature, criterion,
+           min_keep, step, seed, encoder, encoder_config, pairwise_weight, progress) -> EncoderTrainResult:
+    from acpsearch.pruning import PruningStrategy
+
     t0 = time.perf_counter()
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -135,7 +144,7 @@ def train_encoder(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         sched.step()
         losses.append(total / max(1, count))
