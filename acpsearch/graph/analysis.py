@@ -520,10 +520,10 @@ class _Analyzer:
             segs_out = ((self.V.new(cout, name), 1),)
             if len(segs_in) == 1 and g < cin:
                 self.V.set_blocks(segs_in[0][0], g)
-                self.V.set_blocks(segs_out[0][0], g)
-            else:  # concat-fed grouped conv or depthwise multiplier: keep it whole
-                for v, _ in (*segs_in, *segs_out):
+            else:  # concat-fed grouped conv or depthwise multiplier: its input stays whole
+                for v, _ in segs_in:
                     self.V.freeze(v)
+            self.V.set_blocks(segs_out[0][0], g)  # outputs: the same count from every conv group
             self.bind(f"{name}.weight", 0, segs_out)
             self.grouped_in[f"{name}.weight"] = g
             self.bind(f"{name}.weight", -1, segs_in)  # axis -1: the per-group input axis 1

@@ -150,6 +150,8 @@ class ChannelGraph:
 
         for tname, axes in self.analysis.bindings.items():
             owner = tname.rsplit(".", 1)[0] if "." in tname else tname
+            if owner not in self.analysis.modules:  # a free parameter (layer scale, ...): name it
+                owner = tname
             for segs in axes.values():
                 note(segs, owner)
         for lay in self.analysis.layers:
