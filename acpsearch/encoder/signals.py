@@ -11,12 +11,15 @@ The `effect` encoder objective learns from `agreement`; rankers use both directl
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from acpsearch.encoder.model import torch_threads
 
 
 def output_code(out: Any) -> Tensor:
@@ -75,7 +78,11 @@ class FunctionalProbe:
         self.calib_batch_size = calib_batch_size
         self.calib_batches = calib_batches
         self.threads = threads
-        self.base_codes = model_codes(self.model, probe_X)
+        # Reference codes from the unpruned net recalibrated on the SAME batches, so that only
+        # the pruning differs (the unpruned strategy scores exactly 1.0).
+        with torch_threads(threads):
+            ref = recalibrate_bn(copy.deepcopy(self.model), calib_X, calib_batch_size, calib_batches)
+            self.base_codes = model_codes(ref, probe_X)
         self.seconds: list[float] = []
 
     def pruned(self, strategy: Any) -> nn.Module:
@@ -88,9 +95,10 @@ class FunctionalProbe:
     def agreement(self, strategies: Sequence[Any]) -> np.ndarray:
         """Fraction of probe-set code bits equal to the unpruned net's, per strategy."""
         out = np.empty(len(strategies))
-        for i, s in enumerate(strategies):
-            t0 = time.perf_counter()
-            codes = model_codes(self.pruned(s), self.probe_X)
-            out[i] = float((codes == self.base_codes).float().mean())
-            self.seconds.append(time.perf_counter() - t0)
+        with torch_threads(self.threads):
+            for i, s in enumerate(strategies):
+                t0 = time.perf_counter()
+                codes = model_codes(self.pruned(s), self.probe_X)
+                out[i] = float((codes == self.base_codes).float().mean())
+                self.seconds.append(time.perf_counter() - t0)
         return out

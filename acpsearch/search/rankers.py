@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from acpsearch.encoder.model import torch_threads
 from acpsearch.errors import SpecError
 
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
@@ -68,7 +69,7 @@ class AdaptiveBNRanker(_Timed):
     name = "adaptive_bn"
 
     def __init__(self, model: nn.Module, splits: Any, example_input: torch.Tensor, calib_batches: int = 20,
-                 batch_size: int = 128, topk: int | None = None, seed: int = 0) -> None:
+                 batch_size: int = 128, topk: int | None = None, seed: int = 0, threads: int | None = None) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
         Xtr, self.ytr = splits.train
@@ -77,18 +78,20 @@ class AdaptiveBNRanker(_Timed):
         calib = Xtr[torch.randperm(len(Xtr), generator=gen)[:calib_batches * batch_size]]
         self.Xtr = Xtr
         self.topk = topk
-        self.probe = FunctionalProbe(model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size)
+        self.probe = FunctionalProbe(model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size,
+                                     threads=threads)
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         from acpsearch.encoder.signals import model_codes
         from acpsearch.hashing import mean_average_precision
 
         out = np.empty(len(strategies))
-        for i, s in enumerate(strategies):
-            net = self.probe.pruned(s)
-            q = model_codes(net, self.Xval)
-            db = model_codes(net, self.Xtr)
-            out[i] = mean_average_precision(q, db, self.yval, self.ytr, topk=self.topk)
+        with torch_threads(self.probe.threads):
+            for i, s in enumerate(strategies):
+                net = self.probe.pruned(s)
+                q = model_codes(net, self.Xval)
+                db = model_codes(net, self.Xtr)
+                out[i] = mean_average_precision(q, db, self.yval, self.ytr, topk=self.topk)
         return out
 
 
@@ -98,10 +101,11 @@ class CodeAgreementRanker(_Timed):
     name = "code_agreement"
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, calib_X: torch.Tensor,
-                 probe_X: torch.Tensor, calib_batch_size: int = 128) -> None:
+                 probe_X: torch.Tensor, calib_batch_size: int = 128, threads: int | None = None) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
-        self.probe = FunctionalProbe(model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size)
+        self.probe = FunctionalProbe(model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size,
+                                     threads=threads)
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         return self.probe.agreement(strategies)
@@ -145,9 +149,10 @@ def make_ranker(name: str, **ctx: Any) -> Ranker:
         return SimilarityRanker(ctx["encoder"], ctx["graph"])
     if name == "adaptive_bn":
         return AdaptiveBNRanker(ctx["model"], ctx["splits"], ctx["example_input"],
-                                calib_batches=ctx.get("calib_batches", 20))
+                                calib_batches=ctx.get("calib_batches", 20), threads=ctx.get("threads"))
     if name == "code_agreement":
-        return CodeAgreementRanker(ctx["model"], ctx["example_input"], ctx["calib_X"], ctx["probe_X"])
+        return CodeAgreementRanker(ctx["model"], ctx["example_input"], ctx["calib_X"], ctx["probe_X"],
+                                   threads=ctx.get("threads"))
     if name == "l1_retained":
         return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))
     if name == "random":
