@@ -7,8 +7,11 @@ mAP@all and mAP@1000 (queries vs database) are measured. Rows: resnet20 / vgg11 
 
 Run by hand (not part of the tests), e.g.
 
-    nice -n 10 .venv/bin/python benchmarks/base_models.py --only resnet20-csq32 --epochs 40
-    nice -n 10 .venv/bin/python benchmarks/base_models.py            # the whole table
+    nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 --only resnet20-csq32 --epochs 40
+    nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1   # the whole table
+
+(--threads 1: on 2 shared cores two OpenMP threads spent 3x the CPU time per batch waiting for
+each other, measured 1.6 vs 0.49 CPU-s per ResNet-20 batch of 128.)
 
 Results are merged into benchmarks/results/base_models.json (one entry per row id) and rendered to
 benchmarks/results/base_models.md. The resnet20 / CSQ / 32-bit checkpoint is saved to
@@ -45,17 +48,17 @@ PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100
 
 # row id -> (model, loss, bits, default epochs). 40 epochs for the reference row, fewer elsewhere:
 # 2 CPU cores are shared by four workers, the whole table must fit in about an hour.
-ROWS: dict[str, tuple[str, str, int, int]] = {
+ROWS: dict[str, tuple[str, str, int, int]] = {  # in run order: the 32-bit rows first
     "resnet20-csq32": ("resnet20", "csq", 32, 40),
+    "resnet20-hashnet32": ("resnet20", "hashnet", 32, 15),
+    "vgg11-csq32": ("vgg11", "csq", 32, 8),
+    "mobilenetv2-csq32": ("mobilenetv2", "csq", 32, 8),
     "resnet20-csq16": ("resnet20", "csq", 16, 15),
     "resnet20-csq64": ("resnet20", "csq", 64, 15),
-    "resnet20-hashnet32": ("resnet20", "hashnet", 32, 15),
-    "mobilenetv2-csq16": ("mobilenetv2", "csq", 16, 10),
-    "mobilenetv2-csq32": ("mobilenetv2", "csq", 32, 10),
-    "mobilenetv2-csq64": ("mobilenetv2", "csq", 64, 10),
-    "vgg11-csq16": ("vgg11", "csq", 16, 10),
-    "vgg11-csq32": ("vgg11", "csq", 32, 10),
-    "vgg11-csq64": ("vgg11", "csq", 64, 10),
+    "vgg11-csq16": ("vgg11", "csq", 16, 8),
+    "vgg11-csq64": ("vgg11", "csq", 64, 8),
+    "mobilenetv2-csq16": ("mobilenetv2", "csq", 16, 8),
+    "mobilenetv2-csq64": ("mobilenetv2", "csq", 64, 8),
 }
 ALIASES = {f"{m}-{b}": f"{m}-csq{b}" for m in ("resnet20", "vgg11", "mobilenetv2") for b in (16, 32, 64)}
 
@@ -115,8 +118,9 @@ def write_markdown(results: dict, env: dict) -> None:
         lines.append(f"| {r['model']} | {r['loss']} | {r['bits']} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
                      f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
                      f"{r['train_seconds_per_epoch']:.1f} |")
-    lines += ["", "s/epoch is wall time on 2 CPU cores shared with other jobs, so it is an upper bound.",
-              "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py [--only ROW] [--epochs N]`", ""]
+    lines += ["", f"s/epoch is wall time with {env.get('threads')} torch thread(s) at nice 10 on 2 CPU cores shared with "
+              "other jobs (load average 6-9 during the run), so it is an upper bound, not a speed measurement.",
+              "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`", ""]
     (RESULTS / "base_models.md").write_text("\n".join(lines))
 
 
