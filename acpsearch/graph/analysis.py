@@ -21,10 +21,11 @@ those cases and gives the closed-form cost terms the search needs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.fx as fx
@@ -270,11 +271,10 @@ class _Analyzer:
         self.module_names = {id(m): n for n, m in model.named_modules()}
         self.param_src: dict[fx.Node, tuple[str, ...]] = {}
         self.param_names = {n for n, _ in model.named_parameters()}
-        self.tensor_names: dict[int, str] = {}
-        for n, p in model.named_parameters(remove_duplicate=False):
-            self.tensor_names.setdefault(id(p), n)
-        for n, b in model.named_buffers(remove_duplicate=False):
-            self.tensor_names.setdefault(id(b), n)
+        first: dict[int, str] = {}
+        self.canonical: dict[str, str] = {}  # any alias of a (possibly shared) tensor -> its first name
+        for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            self.canonical[n] = first.setdefault(id(t), n)
 
     # -- helpers ---------------------------------------------------------------------------------
     def val(self, a: Any) -> Any:
@@ -371,7 +371,7 @@ class _Analyzer:
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             self.desc[node] = None
             return
-        tname = self.tensor_names.get(id(value))
+        tname = self.canonical.get(str(node.target))
         if tname is None:  # a constant tensor built during tracing: never prunable
             self.desc[node] = None
             return
@@ -887,8 +887,7 @@ def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None)
         gm = fx.GraphModule(model, graph)
         rec = _Recorder(gm)
         try:
-            with torch.no_grad():
-                out = rec.run(*inputs)
+            out = _record_shapes(rec, inputs)
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).splitlines() or [""])[0]
             raise UnsupportedModelError(
@@ -922,6 +921,25 @@ def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None)
             lay.type = "hash" if lay.type in ("linear", "conv") else lay.type
     return Analysis(an.V, an.layers, an.flop_terms, an.bindings, an.grouped_in, an.modules, hash_layer,
                     [tuple(t.shape) for t in out_tensors], batch), gm
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for single small forwards (shape recording, verification): on a
+    shared 2-core box OpenMP spin-waiting made multi-threaded small convs up to 100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _record_shapes(rec: "_Recorder", inputs: tuple) -> Any:
+    """Run the traced graph once (no grad) to get every value's shape. (Meta tensors were tried:
+    their Python decompositions import torch._dynamo on first use, ~4 s.)"""
+    with one_thread(), torch.no_grad():
+        return rec.run(*inputs)
 
 
 def _flat_values(v: Any) -> list[Any]:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from acpsearch.errors import CheckpointError, UnsupportedModelError
+from acpsearch.graph.analysis import one_thread
 from acpsearch.graph.core import ChannelGraph, Cost
 from acpsearch.pruning.strategy import PruningStrategy
 
@@ -46,7 +47,7 @@ def measure_cost(model: nn.Module, example_input: Any) -> Cost:
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with one_thread(), torch.no_grad():
             model(*inputs)
     finally:
         model.train(was)
@@ -174,7 +175,7 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
         was = new.training
         new.eval()
         try:
-            with torch.no_grad():
+            with one_thread(), torch.no_grad():
                 out = new(*inputs)
         except Exception as exc:  # noqa: BLE001 - any failure means we cannot prune this model safely
             first = (str(exc).splitlines() or [""])[0]
