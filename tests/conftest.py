@@ -54,13 +54,25 @@ TINY_SPEC: dict[str, Any] = {
     "model": {"zoo": "resnet20", "bits": 16},
     "data": {"dataset": "digits", "protocol": {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15,
                                                "seed": 0}},
-    "train": {"loss": "csq", "epochs": 4, "lr": 0.003, "batch_size": 64},
+    "train": {"loss": "csq", "epochs": 3, "lr": 0.003, "batch_size": 64},
     "budget": {"flops": 0.5},
     "space": {"step": 0.1, "min_keep": 0.2, "criterion": "l1"},
     "encoder": {"objective": "sacp", "epochs": 3, "strategies": 32},
     "search": {"candidates": 24, "sampler": "tpe", "workers": 2, "seed": 0},
-    "finetune": {"top": 3, "epochs": 2, "lr": 0.001, "early_stop": "asha"},
+    "finetune": {"top": 2, "epochs": 2, "lr": 0.001, "early_stop": "asha"},
 }
+
+
+def train_tiny_base(path: Path) -> Path:
+    """A ResNet-20 hash net (16 bits) trained 3 epochs on digits with TINY_SPEC's protocol."""
+    from acpsearch.checkpoint import save_checkpoint
+    from acpsearch.hashing import create_model, load_dataset, make_splits, train_hash_net
+
+    splits = make_splits(load_dataset("digits"), **TINY_SPEC["data"]["protocol"])
+    kw = {"bits": 16, "in_channels": 1, "image_size": 8}
+    model = train_hash_net(create_model("resnet20", **kw), splits, epochs=3, lr=0.003, batch_size=64,
+                           progress=False).model
+    return save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
 
 
 @pytest.fixture(scope="session")
@@ -80,10 +92,12 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
 
     root = tmp_path_factory.mktemp("service")
     url = f"sqlite:///{root / 'studies.db'}"
+    base = train_tiny_base(root / "base.pt")
     spec_a = copy.deepcopy(TINY_SPEC)
-    spec_a["name"] = "tiny-a"
+    spec_a["name"] = "tiny-a"  # trains its base network with train:
     spec_b = copy.deepcopy(TINY_SPEC)
-    spec_b["name"] = "tiny-b"
+    spec_b["name"] = "tiny-b"  # starts from a trained checkpoint
+    spec_b["model"]["checkpoint"] = str(base)
     spec_b["search"] = {"candidates": 16, "sampler": "random", "workers": 2, "seed": 1, "ranker": "l1_retained",
                         "rerank": "adaptive_bn", "rerank_top": 4}
     spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None}
@@ -97,5 +111,5 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     t0 = time.perf_counter()
     code = run(["worker", "--storage", url, "--artifacts", str(root / "artifacts")])
     seconds = time.perf_counter() - t0
-    return {"url": url, "root": root, "artifacts": root / "artifacts", "names": ["tiny-a", "tiny-b"],
+    return {"url": url, "root": root, "artifacts": root / "artifacts", "names": ["tiny-a", "tiny-b"], "base": base,
             "worker_exit": code, "seconds": seconds, "specs": {"tiny-a": spec_a, "tiny-b": spec_b}}

@@ -643,7 +643,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             epochs_run = max(curve)
             stopped = epochs_run < ft.epochs
             best_val = max(curve.values())
-            attrs = {"val_map": round(best_val, 6), "test_map": ev["test_map"], "test_map_topk": ev["test_map_topk"],
+            attrs = {"val_map": best_val, "test_map": ev["test_map"], "test_map_topk": ev["test_map_topk"],
                      "topk": ev["topk"], "measured_flops": ev["flops"], "measured_params": ev["params"],
                      "measured_flops_ratio": ev["flops"] / full.flops, "measured_params_ratio": ev["params"] / full.params,
                      "latency_ms": ev.get("latency_ms"), "epochs_run": epochs_run, "stopped_early": stopped,
@@ -695,6 +695,14 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
                    "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
                    "kept": {k: int(v) for k, v in ctx.space.to_strategy(_ratios_of(ctx, cand)).kept.items()}})
     ctx.study.set_user_attr("winner", clean(winner))
+    # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
+    # in its tables, so the nested dicts alone would be unreadable there.
+    base_rec = st.phase_done(ctx.study, "base") or {}
+    for key in ("test_map", "test_map_topk", "val_map", "flops_ratio", "params_ratio", "latency_ms",
+                "measured_flops", "measured_params", "finetune_trial", "candidate"):
+        ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
+    for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
+        ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
     st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
                   finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
     ctx.reporter.done("select", time.perf_counter() - t0)

@@ -1,0 +1,155 @@
+"""optuna-dashboard over a finished study: the real WSGI app (no server) and `acpsearch dashboard`
+as a real server process. The study must show its attributes, note, artifacts and figures."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _get(app, path: str) -> tuple[str, bytes]:
+    env: dict = {}
+    setup_testing_defaults(env)
+    env["PATH_INFO"], _, env["QUERY_STRING"] = path.partition("?")
+    status: dict = {}
+
+    def start_response(s, headers, exc_info=None):  # noqa: ANN001
+        status["s"] = s
+
+    body = b"".join(app(env, start_response))
+    return status["s"], body
+
+
+@pytest.fixture(scope="module")
+def app(finished_studies):
+    import optuna_dashboard
+
+    from acpsearch.search.storage import artifact_store, open_storage
+
+    return optuna_dashboard.wsgi(open_storage(finished_studies["url"]),
+                                 artifact_store=artifact_store(finished_studies["artifacts"]))
+
+
+def _attrs(entries: list[dict]) -> dict:
+    return {e["key"]: e["value"] for e in entries}
+
+
+def test_api_studies_lists_both_studies_and_finetune_companions(app):
+    status, body = _get(app, "/api/studies")
+    assert status.startswith("200")
+    names = {s["study_name"]: s for s in json.loads(body)["study_summaries"]}
+    assert {"tiny-a", "tiny-b", "tiny-a.finetune", "tiny-b.finetune"} <= set(names)
+    assert names["tiny-a"]["directions"] == ["maximize"]
+
+
+def test_study_detail_has_attrs_note_artifacts_and_figures(app, finished_studies):
+    _, body = _get(app, "/api/studies")
+    sid = {s["study_name"]: s["study_id"] for s in json.loads(body)["study_summaries"]}["tiny-a"]
+    status, body = _get(app, f"/api/studies/{sid}?after=0")
+    assert status.startswith("200")
+    d = json.loads(body)
+    assert d["objective_names"] == ["similarity"]
+    attrs = _attrs(d["user_attrs"])
+    # headline numbers as flat attributes (the dashboard cuts long values such as the full `winner`)
+    winner = {k.split(".", 1)[1]: json.loads(v) for k, v in attrs.items() if k.startswith("winner.")}
+    base = {k.split(".", 1)[1]: json.loads(v) for k, v in attrs.items() if k.startswith("base.")}
+    assert winner["flops_ratio"] <= 0.5 + 1e-9 and 0 < winner["test_map"] <= 1 and 0 < winner["val_map"] <= 1
+    assert winner["latency_ms"] > 0 and base["latency_ms"] > 0 and base["flops"] > winner["measured_flops"]
+    assert "winner" in attrs and "spec" in attrs
+    assert attrs["state"] in ("done", '"done"')
+    for p in ("base", "encoder", "search", "finetune", "select", "report"):
+        assert f"phase.{p}" in attrs
+    note = d["note"]["body"]
+    assert note.startswith("# tiny-a")
+    for text in ("| test mAP@all |", "| FLOPs (MACs) |", "| params |", "| latency", "Keep ratio per channel group",
+                 "Time per phase", "| base |", "| finetune |"):
+        assert text in note, text
+    files = {a["filename"] for a in d["artifacts"]}
+    assert {"base.pt", "encoder.pt", "winner.pt", "report.json", "report.html", "report.md"} <= files
+    assert len(d["plotly_graph_objects"]) == 3
+    # candidate trials: constraint values are visible as user attributes (the dashboard does not
+    # show Optuna-5 constraints itself)
+    trial = d["trials"][0]
+    tattrs = _attrs(trial["user_attrs"])
+    for key in ("flops", "params", "flops_ratio", "params_ratio", "similarity", "constraint.flops", "feasible"):
+        assert key in tattrs
+    assert all(p["name"].startswith("keep/") for p in trial["params"])
+    # an artifact is served back byte for byte
+    art = next(a for a in d["artifacts"] if a["filename"] == "report.json")
+    status, blob = _get(app, f"/artifacts/{sid}/{art['artifact_id']}")
+    assert status.startswith("200")
+    rep = json.loads(blob)
+    assert rep["study"] == "tiny-a" and rep["candidates"] == 24 and rep["winner"]["test_map"] == pytest.approx(
+        winner["test_map"])
+
+
+def test_finetune_study_shows_learning_curves(app):
+    _, body = _get(app, "/api/studies")
+    sid = {s["study_name"]: s["study_id"] for s in json.loads(body)["study_summaries"]}["tiny-a.finetune"]
+    d = json.loads(_get(app, f"/api/studies/{sid}?after=0")[1])
+    assert d["objective_names"] == ["val_map"] and d["has_intermediate_values"]
+    states = {t["state"] for t in d["trials"]}
+    assert states <= {"Complete", "Pruned"} and "Complete" in states
+    for t in d["trials"]:
+        assert len(t["intermediate_values"]) >= 2
+        ua = _attrs(t["user_attrs"])
+        assert "val_map" in ua and "test_map" in ua and "latency_ms" in ua
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_acpsearch_dashboard_serves_the_study(finished_studies, tmp_path):
+    """`acpsearch dashboard` as a real server: reads a config file, says when --host is not local."""
+    port = _free_port()
+    cfg = tmp_path / "dash.yaml"
+    cfg.write_text(f"storage: {finished_studies['url']}\nartifacts: {finished_studies['artifacts']}\n"
+                   f"host: 127.0.0.1\nport: {port}\n")
+    proc = subprocess.Popen([str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        data = None
+        deadline = time.time() + 60
+        while time.time() < deadline and data is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    data = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert data is not None, "dashboard did not come up"
+        assert "tiny-a" in {s["study_name"] for s in data["study_summaries"]}
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in err
+    bad = subprocess.run([str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(tmp_path / "missing.yaml")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--config" in bad.stderr
+
+
+def test_dashboard_config_validation(tmp_path):
+    from acpsearch.commands.service import dashboard_config
+    from acpsearch.errors import SpecError
+
+    p = tmp_path / "d.yaml"
+    p.write_text("storage: sqlite:///x.db\nprot: 1\n")
+    with pytest.raises(SpecError, match="unknown key 'prot'"):
+        dashboard_config(str(p))
+    root_cfg = Path(__file__).resolve().parents[1] / "dashboards" / "dashboard.yaml"
+    cfg = dashboard_config(str(root_cfg))
+    assert cfg["host"] == "127.0.0.1" and int(cfg["port"]) == 8080
