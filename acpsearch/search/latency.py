@@ -5,8 +5,10 @@ memory-bound small layers; FACTS.md: candidates at equal MACs ran 65-120 ms). Me
 candidate is too slow for a search, so each conv / linear layer of the graph is timed alone on
 a grid of (kept input fraction, kept output fraction) with its real kernel, stride, padding,
 groups and input size, at the deployment batch size. A candidate's latency = sum over layers of
-the bilinearly interpolated table + a constant for everything the table does not time (norms,
-activations, adds, pooling: full-model latency minus the table's sum at full width).
+the bilinearly interpolated table, calibrated so that the full width predicts the measured
+full-model forward exactly: + a constant offset when the forward takes longer than the table's
+sum (untimed norms, activations, adds, pooling), or x a scale < 1 when layers timed alone carry
+more call overhead than the fused forward.
 The table is made monotone (cumulative max along both axes) so that latency, like FLOPs, grows
 with every keep ratio, which the define-by-run space relies on.
 
@@ -61,15 +63,19 @@ def _time(fn: Any, repeats: int, warmup: int = 2) -> float:
 class LatencyTable:
     """Measured per-layer latencies of one ChannelGraph; `predict_batch(g, ratios)` in ms."""
 
-    def __init__(self, nodes: list[int], fractions: list[float], tables: list[list[list[float]]], offset_ms: float,
+    def __init__(self, nodes: list[int], fractions: list[float], tables: list[list[list[float]]],
                  full_ms: float, batch_size: int, meta: dict[str, Any]) -> None:
         self.nodes = nodes
         self.fractions = np.asarray(fractions, dtype=np.float64)
         t = np.asarray(tables, dtype=np.float64).reshape(len(nodes), len(fractions), len(fractions))
         # monotone in both kept fractions (measurement noise must not make pruning "cost" time)
         self.tables = np.maximum.accumulate(np.maximum.accumulate(t, axis=1), axis=2)
-        self.offset_ms = float(offset_ms)
         self.full_ms = float(full_ms)
+        # Calibrate to the measured full model: layers timed alone carry call overheads the fused
+        # forward does not (scale < 1), or the forward has untimed ops (offset > 0).
+        table_full = float(self.tables[:, -1, -1].sum())
+        self.scale = min(1.0, self.full_ms / table_full) if table_full > 0 else 1.0
+        self.offset_ms = max(0.0, self.full_ms - table_full)
         self.batch_size = int(batch_size)
         self.meta = meta
 
@@ -101,11 +107,9 @@ class LatencyTable:
             model = g.model.eval()
             x = _example(g, batch_size)
             full_ms = _time(lambda: model(x), repeats)
-        table_full = float(sum(t[-1][-1] for t in tables))
         meta = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "build_seconds": round(time.perf_counter() - t_start, 2), "key": key}
-        tab = cls([nd.index for nd in nodes], list(fractions), tables, max(0.0, full_ms - table_full), full_ms,
-                  batch_size, meta)
+        tab = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(tab.to_dict()))
@@ -120,11 +124,11 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"nodes": self.nodes, "fractions": self.fractions.tolist(), "tables": self.tables.tolist(),
-                "offset_ms": self.offset_ms, "full_ms": self.full_ms, "batch_size": self.batch_size, "meta": self.meta}
+                "full_ms": self.full_ms, "batch_size": self.batch_size, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
-        return cls(d["nodes"], d["fractions"], d["tables"], d["offset_ms"], d["full_ms"], d["batch_size"], d["meta"])
+        return cls(d["nodes"], d["fractions"], d["tables"], d["full_ms"], d["batch_size"], d["meta"])
 
     # ------------------------------------------------------------------ prediction
     def kept_fractions(self, g: Any, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +158,7 @@ class LatencyTable:
         T = self.tables
         lat = ((1 - wi) * (1 - wj) * T[node, i, j] + wi * (1 - wj) * T[node, i + 1, j]
                + (1 - wi) * wj * T[node, i, j + 1] + wi * wj * T[node, i + 1, j + 1])
-        return lat.sum(axis=1) + self.offset_ms
+        return self.scale * lat.sum(axis=1) + self.offset_ms
 
     def predict(self, g: Any, strategy: Any) -> float:
         row = np.array([[strategy.ratios.get(grp.name, 1.0) for grp in g.groups]])
