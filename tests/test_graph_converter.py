@@ -107,6 +107,29 @@ def test_literal_view_and_unknown_ops_freeze():
     assert g2.cost() == acp.measure_cost(o, X)
 
 
+def test_dynamic_slice_and_attention_pooling_freeze_only_what_they_touch():
+    class Dyn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 3, padding=1)
+            self.b = nn.Conv2d(8, 16, 3, padding=1)
+            self.c = nn.Conv2d(16, 16, 1)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            y = self.a(x)
+            y = self.b(y[:, : y.size(1) // 2])            # slice bound computed from the shape
+            z = self.c(F.relu(y))
+            w = torch.softmax(z.flatten(2), dim=-1)       # softmax over space: channels untouched
+            return self.fc((w * z.flatten(2)).sum(-1))
+
+    m = Dyn()
+    g = acp.ChannelGraph.from_model(m, X)
+    assert [gr.name for gr in g.groups] == ["b", "c"]
+    s = acp.PruningStrategy.uniform(g, 0.5)
+    assert acp.measure_cost(acp.prune(m, s, X), X) == g.cost(s)
+
+
 def test_channel_shuffle_frozen_branches_prunable():
     m, g = graph("shufflenet_v2")
     names = {gr.name for gr in g.groups}

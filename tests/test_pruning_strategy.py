@@ -109,6 +109,10 @@ def test_taylor_needs_data_then_works():
     pruned = acp.prune(m, s, X)
     assert acp.measure_cost(pruned, X) == g.cost(s)
     assert all(p.grad is None for p in m.parameters())
+    g2 = acp.ChannelGraph.from_model(m, X)
+    s2 = acp.PruningStrategy.uniform(g2, 0.5, criterion="taylor")
+    s3 = acp.PruningStrategy(g2, s2.ratios, criterion="taylor", taylor_batches=[X[:1], X[1:]])
+    assert {k: v.tolist() for k, v in s3.kept_indices().items()} == {k: v.tolist() for k, v in s.kept_indices().items()}
 
 
 def test_strategy_json_round_trip(resnet):

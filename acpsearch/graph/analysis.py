@@ -278,7 +278,8 @@ class _Analyzer:
 
     # -- helpers ---------------------------------------------------------------------------------
     def val(self, a: Any) -> Any:
-        return self.values.get(a, a) if isinstance(a, fx.Node) else a
+        """Concrete value of an argument (nested tuples / lists / slices of nodes included)."""
+        return fx.node.map_aggregate(a, lambda x: self.values.get(x, x) if isinstance(x, fx.Node) else x)
 
     def d(self, a: Any) -> Any:
         return self.desc.get(a) if isinstance(a, fx.Node) else None
@@ -345,6 +346,7 @@ class _Analyzer:
     def run(self) -> None:
         for node in self.gm.graph.nodes:
             value = self.values.get(node)
+            n_vars = len(self.V.parent)
             try:
                 if node.op == "placeholder":
                     self.desc[node] = self.none_like(value)
@@ -358,6 +360,11 @@ class _Analyzer:
                     self.freeze_args(node)
             except UnsupportedModelError:
                 raise
+            except Exception:  # noqa: BLE001 - a pattern the rules did not foresee: freeze, never guess
+                self.freeze_args(node)
+                for v in range(n_vars, len(self.V.parent)):
+                    self.V.freeze(v)
+                self.desc[node] = self.none_like(value)
             ins = [a for a in _flatten_nodes((node.args, node.kwargs)) if isinstance(self.values.get(a), torch.Tensor)]
             if node not in self.producers:
                 preds: set[int] = set()

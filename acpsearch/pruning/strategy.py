@@ -29,7 +29,7 @@ class PruningStrategy:
     divisor), at least one unit, all channels at ratio 1.0 — odd counts waste the savings."""
 
     def __init__(self, graph: ChannelGraph, ratios: dict[str, float] | None = None, criterion: str = "l1",
-                 round_to: int = 4, seed: int = 0) -> None:
+                 round_to: int = 4, seed: int = 0, taylor_batches: Any = None) -> None:
         if not isinstance(graph, ChannelGraph):
             raise SpecError(f"graph: expected a ChannelGraph, got {type(graph).__name__}")
         if criterion not in CRITERIA:
@@ -46,6 +46,8 @@ class PruningStrategy:
                 raise SpecError(f"group {name!r}: no such prunable channel group (see ChannelGraph.groups)")
             full[name] = _check_ratio(name, r)
         self.ratios = full
+        if taylor_batches is not None:  # taylor needs data: score the graph's model on these batches
+            graph.set_taylor_importance(graph.model, taylor_batches)
         self._vec = np.array([full[g.name] for g in graph.groups], dtype=np.float64)
         self._kept = graph.kept_counts(self._vec, self.round_to) if graph.groups else np.zeros(0, dtype=np.int64)
 
