@@ -327,3 +327,36 @@ def test_run_on_a_ray_head_started_by_the_test(tmp_path, finished_studies):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         __import__("shutil").rmtree(temp, ignore_errors=True)
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("ACPSEARCH_TEST_POSTGRES", "postgresql://acpsearch@127.0.0.1/acpsearch")
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        return None
+    return url
+
+
+@pytest.mark.skipif(_postgres_url() is None, reason="no PostgreSQL on 127.0.0.1:5432 (storage/start-postgres.sh starts one)")
+def test_postgresql_storage_submit_status_lease(capsys):
+    """A plain postgresql:// URL works with the psycopg2 driver we ship (SQLAlchemy 2.1 would pick
+    psycopg 3 for it): a study is stored, listed and leased there."""
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import parse_spec
+
+    url = _postgres_url()
+    storage = open_storage(url)
+    name = f"pg-test-{os.getpid()}-{int(time.time())}"
+    st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), name)
+    try:
+        code, s = _json(capsys, ["status", "--storage", url, "--json"])
+        assert code == 0 and name in {r["name"] for r in s["studies"]}
+        sid = optuna.load_study(study_name=name, storage=storage)._study_id
+        lease = st.Lease(storage, sid, "pg", ttl=5)
+        assert lease.try_acquire(settle_s=0.05)
+        assert not st.Lease(storage, sid, "other", ttl=5).try_acquire(settle_s=0.05)
+        lease.release()
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)

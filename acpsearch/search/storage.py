@@ -40,6 +40,18 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(rest)
 
 
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3; we ship psycopg2, so a plain URL
+    gets the psycopg2 driver unless psycopg 3 is installed (an explicit ``+driver`` is kept)."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None \
+                and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def open_storage(url: str | None = None) -> Any:
     """Open (and cache per process) an Optuna storage; any failure is a StorageError (exit 2).
 
@@ -73,7 +85,7 @@ def open_storage(url: str | None = None) -> Any:
                 engine_kwargs["pool_pre_ping"] = True
                 if url.startswith(("postgresql", "mysql")):
                     engine_kwargs["connect_args"] = {"connect_timeout": 10}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+            storage = optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs)
             storage.get_all_studies()  # touch the database now: a bad URL fails here, not mid-study
     except StorageError:
         raise
