@@ -9,7 +9,7 @@ hash loss, epochs, learning rate and batch size; best-of-m methods choose on VAL
   random_best_m  m random strategies from the same dynamic space, each fine-tuned, best by val mAP
   adaptive_bn    `candidates` random strategies scored by adaptive-BN val mAP (EagleEye), top m fine-tuned
 Reported per method: test mAP@all and mAP@1000 (queries vs database), val mAP, FLOPs, params, their
-ratios, latency (batch 64, 1 thread), fine-tuning epochs spent, wall seconds.
+ratios, latency (batch 32, 1 thread), fine-tuning epochs spent, wall seconds.
 Results: benchmarks/results/search_quality.json (rewritten after every method).
 
 Full run (CPU, hours; by hand):

@@ -84,6 +84,7 @@ def test_bad_spec_is_exit_2_and_storage_untouched(tmp_path, capsys):
     ({"model": {"zoo": "resnet20", "checkpoint": "/nonexistent/base.pt"}}, "file not found"),
     ({"data": {"dataset": "npz", "path": "/nonexistent/data.npz"}}, "npz"),
     ({"budget": {"flops": 0.001}}, "budget.flops=0.001 is below the smallest reachable FLOPs ratio"),
+    ({"budget": {"latency_ms": 1e-6}}, "budget.latency_ms=1e-06 is below the smallest reachable latency"),
 ])
 def test_bad_inputs_found_at_submit(tmp_path, capsys, change, expect):
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -360,3 +361,23 @@ def test_postgresql_storage_submit_status_lease(capsys):
         lease.release()
     finally:
         optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
+    """A runner SIGKILLed on this host leaves a lease that has not expired; its pid is gone, so the
+    next runner need not wait the ttl out (resume right after a crash)."""
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import parse_spec
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'k.db'}")
+    name = st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), "killed")
+    sid = optuna.load_study(study_name=name, storage=storage)._study_id
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.kill()
+    proc.wait()
+    storage.set_study_user_attr(sid, "lease", {"holder": f"{socket.gethostname()}:{proc.pid}:dead", "expires": time.time() + 60})
+    assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
+    storage.set_study_user_attr(sid, "lease", {"holder": f"otherhost:{proc.pid}:x", "expires": time.time() + 60})
+    assert st.lease_state(storage.get_study_user_attrs(sid)).startswith("held by otherhost")
+    assert not st.Lease(storage, sid, "me", ttl=5).try_acquire(settle_s=0.05)

@@ -166,15 +166,19 @@ def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = No
 
 
 def _latency_table(graph: Any, model: Any, example: Any) -> Any:
+    """The ACP-core per-layer latency table (measured once per machine and network, cached), at
+    the batch size and thread count acpsearch reports latencies with (LATENCY_BATCH, 1 thread)."""
+    import torch
+
+    from acpsearch.search.latency import LatencyTable
+    from acpsearch.search.tasks import LATENCY_BATCH
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        from acpsearch.search import latency as lat  # ACP-core layer
-    except ImportError:
-        raise SpecError("budget.latency_ms: latency budgets need acpsearch.search.latency, "
-                        "which is not available in this build") from None
-    builder = getattr(lat, "build_latency_table", None)
-    if builder is None or model is None:
-        raise SpecError("budget.latency_ms: acpsearch.search.latency has no build_latency_table(graph, model, example)")
-    return builder(graph, model, example)
+        return LatencyTable.build(graph, batch_size=LATENCY_BATCH)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def preflight(spec: StudySpec) -> dict[str, Any]:
@@ -411,6 +415,12 @@ def candidate_attrs(ctx: Context, strategies: list[Any]) -> list[dict[str, Any]]
             cons["params"] = round(pr - b.params, 6)
         out.append({"flops": int(flops[i]), "params": int(params[i]), "flops_ratio": round(fr, 6),
                     "params_ratio": round(pr, 6), "constraints": cons})
+    if ctx.space is not None and ctx.space.latency is not None:
+        lat = ctx.space.latency.predict_batch(ctx.graph, rows)
+        for i, rec in enumerate(out):
+            rec["latency_ms"] = round(float(lat[i]), 4)
+            if b.latency_ms is not None:
+                rec["constraints"]["latency_ms"] = round(float(lat[i]) - b.latency_ms, 4)
     return out
 
 
@@ -450,8 +460,9 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                     t.set_constraint(key, val)
                     t.set_user_attr(f"constraint.{key}", val)
                 t.set_user_attr("feasible", all(v <= 1e-9 for v in a["constraints"].values()))
-                for key in ("flops", "params", "flops_ratio", "params_ratio"):
-                    t.set_user_attr(key, a[key])
+                for key in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms"):
+                    if key in a:
+                        t.set_user_attr(key, a[key])
                 t.set_user_attr(ranker, round(float(score), 6))
                 study.tell(t, float(score))
             done += k

@@ -85,7 +85,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
     bl, wl = b.get("latency_ms"), w.get("latency_ms")
     speed = f"{bl / wl:.2f}x faster" if bl and wl else "–"
-    lines.append(f"| latency (ms, batch 64, 1 thread) | {_fmt(bl, 2)} | {_fmt(wl, 2)} | {speed} |")
+    lines.append(f"| latency (ms, batch 32, 1 thread) | {_fmt(bl, 2)} | {_fmt(wl, 2)} | {speed} |")
     lines += ["", "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
               "the best validation mAP.", ""]
     ratios = w.get("ratios") or {}

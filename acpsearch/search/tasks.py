@@ -51,7 +51,10 @@ def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
     return torch.zeros(*[int(v) for v in ckpt["input_shape"]])
 
 
-def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: int = 64, repeats: int = 10,
+LATENCY_BATCH = 32  # the batch size of every reported latency (and of the latency table)
+
+
+def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: int = LATENCY_BATCH, repeats: int = 10,
                        warmup: int = 3) -> float:
     """Median wall time of one forward of `batch` images (ms), one thread, channels_last.
 
