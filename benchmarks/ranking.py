@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import acpsearch as acp  # noqa: E402
 from acpsearch.checkpoint import read_checkpoint  # noqa: E402
 from acpsearch.encoder import FunctionalProbe, train_encoder  # noqa: E402
-from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net  # noqa: E402
+from acpsearch.hashing import encode, evaluate, load_dataset, make_splits, mean_average_precision, train_hash_net  # noqa: E402
 from acpsearch.search.rankers import (  # noqa: E402
     AdaptiveBNRanker, CodeAgreementRanker, L1RetainedRanker, RandomRanker, SimilarityRanker)
 from acpsearch.search.space import Budget, DynamicSpace  # noqa: E402
@@ -62,6 +63,25 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a kill: ignore, it is recomputed
             pass
     return out
+
+
+def claim(name: str) -> bool:
+    """Atomically claim a unit of work (a fine-tune or test pass) so that two benchmark processes
+    can share the list; a claim whose process died is taken over."""
+    path = CACHE / f"{name}.lock"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(path.read_text() or "0")
+            os.kill(pid, 0)
+            return pid == os.getpid()
+        except (ValueError, ProcessLookupError):
+            path.write_text(str(os.getpid()))
+            return True
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def setup(args: argparse.Namespace):
@@ -148,6 +168,11 @@ def score_phase(args, model, splits, example, g, budget: str, cands: list[Any]) 
             out["per_second_batch"][name] = len(cands) / max(out["seconds_per_candidate"][name] * len(cands), 1e-9)
         log(f"[{budget}] {name}: {out['seconds_per_candidate'][name] * 1000:.2f} ms/candidate")
     out["default_objective"] = args.default_objective
+    # how well each encoder reproduces the functional signal on the (unseen) candidates
+    ca = np.array(out["scores"]["code_agreement"])
+    out["encoder_vs_code_agreement_spearman"] = {
+        k: float(stats.spearmanr(out["scores"][k], ca).statistic) for k in ("similarity_sacp", "similarity_effect")}
+    log(f"[{budget}] Spearman with code agreement on the candidates: {out['encoder_vs_code_agreement_spearman']}")
     path.write_text(json.dumps(out))
     return out
 
@@ -174,9 +199,13 @@ def test_one(args, model, splits, example, budget: str, idx: int, s: Any) -> dic
     net.load_state_dict(torch.load(CACHE / f"ranking_ft_{budget}_{idx}.pt", weights_only=True))
     t0 = time.perf_counter()
     torch.set_num_threads(args.ft_threads or args.threads)
-    ev = evaluate(net.eval(), splits)
-    return {"budget": budget, "idx": idx, "test_map": ev["map_all"], "test_map_topk": ev["map_topk"],
-            "val_map_check": ev["val_map"], "eval_seconds": time.perf_counter() - t0}
+    # the two numbers the table needs, without evaluate()'s extras (val re-encode, precision@N):
+    # encoding the 63k database dominates and costs minutes on the shared machine
+    q = encode(net.eval(), splits.query[0])
+    db = encode(net, splits.database[0])
+    ql, dl = splits.query[1], splits.database[1]
+    return {"budget": budget, "idx": idx, "test_map": mean_average_precision(q, db, ql, dl),
+            "test_map_topk": mean_average_precision(q, db, ql, dl, topk=1000), "eval_seconds": time.perf_counter() - t0}
 
 
 def merged(budget: str, epochs: int) -> list[dict[str, Any]]:
@@ -237,6 +266,7 @@ def write_results(args, all_scores: dict[str, Any], base: dict[str, Any]) -> Non
         done = merged(budget, args.epochs)
         tested = [d for d in done if d["test_map"] is not None]
         entry: dict[str, Any] = {"candidates": len(done), "candidates_planned": scores["n"],
+                                 "encoder_vs_code_agreement_spearman": scores.get("encoder_vs_code_agreement_spearman"),
                                  "candidates_test_evaluated": len(tested),
                                  "encoders": scores.get("encoders", {}), "default_objective": scores.get("default_objective")}
         if done:
@@ -339,24 +369,31 @@ def main(argv: list[str] | None = None) -> int:
             if cached.get("n") == args.candidates and cached.get("version") == args.scores_version:
                 all_scores[b] = cached
     for b in args.budgets:  # budget by budget: scores, fine-tunes, then the test passes it needs
-        if args.phase != "finetune" or b not in all_scores:
+        if args.phase != "finetune":
             all_scores[b] = score_phase(args, model, splits, example, g, b, cands[b])
-        write_results(args, all_scores, base)
+        if all_scores:
+            write_results(args, all_scores, base)
         if args.phase in ("scores", "report"):
             continue
         ft_path = CACHE / "ranking_finetune.jsonl"
         for i, s in enumerate(cands[b]):
-            if any(d["idx"] == i for d in merged(b, args.epochs)):
+            if any(d["idx"] == i for d in merged(b, args.epochs)) or not claim(f"ranking_ft_{b}_{i}"):
                 continue
             rec = finetune_one(args, model, splits, example, g, b, i, s)
             with ft_path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             log(f"[{b}] candidate {i}: flops {rec['flops_ratio']:.3f} val {rec['val_map']:.4f} "
                 f"({rec['finetune_seconds']:.0f}s)")
-            write_results(args, all_scores, base)
+            if all_scores:
+                write_results(args, all_scores, base)
+        if args.phase == "finetune":
+            continue
+        while any(not any(d["idx"] == i for d in merged(b, args.epochs)) for i in range(len(cands[b]))):
+            time.sleep(10)  # another process is finishing a claimed fine-tune
         done = merged(b, args.epochs)
         for i in test_priority(all_scores[b], done):
-            if next(d for d in done if d["idx"] == i)["test_map"] is not None:
+            if next(d for d in merged(b, args.epochs) if d["idx"] == i)["test_map"] is not None or \
+                    not claim(f"ranking_test_{b}_{i}"):
                 continue
             rec = test_one(args, model, splits, example, b, i, cands[b][i])
             with (CACHE / "ranking_test.jsonl").open("a") as fh:
@@ -371,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "all":  # then the remaining test passes, so best_test_map covers every candidate
         for b in args.budgets:
             for d in merged(b, args.epochs):
-                if d["test_map"] is None:
+                if d["test_map"] is None and claim(f"ranking_test_{b}_{d['idx']}"):
                     rec = test_one(args, model, splits, example, b, d["idx"], cands[b][d["idx"]])
                     with (CACHE / "ranking_test.jsonl").open("a") as fh:
                         fh.write(json.dumps(rec) + "\n")
