@@ -225,6 +225,7 @@ def main() -> None:
         "to_pyg_ms": res["resnet56_per_strategy"]["to_pyg_ms"] <= TARGETS["to_pyg_ms"],
         "cost_batch10_ms": res["resnet56_per_strategy"]["cost_batch10_ms"] <= TARGETS["cost_batch10_ms"],
         "latency_efficiency_at_50": lat["flops_50"]["efficiency_paired"] >= TARGETS["latency_efficiency_at_50"],
+        "latency_efficiency_at_50_round8": lat["flops_50_round8"]["efficiency_paired"] >= TARGETS["latency_efficiency_at_50"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "converter.json").write_text(json.dumps(res, indent=2))
@@ -268,7 +269,8 @@ def markdown(r: dict) -> str:
                      f"({v['efficiency']:.2f} / {v['efficiency_min']:.2f}) |")
     lines += ["", "Paired = median over repeats of (unpruned time / pruned time) measured back to back. "
               "Target: speed-up >= 0.7 x MACs reduction at 50% MACs (flops_50, default round_to 4, paired): "
-              f"{r['targets_met']['latency_efficiency_at_50']}. The box is shared with other jobs (load average above), "
+              f"{r['targets_met']['latency_efficiency_at_50']}; with round_to 8 (flops_50_round8): "
+              f"{r['targets_met']['latency_efficiency_at_50_round8']}. The box is shared with other jobs (load average above), "
               "so single timings vary by 2x; min is the least-disturbed run.", ""]
     return "\n".join(lines)
 
