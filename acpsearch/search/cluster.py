@@ -17,6 +17,8 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Tune's new console output prints tables even at verbose=0; acpsearch draws its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def _check_reachable(address: str) -> None:
