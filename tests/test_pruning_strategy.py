@@ -218,3 +218,38 @@ def test_cli_inspect_and_prune(tmp_path, capsys):
     assert run(["prune", str(out), "--keep", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
     assert run(["prune", str(base), "--keep", "1.5", "--out", str(tmp_path / "x.pt")]) == 2
     assert run(["inspect", str(tmp_path / "missing.pt")]) == 2
+
+
+class AuxHead(nn.Module):
+    """GoogLeNet-style auxiliary head used only in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.aux = nn.Conv2d(16, 4, 1)
+        self.hash = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        code = self.hash(torch.relu(self.conv2(x)).mean([2, 3]))
+        if self.training:
+            return code + self.aux(x).mean([2, 3])
+        return code
+
+
+def test_training_only_paths_are_refused_not_mispruned():
+    m = AuxHead().eval()
+    g = acp.ChannelGraph.from_model(m, X)
+    assert [gr.name for gr in g.groups] == ["conv1", "conv2"]  # aux never seen in eval mode
+    with pytest.raises(UnsupportedModelError, match="training mode"):
+        acp.prune(m, acp.PruningStrategy(g, {"conv1": 0.5}), X)
+    p = acp.prune(m, acp.PruningStrategy(g, {"conv2": 0.5}), X)  # does not touch aux's input: fine
+    p.train()
+    assert p(X).shape == (2, 4)
+    bn = archs.make("resnet_cifar")
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    gb = acp.ChannelGraph.from_model(bn, X[:1])
+    pb = acp.prune(bn, acp.PruningStrategy.uniform(gb, 1.0), X[:1])
+    for k, v in pb.state_dict().items():  # the training-mode check leaves the statistics alone
+        assert torch.equal(v, before[k]), k

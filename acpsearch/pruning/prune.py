@@ -184,6 +184,7 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
                 "an op in its forward hard-codes channel sizes") from None
         finally:
             new.train(was)
+        _check_train_mode(new, model, inputs)
         shapes = _out_shapes(out)
         if shapes != an.output_shapes:
             raise UnsupportedModelError(f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}")
@@ -193,6 +194,30 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
                 raise UnsupportedModelError(
                     f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it")
     return new
+
+
+def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple) -> None:
+    """The graph is traced in eval mode; a forward that differs in training mode (auxiliary
+    heads, ...) could reach layers the analysis never saw. Run the pruned copy once in training
+    mode (norm statistics restored afterwards) and refuse it if that fails."""
+    xs = tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t
+               for t in inputs)  # batch norm in training mode needs more than one value per channel
+    saved = {n: b.detach().clone() for n, b in new.named_buffers()}
+    was = new.training
+    new.train()
+    try:
+        with one_thread(), torch.no_grad():
+            new(*xs)
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).splitlines() or [""])[0]
+        raise UnsupportedModelError(
+            f"pruned {type(model).__name__} fails in training mode ({type(exc).__name__}: {first[:160]}); its "
+            "training-mode forward uses layers the eval-mode trace does not (e.g. auxiliary heads)") from None
+    finally:
+        with torch.no_grad():
+            for n, b in new.named_buffers():
+                b.copy_(saved[n])
+        new.train(was)
 
 
 def prune(model: nn.Module, strategy: PruningStrategy, example_input: Any, verify: bool = True) -> nn.Module:
