@@ -20,6 +20,12 @@ from acpsearch.hashing import create_model
 def small():
     torch.manual_seed(0)
     model = create_model("resnet20", bits=16, in_channels=1, image_size=12).eval()
+    # channels of clearly different magnitude, as in a trained net (at random init all L1 norms
+    # are alike and "L1-chosen" vs "random" channels are nearly the same strategy)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(torch.exp(torch.randn(m.out_channels)).view(-1, 1, 1, 1))
     x = torch.randn(1, 1, 12, 12)
     return model, x, acp.ChannelGraph.from_model(model, x)
 

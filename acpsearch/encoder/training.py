@@ -4,6 +4,7 @@ Two objectives (DESIGN.md, "Encoder"):
 - ``sacp`` (faithful to SACP / ACP-SSE): anchor = unpruned graph; positives = strategies whose
   channels the importance criterion picks (e.g. L1) at sampled ratios; negatives = the same
   ratios with random channels, plus random strategies (random ratios, random channels); InfoNCE.
+  Negatives are shown with the positives' criterion one-hot, so only what is kept tells them apart.
 - ``effect`` (ours): every training strategy carries a cheap functional signal (e.g. code
   agreement of the BN-recalibrated pruned net with the unpruned one, `FunctionalProbe`); a
   listwise soft-InfoNCE plus a pairwise term make cos(z(s), z(unpruned)) order the strategies
@@ -47,6 +48,17 @@ def grid_values(min_keep: float, step: float) -> list[float]:
     """Grid anchored at 1.0 going down by `step` while >= min_keep (rounded to 1e-6)."""
     n = int(np.floor((1.0 - min_keep) / step + 1e-9))
     return [round(1.0 - k * step, 6) for k in range(n + 1)]
+
+
+def _criterion_columns(in_dim: int) -> list[int]:
+    """Indices of the criterion one-hot node features (graph.features.FEATURE_NAMES), if known."""
+    try:
+        from acpsearch.graph.features import FEATURE_NAMES
+    except ImportError:  # pragma: no cover - older graph layer without named features
+        return []
+    if len(FEATURE_NAMES) != in_dim:
+        return []
+    return [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("criterion_")]
 
 
 def _as_ratios(s: Any) -> dict[str, float]:
@@ -109,6 +121,13 @@ def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_siz
                                 for r in ratio_list)
         other = batcher.features(PruningStrategy(graph, random_ratios(graph, rng, min_keep, step), criterion="random",
                                                  seed=rng.randrange(1 << 30)) for _ in ratio_list)
+        # Negatives carry the positives' criterion one-hot: otherwise InfoNCE is solved by that
+        # one feature (loss ~0 within a few epochs) and the encoder learns nothing about which
+        # channels are kept; with it masked, it must read the retained-importance features.
+        crit_cols = _criterion_columns(batcher.in_dim)
+        if crit_cols:
+            same[:, :, crit_cols] = pos[:, :1, crit_cols]
+            other[:, :, crit_cols] = pos[:, :1, crit_cols]
         encoder.fit_normalizer(torch.cat([pos, same, other]).reshape(-1, batcher.in_dim))
         n = len(ratio_list)
     else:
