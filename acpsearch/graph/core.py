@@ -232,8 +232,7 @@ class ChannelGraph:
                 self.form_matrix[i, gi] = c
             self.form_const[i] = const
         self._fmT = self.form_matrix.T.copy()
-        self._fmT_f: np.ndarray | None = None
-        self._Q: tuple[np.ndarray, np.ndarray] | None = None
+        self._P: tuple[Any, ...] | None = None
         self.ft_num = np.array([t[0] for t in ft], dtype=np.int64)
         self.ft_den = np.array([t[1] for t in ft], dtype=np.int64)
         self.ft_a = np.array([t[2] for t in ft], dtype=np.int64)
@@ -256,30 +255,30 @@ class ChannelGraph:
                 grp.params_share = float((base.params - p[gi]) / max(base.params, 1))
 
     def _eval_forms(self, kept: np.ndarray) -> np.ndarray:
-        # float64 BLAS matmul is exact here (small integers, far below 2**53) and ~10x faster
-        # than numpy's integer matmul for thousands of rows
-        if self._fmT_f is None or self._fmT_f.shape != self._fmT.shape:
-            self._fmT_f = self._fmT.astype(np.float64)
-        return np.rint(np.asarray(kept, dtype=np.float64) @ self._fmT_f).astype(np.int64) + self.form_const
+        # numpy's integer matmul: no BLAS threads (multi-threaded BLAS spin-waits on a busy box)
+        return np.asarray(kept, dtype=np.int64) @ self._fmT + self.form_const
 
-    def _quadratic(self) -> tuple[np.ndarray, np.ndarray]:
-        """Terms summed into quadratic forms over the linear forms: cost = rowsum((L @ Q) * L)."""
+    def _pairs(self) -> tuple[np.ndarray, ...]:
+        """Terms merged per (form a, form b) pair: cost = sum_p q_p * L_a * L_b (far fewer pairs than terms)."""
         nf = len(self._forms)
-        if self._Q is None or self._Q[0].shape[0] != nf:
-            Qf = np.zeros((nf, nf))
-            Qp = np.zeros((nf, nf))
-            np.add.at(Qf, (self.ft_a, self.ft_b), self.ft_num / self.ft_den)
-            np.add.at(Qp, (self.pt_a, self.pt_b), self.pt_num / self.pt_den)
-            self._Q = (Qf, Qp)
-        return self._Q
+        if self._P is None or self._P[0] != nf:
+            out: list[Any] = [nf]
+            for ta, tb, num, den in ((self.ft_a, self.ft_b, self.ft_num, self.ft_den),
+                                     (self.pt_a, self.pt_b, self.pt_num, self.pt_den)):
+                Q = np.zeros((nf, nf))
+                np.add.at(Q, (ta, tb), num / den)
+                ia, ib = np.nonzero(Q)
+                out += [ia, ib, Q[ia, ib]]
+            self._P = tuple(out)
+        return self._P
 
     def _eval_terms(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Exact: every term is an integer (grouped convs keep multiples of their groups) and the
         # float64 sums stay far below 2**53, so rounding recovers the integer totals.
         L = self._eval_forms(kept).astype(np.float64)
-        Qf, Qp = self._quadratic()
-        f = np.rint(np.einsum("nf,nf->n", L @ Qf, L)).astype(np.int64)
-        p = np.rint(np.einsum("nf,nf->n", L @ Qp, L)).astype(np.int64)
+        _, fa, fb, fq, pa, pb, pq = self._pairs()
+        f = np.rint((L[:, fa] * L[:, fb] * fq).sum(axis=1)).astype(np.int64)
+        p = np.rint((L[:, pa] * L[:, pb] * pq).sum(axis=1)).astype(np.int64)
         return f, p
 
     def _build_nodes(self) -> None:
@@ -323,7 +322,6 @@ class ChannelGraph:
                     fm[i, gi] = c
                 fc[i] = const
             self.form_matrix, self.form_const, self._fmT = fm, fc, fm.T.copy()
-            self._fmT_f = None
 
     # ------------------------------------------------------------------ strategy arithmetic
     def group(self, name: str) -> ChannelGroup:
