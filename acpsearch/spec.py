@@ -188,8 +188,10 @@ class SearchSpec(_Section):
     ranker: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] = "similarity"
     rerank: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] | None = None
     rerank_top: int = 32
+    rounds: int = 2  # the space narrows around the best candidates of the earlier rounds
+    elite: int = 16  # how many of the best candidates set the narrowed ranges
 
-    @field_validator("candidates", "workers", "rerank_top")
+    @field_validator("candidates", "workers", "rerank_top", "rounds", "elite")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:

@@ -31,7 +31,7 @@ def test_minimal_spec_gets_design_defaults():
     assert s.space.step == 0.1 and s.space.min_keep == 0.2 and s.space.criterion == "l1"
     assert s.encoder.objective == "sacp" and s.encoder.epochs == 50 and s.encoder.strategies == 512
     assert s.search.candidates == 500 and s.search.sampler == "tpe" and s.search.workers == 2
-    assert s.search.rerank is None and s.search.rerank_top == 32
+    assert s.search.rerank is None and s.search.rerank_top == 32 and s.search.rounds == 2 and s.search.elite == 16
     assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
     assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
 
@@ -68,7 +68,7 @@ def test_bad_values_name_the_field(path, value, message):
 
 
 @pytest.mark.parametrize("path,message", [
-    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top)"),
+    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite)"),
     ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
     ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
     ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),

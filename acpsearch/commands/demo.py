@@ -88,11 +88,10 @@ def demo(
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     err.print(f"demo: study {name!r} ({dataset}, ResNet-20 32 bits, budget 50% FLOPs), storage {url}"
               + (f", cached base network {cache}" if reuse else ", training the base network first"))
-    from acpsearch.commands.service import _submit
+    from acpsearch.commands.service import _storage, _submit
     from acpsearch.search.pipeline import run_study
-    from acpsearch.search.storage import open_storage
 
-    storage = open_storage(url)
+    url, storage = _storage(url)
     _submit(str(spec_path), storage, None)
     rep = RichReporter()
     try:

@@ -369,8 +369,11 @@ def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, f
 
 
 def make_sampler(spec: StudySpec) -> Any:
+    import warnings
+
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
     seed = spec.search.seed
     kind = spec.search.sampler
     if kind == "tpe":
@@ -447,12 +450,16 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
         ctx.reporter.log(f"resumed: {done} candidates kept, {left} unfinished marked FAIL")
     pool = RankerPool(ctx, ray_mod, ranker, ctx.workers)
     batch = max(8, 8 * ctx.workers)
+    per_round = math.ceil(target / ctx.spec.search.rounds)
+    spaces: dict[int, Any] = {}
     try:
         while done < target:
             ctx.check()
-            k = min(batch, target - done)
+            rnd = min(done // per_round, ctx.spec.search.rounds - 1)
+            k = min(batch, target - done, per_round * (rnd + 1) - done)  # a batch never spans two rounds
+            space = spaces.get(rnd) or spaces.setdefault(rnd, round_space(ctx, rnd))
             trials = [study.ask() for _ in range(k)]
-            strategies = [ctx.space.suggest(t) for t in trials]
+            strategies = [space.suggest(t) for t in trials]
             attrs = candidate_attrs(ctx, strategies)
             scores = pool.score([dict(s.ratios) for s in strategies])
             for t, s, a, score in zip(trials, strategies, attrs, scores):
@@ -464,14 +471,29 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                     if key in a:
                         t.set_user_attr(key, a[key])
                 t.set_user_attr(ranker, round(float(score), 6))
+                t.set_user_attr("round", rnd)
                 study.tell(t, float(score))
             done += k
             ctx.reporter.advance(k, best=study.best_value)
     finally:
         pool.close()
     st.mark_phase(ctx.study, "search", time.perf_counter() - t0, candidates=done, ranker=ranker,
-                  space=clean(ctx.space.describe()))
+                  space=clean(ctx.space.describe()),
+                  rounds={str(r): clean({k: v for k, v in sp.describe().items() if k in ("step", "ranges", "log10_size")})
+                          for r, sp in sorted(spaces.items())})
     ctx.reporter.done("search", time.perf_counter() - t0)
+
+
+def round_space(ctx: Context, rnd: int) -> Any:
+    """The space of search round `rnd`: round 0 is the budget's space; each later round narrows
+    the previous one around the `elite` best candidates of the rounds before it (finer grid).
+    Rebuilt from the stored trials, so a resumed search continues in the same space."""
+    space = ctx.space
+    for j in range(1, rnd + 1):
+        elite = [t for t in _ranked_candidates(ctx) if int(t.user_attrs.get("round", 0)) < j][: ctx.spec.search.elite]
+        if elite:
+            space = space.narrow([_ratios_of(ctx, t) for t in elite])
+    return space
 
 
 def _ranked_candidates(ctx: Context) -> list[Any]:
