@@ -297,8 +297,9 @@ def _print_show(rep: dict[str, Any]) -> None:
     table.add_column("seconds")
     table.add_column("details")
     for p, rec in rep["phases"].items():
-        details = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in ("done", "seconds", "at", "path", "artifact_id",
-                                                                              "history", "training", "finalists", "artifacts"))
+        details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
+                            if k not in ("done", "seconds", "at", "path", "artifact_id", "history", "training",
+                                         "finalists", "artifacts", "rounds"))
         table.add_row(p, f"{rec.get('seconds', 0):.1f}", details[:120])
     c.print(table)
     if rep.get("winner"):

@@ -805,7 +805,7 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
         raise
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or SIGTERM turned into SystemExit by Ray
             st.set_state(study, "interrupted", error=msg)
         else:
             st.set_state(study, "failed", error=msg, traceback=traceback.format_exc()[-4000:])
