@@ -143,21 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"splits {splits.sizes()}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / "base_models.json"
-    doc = json.loads(json_path.read_text()) if json_path.exists() else {}
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}"}
-    doc.setdefault("results", {})
-    doc["protocol"] = PROTOCOL
-    doc["dataset"] = "fashion-mnist"
-    doc["env"] = env
+    mine: dict[str, dict] = {}
     for row in rows:
         epochs = args.epochs or ROWS[row][3]
         t0 = time.time()
         out = run_row(row, splits, epochs, args.seed)
         out["wall_seconds"] = round(time.time() - t0, 1)
         out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        doc["results"][row] = out
-        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        out["threads"] = torch.get_num_threads()
+        mine[row] = out
+        (CACHE / "rows").mkdir(parents=True, exist_ok=True)
+        (CACHE / "rows" / f"{row}.json").write_text(json.dumps(out, indent=1) + "\n")
+        # re-read and merge right before writing: several invocations may run side by side
+        doc = json.loads(json_path.read_text()) if json_path.exists() else {}
+        doc.setdefault("results", {}).update(mine)
+        doc.update(protocol=PROTOCOL, dataset="fashion-mnist", env=env)
+        tmp = json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(json_path)
         write_markdown(doc["results"], env)
     return 0
 
