@@ -110,52 +110,75 @@ def candidates_for(space: DynamicSpace, budget: str, n: int, seed: int) -> list[
     return strategies
 
 
-def score_phase(args, model, splits, example, g, budget: str, cands: list[Any]) -> dict[str, Any]:
-    """Score the candidates with every ranker (cached per budget)."""
-    path = CACHE / f"ranking_scores_{budget}.json"
+def load_scores(budget: str, n: int, version: int) -> dict[str, Any] | None:
+    """The cached ranker scores of a budget, merged from the part files (main, adaptive_bn)."""
+    out = None
+    for part in ("main", "adaptive_bn"):
+        path = CACHE / f"ranking_scores_{budget}_{part}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        if d.get("n") != n or d.get("version") != version:
+            continue
+        if out is None:
+            out = d
+        else:
+            for k in ("scores", "seconds_per_candidate", "per_second_batch"):
+                out.setdefault(k, {}).update(d.get(k, {}))
+    return out
+
+
+def score_phase(args, model, splits, example, g, budget: str, cands: list[Any], part: str) -> None:
+    """Score the candidates with the rankers of `part` (main: encoders, similarity, code agreement,
+    l1, random; adaptive_bn: the EagleEye baseline) and cache them; parts can run in parallel."""
+    path = CACHE / f"ranking_scores_{budget}_{part}.json"
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("n") == len(cands) and cached.get("version") == args.scores_version:
-            return cached
+            return
+    if not claim(f"ranking_scores_{budget}_{part}"):
+        return
     b = float(budget)
     space = DynamicSpace(g, Budget(flops=b), step=0.1, min_keep=0.2)
     rng = random.Random(1000 + args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     Xtr = splits.train[0]
     perm = torch.randperm(len(Xtr), generator=gen)
-    calib = Xtr[perm[:args.calib_batches * 128]]
-    probe_X = Xtr[perm[-1000:]]
+    calib = Xtr[perm[:args.signal_calib_batches * 128]]
+    probe_X = Xtr[perm[-args.probe:]]
     out: dict[str, Any] = {"n": len(cands), "version": args.scores_version, "scores": {}, "seconds_per_candidate": {},
                            "per_second_batch": {}, "encoders": {}}
-
-    # -- encoders: trained on strategies from the same space, disjoint from the candidates (other seed)
-    train_strats = space.sample_many(args.train_strategies, rng)
-    log(f"[{budget}] sacp encoder on {len(train_strats)} strategies")
-    sacp = train_encoder(g, "sacp", strategies=train_strats, epochs=args.encoder_epochs, seed=args.seed)
-    log(f"[{budget}] sacp loss {sacp.losses[0]:.3f} -> {sacp.losses[-1]:.3f} in {sacp.seconds:.1f}s")
-    probe = FunctionalProbe(model, example, calib, probe_X)
-    t0 = time.perf_counter()
-    signal = probe.agreement(train_strats)
-    sig_s = time.perf_counter() - t0
-    log(f"[{budget}] effect signal (code agreement) for {len(train_strats)} strategies in {sig_s:.1f}s")
-    effect = train_encoder(g, "effect", strategies=train_strats, signal=signal, epochs=args.encoder_epochs,
-                           seed=args.seed)
-    log(f"[{budget}] effect loss {effect.losses[0]:.3f} -> {effect.losses[-1]:.3f} in {effect.seconds:.1f}s")
-    for name, res in (("sacp", sacp), ("effect", effect)):
-        out["encoders"][name] = {"loss_first": res.losses[0], "loss_last": res.losses[-1], "train_seconds": res.seconds,
-                                 "strategies": res.strategies, "epochs": len(res.losses)}
-        res.encoder.save(CACHE / f"ranking_encoder_{name}_{budget}.pt")
-    out["encoders"]["effect"]["signal_seconds"] = sig_s
-
-    rankers = {
-        "similarity": SimilarityRanker(effect.encoder if args.default_objective == "effect" else sacp.encoder, g),
-        "similarity_sacp": SimilarityRanker(sacp.encoder, g),
-        "similarity_effect": SimilarityRanker(effect.encoder, g),
-        "adaptive_bn": AdaptiveBNRanker(model, splits, example, calib_batches=args.calib_batches),
-        "code_agreement": CodeAgreementRanker(model, example, calib, probe_X),
-        "l1_retained": L1RetainedRanker(g),
-        "random": RandomRanker(args.seed),
-    }
+    rankers: dict[str, Any] = {}
+    if part == "adaptive_bn":
+        rankers["adaptive_bn"] = AdaptiveBNRanker(model, splits, example, calib_batches=args.calib_batches)
+    else:
+        # -- encoders: trained on strategies from the same space, disjoint from the candidates (other seed)
+        train_strats = space.sample_many(args.train_strategies, rng)
+        log(f"[{budget}] sacp encoder on {len(train_strats)} strategies")
+        sacp = train_encoder(g, "sacp", strategies=train_strats, epochs=args.encoder_epochs, seed=args.seed)
+        log(f"[{budget}] sacp loss {sacp.losses[0]:.3f} -> {sacp.losses[-1]:.3f} in {sacp.seconds:.1f}s")
+        probe = FunctionalProbe(model, example, calib, probe_X)
+        t0 = time.perf_counter()
+        signal = probe.agreement(train_strats)
+        sig_s = time.perf_counter() - t0
+        log(f"[{budget}] effect signal (code agreement) for {len(train_strats)} strategies in {sig_s:.1f}s")
+        effect = train_encoder(g, "effect", strategies=train_strats, signal=signal, epochs=args.encoder_epochs,
+                               seed=args.seed)
+        log(f"[{budget}] effect loss {effect.losses[0]:.3f} -> {effect.losses[-1]:.3f} in {effect.seconds:.1f}s")
+        for name, res in (("sacp", sacp), ("effect", effect)):
+            out["encoders"][name] = {"loss_first": res.losses[0], "loss_last": res.losses[-1],
+                                     "train_seconds": res.seconds, "strategies": res.strategies,
+                                     "epochs": len(res.losses), "loss_history": [round(x, 4) for x in res.losses]}
+            res.encoder.save(CACHE / f"ranking_encoder_{name}_{budget}.pt")
+        out["encoders"]["effect"]["signal_seconds"] = sig_s
+        rankers = {
+            "similarity": SimilarityRanker(effect.encoder if args.default_objective == "effect" else sacp.encoder, g),
+            "similarity_sacp": SimilarityRanker(sacp.encoder, g),
+            "similarity_effect": SimilarityRanker(effect.encoder, g),
+            "code_agreement": CodeAgreementRanker(model, example, calib, probe_X),
+            "l1_retained": L1RetainedRanker(g),
+            "random": RandomRanker(args.seed),
+        }
     pool = space.sample_many(512, random.Random(5000 + args.seed))
     for name, r in rankers.items():
         scores = r.score(cands)
@@ -165,16 +188,16 @@ def score_phase(args, model, splits, example, g, budget: str, cands: list[Any]) 
             r.score(pool)  # batch throughput on a larger pool
             out["per_second_batch"][name] = len(pool) / max(r.last_seconds, 1e-9)
         else:
-            out["per_second_batch"][name] = len(cands) / max(out["seconds_per_candidate"][name] * len(cands), 1e-9)
+            out["per_second_batch"][name] = 1.0 / max(out["seconds_per_candidate"][name], 1e-9)
         log(f"[{budget}] {name}: {out['seconds_per_candidate'][name] * 1000:.2f} ms/candidate")
     out["default_objective"] = args.default_objective
-    # how well each encoder reproduces the functional signal on the (unseen) candidates
-    ca = np.array(out["scores"]["code_agreement"])
-    out["encoder_vs_code_agreement_spearman"] = {
-        k: float(stats.spearmanr(out["scores"][k], ca).statistic) for k in ("similarity_sacp", "similarity_effect")}
-    log(f"[{budget}] Spearman with code agreement on the candidates: {out['encoder_vs_code_agreement_spearman']}")
+    if part == "main":
+        # how well each encoder reproduces the functional signal on the (unseen) candidates
+        ca = np.array(out["scores"]["code_agreement"])
+        out["encoder_vs_code_agreement_spearman"] = {
+            k: float(stats.spearmanr(out["scores"][k], ca).statistic) for k in ("similarity_sacp", "similarity_effect")}
+        log(f"[{budget}] Spearman with code agreement on the candidates: {out['encoder_vs_code_agreement_spearman']}")
     path.write_text(json.dumps(out))
-    return out
 
 
 def finetune_one(args, model, splits, example, g, budget: str, idx: int, s: Any) -> dict[str, Any]:
@@ -226,7 +249,7 @@ def test_priority(scores: dict[str, Any], done: list[dict[str, Any]]) -> list[in
     fine-tuned validation mAP, then all the rest (so best_test_map covers every candidate in the end)."""
     idx = [d["idx"] for d in done]
     order: list[int] = []
-    for name, sc in scores["scores"].items():
+    for name, sc in (scores or {}).get("scores", {}).items():
         top = sorted(idx, key=lambda i: -sc[i])[:3]
         order += [i for i in top if i not in order]
     by_val = sorted(done, key=lambda d: -d["val_map"])
@@ -256,7 +279,8 @@ def ranker_table(scores: dict[str, Any], done: list[dict[str, Any]]) -> dict[str
     return table
 
 
-def write_results(args, all_scores: dict[str, Any], base: dict[str, Any]) -> None:
+def write_results(args, base: dict[str, Any]) -> None:
+    all_scores = {b: sc for b in args.budgets if (sc := load_scores(b, args.candidates, args.scores_version))}
     out: dict[str, Any] = {"budgets": {}, "base_test_map": base.get("map_all"), "base_val_map": base.get("val_map"),
                            "command": COMMAND, "protocol": {
                                "dataset": "fashion-mnist", "model": "resnet20 csq 32 bits", "finetune_epochs": args.epochs,
@@ -338,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=4, help="validation mAP every k fine-tune epochs (and the last)")
     p.add_argument("--min-tested", type=int, default=12, help="test-evaluate at least this many per budget before moving on")
     p.add_argument("--test-all", action="store_true", help="test-evaluate every candidate before the next budget")
+    p.add_argument("--score-part", default="both", choices=["both", "main", "adaptive_bn"],
+                   help="which rankers this process scores (parts can run in parallel processes)")
+    p.add_argument("--signal-calib-batches", type=int, default=4,
+                   help="BN-recalibration batches (of 128) for the code-agreement signal and ranker")
+    p.add_argument("--probe", type=int, default=500, help="probe images for code agreement")
     p.add_argument("--phase", default="all", choices=["all", "scores", "finetune", "report"])
     p.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache"), help="cache folder (a dry run can point elsewhere)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
@@ -361,18 +390,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cands = {b: candidates_for(DynamicSpace(g, Budget(flops=float(b))), b, args.candidates, args.seed + int(float(b) * 100))
              for b in args.budgets}
-    all_scores: dict[str, Any] = {}
-    for b in args.budgets:  # score existing caches first so the report covers every budget
-        path = CACHE / f"ranking_scores_{b}.json"
-        if path.exists():
-            cached = json.loads(path.read_text())
-            if cached.get("n") == args.candidates and cached.get("version") == args.scores_version:
-                all_scores[b] = cached
     for b in args.budgets:  # budget by budget: scores, fine-tunes, then the test passes it needs
-        if args.phase != "finetune":
-            all_scores[b] = score_phase(args, model, splits, example, g, b, cands[b])
-        if all_scores:
-            write_results(args, all_scores, base)
+        if args.phase in ("all", "scores"):
+            for part in (["main", "adaptive_bn"] if args.score_part == "both" else [args.score_part]):
+                score_phase(args, model, splits, example, g, b, cands[b], part)
+        write_results(args, base)
         if args.phase in ("scores", "report"):
             continue
         ft_path = CACHE / "ranking_finetune.jsonl"
@@ -384,25 +406,30 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(json.dumps(rec) + "\n")
             log(f"[{b}] candidate {i}: flops {rec['flops_ratio']:.3f} val {rec['val_map']:.4f} "
                 f"({rec['finetune_seconds']:.0f}s)")
-            if all_scores:
-                write_results(args, all_scores, base)
+            write_results(args, base)
         if args.phase == "finetune":
             continue
         while any(not any(d["idx"] == i for d in merged(b, args.epochs)) for i in range(len(cands[b]))):
             time.sleep(10)  # another process is finishing a claimed fine-tune
-        done = merged(b, args.epochs)
-        for i in test_priority(all_scores[b], done):
-            if next(d for d in merged(b, args.epochs) if d["idx"] == i)["test_map"] is not None or \
-                    not claim(f"ranking_test_{b}_{i}"):
+        while True:
+            sc = load_scores(b, args.candidates, args.scores_version)
+            m = merged(b, args.epochs)
+            untested = {d["idx"] for d in m if d["test_map"] is None}
+            order = [i for i in test_priority(sc, m) if i in untested
+                     and not (CACHE / f"ranking_test_{b}_{i}.lock").exists()]
+            if not order:
+                break
+            i = order[0]
+            if not claim(f"ranking_test_{b}_{i}"):
                 continue
             rec = test_one(args, model, splits, example, b, i, cands[b][i])
             with (CACHE / "ranking_test.jsonl").open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             log(f"[{b}] candidate {i}: test {rec['test_map']:.4f} ({rec['eval_seconds']:.0f}s)")
-            write_results(args, all_scores, base)
-            if args.test_all is False and all(
-                    r["top3_best_test_map"] is not None for r in
-                    json.loads((RESULTS / "ranking.json").read_text())["budgets"][b]["rankers"].values()) and \
+            write_results(args, base)
+            res = json.loads((RESULTS / "ranking.json").read_text())["budgets"][b].get("rankers", {})
+            if not args.test_all and sc is not None and len(res) >= 7 and all(
+                    r["top3_best_test_map"] is not None for r in res.values()) and \
                     sum(d["test_map"] is not None for d in merged(b, args.epochs)) >= args.min_tested:
                 break
     if args.phase == "all":  # then the remaining test passes, so best_test_map covers every candidate
@@ -413,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                     with (CACHE / "ranking_test.jsonl").open("a") as fh:
                         fh.write(json.dumps(rec) + "\n")
                     log(f"[{b}] candidate {d['idx']}: test {rec['test_map']:.4f} ({rec['eval_seconds']:.0f}s)")
-                    write_results(args, all_scores, base)
+                    write_results(args, base)
     log("done")
     return 0
 
