@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--signal-calib-batches", type=int, default=4,
                    help="BN-recalibration batches (of 128) for the code-agreement signal and ranker")
     p.add_argument("--probe", type=int, default=500, help="probe images for code agreement")
-    p.add_argument("--phase", default="all", choices=["all", "scores", "finetune", "report"])
+    p.add_argument("--phase", default="all", choices=["all", "scores", "finetune", "test", "report"],
+                   help="test: test passes of the candidates fine-tuned so far (by ranker priority), no waiting")
     p.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache"), help="cache folder (a dry run can point elsewhere)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--ft-threads", type=int, default=None, help="torch threads while fine-tuning (default --threads)")
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.phase in ("scores", "report"):
             continue
         ft_path = CACHE / "ranking_finetune.jsonl"
-        for i, s in enumerate(cands[b]):
+        for i, s in enumerate(cands[b] if args.phase != "test" else []):
             if any(d["idx"] == i for d in merged(b, args.epochs)) or not claim(f"ranking_ft_{b}_{i}"):
                 continue
             rec = finetune_one(args, model, splits, example, g, b, i, s)
@@ -409,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             write_results(args, base)
         if args.phase == "finetune":
             continue
-        while any(not any(d["idx"] == i for d in merged(b, args.epochs)) for i in range(len(cands[b]))):
+        while args.phase != "test" and any(not any(d["idx"] == i for d in merged(b, args.epochs))
+                                           for i in range(len(cands[b]))):
             time.sleep(10)  # another process is finishing a claimed fine-tune
         while True:
             sc = load_scores(b, args.candidates, args.scores_version)
