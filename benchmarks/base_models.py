@@ -119,7 +119,7 @@ def write_markdown(results: dict, env: dict) -> None:
                      f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
                      f"{r['train_seconds_per_epoch']:.1f} |")
     lines += ["", f"s/epoch is wall time with {env.get('threads')} torch thread(s) at nice 10 on 2 CPU cores shared with "
-              "other jobs (load average 6-9 during the run), so it is an upper bound, not a speed measurement.",
+              "other jobs (load average 4-12 during the runs), so it is an upper bound, not a speed measurement.",
               "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`", ""]
     (RESULTS / "base_models.md").write_text("\n".join(lines))
 
