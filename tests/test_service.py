@@ -192,6 +192,12 @@ def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
         assert len(trials) == spec["finetune"]["top"]
         cands = {t.user_attrs["candidate"] for t in trials}
         assert len(cands) == len(trials)
+        # distinct pruned networks, not just distinct ratios that round to the same channel counts
+        from acpsearch.checkpoint import read_checkpoint
+
+        archs = {tuple((k, tuple(v.shape)) for k, v in read_checkpoint(t.user_attrs["path"])["state_dict"].items())
+                 for t in trials}
+        assert len(archs) == len(trials)
         for t in trials:
             assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             u = t.user_attrs

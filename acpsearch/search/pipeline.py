@@ -496,19 +496,23 @@ def round_space(ctx: Context, rnd: int) -> Any:
     return space
 
 
-def _ranked_candidates(ctx: Context) -> list[Any]:
-    """Feasible COMPLETE candidates, best ranker score first."""
+def _ranked_candidates(ctx: Context, limit: int | None = None) -> list[Any]:
+    """Feasible COMPLETE candidates, best ranker score first, one per distinct pruned network:
+    different ratios can round to the same kept channel counts (round_to), and fine-tuning the
+    same network twice would waste a finalist slot."""
     import optuna
 
     trials = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     trials = [t for t in trials if t.user_attrs.get("feasible", True) and t.value is not None]
-    seen: set[str] = set()
+    seen: set[tuple[tuple[str, int], ...]] = set()
     unique = []
     for t in sorted(trials, key=lambda t: (-t.value, t.number)):
-        key = json.dumps(sorted(t.params.items()))
+        key = tuple(sorted((k, int(v)) for k, v in ctx.space.to_strategy(_ratios_of(ctx, t)).kept.items()))
         if key not in seen:
             seen.add(key)
             unique.append(t)
+            if limit is not None and len(unique) >= limit:
+                break
     return unique
 
 
@@ -528,7 +532,7 @@ def phase_rerank(ctx: Context, ray_mod: Any) -> None:
         st.mark_phase(ctx.study, "rerank", 0.0, ranker=None)
         return
     t0 = time.perf_counter()
-    top = _ranked_candidates(ctx)[: ctx.spec.search.rerank_top]
+    top = _ranked_candidates(ctx, ctx.spec.search.rerank_top)
     ctx.reporter.phase(f"rerank: {name}", total=len(top))
     scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4)
     ctx.reporter.advance(len(top))
