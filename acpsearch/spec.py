@@ -168,7 +168,7 @@ class SpaceSpec(_Section):
 
 
 class EncoderSpec(_Section):
-    objective: Literal["sacp", "effect"] = "sacp"
+    objective: Literal["sacp", "effect"] = "effect"  # effect ranked better: benchmarks/results/ranking.md
     epochs: int = 50
     strategies: int = 512
 

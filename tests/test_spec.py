@@ -29,7 +29,7 @@ def test_minimal_spec_gets_design_defaults():
     assert s.model.bits == 32 and s.model.checkpoint is None
     assert s.train.loss == "csq" and s.train.epochs == 20 and s.train.batch_size == 128
     assert s.space.step == 0.1 and s.space.min_keep == 0.2 and s.space.criterion == "l1"
-    assert s.encoder.objective == "sacp" and s.encoder.epochs == 50 and s.encoder.strategies == 512
+    assert s.encoder.objective == "effect" and s.encoder.epochs == 50 and s.encoder.strategies == 512
     assert s.search.candidates == 500 and s.search.sampler == "tpe" and s.search.workers == 2
     assert s.search.rerank is None and s.search.rerank_top == 32 and s.search.rounds == 2 and s.search.elite == 16
     assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
