@@ -47,7 +47,9 @@ def inspect_cmd(
     t = Table(title=f"{checkpoint}: {len(g.groups)} prunable groups, {cost.flops:,} MACs, {cost.params:,} params, "
                     f"hash layer {g.hash_layer}")
     for col in ("group", "channels", "divisor", "FLOPs share", "params share", "modules"):
-        t.add_column(col, justify="right" if col not in ("group", "modules") else "left")
+        # group names must stay whole (users copy them into strategies); module lists may fold
+        t.add_column(col, justify="right" if col not in ("group", "modules") else "left",
+                     no_wrap=col != "modules", overflow="fold")
     for row in g.summary():
         mods = ", ".join(row["modules"][:4]) + (" ..." if len(row["modules"]) > 4 else "")
         t.add_row(row["name"], str(row["channels"]), str(row["divisor"]), f"{row['flops_share']:.3f}",
