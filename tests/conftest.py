@@ -113,3 +113,15 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     seconds = time.perf_counter() - t0
     return {"url": url, "root": root, "artifacts": root / "artifacts", "names": ["tiny-a", "tiny-b"], "base": base,
             "worker_exit": code, "seconds": seconds, "specs": {"tiny-a": spec_a, "tiny-b": spec_b}}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module, restored afterwards: on a shared 2-core
+    machine OpenMP spin-waiting made tiny convolutions ~100x slower with two threads."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
