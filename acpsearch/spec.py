@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from acpsearch.errors import SpecError
 
@@ -35,6 +35,23 @@ def _unit_interval(value: float | None, open_low: bool = True) -> float | None:
     if not (0.0 < value <= 1.0):
         raise ValueError(f"must be in (0, 1], got {_fmt(value)}")
     return value
+
+
+def _at_least_one(v: int) -> int:
+    if v < 1:
+        raise ValueError(f"must be >= 1, got {v}")
+    return v
+
+
+def _learning_rate(v: float) -> float:
+    if not (0.0 < v <= 10.0):
+        raise ValueError(f"must be in (0, 10], got {_fmt(v)}")
+    return v
+
+
+# Field types that carry their range check, so each section only declares its fields.
+Count = Annotated[int, AfterValidator(_at_least_one)]
+LearningRate = Annotated[float, AfterValidator(_learning_rate)]
 
 
 class _Section(BaseModel):
@@ -75,17 +92,10 @@ class ModelSpec(_Section):
 class ProtocolSpec(_Section):
     """Query / train / validation split sizes per class (the rest is the retrieval database)."""
 
-    query_per_class: int = 100
-    train_per_class: int = 500
-    val_per_class: int = 100
+    query_per_class: Count = 100
+    train_per_class: Count = 500
+    val_per_class: Count = 100
     seed: int = 0
-
-    @field_validator("query_per_class", "train_per_class", "val_per_class")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
 
 
 class DataSpec(_Section):
@@ -104,23 +114,9 @@ class TrainSpec(_Section):
     """How the base network is trained when model.checkpoint is not given."""
 
     loss: Literal["csq", "hashnet", "dpsh"] = "csq"
-    epochs: int = 20
-    lr: float = 0.001
-    batch_size: int = 128
-
-    @field_validator("epochs", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: float) -> float:
-        if not (0.0 < v <= 10.0):
-            raise ValueError(f"must be in (0, 10], got {_fmt(v)}")
-        return v
+    epochs: Count = 20
+    lr: LearningRate = 0.001
+    batch_size: Count = 128
 
 
 class BudgetSpec(_Section):
@@ -169,56 +165,28 @@ class SpaceSpec(_Section):
 
 class EncoderSpec(_Section):
     objective: Literal["sacp", "effect"] = "effect"  # effect ranked better: benchmarks/results/ranking.md
-    epochs: int = 50
-    strategies: int = 512
-
-    @field_validator("epochs", "strategies")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
+    epochs: Count = 50
+    strategies: Count = 512
 
 
 class SearchSpec(_Section):
-    candidates: int = 500
+    candidates: Count = 500
     sampler: Literal["tpe", "random", "nsga2", "gp", "qmc"] = "tpe"
-    workers: int = 2
+    workers: Count = 2
     seed: int = 0
     ranker: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] = "similarity"
     rerank: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] | None = None
-    rerank_top: int = 32
-    rounds: int = 2  # the space narrows around the best candidates of the earlier rounds
-    elite: int = 16  # how many of the best candidates set the narrowed ranges
-
-    @field_validator("candidates", "workers", "rerank_top", "rounds", "elite")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
+    rerank_top: Count = 32
+    rounds: Count = 2  # the space narrows around the best candidates of the earlier rounds
+    elite: Count = 16  # how many of the best candidates set the narrowed ranges
 
 
 class FinetuneSpec(_Section):
-    top: int = 4
-    epochs: int = 5
-    lr: float = 0.001
-    batch_size: int = 128
+    top: Count = 4
+    epochs: Count = 5
+    lr: LearningRate = 0.001
+    batch_size: Count = 128
     early_stop: Literal["asha"] | None = "asha"
-
-    @field_validator("top", "epochs", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: float) -> float:
-        if not (0.0 < v <= 10.0):
-            raise ValueError(f"must be in (0, 10], got {_fmt(v)}")
-        return v
 
 
 class StudySpec(_Section):
