@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ def build_from_config(cfg: dict[str, Any]) -> nn.Module:
 
         return create_model(cfg["zoo"], **kwargs)
     if "factory" in cfg:
-        return import_factory(cfg["factory"])(**kwargs)
+        fn = import_factory(cfg["factory"])
+        try:
+            model = fn(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's factory failing is bad input naming it
+            first = (str(exc).splitlines() or [""])[0]
+            raise SpecError(f"model.factory: {cfg['factory']!r} raised {type(exc).__name__}: {first[:160]}") from None
+        if not isinstance(model, nn.Module):
+            raise SpecError(f"model.factory: {cfg['factory']!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
     raise CheckpointError("checkpoint: 'model' entry names neither 'zoo' nor 'factory'")
 
 
@@ -93,23 +103,71 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings on foreign files are noise here
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r}: refused, it would unpickle code ({msg[:160]}); "
-                "only weights-only checkpoints written by acpsearch are loaded"
-            ) from None
-        raise CheckpointError(f"checkpoint {str(path)!r}: corrupt ({msg[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail the unpickler in arbitrary ways
-        msg = (str(exc).splitlines() or [""])[0]
-        raise CheckpointError(f"checkpoint {str(path)!r}: corrupt or not a torch file ({msg[:160]})") from None
+        raise CheckpointError(_why_unloadable(path, exc)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format)")
     for key in ("model", "input_shape", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {str(path)!r}: missing entry {key!r}")
     return ckpt
+
+
+# Globals a weights-only torch file may name (tensor rebuilders, OrderedDict); anything else called
+# while unpickling would be code from the file.
+_DATA_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
+_CALL_OPS = {"REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"}
+
+
+def _pickle_code_globals(path: Path, limit: int = 64 << 20) -> list[str]:
+    """Callables a plain pickle file would import and call (read with pickletools, never run)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return []
+    names: list[str] = []
+    strings: list[str] = []
+    called: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and op.name.endswith(("UNICODE", "STRING")):
+                strings.append(arg)
+            elif op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            if op.name in _CALL_OPS and names:
+                called.extend(n for n in names if not n.startswith(_DATA_GLOBALS) and n not in called)
+    except Exception:  # noqa: BLE001 - truncated / not a pickle: report what was seen so far
+        pass
+    return called
+
+
+def _torch_detail(text: str) -> str:
+    """The one informative line of torch.load's multi-paragraph weights-only error."""
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(skip):
+            return line
+    return ""
+
+
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """One line: refused (the file would run code) or corrupt / not a torch checkpoint."""
+    where = f"checkpoint {str(path)!r}"
+    text = str(exc)
+    code = re.findall(r"GLOBAL ([\w.]+)", text)
+    if not code and isinstance(exc, pickle.UnpicklingError) and not zipfile.is_zipfile(path):
+        code = _pickle_code_globals(path)
+    if code:
+        return (f"{where}: refused, loading it would run code ({', '.join(code[:3])}); "
+                "only weights-only checkpoints written by acpsearch are loaded")
+    detail = _torch_detail(text) or ("empty or truncated file" if isinstance(exc, EOFError) else "")
+    return f"{where}: corrupt or not a torch checkpoint ({type(exc).__name__}{': ' + detail[:160] if detail else ''})"
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:

@@ -78,26 +78,6 @@ def test_bad_spec_is_exit_2_and_storage_untouched(tmp_path, capsys):
     assert code == 0 and st["studies"] == []
 
 
-@pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS)))
-@pytest.mark.parametrize("change,expect", [
-    ({"model": {"zoo": "resnet999"}}, "unknown zoo model 'resnet999'"),
-    ({"model": {"zoo": "resnet20", "checkpoint": "/nonexistent/base.pt"}}, "file not found"),
-    ({"data": {"dataset": "npz", "path": "/nonexistent/data.npz"}}, "npz"),
-    ({"budget": {"flops": 0.001}}, "budget.flops=0.001 is below the smallest reachable FLOPs ratio"),
-    ({"budget": {"latency_ms": 1e-6}}, "budget.latency_ms=1e-06 is below the smallest reachable latency"),
-])
-def test_bad_inputs_found_at_submit(tmp_path, capsys, change, expect):
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    spec = {**copy.deepcopy(TINY_SPEC), **change}
-    p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    assert run(["submit", str(p), "--storage", url]) == 2
-    err = capsys.readouterr().err
-    assert expect in err and err.count("\n") == 1, err
-    code, st = _json(capsys, ["status", "--storage", url, "--json"])
-    assert st["studies"] == []
-
-
 # --- lease ---------------------------------------------------------------------------------------
 def test_lease_is_exclusive_renewed_and_expires(tmp_path):
     from acpsearch.search import study as st

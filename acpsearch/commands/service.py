@@ -389,6 +389,33 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
     return {}
 
 
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard_bind(host: str | None, port: int | None, cfg: dict[str, Any] | None = None) -> tuple[str, int, str | None]:
+    """Where the dashboard listens: the flag, else the config, else 127.0.0.1:8080; plus the note
+    to print when that address is reachable from other machines (None for a loopback address)."""
+    cfg = cfg or {}
+    host = host or cfg.get("host") or DEFAULT_HOST
+    port = int(port or cfg.get("port") or DEFAULT_PORT)
+    note = None
+    if not _is_loopback(host):
+        note = (f"note: serving on {host}, not {DEFAULT_HOST}: the dashboard has no authentication and anyone who "
+                f"can reach {host}:{port} can read and edit the studies")
+    return host, port, note
+
+
 @app.command()
 def dashboard(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
@@ -404,13 +431,11 @@ def dashboard(
 
     cfg = dashboard_config(config)
     url, st_obj = _storage(storage or cfg.get("storage"))
-    host = host or cfg.get("host") or "127.0.0.1"
-    port = int(port or cfg.get("port") or 8080)
+    host, port, note = dashboard_bind(host, port, cfg)
     art = artifact_dir(url, artifacts or cfg.get("artifacts"))
-    if host != "127.0.0.1":
-        err.print(f"note: serving on {host}, not 127.0.0.1: the dashboard has no authentication and anyone who "
-                  f"can reach {host}:{port} can read and edit the studies")
-    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}")
+    if note:  # one unwrapped line each (log files, grep), no rich markup in URLs or paths
+        err.print(note, soft_wrap=True, markup=False)
+    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}", soft_wrap=True, markup=False)
     run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
 
 

@@ -103,10 +103,32 @@ class Tracer(fx.Tracer):
     convs stay single nodes); containers and custom modules are traced through, so their free
     parameters appear as get_attr nodes the analysis can bind."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._calls: list[tuple[str, str]] = []  # (qualified name, class) of the modules being traced
+        self.failed_in: tuple[str, str] | None = None  # the innermost module whose forward failed
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, LEAF_TYPES):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            name = self.path_of_module(m)
+        except Exception:  # noqa: BLE001 - a module outside the hierarchy: fx reports it itself
+            name = "?"
+        self._calls.append((name, type(m).__name__))
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost one: outer modules re-raise the same error
+                self.failed_in = self._calls[-1]
+            raise
+        finally:
+            self._calls.pop()
+        self.failed_in = None  # a failure the forward caught itself is not where tracing stopped
+        return out
 
 
 class _Recorder(fx.Interpreter):
@@ -875,6 +897,21 @@ def linear_macs(m: nn.Linear, y: torch.Tensor) -> int:
     return y.numel() * m.in_features
 
 
+def _user_frame(tb: Any) -> str:
+    """`file.py:line` of the innermost traceback frame outside torch and acpsearch (the user's code)."""
+    import os
+    import traceback
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            os.path.dirname(os.__file__))
+    found = ""
+    for frame in traceback.extract_tb(tb):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(skip) and not frame.filename.startswith("<"):
+            found = f"{os.path.basename(path)}:{frame.lineno}"
+    return found
+
+
 def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None) -> tuple[Analysis, fx.GraphModule]:
     """Trace `model` and run the channel analysis (model left in its original train/eval mode)."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
@@ -884,12 +921,19 @@ def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None)
     was_training = model.training
     model.eval()
     try:
+        tracer = Tracer()
         try:
-            graph = Tracer().trace(model)
+            graph = tracer.trace(model)
         except Exception as exc:  # noqa: BLE001 - any fx failure means the model is not traceable
             first = (str(exc).splitlines() or [""])[0]
+            where = _user_frame(exc.__traceback__)
+            if tracer.failed_in is not None:
+                sub, cls = tracer.failed_in
+                what = f"torch.fx cannot trace the forward of module {sub!r} ({cls}{', ' + where if where else ''})"
+            else:
+                what = f"torch.fx cannot trace its forward{' (' + where + ')' if where else ''}"
             raise UnsupportedModelError(
-                f"model {type(model).__name__}: torch.fx cannot trace its forward ({type(exc).__name__}: {first[:200]})"
+                f"model {type(model).__name__}: {what}: {type(exc).__name__}: {first[:200]}"
             ) from None
         gm = fx.GraphModule(model, graph)
         rec = _Recorder(gm)

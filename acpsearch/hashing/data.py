@@ -15,6 +15,8 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +124,8 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"dataset fashion-mnist: cannot read {str(path)!r} ({exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"dataset fashion-mnist: cannot read {str(path)!r} ({exc or type(exc).__name__})") from None
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"dataset fashion-mnist: {str(path)!r} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -150,7 +152,7 @@ def _load_fashion_mnist(path: str | None) -> Dataset:
         missing = stems[[f is None for f in files].index(True)]
         raise DataError(
             f"dataset fashion-mnist: {missing}(.gz) not found in {str(root)!r}; install it with "
-            "'apt-get install dataset-fashion-mnist' or pass --data-dir with the four IDX files"
+            "'apt-get install dataset-fashion-mnist' or pass --data-dir (spec: data.path) with the four IDX files"
         )
     xtr, ytr, xte, yte = (_read_idx(f) for f in files)  # type: ignore[arg-type]
     x = np.concatenate([xtr, xte])[:, None]
@@ -266,14 +268,21 @@ def _load_npz(path: str | None) -> Dataset:
         raise DataError("dataset npz: no path given; pass --data-dir FILE.npz with arrays X and y")
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"dataset npz: {str(p)!r} not found (an .npz file with arrays X and y)")
+        raise DataError(f"dataset npz: {str(p)!r} not found (an .npz file with arrays X and y: "
+                        "write one with numpy.savez(FILE, X=images, y=labels))")
+    if not zipfile.is_zipfile(p):  # np.load would try it as a pickle and talk about allow_pickle
+        raise DataError(f"dataset npz: cannot read {str(p)!r} (not an .npz archive; write one with "
+                        "numpy.savez(FILE, X=images, y=labels))")
     try:
         with np.load(p, allow_pickle=False) as z:
             if "X" not in z or "y" not in z:
                 raise DataError(f"dataset npz: {str(p)!r} must contain arrays 'X' and 'y', has {sorted(z.files)}")
             x, y = np.asarray(z["X"]), np.asarray(z["y"])
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"dataset npz: cannot read {str(p)!r} ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged archives fail in zipfile / zlib / numpy in many ways
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"dataset npz: cannot read {str(p)!r} ({first})") from None
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):

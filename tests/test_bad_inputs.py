@@ -1,0 +1,536 @@
+"""Bad input, as a table: each row is one-line reason, exit 2, no traceback, stored studies untouched.
+
+Every row goes through the real CLI (`acpsearch.cli.run`) against a real SQLite storage that
+already holds one submitted study ("stored", TINY_SPEC). After each bad command the test checks
+exit status 2, stderr = exactly one line starting with "error:" that matches the row's pattern
+(which names the field, module, file or study), no "Traceback", and that the storage still holds
+the same studies with the same user attributes, system attributes and trials.
+
+A row is (id, build, argv, expect):
+    build(ctx) writes the bad input under ctx.tmp and returns placeholders for argv / expect
+    argv       CLI arguments; "{url}" is the stored storage, "{name}" the stored study, others from build
+    expect     regular expression the error line must match (re.search)
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from acpsearch.cli import run
+from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+
+pytestmark = [
+    pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+STORED = "stored"
+
+
+# --- builders ------------------------------------------------------------------------------------
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+DROP = object()  # `replace` value: leave the section out
+
+
+def spec(changes: dict[str, Any] | None = None, *, replace: dict[str, Any] | None = None, name: str = "bad",
+         then: Callable[[Any], dict[str, str]] | None = None) -> Callable[[Any], dict[str, str]]:
+    """A spec file: TINY_SPEC with dotted keys set (`changes`) or whole sections replaced (`replace`);
+    values may be callables of ctx (paths made by `then`, which runs first)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        extra = then(ctx) if then else {}
+        data = copy.deepcopy(TINY_SPEC)
+        data["name"] = name
+        for key, value in (replace or {}).items():
+            if value is DROP:
+                data.pop(key, None)
+            else:
+                data[key] = value(ctx) if callable(value) else value
+        for key, value in (changes or {}).items():
+            _set(data, key, value(ctx) if callable(value) else value)
+        path = ctx.tmp / "spec.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return {"spec": str(path), **extra}
+
+    return build
+
+
+def text_file(content: str | bytes, filename: str = "spec.yaml") -> Callable[[Any], dict[str, str]]:
+    def build(ctx: Any) -> dict[str, str]:
+        path = ctx.tmp / filename
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return {"spec": str(path)}
+
+    return build
+
+
+def nothing(ctx: Any) -> dict[str, str]:
+    return {}
+
+
+UNTRACEABLE = '''
+import torch
+from torch import nn
+
+
+class Gate(nn.Module):
+    """Python control flow on a tensor value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self, bits=16, in_channels=1):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.gate = Gate()
+        self.hash = nn.Linear(8, bits)
+
+    def forward(self, x):
+        return self.hash(self.gate(self.stem(x)).mean((2, 3)))
+
+
+class Plain(nn.Module):
+    def __init__(self, bits=16, in_channels=3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.hash = nn.Linear(8, bits)
+
+    def forward(self, x):
+        return self.hash(self.stem(x).mean((2, 3)))
+
+
+def make(bits=16):
+    return Net(bits)
+
+
+def three_channels(bits=16):
+    return Plain(bits, in_channels=3)
+
+
+def broken(bits=16):
+    raise ValueError("no weights for this size")
+'''
+
+
+def user_module(ctx: Any) -> dict[str, str]:
+    """A user's model file on sys.path (the factory module `untraceable_net`)."""
+    mod_dir = ctx.tmp / "usercode"
+    mod_dir.mkdir(exist_ok=True)
+    (mod_dir / "untraceable_net.py").write_text(UNTRACEABLE)
+    ctx.monkeypatch.syspath_prepend(str(mod_dir))
+    sys.modules.pop("untraceable_net", None)
+    return {}
+
+
+class _Evil:
+    """Unpickling this runs `touch MARKER`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch " + str(self.marker),))
+
+
+def checkpoint(kind: str) -> Callable[[Any], dict[str, str]]:
+    """A bad checkpoint file at {ckpt}: corrupt | foreign | evil (plain pickle) | evil-torch (torch.save
+    zip) | empty | wrong-input (3x32x32 net) | wrong-bits (32-bit net) | wrong-weights."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import torch
+
+        path = ctx.tmp / f"{kind}.pt"
+        if kind == "corrupt":
+            path.write_bytes(np.random.default_rng(0).bytes(4096))
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "foreign":
+            torch.save({"a": 1}, path)
+        elif kind == "evil":
+            with open(path, "wb") as f:
+                pickle.dump(_Evil(ctx.marker), f)
+        elif kind == "evil-torch":
+            torch.save({"format": "acpsearch", "model": _Evil(ctx.marker)}, path)
+        else:
+            from acpsearch.checkpoint import save_checkpoint
+            from acpsearch.hashing import create_model
+
+            kw = {"bits": 16, "in_channels": 1, "image_size": 8}
+            if kind == "wrong-input":
+                kw = {"bits": 16, "in_channels": 3, "image_size": 32}
+            elif kind == "wrong-bits":
+                kw = {"bits": 32, "in_channels": 1, "image_size": 8}
+            shape = [1, kw["in_channels"], kw["image_size"], kw["image_size"]]
+            save_checkpoint(path, create_model("resnet20", **kw), {"zoo": "resnet20", "kwargs": kw}, shape,
+                            meta={"dataset": "digits"})
+            if kind == "wrong-weights":
+                ckpt = torch.load(path, weights_only=True)
+                ckpt["model"]["kwargs"]["bits"] = 24
+                torch.save(ckpt, path)
+        return {"ckpt": str(path)}
+
+    return build
+
+
+def data(kind: str) -> Callable[[Any], dict[str, str]]:
+    """A bad data location at {data}: empty-dir | missing-npz | garbage-npz | wrong-npz | garbage-idx."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        path = ctx.tmp / kind
+        if kind == "empty-dir":
+            path.mkdir()
+        elif kind == "garbage-npz":
+            path = ctx.tmp / "garbage.npz"
+            path.write_bytes(np.random.default_rng(1).bytes(2048))
+        elif kind == "wrong-npz":
+            path = ctx.tmp / "wrong.npz"
+            np.savez(path, images=np.zeros((20, 8, 8)), labels=np.zeros(20, dtype=np.int64))
+        elif kind == "garbage-idx":
+            path.mkdir()
+            for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                         "t10k-labels-idx1-ubyte"):
+                (path / f"{stem}.gz").write_bytes(b"this is not gzip data at all")
+        elif kind == "missing-npz":
+            path = ctx.tmp / "missing.npz"
+        return {"data": str(path)}
+
+    return build
+
+
+def sqlite_garbage(ctx: Any) -> dict[str, str]:
+    path = ctx.tmp / "garbage.db"
+    path.write_bytes(b"definitely not a SQLite database" * 64)
+    return {"bad_url": f"sqlite:///{path}"}
+
+
+def sqlite_dir(ctx: Any) -> dict[str, str]:
+    return {"bad_url": f"sqlite:///{ctx.tmp}"}
+
+
+SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
+Q = re.escape  # literal parts of the patterns
+
+# (id, build, argv, expect)
+BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = [
+    # --- the spec file itself
+    ("spec-not-yaml", text_file("model: [unclosed\n  : : {\n"), SUBMIT,
+     Q("spec '{spec}': not valid YAML at line 2")),
+    ("spec-not-text", text_file(b"\xff\xfe\x00\x81binary"), SUBMIT, Q("spec '{spec}': not a text file")),
+    ("spec-not-mapping", text_file("- model\n- data\n"), SUBMIT, Q("spec: must be a mapping of sections, got list")),
+    ("spec-missing-file", nothing, ["submit", "/nonexistent/spec.yaml", "--storage", "{url}"],
+     Q("spec '/nonexistent/spec.yaml': file not found")),
+    ("spec-unknown-section", spec({"bogus": 1}), SUBMIT, Q("spec: bogus: unknown key (allowed: name, model, data,")),
+    ("spec-unknown-key", spec({"search.bogus": 1}), SUBMIT, Q("spec: search.bogus: unknown key (allowed: candidates,")),
+    ("spec-missing-section", spec(replace={"budget": DROP}), SUBMIT, Q("spec: budget: required")),
+    ("spec-null-section", spec(replace={"budget": None}), SUBMIT, Q("spec: budget: ")),
+    ("spec-wrong-type-int", spec({"train.epochs": "3"}), SUBMIT,
+     Q("spec: train.epochs: input should be a valid integer, got '3'")),
+    ("spec-wrong-type-float", spec({"budget.flops": "half"}), SUBMIT, Q("spec: budget.flops: ") + ".*" + Q("got 'half'")),
+    ("spec-wrong-type-section", spec(replace={"search": [1, 2]}), SUBMIT, Q("spec: search: must be a mapping")),
+    ("spec-bad-choice", spec({"space.criterion": "l7"}), SUBMIT, Q("spec: space.criterion: ") + ".*'l1'.*" + Q("got 'l7'")),
+    ("spec-bad-name", spec(name="no spaces allowed"), SUBMIT, Q("spec: name: must match")),
+    ("spec-inconsistent", spec({"finetune.top": 99}), SUBMIT, Q("finetune.top (99) must be <= search.candidates (24)")),
+    ("spec-two-model-sources", spec({"model.factory": "x.y:z"}), SUBMIT, Q("spec: model: give exactly one of 'zoo' or 'factory'")),
+    # --- budget
+    ("budget-zero", spec({"budget.flops": 0}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got 0")),
+    ("budget-above-one", spec({"budget.flops": 1.5}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got 1.5")),
+    ("budget-negative-params", spec({"budget.params": -0.2}), SUBMIT, Q("spec: budget.params: must be in (0, 1], got -0.2")),
+    ("budget-empty", spec(replace={"budget": {}}), SUBMIT, Q("spec: budget: set at least one of flops, params, latency_ms")),
+    ("budget-unreachable-flops", spec({"budget.flops": 0.001}), SUBMIT,
+     Q("budget.flops=0.001 is below the smallest reachable FLOPs ratio ") + r"0\.\d+"),
+    ("budget-unreachable-params", spec({"budget.params": 0.001}), SUBMIT,
+     Q("budget.params=0.001 is below the smallest reachable params ratio ") + r"0\.\d+"),
+    ("budget-unreachable-latency", spec({"budget.latency_ms": 1e-6}), SUBMIT,
+     Q("budget.latency_ms=1e-06 is below the smallest reachable latency")),
+    # --- model
+    ("zoo-unknown", spec({"model.zoo": "resnet999"}), SUBMIT, Q("unknown zoo model 'resnet999'; known: resnet20")),
+    ("zoo-bad-kwargs", spec({"model.kwargs": {"depth_multiplier": 3}}), SUBMIT,
+     Q("model.kwargs: resnet20: ") + ".*" + Q("unexpected keyword argument 'depth_multiplier'")),
+    ("factory-malformed", spec(replace={"model": {"factory": "nocolon", "bits": 16}}), SUBMIT,
+     Q("spec: model.factory: must be of the form 'package.module:function', got 'nocolon'")),
+    ("factory-import-fails", spec(replace={"model": {"factory": "nosuchpkg.mod:make", "bits": 16}}), SUBMIT,
+     Q("model.factory: cannot import module 'nosuchpkg.mod' (ModuleNotFoundError")),
+    ("factory-no-callable", spec(replace={"model": {"factory": "untraceable_net:nope", "bits": 16}}, then=user_module),
+     SUBMIT, Q("model.factory: module 'untraceable_net' has no callable 'nope'")),
+    ("factory-raises", spec(replace={"model": {"factory": "untraceable_net:broken", "bits": 16}}, then=user_module),
+     SUBMIT, Q("model.factory: 'untraceable_net:broken' raised ValueError: no weights for this size")),
+    ("model-untraceable", spec(replace={"model": {"factory": "untraceable_net:make", "bits": 16}}, then=user_module),
+     SUBMIT, Q("model Net: torch.fx cannot trace the forward of module 'gate' (Gate, untraceable_net.py:") + r"\d+\)"),
+    ("model-wrong-input", spec(replace={"model": {"factory": "untraceable_net:three_channels", "bits": 16}},
+                               then=user_module),
+     SUBMIT, Q("model Plain: forward on the example input failed (RuntimeError")),
+    ("model-hash-layer-missing", spec({"model.hash_layer": "head.nosuch"}), SUBMIT,
+     Q("hash_layer 'head.nosuch': no such module is called in forward")),
+    # --- data
+    ("data-missing-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "empty-dir")},
+                                        then=data("empty-dir")), SUBMIT,
+     Q("dataset fashion-mnist: train-images-idx3-ubyte(.gz) not found in '{data}'; install it with "
+       "'apt-get install dataset-fashion-mnist'")),
+    ("data-unreadable-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "garbage-idx")},
+                                           then=data("garbage-idx")), SUBMIT,
+     Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Not a gzipped file")),
+    ("data-missing-npz", spec({"data.dataset": "npz", "data.path": "/nonexistent/data.npz"}), SUBMIT,
+     Q("dataset npz: '/nonexistent/data.npz' not found (an .npz file with arrays X and y: write one with numpy.savez(")),
+    ("data-garbage-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "garbage.npz")},
+                              then=data("garbage-npz")), SUBMIT,
+     Q("dataset npz: cannot read '{data}' (not an .npz archive")),
+    ("data-wrong-arrays-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "wrong.npz")},
+                                   then=data("wrong-npz")), SUBMIT,
+     Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has ['images', 'labels']")),
+    ("data-no-path", spec({"data.dataset": "cifar10"}), SUBMIT,
+     Q("spec: data: dataset 'cifar10' is user-supplied: set data.path")),
+    ("data-protocol-too-large", spec({"data.protocol.train_per_class": 1000}), SUBMIT,
+     Q("protocol.train_per_class: class 0 has only ") + r"\d+" + Q(" images, fewer than query_per_class + ")),
+    # --- checkpoints, in a spec and for `evaluate`
+    ("spec-checkpoint-missing", spec({"model.checkpoint": "/nonexistent/base.pt"}), SUBMIT,
+     Q("checkpoint '/nonexistent/base.pt': file not found")),
+    ("spec-checkpoint-corrupt", spec({"model.checkpoint": lambda c: str(c.tmp / "corrupt.pt")}, then=checkpoint("corrupt")),
+     SUBMIT, Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (")),
+    ("spec-checkpoint-foreign", spec({"model.checkpoint": lambda c: str(c.tmp / "foreign.pt")}, then=checkpoint("foreign")),
+     SUBMIT, Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
+    ("spec-checkpoint-runs-code", spec({"model.checkpoint": lambda c: str(c.tmp / "evil.pt")}, then=checkpoint("evil")),
+     SUBMIT, Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
+    ("spec-checkpoint-runs-code-torch", spec({"model.checkpoint": lambda c: str(c.tmp / "evil-torch.pt")},
+                                             then=checkpoint("evil-torch")),
+     SUBMIT, Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
+    ("spec-checkpoint-wrong-input", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-input.pt")},
+                                         then=checkpoint("wrong-input")),
+     SUBMIT, Q("model.checkpoint: '{ckpt}' expects input (3, 32, 32), the data set 'digits' has (1, 8, 8)")),
+    ("spec-checkpoint-wrong-bits", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-bits.pt")},
+                                        then=checkpoint("wrong-bits")),
+     SUBMIT, Q("model.checkpoint: the network outputs 32 bits, model.bits is 16")),
+    ("spec-checkpoint-wrong-weights", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-weights.pt")},
+                                           then=checkpoint("wrong-weights")),
+     SUBMIT, Q("model.checkpoint '{ckpt}': weights do not match the architecture (")),
+    ("evaluate-missing", nothing, ["evaluate", "/nonexistent/base.pt"], Q("checkpoint '/nonexistent/base.pt': file not found")),
+    ("evaluate-corrupt", checkpoint("corrupt"), ["evaluate", "{ckpt}"], Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (")),
+    ("evaluate-empty", checkpoint("empty"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (EOFError: empty or truncated file)")),
+    ("evaluate-foreign", checkpoint("foreign"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
+    ("evaluate-runs-code", checkpoint("evil"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system); only weights-only checkpoints")),
+    ("evaluate-runs-code-torch", checkpoint("evil-torch"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
+    ("evaluate-wrong-weights", checkpoint("wrong-weights"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': weights do not match the architecture (")),
+    # --- storage
+    ("storage-dir-missing", spec(), ["submit", "{spec}", "--storage", "sqlite:////nonexistent/dir/x.db"],
+     Q("storage 'sqlite:////nonexistent/dir/x.db': directory '/nonexistent/dir' does not exist")),
+    ("storage-pg-unreachable", spec(), ["submit", "{spec}", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+     Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open (OperationalError")),
+    ("storage-pg-unreachable-status", nothing, ["status", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+     Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open")),
+    ("storage-unknown-dialect", nothing, ["show", "{name}", "--storage", "nosuchdialect://x/y"],
+     Q("storage 'nosuchdialect://x/y': cannot open")),
+    ("storage-not-a-database", sqlite_garbage, ["status", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': cannot open (DatabaseError")),
+    ("storage-is-a-directory", sqlite_dir, ["status", "--storage", "{bad_url}"], Q("storage '{bad_url}': ") + ".* is a directory"),
+    # --- studies
+    ("run-ghost", nothing, ["run", "ghost", "--storage", "{url}"], Q("study 'ghost': no such study in this storage")),
+    ("show-ghost", nothing, ["show", "ghost", "--storage", "{url}"], Q("study 'ghost': no such study in this storage")),
+    ("export-ghost", nothing, ["export", "ghost", "--storage", "{url}", "--out", "{tmp}/x.pt"],
+     Q("study 'ghost': no such study in this storage")),
+    ("export-no-winner", nothing, ["export", "{name}", "--storage", "{url}", "--out", "{tmp}/x.pt"],
+     Q("study '{name}': has no winner yet (state 'submitted')")),
+    ("export-no-finalists", nothing, ["export", "{name}", "--storage", "{url}", "--trial", "0", "--out", "{tmp}/x.pt"],
+     Q("study '{name}': has no fine-tuned finalists yet")),
+    ("submit-name-taken", spec(), ["submit", "{spec}", "--storage", "{url}", "--name", "{name}"],
+     Q("name: a study named '{name}' already exists in this storage (use --name)")),
+    ("run-spec-name-taken", spec({"budget.flops": 0.25}, name=STORED), ["run", "{spec}", "--storage", "{url}"],
+     Q("name: study '{name}' exists with a different spec (use --name for a new study)")),
+    ("run-bad-spec", spec({"search.bogus": 1}), ["run", "{spec}", "--storage", "{url}"], Q("spec: search.bogus: unknown key")),
+    ("run-bad-address", nothing, ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:1"],
+     Q("--address: cannot reach a Ray head at 127.0.0.1:1")),
+    ("run-zero-workers", nothing, ["run", "{name}", "--storage", "{url}", "--workers", "0"], Q("--workers")),
+]
+
+
+# --- the stored study ----------------------------------------------------------------------------
+def snapshot(url: str) -> dict[str, Any]:
+    """Everything a bad command could have changed: the studies, their attributes and trials."""
+    storage = optuna.storages.RDBStorage(url)  # a fresh connection, not the CLI's cached one
+    try:
+        out = {}
+        for s in storage.get_all_studies():
+            sid = s._study_id
+            out[s.study_name] = {
+                "user_attrs": storage.get_study_user_attrs(sid),
+                "system_attrs": storage.get_study_system_attrs(sid),
+                "directions": storage.get_study_directions(sid),
+                "trials": [(t.number, t.state, t.params, t.values, t.user_attrs, t.system_attrs, t.intermediate_values)
+                           for t in storage.get_all_trials(sid)],
+            }
+        return out
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A SQLite storage holding one submitted (not run) study, made through the CLI."""
+    root = tmp_path_factory.mktemp("badinput")
+    url = f"sqlite:///{root / 'studies.db'}"
+    good = root / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": STORED}))
+    assert run(["submit", str(good), "--storage", url]) == 0
+    before = snapshot(url)
+    assert list(before) == [STORED] and before[STORED]["user_attrs"]["state"] == "submitted"
+    return SimpleNamespace(url=url, root=root, before=before)
+
+
+@pytest.fixture
+def user_warnings(monkeypatch: pytest.MonkeyPatch):
+    """Warnings as a user's process shows them (Python's default filters, printed to stderr), so
+    a warning the CLI lets through counts as an extra stderr line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for action, category in (("ignore", DeprecationWarning), ("ignore", PendingDeprecationWarning),
+                                 ("ignore", ImportWarning), ("ignore", ResourceWarning)):
+            warnings.simplefilter(action, category)
+        monkeypatch.setattr(warnings, "showwarning", show)
+        yield
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _pattern(expect: str, values: dict[str, str]) -> str:
+    """The row's regex with its placeholders (escaped by Q or not) replaced by the literal values."""
+    for key, value in values.items():
+        for placeholder in (re.escape("{" + key + "}"), "{" + key + "}"):
+            expect = expect.replace(placeholder, re.escape(value))
+    return expect
+
+
+@pytest.mark.parametrize("case_id,build,argv,expect", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
+                                                            monkeypatch, capsys, user_warnings):
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED")
+    values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
+    argv = [_fill(a, values) for a in argv]
+    pattern = _pattern(expect, values)
+    capsys.readouterr()
+
+    code = run(argv)
+
+    err = capsys.readouterr().err
+    assert code == 2, f"exit {code} for {argv}: {err}"
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
+    assert not ctx.marker.exists(), "a checkpoint ran code while being read"
+    assert snapshot(stored.url) == stored.before, "the stored study changed"
+
+
+def test_every_issue_case_is_in_the_table():
+    """The issue's list, each with at least one row (ids are prefixes here)."""
+    ids = [row[0] for row in BAD_INPUTS]
+    assert len(set(ids)) == len(ids)
+    for needed in ("spec-not-yaml", "spec-unknown-key", "spec-wrong-type", "budget-zero", "budget-above-one",
+                   "budget-unreachable", "zoo-unknown", "factory-import-fails", "model-untraceable",
+                   "data-missing", "data-unreadable", "spec-checkpoint-corrupt", "spec-checkpoint-foreign",
+                   "spec-checkpoint-runs-code", "evaluate-corrupt", "evaluate-foreign", "evaluate-runs-code",
+                   "storage-dir-missing", "storage-pg-unreachable", "run-ghost", "show-ghost", "export-ghost",
+                   "export-no-winner"):
+        assert any(i.startswith(needed) for i in ids), needed
+
+
+@pytest.mark.parametrize("case_id", ["spec-not-yaml", "model-untraceable", "evaluate-runs-code"])
+def test_bad_input_in_a_real_process(case_id, tmp_path, stored):
+    """The same rows through the `acpsearch` executable: nothing else reaches stderr (warnings,
+    logging), exit status 2."""
+    _, build, argv, expect = next(row for row in BAD_INPUTS if row[0] == case_id)
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED")
+    try:
+        values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
+    finally:
+        ctx.monkeypatch.undo()  # the subprocess gets the user's module dir through PYTHONPATH instead
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "usercode"), "ACPSEARCH_TORCH_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), *[_fill(a, values) for a in argv]],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]
+    assert re.search(_pattern(expect, values), lines[0]), lines[0]
+    assert res.stdout == "" and not ctx.marker.exists()
+    assert snapshot(stored.url) == stored.before
+
+
+# --- dashboard: local by default -----------------------------------------------------------------
+def test_dashboard_bind_defaults_to_localhost_and_warns_otherwise():
+    from acpsearch.commands.service import dashboard_bind
+
+    assert dashboard_bind(None, None) == ("127.0.0.1", 8080, None)
+    assert dashboard_bind(None, None, {"host": None, "port": None}) == ("127.0.0.1", 8080, None)
+    for local in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert dashboard_bind(local, 9000)[2] is None, local
+    host, port, note = dashboard_bind("0.0.0.0", 9000)
+    assert (host, port) == ("0.0.0.0", 9000)
+    assert note.startswith("note: serving on 0.0.0.0, not 127.0.0.1") and "no authentication" in note
+    assert "0.0.0.0:9000" in note and "\n" not in note
+    # the config file's host counts as well, and the flag wins over it
+    assert dashboard_bind(None, None, {"host": "10.1.2.3", "port": 8888})[:2] == ("10.1.2.3", 8888)
+    assert dashboard_bind(None, None, {"host": "10.1.2.3"})[2] is not None
+    assert dashboard_bind("127.0.0.1", None, {"host": "10.1.2.3"}) == ("127.0.0.1", 8080, None)
+
+
+@pytest.mark.parametrize("flags,host,noted", [([], "127.0.0.1", False), (["--host", "0.0.0.0"], "0.0.0.0", True),
+                                              (["--host", "localhost", "--port", "8123"], "localhost", False)])
+def test_dashboard_command_binds_what_it_says(flags, host, noted, stored, tmp_path, monkeypatch, capsys):
+    """`acpsearch dashboard` up to the server call (optuna_dashboard.run_server replaced): it binds
+    127.0.0.1 unless told otherwise, and says so when the address is not a loopback one."""
+    import optuna_dashboard
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: calls.append(kw))
+    monkeypatch.chdir(tmp_path)  # no dashboards/dashboard.yaml here: the packaged one (127.0.0.1) applies
+    capsys.readouterr()
+    assert run(["dashboard", "--storage", stored.url, "--artifacts", str(tmp_path / "art"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert len(calls) == 1 and calls[0]["host"] == host
+    assert calls[0]["port"] == (8123 if "--port" in flags else 8080)
+    lines = err.splitlines()
+    assert len(lines) == 1 + noted, err  # the note and the address, one unwrapped line each
+    if noted:
+        assert lines[0].startswith(f"note: serving on {host}, not 127.0.0.1:") and "no authentication" in lines[0]
+    assert lines[-1].startswith(f"optuna-dashboard: http://{host}:{calls[0]['port']}/  storage={stored.url}")
+    assert snapshot(stored.url) == stored.before
