@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with torch==2.13.0 (CPU wheel)
-# installed BEFORE everything else, the package itself, and the offline Fashion-MNIST data set.
+# installed BEFORE everything else, the package itself, the offline Fashion-MNIST data set, and
+# PostgreSQL (the server storage; scripts/test.sh starts it for the PostgreSQL storage tests).
 # Idempotent: re-running it is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +28,18 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
       || echo "note: could not install dataset-fashion-mnist with apt; the demo will use MNIST-5k instead" >&2
   else
     echo "note: apt-get not available; the demo will use MNIST-5k instead of Fashion-MNIST" >&2
+  fi
+fi
+# PostgreSQL (Debian's `postgresql`, for the PostgreSQL storage tests and cluster storage): install it
+# when apt is usable; without it those tests skip and SQLite / journal storage work as before.
+if ! command -v pg_ctlcluster >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null; then
+    { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 \
+           && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1; }; } \
+      || echo "note: could not install postgresql with apt; the PostgreSQL storage tests will be skipped" >&2
+  else
+    echo "note: apt-get not available; PostgreSQL not installed, the PostgreSQL storage tests will be skipped" >&2
   fi
 fi

@@ -316,37 +316,89 @@ def test_run_on_a_ray_head_started_by_the_test(tmp_path, finished_studies):
         __import__("shutil").rmtree(temp, ignore_errors=True)
 
 
-def _postgres_url() -> str | None:
-    url = os.environ.get("ACPSEARCH_TEST_POSTGRES", "postgresql://acpsearch@127.0.0.1/acpsearch")
+PG_DEFAULT_URL = "postgresql://acpsearch@127.0.0.1/acpsearch"  # what storage/start-postgres.sh prints
+
+
+def _pg_unreachable(url: str) -> str | None:
+    """None when a server answers at the URL's host and port, else why not (one line)."""
+    from sqlalchemy.engine import make_url
+
     try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        return None
+        u = make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        return f"not a database URL ({exc})"
+    host, port = u.host or "127.0.0.1", u.port or 5432
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc})"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The PostgreSQL storage of the PostgreSQL tests: $ACPSEARCH_TEST_PG_URL (scripts/test.sh starts
+    the local server with storage/start-postgres.sh and sets it), else the URL that script prints
+    when a server answers there. Unusable -> skip; but with ACPSEARCH_REQUIRE_PG=1 (set by
+    scripts/test.sh when it started the server for this run) -> fail."""
+    require = os.environ.get("ACPSEARCH_REQUIRE_PG") == "1"
+    url = os.environ.get("ACPSEARCH_TEST_PG_URL")
+    if not url:
+        if require:
+            pytest.fail("ACPSEARCH_REQUIRE_PG=1 but ACPSEARCH_TEST_PG_URL is not set")
+        if _pg_unreachable(PG_DEFAULT_URL) is not None:
+            pytest.skip("no PostgreSQL: set ACPSEARCH_TEST_PG_URL (storage/start-postgres.sh starts one and prints it)")
+        url = PG_DEFAULT_URL
+    why = _pg_unreachable(url)
+    if why is None:
+        from acpsearch.search.storage import open_storage
+
+        try:
+            open_storage(url)
+        except StorageError as exc:
+            why = str(exc)
+    if why is not None:
+        if require:
+            pytest.fail(f"ACPSEARCH_REQUIRE_PG=1 (the server was started for this run) but {url!r} is unusable: {why}")
+        pytest.skip(f"PostgreSQL at {url!r} unusable: {why}")
     return url
 
 
-@pytest.mark.skipif(_postgres_url() is None, reason="no PostgreSQL on 127.0.0.1:5432 (storage/start-postgres.sh starts one)")
-def test_postgresql_storage_submit_status_lease(capsys):
+def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
     """A plain postgresql:// URL works with the psycopg2 driver we ship (SQLAlchemy 2.1 would pick
-    psycopg 3 for it): a study is stored, listed and leased there."""
+    psycopg 3 for it): a study is submitted through the CLI, listed and leased there, and a bad
+    submit leaves it alone. The database outlives test runs and may hold other studies (earlier
+    runs, other users): every name is new (uuid) and only this test's study is looked at."""
+    import uuid
+
     from acpsearch.search import study as st
     from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
 
-    url = _postgres_url()
-    storage = open_storage(url)
-    name = f"pg-test-{os.getpid()}-{int(time.time())}"
-    st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), name)
+    storage = open_storage(pg_url)
+    name = f"pg-test-{uuid.uuid4().hex[:12]}"
+    spec = tmp_path / "pg.yaml"
+    spec.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "pg-test"}))
+    capsys.readouterr()
     try:
-        code, s = _json(capsys, ["status", "--storage", url, "--json"])
-        assert code == 0 and name in {r["name"] for r in s["studies"]}
+        assert run(["submit", str(spec), "--storage", pg_url, "--name", name]) == 0
+        assert capsys.readouterr().out.strip() == name
+        code, s = _json(capsys, ["status", "--storage", pg_url, "--json"])
+        rows = {r["name"]: r for r in s["studies"]}
+        assert code == 0 and rows[name]["state"] == "submitted" and rows[name]["lease"] == "free"
         sid = optuna.load_study(study_name=name, storage=storage)._study_id
+        attrs = storage.get_study_user_attrs(sid)
+        assert run(["submit", str(spec), "--storage", pg_url, "--name", name]) == 2
+        assert f"a study named {name!r} already exists" in capsys.readouterr().err
+        assert storage.get_study_user_attrs(sid) == attrs
         lease = st.Lease(storage, sid, "pg", ttl=5)
         assert lease.try_acquire(settle_s=0.05)
         assert not st.Lease(storage, sid, "other", ttl=5).try_acquire(settle_s=0.05)
         lease.release()
+        assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
     finally:
-        optuna.delete_study(study_name=name, storage=storage)
+        if name in {s.study_name for s in storage.get_all_studies()}:
+            optuna.delete_study(study_name=name, storage=storage)
+    assert name not in {s.study_name for s in storage.get_all_studies()}
 
 
 def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
