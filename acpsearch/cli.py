@@ -60,7 +60,11 @@ def run(argv: list[str]) -> int:
         if isinstance(exc, (click.exceptions.ClickException, _tclick.ClickException)):
             print(f"error: {exc.format_message()}", file=sys.stderr)
             return exc.exit_code
-        if isinstance(exc, (click.exceptions.Abort, _tclick.Abort)):
+        # typer 0.29 has Abort in typer.exceptions, not in its vendored click: look it up, so that an
+        # internal error is re-raised as itself and not masked by an AttributeError raised here
+        aborts = tuple(c for c in (getattr(click.exceptions, "Abort", None), getattr(_tclick, "Abort", None),
+                                   getattr(typer, "Abort", None)) if isinstance(c, type))
+        if isinstance(exc, aborts):
             return 1
         raise
     return 0

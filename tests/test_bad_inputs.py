@@ -14,6 +14,7 @@ A row is (id, build, argv, expect):
 from __future__ import annotations
 
 import copy
+import gzip
 import os
 import pickle
 import re
@@ -200,7 +201,8 @@ def checkpoint(kind: str) -> Callable[[Any], dict[str, str]]:
 
 
 def data(kind: str) -> Callable[[Any], dict[str, str]]:
-    """A bad data location at {data}: empty-dir | missing-npz | garbage-npz | wrong-npz | garbage-idx."""
+    """A bad data location at {data}: empty-dir | missing-npz | garbage-npz | damaged-npz | wrong-npz |
+    garbage-idx | damaged-idx."""
 
     def build(ctx: Any) -> dict[str, str]:
         path = ctx.tmp / kind
@@ -217,6 +219,17 @@ def data(kind: str) -> Callable[[Any], dict[str, str]]:
             for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                          "t10k-labels-idx1-ubyte"):
                 (path / f"{stem}.gz").write_bytes(b"this is not gzip data at all")
+        elif kind == "damaged-idx":  # real gzip files whose deflate stream is broken (zlib.error)
+            path.mkdir()
+            good = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x10" + bytes(range(16)), mtime=0)
+            for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                         "t10k-labels-idx1-ubyte"):
+                (path / f"{stem}.gz").write_bytes(good[:10] + b"\xff" + good[11:])
+        elif kind == "damaged-npz":  # a real .npz with its zip directory overwritten (BadZipFile)
+            path = ctx.tmp / "damaged.npz"
+            np.savez(path, X=np.zeros((20, 8, 8)), y=np.zeros(20, dtype=np.int64))
+            raw = path.read_bytes()
+            path.write_bytes(raw[:200] + b"\0" * 100 + raw[-100:])
         elif kind == "missing-npz":
             path = ctx.tmp / "missing.npz"
         return {"data": str(path)}
@@ -296,11 +309,17 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("data-unreadable-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "garbage-idx")},
                                            then=data("garbage-idx")), SUBMIT,
      Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Not a gzipped file")),
+    ("data-damaged-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "damaged-idx")},
+                                        then=data("damaged-idx")), SUBMIT,
+     Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Error -3 while decompressing data")),
     ("data-missing-npz", spec({"data.dataset": "npz", "data.path": "/nonexistent/data.npz"}), SUBMIT,
      Q("dataset npz: '/nonexistent/data.npz' not found (an .npz file with arrays X and y: write one with numpy.savez(")),
     ("data-garbage-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "garbage.npz")},
                               then=data("garbage-npz")), SUBMIT,
      Q("dataset npz: cannot read '{data}' (not an .npz archive")),
+    ("data-damaged-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "damaged.npz")},
+                              then=data("damaged-npz")), SUBMIT,
+     Q("dataset npz: cannot read '{data}' (")),
     ("data-wrong-arrays-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "wrong.npz")},
                                    then=data("wrong-npz")), SUBMIT,
      Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has ['images', 'labels']")),
@@ -533,4 +552,19 @@ def test_dashboard_command_binds_what_it_says(flags, host, noted, stored, tmp_pa
     if noted:
         assert lines[0].startswith(f"note: serving on {host}, not 127.0.0.1:") and "no authentication" in lines[0]
     assert lines[-1].startswith(f"optuna-dashboard: http://{host}:{calls[0]['port']}/  storage={stored.url}")
+    assert snapshot(stored.url) == stored.before
+
+
+# --- not bad input -------------------------------------------------------------------------------
+def test_internal_error_is_not_masked(stored, tmp_path, monkeypatch):
+    """An unexpected exception is an internal error (exit 1 from the console script), not exit 2: the
+    CLI re-raises it as itself; the exception handling must not replace it with one of its own."""
+    import acpsearch.spec
+
+    def boom(path):  # noqa: ANN001
+        raise RuntimeError("boom inside load_spec")
+
+    monkeypatch.setattr(acpsearch.spec, "load_spec", boom)
+    with pytest.raises(RuntimeError, match="boom inside load_spec"):
+        run(["submit", str(tmp_path / "any.yaml"), "--storage", stored.url])
     assert snapshot(stored.url) == stored.before
