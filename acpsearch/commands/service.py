@@ -158,9 +158,12 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: spec search.workers)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="study name when TARGET is a spec"),
+    force: bool = typer.Option(False, "--force", help="if another runner holds the study, wait for its lease to "
+                               "expire (its holder died) and take over"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
-    """Run a study to the end; an interrupted study resumes where the storage says it stopped."""
+    """Run a study to the end; an interrupted study resumes where the storage says it stopped.
+    A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired)."""
     from acpsearch.search.pipeline import run_study
 
     url, st_obj = _storage(storage)
@@ -172,7 +175,8 @@ def run(
     study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
     rep = RichReporter(quiet=json_out)
     try:
-        summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep)
+        summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep,
+                            force=force)
     finally:
         rep.close()
     if json_out:

@@ -55,7 +55,9 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
             raise SpecError(f"--address: cannot connect to Ray at {address} ({first[:200]})") from None
         local = False
     else:
-        ray.init(num_cpus=int(workers), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        # address="local": always a new local instance. Without it ray.init() joins a cluster that
+        # `ray start` left on this machine (and then refuses num_cpus): no --address means local.
+        ray.init(address="local", num_cpus=int(workers), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
         local = True
     return {"address": ray.get_runtime_context().gcs_address, "cpus": ray.cluster_resources().get("CPU", 0),

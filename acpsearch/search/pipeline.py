@@ -324,8 +324,14 @@ def phase_encoder(ctx: Context, ray_mod: Any) -> None:
     del torch
 
 
+MAX_ATTEMPTS = 3  # a candidate or finalist whose worker dies is tried at most this often
+MAX_POOL_CRASHES = 6  # crashed scoring batches tolerated per phase before the phase fails
+
+
 class RankerPool:
-    """A few Ray actors that each hold the graph + ranker; batches go round-robin."""
+    """A few Ray actors that each hold the graph + ranker; batches go round-robin.
+
+    `nodes[i]` is the Ray node of actor i (trials record where they were scored)."""
 
     def __init__(self, ctx: Context, ray_mod: Any, name: str, n: int) -> None:
         from acpsearch.search.tasks import RankerWorker, light_splits
@@ -338,6 +344,7 @@ class RankerPool:
         splits_ref = ray_mod.put(splits)
         self.ray = ray_mod
         self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref) for _ in range(max(1, n))]
+        self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
     def score(self, ratios: list[dict[str, float]]) -> list[float]:
         if not ratios:
@@ -351,17 +358,43 @@ class RankerPool:
             out[i::k] = part
         return out
 
+    def node_of(self, i: int) -> str:
+        """The node that scored item i of the last batch."""
+        return self.nodes[i % len(self.nodes)]
+
     def close(self) -> None:
         for a in self.actors:
-            self.ray.kill(a)
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - an actor that already died needs no kill
+                pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
 def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16) -> list[float]:
+    """Scores of many strategies (encoder signal, re-ranking). A chunk whose worker died is
+    scored again by a fresh pool, at most MAX_POOL_CRASHES times in all."""
     pool = RankerPool(ctx, ray_mod, name, ctx.workers)
+    crashes = 0
     try:
         out: list[float] = []
-        for i in range(0, len(ratios), chunk * len(pool.actors)):
-            out += pool.score(ratios[i:i + chunk * len(pool.actors)])
+        i = 0
+        while i < len(ratios):
+            part = ratios[i:i + chunk * len(pool.actors)]
+            try:
+                out += pool.score(part)
+            except ray_mod.exceptions.RayError as exc:
+                crashes += 1
+                ctx.reporter.log(f"{name}: a Ray worker failed ({_first_line(exc)}); retrying the chunk")
+                if crashes > MAX_POOL_CRASHES:
+                    raise RuntimeError(f"{name}: Ray workers failed {crashes} times; last: {_first_line(exc)}") from None
+                pool.close()
+                pool = RankerPool(ctx, ray_mod, name, ctx.workers)
+                continue
+            i += len(part)
             ctx.check()
         return out
     finally:
@@ -389,15 +422,29 @@ def make_sampler(spec: StudySpec) -> Any:
     raise SpecError(f"search.sampler: unknown sampler {kind!r}")
 
 
-def fail_leftovers(study: Any, reason: str) -> int:
-    """Trials a dead runner left RUNNING/WAITING become FAIL (Optuna cannot resume them)."""
+def fail_leftovers(study: Any, reason: str, waiting: bool = True) -> list[Any]:
+    """Trials a dead runner left RUNNING (and WAITING, unless `waiting=False`: queued retries
+    that the next ask() picks up) become FAIL: Optuna cannot resume a trial. Returns them."""
     import optuna
 
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)):
+    states = (optuna.trial.TrialState.RUNNING,) + ((optuna.trial.TrialState.WAITING,) if waiting else ())
+    left = []
+    for t in study.get_trials(deepcopy=False, states=states):
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        n += 1
+        left.append(t)
+    return left
+
+
+def requeue(study: Any, trials: list[Any]) -> int:
+    """Enqueue the keep ratios of failed candidates again (Optuna's enqueue_trial: the next ask()
+    proposes exactly them), each at most MAX_ATTEMPTS times in all. Returns how many."""
+    n = 0
+    for t in trials:
+        attempt = int(t.user_attrs.get("attempt", 1))
+        if t.params and attempt < MAX_ATTEMPTS:
+            study.enqueue_trial(dict(t.params), user_attrs={"attempt": attempt + 1, "retry_of": t.number})
+            n += 1
     return n
 
 
@@ -440,15 +487,17 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
 
     t0 = time.perf_counter()
     study = ctx.study
-    left = fail_leftovers(study, "runner stopped before the candidate was scored")
+    left = fail_leftovers(study, "runner stopped before the candidate was scored", waiting=False)
+    requeued = requeue(study, left)
     target = ctx.spec.search.candidates
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     ranker = ctx.spec.search.ranker
     ctx.reporter.phase(f"search: {ranker}", total=target)
     ctx.reporter.advance(done)
     if left:
-        ctx.reporter.log(f"resumed: {done} candidates kept, {left} unfinished marked FAIL")
+        ctx.reporter.log(f"resumed: {done} candidates kept, {len(left)} unfinished marked FAIL, {requeued} re-queued")
     pool = RankerPool(ctx, ray_mod, ranker, ctx.workers)
+    crashes = 0
     batch = max(8, 8 * ctx.workers)
     per_round = math.ceil(target / ctx.spec.search.rounds)
     spaces: dict[int, Any] = {}
@@ -461,8 +510,24 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
             trials = [study.ask() for _ in range(k)]
             strategies = [space.suggest(t) for t in trials]
             attrs = candidate_attrs(ctx, strategies)
-            scores = pool.score([dict(s.ratios) for s in strategies])
-            for t, s, a, score in zip(trials, strategies, attrs, scores):
+            try:
+                scores = pool.score([dict(s.ratios) for s in strategies])
+            except ray_mod.exceptions.RayError as exc:
+                # A worker died (or raised) mid-batch: the batch's trials FAIL with the reason and
+                # their ratios are queued again; a fresh pool continues the search.
+                crashes += 1
+                reason = f"ray worker failed while scoring: {_first_line(exc)}"
+                for t in trials:
+                    t.set_user_attr("fail_reason", reason)
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                n = requeue(study, [study._storage.get_trial(t._trial_id) for t in trials])
+                ctx.reporter.log(f"search: {reason}; {len(trials)} candidates FAIL, {n} re-queued")
+                if crashes > MAX_POOL_CRASHES:
+                    raise RuntimeError(f"search: Ray workers failed {crashes} times; last: {_first_line(exc)}") from None
+                pool.close()
+                pool = RankerPool(ctx, ray_mod, ranker, ctx.workers)
+                continue
+            for i, (t, s, a, score) in enumerate(zip(trials, strategies, attrs, scores)):
                 for key, val in a["constraints"].items():
                     t.set_constraint(key, val)
                     t.set_user_attr(f"constraint.{key}", val)
@@ -472,6 +537,7 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                         t.set_user_attr(key, a[key])
                 t.set_user_attr(ranker, round(float(score), 6))
                 t.set_user_attr("round", rnd)
+                t.set_user_attr("ray_node", pool.node_of(i))
                 study.tell(t, float(score))
             done += k
             ctx.reporter.advance(k, best=study.best_value)
@@ -550,6 +616,16 @@ def finalists(ctx: Context) -> list[Any]:
     return ranked[: ctx.spec.finetune.top]
 
 
+def _trial_error(trial: Any) -> str:
+    """One line saying why a Tune trial failed (its error file's last line, else its path)."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else str(path)
+    except OSError:
+        return str(path or "error")
+
+
 class _TuneRecorder:
     """Ray Tune callback on the driver: writes each reported val mAP of a finalist into its
     Optuna trial as an intermediate value (live curves in the dashboard)."""
@@ -567,7 +643,10 @@ class _TuneRecorder:
                 recorder.complete(trial)
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-                recorder.errors[trial.config["finalist"]["number"]] = str(getattr(trial, "error_file", "error"))
+                recorder.errors[trial.config["finalist"]["number"]] = _trial_error(trial)
+
+            def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+                recorder.recovered(trial)
 
         self.callback = _CB()
         self.storage = storage
@@ -575,6 +654,15 @@ class _TuneRecorder:
         self.reported: dict[int, int] = {}
         self.completed: set[int] = set()
         self.errors: dict[int, str] = {}
+        self.nodes: dict[int, str] = {}
+        self.retries: dict[int, list[str]] = {}
+
+    def recovered(self, trial: Any) -> None:
+        """Tune restarts a finalist whose worker died (FailureConfig.max_failures): the Optuna
+        trial keeps running and records each failed attempt's reason."""
+        number = trial.config["finalist"]["number"]
+        self.retries.setdefault(number, []).append(_trial_error(trial))
+        self.storage.set_trial_user_attr(self.trial_ids[number], "failed_attempts", self.retries[number])
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         number = trial.config["finalist"]["number"]
@@ -583,6 +671,9 @@ class _TuneRecorder:
         if val is not None and math.isfinite(val):
             self.storage.set_trial_intermediate_value(self.trial_ids[number], epoch, float(val))
         self.reported[number] = max(self.reported.get(number, -1), epoch)
+        if result.get("node") and self.nodes.get(number) != result["node"]:
+            self.nodes[number] = str(result["node"])
+            self.storage.set_trial_user_attr(self.trial_ids[number], "ray_node", self.nodes[number])
 
     def complete(self, trial: Any) -> None:
         self.completed.add(trial.config["finalist"]["number"])
@@ -647,7 +738,9 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
                                         reuse_actors=False),
             run_config=tune.RunConfig(name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
                                       storage_path=str(ctx.artifacts / "ray-results"), callbacks=[recorder.callback],
-                                      verbose=0, log_to_file=True),
+                                      verbose=0, log_to_file=True,
+                                      # a finalist whose worker dies is started again, boundedly
+                                      failure_config=tune.FailureConfig(max_failures=MAX_ATTEMPTS - 1)),
         )
         import contextlib
         import sys
@@ -770,7 +863,7 @@ class StudyBusy(AcpError):
 
 def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
               artifacts: str | Path | None = None, reporter: Reporter | None = None,
-              on_lease: Callable[[st.Lease], None] | None = None) -> dict[str, Any]:
+              on_lease: Callable[[st.Lease], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Run (or resume) study `name` to the end under a lease; returns its summary.
 
     Storage is the only state: every phase checks its record and skips what is done."""
@@ -786,9 +879,21 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     study = st.load_search_study(storage, name, sampler=make_sampler(spec))
     lease = st.Lease(storage, study._study_id, st.holder_id())
     if not lease.try_acquire():
-        raise StudyBusy(f"study {name!r}: {st.lease_state(study.user_attrs)} (another runner works on it)")
+        held = st.lease_state(storage.get_study_user_attrs(study._study_id))
+        if not force:
+            raise StudyBusy(f"study {name!r}: {held}; another runner works on it (if that runner is gone, "
+                            f"`acpsearch run {name} --force` waits for its lease to expire and takes over)")
+        if reporter is not None:
+            reporter.log(f"study {name!r}: {held}; --force: waiting for the lease to expire")
+        if not st.wait_for_lease(lease, lease.ttl + 15.0):
+            raise StudyBusy(f"study {name!r}: {st.lease_state(storage.get_study_user_attrs(study._study_id))} "
+                            "and its holder keeps renewing it: that runner is alive; stop it first")
     if on_lease is not None:
         on_lease(lease)
+    # Who ran the study when (several runners share a storage; `acpsearch show` lists them).
+    runs = list(study.user_attrs.get("runs") or []) + [{"holder": lease.holder, "started": st.now_iso()}]
+    study.set_user_attr("runs", runs)
+    outcome = "killed"
     n_workers = int(workers or spec.search.workers)
     art = artifact_dir(url, artifacts)
     ctx = Context(storage=storage, url=url, study=study, spec=spec, artifacts=art, store=artifact_store(art),
@@ -802,19 +907,30 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
                      ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"]})
         run_phases(ctx, ray)
         st.set_state(study, "done", finished_at=st.now_iso(), error=None)
+        outcome = "done"
     except st.LeaseLost:
+        outcome = "lease lost"
         raise
     except AcpError as exc:
+        outcome = "failed"
         st.set_state(study, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or SIGTERM turned into SystemExit by Ray
+            outcome = "interrupted"
             st.set_state(study, "interrupted", error=msg)
         else:
+            outcome = "failed"
             st.set_state(study, "failed", error=msg, traceback=traceback.format_exc()[-4000:])
         raise
     finally:
+        if not lease.lost:
+            try:
+                runs[-1].update(ended=st.now_iso(), outcome=outcome)
+                study.set_user_attr("runs", runs)
+            except Exception:  # noqa: BLE001 - bookkeeping must not hide the real error
+                pass
         lease.release()
         if info:
             shutdown_if_owned(info)

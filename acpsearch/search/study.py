@@ -160,10 +160,13 @@ def _lease_free(lease: Any, me: str, now: float) -> bool:
 class Lease:
     """A claim on a study: user attr ``lease = {holder, expires}`` renewed by a background thread.
 
-    Optuna's storage API has no compare-and-swap, so a claim is: check free -> write -> wait a
-    moment -> read back; only the last writer reads its own id and proceeds. The holder re-checks
-    on every renewal and raises LeaseLost in the runner if someone else holds it. A dead holder
-    stops renewing, so its lease expires after `ttl` seconds and another runner can take over."""
+    On SQL storages (SQLite, PostgreSQL, MySQL) a claim is an atomic compare-and-swap on the
+    attribute's row (``UPDATE ... WHERE value_json = <what I read>``): of two runners that read
+    the same free lease, exactly one update matches. Optuna's storage API has no such operation,
+    hence the SQL. The journal storage has no row to swap, so there a claim is: write -> wait a
+    moment -> read back (the last writer wins). The holder re-checks on every renewal and raises
+    LeaseLost in the runner if someone else holds it. A dead holder stops renewing, so its lease
+    expires after `ttl` seconds (at once when it ran on this host and its process is gone)."""
 
     storage: Any
     study_id: int
@@ -172,35 +175,98 @@ class Lease:
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
     lost: str | None = None
+    _raw: str | None = None  # the value_json we last wrote (SQL storages)
+
+    # --- storage access ---------------------------------------------------------------------------
+    def _engine(self) -> Any:
+        return getattr(self.storage, "engine", None)
 
     def _attrs(self) -> dict[str, Any]:
         return self.storage.get_study_user_attrs(self.study_id)
 
-    def _write(self) -> None:
-        self.storage.set_study_user_attr(self.study_id, "lease", {"holder": self.holder, "expires": time.time() + self.ttl})
+    def _value(self) -> dict[str, Any]:
+        return {"holder": self.holder, "expires": time.time() + self.ttl}
 
+    def _read_raw(self) -> str | None:
+        from sqlalchemy import text
+
+        with self._engine().connect() as conn:
+            row = conn.execute(text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'lease'"),
+                               {"s": self.study_id}).first()
+        return None if row is None else str(row[0])
+
+    def _swap(self, old: str | None, new: dict[str, Any]) -> bool:
+        """Atomically replace the lease row `old` (None: no row yet) by `new`; True if we won."""
+        import json
+
+        from sqlalchemy import text
+        from sqlalchemy.exc import IntegrityError
+
+        raw = json.dumps(new)
+        if old is None:
+            try:
+                with self._engine().begin() as conn:
+                    conn.execute(text("INSERT INTO study_user_attributes (study_id, key, value_json) "
+                                      "VALUES (:s, 'lease', :v)"), {"s": self.study_id, "v": raw})
+            except IntegrityError:  # someone else created the row first
+                return False
+        else:
+            with self._engine().begin() as conn:
+                n = conn.execute(text("UPDATE study_user_attributes SET value_json = :v "
+                                      "WHERE study_id = :s AND key = 'lease' AND value_json = :old"),
+                                 {"s": self.study_id, "v": raw, "old": old}).rowcount
+                if n != 1:
+                    return False
+        self._raw = raw
+        return True
+
+    def _write(self) -> None:
+        self.storage.set_study_user_attr(self.study_id, "lease", self._value())
+
+    # --- protocol ---------------------------------------------------------------------------------
     def try_acquire(self, settle_s: float = 0.3) -> bool:
-        if not _lease_free(self._attrs().get("lease"), self.holder, time.time()):
-            return False
-        self._write()
-        time.sleep(settle_s)
-        lease = self._attrs().get("lease")
-        if not (isinstance(lease, dict) and lease.get("holder") == self.holder):
-            return False
+        import json
+
+        if self._engine() is not None:
+            raw = self._read_raw()
+            if not _lease_free(json.loads(raw) if raw else None, self.holder, time.time()):
+                return False
+            if not self._swap(raw, self._value()):
+                return False
+        else:
+            if not _lease_free(self._attrs().get("lease"), self.holder, time.time()):
+                return False
+            self._write()
+            time.sleep(settle_s)
+            lease = self._attrs().get("lease")
+            if not (isinstance(lease, dict) and lease.get("holder") == self.holder):
+                return False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="acpsearch-lease", daemon=True)
         self._thread.start()
         return True
 
+    def renew_once(self) -> bool:
+        """Extend the lease; False (and `lost` set) when another runner holds it now."""
+        if self._engine() is not None:
+            if self._swap(self._raw, self._value()):
+                return True
+        else:
+            lease = self._attrs().get("lease")
+            if isinstance(lease, dict) and lease.get("holder") == self.holder:
+                self._write()
+                return True
+        lease = self._attrs().get("lease")
+        other = lease.get("holder") if isinstance(lease, dict) else None
+        self.lost = f"study taken over by {other}" if other else "lease released by someone else"
+        return False
+
     def _renew(self) -> None:
         assert self._stop is not None
         while not self._stop.wait(self.ttl / 4):
             try:
-                lease = self._attrs().get("lease")
-                if isinstance(lease, dict) and lease.get("holder") != self.holder:
-                    self.lost = f"study taken over by {lease.get('holder')}"
+                if not self.renew_once():
                     return
-                self._write()
             except Exception:  # noqa: BLE001 - storage hiccup: retry next tick; if it lasts past the
                 continue  # ttl another runner may take over, which the next successful read reports
 
@@ -214,12 +280,30 @@ class Lease:
             self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.lost:
+            return
         try:
-            lease = self._attrs().get("lease")
-            if isinstance(lease, dict) and lease.get("holder") == self.holder:
-                self.storage.set_study_user_attr(self.study_id, "lease", {"holder": None, "expires": 0.0})
+            free = {"holder": None, "expires": 0.0}
+            if self._engine() is not None:
+                self._swap(self._raw, free)
+            else:
+                lease = self._attrs().get("lease")
+                if isinstance(lease, dict) and lease.get("holder") == self.holder:
+                    self.storage.set_study_user_attr(self.study_id, "lease", free)
         except Exception:  # noqa: BLE001 - an unreleased lease simply expires
             pass
+
+
+def wait_for_lease(lease: Lease, timeout_s: float, poll_s: float = 2.0) -> bool:
+    """`run --force`: wait (at most `timeout_s`) for the current holder's lease to expire, then
+    take the study. A live holder keeps renewing, so this fails instead of stealing from it."""
+    deadline = time.time() + timeout_s
+    while True:
+        if lease.try_acquire():
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def lease_state(attrs: dict[str, Any], now: float | None = None) -> str:
@@ -227,7 +311,7 @@ def lease_state(attrs: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     if isinstance(lease, dict) and lease.get("holder") and float(lease.get("expires", 0)) >= now \
             and not _holder_dead(lease["holder"]):
-        return f"held by {lease['holder']}"
+        return f"held by {lease['holder']} (lease expires in {max(0.0, float(lease['expires']) - now):.0f} s)"
     return "free"
 
 

@@ -110,6 +110,12 @@ class RankerWorker:
         self.spec = spec
         self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits)
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (short hex), recorded on the trials it scores."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:12]
+
     def score(self, ratios: list[dict[str, float]]) -> list[float]:
         from acpsearch.pruning import PruningStrategy
 
@@ -149,15 +155,18 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
                         meta={**(ckpt.get("meta") or {}), "candidate": fin["number"], "val_map": val,
                               "epoch": epoch, "finetune": ft})
 
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:12]
     save(v0, 0)
     best["val"] = v0
-    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0)})
+    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node})
 
     def on_epoch(epoch: int, val: float) -> bool:
         if not math.isnan(val) and val > best["val"]:
             best["val"] = val
             save(val, epoch)
-        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"])})
+        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node})
         return False
 
     train_hash_net(net, splits, loss=spec["train"]["loss"], epochs=int(ft["epochs"]), lr=float(ft["lr"]),

@@ -1,0 +1,382 @@
+"""Reliability with real processes: runners SIGKILLed in every phase, Ray workers killed
+mid-trial, two `acpsearch worker` processes on one storage, a two-node Ray cluster.
+
+Every runner here is a real `acpsearch` subprocess joined to one two-node Ray cluster
+(`ray.cluster_utils.Cluster`, 1 CPU per node) that this module starts; the tests watch the
+Optuna storage from outside, the way a user's `acpsearch status` would.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import psutil
+import pytest
+import yaml
+
+from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing, train_tiny_base
+
+pytestmark = pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS)))
+
+ACPSEARCH = [sys.executable, "-c", "from acpsearch.cli import main; main()"]
+COMPLETE, FAIL, RUNNING, PRUNED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                   optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.PRUNED)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+            "ACPSEARCH_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    """An acpsearch CLI process in its own process group (so SIGKILL takes all of it)."""
+    fh = open(log, "ab")  # noqa: SIM115 - closed by the OS when the process ends
+    return subprocess.Popen([*ACPSEARCH, *args], stdout=fh, stderr=subprocess.STDOUT, env=_env(),
+                            start_new_session=True)
+
+
+def _sigkill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """A two-node Ray cluster on this machine: head + one worker node, 1 CPU each."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    yield c
+    c.shutdown()
+
+
+def _spec(name: str, **changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["name"] = name
+    for key, value in changes.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def _submit(tmp: Path, url: str, spec: dict[str, Any]) -> str:
+    p = tmp / f"{spec['name']}.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    out = subprocess.run([*ACPSEARCH, "submit", str(p), "--storage", url], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return spec["name"]
+
+
+_STORAGES: dict[str, Any] = {}
+
+
+def _study(url: str, name: str) -> Any:
+    """The study as stored (one storage object per URL: the tests poll it often)."""
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.load_study(study_name=name, storage=_STORAGES[url])
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_base(tmp_path_factory.mktemp("base") / "base.pt")
+
+
+def _wait(cond: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            if cond():
+                return
+        except (KeyError, ValueError):  # study or companion not created yet
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the runner exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _phase(attrs: dict[str, Any], phase: str) -> dict[str, Any] | None:
+    rec = attrs.get(f"phase.{phase}")
+    return rec if isinstance(rec, dict) and rec.get("done") else None
+
+
+# --- SIGKILL in every phase ----------------------------------------------------------------------
+def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
+    """Kill the runner (SIGKILL, whole process group) during base training, encoder training,
+    the candidate search and finalist fine-tuning; each time `acpsearch run NAME` resumes."""
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    target = 96
+    spec = _spec("killed", train={"epochs": 15}, encoder={"objective": "effect", "epochs": 40, "strategies": 48},
+                 search={"candidates": target, "sampler": "tpe", "workers": 2, "seed": 0},
+                 finetune={"top": 2, "epochs": 3, "lr": 0.001, "early_stop": None})
+    name = _submit(tmp_path, url, spec)
+    run_args = ["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "art")]
+    log = tmp_path / "runner.log"
+
+    def attrs() -> dict[str, Any]:
+        return _study(url, name).user_attrs
+
+    def candidates(states: tuple = (COMPLETE,)) -> list[Any]:
+        return _study(url, name).get_trials(deepcopy=False, states=states)
+
+    kills: dict[str, dict[str, Any]] = {}
+    when = {
+        "base": lambda a: a.get("state") == "running" and not _phase(a, "base"),
+        "encoder": lambda a: _phase(a, "base") and not _phase(a, "encoder"),
+        "search": lambda a: _phase(a, "encoder") and not _phase(a, "search") and len(candidates()) >= 16,
+        "finetune": lambda a: _phase(a, "search") and not _phase(a, "finetune") and any(
+            t.intermediate_values for t in _study(url, name + ".finetune").get_trials(deepcopy=False)),
+    }
+    for phase, cond in when.items():
+        proc = _start(run_args, log)
+        _wait(lambda: bool(cond(attrs())), proc, f"the {phase} phase")
+        if phase == "base":
+            time.sleep(1.0)  # into the training loop
+        _sigkill(proc)
+        a = attrs()
+        assert not _phase(a, phase), f"{phase} finished before the kill; make it longer"
+        kills[phase] = {"attrs": a, "complete": {t.number: t.params for t in candidates()},
+                        "running": [t.number for t in candidates((RUNNING,))]}
+    # the last run finishes the study
+    proc = _start(run_args, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    a = attrs()
+    assert a["state"] == "done" and a.get("winner")
+    # finished phases were not redone: their records are the ones written before the later kills
+    for phase, later in (("base", "search"), ("encoder", "search"), ("search", "finetune")):
+        assert a[f"phase.{phase}"] == kills[later]["attrs"][f"phase.{phase}"], phase
+    # completed candidates were kept, none counted twice, the total is the spec's number
+    done = {t.number: t.params for t in candidates()}
+    assert len(done) == target
+    for number, params in kills["search"]["complete"].items():
+        assert done[number] == params
+    failed = candidates((FAIL,))
+    assert {t.number for t in failed} >= set(kills["search"]["running"])
+    for t in failed:
+        assert t.user_attrs.get("fail_reason"), t.number
+    # stale RUNNING candidates were re-queued with the same keep ratios
+    for number in kills["search"]["running"]:
+        params = next(t.params for t in failed if t.number == number)
+        if params:
+            retried = [t for t in candidates() if t.user_attrs.get("retry_of") == number]
+            assert retried and retried[0].params == params
+    # fine-tuning: the killed finalists FAIL with a reason, then every finalist finished once
+    ft = _study(url, name + ".finetune")
+    ok = ft.get_trials(deepcopy=False, states=(COMPLETE, PRUNED))
+    assert sorted(t.user_attrs["candidate"] for t in ok) == sorted(a["phase.finetune"]["finalists"])
+    assert all(t.user_attrs.get("test_map") is not None and t.user_attrs.get("val_map") is not None for t in ok)
+    assert all(t.user_attrs.get("fail_reason") for t in ft.get_trials(deepcopy=False, states=(FAIL,)))
+    assert len(ft.get_trials(deepcopy=False, states=(FAIL,))) >= 1
+    # five runs recorded: four killed (no end), the last one done
+    runs = a["runs"]
+    assert len(runs) == 5 and runs[-1]["outcome"] == "done" and all("ended" not in r for r in runs[:-1])
+    # the base network was trained once: the stored artifact is the one of the first record
+    assert Path(a["phase.base"]["path"]).exists()
+
+
+# --- killed Ray workers --------------------------------------------------------------------------
+def _kill_first(prefix: str, done: list[str], stop: threading.Event) -> None:
+    """Background killer: SIGKILL the first Ray worker process whose title starts with `prefix`."""
+    while not stop.is_set():
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or []).strip()
+            if cmd.startswith(prefix):
+                try:
+                    p.kill()
+                    done.append(f"{p.info['pid']} {cmd}")
+                    return
+                except psutil.Error:
+                    continue
+        time.sleep(0.05)
+
+
+def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluster, tiny_base):
+    """SIGKILL the Ray actor scoring candidates, later the Tune worker fine-tuning a finalist:
+    the first gives FAIL candidates whose ratios are re-queued, the second is restarted by Tune;
+    the study completes with exactly the spec's number of candidates."""
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    base = tiny_base
+    target = 40
+    spec = _spec("crashy", model={"checkpoint": str(base)}, encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+                 search={"candidates": target, "sampler": "random", "workers": 2, "seed": 3,
+                         "ranker": "adaptive_bn"},
+                 finetune={"top": 1, "epochs": 3, "lr": 0.001, "early_stop": None})
+    name = _submit(tmp_path, url, spec)
+    log = tmp_path / "runner.log"
+    proc = _start(["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "a")], log)
+    stop = threading.Event()
+    killed_rank: list[str] = []
+    killed_tune: list[str] = []
+    try:
+        # wait until a few candidates are in, then kill a scoring actor
+        _wait(lambda: len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) >= 8, proc, "candidates")
+        _kill_first("ray::RankerWorker", killed_rank, stop)
+        _wait(lambda: _phase(_study(url, name).user_attrs, "search") is not None, proc, "the end of the search")
+        threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop), daemon=True).start()
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            _sigkill(proc)
+    assert killed_rank and killed_tune, (killed_rank, killed_tune)
+    study = _study(url, name)
+    assert study.user_attrs["state"] == "done"
+    complete = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    failed = study.get_trials(deepcopy=False, states=(FAIL,))
+    assert len(complete) == target
+    assert failed and all("ray worker failed" in t.user_attrs["fail_reason"] for t in failed)
+    for t in failed:  # each failed candidate came back with the same ratios
+        retried = [c for c in complete if c.user_attrs.get("retry_of") == t.number]
+        assert retried and retried[0].params == t.params and retried[0].user_attrs["attempt"] == 2
+    ft = _study(url, name + ".finetune").get_trials(deepcopy=False)
+    assert len(ft) == 1 and ft[0].state == COMPLETE
+    assert len(ft[0].user_attrs.get("failed_attempts", [])) >= 1
+    assert ft[0].user_attrs["test_map"] is not None
+
+
+# --- several runners -----------------------------------------------------------------------------
+def test_two_workers_share_studies_and_never_run_one_twice(tmp_path, cluster, tiny_base):
+    """Two `acpsearch worker` processes on one storage and one cluster take the submitted studies
+    between them: every study is run exactly once, by one of them, to the end."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    base = tiny_base
+    names = []
+    for i in range(3):
+        spec = _spec(f"shared-{i}", model={"checkpoint": str(base)},
+                     encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+                     search={"candidates": 16, "sampler": "random", "workers": 1, "seed": i},
+                     finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None})
+        names.append(_submit(tmp_path, url, spec))
+    args = ["worker", "--storage", url, "--address", cluster.address, "--workers", "1", "--json",
+            "--artifacts", str(tmp_path / "art")]
+    procs = [subprocess.Popen([*ACPSEARCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    ran = [[r["name"] for r in json.loads(o[0])["ran"] if r["state"] == "done"] for o in outs]
+    assert sorted(ran[0] + ran[1]) == sorted(names), ran  # each study once, by exactly one worker
+    assert ran[0] and ran[1], ran  # both took part
+    for name in names:
+        a = _study(url, name).user_attrs
+        assert a["state"] == "done" and len(a["runs"]) == 1 and a["runs"][0]["outcome"] == "done"
+        assert len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) == 16
+
+
+def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, capsys):
+    """`acpsearch run NAME` on a study another runner holds says who holds it and exits 2; with
+    --force it waits for the lease to expire (here: a holder that stopped renewing)."""
+    from acpsearch.cli import run
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'held.db'}"
+    name = _submit(tmp_path, url, _spec("held"))
+    storage = open_storage(url)
+    sid = _study(url, name)._study_id
+    other = st.Lease(storage, sid, "otherhost:4242:abcd", ttl=3.0)
+    assert other.try_acquire()
+    before = storage.get_study_user_attrs(sid)
+    assert run(["run", name, "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "held by otherhost:4242:abcd" in err and "--force" in err
+    assert {k: v for k, v in storage.get_study_user_attrs(sid).items() if k != "lease"} == \
+        {k: v for k, v in before.items() if k != "lease"}
+    # --force while the holder is alive and renewing: still refused, after waiting out one ttl
+    other_lease = st.Lease(storage, sid, "me", ttl=3.0)
+    t0 = time.time()
+    assert not st.wait_for_lease(other_lease, 4.0, poll_s=0.5)
+    assert time.time() - t0 >= 4.0
+    # the holder dies (stops renewing): --force takes over once its lease expired
+    other._stop.set()
+    other._thread.join()
+    assert st.wait_for_lease(other_lease, 8.0, poll_s=0.5)
+    assert st.lease_state(storage.get_study_user_attrs(sid)).startswith("held by me")
+    other_lease.release()
+
+
+def test_lease_claim_is_atomic_among_many_racers(tmp_path):
+    """Eight threads with their own connections claim one free lease at the same instant: the SQL
+    compare-and-swap lets exactly one win."""
+    from acpsearch.search import study as st
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    name = _submit(tmp_path, url, _spec("race"))
+    storages = [optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}) for _ in range(8)]
+    sid = _study(url, name)._study_id
+    leases = [st.Lease(s, sid, f"racer-{i}", ttl=30.0) for i, s in enumerate(storages)]
+    go = threading.Event()
+    won: list[str] = []
+
+    def claim(lease: st.Lease) -> None:
+        go.wait()
+        if lease.try_acquire():
+            won.append(lease.holder)
+
+    threads = [threading.Thread(target=claim, args=(le,)) for le in leases]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, won  # first round: nobody had created the lease row yet (INSERT race)
+    for le in leases:
+        le.release()
+    # second round: the row exists and is free (UPDATE ... WHERE value_json = <read> race)
+    leases = [st.Lease(s, sid, f"racer2-{i}", ttl=30.0) for i, s in enumerate(storages)]
+    go.clear()
+    won.clear()
+    threads = [threading.Thread(target=claim, args=(le,)) for le in leases]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, won
+    for le in leases:
+        le.release()
+
+
+def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_base):
+    """A study run with --address on the two-node cluster scores candidates and fine-tunes
+    finalists on both nodes (each node has 1 CPU; trials record their Ray node)."""
+    url = f"sqlite:///{tmp_path / 'nodes.db'}"
+    base = tiny_base
+    name = _submit(tmp_path, url, _spec("two-nodes", model={"checkpoint": str(base)},
+                                        encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+                                        search={"candidates": 16, "sampler": "random", "workers": 2, "seed": 0},
+                                        finetune={"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None}))
+    out = subprocess.run([*ACPSEARCH, "run", name, "--storage", url, "--address", cluster.address, "--json",
+                          "--artifacts", str(tmp_path / "art")], env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = _study(url, name)
+    nodes = {n.node_id[:12] for n in cluster.list_all_nodes()}
+    assert len(nodes) == 2
+    scored = {t.user_attrs["ray_node"] for t in study.get_trials(deepcopy=False, states=(COMPLETE,))}
+    assert scored == nodes
+    tuned = {t.user_attrs.get("ray_node") for t in _study(url, name + ".finetune").get_trials(deepcopy=False)}
+    assert tuned == nodes
+    assert study.user_attrs["ray"]["local"] is False
+
+
+def test_unreachable_address_exits_2_without_touching_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    name = _submit(tmp_path, url, _spec("unreached"))
+    out = subprocess.run([*ACPSEARCH, "run", name, "--storage", url, "--address", "127.0.0.1:1"], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--address: cannot reach a Ray head at 127.0.0.1:1" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert _study(url, name).user_attrs["state"] == "submitted"
