@@ -10,11 +10,14 @@ hash loss, epochs, learning rate and batch size; best-of-m methods choose on VAL
   adaptive_bn    `candidates` random strategies scored by adaptive-BN val mAP (EagleEye), top m fine-tuned
 Reported per method: test mAP@all and mAP@1000 (queries vs database), val mAP, FLOPs, params, their
 ratios, latency (batch 32, 1 thread), fine-tuning epochs spent, wall seconds.
-Results: benchmarks/results/search_quality.json (rewritten after every method).
+Each method's final network is also fine-tuned with --seeds seeds from the same pruned weights: the
+spread is the fine-tuning seed noise the issue's margins are judged against.
+Results: benchmarks/results/search_quality.json, one block per net@budget, merged and rewritten
+after every method, plus search_quality.md (the README table).
 
-Full run (CPU, hours; by hand):
-    nice -n 10 .venv/bin/python benchmarks/search_quality.py --base benchmarks/cache/resnet20_csq32_fmnist.pt \
-        --dataset fashion-mnist --budget 0.5 --epochs 4 --top 4 --candidates 500
+Full run (CPU, about 15 minutes per net and budget on 2 quiet cores; by hand):
+    nice -n 5 .venv/bin/python benchmarks/search_quality.py --base benchmarks/cache/resnet20_csq32_fmnist.pt \
+        --model resnet20 --budgets 0.5,0.25 --epochs 4 --top 4 --candidates 500 --seeds 3
 Smoke test (digits, ~3 min):
     .venv/bin/python benchmarks/search_quality.py --smoke
 """
@@ -28,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,10 +45,11 @@ from acpsearch.pruning import PruningStrategy, measure_cost, prune  # noqa: E402
 from acpsearch.search.tasks import measure_latency_ms  # noqa: E402
 
 
-def finetune_and_eval(net: torch.nn.Module, splits: Any, args: argparse.Namespace, shape: list[int]) -> dict[str, Any]:
+def finetune_and_eval(net: torch.nn.Module, splits: Any, args: argparse.Namespace, shape: list[int],
+                      seed: int | None = None) -> dict[str, Any]:
     """The shared fine-tuning budget and the shared evaluation."""
     res = train_hash_net(net, splits, loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed, progress=False)
+                         seed=args.seed if seed is None else seed, progress=False, num_threads=args.threads)
     ev = evaluate(res.model, splits)
     cost = measure_cost(res.model, torch.zeros(*shape))
     return {"model": res.model, "val_map": float(res.best_val_map), "test_map": float(ev["map_all"]),
@@ -108,10 +112,127 @@ def run_acpsearch(args: argparse.Namespace, base_path: Path, workdir: Path) -> d
     storage = open_storage(url)
     name = st.submit(storage, spec, f"search-quality-{int(time.time())}")
     run_study(url, name, workers=args.workers, artifacts=workdir / "artifacts")
-    w = st.load_search_study(storage, name).user_attrs["winner"]
+    study = st.load_search_study(storage, name)
+    w = study.user_attrs["winner"]
+    phases = {p: (study.user_attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
     return {"val_map": w["val_map"], "test_map": w["test_map"], "test_map_topk": w["test_map_topk"],
             "topk": w["topk"], "flops": w["measured_flops"], "params": w["measured_params"],
-            "latency_ms": w["latency_ms"], "finetune_epochs_total": args.top * args.epochs, "study": name}
+            "latency_ms": w["latency_ms"], "finetune_epochs_total": args.top * args.epochs, "study": name,
+            "ratios": w["ratios"], "phase_seconds": phases,
+            "finalists_test_map": [t.user_attrs.get("test_map") for t in st.finetune_study(storage, study).get_trials(
+                deepcopy=False) if t.user_attrs.get("test_map") is not None]}
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """README table: one block per (model, budget), methods as rows."""
+    lines = ["| net | budget (FLOPs) | method | test mAP@all (seed 0) | mean +- std over seeds | val mAP | FLOPs ratio | "
+             "params ratio | latency ms | fine-tune epochs spent | wall s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, block in doc.get("runs", {}).items():
+        b = block["base"]
+        lines.append(f"| {block['model']} | unpruned | base | {b['test_map']:.4f} | | {b['val_map']:.4f} | 1.000 | "
+                     f"1.000 | {b['latency_ms']:.2f} | | |")
+        for name, r in block["methods"].items():
+            seeds = r.get("seed_test_maps") or []
+            ms = f"{r['seed_mean']:.4f} +- {r['seed_std']:.4f} (n={len(seeds)})" if len(seeds) > 1 else ""
+            lines.append(f"| {block['model']} | {block['budget']} | {name} | {r['test_map']:.4f} | {ms} | "
+                         f"{r['val_map']:.4f} | {r['flops_ratio']:.3f} | {r['params_ratio']:.3f} | "
+                         f"{r['latency_ms']:.2f} | {r['finetune_epochs_total']} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list[int], workdir: Path,
+               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """All methods at one FLOPs budget; `save` is called with the block after every method."""
+    import statistics
+
+    args.budget = budget
+    ckpt = read_checkpoint(args.base)
+    base = model_from_checkpoint(ckpt)
+    ex = torch.zeros(*shape)
+    g = ChannelGraph.from_model(base, ex)
+    full = g.cost()
+    bev = evaluate(base, splits)
+    block: dict[str, Any] = {
+        "model": args.model, "budget": budget, "base_checkpoint": str(args.base),
+        "protocol": {k: v for k, v in vars(args).items() if k not in ("results", "budgets")},
+        "base": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"],
+                 "flops": full.flops, "params": full.params, "latency_ms": round(measure_latency_ms(base, shape), 3)},
+        "methods": {},
+    }
+    seeds = [args.seed + i for i in range(args.seeds)]
+
+    def record(name: str, res: dict[str, Any], t0: float, rebuild: Callable[[], torch.nn.Module] | None) -> None:
+        """Store a method's result; with --seeds > 1 its final network is fine-tuned again from
+        the same pruned weights with other seeds (the spread is the fine-tuning seed noise)."""
+        res = {k: v for k, v in res.items() if k != "model"}
+        res.update(flops_ratio=res["flops"] / full.flops, params_ratio=res["params"] / full.params)
+        res.setdefault("finetune_epochs_total", args.epochs)
+        maps = [res["test_map"]]
+        if rebuild is not None:
+            for sd in seeds[1:]:
+                maps.append(finetune_and_eval(rebuild(), splits, args, shape, seed=sd)["test_map"])
+        res.update(seed_test_maps=maps, seed_mean=statistics.fmean(maps),
+                   seed_std=statistics.stdev(maps) if len(maps) > 1 else 0.0,
+                   seconds=round(time.perf_counter() - t0, 1))
+        block["methods"][name] = res
+        save(block)
+        print(f"[{args.model} @ {budget}] {name:15s} test mAP {res['test_map']:.4f} (seeds {res['seed_mean']:.4f} +- "
+              f"{res['seed_std']:.4f})  FLOPs {res['flops_ratio']:.3f}  params {res['params_ratio']:.3f}  latency "
+              f"{res['latency_ms']:.2f} ms  ({res['seconds']} s)", flush=True)
+
+    from acpsearch.search.pipeline import make_space
+    from acpsearch.spec import parse_spec
+
+    space_spec = parse_spec({"model": {"zoo": args.model}, "data": {"dataset": args.dataset},
+                             "budget": {"flops": budget},
+                             "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}})
+    space = make_space(space_spec, g, base, ex)
+    methods = args.methods.split(",")
+
+    def pruned(strategy: Any) -> Callable[[], torch.nn.Module]:
+        return lambda: prune(base, strategy, ex)
+
+    if "acpsearch" in methods:
+        t0 = time.perf_counter()
+        res = run_acpsearch(args, Path(args.base), workdir)
+        strat = PruningStrategy(g, res["ratios"], criterion="l1")
+        record("acpsearch", res, t0, pruned(strat))
+    if "uniform_l1" in methods:
+        t0 = time.perf_counter()
+        keep = uniform_keep(g, budget)
+        strat = PruningStrategy.uniform(g, keep=keep, criterion="l1")
+        res = finetune_and_eval(prune(base, strat, ex), splits, args, shape)
+        res["keep"] = keep
+        record("uniform_l1", res, t0, pruned(strat))
+    if "tp_global_mag" in methods:
+        t0 = time.perf_counter()
+        record("tp_global_mag", finetune_and_eval(tp_global_magnitude(base, ex, budget), splits, args, shape), t0,
+               lambda: tp_global_magnitude(base, ex, budget))
+
+    def best_of(strategies: list[Any]) -> tuple[dict[str, Any], Any]:
+        runs = [finetune_and_eval(prune(base, st_, ex), splits, args, shape) for st_ in strategies]
+        i = max(range(len(runs)), key=lambda j: runs[j]["val_map"])  # chosen on VALIDATION mAP
+        best = dict(runs[i])
+        best["finetune_epochs_total"] = len(runs) * args.epochs
+        best["finalists_test_map"] = [r["test_map"] for r in runs]
+        return best, strategies[i]
+
+    if "random_best_m" in methods:
+        t0 = time.perf_counter()
+        res, strat = best_of(space.sample_many(args.top, random.Random(args.seed + 1)))
+        record("random_best_m", res, t0, pruned(strat))
+    if "adaptive_bn" in methods:
+        from acpsearch.search.rankers import make_ranker
+
+        t0 = time.perf_counter()
+        pool = space.sample_many(args.abn_candidates, random.Random(args.seed + 2))
+        scores = make_ranker("adaptive_bn", model=base, splits=splits, example_input=ex).score(pool)
+        order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
+        res, strat = best_of([pool[i] for i in order])
+        res["pool"] = len(pool)
+        record("adaptive_bn", res, t0, pruned(strat))
+    return block
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--bits", type=int, default=32)
     ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--budgets", default="0.5", help="comma-separated FLOPs budgets, e.g. 0.5,0.25")
     ap.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per final model (all methods)")
     ap.add_argument("--top", type=int, default=4, help="m: finalists of acpsearch / adaptive_bn, random best-of-m")
-    ap.add_argument("--candidates", type=int, default=500)
+    ap.add_argument("--candidates", type=int, default=500, help="acpsearch's candidates")
+    ap.add_argument("--abn-candidates", type=int, default=32,
+                    help="adaptive-BN pool (each costs a BN recalibration + a val mAP, ~100x a similarity score)")
+    ap.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds of each method's final network")
     ap.add_argument("--encoder-epochs", type=int, default=50)
     ap.add_argument("--encoder-strategies", type=int, default=512)
-    ap.add_argument("--objective", default="sacp", choices=["sacp", "effect"])
+    ap.add_argument("--objective", default="effect", choices=["sacp", "effect"])
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--min-keep", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=0.001)
@@ -135,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-epochs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default="acpsearch,uniform_l1,tp_global_mag,random_best_m,adaptive_bn")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search_quality.json")
     ap.add_argument("--smoke", action="store_true", help="digits, tiny budgets: checks the script end to end")
@@ -143,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args.protocol = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": args.seed}
     if args.smoke:
         args.dataset, args.bits, args.epochs, args.top, args.candidates = "digits", 16, 1, 2, 16
-        args.encoder_epochs, args.encoder_strategies, args.base_epochs = 3, 32, 3
+        args.encoder_epochs, args.encoder_strategies, args.base_epochs, args.abn_candidates = 3, 32, 3, 4
+        args.seeds = 2
         args.protocol = {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15, "seed": args.seed}
         if args.results == ap.get_default("results"):
             args.results = Path(tempfile.gettempdir()) / "search_quality_smoke.json"
@@ -157,69 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         net = train_hash_net(create_model(args.model, **kw), splits, loss=args.loss, epochs=args.base_epochs,
                              seed=args.seed, progress=False).model
         args.base = save_checkpoint(workdir / "base.pt", net, {"zoo": args.model, "kwargs": kw}, shape)
-    ckpt = read_checkpoint(args.base)
-    base = model_from_checkpoint(ckpt)
-    ex = torch.zeros(*shape)
-    g = ChannelGraph.from_model(base, ex)
-    full = g.cost()
-    bev = evaluate(base, splits)
-    results: dict[str, Any] = {
-        "protocol": {k: v for k, v in vars(args).items() if k not in ("results",)},
-        "base": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"],
-                 "flops": full.flops, "params": full.params, "latency_ms": round(measure_latency_ms(base, shape), 3)},
-        "methods": {},
-    }
 
-    def record(name: str, res: dict[str, Any], t0: float) -> None:
-        res = {k: v for k, v in res.items() if k != "model"}
-        res.update(flops_ratio=res["flops"] / full.flops, params_ratio=res["params"] / full.params,
-                   seconds=round(time.perf_counter() - t0, 1))
-        res.setdefault("finetune_epochs_total", args.epochs)
-        results["methods"][name] = res
+    def save(block: dict[str, Any]) -> None:
+        # re-read and merge right before writing: several invocations (nets) may run side by side
+        doc = json.loads(args.results.read_text()) if args.results.exists() else {}
+        doc.setdefault("runs", {})[f"{block['model']}@{block['budget']}"] = block
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2, default=str))
-        print(f"{name:15s} test mAP {res['test_map']:.4f}  FLOPs {res['flops_ratio']:.3f}  params "
-              f"{res['params_ratio']:.3f}  latency {res['latency_ms']:.2f} ms  ({res['seconds']} s)", flush=True)
+        tmp = args.results.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        tmp.replace(args.results)
+        args.results.with_suffix(".md").write_text(render_markdown(doc))
 
-    from acpsearch.search.pipeline import make_space
-    from acpsearch.spec import parse_spec
-
-    space_spec = parse_spec({"model": {"zoo": args.model}, "data": {"dataset": args.dataset},
-                             "budget": {"flops": args.budget},
-                             "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}})
-    space = make_space(space_spec, g, base, ex)
-    methods = args.methods.split(",")
-    if "acpsearch" in methods:
-        t0 = time.perf_counter()
-        record("acpsearch", run_acpsearch(args, Path(args.base), workdir), t0)
-    if "uniform_l1" in methods:
-        t0 = time.perf_counter()
-        keep = uniform_keep(g, args.budget)
-        res = finetune_and_eval(prune(base, PruningStrategy.uniform(g, keep=keep, criterion="l1"), ex), splits, args, shape)
-        res["keep"] = keep
-        record("uniform_l1", res, t0)
-    if "tp_global_mag" in methods:
-        t0 = time.perf_counter()
-        record("tp_global_mag", finetune_and_eval(tp_global_magnitude(base, ex, args.budget), splits, args, shape), t0)
-
-    def best_of(strategies: list[Any]) -> dict[str, Any]:
-        runs = [finetune_and_eval(prune(base, s, ex), splits, args, shape) for s in strategies]
-        best = max(runs, key=lambda r: r["val_map"])
-        best["finetune_epochs_total"] = len(runs) * args.epochs
-        best["finalists_test_map"] = [r["test_map"] for r in runs]
-        return best
-
-    if "random_best_m" in methods:
-        t0 = time.perf_counter()
-        record("random_best_m", best_of(space.sample_many(args.top, random.Random(args.seed + 1))), t0)
-    if "adaptive_bn" in methods:
-        from acpsearch.search.rankers import make_ranker
-
-        t0 = time.perf_counter()
-        pool = space.sample_many(args.candidates, random.Random(args.seed + 2))
-        scores = make_ranker("adaptive_bn", model=base, splits=splits, example_input=ex).score(pool)
-        order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
-        record("adaptive_bn", best_of([pool[i] for i in order]), t0)
+    for budget in [float(b) for b in args.budgets.split(",") if b.strip()]:
+        run_budget(args, budget, splits, shape, workdir, save)
     print(f"results: {args.results}")
     return 0
 
