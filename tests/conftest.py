@@ -3,6 +3,7 @@ finished study (digits, through the CLI) that the service and dashboard tests in
 from __future__ import annotations
 
 import importlib.util
+import socket
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,55 @@ def ray_session() -> Any:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+PG_DEFAULT_URL = "postgresql://acpsearch@127.0.0.1/acpsearch"  # what storage/start-postgres.sh prints
+
+
+def _pg_unreachable(url: str) -> str | None:
+    """None when a server answers at the URL's host and port, else why not (one line)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        return f"not a database URL ({exc})"
+    host, port = u.host or "127.0.0.1", u.port or 5432
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc})"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The PostgreSQL storage of the PostgreSQL tests: $ACPSEARCH_TEST_PG_URL (scripts/test.sh starts
+    the local server with storage/start-postgres.sh and sets it), else the URL that script prints
+    when a server answers there. Unusable -> skip; but with ACPSEARCH_REQUIRE_PG=1 (set by
+    scripts/test.sh when it started the server for this run) -> fail."""
+    require = os.environ.get("ACPSEARCH_REQUIRE_PG") == "1"
+    url = os.environ.get("ACPSEARCH_TEST_PG_URL")
+    if not url:
+        if require:
+            pytest.fail("ACPSEARCH_REQUIRE_PG=1 but ACPSEARCH_TEST_PG_URL is not set")
+        if _pg_unreachable(PG_DEFAULT_URL) is not None:
+            pytest.skip("no PostgreSQL: set ACPSEARCH_TEST_PG_URL (storage/start-postgres.sh starts one and prints it)")
+        url = PG_DEFAULT_URL
+    why = _pg_unreachable(url)
+    if why is None:
+        from acpsearch.errors import StorageError
+        from acpsearch.search.storage import open_storage
+
+        try:
+            open_storage(url)
+        except StorageError as exc:
+            why = str(exc)
+    if why is not None:
+        if require:
+            pytest.fail(f"ACPSEARCH_REQUIRE_PG=1 (the server was started for this run) but {url!r} is unusable: {why}")
+        pytest.skip(f"PostgreSQL at {url!r} unusable: {why}")
+    return url
 
 
 @pytest.fixture

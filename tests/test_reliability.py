@@ -85,7 +85,9 @@ _STORAGES: dict[str, Any] = {}
 def _study(url: str, name: str) -> Any:
     """The study as stored (one storage object per URL: the tests poll it often)."""
     if url not in _STORAGES:
-        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        from acpsearch.search.storage import open_storage
+
+        _STORAGES[url] = open_storage(url)  # SQLite with a lock timeout; psycopg2 for postgresql://
     return optuna.load_study(study_name=name, storage=_STORAGES[url])
 
 
@@ -349,12 +351,25 @@ def test_lease_claim_is_atomic_among_many_racers(tmp_path):
         le.release()
 
 
-def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_base):
-    """A study run with --address on the two-node cluster scores candidates and fine-tunes
-    finalists on both nodes (each node has 1 CPU; trials record their Ray node)."""
-    url = f"sqlite:///{tmp_path / 'nodes.db'}"
+@pytest.fixture
+def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The real PostgreSQL of the run when there is one (scripts/test.sh starts it; with
+    ACPSEARCH_REQUIRE_PG=1 its absence fails), else SQLite."""
+    try:
+        return request.getfixturevalue("pg_url")
+    except pytest.skip.Exception:
+        return f"sqlite:///{tmp_path / 'nodes.db'}"
+
+
+def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_base, server_url):
+    """A whole study run with --address on the two-node cluster, stored in PostgreSQL (when the
+    run has a server): it scores candidates and fine-tunes finalists on both nodes (each node
+    has 1 CPU; trials record their Ray node)."""
+    import uuid
+
+    url = server_url
     base = tiny_base
-    name = _submit(tmp_path, url, _spec("two-nodes", model={"checkpoint": str(base)},
+    name = _submit(tmp_path, url, _spec(f"two-nodes-{uuid.uuid4().hex[:8]}", model={"checkpoint": str(base)},
                                         encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
                                         search={"candidates": 16, "sampler": "random", "workers": 2, "seed": 0},
                                         finetune={"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None}))
@@ -369,6 +384,10 @@ def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_bas
     tuned = {t.user_attrs.get("ray_node") for t in _study(url, name + ".finetune").get_trials(deepcopy=False)}
     assert tuned == nodes
     assert study.user_attrs["ray"]["local"] is False
+    assert study.user_attrs["state"] == "done" and study.user_attrs["runs"][0]["outcome"] == "done"
+    if url.startswith("postgresql"):  # the server outlives the test run: leave it as we found it
+        for n in (name, name + ".finetune"):
+            optuna.delete_study(study_name=n, storage=_STORAGES[url])
 
 
 def test_unreachable_address_exits_2_without_touching_the_study(tmp_path):
