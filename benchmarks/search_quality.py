@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--abn-candidates", type=int, default=32,
                     help="adaptive-BN pool (each costs a BN recalibration + a val mAP, ~100x a similarity score)")
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds of each method's final network")
-    ap.add_argument("--encoder-epochs", type=int, default=50)
-    ap.add_argument("--encoder-strategies", type=int, default=512)
+    ap.add_argument("--encoder-epochs", type=int, default=60)
+    ap.add_argument("--encoder-strategies", type=int, default=128)
     ap.add_argument("--objective", default="effect", choices=["sacp", "effect"])
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--min-keep", type=float, default=0.2)
