@@ -108,21 +108,23 @@ def write_markdown(results: dict, env: dict) -> None:
         "Protocol: 100 query / 500 train / 100 val images per class, database = the other 63,000; seed 0. "
         "Model chosen by validation mAP (val vs train); test = 1,000 queries vs 63,000 database images, "
         "Hamming ranking with ties in (shuffled) database order.",
-        f"Recipe: Adam lr {RECIPE['lr']}, batch {RECIPE['batch_size']}, 1 warm-up epoch + cosine to 0, weight decay "
+        f"Recipe: Adam lr {RECIPE['lr']}, batch {RECIPE['batch_size']} (rows with another batch ran the earlier recipe), "
+        "1 warm-up epoch + cosine to 0, weight decay "
         f"{RECIPE['weight_decay']}, random crop (pad 3) + horizontal flip. Machine: {env.get('machine', '')}.",
         "",
-        "| model | loss | bits | epochs (best) | params | val mAP | test mAP@all | test mAP@1000 | P@1000 | s/epoch (train) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | loss | bits | batch | epochs (best) | params | val mAP | test mAP@all | test mAP@1000 | P@1000 | s/epoch (train) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in ROWS:
         r = results.get(row)
         if not r:
             continue
-        lines.append(f"| {r['model']} | {r['loss']} | {r['bits']} | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
+        lines.append(f"| {r['model']} | {r['loss']} | {r['bits']} | {r.get('recipe', {}).get('batch_size', '?')} | "
+                     f"{r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
                      f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
                      f"{r['train_seconds_per_epoch']:.1f} |")
-    lines += ["", f"s/epoch is wall time with {env.get('threads')} torch thread(s) at nice 10 on 2 CPU cores shared with "
-              "other jobs (load average 4-12 during the runs), so it is an upper bound, not a speed measurement.",
+    lines += ["", f"s/epoch is wall time with {env.get('threads')} torch thread(s) on 2 CPU cores shared with "
+              "other jobs (load average 3-12 during the runs), so it is an upper bound, not a speed measurement.",
               "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`", ""]
     (RESULTS / "base_models.md").write_text("\n".join(lines))
 
