@@ -236,8 +236,9 @@ def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluste
     try:
         # once the first candidates are in, kill an actor while it scores (adaptive BN: ~0.2 s each)
         _wait(lambda: len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) >= 8, proc, "candidates")
-        _kill_first("ray::RankerWorker.score", killed_rank, stop)
+        threading.Thread(target=_kill_first, args=("ray::RankerWorker.score", killed_rank, stop), daemon=True).start()
         _wait(lambda: _phase(_study(url, name).user_attrs, "search") is not None, proc, "the end of the search")
+        assert killed_rank, "the search ended before a scoring actor could be killed"
         threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop), daemon=True).start()
         assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
     finally:
