@@ -335,7 +335,6 @@ def test_lease_claim_is_atomic_among_many_racers(tmp_path):
     name = _submit(tmp_path, url, _spec("race"))
     storages = [optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}) for _ in range(8)]
     sid = _study(url, name)._study_id
-    leases = [st.Lease(s, sid, f"racer-{i}", ttl=30.0) for i, s in enumerate(storages)]
     go = threading.Event()
     won: list[str] = []
 
@@ -344,28 +343,21 @@ def test_lease_claim_is_atomic_among_many_racers(tmp_path):
         if lease.try_acquire():
             won.append(lease.holder)
 
-    threads = [threading.Thread(target=claim, args=(le,)) for le in leases]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join()
-    assert len(won) == 1, won  # first round: nobody had created the lease row yet (INSERT race)
-    for le in leases:
-        le.release()
-    # second round: the row exists and is free (UPDATE ... WHERE value_json = <read> race)
-    leases = [st.Lease(s, sid, f"racer2-{i}", ttl=30.0) for i, s in enumerate(storages)]
-    go.clear()
-    won.clear()
-    threads = [threading.Thread(target=claim, args=(le,)) for le in leases]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join()
-    assert len(won) == 1, won
-    for le in leases:
-        le.release()
+    # round 1: nobody has created the lease row yet (INSERT race);
+    # round 2: the row exists and is free (UPDATE ... WHERE value_json = <read> race)
+    for rnd in (1, 2):
+        leases = [st.Lease(s, sid, f"racer{rnd}-{i}", ttl=30.0) for i, s in enumerate(storages)]
+        go.clear()
+        won.clear()
+        threads = [threading.Thread(target=claim, args=(le,)) for le in leases]
+        for t in threads:
+            t.start()
+        go.set()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, (rnd, won)
+        for le in leases:
+            le.release()
 
 
 @pytest.fixture

@@ -343,6 +343,7 @@ class RankerPool:
         enc_ref = ray_mod.put(ctx.encoder_state)
         splits_ref = ray_mod.put(splits)
         self.ray = ray_mod
+        self.ctx, self.name = ctx, name
         self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref) for _ in range(max(1, n))]
         self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
@@ -361,6 +362,14 @@ class RankerPool:
     def node_of(self, i: int) -> str:
         """The node that scored item i of the last batch."""
         return self.nodes[i % len(self.nodes)]
+
+    def replace(self, crashes: int, exc: BaseException, what: str) -> "RankerPool":
+        """After a worker failure (the `crashes`-th of the phase): a fresh pool, or RuntimeError
+        once more than MAX_POOL_CRASHES failures say the cause is not a passing one."""
+        if crashes > MAX_POOL_CRASHES:
+            raise RuntimeError(f"{what}: Ray workers failed {crashes} times; last: {_first_line(exc)}") from None
+        self.close()
+        return RankerPool(self.ctx, self.ray, self.name, len(self.actors))
 
     def close(self) -> None:
         for a in self.actors:
@@ -389,10 +398,7 @@ def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, f
             except ray_mod.exceptions.RayError as exc:
                 crashes += 1
                 ctx.reporter.log(f"{name}: a Ray worker failed ({_first_line(exc)}); retrying the chunk")
-                if crashes > MAX_POOL_CRASHES:
-                    raise RuntimeError(f"{name}: Ray workers failed {crashes} times; last: {_first_line(exc)}") from None
-                pool.close()
-                pool = RankerPool(ctx, ray_mod, name, ctx.workers)
+                pool = pool.replace(crashes, exc, name)
                 continue
             i += len(part)
             ctx.check()
@@ -522,10 +528,7 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                     study.tell(t, state=optuna.trial.TrialState.FAIL)
                 n = requeue(study, [study._storage.get_trial(t._trial_id) for t in trials])
                 ctx.reporter.log(f"search: {reason}; {len(trials)} candidates FAIL, {n} re-queued")
-                if crashes > MAX_POOL_CRASHES:
-                    raise RuntimeError(f"search: Ray workers failed {crashes} times; last: {_first_line(exc)}") from None
-                pool.close()
-                pool = RankerPool(ctx, ray_mod, ranker, ctx.workers)
+                pool = pool.replace(crashes, exc, "search")
                 continue
             for i, (t, s, a, score) in enumerate(zip(trials, strategies, attrs, scores)):
                 for key, val in a["constraints"].items():
