@@ -297,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     def save(block: dict[str, Any]) -> None:
         # re-read and merge right before writing: several invocations (nets) may run side by side
         doc = json.loads(args.results.read_text()) if args.results.exists() else {}
-        doc.setdefault("runs", {})[f"{block['model']}@{block['budget']}"] = block
+        key = f"{block['model']}@{block['budget']}"
+        prev = doc.setdefault("runs", {}).get(key)
+        if prev and prev.get("base_checkpoint") == block["base_checkpoint"]:
+            # a later call with other --methods adds rows to the same net@budget, it does not drop them
+            block["methods"] = {**prev.get("methods", {}), **block["methods"]}
+        doc["runs"][key] = block
         args.results.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.results.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1, default=str))
