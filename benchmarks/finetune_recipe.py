@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     base = model_from_checkpoint(read_checkpoint(args.base))
     block = json.loads(args.results.read_text())["runs"][args.key]
     budget = float(block["budget"])
-    ex = torch.zeros(1, 1, 28, 28)
+    splits = make_splits(load_dataset("fashion-mnist"))
+    ex = torch.zeros(1, *splits.input_shape)
     g = ChannelGraph.from_model(base, ex)
     if args.structure == "acp":
         net = prune(base, PruningStrategy(g, block["methods"]["acpsearch"]["ratios"], criterion="l1"), ex)
@@ -52,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         net = sq.tp_global_magnitude(base, ex, budget)
     else:
         net = prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, budget), criterion="l1"), ex)
-    splits = make_splits(load_dataset("fashion-mnist"))
     t0 = time.perf_counter()
     res = train_hash_net(net, splits, loss="csq", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          seed=args.seed, progress=False, num_threads=1, augment=args.augment, hflip=args.augment)

@@ -197,16 +197,14 @@ def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list
     def pruned(strategy: Any) -> Callable[[], torch.nn.Module]:
         return lambda: prune(base, strategy, ex)
 
-    if "acpsearch" in methods:
-        t0 = time.perf_counter()
-        res = run_acpsearch(args, Path(args.base), workdir)
-        strat = PruningStrategy(g, res["ratios"], criterion="l1")
-        record("acpsearch", res, t0, pruned(strat))
-    if "acpsearch_rerank" in methods:  # the spec's optional re-ranking: does it pay?
-        t0 = time.perf_counter()
-        res = run_acpsearch(args, Path(args.base), workdir, rerank="adaptive_bn")
-        res["rerank_top"] = args.rerank_top
-        record("acpsearch_rerank", res, t0, pruned(PruningStrategy(g, res["ratios"], criterion="l1")))
+    # acpsearch_rerank: the spec's optional re-ranking (does it pay?)
+    for name, rerank in (("acpsearch", None), ("acpsearch_rerank", "adaptive_bn")):
+        if name in methods:
+            t0 = time.perf_counter()
+            res = run_acpsearch(args, Path(args.base), workdir, rerank=rerank)
+            if rerank is not None:
+                res["rerank_top"] = args.rerank_top
+            record(name, res, t0, pruned(PruningStrategy(g, res["ratios"], criterion="l1")))
     if "uniform_l1" in methods:
         t0 = time.perf_counter()
         keep = uniform_keep(g, budget)
