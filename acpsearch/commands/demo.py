@@ -33,9 +33,9 @@ def demo_spec(dataset: str, name: str, checkpoint: str | None, quick: bool = Fal
         "train": {"loss": "csq", "epochs": 2 if quick else 12, "lr": 0.002, "batch_size": 128},
         "budget": {"flops": 0.5},
         "space": {"step": 0.1, "min_keep": 0.2, "criterion": "l1"},
-        "encoder": {"objective": "effect", "epochs": 5 if quick else 60, "strategies": 64 if quick else 128},
+        "encoder": {"objective": "effect", "epochs": 5 if quick else 60, "strategies": 32 if quick else 64},
         "search": {"candidates": 40 if quick else 300, "sampler": "tpe", "workers": 2, "seed": 0},
-        "finetune": {"top": 2 if quick else 4, "epochs": 1 if quick else 4, "lr": 0.001, "early_stop": "asha"},
+        "finetune": {"top": 2 if quick else 3, "epochs": 1 if quick else 4, "lr": 0.001, "early_stop": "asha"},
     }
 
 
