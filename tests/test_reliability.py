@@ -201,13 +201,18 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
 
 
 # --- killed Ray workers --------------------------------------------------------------------------
-def _kill_first(prefix: str, done: list[str], stop: threading.Event) -> None:
-    """Background killer: SIGKILL the first Ray worker process whose title starts with `prefix`."""
+def _kill_first(prefix: str, done: list[str], stop: threading.Event, session_dir: str) -> None:
+    """Background killer: SIGKILL the first Ray worker process whose title starts with `prefix`
+    and whose raylet (its parent) belongs to `session_dir`, the test's own cluster: another Ray
+    on the same machine (a benchmark, a second test run) must not lose its workers."""
     while not stop.is_set():
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or []).strip()
             if cmd.startswith(prefix):
                 try:
+                    parent = p.parent()
+                    if parent is None or session_dir not in " ".join(parent.cmdline()):
+                        continue
                     p.kill()
                     done.append(f"{p.info['pid']} {cmd}")
                     return
@@ -231,15 +236,16 @@ def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluste
     log = tmp_path / "runner.log"
     proc = _start(["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "a")], log)
     stop = threading.Event()
+    session = cluster.head_node.get_session_dir_path()
     killed_rank: list[str] = []
     killed_tune: list[str] = []
     try:
         # once the first candidates are in, kill an actor while it scores (adaptive BN: ~0.2 s each)
         _wait(lambda: len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) >= 8, proc, "candidates")
-        threading.Thread(target=_kill_first, args=("ray::RankerWorker.score", killed_rank, stop), daemon=True).start()
+        threading.Thread(target=_kill_first, args=("ray::RankerWorker.score", killed_rank, stop, session), daemon=True).start()
         _wait(lambda: _phase(_study(url, name).user_attrs, "search") is not None, proc, "the end of the search")
         assert killed_rank, "the search ended before a scoring actor could be killed"
-        threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop), daemon=True).start()
+        threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop, session), daemon=True).start()
         assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
     finally:
         stop.set()
