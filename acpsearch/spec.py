@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from acpsearch.errors import SpecError
 
@@ -110,13 +111,28 @@ class DataSpec(_Section):
         return self
 
 
-class TrainSpec(_Section):
+class _Augmentation(_Section):
+    """Sections that train with `augment` (random crop after zero padding by 1/8 of the image
+    side) and `hflip` (random horizontal flip, only with augment: wrong for digits, right for
+    clothes and photos)."""
+
+    @field_validator("hflip", check_fields=False)
+    @classmethod
+    def _flip_needs_augment(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not info.data.get("augment", False):
+            raise ValueError("true needs augment: true (the flip is part of the augmentation)")
+        return v
+
+
+class TrainSpec(_Augmentation):
     """How the base network is trained when model.checkpoint is not given."""
 
     loss: Literal["csq", "hashnet", "dpsh"] = "csq"
     epochs: Count = 20
     lr: LearningRate = 0.001
     batch_size: Count = 128
+    augment: bool = False
+    hflip: bool = False
 
 
 class BudgetSpec(_Section):
@@ -181,12 +197,17 @@ class SearchSpec(_Section):
     elite: Count = 16  # how many of the best candidates set the narrowed ranges
 
 
-class FinetuneSpec(_Section):
+class FinetuneSpec(_Augmentation):
+    """How the finalists are fine-tuned; `augment` lets them use the base network's recipe
+    (whether it pays depends on the structure: benchmarks/results/finetune_recipe_aug8.jsonl)."""
+
     top: Count = 4
     epochs: Count = 5
     lr: LearningRate = 0.001
     batch_size: Count = 128
     early_stop: Literal["asha"] | None = "asha"
+    augment: bool = False
+    hflip: bool = False
 
 
 class StudySpec(_Section):

@@ -52,7 +52,8 @@ def finetune_and_eval(net: torch.nn.Module, splits: Any, args: argparse.Namespac
                       seed: int | None = None) -> dict[str, Any]:
     """The shared fine-tuning budget and the shared evaluation."""
     res = train_hash_net(net, splits, loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed if seed is None else seed, progress=False, num_threads=args.threads)
+                         seed=args.seed if seed is None else seed, progress=False, num_threads=args.threads,
+                         augment=args.augment, hflip=args.augment)
     ev = evaluate(res.model, splits)
     cost = measure_cost(res.model, torch.zeros(*shape))
     return {"model": res.model, "val_map": float(res.best_val_map), "test_map": float(ev["map_all"]),
@@ -109,7 +110,7 @@ def run_acpsearch(args: argparse.Namespace, base_path: Path, workdir: Path, rera
         "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed, "rerank": rerank,
                    "rerank_top": args.rerank_top},
         "finetune": {"top": args.top, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                     "early_stop": None},
+                     "early_stop": None, "augment": args.augment, "hflip": args.augment},
         "train": {"loss": args.loss},
     })
     url = f"sqlite:///{workdir / 'search_quality.db'}"
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-keep", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--augment", action="store_true",
+                    help="fine-tune every method with random crop + horizontal flip (the base's recipe)")
     ap.add_argument("--loss", default="csq")
     ap.add_argument("--base-epochs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
@@ -292,10 +295,29 @@ def main(argv: list[str] | None = None) -> int:
                              seed=args.seed, progress=False).model
         args.base = save_checkpoint(workdir / "base.pt", net, {"zoo": args.model, "kwargs": kw}, shape)
 
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    recipe = ("epochs", "lr", "batch_size", "loss", "augment")
+
+    def other_recipe(doc: dict[str, Any], key: str) -> bool:
+        # rows fine-tuned with another recipe are not comparable: never mix them in one block
+        prev = doc.get("runs", {}).get(key)
+        return bool(prev) and any(prev.get("protocol", {}).get(k, False) != getattr(args, k) for k in recipe)
+
+    old = json.loads(args.results.read_text()) if args.results.exists() else {}
+    for key in [f"{args.model}@{b}" for b in budgets]:
+        if other_recipe(old, key):  # say so before hours of work, not after
+            print(f"{args.results}: {key} was fine-tuned with another recipe ({', '.join(recipe)}); "
+                  "write to another file with --results", file=sys.stderr)
+            return 2
+
     def save(block: dict[str, Any]) -> None:
         # re-read and merge right before writing: several invocations (nets) may run side by side
         doc = json.loads(args.results.read_text()) if args.results.exists() else {}
         key = f"{block['model']}@{block['budget']}"
+        if other_recipe(doc, key):  # written meanwhile by another invocation: keep both
+            args.results = args.results.with_name(f"{args.results.stem}-{os.getpid()}.json")
+            print(f"{key}: another recipe's rows appeared meanwhile; writing {args.results} instead", file=sys.stderr)
+            doc = json.loads(args.results.read_text()) if args.results.exists() else {}
         prev = doc.setdefault("runs", {}).get(key)
         if prev and prev.get("base_checkpoint") == block["base_checkpoint"]:
             # a later call with other --methods adds rows to the same net@budget, it does not drop them
@@ -309,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         md.write_text(render_markdown(doc))
         md.replace(args.results.with_suffix(".md"))
 
-    for budget in [float(b) for b in args.budgets.split(",") if b.strip()]:
+    for budget in budgets:
         run_budget(args, budget, splits, shape, workdir, save)
     print(f"results: {args.results}")
     return 0

@@ -144,13 +144,14 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     url = f"sqlite:///{root / 'studies.db'}"
     base = train_tiny_base(root / "base.pt")
     spec_a = copy.deepcopy(TINY_SPEC)
-    spec_a["name"] = "tiny-a"  # trains its base network with train:
+    spec_a["name"] = "tiny-a"  # trains its base network with train: (with augmentation)
+    spec_a["train"]["augment"] = True
     spec_b = copy.deepcopy(TINY_SPEC)
     spec_b["name"] = "tiny-b"  # starts from a trained checkpoint
     spec_b["model"]["checkpoint"] = str(base)
     spec_b["search"] = {"candidates": 16, "sampler": "random", "workers": 2, "seed": 1, "ranker": "l1_retained",
                         "rerank": "adaptive_bn", "rerank_top": 4}
-    spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None}
+    spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None, "augment": True}
     paths = []
     for spec in (spec_a, spec_b):
         p = root / f"{spec['name']}.yaml"

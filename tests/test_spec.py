@@ -33,6 +33,7 @@ def test_minimal_spec_gets_design_defaults():
     assert s.search.candidates == 500 and s.search.sampler == "tpe" and s.search.workers == 2
     assert s.search.rerank is None and s.search.rerank_top == 32 and s.search.rounds == 2 and s.search.elite == 16
     assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
+    assert not (s.train.augment or s.train.hflip or s.finetune.augment or s.finetune.hflip)
     assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
 
 
@@ -58,6 +59,9 @@ def test_minimal_spec_gets_design_defaults():
     ("data.dataset", "imagenet", "spec: data.dataset: input should be"),
     ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be >= 1, got 0"),
     ("name", "bad name!", "spec: name: must match"),
+    ("finetune.hflip", True, "spec: finetune.hflip: true needs augment: true"),
+    ("train.hflip", True, "spec: train.hflip: true needs augment: true"),
+    ("finetune.augment", "yes", "spec: finetune.augment: input should be a valid boolean, got 'yes'"),
 ])
 def test_bad_values_name_the_field(path, value, message):
     with pytest.raises(SpecError) as exc:
@@ -134,3 +138,17 @@ def test_shipped_specs_cover_the_issue():
         for pct in (50, 25):
             assert f"{model}-fashion-mnist-{pct}flops" in names
     assert any("cifar10" in n for n in names)
+
+
+def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
+    """The finalists' fine-tune uses the spec's augmentation; a spec stored before the field
+    existed (no augment / hflip keys) fine-tunes without it instead of failing."""
+    from acpsearch.search.tasks import finetune_recipe
+
+    spec = parse_spec(_with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True})).to_dict()
+    assert finetune_recipe(spec) == {"loss": "csq", "epochs": 3, "lr": 0.002, "batch_size": 128, "seed": 0,
+                                     "augment": True, "hflip": True}
+    for key in ("augment", "hflip"):
+        del spec["finetune"][key]
+    old = finetune_recipe(spec)
+    assert old["augment"] is False and old["hflip"] is False and old["epochs"] == 3

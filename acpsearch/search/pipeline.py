@@ -245,7 +245,7 @@ def phase_base(ctx: Context) -> None:
 
             res = train_hash_net(model, ctx.splits, loss=tr.loss, epochs=tr.epochs, lr=tr.lr,
                                  batch_size=tr.batch_size, seed=ctx.spec.data.protocol.seed, progress=False,
-                                 callback=on_epoch)
+                                 augment=tr.augment, hflip=tr.hflip, callback=on_epoch)
             model = res.model
             trained = {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2),
                        "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history]}

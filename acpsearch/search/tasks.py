@@ -169,9 +169,16 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
         tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node})
         return False
 
-    train_hash_net(net, splits, loss=spec["train"]["loss"], epochs=int(ft["epochs"]), lr=float(ft["lr"]),
-                   batch_size=int(ft["batch_size"]), seed=int(spec["search"]["seed"]), progress=False,
-                   callback=on_epoch)
+    train_hash_net(net, splits, progress=False, callback=on_epoch, **finetune_recipe(spec))
+
+
+def finetune_recipe(spec: dict[str, Any]) -> dict[str, Any]:
+    """train_hash_net keyword arguments of a finalist's fine-tune, from a stored spec dict (specs
+    stored before `finetune.augment` existed lack it: they fine-tune without augmentation)."""
+    ft = spec["finetune"]
+    return {"loss": spec["train"]["loss"], "epochs": int(ft["epochs"]), "lr": float(ft["lr"]),
+            "batch_size": int(ft["batch_size"]), "seed": int(spec["search"]["seed"]),
+            "augment": bool(ft.get("augment", False)), "hflip": bool(ft.get("hflip", False))}
 
 
 def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, latency: bool = True,
