@@ -50,9 +50,16 @@ def _learning_rate(v: float) -> float:
     return v
 
 
+def _loss_weight(v: float) -> float:
+    if not (0.0 <= v <= 100.0):  # NaN fails this too
+        raise ValueError(f"must be in [0, 100], got {_fmt(v)}")
+    return v
+
+
 # Field types that carry their range check, so each section only declares its fields.
 Count = Annotated[int, AfterValidator(_at_least_one)]
 LearningRate = Annotated[float, AfterValidator(_learning_rate)]
+LossWeight = Annotated[float, AfterValidator(_loss_weight)]
 
 
 class _Section(BaseModel):
@@ -199,7 +206,9 @@ class SearchSpec(_Section):
 
 class FinetuneSpec(_Augmentation):
     """How the finalists are fine-tuned; `augment` lets them use the base network's recipe
-    (whether it pays depends on the structure: benchmarks/results/finetune_recipe_aug8.jsonl)."""
+    (whether it pays depends on the structure: benchmarks/results/finetune_recipe_aug8.jsonl);
+    `distill` > 0 adds that weight times the distance of the finalist's codes to the unpruned
+    network's (MSE of tanh outputs) to the hash loss."""
 
     top: Count = 4
     epochs: Count = 5
@@ -208,6 +217,7 @@ class FinetuneSpec(_Augmentation):
     early_stop: Literal["asha"] | None = "asha"
     augment: bool = False
     hflip: bool = False
+    distill: LossWeight = 0.0
 
 
 class StudySpec(_Section):

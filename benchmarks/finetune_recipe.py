@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--augment", action="store_true", help="random crop + horizontal flip (the base recipe)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of the code distillation from the base")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     base = model_from_checkpoint(read_checkpoint(args.base))
@@ -55,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         net = prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, budget), criterion="l1"), ex)
     t0 = time.perf_counter()
     res = train_hash_net(net, splits, loss="csq", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed, progress=False, num_threads=1, augment=args.augment, hflip=args.augment)
+                         seed=args.seed, progress=False, num_threads=1, augment=args.augment, hflip=args.augment,
+                         teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
+                         distill=args.distill)
     ev = evaluate(res.model, splits)
     print(json.dumps({"structure": args.structure, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
-                      "augment": args.augment, "seed": args.seed, "val_map": round(res.best_val_map, 4),
+                      "augment": args.augment, "distill": args.distill, "seed": args.seed, "val_map": round(res.best_val_map, 4),
                       "test_map": round(float(ev["map_all"]), 4),
                       "val_per_epoch": [round(h["val_map"], 4) for h in res.history],
                       "seconds": round(time.perf_counter() - t0)}))

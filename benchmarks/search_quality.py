@@ -53,7 +53,8 @@ def finetune_and_eval(net: torch.nn.Module, splits: Any, args: argparse.Namespac
     """The shared fine-tuning budget and the shared evaluation."""
     res = train_hash_net(net, splits, loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          seed=args.seed if seed is None else seed, progress=False, num_threads=args.threads,
-                         augment=args.augment, hflip=args.augment)
+                         augment=args.augment, hflip=args.augment, distill=args.distill,
+                         teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None)
     ev = evaluate(res.model, splits)
     cost = measure_cost(res.model, torch.zeros(*shape))
     return {"model": res.model, "val_map": float(res.best_val_map), "test_map": float(ev["map_all"]),
@@ -110,7 +111,8 @@ def run_acpsearch(args: argparse.Namespace, base_path: Path, workdir: Path, rera
         "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed, "rerank": rerank,
                    "rerank_top": args.rerank_top},
         "finetune": {"top": args.top, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                     "early_stop": None, "augment": args.augment, "hflip": args.augment},
+                     "early_stop": None, "augment": args.augment, "hflip": args.augment,
+                     "distill": args.distill},
         "train": {"loss": args.loss},
     })
     url = f"sqlite:///{workdir / 'search_quality.db'}"
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--augment", action="store_true",
                     help="fine-tune every method with random crop + horizontal flip (the base's recipe)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="fine-tune every method with this weight of code distillation from the base network")
     ap.add_argument("--loss", default="csq")
     ap.add_argument("--base-epochs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         args.base = save_checkpoint(workdir / "base.pt", net, {"zoo": args.model, "kwargs": kw}, shape)
 
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    recipe = ("epochs", "lr", "batch_size", "loss", "augment")
+    recipe = ("epochs", "lr", "batch_size", "loss", "augment", "distill")
 
     def other_recipe(doc: dict[str, Any], key: str) -> bool:
         # rows fine-tuned with another recipe are not comparable: never mix them in one block

@@ -34,6 +34,7 @@ def test_minimal_spec_gets_design_defaults():
     assert s.search.rerank is None and s.search.rerank_top == 32 and s.search.rounds == 2 and s.search.elite == 16
     assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
     assert not (s.train.augment or s.train.hflip or s.finetune.augment or s.finetune.hflip)
+    assert s.finetune.distill == 0.0
     assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
 
 
@@ -62,6 +63,8 @@ def test_minimal_spec_gets_design_defaults():
     ("finetune.hflip", True, "spec: finetune.hflip: true needs augment: true"),
     ("train.hflip", True, "spec: train.hflip: true needs augment: true"),
     ("finetune.augment", "yes", "spec: finetune.augment: input should be a valid boolean, got 'yes'"),
+    ("finetune.distill", -0.5, "spec: finetune.distill: must be in [0, 100], got -0.5"),
+    ("finetune.distill", float("nan"), "spec: finetune.distill: must be in [0, 100], got nan"),
 ])
 def test_bad_values_name_the_field(path, value, message):
     with pytest.raises(SpecError) as exc:
@@ -145,10 +148,11 @@ def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
     existed (no augment / hflip keys) fine-tunes without it instead of failing."""
     from acpsearch.search.tasks import finetune_recipe
 
-    spec = parse_spec(_with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True})).to_dict()
+    spec = parse_spec(_with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True,
+                                         "distill": 2.5})).to_dict()
     assert finetune_recipe(spec) == {"loss": "csq", "epochs": 3, "lr": 0.002, "batch_size": 128, "seed": 0,
-                                     "augment": True, "hflip": True}
-    for key in ("augment", "hflip"):
+                                     "augment": True, "hflip": True, "distill": 2.5}
+    for key in ("augment", "hflip", "distill"):
         del spec["finetune"][key]
     old = finetune_recipe(spec)
-    assert old["augment"] is False and old["hflip"] is False and old["epochs"] == 3
+    assert old["augment"] is False and old["hflip"] is False and old["distill"] == 0.0 and old["epochs"] == 3

@@ -156,17 +156,26 @@ def train_hash_net(
     channels_last: bool = True,
     loss_kwargs: dict[str, Any] | None = None,
     num_threads: int | None = None,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> TrainResult:
     """Train (or fine-tune) `model` in place with a hash loss; returns the best-by-validation model.
 
     max_batches bounds the optimizer steps over the whole run (the cosine schedule spans them);
-    time_budget_s stops after the epoch that exceeds it; callback(epoch, val_map) -> True stops."""
+    time_budget_s stops after the epoch that exceeds it; callback(epoch, val_map) -> True stops.
+    teacher + distill > 0 adds distill * MSE(tanh(student), tanh(teacher)) on the same (augmented)
+    batch: a pruned network fine-tuned on a small training set keeps the unpruned network's codes
+    instead of only chasing the hash centres (the teacher is frozen, in eval mode)."""
     if epochs < 1:
         raise SpecError(f"train.epochs: must be >= 1, got {epochs}")
     if lr <= 0 or not math.isfinite(lr):
         raise SpecError(f"train.lr: must be a positive number, got {lr}")
     if batch_size < 1:
         raise SpecError(f"train.batch_size: must be >= 1, got {batch_size}")
+    if distill < 0 or not math.isfinite(distill):
+        raise SpecError(f"finetune.distill: must be a number >= 0, got {distill}")
+    if distill > 0 and teacher is None:
+        raise SpecError("finetune.distill: needs the unpruned network as teacher")
     if num_threads:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
@@ -177,6 +186,14 @@ def train_hash_net(
     criterion = get_loss(loss, bits, splits.num_classes, **(loss_kwargs or {})) if isinstance(loss, str) else loss
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if teacher is not None and distill > 0:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
+    else:
+        teacher = None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -216,8 +233,13 @@ def train_hash_net(
                 xb, yb = X[idx], y[idx]
                 if augment and xb.ndim == 4:
                     xb = augment_batch(xb, gen, pad, hflip)
-                out = _output(model(_to_input(xb, channels_last)))
+                xin = _to_input(xb, channels_last)
+                out = _output(model(xin))
                 lval = criterion(out, yb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        target = torch.tanh(_output(teacher(xin)))
+                    lval = lval + distill * F.mse_loss(torch.tanh(out), target)
                 opt.zero_grad(set_to_none=True)
                 lval.backward()
                 opt.step()

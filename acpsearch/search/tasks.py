@@ -169,16 +169,20 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
         tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node})
         return False
 
-    train_hash_net(net, splits, progress=False, callback=on_epoch, **finetune_recipe(spec))
+    recipe = finetune_recipe(spec)
+    teacher = model_from_checkpoint(ckpt, source="base network") if recipe["distill"] > 0 else None
+    train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **recipe)
 
 
 def finetune_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     """train_hash_net keyword arguments of a finalist's fine-tune, from a stored spec dict (specs
-    stored before `finetune.augment` existed lack it: they fine-tune without augmentation)."""
+    stored before `finetune.augment` / `finetune.distill` existed lack them: they fine-tune
+    without augmentation and without distillation)."""
     ft = spec["finetune"]
     return {"loss": spec["train"]["loss"], "epochs": int(ft["epochs"]), "lr": float(ft["lr"]),
             "batch_size": int(ft["batch_size"]), "seed": int(spec["search"]["seed"]),
-            "augment": bool(ft.get("augment", False)), "hflip": bool(ft.get("hflip", False))}
+            "augment": bool(ft.get("augment", False)), "hflip": bool(ft.get("hflip", False)),
+            "distill": float(ft.get("distill", 0.0))}
 
 
 def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, latency: bool = True,
