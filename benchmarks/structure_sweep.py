@@ -1,0 +1,351 @@
+"""Search quality with many fine-tuning seeds and longer recipes: every method's candidate
+structures are prepared here (CPU), fine-tuned on an accelerator (or here), then reported.
+
+Why a second benchmark beside search_quality.py: on 2 CPU cores one 4-epoch fine-tune costs ~30 s,
+so search_quality.py affords 3 seeds of one recipe, and its margins (0.1-0.3 pt) sit inside the
+seed noise. A GPU runs the same fine-tune function (`train_hash_net`, on the model's device) in a
+few seconds, so every candidate of every method can be fine-tuned with several seeds and recipes.
+
+    prepare  (CPU, needs Ray + Torch-Pruning) runs the methods' *selection* parts on one base and budget:
+             acpsearch   a real study through the service (encoder, search, rerank off); its
+                         finalists = the top-m candidates it would fine-tune (the study's own
+                         fine-tune runs 1 epoch only, its result is not used here)
+             random      m random strategies of the same dynamic space (search_quality's seed)
+             adaptive_bn top-m of --abn-candidates random strategies by adaptive-BN val mAP (EagleEye)
+             tp_global_mag, uniform_l1   one structure each, as in search_quality.py
+             and writes DIR/structures.pt (pruned modules, before fine-tuning), DIR/meta.json, and
+             copies of the base checkpoint and the Fashion-MNIST IDX files (so DIR alone travels).
+    run      (any device) fine-tunes every (candidate, recipe, seed) job, --jobs processes sharing
+             the device, in priority order (seed, then recipe, then candidate) until --deadline;
+             appends one JSON line per job to --out.
+    report   per recipe and method: the candidate chosen on seed-0 VALIDATION mAP (best-of-m
+             methods), its test mAP@all on seed 0 and over all seeds; writes --md.
+
+Honest selection: the test column never chooses anything. A recipe is not chosen by test either:
+all recipes run are reported.
+
+    .venv/bin/python benchmarks/structure_sweep.py prepare --base benchmarks/cache/resnet20_csq32_fmnist.pt \
+        --budget 0.5 --dir .gpu/r20-50
+    python3 benchmarks/structure_sweep.py run --dir .gpu/r20-50 --recipes ft4,kd16,base40 --seeds 3 \
+        --jobs 8 --deadline 480 --out $OUT/sweep.jsonl           # on the device machine
+    .venv/bin/python benchmarks/structure_sweep.py report benchmarks/results/structure_sweep.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# name -> train_hash_net keyword arguments. ft4 is search_quality.py's budget (4 epochs, batch 128);
+# kd16 a longer fine-tune with the base's augmentation and code distillation from the base;
+# base40 the base network's own training recipe, applied to the pruned network.
+RECIPES: dict[str, dict[str, Any]] = {
+    "ft4": {"epochs": 4, "lr": 1e-3, "batch_size": 128},
+    "kd16": {"epochs": 16, "lr": 1e-3, "batch_size": 32, "augment": True, "hflip": True, "distill": 1.0},
+    "base40": {"epochs": 40, "lr": 2e-3, "batch_size": 32, "augment": True, "hflip": True, "warmup_epochs": 1},
+    "kd40": {"epochs": 40, "lr": 2e-3, "batch_size": 32, "augment": True, "hflip": True, "warmup_epochs": 1,
+             "distill": 1.0},
+}
+PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """The top-m candidates of a real acpsearch study (the service's own search), best score first."""
+    from acpsearch.search import study as st
+    from acpsearch.search.pipeline import run_study
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import parse_spec
+
+    spec = parse_spec({
+        "name": "structure-sweep", "model": {"zoo": args.model, "bits": args.bits, "checkpoint": str(args.base)},
+        "data": {"dataset": "fashion-mnist", "protocol": PROTOCOL},
+        "budget": {"flops": args.budget}, "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
+        "encoder": {"objective": args.objective, "epochs": args.encoder_epochs, "strategies": args.encoder_strategies},
+        "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed},
+        "finetune": {"top": args.top, "epochs": 1, "early_stop": None},
+    })
+    url = f"sqlite:///{workdir / 'sweep.db'}"
+    storage = open_storage(url)
+    name = st.submit(storage, spec, f"structure-sweep-{int(time.time())}")
+    run_study(url, name, workers=args.workers, artifacts=workdir / "artifacts")
+    study = st.load_search_study(storage, name)
+    ft = st.finetune_study(storage, study).get_trials(deepcopy=False)
+    ft = sorted(ft, key=lambda t: -float(t.user_attrs.get("score") or 0.0))
+    ratios = [{k[len("keep/"):]: float(v) for k, v in t.params.items() if k.startswith("keep/")} for t in ft]
+    phases = {p: (study.user_attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
+    return ratios, {"study": name, "scores": [t.user_attrs.get("score") for t in ft], "phase_seconds": phases}
+
+
+def prepare(args: argparse.Namespace) -> int:
+    import search_quality as sq
+
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.hashing import load_dataset, make_splits
+    from acpsearch.hashing.data import FASHION_MNIST_DIR
+    from acpsearch.pruning import PruningStrategy, measure_cost, prune
+    from acpsearch.search.pipeline import make_space
+    from acpsearch.search.rankers import make_ranker
+    from acpsearch.spec import parse_spec
+
+    torch.set_num_threads(args.threads)
+    out: Path = args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    base = model_from_checkpoint(read_checkpoint(args.base))
+    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
+    ex = torch.zeros(1, *splits.input_shape)
+    g = ChannelGraph.from_model(base, ex)
+    space = make_space(parse_spec({"model": {"zoo": args.model}, "data": {"dataset": "fashion-mnist"},
+                                   "budget": {"flops": args.budget},
+                                   "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}}),
+                       g, base, ex)
+    full = g.cost()
+    nets: dict[str, torch.nn.Module] = {}
+    meta: dict[str, Any] = {"budget": args.budget, "model": args.model, "base": "base.pt", "methods": {},
+                            "candidates": {}, "top": args.top}
+    t0 = time.perf_counter()
+
+    def add(method: str, name: str, net: torch.nn.Module, **info: Any) -> None:
+        cost = measure_cost(net, ex)
+        nets[name] = net
+        meta["candidates"][name] = {"method": method, "flops_ratio": cost.flops / full.flops,
+                                    "params_ratio": cost.params / full.params, **info}
+        meta["methods"].setdefault(method, []).append(name)
+
+    ratios, info = acpsearch_finalists(args, Path(tempfile.mkdtemp(prefix="structure-sweep-")))
+    meta["acpsearch"] = {**info, "seconds": round(time.perf_counter() - t0, 1)}
+    for i, r in enumerate(ratios):
+        add("acpsearch", f"acpsearch{i}", prune(base, space.to_strategy(r), ex), ratios=r, score=info["scores"][i])
+    add("uniform_l1", "uniform_l1", prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget),
+                                                                        criterion="l1"), ex))
+    add("tp_global_mag", "tp_global_mag", sq.tp_global_magnitude(base, ex, args.budget))
+    for i, s in enumerate(space.sample_many(args.top, random.Random(args.seed + 1))):
+        add("random_best_m", f"random{i}", prune(base, s, ex), ratios=dict(s.ratios))
+    t1 = time.perf_counter()
+    pool = space.sample_many(args.abn_candidates, random.Random(args.seed + 2))
+    scores = make_ranker("adaptive_bn", model=base, splits=splits, example_input=ex).score(pool)
+    order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
+    meta["adaptive_bn"] = {"pool": len(pool), "seconds": round(time.perf_counter() - t1, 1)}
+    for rank, i in enumerate(order):
+        add("adaptive_bn", f"adaptive_bn{rank}", prune(base, pool[i], ex), ratios=dict(pool[i].ratios),
+            score=float(scores[i]))
+    torch.save(nets, out / "structures.pt")  # whole modules: this folder is a benchmark's scratch, not a product file
+    shutil.copy(args.base, out / "base.pt")
+    (out / "fmnist").mkdir(exist_ok=True)
+    for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
+        shutil.copy(f, out / "fmnist" / f.name)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(json.dumps({n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "ratios"}
+                      for n, c in meta["candidates"].items()}, indent=1))
+    return 0
+
+
+# --- run -------------------------------------------------------------------------------------------
+
+_CACHE: dict[str, Any] = {}
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tune + evaluation in a worker process (splits, structures and teacher cached per process)."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net
+
+    torch.set_num_threads(1)
+    d = job["dir"]
+    if d not in _CACHE:
+        splits = make_splits(load_dataset("fashion-mnist", str(Path(d) / "fmnist")), **PROTOCOL)
+        _CACHE[d] = (splits, torch.load(Path(d) / "structures.pt", weights_only=False),
+                     model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")))
+    splits, nets, teacher = _CACHE[d]
+    import copy
+
+    dev = torch.device(job["device"])
+    net = copy.deepcopy(nets[job["candidate"]]).to(dev)
+    kw = dict(RECIPES[job["recipe"]])
+    t0 = time.perf_counter()
+    res = train_hash_net(net, splits, loss="csq", seed=job["seed"], progress=False,
+                         teacher=copy.deepcopy(teacher).to(dev) if kw.get("distill") else None, **kw)
+    train_s = time.perf_counter() - t0
+    ev = evaluate(res.model, splits)
+    return {**{k: v for k, v in job.items() if k != "device"}, "val_map": round(float(res.best_val_map), 5),
+            "test_map": round(float(ev["map_all"]), 5), "test_map_topk": round(float(ev["map_topk"]), 5),
+            "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1),
+            "seconds": round(time.perf_counter() - t0, 1), "device_name": _device_name(dev)}
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def _worker(jobs: Any, results: Any) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        try:
+            results.put(_job(job))
+        except Exception as exc:  # a failed job is reported, the sweep goes on
+            results.put({**job, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def run(args: argparse.Namespace) -> int:
+    import multiprocessing as mp
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    done = set()
+    if args.out.exists():  # resume: skip jobs already in the results file
+        for line in args.out.read_text().splitlines():
+            r = json.loads(line)
+            if "error" not in r:
+                done.add((r["dir"], r["candidate"], r["recipe"], r["seed"]))
+    todo = []
+    for seed in range(args.seeds):  # seed 0 of every recipe first: the best-of-m choice needs it
+        for recipe in args.recipes.split(","):
+            for d in args.dir:
+                meta = json.loads((Path(d) / "meta.json").read_text())
+                for cand in meta["candidates"]:
+                    if (str(d), cand, recipe, seed) not in done:
+                        todo.append({"dir": str(d), "candidate": cand, "recipe": recipe, "seed": seed,
+                                     "budget": meta["budget"], "method": meta["candidates"][cand]["method"],
+                                     "device": device})
+    print(f"{len(todo)} jobs on {device} with {args.jobs} processes, deadline {args.deadline} s", flush=True)
+    ctx = mp.get_context("spawn")
+    jobs, results = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(jobs, results), daemon=True) for _ in range(args.jobs)]
+    for p in procs:
+        p.start()
+    t0 = time.perf_counter()
+    pending, finished, it = 0, 0, iter(todo)
+    for _ in range(args.jobs):  # keep exactly one job per process in flight, so the order is the priority
+        job = next(it, None)
+        if job is not None:
+            jobs.put(job)
+            pending += 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as fh:
+        while pending:
+            try:
+                r = results.get(timeout=max(1.0, args.deadline + args.grace - (time.perf_counter() - t0)))
+            except queue.Empty:
+                print("grace period over: the jobs still running are dropped", flush=True)
+                break
+            pending -= 1
+            finished += 1
+            fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            print(f"[{time.perf_counter() - t0:6.0f}s] {r.get('recipe')} seed {r.get('seed')} {r.get('candidate'):14s} "
+                  f"val {r.get('val_map')} test {r.get('test_map')} ({r.get('seconds')} s) {r.get('error', '')}",
+                  flush=True)
+            if time.perf_counter() - t0 < args.deadline:
+                job = next(it, None)
+                if job is not None:
+                    jobs.put(job)
+                    pending += 1
+    for p in procs:
+        p.terminate() if pending else jobs.put(None)
+    print(f"{finished} of {len(todo)} jobs done in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def report(args: argparse.Namespace) -> int:
+    rows = [json.loads(line) for f in args.results for line in Path(f).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "error" not in r]
+    metas = {d: json.loads((Path(d) / "meta.json").read_text()) for d in {r["dir"] for r in rows}
+             if (Path(d) / "meta.json").exists()}
+    by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["budget"], r["recipe"], r["method"], r["candidate"]), []).append(r)
+    lines = ["| budget | recipe | method | chosen (of m) | test mAP@all (seed 0) | mean +- std over seeds (n) | "
+             "val mAP (seed 0) | best finalist, test mean | FLOPs ratio | params ratio |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    summary = []
+    keys = sorted({(b, rc, m) for b, rc, m, _ in by}, key=lambda k: (-k[0], list(RECIPES).index(k[1]), k[2]))
+    for budget, recipe, method in keys:
+        cands = {c: rs for (b, rc, m, c), rs in by.items() if (b, rc, m) == (budget, recipe, method)}
+        for meta in metas.values():  # every prepared candidate of the method must have run
+            if meta["budget"] == budget and method in meta["methods"]:
+                cands = {c: cands.get(c, []) for c in meta["methods"][method]}
+        seed0 = {c: next((r for r in rs if r["seed"] == 0), None) for c, rs in cands.items()}
+        if any(v is None for v in seed0.values()):
+            continue  # the choice needs every candidate's seed-0 validation mAP
+        chosen = max(seed0, key=lambda c: (seed0[c]["val_map"], c))  # chosen on VALIDATION
+        tests = [r["test_map"] for r in sorted(cands[chosen], key=lambda r: r["seed"])]
+        means = {c: statistics.fmean(r["test_map"] for r in rs) for c, rs in cands.items()}
+        info = next((m["candidates"].get(chosen) for m in metas.values() if chosen in m["candidates"]), None) or {}
+        rec = {"budget": budget, "recipe": recipe, "method": method, "chosen": chosen, "of": len(cands),
+               "test_map_seed0": seed0[chosen]["test_map"], "test_maps": tests, "mean": statistics.fmean(tests),
+               "std": statistics.stdev(tests) if len(tests) > 1 else 0.0, "val_map": seed0[chosen]["val_map"],
+               "best_candidate_mean": max(means.values()), "flops_ratio": info.get("flops_ratio"),
+               "params_ratio": info.get("params_ratio")}
+        summary.append(rec)
+        fr = f"{rec['flops_ratio']:.3f}" if rec["flops_ratio"] is not None else ""
+        pr = f"{rec['params_ratio']:.3f}" if rec["params_ratio"] is not None else ""
+        lines.append(f"| {budget} | {recipe} | {method} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
+                     f"{rec['mean']:.4f} +- {rec['std']:.4f} ({len(tests)}) | {rec['val_map']:.4f} | "
+                     f"{rec['best_candidate_mean']:.4f} | {fr} | {pr} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if args.md:
+        args.md.write_text(md)
+        args.md.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--bits", type=int, default=32)
+    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--top", type=int, default=4, help="m: finalists / best-of-m / adaptive-BN top-m")
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--abn-candidates", type=int, default=32)
+    p.add_argument("--encoder-epochs", type=int, default=60)
+    p.add_argument("--encoder-strategies", type=int, default=128)
+    p.add_argument("--objective", default="effect", choices=["sacp", "effect"])
+    p.add_argument("--step", type=float, default=0.1)
+    p.add_argument("--min-keep", type=float, default=0.2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("run")
+    r.add_argument("--dir", action="append", required=True, help="a prepared folder (repeatable)")
+    r.add_argument("--recipes", default="ft4,kd16,base40")
+    r.add_argument("--seeds", type=int, default=3)
+    r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    r.add_argument("--deadline", type=float, default=480.0, help="seconds after which no new job starts")
+    r.add_argument("--grace", type=float, default=60.0, help="seconds the running jobs get after the deadline")
+    r.add_argument("--out", type=Path, required=True)
+    q = sub.add_parser("report")
+    q.add_argument("results", nargs="+", type=Path)
+    q.add_argument("--md", type=Path, default=None)
+    args = ap.parse_args(argv)
+    return {"prepare": prepare, "run": run, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
