@@ -15,9 +15,9 @@ few seconds, so every candidate of every method can be fine-tuned with several s
              tp_global_mag, uniform_l1   one structure each, as in search_quality.py
              and writes DIR/structures.pt (pruned modules, before fine-tuning), DIR/meta.json, and
              copies of the base checkpoint and the Fashion-MNIST IDX files (so DIR alone travels).
-    run      (any device) fine-tunes every (candidate, recipe, seed) job, --jobs processes sharing
-             the device, in priority order (seed, then recipe, then candidate) until --deadline;
-             appends one JSON line per job to --out.
+    run      (any device) fine-tunes every candidate with seed 0, then the val-chosen candidate of
+             each method with --seeds seeds; --jobs processes share the device; stages (recipe x
+             folder) in the order given, until --deadline; one JSON line per job in --out.
     report   per recipe and method: the candidate chosen on seed-0 VALIDATION mAP (best-of-m
              methods), its test mAP@all on seed 0 and over all seeds; writes --md.
 
@@ -53,13 +53,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # name -> train_hash_net keyword arguments. ft4 is search_quality.py's budget (4 epochs, batch 128);
 # kd16 a longer fine-tune with the base's augmentation and code distillation from the base;
-# base40 the base network's own training recipe, applied to the pruned network.
+# kd8 the same at half the length; base40 the base network's own training recipe on the pruned network.
 RECIPES: dict[str, dict[str, Any]] = {
     "ft4": {"epochs": 4, "lr": 1e-3, "batch_size": 128},
     "kd16": {"epochs": 16, "lr": 1e-3, "batch_size": 32, "augment": True, "hflip": True, "distill": 1.0},
     "base40": {"epochs": 40, "lr": 2e-3, "batch_size": 32, "augment": True, "hflip": True, "warmup_epochs": 1},
-    "kd40": {"epochs": 40, "lr": 2e-3, "batch_size": 32, "augment": True, "hflip": True, "warmup_epochs": 1,
-             "distill": 1.0},
+    "kd8": {"epochs": 8, "lr": 1e-3, "batch_size": 32, "augment": True, "hflip": True, "distill": 1.0},
 }
 PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
 
@@ -117,9 +116,14 @@ def prepare(args: argparse.Namespace) -> int:
                                    "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}}),
                        g, base, ex)
     full = g.cost()
+    from acpsearch.hashing import evaluate
+
+    bev = evaluate(base, splits)
     nets: dict[str, torch.nn.Module] = {}
     meta: dict[str, Any] = {"budget": args.budget, "model": args.model, "base": "base.pt", "methods": {},
-                            "candidates": {}, "top": args.top}
+                            "candidates": {}, "top": args.top,
+                            "base_eval": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"],
+                                          "val_map": bev["val_map"]}}
     t0 = time.perf_counter()
 
     def add(method: str, name: str, net: torch.nn.Module, **info: Any) -> None:
@@ -170,7 +174,8 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     d = job["dir"]
     if d not in _CACHE:
-        splits = make_splits(load_dataset("fashion-mnist", str(Path(d) / "fmnist")), **PROTOCOL)
+        data = job.get("data") or str(Path(d) / "fmnist")
+        splits = make_splits(load_dataset("fashion-mnist", data), **PROTOCOL)
         _CACHE[d] = (splits, torch.load(Path(d) / "structures.pt", weights_only=False),
                      model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")))
     splits, nets, teacher = _CACHE[d]
@@ -184,7 +189,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
                          teacher=copy.deepcopy(teacher).to(dev) if kw.get("distill") else None, **kw)
     train_s = time.perf_counter() - t0
     ev = evaluate(res.model, splits)
-    return {**{k: v for k, v in job.items() if k != "device"}, "val_map": round(float(res.best_val_map), 5),
+    return {**{k: v for k, v in job.items() if k not in ("device", "data")}, "val_map": round(float(res.best_val_map), 5),
             "test_map": round(float(ev["map_all"]), 5), "test_map_topk": round(float(ev["map_topk"]), 5),
             "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1),
             "seconds": round(time.perf_counter() - t0, 1), "device_name": _device_name(dev)}
@@ -202,107 +207,166 @@ def _worker(jobs: Any, results: Any) -> None:
         try:
             results.put(_job(job))
         except Exception as exc:  # a failed job is reported, the sweep goes on
-            results.put({**job, "error": f"{type(exc).__name__}: {exc}"})
+            results.put({**{k: v for k, v in job.items() if k not in ("device", "data")},
+                         "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _chosen(seed0: dict[str, dict[str, Any]]) -> str:
+    """The candidate a best-of-m method keeps: best seed-0 VALIDATION mAP (ties: the name)."""
+    return max(seed0, key=lambda c: (seed0[c]["val_map"], c))
 
 
 def run(args: argparse.Namespace) -> int:
+    """Seed 0 of every candidate, then --seeds seeds of each method's val-chosen candidate: the
+    extra seeds are spent where the report reads them. Stages (recipe x folder) run in order."""
+    import heapq
     import multiprocessing as mp
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    done = set()
-    if args.out.exists():  # resume: skip jobs already in the results file
+    recipes = args.recipes.split(",")
+    metas = {str(d): json.loads((Path(d) / "meta.json").read_text()) for d in args.dir}
+    results: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    if args.out.exists():  # resume: jobs already in the results file are not run again
         for line in args.out.read_text().splitlines():
             r = json.loads(line)
             if "error" not in r:
-                done.add((r["dir"], r["candidate"], r["recipe"], r["seed"]))
-    todo = []
-    for seed in range(args.seeds):  # seed 0 of every recipe first: the best-of-m choice needs it
-        for recipe in args.recipes.split(","):
-            for d in args.dir:
-                meta = json.loads((Path(d) / "meta.json").read_text())
-                for cand in meta["candidates"]:
-                    if (str(d), cand, recipe, seed) not in done:
-                        todo.append({"dir": str(d), "candidate": cand, "recipe": recipe, "seed": seed,
-                                     "budget": meta["budget"], "method": meta["candidates"][cand]["method"],
-                                     "device": device})
-    print(f"{len(todo)} jobs on {device} with {args.jobs} processes, deadline {args.deadline} s", flush=True)
+                results[(r["dir"], r["recipe"], r["candidate"], r["seed"])] = r
+    stages = [(d, rc) for rc in recipes for d in metas]  # recipe-major: each recipe covers every budget
+    heap: list[tuple[int, int, int, str]] = []
+    queued: set[tuple[str, str, str, int]] = set()
+
+    def push(stage: int, cand: str, seed: int) -> None:
+        d, rc = stages[stage]
+        key = (d, rc, cand, seed)
+        if key not in results and key not in queued:
+            queued.add(key)
+            heapq.heappush(heap, (stage, seed, list(metas[d]["candidates"]).index(cand), cand))
+
+    def extras(stage: int) -> None:
+        """Queue the extra seeds of every method whose seed-0 runs are all in."""
+        d, rc = stages[stage]
+        for method, cands in metas[d]["methods"].items():
+            seed0 = {c: results.get((d, rc, c, 0)) for c in cands}
+            if len(cands) == 1 or all(seed0.values()):
+                best = cands[0] if len(cands) == 1 else _chosen(seed0)
+                for seed in range(1, args.seeds):
+                    push(stage, best, seed)
+
+    for i, (d, _rc) in enumerate(stages):
+        for cand in metas[d]["candidates"]:
+            push(i, cand, 0)
+        extras(i)
+    print(f"{len(heap)} jobs to start with on {device}, {args.jobs} processes, deadline {args.deadline} s", flush=True)
     ctx = mp.get_context("spawn")
-    jobs, results = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(jobs, results), daemon=True) for _ in range(args.jobs)]
+    jobs, out_q = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(jobs, out_q), daemon=True) for _ in range(args.jobs)]
     for p in procs:
         p.start()
     t0 = time.perf_counter()
-    pending, finished, it = 0, 0, iter(todo)
-    for _ in range(args.jobs):  # keep exactly one job per process in flight, so the order is the priority
-        job = next(it, None)
-        if job is not None:
-            jobs.put(job)
+    pending = finished = 0
+
+    def submit() -> None:  # one job per idle process, so the heap order is the priority
+        nonlocal pending
+        while heap and pending < args.jobs and time.perf_counter() - t0 < args.deadline:
+            stage, seed, _, cand = heapq.heappop(heap)
+            d, rc = stages[stage]
+            jobs.put({"dir": d, "candidate": cand, "recipe": rc, "seed": seed, "budget": metas[d]["budget"],
+                      "method": metas[d]["candidates"][cand]["method"], "stage": stage, "device": device,
+                      "data": args.data})
             pending += 1
+
+    submit()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as fh:
         while pending:
             try:
-                r = results.get(timeout=max(1.0, args.deadline + args.grace - (time.perf_counter() - t0)))
+                r = out_q.get(timeout=max(1.0, args.deadline + args.grace - (time.perf_counter() - t0)))
             except queue.Empty:
                 print("grace period over: the jobs still running are dropped", flush=True)
                 break
             pending -= 1
             finished += 1
+            stage = r.pop("stage")
             fh.write(json.dumps(r) + "\n")
             fh.flush()
-            print(f"[{time.perf_counter() - t0:6.0f}s] {r.get('recipe')} seed {r.get('seed')} {r.get('candidate'):14s} "
+            print(f"[{time.perf_counter() - t0:6.0f}s] {r['recipe']} seed {r['seed']} {r['candidate']:14s} "
                   f"val {r.get('val_map')} test {r.get('test_map')} ({r.get('seconds')} s) {r.get('error', '')}",
                   flush=True)
-            if time.perf_counter() - t0 < args.deadline:
-                job = next(it, None)
-                if job is not None:
-                    jobs.put(job)
-                    pending += 1
+            if "error" not in r:
+                results[(r["dir"], r["recipe"], r["candidate"], r["seed"])] = r
+                if r["seed"] == 0:
+                    extras(stage)
+            submit()
     for p in procs:
-        p.terminate() if pending else jobs.put(None)
-    print(f"{finished} of {len(todo)} jobs done in {time.perf_counter() - t0:.0f} s",
+        if pending:
+            p.terminate()
+        else:
+            jobs.put(None)
+    print(f"{finished} jobs done in {time.perf_counter() - t0:.0f} s; {len(heap)} not started, {pending} dropped",
           flush=True)
     return 0
 
 
 # --- report ----------------------------------------------------------------------------------------
 
+METHOD_ORDER = ("acpsearch", "tp_global_mag", "uniform_l1", "random_best_m", "adaptive_bn")
+
+
+def _meta_of(d: str, results_file: Path) -> dict[str, Any] | None:
+    """A prepared folder's meta.json, or its copy beside the results (<folder name>.meta.json)."""
+    for f in (Path(d) / "meta.json", results_file.with_name(f"{Path(d).name}.meta.json")):
+        if f.exists():
+            return json.loads(f.read_text())
+    return None
+
+
 def report(args: argparse.Namespace) -> int:
-    rows = [json.loads(line) for f in args.results for line in Path(f).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "error" not in r]
-    metas = {d: json.loads((Path(d) / "meta.json").read_text()) for d in {r["dir"] for r in rows}
-             if (Path(d) / "meta.json").exists()}
+    rows, metas = [], {}
+    for f in args.results:
+        for line in Path(f).read_text().splitlines():
+            if line.strip() and "error" not in (r := json.loads(line)):
+                rows.append(r)
+                if r["dir"] not in metas:
+                    metas[r["dir"]] = _meta_of(r["dir"], Path(f))
     by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["budget"], r["recipe"], r["method"], r["candidate"]), []).append(r)
     lines = ["| budget | recipe | method | chosen (of m) | test mAP@all (seed 0) | mean +- std over seeds (n) | "
-             "val mAP (seed 0) | best finalist, test mean | FLOPs ratio | params ratio |",
+             "val mAP (seed 0) | best of the m on test (seed 0) | FLOPs ratio | params ratio |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     summary = []
-    keys = sorted({(b, rc, m) for b, rc, m, _ in by}, key=lambda k: (-k[0], list(RECIPES).index(k[1]), k[2]))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    keys = sorted({(b, rc, m) for b, rc, m, _ in by},
+                  key=lambda k: (-k[0], list(RECIPES).index(k[1]), order.get(k[2], 99), k[2]))
+    shown: set[tuple[float, str]] = set()
     for budget, recipe, method in keys:
-        cands = {c: rs for (b, rc, m, c), rs in by.items() if (b, rc, m) == (budget, recipe, method)}
-        for meta in metas.values():  # every prepared candidate of the method must have run
-            if meta["budget"] == budget and method in meta["methods"]:
-                cands = {c: cands.get(c, []) for c in meta["methods"][method]}
+        meta = next((m for m in metas.values() if m and m["budget"] == budget), None) or {}
+        if (budget, recipe) not in shown and meta.get("base_eval"):
+            shown.add((budget, recipe))
+            b = meta["base_eval"]
+            lines.append(f"| {budget} | {recipe} | base (unpruned) | | {b['test_map']:.4f} | | {b['val_map']:.4f} | | "
+                         "1.000 | 1.000 |")
+        cands = {c: rs for (b_, rc, m, c), rs in by.items() if (b_, rc, m) == (budget, recipe, method)}
+        if method in meta.get("methods", {}):  # every prepared candidate of the method must have run
+            cands = {c: cands.get(c, []) for c in meta["methods"][method]}
         seed0 = {c: next((r for r in rs if r["seed"] == 0), None) for c, rs in cands.items()}
         if any(v is None for v in seed0.values()):
             continue  # the choice needs every candidate's seed-0 validation mAP
-        chosen = max(seed0, key=lambda c: (seed0[c]["val_map"], c))  # chosen on VALIDATION
+        chosen = _chosen(seed0)  # chosen on VALIDATION
         tests = [r["test_map"] for r in sorted(cands[chosen], key=lambda r: r["seed"])]
-        means = {c: statistics.fmean(r["test_map"] for r in rs) for c, rs in cands.items()}
-        info = next((m["candidates"].get(chosen) for m in metas.values() if chosen in m["candidates"]), None) or {}
+        info = meta.get("candidates", {}).get(chosen, {})
         rec = {"budget": budget, "recipe": recipe, "method": method, "chosen": chosen, "of": len(cands),
                "test_map_seed0": seed0[chosen]["test_map"], "test_maps": tests, "mean": statistics.fmean(tests),
                "std": statistics.stdev(tests) if len(tests) > 1 else 0.0, "val_map": seed0[chosen]["val_map"],
-               "best_candidate_mean": max(means.values()), "flops_ratio": info.get("flops_ratio"),
-               "params_ratio": info.get("params_ratio")}
+               "best_seed0_test": max(r["test_map"] for r in seed0.values()),
+               "flops_ratio": info.get("flops_ratio"), "params_ratio": info.get("params_ratio"),
+               "base_test_map": (meta.get("base_eval") or {}).get("test_map")}
         summary.append(rec)
         fr = f"{rec['flops_ratio']:.3f}" if rec["flops_ratio"] is not None else ""
         pr = f"{rec['params_ratio']:.3f}" if rec["params_ratio"] is not None else ""
         lines.append(f"| {budget} | {recipe} | {method} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
                      f"{rec['mean']:.4f} +- {rec['std']:.4f} ({len(tests)}) | {rec['val_map']:.4f} | "
-                     f"{rec['best_candidate_mean']:.4f} | {fr} | {pr} |")
+                     f"{rec['best_seed0_test']:.4f} | {fr} | {pr} |")
     md = "\n".join(lines) + "\n"
     print(md)
     if args.md:
@@ -340,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--deadline", type=float, default=480.0, help="seconds after which no new job starts")
     r.add_argument("--grace", type=float, default=60.0, help="seconds the running jobs get after the deadline")
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: each folder's fmnist/ copy)")
     q = sub.add_parser("report")
     q.add_argument("results", nargs="+", type=Path)
     q.add_argument("--md", type=Path, default=None)
