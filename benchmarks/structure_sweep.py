@@ -18,6 +18,8 @@ few seconds, so every candidate of every method can be fine-tuned with several s
     run      (any device) fine-tunes every candidate with seed 0, then the val-chosen candidate of
              each method with --seeds seeds; --jobs processes share the device; stages (recipe x
              folder) in the order given, until --deadline; one JSON line per job in --out.
+    prepare-tp-counts  one network with Torch-Pruning's kept counts per group, pruned by our pruner
+             (its channels chosen by our l1 criterion): is TP's edge its counts or its channels?
     report   per recipe and method: the candidate chosen on seed-0 VALIDATION mAP (best-of-m
              methods), its test mAP@all on seed 0 and over all seeds; writes --md.
 
@@ -26,9 +28,11 @@ all recipes run are reported.
 
     .venv/bin/python benchmarks/structure_sweep.py prepare --base benchmarks/cache/resnet20_csq32_fmnist.pt \
         --budget 0.5 --dir .gpu/r20-50
-    python3 benchmarks/structure_sweep.py run --dir .gpu/r20-50 --recipes ft4,kd16,base40 --seeds 3 \
-        --jobs 8 --deadline 480 --out $OUT/sweep.jsonl           # on the device machine
+    python3 benchmarks/structure_sweep.py run --dir .gpu/r20-50 --recipes ft4,kd16 --seeds 5 \
+        --jobs 12 --deadline 420 --out $OUT/structure_sweep.jsonl     # on the device machine
     .venv/bin/python benchmarks/structure_sweep.py report benchmarks/results/structure_sweep.jsonl
+
+README.md ("Five seeds per method on a GPU") has the exact commands behind its table.
 """
 from __future__ import annotations
 
@@ -161,6 +165,48 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_tp_counts(args: argparse.Namespace) -> int:
+    """One network: Torch-Pruning global magnitude's kept channel counts per group, pruned by our
+    pruner (round_to=1) with our `l1` channel choice: does TP win by its counts or by its channels?"""
+    import search_quality as sq
+
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.hashing import evaluate, load_dataset, make_splits
+    from acpsearch.hashing.data import FASHION_MNIST_DIR
+    from acpsearch.pruning import PruningStrategy, measure_cost, prune
+
+    torch.set_num_threads(args.threads)
+    out: Path = args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    base = model_from_checkpoint(read_checkpoint(args.base))
+    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
+    ex = torch.zeros(1, *splits.input_shape)
+    g = ChannelGraph.from_model(base, ex)
+    tp_modules = dict(sq.tp_global_magnitude(base, ex, args.budget).named_modules())
+    channels = {gr.name: gr.channels for gr in g.groups}  # a group is named after the conv producing it
+    kept = {name: int(tp_modules[name].out_channels) for name in channels}
+    strategy = PruningStrategy(g, {k: v / channels[k] for k, v in kept.items()}, criterion="l1", round_to=1)
+    if {k: int(v) for k, v in strategy.kept.items()} != kept:
+        raise SystemExit(f"tp counts: the strategy keeps {dict(strategy.kept)}, not {kept}")
+    net = prune(base, strategy, ex)
+    full, cost, bev = g.cost(), measure_cost(net, ex), evaluate(base, splits)
+    name = "tp_counts_l1"
+    torch.save({name: net}, out / "structures.pt")
+    shutil.copy(args.base, out / "base.pt")
+    (out / "fmnist").mkdir(exist_ok=True)
+    for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
+        shutil.copy(f, out / "fmnist" / f.name)
+    meta = {"budget": args.budget, "model": "resnet20", "base": "base.pt", "top": 1,
+            "base_eval": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"]},
+            "methods": {name: [name]},
+            "candidates": {name: {"method": name, "flops_ratio": cost.flops / full.flops,
+                                  "params_ratio": cost.params / full.params, "kept": kept}}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(json.dumps(meta["candidates"], indent=1))
+    return 0
+
+
 # --- run -------------------------------------------------------------------------------------------
 
 _CACHE: dict[str, Any] = {}
@@ -252,6 +298,11 @@ def run(args: argparse.Namespace) -> int:
                 for seed in range(1, args.seeds):
                     push(stage, best, seed)
 
+    if args.methods:  # run only these methods' candidates
+        keep = set(args.methods.split(","))
+        for meta in metas.values():
+            meta["methods"] = {m: c for m, c in meta["methods"].items() if m in keep}
+            meta["candidates"] = {n: c for n, c in meta["candidates"].items() if c["method"] in keep}
     for i, (d, _rc) in enumerate(stages):
         for cand in metas[d]["candidates"]:
             push(i, cand, 0)
@@ -395,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("prepare-tp-counts", help="TP global magnitude's kept counts, pruned by acpsearch's pruner")
+    c.add_argument("--base", type=Path, required=True)
+    c.add_argument("--dir", type=Path, required=True)
+    c.add_argument("--budget", type=float, default=0.5)
+    c.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("run")
     r.add_argument("--dir", action="append", required=True, help="a prepared folder (repeatable)")
     r.add_argument("--recipes", default="ft4,kd16,base40")
@@ -404,12 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--deadline", type=float, default=480.0, help="seconds after which no new job starts")
     r.add_argument("--grace", type=float, default=60.0, help="seconds the running jobs get after the deadline")
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--methods", default=None, help="comma-separated methods to run (default: all prepared)")
     r.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: each folder's fmnist/ copy)")
     q = sub.add_parser("report")
     q.add_argument("results", nargs="+", type=Path)
     q.add_argument("--md", type=Path, default=None)
     args = ap.parse_args(argv)
-    return {"prepare": prepare, "run": run, "report": report}[args.cmd](args)
+    return {"prepare": prepare, "prepare-tp-counts": prepare_tp_counts, "run": run, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
