@@ -96,38 +96,53 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
     return ratios, {"study": name, "scores": [t.user_attrs.get("score") for t in ft], "phase_seconds": phases}
 
 
+def _load_base(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, torch.Tensor, Any, dict[str, Any]]:
+    """Base network, Fashion-MNIST splits, example input, channel graph, and the base's evaluation."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.hashing import evaluate, load_dataset, make_splits
+
+    torch.set_num_threads(args.threads)
+    base = model_from_checkpoint(read_checkpoint(args.base))
+    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
+    ex = torch.zeros(1, *splits.input_shape)
+    bev = evaluate(base, splits)
+    return base, splits, ex, ChannelGraph.from_model(base, ex), {
+        "test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"]}
+
+
+def _write_folder(out: Path, base_path: Path, nets: dict[str, torch.nn.Module], meta: dict[str, Any]) -> None:
+    """A prepared folder: pruned modules, meta, copies of the base and the data (so it travels alone)."""
+    from acpsearch.hashing.data import FASHION_MNIST_DIR
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(nets, out / "structures.pt")  # whole modules: this folder is a benchmark's scratch, not a product file
+    shutil.copy(base_path, out / "base.pt")
+    (out / "fmnist").mkdir(exist_ok=True)
+    for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
+        shutil.copy(f, out / "fmnist" / f.name)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(json.dumps({n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "ratios"}
+                      for n, c in meta["candidates"].items()}, indent=1))
+
+
 def prepare(args: argparse.Namespace) -> int:
     import search_quality as sq
 
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
-    from acpsearch.graph import ChannelGraph
-    from acpsearch.hashing import load_dataset, make_splits
-    from acpsearch.hashing.data import FASHION_MNIST_DIR
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
     from acpsearch.search.pipeline import make_space
     from acpsearch.search.rankers import make_ranker
     from acpsearch.spec import parse_spec
 
-    torch.set_num_threads(args.threads)
-    out: Path = args.dir
-    out.mkdir(parents=True, exist_ok=True)
-    base = model_from_checkpoint(read_checkpoint(args.base))
-    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
-    ex = torch.zeros(1, *splits.input_shape)
-    g = ChannelGraph.from_model(base, ex)
+    base, splits, ex, g, base_eval = _load_base(args)
     space = make_space(parse_spec({"model": {"zoo": args.model}, "data": {"dataset": "fashion-mnist"},
                                    "budget": {"flops": args.budget},
                                    "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}}),
                        g, base, ex)
     full = g.cost()
-    from acpsearch.hashing import evaluate
-
-    bev = evaluate(base, splits)
     nets: dict[str, torch.nn.Module] = {}
     meta: dict[str, Any] = {"budget": args.budget, "model": args.model, "base": "base.pt", "methods": {},
-                            "candidates": {}, "top": args.top,
-                            "base_eval": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"],
-                                          "val_map": bev["val_map"]}}
+                            "candidates": {}, "top": args.top, "base_eval": base_eval}
     t0 = time.perf_counter()
 
     def add(method: str, name: str, net: torch.nn.Module, **info: Any) -> None:
@@ -154,14 +169,7 @@ def prepare(args: argparse.Namespace) -> int:
     for rank, i in enumerate(order):
         add("adaptive_bn", f"adaptive_bn{rank}", prune(base, pool[i], ex), ratios=dict(pool[i].ratios),
             score=float(scores[i]))
-    torch.save(nets, out / "structures.pt")  # whole modules: this folder is a benchmark's scratch, not a product file
-    shutil.copy(args.base, out / "base.pt")
-    (out / "fmnist").mkdir(exist_ok=True)
-    for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
-        shutil.copy(f, out / "fmnist" / f.name)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    print(json.dumps({n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "ratios"}
-                      for n, c in meta["candidates"].items()}, indent=1))
+    _write_folder(args.dir, args.base, nets, meta)
     return 0
 
 
@@ -170,19 +178,9 @@ def prepare_tp_counts(args: argparse.Namespace) -> int:
     pruner (round_to=1) with our `l1` channel choice: does TP win by its counts or by its channels?"""
     import search_quality as sq
 
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
-    from acpsearch.graph import ChannelGraph
-    from acpsearch.hashing import evaluate, load_dataset, make_splits
-    from acpsearch.hashing.data import FASHION_MNIST_DIR
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
 
-    torch.set_num_threads(args.threads)
-    out: Path = args.dir
-    out.mkdir(parents=True, exist_ok=True)
-    base = model_from_checkpoint(read_checkpoint(args.base))
-    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
-    ex = torch.zeros(1, *splits.input_shape)
-    g = ChannelGraph.from_model(base, ex)
+    base, _splits, ex, g, base_eval = _load_base(args)
     tp_modules = dict(sq.tp_global_magnitude(base, ex, args.budget).named_modules())
     channels = {gr.name: gr.channels for gr in g.groups}  # a group is named after the conv producing it
     kept = {name: int(tp_modules[name].out_channels) for name in channels}
@@ -190,20 +188,13 @@ def prepare_tp_counts(args: argparse.Namespace) -> int:
     if {k: int(v) for k, v in strategy.kept.items()} != kept:
         raise SystemExit(f"tp counts: the strategy keeps {dict(strategy.kept)}, not {kept}")
     net = prune(base, strategy, ex)
-    full, cost, bev = g.cost(), measure_cost(net, ex), evaluate(base, splits)
+    full, cost = g.cost(), measure_cost(net, ex)
     name = "tp_counts_l1"
-    torch.save({name: net}, out / "structures.pt")
-    shutil.copy(args.base, out / "base.pt")
-    (out / "fmnist").mkdir(exist_ok=True)
-    for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
-        shutil.copy(f, out / "fmnist" / f.name)
-    meta = {"budget": args.budget, "model": "resnet20", "base": "base.pt", "top": 1,
-            "base_eval": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"]},
-            "methods": {name: [name]},
-            "candidates": {name: {"method": name, "flops_ratio": cost.flops / full.flops,
-                                  "params_ratio": cost.params / full.params, "kept": kept}}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(json.dumps(meta["candidates"], indent=1))
+    _write_folder(args.dir, args.base, {name: net}, {
+        "budget": args.budget, "model": "resnet20", "base": "base.pt", "top": 1, "base_eval": base_eval,
+        "methods": {name: [name]},
+        "candidates": {name: {"method": name, "flops_ratio": cost.flops / full.flops,
+                              "params_ratio": cost.params / full.params, "kept": kept}}})
     return 0
 
 
