@@ -48,6 +48,21 @@ def test_encode_gives_pm1_codes(splits):
     assert codes.shape == (200, 12) and set(codes.unique().tolist()) <= {-1.0, 1.0}
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (the GPU path ran in benchmarks/structure_sweep.py)"))])
+def test_training_runs_on_the_models_device(splits, device):
+    from acpsearch.hashing.train import model_device
+
+    assert model_device(nn.ReLU()) == torch.device("cpu")  # parameterless: the CPU
+    net = _mlp(16).to(device)
+    teacher = _mlp(16).to(device)
+    res = train_hash_net(net, splits, epochs=2, progress=False, teacher=teacher, distill=1.0)
+    assert model_device(res.model).type == device and model_device(teacher).type == device
+    codes = encode(res.model, splits.query[0])
+    assert codes.device.type == "cpu" and codes.shape == (200, 16)  # the numpy metrics read them
+    assert evaluate(res.model, splits, topk=50)["map_all"] > 0.3
+
+
 class TupleNet(nn.Module):
     """A fine-tuned pruned net may return (features, code): the last element is the code."""
 
