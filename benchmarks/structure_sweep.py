@@ -37,6 +37,7 @@ README.md ("Five seeds per method on a GPU") has the exact commands behind its t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import queue
@@ -203,6 +204,11 @@ def prepare_tp_counts(args: argparse.Namespace) -> int:
 _CACHE: dict[str, Any] = {}
 
 
+def _row(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's fields that go into the results file (not where it ran or read its data)."""
+    return {k: v for k, v in job.items() if k not in ("device", "data")}
+
+
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     """One fine-tune + evaluation in a worker process (splits, structures and teacher cached per process)."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
@@ -216,8 +222,6 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         _CACHE[d] = (splits, torch.load(Path(d) / "structures.pt", weights_only=False),
                      model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")))
     splits, nets, teacher = _CACHE[d]
-    import copy
-
     dev = torch.device(job["device"])
     net = copy.deepcopy(nets[job["candidate"]]).to(dev)
     kw = dict(RECIPES[job["recipe"]])
@@ -226,7 +230,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
                          teacher=copy.deepcopy(teacher).to(dev) if kw.get("distill") else None, **kw)
     train_s = time.perf_counter() - t0
     ev = evaluate(res.model, splits)
-    return {**{k: v for k, v in job.items() if k not in ("device", "data")}, "val_map": round(float(res.best_val_map), 5),
+    return {**_row(job), "val_map": round(float(res.best_val_map), 5),
             "test_map": round(float(ev["map_all"]), 5), "test_map_topk": round(float(ev["map_topk"]), 5),
             "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1),
             "seconds": round(time.perf_counter() - t0, 1), "device_name": _device_name(dev)}
@@ -244,8 +248,7 @@ def _worker(jobs: Any, results: Any) -> None:
         try:
             results.put(_job(job))
         except Exception as exc:  # a failed job is reported, the sweep goes on
-            results.put({**{k: v for k, v in job.items() if k not in ("device", "data")},
-                         "error": f"{type(exc).__name__}: {exc}"})
+            results.put({**_row(job), "error": f"{type(exc).__name__}: {exc}"})
 
 
 def _chosen(seed0: dict[str, dict[str, Any]]) -> str:
