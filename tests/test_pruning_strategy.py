@@ -248,3 +248,38 @@ def test_training_only_paths_are_refused_not_mispruned():
     pb = acp.prune(bn, acp.PruningStrategy.uniform(gb, 1.0), X[:1])
     for k, v in pb.state_dict().items():  # the training-mode check leaves the statistics alone
         assert torch.equal(v, before[k]), k
+
+
+def test_global_magnitude_is_one_threshold_bisected_to_the_budget(resnet):
+    """One threshold on mean-normalised importance across all groups (TP's global pruning), the
+    largest such network inside the budget; min_keep floors each group; None when nothing fits."""
+    _, g = resnet
+    full = g.cost().flops
+
+    def under(r):
+        return lambda s: g.cost(s).flops <= r * full
+
+    s = acp.PruningStrategy.global_magnitude(g, under(0.5), criterion="l1", round_to=1)
+    assert s is not None and s.round_to == 1 and s.criterion == "l1"
+    flops = g.cost(s).flops / full
+    assert 0.45 < flops <= 0.5
+    kept_min, dropped_max = np.inf, -np.inf
+    for grp in g.groups:
+        imp = np.asarray(g.importance(grp.name, "l1"))
+        norm = imp / imp.mean()
+        idx = s.kept_indices()[grp.name]
+        assert len(idx) == s.kept[grp.name]
+        mask = np.zeros(grp.channels, dtype=bool)
+        mask[idx] = True
+        kept_min = min(kept_min, norm[mask].min())
+        if (~mask).any():
+            dropped_max = max(dropped_max, norm[~mask].max())
+    assert kept_min >= dropped_max  # no dropped channel outranks a kept one in any other group
+    assert len({s.ratios[grp.name] for grp in g.groups}) > 1  # not a uniform allocation in disguise
+    # The budget is honoured by the physically pruned network, not only by the closed form.
+    assert acp.measure_cost(acp.prune(g.model, s, X), X) == g.cost(s)
+    floor = acp.PruningStrategy.global_magnitude(g, under(0.2), criterion="l1", min_keep=0.5, round_to=1)
+    assert floor is None or all(floor.kept[grp.name] >= grp.channels / 2 for grp in g.groups)
+    assert acp.PruningStrategy.global_magnitude(g, under(0.01), min_keep=0.5) is None
+    everything = acp.PruningStrategy.global_magnitude(g, under(1.0))
+    assert all(k == grp.channels for grp, k in zip(g.groups, everything.kept.values()))
