@@ -202,6 +202,9 @@ class SearchSpec(_Section):
     rerank_top: Count = 32
     rounds: Count = 2  # the space narrows around the best candidates of the earlier rounds
     elite: Count = 16  # how many of the best candidates set the narrowed ranges
+    # One finalist slot goes to the budget's global-magnitude allocation (pipeline.phase_anchor);
+    # null: all finalists come from the search.
+    anchor: Literal["magnitude"] | None = "magnitude"
 
 
 class FinetuneSpec(_Augmentation):

@@ -137,7 +137,9 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
         return _study(url, name).user_attrs
 
     def candidates(states: tuple = (COMPLETE,)) -> list[Any]:
-        return _study(url, name).get_trials(deepcopy=False, states=states)
+        """The searched candidates (the magnitude anchor, added after the search, is checked below)."""
+        return [t for t in _study(url, name).get_trials(deepcopy=False, states=states)
+                if t.user_attrs.get("source", "search") == "search"]
 
     kills: dict[str, dict[str, Any]] = {}
     when = {
@@ -186,6 +188,9 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
         if params:
             retried = [t for t in candidates() if t.user_attrs.get("retry_of") == number]
             assert retried and retried[0].params == params
+    # the magnitude anchor was added once, across all the kills, and is a finalist
+    anchors = [t for t in _study(url, name).get_trials(deepcopy=False) if t.user_attrs.get("source", "search") != "search"]
+    assert len(anchors) == 1 and anchors[0].number in a["phase.finetune"]["finalists"]
     # fine-tuning: the killed finalists FAIL with a reason, then every finalist finished once
     ft = _study(url, name + ".finetune")
     ok = ft.get_trials(deepcopy=False, states=(COMPLETE, PRUNED))
@@ -394,7 +399,8 @@ def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_bas
     study = _study(url, name)
     nodes = {n.node_id[:12] for n in cluster.list_all_nodes()}
     assert len(nodes) == 2
-    scored = {t.user_attrs["ray_node"] for t in study.get_trials(deepcopy=False, states=(COMPLETE,))}
+    scored = {t.user_attrs["ray_node"] for t in study.get_trials(deepcopy=False, states=(COMPLETE,))
+              if t.user_attrs.get("source", "search") == "search"}  # the anchor is scored apart
     assert scored == nodes
     tuned = {t.user_attrs.get("ray_node") for t in _study(url, name + ".finetune").get_trials(deepcopy=False)}
     assert tuned == nodes

@@ -126,7 +126,7 @@ def test_worker_ran_both_studies_to_the_end(finished_studies, capsys):
     for name in fs["names"]:
         r = rows[name]
         assert r["state"] == "done", r
-        assert r["phases_done"] == ["base", "encoder", "search", "rerank", "finetune", "select", "report"]
+        assert r["phases_done"] == ["base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"]
         assert r["candidates"] == fs["specs"][name]["search"]["candidates"]
         assert r["lease"] == "free"
         assert 0 < r["winner_flops_ratio"] <= 0.5 + 1e-9
@@ -143,7 +143,8 @@ def test_candidates_are_trials_with_costs_and_constraints(finished_studies):
 
     storage = open_storage(finished_studies["url"])
     study = optuna.load_study(study_name="tiny-a", storage=storage)
-    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+              if t.user_attrs.get("source", "search") == "search"]  # the anchor has its own test
     assert len(trials) == 24
     base = study.user_attrs["phase.base"]
     for t in trials:
@@ -197,8 +198,51 @@ def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
     b = optuna.load_study(study_name="tiny-b", storage=storage)
     rerank = b.user_attrs["phase.rerank"]
     assert rerank["ranker"] == "adaptive_bn" and len(rerank["scores"]) == 4
-    top2 = sorted(rerank["scores"], key=lambda k: -rerank["scores"][k])[:2]
-    assert sorted(int(k) for k in top2) == sorted(b.user_attrs["phase.finetune"]["finalists"])
+    top1 = sorted(rerank["scores"], key=lambda k: -rerank["scores"][k])[:1]  # + the anchor = top 2
+    anchor = b.user_attrs["phase.anchor"]["trial"]
+    assert str(anchor) not in rerank["scores"]  # re-ranking sees searched candidates only
+    assert sorted([anchor] + [int(k) for k in top1]) == sorted(b.user_attrs["phase.finetune"]["finalists"])
+
+
+def test_magnitude_anchor_is_a_scored_candidate_and_a_finalist(finished_studies, capsys):
+    """search.anchor (default magnitude): the budget's global-magnitude allocation, exact counts,
+    scored by the study's ranker, always fine-tuned, named as such in the trials and the report."""
+    import torch
+
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.graph import ChannelGraph
+    from acpsearch.pruning import PruningStrategy
+    from acpsearch.search.storage import open_storage
+
+    fs = finished_studies
+    storage = open_storage(fs["url"])
+    for name in fs["names"]:
+        study = optuna.load_study(study_name=name, storage=storage)
+        rec = study.user_attrs["phase.anchor"]
+        assert rec["done"] and rec["anchor"] == "magnitude"
+        t = study.trials[rec["trial"]]
+        u = t.user_attrs
+        assert t.state == optuna.trial.TrialState.COMPLETE and u["source"] == "anchor:magnitude" and u["round_to"] == 1
+        ranker = study.user_attrs["spec"]["search"]["ranker"]
+        assert t.value == pytest.approx(u[ranker], abs=1e-5) and u["feasible"] is True
+        assert u["flops_ratio"] <= 0.5 + 1e-9 and t.system_attrs["constraints:flops"] == pytest.approx(u["constraint.flops"])
+        # the same allocation recomputed here from the base network the study pruned
+        base = model_from_checkpoint(read_checkpoint(study.user_attrs["phase.base"]["path"]))
+        g = ChannelGraph.from_model(base, torch.zeros(1, 1, 8, 8))
+        full = g.cost().flops
+        s = PruningStrategy.global_magnitude(g, lambda s: g.cost(s).flops <= 0.5 * full, min_keep=0.2, round_to=1)
+        assert rec["kept"] == s.kept
+        assert {k[len("keep/"):]: v for k, v in t.params.items()} == pytest.approx(s.ratios)
+        ft = optuna.load_study(study_name=study.user_attrs["finetune_study"], storage=storage)
+        mine = [f for f in ft.trials if f.user_attrs["candidate"] == t.number]
+        assert len(mine) == 1 and mine[0].user_attrs["source"] == "anchor:magnitude"
+        assert mine[0].user_attrs["measured_flops"] == g.cost(s).flops  # exact counts, not rounded to 4
+    code, rep = _json(capsys, ["show", "tiny-a", "--storage", fs["url"], "--json"])
+    assert code == 0 and {f["source"] for f in rep["finalists"]} == {"search", "anchor:magnitude"}
+    from acpsearch.search.report import markdown
+
+    note = markdown(rep)
+    assert "`magnitude` anchor" in note and "| anchor:magnitude |" in note
 
 
 def test_show_export_and_reload_winner(finished_studies, tmp_path, capsys):
@@ -210,7 +254,7 @@ def test_show_export_and_reload_winner(finished_studies, tmp_path, capsys):
     code, rep = _json(capsys, ["show", "tiny-a", "--storage", fs["url"], "--json"])
     assert code == 0
     assert rep["study"] == "tiny-a" and rep["summary"]["state"] == "done"
-    assert set(rep["phases"]) == {"base", "encoder", "search", "rerank", "finetune", "select", "report"}
+    assert set(rep["phases"]) == {"base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"}
     assert rep["base"]["test_map"] > 0.5 and rep["winner"]["test_map"] > 0
     out = tmp_path / "pruned.pt"
     code, res = _json(capsys, ["export", "tiny-a", "--storage", fs["url"], "--out", str(out), "--json"])

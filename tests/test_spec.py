@@ -35,6 +35,8 @@ def test_minimal_spec_gets_design_defaults():
     assert s.finetune.top == 4 and s.finetune.epochs == 5 and s.finetune.early_stop == "asha"
     assert not (s.train.augment or s.train.hflip or s.finetune.augment or s.finetune.hflip)
     assert s.finetune.distill == 0.0
+    assert s.search.anchor == "magnitude"  # one finalist slot for the global-magnitude allocation
+    assert parse_spec({**copy.deepcopy(MINIMAL), "search": {"anchor": None}}).search.anchor is None
     assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
 
 
@@ -54,6 +56,7 @@ def test_minimal_spec_gets_design_defaults():
     ("search.workers", 0, "spec: search.workers: must be >= 1, got 0"),
     ("search.sampler", "cmaes", "spec: search.sampler: input should be"),
     ("search.rerank", "oracle", "spec: search.rerank: input should be"),
+    ("search.anchor", "uniform", "spec: search.anchor: input should be 'magnitude'"),
     ("finetune.early_stop", "median", "spec: finetune.early_stop: input should be 'asha', got 'median'"),
     ("model.bits", 1, "spec: model.bits: must be in [2, 4096], got 1"),
     ("model.factory", "nocolon", "spec: model.factory: must be of the form 'package.module:function', got 'nocolon'"),
@@ -75,7 +78,7 @@ def test_bad_values_name_the_field(path, value, message):
 
 
 @pytest.mark.parametrize("path,message", [
-    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite)"),
+    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor)"),
     ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
     ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
     ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),

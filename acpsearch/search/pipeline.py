@@ -347,12 +347,12 @@ class RankerPool:
         self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref) for _ in range(max(1, n))]
         self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
-    def score(self, ratios: list[dict[str, float]]) -> list[float]:
+    def score(self, ratios: list[dict[str, float]], round_to: int = 4) -> list[float]:
         if not ratios:
             return []
         k = len(self.actors)
         chunks = [ratios[i::k] for i in range(k)]
-        refs = [a.score.remote(c) for a, c in zip(self.actors, chunks) if c]
+        refs = [a.score.remote(c, round_to) for a, c in zip(self.actors, chunks) if c]
         parts = self.ray.get(refs)
         out: list[float] = [0.0] * len(ratios)
         for i, part in enumerate(parts):
@@ -383,7 +383,8 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
-def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16) -> list[float]:
+def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16,
+                 round_to: int = 4) -> list[float]:
     """Scores of many strategies (encoder signal, re-ranking). A chunk whose worker died is
     scored again by a fresh pool, at most MAX_POOL_CRASHES times in all."""
     pool = RankerPool(ctx, ray_mod, name, ctx.workers)
@@ -394,7 +395,7 @@ def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, f
         while i < len(ratios):
             part = ratios[i:i + chunk * len(pool.actors)]
             try:
-                out += pool.score(part)
+                out += pool.score(part, round_to)
             except ray_mod.exceptions.RayError as exc:
                 crashes += 1
                 ctx.reporter.log(f"{name}: a Ray worker failed ({_first_line(exc)}); retrying the chunk")
@@ -454,11 +455,11 @@ def requeue(study: Any, trials: list[Any]) -> int:
     return n
 
 
-def candidate_attrs(ctx: Context, strategies: list[Any]) -> list[dict[str, Any]]:
+def candidate_attrs(ctx: Context, strategies: list[Any], round_to: int = 4) -> list[dict[str, Any]]:
     """Costs (closed form from the graph), ratios and budget slack of each candidate."""
     names = [g.name for g in ctx.graph.groups]
     rows = np.array([[s.ratios.get(n, 1.0) for n in names] for s in strategies], dtype=np.float64)
-    flops, params = ctx.graph.cost_batch(rows)
+    flops, params = ctx.graph.cost_batch(rows, round_to=round_to)
     full = ctx.graph.cost()
     b = ctx.spec.budget
     out = []
@@ -472,7 +473,7 @@ def candidate_attrs(ctx: Context, strategies: list[Any]) -> list[dict[str, Any]]
         out.append({"flops": int(flops[i]), "params": int(params[i]), "flops_ratio": round(fr, 6),
                     "params_ratio": round(pr, 6), "constraints": cons})
     if ctx.space is not None and ctx.space.latency is not None:
-        lat = ctx.space.latency.predict_batch(ctx.graph, rows)
+        lat = ctx.space.latency.predict_batch(ctx.graph, rows, round_to)
         for i, rec in enumerate(out):
             rec["latency_ms"] = round(float(lat[i]), 4)
             if b.latency_ms is not None:
@@ -576,7 +577,7 @@ def _ranked_candidates(ctx: Context, limit: int | None = None) -> list[Any]:
     seen: set[tuple[tuple[str, int], ...]] = set()
     unique = []
     for t in sorted(trials, key=lambda t: (-t.value, t.number)):
-        key = tuple(sorted((k, int(v)) for k, v in ctx.space.to_strategy(_ratios_of(ctx, t)).kept.items()))
+        key = tuple(sorted((k, int(v)) for k, v in _strategy_of(ctx, t).kept.items()))
         if key not in seen:
             seen.add(key)
             unique.append(t)
@@ -590,6 +591,86 @@ def _ratios_of(ctx: Context, trial: Any) -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
 
 
+def _round_to(trial: Any) -> int:
+    """Kept-channel rounding unit of a candidate: the space's 4, or the anchor's own (1)."""
+    return int(trial.user_attrs.get("round_to", 4))
+
+
+def _strategy_of(ctx: Context, trial: Any) -> Any:
+    from acpsearch.pruning import PruningStrategy
+
+    return PruningStrategy(ctx.graph, _ratios_of(ctx, trial), criterion=ctx.spec.space.criterion,
+                           round_to=_round_to(trial))
+
+
+def _is_anchor(trial: Any) -> bool:
+    return trial.user_attrs.get("source", "search") != "search"
+
+
+def phase_anchor(ctx: Context, ray_mod: Any) -> None:
+    """Add the budget's global-magnitude allocation (spec `search.anchor: magnitude`) as one more
+    candidate, scored by the ranker like the others and always a finalist.
+
+    Why: the similarity objective (encoder or direct code agreement) prefers lopsided structures
+    at mild budgets that fine-tune worse than the magnitude allocation (ResNet-20, 50% FLOPs, 4
+    fine-tuning epochs: 0.808 vs 0.817 test mAP, README), while at 25% FLOPs the search is far
+    ahead (0.798 vs 0.748). With the anchor among the finalists, validation mAP decides between
+    them, so the study is never left with only the lopsided ones. Kept counts are exact
+    (round_to=1): rounded to multiples of 4 the allocation loses most of its quality (0.809)."""
+    rec = st.phase_done(ctx.study, "anchor")
+    if rec:
+        ctx.reporter.done("anchor", rec["seconds"], skipped=True)
+        return
+    if ctx.spec.search.anchor is None or ctx.spec.finetune.top < 2 or st.phase_done(ctx.study, "finetune"):
+        # (a study stored before anchors existed and resumed after its fine-tuning keeps its finalists)
+        st.mark_phase(ctx.study, "anchor", 0.0, anchor=None)
+        return
+    import optuna
+
+    from acpsearch.pruning import PruningStrategy
+
+    t0 = time.perf_counter()
+    added = [t for t in ctx.study.get_trials(deepcopy=False) if _is_anchor(t)]
+    if added:  # the runner stopped after adding it but before marking the phase: keep that one
+        t = added[0]
+        st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=ctx.spec.search.anchor, trial=t.number,
+                      kept={k: int(v) for k, v in _strategy_of(ctx, t).kept.items()})
+        return
+    b, full = ctx.spec.budget, ctx.graph.cost()
+
+    def fits(s: Any) -> bool:
+        c = ctx.graph.cost(s)
+        ok = (b.flops is None or c.flops <= b.flops * full.flops) and (b.params is None or c.params <= b.params * full.params)
+        if ok and b.latency_ms is not None and ctx.space.latency is not None:
+            ok = ctx.space.latency.predict(ctx.graph, s) <= b.latency_ms
+        return bool(ok)
+
+    strategy = PruningStrategy.global_magnitude(ctx.graph, fits, criterion=ctx.spec.space.criterion,
+                                                min_keep=ctx.spec.space.min_keep, round_to=1)
+    if strategy is None:
+        ctx.reporter.log("anchor: no magnitude allocation meets the budget; finalists come from the search only")
+        st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=None)
+        return
+    ratios = {n: float(r) for n, r in strategy.ratios.items()}
+    score = score_on_ray(ctx, ray_mod, ctx.spec.search.ranker, [ratios], round_to=1)[0]
+    a = candidate_attrs(ctx, [strategy], round_to=1)[0]
+    attrs: dict[str, Any] = {"source": f"anchor:{ctx.spec.search.anchor}", "round_to": 1,
+                             ctx.spec.search.ranker: round(float(score), 6),
+                             "feasible": all(v <= 1e-9 for v in a["constraints"].values())}
+    attrs.update({k: a[k] for k in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms") if k in a})
+    attrs.update({f"constraint.{k}": v for k, v in a["constraints"].items()})
+    trial = optuna.trial.create_trial(
+        params={f"keep/{n}": r for n, r in ratios.items()},
+        distributions={f"keep/{n}": optuna.distributions.FloatDistribution(0.0, 1.0) for n in ratios},
+        value=float(score), user_attrs=clean(attrs),
+        system_attrs={f"constraints:{k}": float(v) for k, v in a["constraints"].items()})  # as Trial.set_constraint
+    ctx.study.add_trial(trial)
+    number = ctx.study.get_trials(deepcopy=False)[-1].number
+    st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=ctx.spec.search.anchor, trial=number,
+                  kept={k: int(v) for k, v in strategy.kept.items()})
+    ctx.reporter.done("anchor", time.perf_counter() - t0)
+
+
 def phase_rerank(ctx: Context, ray_mod: Any) -> None:
     """Re-score the top tier with a costlier ranker (e.g. adaptive BN) and keep the new order."""
     rec = st.phase_done(ctx.study, "rerank")
@@ -601,7 +682,7 @@ def phase_rerank(ctx: Context, ray_mod: Any) -> None:
         st.mark_phase(ctx.study, "rerank", 0.0, ranker=None)
         return
     t0 = time.perf_counter()
-    top = _ranked_candidates(ctx, ctx.spec.search.rerank_top)
+    top = [t for t in _ranked_candidates(ctx) if not _is_anchor(t)][: ctx.spec.search.rerank_top]
     ctx.reporter.phase(f"rerank: {name}", total=len(top))
     scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4)
     ctx.reporter.advance(len(top))
@@ -611,12 +692,18 @@ def phase_rerank(ctx: Context, ray_mod: Any) -> None:
 
 
 def finalists(ctx: Context) -> list[Any]:
+    """The anchor (if any) plus the top (top - 1) searched candidates, in ranker (or re-rank) order."""
     ranked = _ranked_candidates(ctx)
+    anchors = [t for t in ranked if _is_anchor(t)][:1]
+    ranked = [t for t in ranked if not _is_anchor(t)]
+    if anchors:  # the same network as a searched candidate is fine-tuned once, as the anchor
+        key = _strategy_of(ctx, anchors[0]).kept
+        ranked = [t for t in ranked if _strategy_of(ctx, t).kept != key]
     rerank = st.phase_done(ctx.study, "rerank") or {}
     scores = rerank.get("scores") or {}
     if scores:
         ranked = sorted([t for t in ranked if str(t.number) in scores], key=lambda t: (-scores[str(t.number)], t.number))
-    return ranked[: ctx.spec.finetune.top]
+    return anchors + ranked[: ctx.spec.finetune.top - len(anchors)]
 
 
 def _trial_error(trial: Any) -> str:
@@ -715,6 +802,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
         frozen = optuna.trial.create_trial(
             state=optuna.trial.TrialState.RUNNING, params=dict(cand.params), distributions=dict(cand.distributions),
             user_attrs=clean({"candidate": cand.number, "score": cand.value,
+                              "source": cand.user_attrs.get("source", "search"),
                               **{k: cand.user_attrs.get(k) for k in ("flops", "params", "flops_ratio", "params_ratio",
                                                                      ctx.spec.search.ranker)}}))
         ft_study.add_trial(frozen)
@@ -734,7 +822,8 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             tune.with_parameters(finetune_trainable, ckpt=ctx.base_ckpt, spec=ctx.spec_dict,
                                  splits=light_splits(ctx.splits), out_dir=str(out_dir)),
             {"cpu": 1})
-        space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t)} for t in todo])}
+        space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t),
+                                                 "round_to": _round_to(t)} for t in todo])}
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max(1, ctx.workers),
@@ -826,7 +915,8 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     winner.update({"finetune_trial": best.number, "path": str(winner_path), "artifact_id": art,
                    "ratios": _ratios_of(ctx, cand), "score": cand.value,
                    "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
-                   "kept": {k: int(v) for k, v in ctx.space.to_strategy(_ratios_of(ctx, cand)).kept.items()}})
+                   "source": cand.user_attrs.get("source", "search"), "round_to": _round_to(cand),
+                   "kept": {k: int(v) for k, v in _strategy_of(ctx, cand).kept.items()}})
     ctx.study.set_user_attr("winner", clean(winner))
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
     # in its tables, so the nested dicts alone would be unreadable there.
@@ -849,6 +939,8 @@ def run_phases(ctx: Context, ray_mod: Any) -> None:
     phase_search(ctx, ray_mod)
     ctx.check()
     phase_rerank(ctx, ray_mod)
+    ctx.check()
+    phase_anchor(ctx, ray_mod)
     ctx.check()
     phase_finetune(ctx, ray_mod)
     ctx.check()

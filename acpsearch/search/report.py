@@ -43,11 +43,13 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         ft = optuna.load_study(study_name=ft_name, storage=storage)
         for t in ft.get_trials(deepcopy=False):
             u = t.user_attrs
-            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "state": t.state.name,
+            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "source": u.get("source", "search"),
+                              "state": t.state.name,
                               "score": u.get("score"), "val_map": u.get("val_map"), "test_map": u.get("test_map"),
                               "flops_ratio": u.get("flops_ratio"), "params_ratio": u.get("params_ratio"),
                               "latency_ms": u.get("latency_ms"), "epochs_run": u.get("epochs_run")})
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get("source", "search") == "search"]  # searched candidates; the anchor is a finalist
     return {
         "study": study.study_name,
         "spec": attrs.get("spec"),
@@ -73,7 +75,9 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
              f"budget {budget}, {rep['candidates']} candidates ranked by "
              f"`{(spec.get('search') or {}).get('ranker')}`"
              + (f", re-ranked by `{spec['search']['rerank']}`" if (spec.get("search") or {}).get("rerank") else "")
-             + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned.", "",
+             + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned"
+             + (f" (one of them the `{spec['search']['anchor']}` anchor: the budget's global-magnitude allocation)"
+                if (spec.get("search") or {}).get("anchor") else "") + ".", "",
              "| | base | winner | change |", "|---|---|---|---|"]
     topk = b.get("topk") or w.get("topk")
     rows = [("test mAP@all", "test_map", False, 4), (f"test mAP@{topk}", "test_map_topk", False, 4),
@@ -98,10 +102,10 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
         lines.append("")
     if rep["finalists"]:
         lines += ["## Finalists (fine-tuned)", "",
-                  "| trial | candidate | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| trial | candidate | from | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for f in rep["finalists"]:
-            lines.append(f"| {f['trial']} | {f['candidate']} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
+            lines.append(f"| {f['trial']} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
                          f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
                          f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |")
         lines.append("")

@@ -20,7 +20,7 @@ from acpsearch.spec import StudySpec, spec_from_json
 KIND = "acpsearch-search"
 FINETUNE_KIND = "acpsearch-finetune"
 FINETUNE_SUFFIX = ".finetune"
-PHASES = ("base", "encoder", "search", "rerank", "finetune", "select", "report")
+PHASES = ("base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report")
 LEASE_TTL_S = 60.0
 CANDIDATE_OBJECTIVE = "similarity"
 FINETUNE_OBJECTIVE = "val_map"
@@ -332,7 +332,7 @@ def summarize(frozen_or_study: Any, storage: Any) -> dict[str, Any]:
         "model": (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory"),
         "dataset": (spec.get("data") or {}).get("dataset"),
         "budget": {k: v for k, v in (spec.get("budget") or {}).items() if v is not None},
-        "candidates": len(trials),
+        "candidates": sum(1 for t in trials if t.user_attrs.get("source", "search") == "search"),  # not the anchor
         "candidates_target": (spec.get("search") or {}).get("candidates"),
         "phases_done": phases,
         "lease": lease_state(attrs),

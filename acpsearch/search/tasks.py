@@ -116,11 +116,11 @@ class RankerWorker:
 
         return ray.get_runtime_context().get_node_id()[:12]
 
-    def score(self, ratios: list[dict[str, float]]) -> list[float]:
+    def score(self, ratios: list[dict[str, float]], round_to: int = 4) -> list[float]:
         from acpsearch.pruning import PruningStrategy
 
         crit = self.spec["space"]["criterion"]
-        strategies = [PruningStrategy(self.graph, r, criterion=crit) for r in ratios]
+        strategies = [PruningStrategy(self.graph, r, criterion=crit, round_to=round_to) for r in ratios]
         return [float(v) for v in self.ranker.score(strategies)]
 
 
@@ -143,7 +143,8 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     base = model_from_checkpoint(ckpt, source="base network")
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
-    strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"])
+    strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"],
+                               round_to=int(fin.get("round_to", 4)))
     net = prune(base, strategy, ex)
     record = make_record(strategy)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
