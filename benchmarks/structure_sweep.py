@@ -8,8 +8,9 @@ few seconds, so every candidate of every method can be fine-tuned with several s
 
     prepare  (CPU, needs Ray + Torch-Pruning) runs the methods' *selection* parts on one base and budget:
              acpsearch   a real study through the service (encoder, search, rerank off); its
-                         finalists = the top-m candidates it would fine-tune (the study's own
-                         fine-tune runs 1 epoch only, its result is not used here)
+                         m finalists: the magnitude anchor + the top m-1 searched candidates
+                         (--no-anchor: the top m); the study's own fine-tune runs 1 epoch
+                         only, its result is not used here. --methods acpsearch prepares only it.
              random      m random strategies of the same dynamic space (search_quality's seed)
              adaptive_bn top-m of --abn-candidates random strategies by adaptive-BN val mAP (EagleEye)
              tp_global_mag, uniform_l1   one structure each, as in search_quality.py
@@ -70,8 +71,9 @@ PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100
 
 # --- prepare ---------------------------------------------------------------------------------------
 
-def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    """The top-m candidates of a real acpsearch study (the service's own search), best score first."""
+def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The m finalists of a real acpsearch study (the service's own search, with its anchor unless
+    --no-anchor), best score first: each {ratios, round_to, source}."""
     from acpsearch.search import study as st
     from acpsearch.search.pipeline import run_study
     from acpsearch.search.storage import open_storage
@@ -82,7 +84,8 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
         "data": {"dataset": "fashion-mnist", "protocol": PROTOCOL},
         "budget": {"flops": args.budget}, "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
         "encoder": {"objective": args.objective, "epochs": args.encoder_epochs, "strategies": args.encoder_strategies},
-        "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed},
+        "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed,
+                   "anchor": None if args.no_anchor else "magnitude"},
         "finetune": {"top": args.top, "epochs": 1, "early_stop": None},
     })
     url = f"sqlite:///{workdir / 'sweep.db'}"
@@ -92,9 +95,11 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
     study = st.load_search_study(storage, name)
     ft = st.finetune_study(storage, study).get_trials(deepcopy=False)
     ft = sorted(ft, key=lambda t: -float(t.user_attrs.get("score") or 0.0))
-    ratios = [{k[len("keep/"):]: float(v) for k, v in t.params.items() if k.startswith("keep/")} for t in ft]
+    cands = [{"ratios": {k[len("keep/"):]: float(v) for k, v in t.params.items() if k.startswith("keep/")},
+              "round_to": int(study.trials[int(t.user_attrs["candidate"])].user_attrs.get("round_to", 4)),
+              "source": t.user_attrs.get("source", "search")} for t in ft]
     phases = {p: (study.user_attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
-    return ratios, {"study": name, "scores": [t.user_attrs.get("score") for t in ft], "phase_seconds": phases}
+    return cands, {"study": name, "scores": [t.user_attrs.get("score") for t in ft], "phase_seconds": phases}
 
 
 def _load_base(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, torch.Tensor, Any, dict[str, Any]]:
@@ -153,10 +158,16 @@ def prepare(args: argparse.Namespace) -> int:
                                     "params_ratio": cost.params / full.params, **info}
         meta["methods"].setdefault(method, []).append(name)
 
-    ratios, info = acpsearch_finalists(args, Path(tempfile.mkdtemp(prefix="structure-sweep-")))
-    meta["acpsearch"] = {**info, "seconds": round(time.perf_counter() - t0, 1)}
-    for i, r in enumerate(ratios):
-        add("acpsearch", f"acpsearch{i}", prune(base, space.to_strategy(r), ex), ratios=r, score=info["scores"][i])
+    methods = set(args.methods.split(",")) if args.methods else None
+    if methods is None or "acpsearch" in methods:
+        cands, info = acpsearch_finalists(args, Path(tempfile.mkdtemp(prefix="structure-sweep-")))
+        meta["acpsearch"] = {**info, "seconds": round(time.perf_counter() - t0, 1)}
+        for i, c in enumerate(cands):
+            s = PruningStrategy(g, c["ratios"], criterion="l1", round_to=c["round_to"])
+            add("acpsearch", f"acpsearch{i}", prune(base, s, ex), **c, kept=dict(s.kept), score=info["scores"][i])
+    if methods is not None:
+        _write_folder(args.dir, args.base, nets, meta)
+        return 0
     add("uniform_l1", "uniform_l1", prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget),
                                                                         criterion="l1"), ex))
     add("tp_global_mag", "tp_global_mag", sq.tp_global_magnitude(base, ex, args.budget))
@@ -375,23 +386,30 @@ def report(args: argparse.Namespace) -> int:
                     metas[r["dir"]] = _meta_of(r["dir"], Path(f))
     by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        by.setdefault((r["budget"], r["recipe"], r["method"], r["candidate"]), []).append(r)
+        by.setdefault((r["budget"], r["recipe"], r["method"], r["dir"], r["candidate"]), []).append(r)
     lines = ["| budget | recipe | method | chosen (of m) | test mAP@all (seed 0) | mean +- std over seeds (n) | "
              "val mAP (seed 0) | best of the m on test (seed 0) | FLOPs ratio | params ratio |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     summary = []
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    keys = sorted({(b, rc, m) for b, rc, m, _ in by},
-                  key=lambda k: (-k[0], list(RECIPES).index(k[1]), order.get(k[2], 99), k[2]))
+    keys = sorted({(b, rc, m, d) for b, rc, m, d, _ in by},
+                  key=lambda k: (-k[0], list(RECIPES).index(k[1]), order.get(k[2], 99), k[2], k[3]))
+    # A method prepared in several folders of one budget (e.g. with and without an option) gets
+    # one row per folder, labelled with the folder's name.
+    folders: dict[tuple[Any, ...], set[str]] = {}
+    for b, rc, m, d in keys:
+        folders.setdefault((b, rc, m), set()).add(d)
     shown: set[tuple[float, str]] = set()
-    for budget, recipe, method in keys:
-        meta = next((m for m in metas.values() if m and m["budget"] == budget), None) or {}
-        if (budget, recipe) not in shown and meta.get("base_eval"):
+    for budget, recipe, method, folder in keys:
+        meta = metas.get(folder) or {}
+        base_meta = next((m for m in metas.values() if m and m["budget"] == budget and m.get("base_eval")), None)
+        if (budget, recipe) not in shown and base_meta:
             shown.add((budget, recipe))
-            b = meta["base_eval"]
+            b = base_meta["base_eval"]
             lines.append(f"| {budget} | {recipe} | base (unpruned) | | {b['test_map']:.4f} | | {b['val_map']:.4f} | | "
                          "1.000 | 1.000 |")
-        cands = {c: rs for (b_, rc, m, c), rs in by.items() if (b_, rc, m) == (budget, recipe, method)}
+        label = method if len(folders[(budget, recipe, method)]) == 1 else f"{method} ({Path(folder).name})"
+        cands = {c: rs for (b_, rc, m, d, c), rs in by.items() if (b_, rc, m, d) == (budget, recipe, method, folder)}
         if method in meta.get("methods", {}):  # every prepared candidate of the method must have run
             cands = {c: cands.get(c, []) for c in meta["methods"][method]}
         seed0 = {c: next((r for r in rs if r["seed"] == 0), None) for c, rs in cands.items()}
@@ -400,7 +418,7 @@ def report(args: argparse.Namespace) -> int:
         chosen = _chosen(seed0)  # chosen on VALIDATION
         tests = [r["test_map"] for r in sorted(cands[chosen], key=lambda r: r["seed"])]
         info = meta.get("candidates", {}).get(chosen, {})
-        rec = {"budget": budget, "recipe": recipe, "method": method, "chosen": chosen, "of": len(cands),
+        rec = {"budget": budget, "recipe": recipe, "method": label, "folder": folder, "chosen": chosen, "of": len(cands),
                "test_map_seed0": seed0[chosen]["test_map"], "test_maps": tests, "mean": statistics.fmean(tests),
                "std": statistics.stdev(tests) if len(tests) > 1 else 0.0, "val_map": seed0[chosen]["val_map"],
                "best_seed0_test": max(r["test_map"] for r in seed0.values()),
@@ -409,7 +427,7 @@ def report(args: argparse.Namespace) -> int:
         summary.append(rec)
         fr = f"{rec['flops_ratio']:.3f}" if rec["flops_ratio"] is not None else ""
         pr = f"{rec['params_ratio']:.3f}" if rec["params_ratio"] is not None else ""
-        lines.append(f"| {budget} | {recipe} | {method} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
+        lines.append(f"| {budget} | {recipe} | {label} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
                      f"{rec['mean']:.4f} +- {rec['std']:.4f} ({len(tests)}) | {rec['val_map']:.4f} | "
                      f"{rec['best_seed0_test']:.4f} | {fr} | {pr} |")
     md = "\n".join(lines) + "\n"
@@ -440,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-anchor", action="store_true", help="acpsearch without its magnitude anchor finalist")
+    p.add_argument("--methods", default=None, help="prepare only these (only 'acpsearch' so far); default: all")
     c = sub.add_parser("prepare-tp-counts", help="TP global magnitude's kept counts, pruned by acpsearch's pruner")
     c.add_argument("--base", type=Path, required=True)
     c.add_argument("--dir", type=Path, required=True)
