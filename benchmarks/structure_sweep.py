@@ -438,6 +438,37 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def latency(args: argparse.Namespace) -> int:
+    """CPU latency (batch 32, 1 thread, the service's measure) of the base and of prepared
+    candidates, in interleaved rounds so that machine drift hits every network alike."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.search.tasks import measure_latency_ms
+
+    nets: dict[str, torch.nn.Module] = {}
+    for spec in args.candidates:  # FOLDER:CANDIDATE
+        folder, _, cand = spec.rpartition(":")
+        if not folder:
+            folder, cand = spec, ""
+        found = torch.load(Path(folder) / "structures.pt", weights_only=False)
+        if "base" not in nets:
+            nets["base"] = model_from_checkpoint(read_checkpoint(Path(folder) / "base.pt"))
+        for name in ([cand] if cand else list(found)):
+            nets[f"{Path(folder).name}:{name}"] = found[name]
+    shape = list(next(iter(nets.values())).example_shape) if hasattr(next(iter(nets.values())), "example_shape") \
+        else [1, 1, 28, 28]
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    for _ in range(args.rounds):
+        for k, net in nets.items():
+            times[k].append(measure_latency_ms(net, shape, repeats=args.repeats))
+    lines = ["| network | latency ms (median of rounds) | min | max |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f} |" for k, v in times.items()]
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if args.md:
+        args.md.write_text(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -479,8 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("report")
     q.add_argument("results", nargs="+", type=Path)
     q.add_argument("--md", type=Path, default=None)
+    lt = sub.add_parser("latency", help="CPU latency of prepared candidates (batch 32, 1 thread)")
+    lt.add_argument("candidates", nargs="+", help="FOLDER (all its candidates) or FOLDER:CANDIDATE")
+    lt.add_argument("--rounds", type=int, default=5)
+    lt.add_argument("--repeats", type=int, default=20)
+    lt.add_argument("--md", type=Path, default=None)
     args = ap.parse_args(argv)
-    return {"prepare": prepare, "prepare-tp-counts": prepare_tp_counts, "run": run, "report": report}[args.cmd](args)
+    return {"prepare": prepare, "prepare-tp-counts": prepare_tp_counts, "run": run, "report": report,
+            "latency": latency}[args.cmd](args)
 
 
 if __name__ == "__main__":
