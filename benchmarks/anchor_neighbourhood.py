@@ -3,7 +3,7 @@
 `structure_sweep.py run --seeds S` fine-tunes each with S seeds) around the allocation that
 `search.anchor: magnitude` adds to a study.
 
-    --kind region4   the allocation (exact counts and rounded to multiples of 4) + 160 strategies of
+    --kind region4   the allocation (exact counts, and bisected in multiples of 4) + 160 strategies of
                      the budget's DynamicSpace narrowed to one grid step around it (round_to 4),
                      ranked by code agreement after BN recalibration (the `effect` encoder's signal):
                      top 4, 3 random, bottom 2
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             space = DynamicSpace(g, Budget(flops=args.budget), step=0.1, min_keep=0.2).narrow([anchor.ratios])
             n, prefix = 160, "reg_"
             cands["gmag_rt1"] = anchor
-            cands["gmag_rt4"] = PruningStrategy(g, anchor.ratios, criterion="l1", round_to=4)
+            # the allocation bisected with the space's rounding (multiples of 4) inside the budget
+            cands["gmag_rt4"] = PruningStrategy.global_magnitude(g, fits, criterion="l1", min_keep=0.2, round_to=4)
         elif args.kind == "region1":
             space = DynamicSpace(g, Budget(flops=args.budget), step=0.05, min_keep=0.2, round_to=1)
             space = space.narrow([anchor.ratios], margin=0.1, min_step=0.025)
