@@ -604,7 +604,7 @@ def _strategy_of(ctx: Context, trial: Any) -> Any:
 
 
 def _is_anchor(trial: Any) -> bool:
-    return trial.user_attrs.get("source", "search") != "search"
+    return not st.is_searched(trial)
 
 
 def phase_anchor(ctx: Context, ray_mod: Any) -> None:
@@ -802,7 +802,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
         frozen = optuna.trial.create_trial(
             state=optuna.trial.TrialState.RUNNING, params=dict(cand.params), distributions=dict(cand.distributions),
             user_attrs=clean({"candidate": cand.number, "score": cand.value,
-                              "source": cand.user_attrs.get("source", "search"),
+                              "source": st.source(cand),
                               **{k: cand.user_attrs.get(k) for k in ("flops", "params", "flops_ratio", "params_ratio",
                                                                      ctx.spec.search.ranker)}}))
         ft_study.add_trial(frozen)
@@ -915,7 +915,7 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     winner.update({"finetune_trial": best.number, "path": str(winner_path), "artifact_id": art,
                    "ratios": _ratios_of(ctx, cand), "score": cand.value,
                    "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
-                   "source": cand.user_attrs.get("source", "search"), "round_to": _round_to(cand),
+                   "source": st.source(cand), "round_to": _round_to(cand),
                    "kept": {k: int(v) for k, v in _strategy_of(ctx, cand).kept.items()}})
     ctx.study.set_user_attr("winner", clean(winner))
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)

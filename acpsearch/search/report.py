@@ -43,13 +43,13 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         ft = optuna.load_study(study_name=ft_name, storage=storage)
         for t in ft.get_trials(deepcopy=False):
             u = t.user_attrs
-            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "source": u.get("source", "search"),
+            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "source": st.source(t),
                               "state": t.state.name,
                               "score": u.get("score"), "val_map": u.get("val_map"), "test_map": u.get("test_map"),
                               "flops_ratio": u.get("flops_ratio"), "params_ratio": u.get("params_ratio"),
                               "latency_ms": u.get("latency_ms"), "epochs_run": u.get("epochs_run")})
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.user_attrs.get("source", "search") == "search"]  # searched candidates; the anchor is a finalist
+                if st.is_searched(t)]
     return {
         "study": study.study_name,
         "spec": attrs.get("spec"),

@@ -316,6 +316,16 @@ def lease_state(attrs: dict[str, Any], now: float | None = None) -> str:
 
 
 # --- summaries -----------------------------------------------------------------------------------
+def source(trial: Any) -> str:
+    """Where a candidate trial came from: "search", or "anchor:<kind>" (pipeline.phase_anchor)."""
+    return str(trial.user_attrs.get("source", "search"))
+
+
+def is_searched(trial: Any) -> bool:
+    """A candidate the search proposed; anchors added beside the search are finalists, not candidates."""
+    return source(trial) == "search"
+
+
 def summarize(frozen_or_study: Any, storage: Any) -> dict[str, Any]:
     """One row of `acpsearch status`: state, progress and the winner, from storage only."""
     import optuna
@@ -332,7 +342,7 @@ def summarize(frozen_or_study: Any, storage: Any) -> dict[str, Any]:
         "model": (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory"),
         "dataset": (spec.get("data") or {}).get("dataset"),
         "budget": {k: v for k, v in (spec.get("budget") or {}).items() if v is not None},
-        "candidates": sum(1 for t in trials if t.user_attrs.get("source", "search") == "search"),  # not the anchor
+        "candidates": sum(1 for t in trials if is_searched(t)),
         "candidates_target": (spec.get("search") or {}).get("candidates"),
         "phases_done": phases,
         "lease": lease_state(attrs),
