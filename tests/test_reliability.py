@@ -23,6 +23,7 @@ import psutil
 import pytest
 import yaml
 
+from acpsearch.search.crash import log_path as crash_log_path
 from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing, train_tiny_base
 
 pytestmark = pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS)))
@@ -40,8 +41,21 @@ def _env() -> dict[str, str]:
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     """An acpsearch CLI process in its own process group (so SIGKILL takes all of it)."""
     fh = open(log, "ab")  # noqa: SIM115 - closed by the OS when the process ends
-    return subprocess.Popen([*ACPSEARCH, *args], stdout=fh, stderr=subprocess.STDOUT, env=_env(),
+    proc = subprocess.Popen([*ACPSEARCH, *args], stdout=fh, stderr=subprocess.STDOUT, env=_env(),
                             start_new_session=True)
+    art = Path(args[args.index("--artifacts") + 1]) if "--artifacts" in args else None
+    _WHY[proc.pid] = (log, art)
+    return proc
+
+
+_WHY: dict[int, tuple[Path, Path | None]] = {}
+
+
+def _why(proc: subprocess.Popen) -> str:
+    """What a failed runner left: the tail of its output and its crash logs (thread stacks)."""
+    log, art = _WHY.get(proc.pid, (None, None))
+    out = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else ""
+    return out + ("\n" + _crash_logs(art) if art is not None else "")
 
 
 def _sigkill(proc: subprocess.Popen) -> None:
@@ -110,9 +124,15 @@ def _wait(cond: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: 
         except (KeyError, ValueError):  # study or companion not created yet
             pass
         if proc.poll() is not None:
-            raise AssertionError(f"the runner exited ({proc.returncode}) before {what}")
+            raise AssertionError(f"the runner exited ({proc.returncode}) before {what}:\n{_why(proc)}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _crash_logs(art: Path) -> str:
+    """Every crash log (thread stacks of a runner killed by a fatal signal) under `art`, for
+    assertion messages: a dead runner's stderr alone is often empty."""
+    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-6000:]}" for p in sorted(art.glob("crash-*.log")))
 
 
 def _phase(attrs: dict[str, Any], phase: str) -> dict[str, Any] | None:
@@ -164,7 +184,7 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
     # the last run finishes the study
     proc = _start(run_args, log)
     try:
-        assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=1800) == 0, _why(proc)
     finally:
         if proc.poll() is None:
             _sigkill(proc)
@@ -251,7 +271,7 @@ def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluste
         _wait(lambda: _phase(_study(url, name).user_attrs, "search") is not None, proc, "the end of the search")
         assert killed_rank, "the search ended before a scoring actor could be killed"
         threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop, session), daemon=True).start()
-        assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=1800) == 0, _why(proc)
     finally:
         stop.set()
         if proc.poll() is None:
@@ -285,8 +305,9 @@ def test_two_workers_share_studies_and_never_run_one_twice(tmp_path, cluster, ti
                      search={"candidates": 16, "sampler": "random", "workers": 1, "seed": i},
                      finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None})
         names.append(_submit(tmp_path, url, spec))
+    art = tmp_path / "art"
     args = ["worker", "--storage", url, "--address", cluster.address, "--workers", "1", "--json",
-            "--artifacts", str(tmp_path / "art")]
+            "--artifacts", str(art)]
     procs = [subprocess.Popen([*ACPSEARCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) for _ in range(2)]
     try:
@@ -295,14 +316,66 @@ def test_two_workers_share_studies_and_never_run_one_twice(tmp_path, cluster, ti
         for p in procs:
             if p.poll() is None:
                 _sigkill(p)
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    ran = [[r["name"] for r in json.loads(o[0])["ran"] if r["state"] == "done"] for o in outs]
+    assert [p.returncode for p in procs] == [0, 0], ([o[1][-3000:] for o in outs], _crash_logs(art))
+    reports = [json.loads(o[0]) for o in outs]
+    ran = [[r["name"] for r in rep["ran"] if r["state"] == "done"] for rep in reports]
     assert sorted(ran[0] + ran[1]) == sorted(names), ran  # each study once, by exactly one worker
     assert ran[0] and ran[1], ran  # both took part
     for name in names:
         a = _study(url, name).user_attrs
         assert a["state"] == "done" and len(a["runs"]) == 1 and a["runs"][0]["outcome"] == "done"
         assert len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) == 16
+    # one Ray connection per worker for its whole life: one ray.init, and every study it ran
+    # recorded that connection's job id (a reconnect per study would give each study a new job)
+    assert max(len(r) for r in ran) >= 2, ran
+    for rep, mine in zip(reports, ran):
+        assert rep["ray_inits"] == 1, rep
+        assert {_study(url, n).user_attrs["ray"]["job"] for n in mine} == {rep["ray_job"]}, rep
+    assert reports[0]["ray_job"] != reports[1]["ray_job"]
+    assert not list(art.glob("crash-*.log"))  # no crash, no crash log
+
+
+def test_a_worker_killed_by_sigsegv_leaves_thread_stacks_and_another_worker_resumes_its_study(
+        tmp_path, cluster, tiny_base):
+    """A fatal signal in a worker (what a crash inside Ray's C++ threads is) writes the Python stack
+    of every thread to stderr and to a crash log in the artifacts folder; the study it held is
+    taken over by the next worker once the dead worker's lease is free, and finished."""
+    url = f"sqlite:///{tmp_path / 'segv.db'}"
+    spec = _spec("segv", model={"checkpoint": str(tiny_base)},
+                 encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+                 search={"candidates": 16, "sampler": "random", "workers": 1, "seed": 0},
+                 finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None})
+    name = _submit(tmp_path, url, spec)
+    art = tmp_path / "art"
+    args = ["worker", "--storage", url, "--address", cluster.address, "--workers", "1", "--json",
+            "--artifacts", str(art)]
+    first = subprocess.Popen([*ACPSEARCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        _wait(lambda: _study(url, name).user_attrs.get("state") == "running", first, "the study to start")
+        time.sleep(1.0)
+        os.kill(first.pid, signal.SIGSEGV)  # the worker process only: its crash helper must survive it
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            _sigkill(first)
+    assert first.returncode == -signal.SIGSEGV
+    log = crash_log_path(art, first.pid)
+    assert log.is_file(), (err[-3000:], sorted(p.name for p in art.iterdir()))
+    text = log.read_text()
+    for out in (text, err):
+        assert "Fatal Python error: Segmentation fault" in out, out[-3000:]
+        assert out.count("most recent call first") >= 2, out[-3000:]  # every thread, not just one
+        assert "in run_study" in out, out[-3000:]  # the main thread's stack names where it was
+    assert f"process {first.pid}" in text.splitlines()[0]
+    a = _study(url, name).user_attrs
+    assert a["state"] == "running" and "outcome" not in a["runs"][-1]  # the dead worker left it held
+    second = subprocess.run([*ACPSEARCH, *args], env=_env(), capture_output=True, text=True, timeout=1800)
+    assert second.returncode == 0, (second.stderr[-3000:], _crash_logs(art))
+    assert [r["name"] for r in json.loads(second.stdout)["ran"] if r["state"] == "done"] == [name]
+    a = _study(url, name).user_attrs
+    assert a["state"] == "done" and [r.get("outcome") for r in a["runs"]] == [None, "done"]
+    assert sorted(p.name for p in art.glob("crash-*.log")) == [log.name]  # the second worker did not crash
 
 
 def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, capsys):

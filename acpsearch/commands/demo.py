@@ -93,9 +93,12 @@ def demo(
 
     url, storage = _storage(url)
     _submit(str(spec_path), storage, None)
+    from acpsearch.search import crash
+
     rep = RichReporter()
     try:
-        run_study(url, name, workers=workers, artifacts=artifacts, reporter=rep)
+        with crash.armed(artifacts):
+            run_study(url, name, workers=workers, artifacts=artifacts, reporter=rep)
     finally:
         rep.close()
     from acpsearch.search import study as st

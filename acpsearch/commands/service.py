@@ -163,8 +163,11 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Run a study to the end; an interrupted study resumes where the storage says it stopped.
-    A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired)."""
+    A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired).
+    A fatal signal writes every thread's stack to stderr and to a crash log in the artifacts folder."""
+    from acpsearch.search import crash
     from acpsearch.search.pipeline import run_study
+    from acpsearch.search.storage import artifact_dir
 
     url, st_obj = _storage(storage)
     if address is not None:
@@ -175,8 +178,9 @@ def run(
     study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
     rep = RichReporter(quiet=json_out)
     try:
-        summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep,
-                            force=force)
+        with crash.armed(artifact_dir(url, artifacts)):
+            summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
+                                reporter=rep, force=force)
     finally:
         rep.close()
     if json_out:
@@ -190,15 +194,24 @@ def run(
 def worker(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: each spec's)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="Ray workers per study (default: each spec's); without --address "
+                                               "also the local Ray's CPUs (default: this machine's)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
     wait: float = typer.Option(0.0, "--wait", min=0.0, help="keep polling this many seconds after the queue is empty"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Run submitted studies one after another until none is left (a study is claimed through a
-    lease in the storage, so several workers never run the same study)."""
+    lease in the storage, so several workers never run the same study).
+
+    The worker connects to Ray once, before its first study, and keeps that connection for every
+    study it runs. A fatal signal writes every thread's stack to stderr and to a crash log in the
+    artifacts folder."""
+    from acpsearch.search import crash
     from acpsearch.search import study as st
+    from acpsearch.search.cluster import connect, inits, shutdown_if_owned
     from acpsearch.search.pipeline import StudyBusy, claimable, run_study
+    from acpsearch.search.storage import artifact_dir
 
     url, st_obj = _storage(storage)
     if address is not None:
@@ -207,38 +220,47 @@ def worker(
         ray_env()
         _check_reachable(address)
     ran: list[dict[str, Any]] = []
-    idle_since = time.monotonic()
-    while True:
-        todo = [s for s in st.list_search_studies(st_obj) if claimable(s)]
-        progressed = False
-        for frozen in todo:
-            rep = RichReporter(quiet=json_out)
-            if not json_out:
-                err.print(f"worker: running study {frozen.study_name!r}")
-            try:
-                run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts, reporter=rep)
-                ran.append({"name": frozen.study_name, "state": "done"})
-            except StudyBusy:
-                continue
-            except st.LeaseLost as exc:
-                ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
-            except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
-                ran.append({"name": frozen.study_name, "state": "failed",
-                            "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"})
-                if not json_out:
-                    err.print(f"worker: study {frozen.study_name!r} failed: {ran[-1]['error']}")
-            finally:
-                rep.close()
-            progressed = True
-            break  # re-list: other workers may have taken or submitted studies meanwhile
-        if progressed:
+    conn: dict[str, Any] = {}
+    with crash.armed(artifact_dir(url, artifacts)):
+        try:
             idle_since = time.monotonic()
-            continue
-        if time.monotonic() - idle_since >= wait:
-            break
-        time.sleep(min(5.0, max(0.5, wait / 10)))
+            while True:
+                todo = [s for s in st.list_search_studies(st_obj) if claimable(s)]
+                progressed = False
+                for frozen in todo:
+                    if not conn:  # once per worker: every study reuses this connection
+                        conn = connect(address, workers or os.cpu_count() or 1)
+                    rep = RichReporter(quiet=json_out)
+                    if not json_out:
+                        err.print(f"worker: running study {frozen.study_name!r}")
+                    try:
+                        run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts,
+                                  reporter=rep)
+                        ran.append({"name": frozen.study_name, "state": "done"})
+                    except StudyBusy:
+                        continue
+                    except st.LeaseLost as exc:
+                        ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
+                    except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
+                        ran.append({"name": frozen.study_name, "state": "failed",
+                                    "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"})
+                        if not json_out:
+                            err.print(f"worker: study {frozen.study_name!r} failed: {ran[-1]['error']}")
+                    finally:
+                        rep.close()
+                    progressed = True
+                    break  # re-list: other workers may have taken or submitted studies meanwhile
+                if progressed:
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since >= wait:
+                    break
+                time.sleep(min(5.0, max(0.5, wait / 10)))
+        finally:
+            if conn:  # every lease thread is joined by now (run_study releases its lease)
+                shutdown_if_owned(conn)
     if json_out:
-        out({"ran": ran})
+        out({"ran": ran, "ray_inits": inits(), "ray_job": conn.get("job")})
     else:
         err.print(f"worker: no study left to run ({len(ran)} run by this worker)")
 

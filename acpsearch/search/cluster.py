@@ -1,6 +1,12 @@
 """Ray connection: a local Ray with the spec's worker count, or an existing cluster by address.
 
 An unreachable `--address` is a user error (exit 2), never a silent fallback to a local run.
+
+A process connects to Ray once for its lifetime. `ray.init` -> `ray.shutdown` -> `ray.init` in one
+process, with background threads alive, is a known way to crash Ray's core worker (a SIGSEGV in
+`_raylet.so`: Ray issues #31145, #20975). So `acpsearch worker` connects before its first study and
+shuts down after its last one. `run_study` reuses an open connection and never closes one it did
+not open. `inits()` counts this process's `ray.init` calls; the worker reports it.
 """
 from __future__ import annotations
 
@@ -9,6 +15,13 @@ import socket
 from typing import Any
 
 from acpsearch.errors import SpecError
+
+_INITS = 0
+
+
+def inits() -> int:
+    """How many times this process called `ray.init` (a worker's whole life: 1)."""
+    return _INITS
 
 
 def ray_env() -> None:
@@ -38,14 +51,19 @@ def _check_reachable(address: str) -> None:
 def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
     """Start or join Ray. Reuses a Ray session already open in this process (tests share one).
 
-    Returns {"address", "cpus", "local"} for the report."""
+    Returns {"address", "cpus", "local", "job", "reused"}: `job` is the Ray job id of this
+    connection (one per `ray.init`), `reused` says whether the caller must leave it open."""
+    global _INITS
     import ray
+
+    from acpsearch.search import crash
 
     ray_env()
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return {"address": ctx.gcs_address, "cpus": ray.cluster_resources().get("CPU", 0), "local": address is None,
-                "reused": True}
+                "job": ctx.get_job_id(), "reused": True}
+    _INITS += 1
     if address:
         _check_reachable(address)
         try:
@@ -60,8 +78,10 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
         ray.init(address="local", num_cpus=int(workers), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
         local = True
-    return {"address": ray.get_runtime_context().gcs_address, "cpus": ray.cluster_resources().get("CPU", 0),
-            "local": local, "reused": False}
+    crash.rearm()  # faulthandler stays the outermost handler of fatal signals
+    ctx = ray.get_runtime_context()
+    return {"address": ctx.gcs_address, "cpus": ray.cluster_resources().get("CPU", 0), "local": local,
+            "job": ctx.get_job_id(), "reused": False}
 
 
 def shutdown_if_owned(info: dict[str, Any]) -> None:

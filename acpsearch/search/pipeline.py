@@ -998,8 +998,14 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
         info = connect(address, n_workers)
         import ray
 
+        if info["reused"] and info["local"] and 0 < int(info["cpus"]) < ctx.workers:
+            # a worker's one local Ray is smaller than this spec asks: more actors than CPUs would wait
+            ctx.reporter.log(f"search.workers {ctx.workers} > the local Ray's {int(info['cpus'])} CPUs: "
+                             f"using {int(info['cpus'])}")
+            ctx.workers = int(info["cpus"])
         st.set_state(study, "running", started_at=study.user_attrs.get("started_at") or st.now_iso(),
-                     ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"]})
+                     ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"],
+                          "job": info["job"]})
         run_phases(ctx, ray)
         st.set_state(study, "done", finished_at=st.now_iso(), error=None)
         outcome = "done"
