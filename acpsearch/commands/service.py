@@ -166,6 +166,7 @@ def run(
     A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired).
     A fatal signal writes every thread's stack to stderr and to a crash log in the artifacts folder."""
     from acpsearch.search import crash
+    from acpsearch.search import study as st
     from acpsearch.search.pipeline import run_study
     from acpsearch.search.storage import artifact_dir
 
@@ -176,6 +177,7 @@ def run(
         ray_env()
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
     study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
+    st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
     rep = RichReporter(quiet=json_out)
     try:
         with crash.armed(artifact_dir(url, artifacts)):

@@ -105,7 +105,12 @@ def disarm(to_stderr: bool = True) -> None:
         return
     faulthandler.disable()
     if to_stderr:
-        faulthandler.enable(all_threads=True)
+        for stream in (sys.stderr, sys.__stderr__):  # sys.stderr may be a capture without a file descriptor
+            try:
+                faulthandler.enable(file=stream, all_threads=True)
+                break
+            except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both OSError and ValueError
+                continue
     try:
         if _helper.stdin is not None:
             _helper.stdin.close()
