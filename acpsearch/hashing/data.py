@@ -341,7 +341,7 @@ def _load_cifar10(path: str | None) -> Dataset:
             raw_data = batch[b"data"] if b"data" in batch else batch["data"]
             raw_labels = batch[b"labels"] if b"labels" in batch else batch["labels"]
             if not isinstance(raw_labels, (list, tuple, np.ndarray)):
-                raise DataError(f"dataset cifar10: {file}: 'labels' is a {type(raw_labels).__name__}, "
+                raise DataError(f"dataset cifar10: {file}: 'labels' is of type {type(raw_labels).__name__}, "
                                 "not a list of class ids")
             data, labels = np.asarray(raw_data), np.asarray(raw_labels)
         except DataError:
