@@ -281,6 +281,8 @@ def bad_data(kind: str) -> Callable[[Any], dict[str, str]]:
                 np.save(bad, img)
             elif kind == "folder-bomb-png":
                 _png_claiming(path / "a" / "x.png", 20000, 20000)
+            elif kind == "folder-bombwarn-png":  # Pillow only warns (between 1x and 2x its MAX_IMAGE_PIXELS)
+                _png_claiming(path / "a" / "x.png", 10000, 10000)
             elif kind == "folder-huge-png":  # below Pillow's own limit, above MAX_SIDE
                 _png_claiming(path / "a" / "x.png", 5000, 5000)
             elif kind == "folder-one-class":
@@ -513,6 +515,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      Q("dataset folder: '{data}': images[3] ('{data}/a/x.npy') has a non-finite value (nan) at index (0, 2, 5)")),
     ("data-folder-bomb-png", data_spec("folder", "folder-bomb-png"), SUBMIT,
      Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit")),
+    ("data-folder-bomb-warning-png", data_spec("folder", "folder-bombwarn-png"), SUBMIT,
+     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (100000000 pixels) exceeds limit")),
     ("data-folder-huge-png", data_spec("folder", "folder-huge-png"), SUBMIT,
      Q("dataset folder: image '{data}/a/x.png' is 5000x5000 pixels, each side must be 1 to 4096")),
     ("data-folder-one-class", data_spec("folder", "folder-one-class"), SUBMIT,
