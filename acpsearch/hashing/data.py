@@ -428,7 +428,7 @@ def _read_image(file: Path, size: tuple[int, int] | None):
                 arr = np.asarray(im)
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, zlib.error,
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"dataset folder: cannot read image {str(file)!r} ({_first_line(exc)})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
