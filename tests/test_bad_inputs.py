@@ -508,7 +508,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("data-folder-garbage-npy", data_spec("folder", "folder-garbage-npy"), SUBMIT,
      Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)")),
     ("data-folder-pickle-npy", data_spec("folder", "folder-object-npy"), SUBMIT,
-     Q("dataset folder: cannot read '{data}/a/x.npy' as a numeric .npy array (")),
+     Q("dataset folder: '{data}/a/x.npy' holds Python objects (object), not numbers")),
     ("data-folder-1d-npy", data_spec("folder", "folder-1d-npy"), SUBMIT,
      Q("dataset folder: '{data}/a/x.npy' is a 1-D array of shape (64,); an .npy image must be (H, W)")),
     ("data-folder-nan-npy", data_spec("folder", "folder-nan-npy"), SUBMIT,

@@ -313,7 +313,8 @@ def test_folder_bad_files_name_the_file(tmp_path):
     bad = tmp_path / "a" / "z.npy"
     cases = [
         (lambda: bad.write_bytes(b"\x00garbage" * 20), "is not an .npy file (no NumPy header)"),
-        (lambda: np.save(bad, np.array([1, None], dtype=object), allow_pickle=True), "as a numeric .npy array"),
+        (lambda: np.save(bad, np.array([1, None], dtype=object), allow_pickle=True),
+         "holds Python objects (object), not numbers"),
         (lambda: np.save(bad, np.zeros(5)), "is a 1-D array of shape (5,)"),
         (lambda: np.save(bad, np.zeros((8, 8), np.complex64)), "holds complex numbers"),
         (lambda: np.savez(bad.open("wb"), X=np.zeros(3)), "is not an .npy file"),
@@ -324,13 +325,27 @@ def test_folder_bad_files_name_the_file(tmp_path):
             load_dataset("folder", str(tmp_path))
         assert repr(str(bad)) in str(exc.value) and message in str(exc.value), str(exc.value)
     bad.unlink()
-    # a .npy header claiming more than the file holds: refused before anything is allocated
+    # .npy headers claiming more than the file holds: refused before anything is allocated
     import io
-    head = io.BytesIO()
-    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)})
-    bad.write_bytes(head.getvalue() + b"\0" * 64)
-    with pytest.raises(DataError, match="as a numeric .npy array"):
+    for shape, message in (((10 ** 6, 10 ** 6), "has shape (1000000, 1000000); an image needs"),
+                           ((1000, 1000), "is truncated (64 of 8000000 bytes of data)"),
+                           ((2, 3, 4, 5), "is a 4-D array of shape (2, 3, 4, 5)")):
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        bad.write_bytes(head.getvalue() + b"\0" * 64)
+        with pytest.raises(DataError) as exc:
+            load_dataset("folder", str(tmp_path))
+        assert repr(str(bad)) in str(exc.value) and message in str(exc.value), str(exc.value)
+    bad.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': nope}  \n")
+    with pytest.raises(DataError, match=r"cannot read .* as an \.npy array \("):
         load_dataset("folder", str(tmp_path))
+    # good .npy images: (H, W), (C, H, W) and (H, W, C) are read as (C, H, W), values unchanged
+    img = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    for stored, expected in ((img[:, :, 0], img[None, :, :, 0]), (img.transpose(2, 0, 1), img.transpose(2, 0, 1)),
+                             (img, img.transpose(2, 0, 1)), (img.astype(np.float16), img.transpose(2, 0, 1))):
+        np.save(bad, stored)
+        got = data_mod._read_image(bad, None)
+        assert got.shape == expected.shape and np.array_equal(got, expected)
     bad.unlink()
     # PNG headers: above Pillow's bomb limit, and above ours
     png = tmp_path / "a" / "z.png"

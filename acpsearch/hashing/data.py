@@ -24,9 +24,9 @@ or a silently broken data set:
   keeps the original id of each class, and `class_names` of a folder data set keeps only the
   folders that hold images). Ids that already are 0..C-1 stay as they are, so their splits do not
   change; a sparse id such as 2**40 costs one class, not a loop over 2**40 of them.
-- Files are checked where they are read: .npy images in a folder are memory-mapped first (their
-  header cannot make the loader allocate more than the file holds), Pillow's decompression-bomb
-  checks become errors and no image may have a side above MAX_SIDE.
+- Files are checked where they are read: the header of a folder's .npy image is checked before
+  np.load (numeric dtype, an image's shape, as many bytes as that shape needs), Pillow's
+  decompression-bomb warning and error are errors here, and no image may have a side above MAX_SIDE.
 """
 from __future__ import annotations
 
@@ -371,37 +371,59 @@ def _load_cifar10(path: str | None) -> Dataset:
 
 
 def _read_npy(file: Path) -> np.ndarray:
-    """An .npy image: memory-mapped first, so neither its header (a huge shape) nor its dtype
-    (pickled objects) can do anything before they are checked."""
+    """An .npy image. Its header is read and checked first (a numeric dtype, an image's shape, as
+    many bytes as the shape needs), so neither pickled objects nor a header claiming a huge shape
+    get as far as np.load."""
+    fmt = np.lib.format
     try:
         with open(file, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise DataError(f"dataset folder: cannot read {str(file)!r} ({_first_line(exc)})") from None
-    if magic != b"\x93NUMPY":  # else np.load would try it as a pickle (or a zip archive)
-        raise DataError(f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write images "
-                        "with numpy.save")
-    try:
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - a damaged header fails in numpy's format parser in many ways
-        raise DataError(f"dataset folder: cannot read {str(file)!r} as a numeric .npy array "
-                        f"({_first_line(exc)})") from None
-    problem = _dtype_problem(arr.dtype)
+            if f.read(6) != fmt.MAGIC_PREFIX:  # else np.load would try it as a pickle (or a zip archive)
+                raise DataError(f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write "
+                                "images with numpy.save")
+            f.seek(0)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here")
+            have = _remaining(f)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
+        raise DataError(f"dataset folder: cannot read {str(file)!r} as an .npy array ({_first_line(exc)})") from None
+    problem = _dtype_problem(dtype)
     if problem:
         raise DataError(f"dataset folder: {str(file)!r} {problem}")
-    if arr.ndim not in (2, 3):
-        raise DataError(f"dataset folder: {str(file)!r} is a {arr.ndim}-D array of shape {arr.shape}; an .npy "
+    if len(shape) not in (2, 3):
+        raise DataError(f"dataset folder: {str(file)!r} is a {len(shape)}-D array of shape {shape}; an .npy "
                         "image must be (H, W), (C, H, W) or (H, W, C)")
-    shape = arr.shape
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
-        arr = arr.transpose(2, 0, 1)
-    c, h, w = arr.shape
+    chw = (1, *shape) if len(shape) == 2 else shape
+    if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
+        chw = (shape[2], shape[0], shape[1])
+    c, h, w = chw
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE and 1 <= c <= MAX_CHANNELS):
         raise DataError(f"dataset folder: {str(file)!r} has shape {shape}; an image needs 1 to {MAX_CHANNELS} "
                         f"channels and sides of 1 to {MAX_SIDE} pixels")
-    return np.array(arr)  # a copy in memory: the memory map is let go
+    need = math.prod(shape) * dtype.itemsize
+    if have < need:
+        raise DataError(f"dataset folder: {str(file)!r} is truncated ({have} of {need} bytes of data)")
+    try:
+        arr = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"dataset folder: cannot read {str(file)!r} as an .npy array ({_first_line(exc)})") from None
+    if arr.ndim == 2:
+        return arr[None]
+    return arr.transpose(2, 0, 1) if tuple(chw) != tuple(shape) else arr  # (H, W, C) -> (C, H, W)
+
+
+def _remaining(f: Any) -> int:
+    """Bytes after the current position of a seekable file (which stays where it was)."""
+    here = f.tell()
+    end = f.seek(0, 2)
+    f.seek(here)
+    return end - here
 
 
 def _read_image(file: Path, size: tuple[int, int] | None):
