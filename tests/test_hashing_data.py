@@ -405,3 +405,47 @@ def test_npz_values_too_large_to_normalise(tmp_path):
     np.savez(tmp_path / "big.npz", X=np.full((4, 2, 2), 1e300), y=np.arange(4) % 2)
     with pytest.raises(DataError, match="pixel values too large to normalise"):
         load_dataset("npz", str(tmp_path / "big.npz"))
+
+
+def _npy_bytes(shape, descr):
+    import io
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": descr, "fortran_order": False, "shape": shape})
+    return head.getvalue()
+
+
+def test_npz_headers_are_checked_before_the_arrays_are_read(tmp_path):
+    """A compressed array of zeros can claim any size: its header is refused before it is inflated."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("X.npy", _npy_bytes((100000, 1, 512, 512), "|u1") + b"\0" * 1000)
+        z.writestr("y.npy", _npy_bytes((100000,), "<i8") + b"\0" * 100)
+    with pytest.raises(DataError, match=r"'.*bomb\.npz': X has shape \(100000, 1, 512, 512\), more than 2147483648"):
+        load_dataset("npz", str(bomb))
+    obj = tmp_path / "obj.npz"
+    with zipfile.ZipFile(obj, "w") as z:
+        z.writestr("X.npy", _npy_bytes((2, 4, 4), "|O") + b"\0" * 16)
+        z.writestr("y.npy", _npy_bytes((2,), "<i8") + b"\0" * 16)
+    with pytest.raises(DataError, match=r"'.*obj\.npz': X holds Python objects \(object\)"):
+        load_dataset("npz", str(obj))
+
+
+def test_fashion_mnist_idx_reads_no_more_than_its_header_says(tmp_path):
+    import gzip
+
+    for part in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{part}-images-idx3-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + b"\0" * 160)
+        with gzip.open(tmp_path / f"{part}-labels-idx1-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(range(10)))
+    assert load_dataset("fashion-mnist", str(tmp_path)).images.shape == (20, 1, 4, 4)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "ab") as g:
+        g.write(b"\0" * 10 ** 6)  # more than the header's shape
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz' has more data than its header's shape"):
+        load_dataset("fashion-mnist", str(tmp_path))
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as g:
+        g.write(bytes([0, 0, 8, 3]) + (2 ** 31).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2)
+    with pytest.raises(DataError, match=r"declares 34359738368 values \(2147483648, 4, 4\), more than 2147483648"):
+        load_dataset("fashion-mnist", str(tmp_path))

@@ -244,25 +244,35 @@ def _load_mnist5k() -> Dataset:
 
 
 def _read_idx(path: Path, ndim: int, what: str) -> np.ndarray:
-    """An unsigned-byte IDX file that must have `ndim` dimensions (3 for images, 1 for labels)."""
+    """An unsigned-byte IDX file that must have `ndim` dimensions (3 for images, 1 for labels).
+    The header is read first: no more bytes are decompressed than its shape needs (a gzip bomb
+    stops there), and a shape of more than MAX_VALUES values is refused before reading."""
     opener = gzip.open if path.suffix == ".gz" else open
+    where = f"dataset fashion-mnist: {str(path)!r}"
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{where} is not an unsigned-byte IDX file")
+            raw_dims = f.read(4 * head[3])
+            dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
+            if head[3] != ndim or len(dims) != ndim:
+                shape = "(N, H, W)" if ndim == 3 else "(N,)"
+                raise DataError(f"{where} holds {head[3]}-dimensional data {tuple(dims)}, an IDX file of {what} "
+                                f"must be {ndim}-dimensional {shape}")
+            count = math.prod(dims)
+            if count > MAX_VALUES:
+                raise DataError(f"{where} declares {count} values {tuple(dims)}, more than {MAX_VALUES}")
+            body = f.read(count + 1)
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"dataset fashion-mnist: cannot read {str(path)!r} ({exc or type(exc).__name__})") from None
-    if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"dataset fashion-mnist: {str(path)!r} is not an unsigned-byte IDX file")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(data[3])]
-    if len(dims) != ndim or len(data) < 4 + 4 * ndim:
-        shape = "(N, H, W)" if ndim == 3 else "(N,)"
-        raise DataError(f"dataset fashion-mnist: {str(path)!r} holds {data[3]}-dimensional data {tuple(dims)}, "
-                        f"an IDX file of {what} must be {ndim}-dimensional {shape}")
-    offset = 4 + 4 * ndim
-    count = math.prod(dims)
-    if len(data) - offset != count:
-        raise DataError(f"dataset fashion-mnist: {str(path)!r} is truncated ({len(data) - offset} of {count} bytes)")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    if len(body) < count:
+        raise DataError(f"{where} is truncated ({len(body)} of {count} bytes)")
+    if len(body) > count:
+        raise DataError(f"{where} has more data than its header's shape {tuple(dims)} holds")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -496,6 +506,22 @@ def _load_folder(path: str | None) -> Dataset:
                    where=lambda i: repr(str(paths[i])))
 
 
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an .npy member of an .npz archive, from its header alone."""
+    fmt = np.lib.format
+    if member not in archive.namelist():  # np.savez writes KEY.npy; NpzFile also reads a member named KEY
+        member = member[:-len(".npy")]
+    with archive.open(member) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{member}: .npy format version {version[0]}.{version[1]} is not read here")
+    return tuple(int(v) for v in shape), dtype
+
+
 def _load_npz(path: str | None) -> Dataset:
     if not path:
         raise DataError("dataset npz: no path given; pass --data-dir FILE.npz with arrays X and y")
@@ -510,6 +536,13 @@ def _load_npz(path: str | None) -> Dataset:
         with np.load(p, allow_pickle=False) as z:
             if "X" not in z or "y" not in z:
                 raise DataError(f"dataset npz: {str(p)!r} must contain arrays 'X' and 'y', has {sorted(z.files)}")
+            for key in ("X", "y"):  # the headers first: a compressed array of zeros can claim any size
+                shape, dtype = _npy_header(z.zip, f"{key}.npy")
+                if dtype.hasobject:
+                    raise DataError(f"dataset npz: {str(p)!r}: {key} {_dtype_problem(dtype)}")
+                if math.prod(shape) > MAX_VALUES:
+                    raise DataError(f"dataset npz: {str(p)!r}: {key} has shape {shape}, more than {MAX_VALUES} "
+                                    "values; use fewer or smaller images")
             x, y = np.asarray(z["X"]), np.asarray(z["y"])
     except DataError:
         raise
