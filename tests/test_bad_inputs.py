@@ -237,6 +237,121 @@ def data(kind: str) -> Callable[[Any], dict[str, str]]:
     return build
 
 
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """An 8x8 PNG whose IHDR says width x height (the CRC fixed): only the header is big."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes(), mtime=0))
+
+
+def bad_data(kind: str) -> Callable[[Any], dict[str, str]]:
+    """A malformed data set at {data} (a folder, an .npz file, cifar10 batches or fashion-mnist IDX
+    files); folder data sets have class folders a/ and b/ and the bad file is a/x.npy or a/x.png."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        path = ctx.tmp / kind
+        if kind.startswith("folder-"):
+            (path / "a").mkdir(parents=True)
+            (path / "b").mkdir()
+            for cls in ("a", "b"):
+                for i in range(3):
+                    np.save(path / cls / f"{i}.npy", np.full((8, 8), i, dtype=np.uint8))
+            bad = path / "a" / "x.npy"
+            if kind == "folder-garbage-npy":
+                bad.write_bytes(np.random.default_rng(2).bytes(512))
+            elif kind == "folder-object-npy":
+                np.save(bad, np.array([_Evil(ctx.marker), 1], dtype=object), allow_pickle=True)
+            elif kind == "folder-1d-npy":
+                np.save(bad, np.zeros(64, dtype=np.uint8))
+            elif kind == "folder-nan-npy":
+                img = np.zeros((8, 8), dtype=np.float32)
+                img[2, 5] = np.nan
+                np.save(bad, img)
+            elif kind == "folder-bomb-png":
+                _png_claiming(path / "a" / "x.png", 20000, 20000)
+            elif kind == "folder-bombwarn-png":  # Pillow only warns (between 1x and 2x its MAX_IMAGE_PIXELS)
+                _png_claiming(path / "a" / "x.png", 10000, 10000)
+            elif kind == "folder-huge-png":  # below Pillow's own limit, above MAX_SIDE
+                _png_claiming(path / "a" / "x.png", 5000, 5000)
+            elif kind == "folder-one-class":
+                for f in (path / "b").iterdir():
+                    f.unlink()
+        elif kind.startswith("npz-"):
+            path = ctx.tmp / f"{kind}.npz"
+            x = np.random.default_rng(3).random((200, 8, 8)).astype(np.float32)
+            y = np.arange(200) % 2
+            if kind == "npz-no-arrays":
+                np.savez(path)
+            elif kind == "npz-zero-images":
+                np.savez(path, X=np.zeros((0, 8, 8)), y=np.zeros(0, dtype=np.int64))
+            elif kind == "npz-nan":
+                x[12, 1, 1] = np.nan
+                np.savez(path, X=x, y=y)
+            elif kind == "npz-huge-class-id":
+                y[5] = 2 ** 40
+                np.savez(path, X=x, y=y)
+            elif kind == "npz-one-class":
+                np.savez(path, X=x, y=np.zeros(200, dtype=np.int64))
+            elif kind == "npz-negative-label":
+                y[7] = -3
+                np.savez(path, X=x, y=y)
+            elif kind == "npz-complex":
+                np.savez(path, X=x.astype(np.complex64), y=y)
+        elif kind.startswith("cifar-"):
+            path.mkdir()
+            batch: dict[bytes, Any] = {b"data": np.zeros((10, 3072), dtype=np.uint8), b"labels": list(range(10))}
+            if kind == "cifar-labels-int":
+                batch[b"labels"] = 5
+            elif kind == "cifar-data-shape":
+                batch[b"data"] = np.zeros((10, 3071), dtype=np.uint8)
+            for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+                with open(path / name, "wb") as f:
+                    pickle.dump(batch, f)
+        elif kind.startswith("fmnist-"):
+            path.mkdir()
+            images = np.zeros(100) if kind == "fmnist-1d" else np.zeros((100, 4, 4))
+            labels = np.zeros((100, 1)) if kind == "fmnist-2d-labels" else np.arange(100) % 10
+            for part in ("train", "t10k"):
+                _idx(path / f"{part}-images-idx3-ubyte.gz", images)
+                _idx(path / f"{part}-labels-idx1-ubyte.gz", labels)
+        return {"data": str(path)}
+
+    return build
+
+
+def data_spec(dataset: str, kind: str) -> Callable[[Any], dict[str, str]]:
+    """A spec whose data section points at bad_data(kind)."""
+    made: dict[str, str] = {}
+
+    def then(ctx: Any) -> dict[str, str]:
+        made.update(bad_data(kind)(ctx))
+        return made
+
+    return spec({"data.dataset": dataset, "data.path": lambda c: made["data"]}, then=then)
+
+
+def both(*builds: Callable[[Any], dict[str, str]]) -> Callable[[Any], dict[str, str]]:
+    def build(ctx: Any) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for b in builds:
+            values.update(b(ctx))
+        return values
+
+    return build
+
+
 def sqlite_garbage(ctx: Any) -> dict[str, str]:
     path = ctx.tmp / "garbage.db"
     path.write_bytes(b"definitely not a SQLite database" * 64)
@@ -389,6 +504,53 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("run-bad-address", nothing, ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:1"],
      Q("--address: cannot reach a Ray head at 127.0.0.1:1")),
     ("run-zero-workers", nothing, ["run", "{name}", "--storage", "{url}", "--workers", "0"], Q("--workers")),
+    # --- hardening: data ---
+    ("data-folder-garbage-npy", data_spec("folder", "folder-garbage-npy"), SUBMIT,
+     Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)")),
+    ("data-folder-pickle-npy", data_spec("folder", "folder-object-npy"), SUBMIT,
+     Q("dataset folder: '{data}/a/x.npy' holds Python objects (object), not numbers")),
+    ("data-folder-1d-npy", data_spec("folder", "folder-1d-npy"), SUBMIT,
+     Q("dataset folder: '{data}/a/x.npy' is a 1-D array of shape (64,); an .npy image must be (H, W)")),
+    ("data-folder-nan-npy", data_spec("folder", "folder-nan-npy"), SUBMIT,
+     Q("dataset folder: '{data}': images[3] ('{data}/a/x.npy') has a non-finite value (nan) at index (0, 2, 5)")),
+    ("data-folder-bomb-png", data_spec("folder", "folder-bomb-png"), SUBMIT,
+     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit")),
+    ("data-folder-bomb-warning-png", data_spec("folder", "folder-bombwarn-png"), SUBMIT,
+     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (100000000 pixels) exceeds limit")),
+    ("data-folder-huge-png", data_spec("folder", "folder-huge-png"), SUBMIT,
+     Q("dataset folder: image '{data}/a/x.png' is 5000x5000 pixels, each side must be 1 to 4096")),
+    ("data-folder-one-class", data_spec("folder", "folder-one-class"), SUBMIT,
+     Q("dataset folder: '{data}': all 3 images are of one class ('a'); retrieval needs at least 2 classes")),
+    ("evaluate-bomb-folder", both(checkpoint("base"), bad_data("folder-bomb-png")),
+     ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
+     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit")),
+    ("evaluate-garbage-npy-folder", both(checkpoint("base"), bad_data("folder-garbage-npy")),
+     ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
+     Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)")),
+    ("data-npz-no-arrays", data_spec("npz", "npz-no-arrays"), SUBMIT,
+     Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has []")),
+    ("data-npz-zero-images", data_spec("npz", "npz-zero-images"), SUBMIT,
+     Q("dataset npz: '{data}': no images (X has shape (0, 1, 8, 8))")),
+    ("data-npz-nan", data_spec("npz", "npz-nan"), SUBMIT,
+     Q("dataset npz: '{data}': X[12] has a non-finite value (nan) at index (0, 1, 1)")),
+    ("data-npz-huge-class-id", data_spec("npz", "npz-huge-class-id"), SUBMIT,
+     Q("protocol.query_per_class: class 1099511627776 has only 1 images, fewer than query_per_class") + ".*"
+     + Q("(dataset npz '{data}')")),
+    ("data-npz-one-class", data_spec("npz", "npz-one-class"), SUBMIT,
+     Q("dataset npz: '{data}': all 200 images are of one class (0); retrieval needs at least 2 classes")),
+    ("data-npz-negative-label", data_spec("npz", "npz-negative-label"), SUBMIT,
+     Q("dataset npz: '{data}': y[7] is -3; class ids must be non-negative integers")),
+    ("data-npz-complex", data_spec("npz", "npz-complex"), SUBMIT,
+     Q("dataset npz: '{data}': X holds complex numbers (complex64), not numbers")),
+    ("data-cifar-labels-int", data_spec("cifar10", "cifar-labels-int"), SUBMIT,
+     Q("dataset cifar10: data_batch_1 in '{data}': 'labels' is of type int, not a list of class ids")),
+    ("data-cifar-data-shape", data_spec("cifar10", "cifar-data-shape"), SUBMIT,
+     Q("dataset cifar10: data_batch_1 in '{data}' has data of shape (10, 3071), expected (N, 3072)")),
+    ("data-fmnist-1d", data_spec("fashion-mnist", "fmnist-1d"), SUBMIT,
+     Q("dataset fashion-mnist: '{data}/train-images-idx3-ubyte.gz' holds 1-dimensional data (100,), an IDX file "
+       "of images must be 3-dimensional")),
+    ("data-fmnist-2d-labels", data_spec("fashion-mnist", "fmnist-2d-labels"), SUBMIT,
+     Q("dataset fashion-mnist: '{data}/train-labels-idx1-ubyte.gz' holds 2-dimensional data (100, 1)")),
 ]
 
 
@@ -488,7 +650,11 @@ def test_every_issue_case_is_in_the_table():
                    "data-missing", "data-unreadable", "spec-checkpoint-corrupt", "spec-checkpoint-foreign",
                    "spec-checkpoint-runs-code", "evaluate-corrupt", "evaluate-foreign", "evaluate-runs-code",
                    "storage-dir-missing", "storage-pg-unreachable", "run-ghost", "show-ghost", "export-ghost",
-                   "export-no-winner"):
+                   "export-no-winner",
+                   # hardening: data
+                   "data-folder-garbage-npy", "data-folder-pickle-npy", "data-folder-1d-npy", "data-folder-bomb-png",
+                   "evaluate-bomb-folder", "data-npz-no-arrays", "data-npz-zero-images", "data-npz-nan",
+                   "data-npz-huge-class-id", "data-cifar-labels-int", "data-fmnist-1d", "data-folder-one-class"):
         assert any(i.startswith(needed) for i in ids), needed
 
 

@@ -181,3 +181,271 @@ def test_splits_too_large_names_the_field():
         make_splits(ds, query_per_class=300, train_per_class=1, val_per_class=0)
     with pytest.raises(DataError, match="val_per_class"):
         make_splits(ds, 10, 10, -1)
+
+
+# --- the loaders' gate: _check_arrays ------------------------------------------------------------
+from acpsearch.hashing import data as data_mod  # noqa: E402
+from acpsearch.hashing.data import Dataset, _check_arrays  # noqa: E402
+
+SRC = "dataset test: 'src.npz'"
+
+
+def test_check_arrays_passes_good_arrays_unchanged():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 3, 5, 6), dtype=np.uint8)
+    y = np.arange(12) % 3
+    cx, cy, ids, names = _check_arrays(x, y, SRC)
+    assert cx is x or np.shares_memory(cx, x)
+    assert np.array_equal(cx, x) and np.array_equal(cy, y) and cy.dtype == np.int64
+    assert ids == [0, 1, 2] and names is None
+    # (N, H, W) gets a channel axis; "auto" reads (N, H, W, C); bool and float images are fine
+    fx = rng.random((12, 5, 6)).astype(np.float32)
+    assert _check_arrays(fx, y, SRC)[0].shape == (12, 1, 5, 6)
+    nhwc = rng.random((12, 5, 6, 3))
+    assert np.array_equal(_check_arrays(nhwc, y, SRC, layout="auto")[0], nhwc.transpose(0, 3, 1, 2))
+    assert _check_arrays(fx > 0.5, y.astype(np.uint8), SRC)[0].dtype == np.bool_
+    # folder class names follow the classes that have images
+    _, cy, ids, names = _check_arrays(x, np.array([0, 2] * 6), SRC, class_names=["a", "b", "c"])
+    assert ids == [0, 2] and names == ["a", "c"] and cy.tolist() == [0, 1] * 6
+    # multi-hot stays multi-hot
+    mh = rng.integers(0, 2, (12, 4))
+    _, cy, ids, _ = _check_arrays(x, mh, SRC)
+    assert np.array_equal(cy, mh > 0) and ids is None
+
+
+@pytest.mark.parametrize("images,labels,message", [
+    (np.array([[[object()]]] * 4, dtype=object), np.arange(4) % 2, "images holds Python objects (object)"),
+    (np.full((4, 2, 2), "a"), np.arange(4) % 2, "images holds strings (<U1)"),
+    (np.zeros((4, 2, 2), np.complex64), np.arange(4) % 2, "images holds complex numbers (complex64)"),
+    (np.zeros((4, 8)), np.arange(4) % 2, "images must be (N, H, W) or (N, C, H, W), got shape (4, 8)"),
+    (np.zeros((4, 1, 1, 8, 8)), np.arange(4) % 2, "got shape (4, 1, 1, 8, 8)"),
+    (np.zeros((0, 8, 8)), np.zeros(0, int), "no images (images has shape (0, 1, 8, 8))"),
+    (np.zeros((2, 65, 2, 2)), np.arange(2), "images has 65 channels, must be 1 to 64"),
+    (np.zeros((2, 1, 1, 4097)), np.arange(2), "images are 1x4097, each side must be 1 to 4096 pixels"),
+    (np.zeros((4, 0, 3)), np.arange(4) % 2, "images are 0x3"),
+    (np.zeros((4, 8, 8)), np.arange(3), "labels must be (N,) class ids or (N, C) multi-hot for N=4 images, got shape (3,)"),
+    (np.zeros((4, 8, 8)), np.zeros((4, 2, 2), int), "got shape (4, 2, 2)"),
+    (np.zeros((4, 8, 8)), np.array(5), "got shape ()"),
+    (np.zeros((4, 8, 8)), np.array([0.0, 1.0, 0.0, 1.0]), "labels holds floats (float64), not integer class ids"),
+    (np.zeros((4, 8, 8)), np.array(["a", "b", "a", "b"]), "labels holds strings (<U1), not integer class ids"),
+    (np.zeros((4, 8, 8)), np.array([0, 1, -2, 1]), "labels[2] is -2; class ids must be non-negative integers"),
+    (np.zeros((4, 8, 8)), np.array([3, 3, 3, 3]), "all 4 images are of one class (3); retrieval needs at least 2"),
+    (np.zeros((4, 8, 8)), np.ones((4, 1)), "labels is multi-hot with 1 class column(s)"),
+    (np.zeros((4, 8, 8)), np.array([[0, 1], [1, np.nan], [0, 1], [1, 0]]), "labels[1] has a non-finite value"),
+])
+def test_check_arrays_refuses_bad_arrays_naming_the_source(images, labels, message):
+    with pytest.raises(DataError) as exc:
+        _check_arrays(images, labels, SRC)
+    msg = str(exc.value)
+    assert msg.startswith(SRC + ": ") and message in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_arrays_names_the_first_non_finite_pixel_and_its_file(bad):
+    x = np.zeros((6, 1, 4, 5), np.float32)
+    x[4, 0, 2, 3] = bad
+    x[5, 0, 0, 0] = np.nan  # a later one is not the one reported
+    with pytest.raises(DataError) as exc:
+        _check_arrays(x, np.arange(6) % 2, SRC, where=lambda i: f"'img{i}.npy'")
+    assert str(exc.value) == (f"{SRC}: images[4] ('img4.npy') has a non-finite value ({np.float32(bad)}) at index "
+                              "(0, 2, 3) (channel, row, column); every pixel must be a finite number")
+
+
+def test_check_arrays_size_cap(monkeypatch):
+    monkeypatch.setattr(data_mod, "MAX_VALUES", 100)
+    _check_arrays(np.zeros((4, 5, 5)), np.arange(4) % 2, SRC)  # 100 values: at the cap
+    with pytest.raises(DataError, match=r"has 125 values \(shape \(5, 1, 5, 5\)\), more than 100"):
+        _check_arrays(np.zeros((5, 5, 5)), np.arange(5) % 2, SRC)
+
+
+def test_sparse_label_ids_are_remapped_and_split_like_dense_ones(tmp_path):
+    """Ids 1, 3, 4, 2**40 are classes 0..3 (ids recorded): the same splits as the ids 0..3, and no
+    loop over 2**40 class ids."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (80, 6, 6), dtype=np.uint8)
+    dense = np.arange(80) % 4
+    sparse = np.array([1, 3, 4, 2 ** 40])[dense]
+    np.savez(tmp_path / "dense.npz", X=x, y=dense)
+    np.savez(tmp_path / "sparse.npz", X=x, y=sparse)
+    a, b = load_dataset("npz", str(tmp_path / "dense.npz")), load_dataset("npz", str(tmp_path / "sparse.npz"))
+    assert b.num_classes == 4 and b.class_ids == [1, 3, 4, 2 ** 40] and a.class_ids == [0, 1, 2, 3]
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
+    sa, sb = make_splits(a, 3, 8, 2, seed=3), make_splits(b, 3, 8, 2, seed=3)
+    for part in ("query", "train", "val", "database"):
+        assert torch.equal(sa.indices[part], sb.indices[part])
+    # a protocol error names the class by the id in the user's file
+    with pytest.raises(DataError, match=r"class 1 has only 20 images.*\(dataset npz '.*sparse\.npz'\)"):
+        make_splits(b, 10, 10, 1)
+
+
+def test_make_splits_skips_empty_classes_without_looping_over_them():
+    """A data set built by hand whose num_classes is huge and mostly empty: the classes with images only."""
+    x = torch.zeros(40, 1, 2, 2)
+    labels = torch.tensor([0, 7] * 20)
+    ds = Dataset(x, labels, "hand", num_classes=2 ** 40)
+    sp = make_splits(ds, 2, 5, 1, seed=0)
+    assert sp.sizes() == {"query": 4, "train": 10, "val": 2, "database": 24}
+
+
+def test_valid_data_split_and_normalised_as_before_the_gate():
+    """Digits through the gate: labels are sklearn's targets, images and the seeded splits are
+    exactly what they were before it (index checksums taken from the loader without the gate)."""
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset("digits")
+    assert ds.class_ids == list(range(10)) and torch.equal(ds.labels, torch.from_numpy(load_digits().target).long())
+    assert abs(float(ds.images.double().abs().sum()) - 102607.23999807425) < 1e-6
+    sp = make_splits(ds, 10, 100, 20, seed=1)
+    sums = {k: int((v.numpy().astype(np.int64) * np.arange(1, len(v) + 1)).sum()) for k, v in sp.indices.items()}
+    assert sums == {"query": 4711878, "train": 444042842, "val": 18312677, "database": 115574905}
+    assert sp.indices["query"][:8].tolist() == [1788, 1690, 904, 566, 1430, 956, 286, 968]
+
+
+def test_folder_bad_files_name_the_file(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        np.save(tmp_path / cls / "ok.npy", np.zeros((8, 8), np.uint8))
+    bad = tmp_path / "a" / "z.npy"
+    cases = [
+        (lambda: bad.write_bytes(b"\x00garbage" * 20), "is not an .npy file (no NumPy header)"),
+        (lambda: np.save(bad, np.array([1, None], dtype=object), allow_pickle=True),
+         "holds Python objects (object), not numbers"),
+        (lambda: np.save(bad, np.zeros(5)), "is a 1-D array of shape (5,)"),
+        (lambda: np.save(bad, np.zeros((8, 8), np.complex64)), "holds complex numbers"),
+        (lambda: np.savez(bad.open("wb"), X=np.zeros(3)), "is not an .npy file"),
+    ]
+    for write, message in cases:
+        write()
+        with pytest.raises(DataError) as exc:
+            load_dataset("folder", str(tmp_path))
+        assert repr(str(bad)) in str(exc.value) and message in str(exc.value), str(exc.value)
+    bad.unlink()
+    # .npy headers claiming more than the file holds: refused before anything is allocated
+    import io
+    for shape, message in (((10 ** 6, 10 ** 6), "has shape (1000000, 1000000); an image needs"),
+                           ((1000, 1000), "is truncated (64 of 8000000 bytes of data)"),
+                           ((2, 3, 4, 5), "is a 4-D array of shape (2, 3, 4, 5)")):
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        bad.write_bytes(head.getvalue() + b"\0" * 64)
+        with pytest.raises(DataError) as exc:
+            load_dataset("folder", str(tmp_path))
+        assert repr(str(bad)) in str(exc.value) and message in str(exc.value), str(exc.value)
+    bad.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': nope}  \n")
+    with pytest.raises(DataError, match=r"cannot read .* as an \.npy array \("):
+        load_dataset("folder", str(tmp_path))
+    # good .npy images: (H, W), (C, H, W) and (H, W, C) are read as (C, H, W), values unchanged
+    img = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    for stored, expected in ((img[:, :, 0], img[None, :, :, 0]), (img.transpose(2, 0, 1), img.transpose(2, 0, 1)),
+                             (img, img.transpose(2, 0, 1)), (img.astype(np.float16), img.transpose(2, 0, 1))):
+        np.save(bad, stored)
+        got = data_mod._read_image(bad, None)
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+    bad.unlink()
+    # PNG headers: above Pillow's bomb limit, and above ours
+    png = tmp_path / "a" / "z.png"
+    for side, message in ((20000, "exceeds limit"), (5000, "is 5000x5000 pixels, each side must be 1 to 4096")):
+        Image.new("L", (8, 8)).save(png)
+        raw = bytearray(png.read_bytes())
+        raw[16:24] = struct.pack(">II", side, side)
+        raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+        png.write_bytes(bytes(raw))
+        with pytest.raises(DataError) as exc:
+            load_dataset("folder", str(tmp_path))
+        assert repr(str(png)) in str(exc.value) and message in str(exc.value), str(exc.value)
+    png.unlink()
+    # one class with images is not a retrieval data set
+    (tmp_path / "b" / "ok.npy").unlink()
+    with pytest.raises(DataError, match=r"all 1 images are of one class \('a'\)"):
+        load_dataset("folder", str(tmp_path))
+
+
+def test_cifar10_and_fashion_mnist_structure_errors_name_the_file(tmp_path):
+    import gzip
+
+    _write_cifar(tmp_path / "c")
+    with open(tmp_path / "c" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((10, 3072), np.uint8), b"labels": 5}, f)
+    with pytest.raises(DataError, match=r"data_batch_3 in '.*c': 'labels' is of type int, not a list"):
+        load_dataset("cifar10", str(tmp_path / "c"))
+    with open(tmp_path / "c" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((10, 3072), np.uint8), b"labels": [1] * 9}, f)
+    with pytest.raises(DataError, match=r"data_batch_3 in .* labels of shape \(9,\) for 10 images"):
+        load_dataset("cifar10", str(tmp_path / "c"))
+    with open(tmp_path / "c" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, -1]}, f)
+    with pytest.raises(DataError, match=r"labels\[61\] \(data_batch_3 row 1\) is -1"):
+        load_dataset("cifar10", str(tmp_path / "c"))
+
+    root = tmp_path / "f"
+    root.mkdir()
+
+    def idx(name, arr):
+        head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (root / name).write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
+
+    for part in ("train", "t10k"):
+        idx(f"{part}-images-idx3-ubyte.gz", np.zeros((20, 4, 4)))
+        idx(f"{part}-labels-idx1-ubyte.gz", np.arange(20) % 2)
+    assert load_dataset("fashion-mnist", str(root)).images.shape == (40, 1, 4, 4)
+    idx("t10k-images-idx3-ubyte.gz", np.zeros(20))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz' holds 1-dimensional data \(20,\)"):
+        load_dataset("fashion-mnist", str(root))
+    idx("t10k-images-idx3-ubyte.gz", np.zeros((19, 4, 4)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz' has 19 images but .* has 20 labels"):
+        load_dataset("fashion-mnist", str(root))
+
+
+def test_npz_values_too_large_to_normalise(tmp_path):
+    np.savez(tmp_path / "big.npz", X=np.full((4, 2, 2), 1e300), y=np.arange(4) % 2)
+    with pytest.raises(DataError, match="pixel values too large to normalise"):
+        load_dataset("npz", str(tmp_path / "big.npz"))
+
+
+def _npy_bytes(shape, descr):
+    import io
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": descr, "fortran_order": False, "shape": shape})
+    return head.getvalue()
+
+
+def test_npz_headers_are_checked_before_the_arrays_are_read(tmp_path):
+    """A compressed array of zeros can claim any size: its header is refused before it is inflated."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("X.npy", _npy_bytes((100000, 1, 512, 512), "|u1") + b"\0" * 1000)
+        z.writestr("y.npy", _npy_bytes((100000,), "<i8") + b"\0" * 100)
+    with pytest.raises(DataError, match=r"'.*bomb\.npz': X has shape \(100000, 1, 512, 512\), more than 2147483648"):
+        load_dataset("npz", str(bomb))
+    obj = tmp_path / "obj.npz"
+    with zipfile.ZipFile(obj, "w") as z:
+        z.writestr("X.npy", _npy_bytes((2, 4, 4), "|O") + b"\0" * 16)
+        z.writestr("y.npy", _npy_bytes((2,), "<i8") + b"\0" * 16)
+    with pytest.raises(DataError, match=r"'.*obj\.npz': X holds Python objects \(object\)"):
+        load_dataset("npz", str(obj))
+
+
+def test_fashion_mnist_idx_reads_no_more_than_its_header_says(tmp_path):
+    import gzip
+
+    for part in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{part}-images-idx3-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + b"\0" * 160)
+        with gzip.open(tmp_path / f"{part}-labels-idx1-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(range(10)))
+    assert load_dataset("fashion-mnist", str(tmp_path)).images.shape == (20, 1, 4, 4)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "ab") as g:
+        g.write(b"\0" * 10 ** 6)  # more than the header's shape
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz' has more data than its header's shape"):
+        load_dataset("fashion-mnist", str(tmp_path))
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as g:
+        g.write(bytes([0, 0, 8, 3]) + (2 ** 31).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2)
+    with pytest.raises(DataError, match=r"declares 34359738368 values \(2147483648, 4, 4\), more than 2147483648"):
+        load_dataset("fashion-mnist", str(tmp_path))

@@ -9,17 +9,37 @@ or are supplied by the user (cifar10 "python version" batches, an image folder, 
 `query_per_class` queries, `train_per_class` training images, `val_per_class` validation images,
 the rest is the retrieval database. It is seeded and the database is shuffled, because Hamming
 ties are frequent and a class-sorted database biases mAP@k under a stable sort.
+
+Every loader passes its arrays through `_check_arrays` before anything is normalised or split, so
+a malformed data set is one `DataError` line that names the file (or data set), never a traceback
+or a silently broken data set:
+
+- images: a numeric dtype (bool, integers, floats; not object, strings, complex), (N, H, W) or
+  (N, C, H, W) (npz also (N, H, W, C)), at least one image, 1..MAX_CHANNELS channels, sides of
+  1..MAX_SIDE pixels, at most MAX_VALUES values in all, every value finite (the first NaN / inf is
+  reported with its index: one of them would turn the whole normalised data set into NaN);
+- labels: (N,) class ids of an integer (or bool) dtype, non-negative, one per image, or (N, C)
+  multi-hot (npz) of a numeric dtype; at least two classes (retrieval mAP needs them).
+- Class ids are *remapped* to 0..C-1 in increasing order of the original ids (`Dataset.class_ids`
+  keeps the original id of each class, and `class_names` of a folder data set keeps only the
+  folders that hold images). Ids that already are 0..C-1 stay as they are, so their splits do not
+  change; a sparse id such as 2**40 costs one class, not a loop over 2**40 of them.
+- Files are checked where they are read: the header of a folder's .npy image is checked before
+  np.load (numeric dtype, an image's shape, as many bytes as that shape needs), Pillow's
+  decompression-bomb warning and error are errors here, and no image may have a side above MAX_SIDE.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +49,9 @@ from acpsearch.errors import DataError
 DATASET_NAMES = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_SIDE = 4096  # pixels per image side (hash networks here take small images; bigger ones are resized first)
+MAX_CHANNELS = 64
+MAX_VALUES = 2 ** 31  # values in a data set: 8 GiB as float32, and normalising makes copies of it
 
 
 @dataclass
@@ -41,6 +64,7 @@ class Dataset:
     num_classes: int
     path: str | None = None
     class_names: list[str] | None = None
+    class_ids: list[int] | None = None  # the original label id of each class (labels are remapped to 0..C-1)
 
     @property
     def multi_label(self) -> bool:
@@ -87,16 +111,116 @@ def _normalise(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((x - mean) / std)
 
 
-def _finish(x: np.ndarray, y: np.ndarray, name: str, path: str | None, class_names: list[str] | None = None,
-            shuffle_seed: int | None = None) -> Dataset:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dtype_problem(dtype: np.dtype, labels: bool = False) -> str | None:
+    """Why an array of this dtype is not image data (or class ids), or None when it is."""
+    kinds = "biu" if labels else "biuf"
+    if dtype.kind in kinds:
+        return None
+    words = {"O": "Python objects", "U": "strings", "S": "bytes", "c": "complex numbers", "V": "records",
+             "M": "dates", "m": "time deltas", "f": "floats"}
+    what = words.get(dtype.kind, f"dtype {dtype}")
+    need = "integer class ids" if labels else "numbers (bool, integer or float)"
+    return f"holds {what} ({dtype}), not {need}"
+
+
+def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW",
+                  arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None,
+                  class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[int] | None,
+                                                                 list[str] | None]:
+    """The one gate between a loader and the rest: check a data set's arrays, return them as
+    (images (N, C, H, W), labels, class_ids, class_names).
+
+    `source` starts every message ("dataset npz: 'FILE'"); `arrays` names the two arrays as the
+    user knows them; `where(i)` names the file (and row) that image i came from. `layout` is
+    "NCHW" ((N, H, W) gets a channel axis) or "auto" ((N, H, W, C) is recognised as well).
+    Single-label ids are remapped to 0..C-1 (see the module docstring); `class_names[k]` names
+    the original id k (a folder) and is returned for the classes that remain."""
+    xname, yname = arrays
+
+    def at(i: int) -> str:
+        return f" ({where(i)})" if where is not None else ""
+
+    x, y = np.asarray(images), np.asarray(labels)
+    problem = _dtype_problem(x.dtype)
+    if problem:
+        raise DataError(f"{source}: {xname} {problem}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and layout == "auto" and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        forms = "(N, H, W), (N, H, W, C) or (N, C, H, W)" if layout == "auto" else "(N, H, W) or (N, C, H, W)"
+        raise DataError(f"{source}: {xname} must be {forms}, got shape {x.shape}")
+    n, c, h, w = (int(v) for v in x.shape)
+    if n < 1:
+        raise DataError(f"{source}: no images ({xname} has shape {x.shape})")
+    if not 1 <= c <= MAX_CHANNELS:
+        raise DataError(f"{source}: {xname} has {c} channels, must be 1 to {MAX_CHANNELS} (shape {x.shape})")
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise DataError(f"{source}: {xname} images are {h}x{w}, each side must be 1 to {MAX_SIDE} pixels")
+    if n * c * h * w > MAX_VALUES:
+        raise DataError(f"{source}: {xname} has {n * c * h * w} values (shape {x.shape}), more than {MAX_VALUES} "
+                        "fit in memory here; use fewer or smaller images")
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            flat = int(np.argmin(finite.reshape(-1)))
+            idx = tuple(int(v) for v in np.unravel_index(flat, x.shape))
+            raise DataError(f"{source}: {xname}[{idx[0]}]{at(idx[0])} has a non-finite value ({x[idx]}) at "
+                            f"index {idx[1:]} (channel, row, column); every pixel must be a finite number")
+        del finite
+
+    problem = _dtype_problem(y.dtype, labels=y.ndim == 1)
+    if y.ndim not in (1, 2) or len(y) != n:
+        raise DataError(f"{source}: {yname} must be (N,) class ids or (N, C) multi-hot for N={n} images, "
+                        f"got shape {y.shape}")
+    if problem and y.ndim == 1 and y.dtype.kind == "f":
+        raise DataError(f"{source}: {yname} {problem}; store the class ids as integers")
+    if problem:
+        raise DataError(f"{source}: {yname} {problem}")
+    if y.ndim == 2:  # multi-hot: one column per class
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            row = int(np.argmin(np.isfinite(y).all(axis=1)))
+            raise DataError(f"{source}: {yname}[{row}]{at(row)} has a non-finite value")
+        if y.shape[1] < 2:
+            raise DataError(f"{source}: {yname} is multi-hot with {y.shape[1]} class column(s); retrieval needs "
+                            "at least 2 classes")
+        return x, (y > 0).astype(np.int64), None, None
+    if y.dtype.kind == "i" and y.size and y.min() < 0:
+        i = int(np.argmax(y < 0))
+        raise DataError(f"{source}: {yname}[{i}]{at(i)} is {int(y[i])}; class ids must be non-negative integers")
+    ids, inverse = np.unique(y, return_inverse=True)
+    if len(ids) < 2:
+        only = repr(class_names[int(ids[0])]) if class_names is not None else str(int(ids[0]))
+        raise DataError(f"{source}: all {n} images are of one class ({only}); retrieval needs at least 2 classes")
+    class_ids = [int(v) for v in ids]
+    names = [class_names[k] for k in class_ids] if class_names is not None else None
+    return x, inverse.reshape(-1).astype(np.int64), class_ids, names
+
+
+def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] | None = None,
+            shuffle_seed: int | None = None, *, source: str | None = None, layout: str = "NCHW",
+            arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None) -> Dataset:
+    source = source or (f"dataset {name}: {path!r}" if path else f"dataset {name}")
+    x, y, class_ids, class_names = _check_arrays(x, y, source, layout=layout, arrays=arrays, where=where,
+                                                 class_names=class_names)
     if shuffle_seed is not None:
         perm = np.random.default_rng(shuffle_seed).permutation(len(x))
         x, y = x[perm], y[perm]
-    labels = torch.from_numpy(np.ascontiguousarray(y)).long() if y.ndim == 1 else torch.from_numpy((y > 0).astype(np.int64))
-    num_classes = int(labels.shape[1]) if labels.ndim == 2 else int(labels.max()) + 1
-    if class_names is not None:
-        num_classes = max(num_classes, len(class_names))
-    return Dataset(_normalise(x), labels, name, num_classes, path, class_names)
+    labels = torch.from_numpy(np.ascontiguousarray(y)).long()
+    num_classes = int(labels.shape[1]) if labels.ndim == 2 else len(class_ids or ())
+    with np.errstate(all="ignore"):  # huge finite values overflow float32: refused just below
+        images = _normalise(x)
+    if not bool(torch.isfinite(images).all()):
+        biggest = max(abs(float(x.min())), abs(float(x.max())))
+        raise DataError(f"{source}: pixel values too large to normalise (largest magnitude {biggest}); "
+                        "store pixels as 0..255 or 0..1")
+    return Dataset(images, labels, name, num_classes, path, class_names, class_ids)
 
 
 # ---------------------------------------------------------------------------------------- loaders
@@ -119,22 +243,36 @@ def _load_mnist5k() -> Dataset:
     return _finish(x, y.astype(np.int64), "mnist5k", None, shuffle_seed=0)
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, ndim: int, what: str) -> np.ndarray:
+    """An unsigned-byte IDX file that must have `ndim` dimensions (3 for images, 1 for labels).
+    The header is read first: no more bytes are decompressed than its shape needs (a gzip bomb
+    stops there), and a shape of more than MAX_VALUES values is refused before reading."""
     opener = gzip.open if path.suffix == ".gz" else open
+    where = f"dataset fashion-mnist: {str(path)!r}"
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{where} is not an unsigned-byte IDX file")
+            raw_dims = f.read(4 * head[3])
+            dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
+            if head[3] != ndim or len(dims) != ndim:
+                shape = "(N, H, W)" if ndim == 3 else "(N,)"
+                raise DataError(f"{where} holds {head[3]}-dimensional data {tuple(dims)}, an IDX file of {what} "
+                                f"must be {ndim}-dimensional {shape}")
+            count = math.prod(dims)
+            if count > MAX_VALUES:
+                raise DataError(f"{where} declares {count} values {tuple(dims)}, more than {MAX_VALUES}")
+            body = f.read(count + 1)
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"dataset fashion-mnist: cannot read {str(path)!r} ({exc or type(exc).__name__})") from None
-    if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"dataset fashion-mnist: {str(path)!r} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    count = int(np.prod(dims))
-    if len(data) - offset != count:
-        raise DataError(f"dataset fashion-mnist: {str(path)!r} is truncated ({len(data) - offset} of {count} bytes)")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    if len(body) < count:
+        raise DataError(f"{where} is truncated ({len(body)} of {count} bytes)")
+    if len(body) > count:
+        raise DataError(f"{where} has more data than its header's shape {tuple(dims)} holds")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -154,12 +292,22 @@ def _load_fashion_mnist(path: str | None) -> Dataset:
             f"dataset fashion-mnist: {missing}(.gz) not found in {str(root)!r}; install it with "
             "'apt-get install dataset-fashion-mnist' or pass --data-dir (spec: data.path) with the four IDX files"
         )
-    xtr, ytr, xte, yte = (_read_idx(f) for f in files)  # type: ignore[arg-type]
-    x = np.concatenate([xtr, xte])[:, None]
-    y = np.concatenate([ytr, yte]).astype(np.int64)
-    if len(x) != len(y):
-        raise DataError(f"dataset fashion-mnist: {len(x)} images but {len(y)} labels in {str(root)!r}")
-    return _finish(x, y, "fashion-mnist", str(root))
+    xs, ys = [], []
+    for img_file, lab_file in (files[:2], files[2:]):
+        x, y = _read_idx(img_file, 3, "images"), _read_idx(lab_file, 1, "labels")  # type: ignore[arg-type]
+        if len(x) != len(y):
+            raise DataError(f"dataset fashion-mnist: {str(img_file)!r} has {len(x)} images but "
+                            f"{str(lab_file)!r} has {len(y)} labels")
+        xs.append(x)
+        ys.append(y)
+    n_train = len(xs[0])
+
+    def where(i: int) -> str:
+        first, second = files[0], files[2]
+        return f"{first.name} item {i}" if i < n_train else f"{second.name} item {i - n_train}"  # type: ignore[union-attr]
+
+    return _finish(np.concatenate(xs)[:, None], np.concatenate(ys).astype(np.int64), "fashion-mnist", str(root),
+                   where=where)
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -191,44 +339,130 @@ def _load_cifar10(path: str | None) -> Dataset:
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise DataError(f"dataset cifar10: {missing[0]} not found in {str(root)!r}; {hint}")
-    xs, ys = [], []
+    xs, ys, starts = [], [], []
     for n in names:
+        file = f"{n} in {str(root)!r}"
         try:
             with open(root / n, "rb") as f:
                 batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-            data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8)
-            labels = batch[b"labels"] if b"labels" in batch else batch["labels"]
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OSError) as exc:
-            raise DataError(f"dataset cifar10: {n} in {str(root)!r} is not a CIFAR-10 batch ({exc})") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-            raise DataError(f"dataset cifar10: {n} has data of shape {data.shape}, expected (N, 3072)")
+            if not isinstance(batch, dict):
+                raise DataError(f"dataset cifar10: {file} is not a CIFAR-10 batch (a {type(batch).__name__}, "
+                                "not a dict with 'data' and 'labels')")
+            raw_data = batch[b"data"] if b"data" in batch else batch["data"]
+            raw_labels = batch[b"labels"] if b"labels" in batch else batch["labels"]
+            if not isinstance(raw_labels, (list, tuple, np.ndarray)):
+                raise DataError(f"dataset cifar10: {file}: 'labels' is of type {type(raw_labels).__name__}, "
+                                "not a list of class ids")
+            data, labels = np.asarray(raw_data), np.asarray(raw_labels)
+        except DataError:
+            raise
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OverflowError, OSError,
+                AttributeError, IndexError) as exc:
+            raise DataError(f"dataset cifar10: {file} is not a CIFAR-10 batch ({_first_line(exc)})") from None
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"dataset cifar10: {file} has data of shape {data.shape}, expected (N, 3072)")
+        if labels.ndim != 1 or len(labels) != len(data):
+            raise DataError(f"dataset cifar10: {file} has labels of shape {labels.shape} for {len(data)} images, "
+                            "expected one class id per image")
+        starts.append(sum(len(v) for v in xs))
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
-    return _finish(np.concatenate(xs), np.concatenate(ys), "cifar10", str(root))
+        ys.append(labels)
+
+    def where(i: int) -> str:
+        b = int(np.searchsorted(starts, i, side="right")) - 1
+        return f"{names[b]} row {i - starts[b]}"
+
+    for b, (x, y) in enumerate(zip(xs, ys)):  # each batch's own dtype problems name that batch
+        for arr, what in ((x, "data"), (y, "labels")):
+            problem = _dtype_problem(arr.dtype, labels=what == "labels")
+            if problem:
+                raise DataError(f"dataset cifar10: {names[b]} in {str(root)!r}: {what} {problem}")
+    return _finish(np.concatenate(xs), np.concatenate(ys), "cifar10", str(root), where=where)
+
+
+def _read_npy(file: Path) -> np.ndarray:
+    """An .npy image. Its header is read and checked first (a numeric dtype, an image's shape, as
+    many bytes as the shape needs), so neither pickled objects nor a header claiming a huge shape
+    get as far as np.load."""
+    fmt = np.lib.format
+    try:
+        with open(file, "rb") as f:
+            if f.read(6) != fmt.MAGIC_PREFIX:  # else np.load would try it as a pickle (or a zip archive)
+                raise DataError(f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write "
+                                "images with numpy.save")
+            f.seek(0)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here")
+            have = _remaining(f)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
+        raise DataError(f"dataset folder: cannot read {str(file)!r} as an .npy array ({_first_line(exc)})") from None
+    problem = _dtype_problem(dtype)
+    if problem:
+        raise DataError(f"dataset folder: {str(file)!r} {problem}")
+    if len(shape) not in (2, 3):
+        raise DataError(f"dataset folder: {str(file)!r} is a {len(shape)}-D array of shape {shape}; an .npy "
+                        "image must be (H, W), (C, H, W) or (H, W, C)")
+    chw = (1, *shape) if len(shape) == 2 else shape
+    if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
+        chw = (shape[2], shape[0], shape[1])
+    c, h, w = chw
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE and 1 <= c <= MAX_CHANNELS):
+        raise DataError(f"dataset folder: {str(file)!r} has shape {shape}; an image needs 1 to {MAX_CHANNELS} "
+                        f"channels and sides of 1 to {MAX_SIDE} pixels")
+    need = math.prod(shape) * dtype.itemsize
+    if have < need:
+        raise DataError(f"dataset folder: {str(file)!r} is truncated ({have} of {need} bytes of data)")
+    try:
+        arr = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"dataset folder: cannot read {str(file)!r} as an .npy array ({_first_line(exc)})") from None
+    if arr.ndim == 2:
+        return arr[None]
+    return arr.transpose(2, 0, 1) if tuple(chw) != tuple(shape) else arr  # (H, W, C) -> (C, H, W)
+
+
+def _remaining(f: Any) -> int:
+    """Bytes after the current position of a seekable file (which stays where it was)."""
+    here = f.tell()
+    end = f.seek(0, 2)
+    f.seek(here)
+    return end - here
 
 
 def _read_image(file: Path, size: tuple[int, int] | None):
     """One image as (C, H, W) uint8/float array. .npy always works; other formats need Pillow."""
     if file.suffix.lower() == ".npy":
-        arr = np.load(file, allow_pickle=False)
-        if arr.ndim == 2:
-            arr = arr[None]
-        elif arr.ndim == 3 and arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
-            arr = arr.transpose(2, 0, 1)
-        return arr
+        return _read_npy(file)
     try:
         from PIL import Image
     except ImportError:  # Pillow is optional: only .npy images without it
         raise DataError(f"dataset folder: {file.name} needs Pillow to decode (pip install pillow) "
                         "or store images as .npy") from None
     try:
-        with Image.open(file) as im:
-            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
-            if size is not None and im.size != size[::-1]:
-                im = im.resize(size[::-1])
-            arr = np.asarray(im)
-    except OSError as exc:
-        raise DataError(f"dataset folder: cannot read image {str(file)!r} ({exc})") from None
+        with warnings.catch_warnings():
+            # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that: both are errors here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                w, h = im.size
+                if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+                    raise DataError(f"dataset folder: image {str(file)!r} is {w}x{h} pixels, each side must be "
+                                    f"1 to {MAX_SIDE} (resize it first)")
+                im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
+                if size is not None and im.size != size[::-1]:
+                    im = im.resize(size[::-1])
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"dataset folder: cannot read image {str(file)!r} ({_first_line(exc)})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -241,7 +475,7 @@ def _load_folder(path: str | None) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"dataset folder: {str(root)!r} has no class sub-folders")
-    images, labels = [], []
+    images, labels, paths = [], [], []
     size: tuple[int, int] | None = None
     for ci, cname in enumerate(classes):
         files = sorted(f for f in (root / cname).iterdir()
@@ -255,12 +489,37 @@ def _load_folder(path: str | None) -> Dataset:
                                 f"others are {size[0]}x{size[1]} (.npy images are not resized)")
             images.append(arr)
             labels.append(ci)
+            paths.append(f)
     if not images:
         raise DataError(f"dataset folder: no images ({', '.join(IMAGE_SUFFIXES)}, .npy) under {str(root)!r}")
     channels = max(a.shape[0] for a in images)
+    if size is not None and len(images) * channels * size[0] * size[1] > MAX_VALUES:
+        raise DataError(f"dataset folder: {str(root)!r} holds {len(images)} images of {channels}x{size[0]}x{size[1]}, "
+                        f"more than {MAX_VALUES} values; use fewer or smaller images")
+    if any(a.shape[0] not in (1, channels) for a in images):
+        odd = next(i for i, a in enumerate(images) if a.shape[0] not in (1, channels))
+        raise DataError(f"dataset folder: {str(paths[odd])!r} has {images[odd].shape[0]} channels, others have "
+                        f"{channels} (only 1-channel images are repeated to match)")
     images = [np.repeat(a, channels, 0) if a.shape[0] != channels else a for a in images]
     x = np.stack(images).astype(np.float32)
-    return _finish(x, np.asarray(labels, dtype=np.int64), "folder", str(root), class_names=classes)
+    return _finish(x, np.asarray(labels, dtype=np.int64), "folder", str(root), class_names=classes,
+                   where=lambda i: repr(str(paths[i])))
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an .npy member of an .npz archive, from its header alone."""
+    fmt = np.lib.format
+    if member not in archive.namelist():  # np.savez writes KEY.npy; NpzFile also reads a member named KEY
+        member = member[:-len(".npy")]
+    with archive.open(member) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{member}: .npy format version {version[0]}.{version[1]} is not read here")
+    return tuple(int(v) for v in shape), dtype
 
 
 def _load_npz(path: str | None) -> Dataset:
@@ -277,23 +536,19 @@ def _load_npz(path: str | None) -> Dataset:
         with np.load(p, allow_pickle=False) as z:
             if "X" not in z or "y" not in z:
                 raise DataError(f"dataset npz: {str(p)!r} must contain arrays 'X' and 'y', has {sorted(z.files)}")
+            for key in ("X", "y"):  # the headers first: a compressed array of zeros can claim any size
+                shape, dtype = _npy_header(z.zip, f"{key}.npy")
+                if dtype.hasobject:
+                    raise DataError(f"dataset npz: {str(p)!r}: {key} {_dtype_problem(dtype)}")
+                if math.prod(shape) > MAX_VALUES:
+                    raise DataError(f"dataset npz: {str(p)!r}: {key} has shape {shape}, more than {MAX_VALUES} "
+                                    "values; use fewer or smaller images")
             x, y = np.asarray(z["X"]), np.asarray(z["y"])
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - damaged archives fail in zipfile / zlib / numpy in many ways
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"dataset npz: cannot read {str(p)!r} ({first})") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise DataError(f"dataset npz: X must be (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
-    if y.ndim not in (1, 2) or len(y) != len(x):
-        raise DataError(f"dataset npz: y must be (N,) class ids or (N, C) multi-hot for N={len(x)}, got {y.shape}")
-    if y.ndim == 1 and (y.min(initial=0) < 0 or not np.issubdtype(y.dtype, np.integer)):
-        raise DataError("dataset npz: y class ids must be non-negative integers")
-    return _finish(x.astype(np.float32), y.astype(np.int64), "npz", str(p))
+        raise DataError(f"dataset npz: cannot read {str(p)!r} ({_first_line(exc)})") from None
+    return _finish(x, y, "npz", str(p), layout="auto", arrays=("X", "y"))
 
 
 def load_dataset(name: str, path: str | None = None) -> Dataset:
@@ -315,6 +570,15 @@ def load_dataset(name: str, path: str | None = None) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------- protocol
+def _class_label(ds: Dataset, c: int) -> str:
+    """Class `c` as the user knows it: the folder name, else the label id in the data files."""
+    if ds.class_names is not None and 0 <= c < len(ds.class_names):
+        return repr(ds.class_names[c])
+    if ds.class_ids is not None and 0 <= c < len(ds.class_ids):
+        return str(ds.class_ids[c])
+    return str(c)
+
+
 def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 500, val_per_class: int = 100,
                 seed: int = 0) -> Splits:
     """Seeded query / train / val / database split by per-class counts; the rest is the database.
@@ -353,15 +617,18 @@ def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 
         parts["database"].append(idx[n_q + n_t + n_v:])
     else:
         labels = ds.labels.numpy()
-        for c in range(ds.num_classes):
+        # the classes that have images, in increasing order: the same as range(num_classes) with the
+        # empty ones skipped, without a loop over ids that no image has
+        present = np.unique(labels)
+        for c in present[(present >= 0) & (present < ds.num_classes)]:
             idx = np.flatnonzero(labels == c)
-            if len(idx) == 0:
-                continue
             if len(idx) < need:
                 field_name = "train_per_class" if len(idx) >= query_per_class + val_per_class + 1 else "query_per_class"
                 raise DataError(
-                    f"protocol.{field_name}: class {c} has only {len(idx)} images, fewer than query_per_class "
-                    f"+ train_per_class + val_per_class = {query_per_class}+{train_per_class}+{val_per_class}"
+                    f"protocol.{field_name}: class {_class_label(ds, int(c))} has only {len(idx)} images, fewer "
+                    f"than query_per_class + train_per_class + val_per_class = "
+                    f"{query_per_class}+{train_per_class}+{val_per_class} (dataset {ds.name}"
+                    + (f" {ds.path!r})" if ds.path else ")")
                 )
             assign(idx)
 
