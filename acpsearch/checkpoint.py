@@ -79,6 +79,22 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
     raise CheckpointError(f"{source}: 'model' entry names neither 'zoo' nor 'factory'")
 
 
+def import_factory(path: str):
+    """Resolve "package.module:function" to a callable; a failing import is a user error.
+    Importing runs the module's code: callers check the module against the FactoryPolicy first."""
+    if ":" not in path:
+        raise SpecError(f"model.factory: {path!r} is not of the form 'package.module:function'")
+    mod_name, fn_name = path.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's factory path
+        raise SpecError(f"model.factory: cannot import module {mod_name!r} ({type(exc).__name__}: {exc})") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise SpecError(f"model.factory: module {mod_name!r} has no callable {fn_name!r}")
+    return fn
+
+
 def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
     """Count the zoo model's elements on the meta device (nothing allocated) and refuse absurd sizes."""
     from acpsearch.hashing import create_model
