@@ -95,23 +95,29 @@ def import_factory(path: str):
     return fn
 
 
-def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
-    """Count the zoo model's elements on the meta device (nothing allocated) and refuse absurd sizes."""
+def _zoo_elements(zoo: Any, kwargs: dict[str, Any]) -> int | None:
+    """Elements of the zoo model's state dict, counted on the meta device (nothing allocated);
+    None when it cannot be built (the real build reports why)."""
     from acpsearch.hashing import create_model
 
+    try:
+        with torch.device("meta"):
+            meta_model = create_model(zoo, **kwargs)
+    except Exception:  # noqa: BLE001 - the real build reports bad kwargs in its own words
+        return None
+    return sum(t.numel() for t in meta_model.state_dict().values())
+
+
+def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
+    """Count the zoo model's elements on the meta device (nothing allocated) and refuse absurd sizes."""
     bits = kwargs.get("bits")
     if isinstance(bits, int) and not isinstance(bits, bool) and not 1 <= bits <= MAX_BITS:
         raise CheckpointError(f"{source}: model.kwargs.bits: must be in [1, {MAX_BITS}], got {bits}")
     for key, value in kwargs.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_KWARG:
             raise CheckpointError(f"{source}: model.kwargs.{key}: {value!r} is out of range (|value| <= {MAX_KWARG})")
-    try:
-        with torch.device("meta"):
-            meta_model = create_model(zoo, **kwargs)
-    except Exception:  # noqa: BLE001 - the real build below reports bad kwargs in its own words
-        return
-    n = sum(t.numel() for t in [*meta_model.parameters(), *meta_model.buffers()])
-    if n > MAX_MODEL_ELEMENTS:
+    n = _zoo_elements(zoo, kwargs)
+    if n is not None and n > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{source}: model {zoo!r} with kwargs {kwargs} would have {n:,} parameters "
                               f"(more than {MAX_MODEL_ELEMENTS:,}); refused before allocating")
 
@@ -377,6 +383,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint", allo
     The dict is validated first; a "factory" it names is imported only if `allow_factories` (module
     names or an acpsearch.trust.FactoryPolicy) or $ACPSEARCH_ALLOW_FACTORIES allows its module."""
     validate_checkpoint(ckpt, source)
+    cfg = ckpt["model"]
+    if cfg.get("zoo") is not None and not ckpt.get("pruning"):  # unpruned: the sizes must agree exactly
+        _check_zoo_size(cfg["zoo"], dict(cfg.get("kwargs") or {}), source)
+        want = _zoo_elements(cfg["zoo"], dict(cfg.get("kwargs") or {}))
+        have = sum(t.numel() for t in ckpt["state_dict"].values())
+        if want is not None and want != have:
+            raise CheckpointError(f"{source}: weights do not match the architecture (its model kwargs imply "
+                                  f"{want:,} weight elements, the state_dict holds {have:,})")
     try:
         model = build_from_config(ckpt["model"], allow_factories=allow_factories, source=source)
     except CheckpointError:

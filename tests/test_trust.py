@@ -253,3 +253,13 @@ def test_worker_refuses_studies_whose_factory_is_not_allowed(usermod, tmp_path, 
     assert len(err) == 1 and err[0].startswith(f"error: checkpoint '{tmp_path / 'u.pt'}': model.factory "
                                                "'acp_usernet:make' is not allowed"), err
     assert not marker.exists() and _attrs(url) == before
+
+
+def test_unpruned_zoo_weights_are_counted_before_the_build(tmp_path):
+    """kwargs that disagree with the stored weights are refused from the sizes alone."""
+    path, ckpt = _zoo_checkpoint(tmp_path)
+    ckpt["model"]["kwargs"]["bits"] = 4096
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"weights do not match the architecture \(its model kwargs imply "
+                                              r"[\d,]+ weight elements, the state_dict holds [\d,]+\)"):
+        acpsearch.load_model(path)
