@@ -16,6 +16,7 @@ the state dict, so pruned models reload without pickled modules.
 from __future__ import annotations
 
 import importlib
+import math
 import pickle
 import re
 import warnings
@@ -26,20 +27,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from acpsearch.errors import CheckpointError, SpecError
+from acpsearch.errors import AcpError, CheckpointError, SpecError
 
 FORMAT = "acpsearch"
 VERSION = 1
 
 
-def build_from_config(cfg: dict[str, Any]) -> nn.Module:
-    """Build an (unpruned) architecture from a checkpoint's "model" entry."""
+# Bounds checked BEFORE anything is built or allocated (a crafted checkpoint must not ask for 256 GB).
+MAX_BITS = 4096
+MAX_KWARG = 100_000  # |int| / |float| of a model kwarg
+MAX_DIM = 4096  # channels / height / width of input_shape
+MAX_INPUT_ELEMENTS = 1 << 24  # elements of the example input
+MAX_MODEL_ELEMENTS = 1 << 28  # parameters + buffers of a zoo model (1 GiB of float32)
+_FACTORY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: str = "model") -> nn.Module:
+    """Build an (unpruned) architecture from a checkpoint's "model" entry.
+
+    A zoo name is always built; a factory only when its module is allowed (`allow_factories`: a
+    FactoryPolicy or module names, plus $ACPSEARCH_ALLOW_FACTORIES; see acpsearch.trust). The check
+    comes before the import: importing a module runs its code."""
+    from acpsearch.trust import FactoryPolicy
+
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: entry 'model' must be a mapping, got {type(cfg).__name__}")
     kwargs = dict(cfg.get("kwargs") or {})
     if "zoo" in cfg:
         from acpsearch.hashing import create_model
 
-        return create_model(cfg["zoo"], **kwargs)
+        _check_zoo_size(cfg["zoo"], kwargs, source)
+        try:
+            return create_model(cfg["zoo"], **kwargs)
+        except AcpError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - kwargs the zoo network rejects are bad input
+            first = (str(exc).splitlines() or [""])[0]
+            raise CheckpointError(f"{source}: model.kwargs: cannot build zoo model {cfg['zoo']!r} "
+                                  f"({type(exc).__name__}: {first[:160]})") from None
     if "factory" in cfg:
+        FactoryPolicy.coerce(allow_factories).check(cfg["factory"], source)
         fn = import_factory(cfg["factory"])
         try:
             model = fn(**kwargs)
@@ -49,11 +76,12 @@ def build_from_config(cfg: dict[str, Any]) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise SpecError(f"model.factory: {cfg['factory']!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    raise CheckpointError("checkpoint: 'model' entry names neither 'zoo' nor 'factory'")
+    raise CheckpointError(f"{source}: 'model' entry names neither 'zoo' nor 'factory'")
 
 
 def import_factory(path: str):
-    """Resolve "package.module:function" to a callable; a failing import is a user error."""
+    """Resolve "package.module:function" to a callable; a failing import is a user error.
+    Importing runs the module's code: callers check the module against the FactoryPolicy first."""
     if ":" not in path:
         raise SpecError(f"model.factory: {path!r} is not of the form 'package.module:function'")
     mod_name, fn_name = path.split(":", 1)
@@ -65,6 +93,33 @@ def import_factory(path: str):
     if not callable(fn):
         raise SpecError(f"model.factory: module {mod_name!r} has no callable {fn_name!r}")
     return fn
+
+
+def _zoo_elements(zoo: Any, kwargs: dict[str, Any]) -> int | None:
+    """Elements of the zoo model's state dict, counted on the meta device (nothing allocated);
+    None when it cannot be built (the real build reports why)."""
+    from acpsearch.hashing import create_model
+
+    try:
+        with torch.device("meta"):
+            meta_model = create_model(zoo, **kwargs)
+    except Exception:  # noqa: BLE001 - the real build reports bad kwargs in its own words
+        return None
+    return sum(t.numel() for t in meta_model.state_dict().values())
+
+
+def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
+    """Count the zoo model's elements on the meta device (nothing allocated) and refuse absurd sizes."""
+    bits = kwargs.get("bits")
+    if isinstance(bits, int) and not isinstance(bits, bool) and not 1 <= bits <= MAX_BITS:
+        raise CheckpointError(f"{source}: model.kwargs.bits: must be in [1, {MAX_BITS}], got {bits}")
+    for key, value in kwargs.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_KWARG:
+            raise CheckpointError(f"{source}: model.kwargs.{key}: {value!r} is out of range (|value| <= {MAX_KWARG})")
+    n = _zoo_elements(zoo, kwargs)
+    if n is not None and n > MAX_MODEL_ELEMENTS:
+        raise CheckpointError(f"{source}: model {zoo!r} with kwargs {kwargs} would have {n:,} parameters "
+                              f"(more than {MAX_MODEL_ELEMENTS:,}); refused before allocating")
 
 
 def save_checkpoint(
@@ -110,7 +165,159 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("model", "input_shape", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {str(path)!r}: missing entry {key!r}")
+    validate_checkpoint(ckpt, f"checkpoint {str(path)!r}")
     return ckpt
+
+
+# --- structure -----------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> None:
+    """Model kwargs are plain data: None, bool, int, float, str and lists / mappings of them, with
+    numbers bounded (a kwarg of 10**9 asks the model for absurd sizes)."""
+    if depth > 4:
+        raise CheckpointError(f"{where}: nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str) and len(value) > 1000:
+            raise CheckpointError(f"{where}: string longer than 1000 characters")
+        return
+    if isinstance(value, (int, float)):
+        if not abs(value) <= MAX_KWARG:  # NaN fails this too
+            raise CheckpointError(f"{where}: {value!r} is out of range (|value| <= {MAX_KWARG})")
+        return
+    if isinstance(value, (list, tuple)):
+        if len(value) > 1000:
+            raise CheckpointError(f"{where}: list of more than 1000 items")
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        if len(value) > 1000:
+            raise CheckpointError(f"{where}: mapping of more than 1000 items")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{where}: keys must be strings, got {type(k).__name__}")
+            _plain(v, f"{where}.{k}", depth + 1)
+        return
+    raise CheckpointError(f"{where}: must be plain data (number, string, list, mapping), got {type(value).__name__}")
+
+
+def _validate_model_cfg(cfg: Any, where: str) -> None:
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: entry 'model' must be a mapping with 'zoo' or 'factory', "
+                              f"got {type(cfg).__name__}")
+    has_zoo, has_factory = cfg.get("zoo") is not None, cfg.get("factory") is not None
+    if has_zoo == has_factory:
+        raise CheckpointError(f"{where}: entry 'model' must name exactly one of 'zoo' or 'factory'")
+    if has_zoo:
+        from acpsearch.hashing import MODEL_NAMES
+
+        if not isinstance(cfg["zoo"], str) or cfg["zoo"].lower() not in MODEL_NAMES:
+            raise CheckpointError(f"{where}: model.zoo: unknown zoo model {cfg['zoo']!r}; known: {', '.join(MODEL_NAMES)}")
+    elif not isinstance(cfg["factory"], str) or not _FACTORY_RE.fullmatch(cfg["factory"]):
+        raise CheckpointError(f"{where}: model.factory: must be 'package.module:function', got {cfg['factory']!r}")
+    kwargs = cfg.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: model.kwargs: must be a mapping, got {type(kwargs).__name__}")
+    _plain(kwargs or {}, f"{where}: model.kwargs")
+    bits = (kwargs or {}).get("bits")
+    if has_zoo and bits is not None and not (_is_int(bits) and 1 <= bits <= MAX_BITS):
+        raise CheckpointError(f"{where}: model.kwargs.bits: must be an integer in [1, {MAX_BITS}], got {bits!r}")
+
+
+def _validate_input_shape(shape: Any, where: str) -> None:
+    if not isinstance(shape, (list, tuple)) or not 2 <= len(shape) <= 4 or not all(_is_int(v) for v in shape):
+        raise CheckpointError(f"{where}: input_shape: must be a list of 2 to 4 integers, got {shape!r}"[:300])
+    if any(v < 1 for v in shape) or any(v > MAX_DIM for v in shape[-3:]) or shape[0] > MAX_DIM:
+        raise CheckpointError(f"{where}: input_shape: every size must be in [1, {MAX_DIM}], got {list(shape)}")
+    total = math.prod(shape)
+    if total > MAX_INPUT_ELEMENTS:
+        raise CheckpointError(f"{where}: input_shape: {list(shape)} has {total:,} elements "
+                              f"(more than {MAX_INPUT_ELEMENTS:,})")
+
+
+def _validate_state_dict(sd: Any, where: str) -> None:
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{where}: state_dict: must be a mapping of names to tensors, got {type(sd).__name__}")
+    for key, t in sd.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: state_dict: keys must be strings, got {type(key).__name__}")
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{where}: state_dict[{key!r}]: must be a tensor, got {type(t).__name__}")
+        if t.layout != torch.strided or t.is_quantized or t.is_complex() or not (
+                t.is_floating_point() or t.dtype in _INT_DTYPES):
+            kind = str(t.dtype).replace("torch.", "") + ("" if t.layout == torch.strided
+                                                          else " " + str(t.layout).replace("torch.", ""))
+            raise CheckpointError(f"{where}: state_dict[{key!r}]: {kind} tensor; only real floating-point or "
+                                  "integer weights are loaded")
+
+
+_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _validate_meta(meta: Any, where: str) -> None:
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: meta: must be a mapping, got {type(meta).__name__}")
+    for key in ("dataset", "data_dir"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"{where}: meta.{key}: must be a string, got {type(meta[key]).__name__}")
+    proto = meta.get("protocol")
+    if proto is None:
+        return
+    if not isinstance(proto, dict):
+        raise CheckpointError(f"{where}: meta.protocol: must be a mapping, got {type(proto).__name__}")
+    for key, v in proto.items():
+        if not (_is_int(v) and 0 <= v < 2 ** 32):
+            raise CheckpointError(f"{where}: meta.protocol.{key}: must be an integer in [0, 2**32), got {v!r}"[:300])
+
+
+def _validate_pruning(rec: Any, where: str) -> None:
+    """The record `acpsearch.pruning.make_record` writes: groups = {name: {channels, kept}}."""
+    if rec is None:
+        return
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"{where}: pruning: must be a mapping (a pruning record), got {type(rec).__name__}")
+    if rec.get("hash_layer") is not None and not isinstance(rec["hash_layer"], str):
+        raise CheckpointError(f"{where}: pruning.hash_layer: must be a module name, got {rec['hash_layer']!r}"[:300])
+    groups = rec.get("groups", {})
+    if not isinstance(groups, dict):
+        raise CheckpointError(f"{where}: pruning.groups: must be a mapping of group names to kept channels, "
+                              f"got {type(groups).__name__}")
+    for name, ent in groups.items():
+        at = f"{where}: pruning.groups[{name!r}]"
+        if not isinstance(name, str) or not isinstance(ent, dict):
+            raise CheckpointError(f"{at}: must be a mapping with 'channels' and 'kept'")
+        for key in ("channels", "kept"):
+            if key not in ent:
+                raise CheckpointError(f"{at}: missing {key!r}")
+        channels, kept = ent["channels"], ent["kept"]
+        if not (_is_int(channels) and 1 <= channels <= MAX_KWARG):
+            raise CheckpointError(f"{at}.channels: must be an integer in [1, {MAX_KWARG}], got {channels!r}"[:300])
+        if (not isinstance(kept, (list, tuple)) or not kept or len(kept) > channels
+                or not all(_is_int(i) and 0 <= i < channels for i in kept)):
+            raise CheckpointError(f"{at}.kept: must be a non-empty list of channel indices in [0, {channels})")
+    cost = rec.get("cost")
+    if cost is not None and not (isinstance(cost, dict) and all(_is_int(cost.get(k)) for k in ("flops", "params"))):
+        raise CheckpointError(f"{where}: pruning.cost: must be a mapping with integer 'flops' and 'params'")
+
+
+def validate_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> None:
+    """Check the type and size of every entry BEFORE anything is built: one CheckpointError line
+    naming the file (`where`) and the entry."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{where}: not an acpsearch checkpoint (foreign format)")
+    for key in ("model", "input_shape", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{where}: missing entry {key!r}")
+    _validate_model_cfg(ckpt["model"], where)
+    _validate_input_shape(ckpt["input_shape"], where)
+    _validate_state_dict(ckpt["state_dict"], where)
+    _validate_meta(ckpt.get("meta"), where)
+    _validate_pruning(ckpt.get("pruning"), where)
 
 
 # Globals a weights-only torch file may name (tensor rebuilders, OrderedDict); anything else called
@@ -170,9 +377,26 @@ def _why_unloadable(path: Path, exc: Exception) -> str:
     return f"{where}: corrupt or not a torch checkpoint ({type(exc).__name__}{': ' + detail[:160] if detail else ''})"
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild the module a checkpoint dict describes (architecture, pruning replay, weights)."""
-    model = build_from_config(ckpt["model"])
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint", allow_factories: Any = None) -> nn.Module:
+    """Rebuild the module a checkpoint dict describes (architecture, pruning replay, weights).
+
+    The dict is validated first; a "factory" it names is imported only if `allow_factories` (module
+    names or an acpsearch.trust.FactoryPolicy) or $ACPSEARCH_ALLOW_FACTORIES allows its module."""
+    validate_checkpoint(ckpt, source)
+    cfg = ckpt["model"]
+    if cfg.get("zoo") is not None and not ckpt.get("pruning"):  # unpruned: the sizes must agree exactly
+        _check_zoo_size(cfg["zoo"], dict(cfg.get("kwargs") or {}), source)
+        want = _zoo_elements(cfg["zoo"], dict(cfg.get("kwargs") or {}))
+        have = sum(t.numel() for t in ckpt["state_dict"].values())
+        if want is not None and want != have:
+            raise CheckpointError(f"{source}: weights do not match the architecture (its model kwargs imply "
+                                  f"{want:,} weight elements, the state_dict holds {have:,})")
+    try:
+        model = build_from_config(ckpt["model"], allow_factories=allow_factories, source=source)
+    except CheckpointError:
+        raise
+    except AcpError as exc:  # zoo / factory errors: name the checkpoint they came from
+        raise CheckpointError(f"{source}: {exc}") from None
     if ckpt.get("pruning"):
         from acpsearch.pruning import apply_record
 
@@ -180,14 +404,17 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> n
         model = apply_record(model, ckpt["pruning"], example)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise CheckpointError(f"{source}: weights do not match the architecture ({first[:200]})") from None
     model.eval()
     return model
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """Load any checkpoint written by train / prune / export as a ready module (eval mode)."""
+def load_model(path: str | Path, allow_factories: Any = None) -> nn.Module:
+    """Load any checkpoint written by train / prune / export as a ready module (eval mode).
+
+    A checkpoint naming a model factory loads only if its module is allowed: `allow_factories`
+    (e.g. ``["mypkg"]``) or $ACPSEARCH_ALLOW_FACTORIES; otherwise CheckpointError, nothing imported."""
     ckpt = read_checkpoint(path)
-    return model_from_checkpoint(ckpt, source=f"checkpoint {str(path)!r}")
+    return model_from_checkpoint(ckpt, source=f"checkpoint {str(path)!r}", allow_factories=allow_factories)

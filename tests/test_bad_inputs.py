@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from acpsearch.cli import run
+from acpsearch.trust import ALLOW_ENV
 from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 
 pytestmark = [
@@ -196,6 +197,66 @@ def checkpoint(kind: str) -> Callable[[Any], dict[str, str]]:
                 ckpt["model"]["kwargs"]["bits"] = 24
                 torch.save(ckpt, path)
         return {"ckpt": str(path)}
+
+    return build
+
+
+def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
+    """A checkpoint that loads with torch.load(weights_only=True) but whose entries are hostile or
+    malformed, at {ckpt}: factory-system | factory-subprocess (its factory would touch ctx.marker) |
+    model-str | input-shape-str | input-shape-huge | state-dict-list | meta-protocol | bits-huge |
+    complex-weights ({key}: the complex tensor) | missing-kept | groups-str (pruned checkpoints)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import torch
+
+        from acpsearch.checkpoint import save_checkpoint
+        from acpsearch.hashing import create_model
+
+        path = ctx.tmp / f"{kind}.pt"
+        kw = {"bits": 16, "in_channels": 1, "image_size": 8}
+        model = create_model("resnet20", **kw)
+        save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
+        if kind in ("missing-kept", "groups-str"):
+            from acpsearch.graph import ChannelGraph
+            from acpsearch.pruning import PruningStrategy, prune, save_pruned
+
+            example = torch.zeros(1, 1, 8, 8)
+            s = PruningStrategy.uniform(ChannelGraph.from_model(model, example), 0.5)
+            save_pruned(path, prune(model, s, example), s, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8],
+                        meta={"dataset": "digits"})
+        c = torch.load(path, weights_only=True)
+        extra: dict[str, str] = {}
+        if kind == "factory-system":
+            c["model"] = {"factory": "os:system", "kwargs": {"command": f"touch {ctx.marker}"}}
+        elif kind == "factory-subprocess":
+            c["model"] = {"factory": "subprocess:getoutput", "kwargs": {"cmd": f"touch {ctx.marker}"}}
+        elif kind == "model-str":
+            c["model"] = "resnet20"
+        elif kind == "input-shape-str":
+            c["input_shape"] = ["a", "b"]
+        elif kind == "input-shape-huge":
+            c["input_shape"] = [1, 1, 60000, 60000]
+        elif kind == "state-dict-list":
+            c["state_dict"] = [1, 2, 3]
+        elif kind == "meta-protocol":
+            c["meta"]["protocol"] = {"query_per_class": "abc"}
+        elif kind == "bits-huge":
+            c["model"]["kwargs"]["bits"] = 10 ** 9
+        elif kind == "complex-weights":
+            key = next(k for k, v in c["state_dict"].items() if v.ndim == 4)
+            c["state_dict"][key] = c["state_dict"][key].to(torch.complex64)
+            extra["key"] = key
+        elif kind == "missing-kept":
+            group = next(iter(c["pruning"]["groups"]))
+            del c["pruning"]["groups"][group]["kept"]
+            extra["group"] = group
+        elif kind == "groups-str":
+            c["pruning"]["groups"] = "x"
+        else:
+            raise ValueError(kind)
+        torch.save(c, path)
+        return {"ckpt": str(path), **extra}
 
     return build
 
@@ -551,6 +612,49 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
        "of images must be 3-dimensional")),
     ("data-fmnist-2d-labels", data_spec("fashion-mnist", "fmnist-2d-labels"), SUBMIT,
      Q("dataset fashion-mnist: '{data}/train-labels-idx1-ubyte.gz' holds 2-dimensional data (100, 1)")),
+    # --- hardening: checkpoints ---
+    # a checkpoint is data: the factory it names is imported only from an allowed module (nothing runs)
+    ("ckpt-factory-system-inspect", crafted("factory-system"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os' is imported only if you allow "
+       "it (--allow-factory os, or ACPSEARCH_ALLOW_FACTORIES=os)")),
+    ("ckpt-factory-system-evaluate", crafted("factory-system"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'")),
+    ("ckpt-factory-subprocess-prune", crafted("factory-subprocess"),
+     ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}/p.pt"],
+     Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'")),
+    ("ckpt-factory-subprocess-evaluate-other-allowed", crafted("factory-subprocess"),
+     ["evaluate", "{ckpt}", "--allow-factory", "subprocessx,os.path", "--allow-factory", "sub"],
+     Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'")),
+    ("ckpt-factory-system-submit", spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")},
+                                        then=crafted("factory-system")),
+     SUBMIT, Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'")),
+    ("ckpt-factory-system-run-spec", spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")},
+                                          then=crafted("factory-system")),
+     ["run", "{spec}", "--storage", "{url}"], Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed")),
+    ("ckpt-allow-factory-malformed", crafted("factory-system"), ["inspect", "{ckpt}", "--allow-factory", "os:system"],
+     Q("--allow-factory: 'os:system' is not a module name")),
+    # malformed entries: one line naming the file and the entry, before anything is built or allocated
+    ("ckpt-model-str-inspect", crafted("model-str"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': entry 'model' must be a mapping with 'zoo' or 'factory', got str")),
+    ("ckpt-input-shape-str-inspect", crafted("input-shape-str"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': input_shape: must be a list of 2 to 4 integers, got ['a', 'b']")),
+    ("ckpt-input-shape-huge-inspect", crafted("input-shape-huge"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': input_shape: every size must be in [1, 4096], got [1, 1, 60000, 60000]")),
+    ("ckpt-state-dict-list-evaluate", crafted("state-dict-list"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list")),
+    ("ckpt-meta-protocol-evaluate", crafted("meta-protocol"), ["evaluate", "{ckpt}"],
+     Q("checkpoint '{ckpt}': meta.protocol.query_per_class: must be an integer in [0, 2**32), got 'abc'")),
+    ("ckpt-zoo-bits-huge-inspect", crafted("bits-huge"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': model.kwargs.bits: 1000000000 is out of range")),
+    ("ckpt-prune-missing-kept-inspect", crafted("missing-kept"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': pruning.groups['{group}']: missing 'kept'")),
+    ("ckpt-prune-groups-str-inspect", crafted("groups-str"), ["inspect", "{ckpt}"],
+     Q("checkpoint '{ckpt}': pruning.groups: must be a mapping of group names to kept channels, got str")),
+    ("ckpt-complex-weights-inspect", crafted("complex-weights"), ["inspect", "{ckpt}", "--json"],
+     Q("checkpoint '{ckpt}': state_dict['{key}']: complex64 tensor; only real floating-point or integer weights")),
+    ("ckpt-state-dict-list-spec", spec({"model.checkpoint": lambda c: str(c.tmp / "state-dict-list.pt")},
+                                       then=crafted("state-dict-list")),
+     SUBMIT, Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list")),
 ]
 
 
@@ -623,6 +727,7 @@ def _pattern(expect: str, values: dict[str, str]) -> str:
 def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
                                                             monkeypatch, capsys, user_warnings):
     ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED")
+    monkeypatch.delenv(ALLOW_ENV, raising=False)  # no factory module allowed unless a row says so
     values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     argv = [_fill(a, values) for a in argv]
     pattern = _pattern(expect, values)
@@ -654,11 +759,17 @@ def test_every_issue_case_is_in_the_table():
                    # hardening: data
                    "data-folder-garbage-npy", "data-folder-pickle-npy", "data-folder-1d-npy", "data-folder-bomb-png",
                    "evaluate-bomb-folder", "data-npz-no-arrays", "data-npz-zero-images", "data-npz-nan",
-                   "data-npz-huge-class-id", "data-cifar-labels-int", "data-fmnist-1d", "data-folder-one-class"):
+                   "data-npz-huge-class-id", "data-cifar-labels-int", "data-fmnist-1d", "data-folder-one-class",
+                   # hardening: checkpoints
+                   "ckpt-factory-system-inspect", "ckpt-factory-system-evaluate", "ckpt-factory-subprocess-prune",
+                   "ckpt-factory-system-submit", "ckpt-model-str", "ckpt-input-shape-str", "ckpt-input-shape-huge",
+                   "ckpt-state-dict-list", "ckpt-meta-protocol", "ckpt-zoo-bits-huge", "ckpt-prune-missing-kept",
+                   "ckpt-prune-groups-str", "ckpt-complex-weights"):
         assert any(i.startswith(needed) for i in ids), needed
 
 
-@pytest.mark.parametrize("case_id", ["spec-not-yaml", "model-untraceable", "evaluate-runs-code"])
+@pytest.mark.parametrize("case_id", ["spec-not-yaml", "model-untraceable", "evaluate-runs-code",
+                                     "ckpt-factory-system-inspect"])
 def test_bad_input_in_a_real_process(case_id, tmp_path, stored):
     """The same rows through the `acpsearch` executable: nothing else reaches stderr (warnings,
     logging), exit status 2."""
@@ -668,8 +779,10 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored):
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     finally:
         ctx.monkeypatch.undo()  # the subprocess gets the user's module dir through PYTHONPATH instead
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "usercode"), "ACPSEARCH_TORCH_THREADS": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ACPSEARCH_TORCH_THREADS": "1",
+           "OMP_NUM_THREADS": "1",  # the user's module dir first, then the caller's path (a worktree's acpsearch)
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "usercode"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop(ALLOW_ENV, None)
     res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), *[_fill(a, values) for a in argv]],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]

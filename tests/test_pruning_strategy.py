@@ -140,7 +140,7 @@ def test_record_save_and_load_model_round_trip(tmp_path, resnet):
     json.dumps(rec)  # plain data: weights-only safe
     cfg = {"factory": "archs:make", "kwargs": {"name": "resnet_cifar"}}
     path = save_pruned(tmp_path / "p.pt", pruned, s, cfg, list(X.shape))
-    loaded = acp.load_model(path)
+    loaded = acp.load_model(path, allow_factories=["archs"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), pruned.eval()(X))
     assert acp.measure_cost(loaded, X) == g.cost(s)
@@ -190,18 +190,22 @@ def test_named_hash_layer_is_frozen(resnet):
     assert len(g2.groups) == len(g.groups) - 1
 
 
-def test_cli_inspect_and_prune(tmp_path, capsys):
+def test_cli_inspect_and_prune(tmp_path, capsys, monkeypatch):
     from acpsearch.checkpoint import save_checkpoint
     from acpsearch.cli import run
 
     m = archs.make("mobilenet_v2")
     base = save_checkpoint(tmp_path / "base.pt", m, {"factory": "archs:make", "kwargs": {"name": "mobilenet_v2"}},
                            [1, 3, 16, 16])
-    assert run(["inspect", str(base), "--json"]) == 0
+    monkeypatch.delenv("ACPSEARCH_ALLOW_FACTORIES", raising=False)
+    assert run(["inspect", str(base), "--json"]) == 2  # a checkpoint's factory runs only where allowed
+    assert "--allow-factory archs" in capsys.readouterr().err
+    assert run(["inspect", str(base), "--json", "--allow-factory", "archs"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["groups"] and doc["hash_layer"] == "classifier.1"
     assert {"name", "channels", "flops_share", "params_share"} <= set(doc["groups"][0])
     out = tmp_path / "pruned.pt"
+    monkeypatch.setenv("ACPSEARCH_ALLOW_FACTORIES", "numpy, archs")  # or through the environment
     assert run(["prune", str(base), "--keep", "0.5", "--criterion", "l2", "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["after"]["flops"] < res["before"]["flops"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from acpsearch.cli import app
 from acpsearch.errors import DataError, SpecError
+from acpsearch.trust import ALLOW_HELP
 
 
 def _protocol(query: int, train: int, val: int, seed: int) -> dict[str, int]:
@@ -105,12 +106,15 @@ def evaluate(
     val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
     seed: Optional[int] = typer.Option(None, "--seed", help="protocol seed (default: the checkpoint's)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.hashing import evaluate as evaluate_model
     from acpsearch.hashing import load_dataset, make_splits
+    from acpsearch.trust import FactoryPolicy
 
+    policy = FactoryPolicy.from_user(allow_factory)
     if topk < 1:
         raise SpecError(f"--topk: must be >= 1, got {topk}")
     ckpt = read_checkpoint(checkpoint)
@@ -126,7 +130,7 @@ def evaluate(
         val_per_class if val_per_class is not None else int(stored.get("val_per_class", 100)),
         seed if seed is not None else int(stored.get("seed", 0)),
     )
-    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}")
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
     ds = load_dataset(name, directory)
     splits = make_splits(ds, **proto)
     want = tuple(int(v) for v in ckpt["input_shape"][1:])

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import typer
 
 from acpsearch.cli import app
 from acpsearch.errors import CheckpointError, SpecError
+from acpsearch.trust import ALLOW_HELP
 
 
-def _load(checkpoint: Path):
+def _load(checkpoint: Path, allow_factory: list[str] | None = None):
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.trust import FactoryPolicy
 
+    policy = FactoryPolicy.from_user(allow_factory)
     ckpt = read_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}")
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
     example = torch.zeros(*ckpt["input_shape"])
     return ckpt, model, example
 
@@ -27,11 +30,12 @@ def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     hash_layer: Optional[str] = typer.Option(None, "--hash-layer", help="dotted module name of the hash layer"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Show the prunable channel groups of a model: channels, FLOPs share, params share."""
     from acpsearch.graph import ChannelGraph
 
-    ckpt, model, example = _load(checkpoint)
+    ckpt, model, example = _load(checkpoint, allow_factory)
     g = ChannelGraph.from_model(model, example, hash_layer=hash_layer)
     cost = g.cost()
     doc = {"checkpoint": str(checkpoint), "hash_layer": g.hash_layer, "flops": cost.flops, "params": cost.params,
@@ -66,6 +70,7 @@ def prune_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the random criterion"),
     out: Path = typer.Option(..., "--out", help="pruned checkpoint to write"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Prune every channel group uniformly; print the cost before/after and write a checkpoint."""
     from acpsearch.graph import ChannelGraph
@@ -73,7 +78,7 @@ def prune_cmd(
 
     if criterion == "taylor":
         raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")
-    ckpt, model, example = _load(checkpoint)
+    ckpt, model, example = _load(checkpoint, allow_factory)
     if ckpt.get("pruning"):
         raise CheckpointError(f"checkpoint {str(checkpoint)!r}: already pruned; prune its unpruned base instead")
     g = ChannelGraph.from_model(model, example)

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
 
 STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
 ADDRESS_HELP = "Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray with --workers CPUs)"
@@ -108,9 +109,11 @@ def _is_spec_path(arg: str) -> bool:
     return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
 
 
-def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, reuse: bool = False) -> str:
+def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, reuse: bool = False,
+            allow_factories: Any = None) -> str:
     """Validate the spec and its inputs, then create the study. With `reuse`, a study of the same
-    name and the same spec is taken as is (so `run SPEC.yaml` resumes)."""
+    name and the same spec is taken as is (so `run SPEC.yaml` resumes). The spec's own factory is
+    the user's code; a factory its model.checkpoint names needs `allow_factories`."""
     from acpsearch.search import study as st
     from acpsearch.search.pipeline import preflight
     from acpsearch.spec import load_spec
@@ -129,7 +132,7 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
                 raise SpecError(f"name: study {final_name!r} exists with a different spec (use --name for a new study)")
             return final_name
     if check:
-        preflight(spec)
+        preflight(spec, allow_factories=allow_factories)
     return st.submit(storage, spec, name)
 
 
@@ -140,10 +143,14 @@ def submit(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="study name (overrides the spec's name)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Validate a spec (data, model, budget) and store it as a submitted study; prints its name."""
+    from acpsearch.trust import FactoryPolicy
+
+    policy = FactoryPolicy.from_user(allow_factory)
     url, st_obj = _storage(storage)
-    study_name = _submit(spec, st_obj, name)
+    study_name = _submit(spec, st_obj, name, allow_factories=policy)
     if json_out:
         out({"name": study_name, "storage": url, "state": "submitted"})
     else:
@@ -161,28 +168,36 @@ def run(
     force: bool = typer.Option(False, "--force", help="if another runner holds the study, wait for its lease to "
                                "expire (its holder died) and take over"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Run a study to the end; an interrupted study resumes where the storage says it stopped.
     A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired).
-    A fatal signal writes every thread's stack to stderr and to a crash log in the artifacts folder."""
+    A fatal signal writes every thread's stack to stderr and to a crash log in the artifacts folder.
+
+    Running a study runs its spec's model.factory (you chose to run it: on a shared storage, check
+    `acpsearch show NAME` first); a factory named by its checkpoint needs --allow-factory."""
+    from acpsearch.trust import FactoryPolicy
+
     from acpsearch.search import crash
     from acpsearch.search import study as st
     from acpsearch.search.pipeline import run_study
     from acpsearch.search.storage import artifact_dir
 
+    policy = FactoryPolicy.from_user(allow_factory)
     url, st_obj = _storage(storage)
     if address is not None:
         from acpsearch.search.cluster import _check_reachable, ray_env
 
         ray_env()
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
-    study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
+    study_name = (_submit(target, st_obj, name, reuse=True, allow_factories=policy) if _is_spec_path(target)
+                  else target)
     st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
     rep = RichReporter(quiet=json_out)
     try:
         with crash.armed(artifact_dir(url, artifacts)):
             summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
-                                reporter=rep, force=force)
+                                reporter=rep, force=force, allow_factories=policy)
     finally:
         rep.close()
     if json_out:
@@ -202,19 +217,27 @@ def worker(
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
     wait: float = typer.Option(0.0, "--wait", min=0.0, help="keep polling this many seconds after the queue is empty"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Run submitted studies one after another until none is left (a study is claimed through a
     lease in the storage, so several workers never run the same study).
 
     The worker connects to Ray once, before its first study, and keeps that connection for every
     study it runs. A fatal signal writes every thread's stack to stderr and to a crash log in the
-    artifacts folder."""
+    artifacts folder.
+
+    Whoever can write the storage decides what a worker runs, so a worker imports a model factory
+    (named by a study's spec or by its checkpoint) only from modules allowed with --allow-factory or
+    $ACPSEARCH_ALLOW_FACTORIES. Any other study is skipped before it is claimed, left untouched for
+    a worker that allows it, and reported as "refused"."""
     from acpsearch.search import crash
     from acpsearch.search import study as st
     from acpsearch.search.cluster import connect, inits, shutdown_if_owned
     from acpsearch.search.pipeline import StudyBusy, claimable, run_study
     from acpsearch.search.storage import artifact_dir
+    from acpsearch.trust import FactoryNotAllowed, FactoryPolicy
 
+    policy = FactoryPolicy.from_user(allow_factory)
     url, st_obj = _storage(storage)
     if address is not None:
         from acpsearch.search.cluster import _check_reachable, ray_env
@@ -222,6 +245,7 @@ def worker(
         ray_env()
         _check_reachable(address)
     ran: list[dict[str, Any]] = []
+    refused: set[str] = set()
     conn: dict[str, Any] = {}
     with crash.armed(artifact_dir(url, artifacts)):
         try:
@@ -230,6 +254,16 @@ def worker(
                 todo = [s for s in st.list_search_studies(st_obj) if claimable(s)]
                 progressed = False
                 for frozen in todo:
+                    if frozen.study_name in refused:
+                        continue
+                    why = _factory_refusal(frozen, policy)
+                    if why is not None:  # before the claim and before Ray: the study stays as it is
+                        refused.add(frozen.study_name)
+                        ran.append({"name": frozen.study_name, "state": "refused", "error": str(why)})
+                        err.print(f"worker: skipping study {frozen.study_name!r}: factory module {why.module!r} is "
+                                  f"not allowed (--allow-factory {why.module} or {ALLOW_ENV})",
+                                  soft_wrap=True, markup=False, highlight=False)
+                        continue
                     if not conn:  # once per worker: every study reuses this connection
                         conn = connect(address, workers or os.cpu_count() or 1)
                     rep = RichReporter(quiet=json_out)
@@ -237,9 +271,16 @@ def worker(
                         err.print(f"worker: running study {frozen.study_name!r}")
                     try:
                         run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts,
-                                  reporter=rep)
+                                  reporter=rep, allow_factories=policy, trust_spec_factory=False)
                         ran.append({"name": frozen.study_name, "state": "done"})
                     except StudyBusy:
+                        continue
+                    except FactoryNotAllowed as exc:  # its spec changed since the check: still untouched
+                        refused.add(frozen.study_name)
+                        ran.append({"name": frozen.study_name, "state": "refused", "error": str(exc)})
+                        if not json_out:
+                            err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
+                                      markup=False, highlight=False)
                         continue
                     except st.LeaseLost as exc:
                         ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
@@ -264,7 +305,22 @@ def worker(
     if json_out:
         out({"ran": ran, "ray_inits": inits(), "ray_job": conn.get("job")})
     else:
-        err.print(f"worker: no study left to run ({len(ran)} run by this worker)")
+        done = [r for r in ran if r["state"] != "refused"]
+        err.print(f"worker: no study left to run ({len(done)} run by this worker"
+                  + (f", {len(ran) - len(done)} refused" if len(done) < len(ran) else "") + ")")
+
+
+def _factory_refusal(frozen: Any, policy: Any) -> Any:
+    """FactoryNotAllowed when a stored study's spec (or its checkpoint) names a factory the worker's
+    policy does not allow, else None. A stored spec that does not parse is left to run_study."""
+    from acpsearch.errors import AcpError
+    from acpsearch.search import study as st
+
+    try:
+        spec = st.study_spec(frozen)
+    except (AcpError, KeyError, TypeError, ValueError):
+        return None
+    return policy.study_refusal(spec)
 
 
 def _status_rows(st_obj: Any) -> list[dict[str, Any]]:

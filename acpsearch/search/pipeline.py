@@ -76,6 +76,11 @@ class Context:
     encoder_state: dict[str, Any] | None = None
     space: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    allow: Any = None  # acpsearch.trust.FactoryPolicy: the factory modules this run may import
+
+    def __post_init__(self) -> None:
+        if self.allow is None:  # built without one: the user's allow-list and the spec's own factory
+            self.allow = factory_policy(self.spec)
 
     @property
     def name(self) -> str:
@@ -112,8 +117,19 @@ def load_data(spec: StudySpec) -> Any:
     return load_splits(spec.to_dict())
 
 
-def build_model(spec: StudySpec, input_shape: tuple[int, int, int]) -> tuple[Any, dict[str, Any]]:
-    """An untrained base network for the data's input shape, and its checkpoint model config."""
+def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: bool = True) -> Any:
+    """The FactoryPolicy of a run: the user's allow-list (option / keyword + environment), plus the
+    spec's own model.factory module when the user gave that spec (submit, run; not a worker)."""
+    from acpsearch.trust import FactoryPolicy
+
+    policy = FactoryPolicy.coerce(allow_factories)
+    return policy.with_spec(spec) if trust_spec else policy
+
+
+def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
+                allow_factories: Any = None) -> tuple[Any, dict[str, Any]]:
+    """An untrained base network for the data's input shape, and its checkpoint model config
+    (allow_factories None: the spec's own factory is trusted, the user wrote it)."""
     from acpsearch.checkpoint import build_from_config
 
     c, h, w = input_shape
@@ -123,15 +139,17 @@ def build_model(spec: StudySpec, input_shape: tuple[int, int, int]) -> tuple[Any
     else:
         cfg = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
     try:
-        return build_from_config(cfg), cfg
+        policy = allow_factories if allow_factories is not None else factory_policy(spec)
+        return build_from_config(cfg, allow_factories=policy, source="spec"), cfg
     except AcpError:
         raise
     except Exception as exc:  # noqa: BLE001 - a user factory failing is bad input
         raise SpecError(f"model: cannot build the network ({type(exc).__name__}: {str(exc)[:160]})") from None
 
 
-def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """The user's trained base network, checked against the data it will be pruned on."""
+def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None) -> dict[str, Any]:
+    """The user's trained base network, checked against the data it will be pruned on (a factory the
+    checkpoint names must be allowed: `allow_factories`, the environment, or the spec's own factory)."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
 
     assert spec.model.checkpoint
@@ -141,7 +159,8 @@ def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int]) -> 
         raise CheckpointError(
             f"model.checkpoint: {spec.model.checkpoint!r} expects input {tuple(shape[1:])}, "
             f"the data set {spec.data.dataset!r} has {tuple(input_shape)}")
-    model = model_from_checkpoint(ckpt, source=f"model.checkpoint {spec.model.checkpoint!r}")
+    policy = allow_factories if allow_factories is not None else factory_policy(spec)
+    model = model_from_checkpoint(ckpt, source=f"model.checkpoint {spec.model.checkpoint!r}", allow_factories=policy)
     import torch
 
     with torch.no_grad():
@@ -181,9 +200,10 @@ def _latency_table(graph: Any, model: Any, example: Any) -> Any:
         torch.set_num_threads(threads)
 
 
-def preflight(spec: StudySpec) -> dict[str, Any]:
+def preflight(spec: StudySpec, allow_factories: Any = None) -> dict[str, Any]:
     """Check the inputs a study needs BEFORE it is stored: data, model / checkpoint, graph, budget.
-    Every problem is an AcpError (exit 2) and the storage stays untouched."""
+    Every problem is an AcpError (exit 2) and the storage stays untouched. The spec's own factory
+    is trusted (the user submits it); a factory its checkpoint names needs `allow_factories`."""
     import torch
 
     from acpsearch.graph import ChannelGraph
@@ -193,10 +213,11 @@ def preflight(spec: StudySpec) -> dict[str, Any]:
     if spec.model.checkpoint:
         from acpsearch.checkpoint import model_from_checkpoint
 
-        ckpt = read_base_checkpoint(spec, shape)
-        model = model_from_checkpoint(ckpt)
+        policy = factory_policy(spec, allow_factories)
+        ckpt = read_base_checkpoint(spec, shape, allow_factories=policy)
+        model = model_from_checkpoint(ckpt, allow_factories=policy)
     else:
-        model, _ = build_model(spec, shape)
+        model, _ = build_model(spec, shape, allow_factories=factory_policy(spec, allow_factories))
     graph = ChannelGraph.from_model(model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer)
     space = make_space(spec, graph, model, torch.zeros(1, *shape))
     cost = graph.cost()
@@ -224,10 +245,10 @@ def phase_base(ctx: Context) -> None:
         path = ctx.dir() / "base.pt"
         if ctx.spec.model.checkpoint:
             ctx.reporter.phase("base: loading checkpoint")
-            ckpt = read_base_checkpoint(ctx.spec, shape)
+            ckpt = read_base_checkpoint(ctx.spec, shape, allow_factories=ctx.allow)
             from acpsearch.checkpoint import model_from_checkpoint
 
-            model = model_from_checkpoint(ckpt)
+            model = model_from_checkpoint(ckpt, allow_factories=ctx.allow)
             save_checkpoint(path, model, ckpt["model"], ckpt["input_shape"], pruning=ckpt.get("pruning"),
                             meta=ckpt.get("meta"))
             trained = None
@@ -236,7 +257,7 @@ def phase_base(ctx: Context) -> None:
 
             tr = ctx.spec.train
             ctx.reporter.phase("base: training", total=tr.epochs)
-            model, cfg = build_model(ctx.spec, shape)
+            model, cfg = build_model(ctx.spec, shape, allow_factories=ctx.allow)
 
             def on_epoch(epoch: int, val: float) -> bool:
                 ctx.reporter.advance(1, val_map=val)
@@ -258,7 +279,7 @@ def phase_base(ctx: Context) -> None:
         ctx.reporter.phase("base: test evaluation")
         from acpsearch.search.tasks import evaluate_checkpoint
 
-        ev = evaluate_checkpoint(str(path), ctx.spec_dict, threads=None)
+        ev = evaluate_checkpoint(str(path), ctx.spec_dict, threads=None, allow_factories=ctx.allow)
         st.mark_phase(ctx.study, "base", time.perf_counter() - t0, path=str(path), artifact_id=art,
                       flops=int(cost.flops), params=int(cost.params), groups=len(g.groups),
                       source="checkpoint" if ctx.spec.model.checkpoint else "trained", training=trained,
@@ -269,7 +290,7 @@ def phase_base(ctx: Context) -> None:
     from acpsearch.checkpoint import model_from_checkpoint
     from acpsearch.search.tasks import example_input
 
-    base_model = model_from_checkpoint(ctx.base_ckpt)
+    base_model = model_from_checkpoint(ctx.base_ckpt, allow_factories=ctx.allow)
     ex = example_input(ctx.base_ckpt)
     ctx.graph = ChannelGraph.from_model(base_model, ex, hash_layer=ctx.spec.model.hash_layer)
     ctx.space = make_space(ctx.spec, ctx.graph, base_model, ex)
@@ -344,7 +365,8 @@ class RankerPool:
         splits_ref = ray_mod.put(splits)
         self.ray = ray_mod
         self.ctx, self.name = ctx, name
-        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref) for _ in range(max(1, n))]
+        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref, allow_factories=ctx.allow)
+                       for _ in range(max(1, n))]
         self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
     def score(self, ratios: list[dict[str, float]], round_to: int = 4) -> list[float]:
@@ -820,7 +842,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             scheduler = FIFOScheduler()
         trainable = tune.with_resources(
             tune.with_parameters(finetune_trainable, ckpt=ctx.base_ckpt, spec=ctx.spec_dict,
-                                 splits=light_splits(ctx.splits), out_dir=str(out_dir)),
+                                 splits=light_splits(ctx.splits), out_dir=str(out_dir), allow_factories=ctx.allow),
             {"cpu": 1})
         space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t),
                                                  "round_to": _round_to(t)} for t in todo])}
@@ -846,7 +868,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
         for cand in todo:
             path = out_dir / f"finalist-{cand.number}.pt"
             if cand.number not in recorder.errors and path.exists():
-                refs[cand.number] = remote.remote(str(path), ctx.spec_dict, latency=False)
+                refs[cand.number] = remote.remote(str(path), ctx.spec_dict, latency=False, allow_factories=ctx.allow)
         full = ctx.graph.cost()
         frozen_shape = list(ctx.base_ckpt["input_shape"])
         for cand in todo:
@@ -861,7 +883,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             ev = ray_mod.get(refs[cand.number])
             # Latency is timed here on the driver, one finalist after another, like the base net in
             # phase_base: parallel timings on a busy worker measured each other, not the model.
-            ev["latency_ms"] = round(measure_latency_ms(load_model(path), frozen_shape), 3)
+            ev["latency_ms"] = round(measure_latency_ms(load_model(path, allow_factories=ctx.allow), frozen_shape), 3)
             epochs_run = max(curve)
             stopped = epochs_run < ft.epochs
             best_val = max(curve.values())
@@ -906,7 +928,7 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
     winner_path = ctx.dir() / "winner.pt"
     ck = read_checkpoint(best.user_attrs["path"])
-    save_checkpoint(winner_path, model_from_checkpoint(ck), ck["model"], ck["input_shape"], pruning=ck["pruning"],
+    save_checkpoint(winner_path, model_from_checkpoint(ck, allow_factories=ctx.allow), ck["model"], ck["input_shape"], pruning=ck["pruning"],
                     meta={**(ck.get("meta") or {}), "study": ctx.name, "finetune_trial": best.number,
                           "val_map": best.user_attrs["val_map"], "test_map": best.user_attrs.get("test_map")})
     art = ctx.upload(winner_path)
@@ -958,10 +980,14 @@ class StudyBusy(AcpError):
 
 def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
               artifacts: str | Path | None = None, reporter: Reporter | None = None,
-              on_lease: Callable[[st.Lease], None] | None = None, force: bool = False) -> dict[str, Any]:
+              on_lease: Callable[[st.Lease], None] | None = None, force: bool = False,
+              allow_factories: Any = None, trust_spec_factory: bool = True) -> dict[str, Any]:
     """Run (or resume) study `name` to the end under a lease; returns its summary.
 
-    Storage is the only state: every phase checks its record and skips what is done."""
+    Storage is the only state: every phase checks its record and skips what is done.
+    Model factories: `allow_factories` (module names or a FactoryPolicy) plus $ACPSEARCH_ALLOW_FACTORIES,
+    plus the stored spec's own factory when `trust_spec_factory` (`acpsearch run`; a worker passes
+    False). A factory that is not allowed is refused before the lease is taken: the study is untouched."""
     from acpsearch.search.cluster import connect, shutdown_if_owned
     from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url
 
@@ -971,6 +997,10 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     spec = st.study_spec(study)
     if study.user_attrs.get("state") == "done":
         return st.summarize(study, storage)
+    policy = factory_policy(spec, allow_factories, trust_spec=trust_spec_factory)
+    refusal = policy.study_refusal(spec)
+    if refusal is not None:
+        raise refusal
     study = st.load_search_study(storage, name, sampler=make_sampler(spec))
     lease = st.Lease(storage, study._study_id, st.holder_id())
     if not lease.try_acquire():
@@ -992,7 +1022,7 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     n_workers = int(workers or spec.search.workers)
     art = artifact_dir(url, artifacts)
     ctx = Context(storage=storage, url=url, study=study, spec=spec, artifacts=art, store=artifact_store(art),
-                  reporter=reporter or Reporter(), workers=n_workers, lease=lease)
+                  reporter=reporter or Reporter(), workers=n_workers, lease=lease, allow=policy)
     info: dict[str, Any] = {}
     try:
         info = connect(address, n_workers)

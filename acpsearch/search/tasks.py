@@ -78,13 +78,13 @@ def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: in
 
 
 def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None) -> tuple[Any, Any]:
+                 splits: Any | None, allow_factories: Any = None) -> tuple[Any, Any]:
     """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side)."""
     from acpsearch.checkpoint import model_from_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.search.rankers import make_ranker
 
-    model = model_from_checkpoint(ckpt, source="base network")
+    model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(model, ex, hash_layer=spec["model"].get("hash_layer"))
     ctx: dict[str, Any] = {"graph": graph, "model": model, "example_input": ex, "criterion": spec["space"]["criterion"],
@@ -105,10 +105,10 @@ class RankerWorker:
     """Ray actor: holds the graph and a ranker, scores batches of keep-ratio dicts."""
 
     def __init__(self, name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None = None, threads: int = 1) -> None:
+                 splits: Any | None = None, threads: int = 1, allow_factories: Any = None) -> None:
         worker_threads(threads)
         self.spec = spec
-        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits)
+        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits, allow_factories)
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (short hex), recorded on the trials it scores."""
@@ -125,7 +125,7 @@ class RankerWorker:
 
 
 def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-                       splits: Any | None = None, out_dir: str = "") -> None:
+                       splits: Any | None = None, out_dir: str = "", allow_factories: Any = None) -> None:
     """Ray Tune function trainable: prune the base net to one finalist, fine-tune it with the hash
     loss, report val mAP every epoch (ASHA may stop it there). The best epoch is written to
     `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
@@ -140,7 +140,7 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     worker_threads(config.get("threads", 1))
     fin = config["finalist"]
     ft = spec["finetune"]
-    base = model_from_checkpoint(ckpt, source="base network")
+    base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"],
@@ -171,7 +171,7 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
         return False
 
     recipe = finetune_recipe(spec)
-    teacher = model_from_checkpoint(ckpt, source="base network") if recipe["distill"] > 0 else None
+    teacher = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories) if recipe["distill"] > 0 else None
     train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **recipe)
 
 
@@ -187,7 +187,7 @@ def finetune_recipe(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, latency: bool = True,
-                        threads: int | None = 1) -> dict[str, Any]:
+                        threads: int | None = 1, allow_factories: Any = None) -> dict[str, Any]:
     """Test metrics of a stored model: test mAP@all / @1000 (query vs database), val mAP, measured
     cost, latency, and the precision-recall curve by Hamming radius (for the report's plot)."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
@@ -198,7 +198,7 @@ def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, 
         worker_threads(threads)
     splits = load_splits(spec)
     ckpt = read_checkpoint(path)
-    model = model_from_checkpoint(ckpt, source=f"checkpoint {path!r}")
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {path!r}", allow_factories=allow_factories)
     # One encoding of query + database serves mAP@all, mAP@k and the PR curve (hashing.evaluate
     # would encode them again; the database is most of the cost).
     q = encode(model, splits.query[0])
