@@ -89,8 +89,12 @@ def save_checkpoint(
         "meta": meta or {},
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    try:
+        torch.save(ckpt, tmp)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, EFBIG, Ctrl-C) leaves no partial file
+        raise
     return path
 
 

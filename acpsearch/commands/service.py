@@ -170,6 +170,9 @@ def run(
     from acpsearch.search.pipeline import run_study
     from acpsearch.search.storage import artifact_dir
 
+    from acpsearch.cli import on_interrupt
+    from acpsearch.search.cluster import connect, shutdown_if_owned
+
     url, st_obj = _storage(storage)
     if address is not None:
         from acpsearch.search.cluster import _check_reachable, ray_env
@@ -178,11 +181,19 @@ def run(
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
     study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
     st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
+    on_interrupt(f"interrupted: resume with acpsearch run {study_name}")
     rep = RichReporter(quiet=json_out)
+    conn: dict[str, Any] = {}
     try:
         with crash.armed(artifact_dir(url, artifacts)):
-            summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
-                                reporter=rep, force=force)
+            try:
+                if address is not None:  # join the cluster before the study is touched (run_study reuses it)
+                    conn = connect(address)
+                summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
+                                    reporter=rep, force=force)
+            finally:
+                if conn:
+                    shutdown_if_owned(conn)
     finally:
         rep.close()
     if json_out:
@@ -363,8 +374,10 @@ def export(
     import optuna
 
     from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.outputs import atomic_out, check_out
     from acpsearch.search import study as st
 
+    check_out(out_path)  # a directory or an unwritable place is refused before the storage is opened
     url, st_obj = _storage(storage)
     study = st.load_search_study(st_obj, name)
     if trial is None:
@@ -384,8 +397,8 @@ def export(
     if not Path(src).is_file():
         raise StorageError(f"study {name!r}: artifact {src!r} is missing (artifact directory moved?)")
     read_checkpoint(src)  # validate before copying
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out_path)
+    with atomic_out(out_path) as tmp:  # temp file + rename: a failed copy leaves nothing at --out
+        shutil.copyfile(src, tmp)
     res = {"study": name, "finetune_trial": number, "out": str(out_path)}
     if json_out:
         out(res)
