@@ -90,7 +90,8 @@ def save_checkpoint(
     }
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(ckpt, tmp)
+        with open(tmp, "wb") as f:  # a Python file: a failed write's OSError (ENOSPC, EFBIG) stays attached
+            torch.save(ckpt, f)
         tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write (disk full, EFBIG, Ctrl-C) leaves no partial file

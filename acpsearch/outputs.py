@@ -19,8 +19,14 @@ from acpsearch.errors import AcpError, SpecError
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    """The reason in a few words: the OSError behind it when there is one (torch.save raises a
+    RuntimeError whose context is the OSError of the failed write), else the exception's first line."""
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
     return f"{type(exc).__name__}: {first[:200]}"
 
