@@ -180,14 +180,15 @@ def run(
         ray_env()
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
     study_name = _submit(target, st_obj, name, reuse=True) if _is_spec_path(target) else target
-    st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
+    frozen = st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
     on_interrupt(f"interrupted: resume with acpsearch run {study_name}")
     rep = RichReporter(quiet=json_out)
     conn: dict[str, Any] = {}
     try:
         with crash.armed(artifact_dir(url, artifacts)):
             try:
-                if address is not None:  # join the cluster before the study is touched (run_study reuses it)
+                if address is not None and frozen.user_attrs.get("state") != "done":
+                    # join the cluster before the study is touched (run_study reuses this connection)
                     conn = connect(address)
                 summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
                                     reporter=rep, force=force)
