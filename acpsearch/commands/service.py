@@ -431,7 +431,8 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
                                     f"got {_short(cfg[key])}")
             port = cfg.get("port")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
-                raise SpecError(f"dashboard config {str(p)!r}: port: must be an integer in 1..65535, got {_short(port)}")
+                raise SpecError(f"dashboard config {str(p)!r}: port: must be an integer in 1..65535, "
+                                f"got {_short(port)}")
             return {**cfg, "_path": str(p)}
         if path:
             raise SpecError(f"--config: {path!r} not found")
