@@ -144,8 +144,13 @@ def save_checkpoint(
         "meta": meta or {},
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a failed write's OSError (ENOSPC, EFBIG) stays attached
+            torch.save(ckpt, f)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, EFBIG, Ctrl-C) leaves no partial file
+        raise
     return path
 
 

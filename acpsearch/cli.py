@@ -1,6 +1,7 @@
 """The `acpsearch` command. Commands live in acpsearch/commands/*.py and register on `app`.
 
-Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 internal error."""
+Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 internal error,
+130 interrupted (Ctrl-C: one line "interrupted" on stderr, or the command's own line, see `on_interrupt`)."""
 from __future__ import annotations
 
 import sys
@@ -28,6 +29,20 @@ def _register() -> None:
                 raise
 
 
+INTERRUPTED = "interrupted"
+_interrupt_line = [INTERRUPTED]
+
+
+def on_interrupt(line: str) -> None:
+    """The line `run` prints on stderr if this command is interrupted (Ctrl-C), e.g. how to resume."""
+    _interrupt_line[0] = line
+
+
+def _interrupted() -> int:
+    print(_interrupt_line[0], file=sys.stderr)
+    return 130
+
+
 def main() -> None:
     """Console entry point."""
     sys.exit(run(sys.argv[1:]))
@@ -38,18 +53,20 @@ def run(argv: list[str]) -> int:
     from acpsearch.errors import AcpError
 
     _register()
+    _interrupt_line[0] = INTERRUPTED
     try:
-        app(args=argv, standalone_mode=False)
+        # Non-standalone typer *returns* the exit status of a typer.Exit, and turns Ctrl-C
+        # (KeyboardInterrupt) into Exit(130): an int returned here is the exit status.
+        rv = app(args=argv, standalone_mode=False)
     except AcpError as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     except typer.Exit as exc:
-        return exc.exit_code
+        return _interrupted() if exc.exit_code == 130 else exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:  # click usage errors carry their own exit code (2)
         import click
 
@@ -67,6 +84,8 @@ def run(argv: list[str]) -> int:
         if isinstance(exc, aborts):
             return 1
         raise
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        return _interrupted() if rv == 130 else rv
     return 0
 
 

@@ -423,6 +423,91 @@ def sqlite_dir(ctx: Any) -> dict[str, str]:
     return {"bad_url": f"sqlite:///{ctx.tmp}"}
 
 
+# --- builders: processes (listeners that are not Ray, busy ports, dashboard configs, caches)
+def bare_listener(mode: str = "silent") -> Callable[[Any], dict[str, str]]:
+    """A TCP listener on a free port at {port} that is not a Ray head: silent (accepts and never
+    answers) | closes (accepts and closes at once). Stopped when the test ends."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import socket
+        import threading
+
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        conns: list[socket.socket] = []
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                if mode == "closes":
+                    conn.close()
+                else:
+                    conns.append(conn)
+
+        threading.Thread(target=serve, daemon=True).start()
+
+        def stop() -> None:
+            try:
+                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+            except OSError:
+                pass
+            srv.close()
+            for conn in conns:
+                conn.close()
+
+        ctx.finalize(stop)
+        return {"port": str(srv.getsockname()[1])}
+
+    return build
+
+
+def no_dashboard_server(ctx: Any) -> dict[str, str]:
+    """optuna_dashboard.run_server replaced: a bad dashboard input must fail before the server starts."""
+    import optuna_dashboard
+
+    def started(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the dashboard server was started")
+
+    ctx.monkeypatch.setattr(optuna_dashboard, "run_server", started)
+    return {}
+
+
+def busy_port(ctx: Any) -> dict[str, str]:
+    """A port at {port} that another socket listens on (127.0.0.1)."""
+    import socket
+
+    no_dashboard_server(ctx)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    ctx.finalize(sock.close)
+    return {"port": str(sock.getsockname()[1])}
+
+
+def dash_config(text: str) -> Callable[[Any], dict[str, str]]:
+    """A dashboard config file at {cfg}."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        no_dashboard_server(ctx)
+        path = ctx.tmp / "dash.yaml"
+        path.write_text(text)
+        return {"cfg": str(path)}
+
+    return build
+
+
+def env(name: str, value: str) -> Callable[[Any], dict[str, str]]:
+    def build(ctx: Any) -> dict[str, str]:
+        ctx.monkeypatch.setenv(name, value)
+        return {}
+
+    return build
+
+
 SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
 Q = re.escape  # literal parts of the patterns
 
@@ -655,6 +740,46 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("ckpt-state-dict-list-spec", spec({"model.checkpoint": lambda c: str(c.tmp / "state-dict-list.pt")},
                                        then=crafted("state-dict-list")),
      SUBMIT, Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list")),
+    # --- hardening: processes ---
+    ("addr-not-ray", bare_listener("silent"), ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+     Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)")),
+    ("addr-not-ray-closes", bare_listener("closes"),
+     ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+     Q("--address: 127.0.0.1:{port} is not a Ray head (")),
+    ("addr-not-ray-worker", bare_listener("silent"), ["worker", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+     Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)")),
+    ("export-out-dir", nothing, ["export", "{name}", "--storage", "{url}", "--out", "{tmp}"],
+     Q("--out: '{tmp}' is a directory; give a file name")),
+    ("export-out-proc", nothing, ["export", "{name}", "--storage", "{url}", "--out", "/proc/x.pt"],
+     Q("--out: cannot write '/proc/x.pt': cannot create a file in '/proc' (")),
+    ("export-out-under-file", checkpoint("base"), ["export", "{name}", "--storage", "{url}", "--out", "{ckpt}/x.pt"],
+     Q("--out: '{ckpt}' is not a directory, cannot write '{ckpt}/x.pt'")),
+    ("prune-out-dir", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}"],
+     Q("--out: '{tmp}' is a directory; give a file name")),
+    ("prune-out-proc", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "/proc/p.pt"],
+     Q("--out: cannot write '/proc/p.pt': cannot create a file in '/proc' (")),
+    ("prune-out-device", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "/dev/null"],
+     Q("--out: '/dev/null' exists and is not a regular file")),
+    ("train-out-dir", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}"],
+     Q("--out: '{tmp}' is a directory; give a file name")),
+    ("dashboard-host", no_dashboard_server, ["dashboard", "--storage", "{url}", "--host", "nosuch.invalid", "--port", "48124"],
+     Q("--host: cannot resolve 'nosuch.invalid' (")),
+    ("dashboard-host-not-local", no_dashboard_server, ["dashboard", "--storage", "{url}", "--host", "192.0.2.77"],
+     Q("--host: cannot listen on 192.0.2.77:8080 (Cannot assign requested address)")),
+    ("dashboard-port-busy", busy_port, ["dashboard", "--storage", "{url}", "--port", "{port}"],
+     Q("--port: port {port} on 127.0.0.1 is already in use (Address already in use)")),
+    ("dashboard-config-port", dash_config("port: abc\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 'abc'")),
+    ("dashboard-config-port-range", dash_config("port: 70000\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 70000")),
+    ("dashboard-config-host", dash_config("host: [1, 2]\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': host: must be a non-empty string, got [1, 2]")),
+    ("dashboard-config-host-unresolvable", dash_config("host: nosuch.invalid\nport: 48126\n"),
+     ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': host: cannot resolve 'nosuch.invalid' (")),
+    ("latency-cache-unwritable", spec(replace={"budget": {"latency_ms": 1000.0}},
+                                      then=env("ACPSEARCH_CACHE", "/proc/acpcache")), SUBMIT,
+     Q("ACPSEARCH_CACHE: cannot write the latency cache in '/proc/acpcache/latency' (")),
 ]
 
 
@@ -725,8 +850,9 @@ def _pattern(expect: str, values: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("case_id,build,argv,expect", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
-                                                            monkeypatch, capsys, user_warnings):
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED")
+                                                            monkeypatch, capsys, user_warnings, request):
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED",
+                          finalize=request.addfinalizer)
     monkeypatch.delenv(ALLOW_ENV, raising=False)  # no factory module allowed unless a row says so
     values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     argv = [_fill(a, values) for a in argv]
@@ -764,24 +890,30 @@ def test_every_issue_case_is_in_the_table():
                    "ckpt-factory-system-inspect", "ckpt-factory-system-evaluate", "ckpt-factory-subprocess-prune",
                    "ckpt-factory-system-submit", "ckpt-model-str", "ckpt-input-shape-str", "ckpt-input-shape-huge",
                    "ckpt-state-dict-list", "ckpt-meta-protocol", "ckpt-zoo-bits-huge", "ckpt-prune-missing-kept",
-                   "ckpt-prune-groups-str", "ckpt-complex-weights"):
+                   "ckpt-prune-groups-str", "ckpt-complex-weights",
+                   # hardening: processes
+                   "addr-not-ray", "export-out-dir", "export-out-proc", "prune-out-dir", "dashboard-host",
+                   "dashboard-port-busy", "dashboard-config-port", "dashboard-config-host", "latency-cache-unwritable"):
         assert any(i.startswith(needed) for i in ids), needed
 
 
 @pytest.mark.parametrize("case_id", ["spec-not-yaml", "model-untraceable", "evaluate-runs-code",
-                                     "ckpt-factory-system-inspect"])
-def test_bad_input_in_a_real_process(case_id, tmp_path, stored):
+                                     "ckpt-factory-system-inspect", "addr-not-ray"])
+def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     """The same rows through the `acpsearch` executable: nothing else reaches stderr (warnings,
-    logging), exit status 2."""
+    logging, Ray's C++ log lines), exit status 2."""
     _, build, argv, expect = next(row for row in BAD_INPUTS if row[0] == case_id)
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED")
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED",
+                          finalize=request.addfinalizer)
     try:
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     finally:
         ctx.monkeypatch.undo()  # the subprocess gets the user's module dir through PYTHONPATH instead
-    env = {**os.environ, "ACPSEARCH_TORCH_THREADS": "1",
-           "OMP_NUM_THREADS": "1",  # the user's module dir first, then the caller's path (a worktree's acpsearch)
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "usercode"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # the user's module dir, this checkout (the installed `acpsearch` may be another checkout's editable
+    # install), then the caller's path
+    pythonpath = os.pathsep.join([str(tmp_path / "usercode"), str(Path(__file__).resolve().parents[1]),
+                                  *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop(ALLOW_ENV, None)
     res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), *[_fill(a, values) for a in argv]],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

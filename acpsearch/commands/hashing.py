@@ -73,6 +73,9 @@ def train(
             raise SpecError(f"{flag}: must be >= 1, got {value}")
     if not lr > 0 or not math.isfinite(lr):
         raise SpecError(f"--lr: must be a positive number, got {lr}")
+    from acpsearch.outputs import atomic_out, check_out
+
+    check_out(out)  # a directory or an unwritable place is refused before training
     if model.lower() not in MODEL_NAMES:  # fail before loading data; create_model words the error
         create_model(model, bits=bits)
     ds = load_dataset(dataset, data_dir)
@@ -84,7 +87,9 @@ def train(
     metrics = evaluate(result.model, splits, topk=topk)
     meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, bits=bits, lr=lr,
                            batch_size=batch_size, seed=seed, augment=augment, hflip=hflip)
-    path = save_zoo_checkpoint(out, result.model, model.lower(), bits, c, h, meta)
+    with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
+        save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)
+    path = out
     if json_out:
         typer.echo(json.dumps({"checkpoint": str(path), "model": model.lower(), "dataset": splits.dataset,
                                "loss": loss.lower(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,

@@ -76,8 +76,11 @@ def prune_cmd(
     from acpsearch.graph import ChannelGraph
     from acpsearch.pruning import PruningStrategy, measure_cost, prune, save_pruned
 
+    from acpsearch.outputs import atomic_out, check_out
+
     if criterion == "taylor":
         raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")
+    check_out(out)  # a directory or an unwritable place is refused before any work
     ckpt, model, example = _load(checkpoint, allow_factory)
     if ckpt.get("pruning"):
         raise CheckpointError(f"checkpoint {str(checkpoint)!r}: already pruned; prune its unpruned base instead")
@@ -88,7 +91,8 @@ def prune_cmd(
     meta = dict(ckpt.get("meta") or {})
     meta.update({"pruned_from": str(checkpoint), "strategy": s.to_dict(), "base_cost": before.to_dict(),
                  "cost": after.to_dict()})
-    save_pruned(out, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
+    with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
+        save_pruned(tmp, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
     doc = {"out": str(out), "before": before.to_dict(), "after": after.to_dict(),
            "flops_ratio": after.flops / max(before.flops, 1), "params_ratio": after.params / max(before.params, 1)}
     if as_json:

@@ -176,12 +176,13 @@ def run(
 
     Running a study runs its spec's model.factory (you chose to run it: on a shared storage, check
     `acpsearch show NAME` first); a factory named by its checkpoint needs --allow-factory."""
-    from acpsearch.trust import FactoryPolicy
-
+    from acpsearch.cli import on_interrupt
     from acpsearch.search import crash
     from acpsearch.search import study as st
+    from acpsearch.search.cluster import connect, shutdown_if_owned
     from acpsearch.search.pipeline import run_study
     from acpsearch.search.storage import artifact_dir
+    from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
     url, st_obj = _storage(storage)
@@ -192,12 +193,21 @@ def run(
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
     study_name = (_submit(target, st_obj, name, reuse=True, allow_factories=policy) if _is_spec_path(target)
                   else target)
-    st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
+    frozen = st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
+    on_interrupt(f"interrupted: resume with acpsearch run {study_name}")
     rep = RichReporter(quiet=json_out)
+    conn: dict[str, Any] = {}
     try:
         with crash.armed(artifact_dir(url, artifacts)):
-            summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
-                                reporter=rep, force=force, allow_factories=policy)
+            try:
+                if address is not None and frozen.user_attrs.get("state") != "done":
+                    # join the cluster before the study is touched (run_study reuses this connection)
+                    conn = connect(address)
+                summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
+                                    reporter=rep, force=force, allow_factories=policy)
+            finally:
+                if conn:
+                    shutdown_if_owned(conn)
     finally:
         rep.close()
     if json_out:
@@ -419,8 +429,10 @@ def export(
     import optuna
 
     from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.outputs import atomic_out, check_out
     from acpsearch.search import study as st
 
+    check_out(out_path)  # a directory or an unwritable place is refused before the storage is opened
     url, st_obj = _storage(storage)
     study = st.load_search_study(st_obj, name)
     if trial is None:
@@ -440,8 +452,8 @@ def export(
     if not Path(src).is_file():
         raise StorageError(f"study {name!r}: artifact {src!r} is missing (artifact directory moved?)")
     read_checkpoint(src)  # validate before copying
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out_path)
+    with atomic_out(out_path) as tmp:  # temp file + rename: a failed copy leaves nothing at --out
+        shutil.copyfile(src, tmp)
     res = {"study": name, "finetune_trial": number, "out": str(out_path)}
     if json_out:
         out(res)
@@ -465,15 +477,53 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
                 raise SpecError(f"dashboard config {str(p)!r}: must be a mapping")
             unknown = set(cfg) - {"storage", "artifacts", "host", "port"}
             if unknown:
-                raise SpecError(f"dashboard config {str(p)!r}: unknown key {sorted(unknown)[0]!r} "
+                raise SpecError(f"dashboard config {str(p)!r}: unknown key {sorted(str(k) for k in unknown)[0]!r} "
                                 "(allowed: storage, artifacts, host, port)")
+            for key in ("storage", "artifacts", "host"):  # null = the default
+                if cfg.get(key) is not None and (not isinstance(cfg[key], str) or not cfg[key].strip()):
+                    raise SpecError(f"dashboard config {str(p)!r}: {key}: must be a non-empty string, "
+                                    f"got {_short(cfg[key])}")
+            port = cfg.get("port")
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+                raise SpecError(f"dashboard config {str(p)!r}: port: must be an integer in 1..65535, "
+                                f"got {_short(port)}")
             return {**cfg, "_path": str(p)}
         if path:
             raise SpecError(f"--config: {path!r} not found")
     return {}
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+
+
+def dashboard_listen_check(host: str, port: int, host_from: str = "--host", port_from: str = "--port") -> None:
+    """SpecError (one line naming the flag or config key) unless the server can listen on host:port:
+    the host must resolve to an address of this machine and the port must be free. The probe socket
+    sets SO_REUSEADDR like the dashboard's HTTP server, so a port in TIME_WAIT is not "in use"."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SpecError(f"{host_from}: cannot resolve {host!r} ({getattr(exc, 'strerror', None) or exc})") from None
+    family, socktype, proto, _, sockaddr = infos[0]
+    with socket.socket(family, socktype, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                raise SpecError(f"{port_from}: port {port} on {host} is already in use ({why})") from None
+            if exc.errno == errno.EACCES:
+                raise SpecError(f"{port_from}: not allowed to listen on port {port} ({why})") from None
+            raise SpecError(f"{host_from}: cannot listen on {host}:{port} ({why})") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -513,14 +563,25 @@ def dashboard(
 
     from acpsearch.search.storage import artifact_dir, artifact_store
 
+    import errno
+
     cfg = dashboard_config(config)
-    url, st_obj = _storage(storage or cfg.get("storage"))
+    cfg_name = f"dashboard config {cfg.get('_path')!r}"
+    host_from = "--host" if host else f"{cfg_name}: host" if cfg.get("host") else "--host"
+    port_from = "--port" if port else f"{cfg_name}: port" if cfg.get("port") else "--port"
     host, port, note = dashboard_bind(host, port, cfg)
+    dashboard_listen_check(host, port, host_from, port_from)  # before opening the storage
+    url, st_obj = _storage(storage or cfg.get("storage"))
     art = artifact_dir(url, artifacts or cfg.get("artifacts"))
     if note:  # one unwrapped line each (log files, grep), no rich markup in URLs or paths
         err.print(note, soft_wrap=True, markup=False)
     err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}", soft_wrap=True, markup=False)
-    run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
+    try:
+        run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
+    except OSError as exc:  # taken between the check and the server's bind
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise SpecError(f"{port_from}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        raise
 
 
 # register `demo`

@@ -34,7 +34,39 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def _check_reachable(address: str) -> None:
+# HTTP/2 client connection preface + an empty SETTINGS frame (RFC 9113 section 3.4)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+PROBE_TIMEOUT_S = 5.0
+
+
+def _speaks_http2(sock: socket.socket, timeout: float) -> str | None:
+    """None when the peer answers an HTTP/2 preface with a SETTINGS frame, else why not.
+
+    Ray's GCS (and the Ray Client server of ray://) is a gRPC server, and every HTTP/2 server's first
+    frame is SETTINGS (RFC 9113 section 3.4). A listener that stays silent, closes, or answers
+    something else is not a Ray head; `ray.init` would wait for it for minutes, printing Ray's C++
+    log lines, so it is never called for such an address."""
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return "it closed the connection" if not head else "it answered something else than gRPC"
+            head += chunk
+    except socket.timeout:
+        return f"no gRPC answer within {timeout:g} s"
+    except OSError as exc:
+        return f"the connection failed: {exc.strerror or exc}"
+    if head[3] != 0x04:  # frame type SETTINGS
+        return "it answered something else than gRPC"
+    return None
+
+
+def _check_reachable(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Exit 2 (SpecError) unless `address` is a reachable gRPC server, before `ray.init` is called
+    and before any study is touched: at most `timeout` seconds to connect plus `timeout` to answer."""
     if address == "auto":
         return
     host, sep, port = address.rpartition(":")
@@ -42,10 +74,16 @@ def _check_reachable(address: str) -> None:
         raise SpecError(f"--address: expected 'auto' or HOST:PORT, got {address!r}")
     host = host.removeprefix("ray://") or "127.0.0.1"
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
-    except OSError as exc:
-        raise SpecError(f"--address: cannot reach a Ray head at {address} ({exc.strerror or exc})") from None
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    except (OSError, OverflowError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise SpecError(f"--address: cannot reach a Ray head at {address} ({why})") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # a TLS head does not answer a plaintext preface; ray.init checks it
+        why = _speaks_http2(sock, timeout)
+    if why is not None:
+        raise SpecError(f"--address: {address} is not a Ray head ({why})")
 
 
 def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:

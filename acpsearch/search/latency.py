@@ -14,7 +14,11 @@ with every keep ratio, which the define-by-run space relies on.
 
 Cache: JSON under $ACPSEARCH_CACHE (default ~/.cache/acpsearch)/latency/, keyed by the layers'
 shapes, batch size, thread count, torch version and CPU model, so a table is measured once per
-machine and network.
+machine and network. An entry that cannot be read or does not describe this graph (damaged,
+truncated, another shape) is measured again and rewritten. A cache directory that cannot be
+created or written is bad input (SpecError naming ACPSEARCH_CACHE, exit 2), found before the
+measurement starts: the user chose that place, so acpsearch does not silently measure every time.
+Entries are written to a temporary file and renamed, so a reader never sees half an entry.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from acpsearch.errors import SpecError
 
 TIMED_TYPES = ("conv", "conv_dw", "linear", "hash")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -46,6 +52,34 @@ def _cpu_model() -> str:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ACPSEARCH_CACHE", Path.home() / ".cache" / "acpsearch")) / "latency"
+
+
+def _cache_error(where: Path, exc: OSError) -> SpecError:
+    return SpecError(f"ACPSEARCH_CACHE: cannot write the latency cache in {str(where)!r} "
+                     f"({exc.strerror or exc}); set ACPSEARCH_CACHE to a writable directory")
+
+
+def _writable_cache_dir() -> Path:
+    """The latency cache directory, created; SpecError naming ACPSEARCH_CACHE if it cannot be written."""
+    d = cache_dir()
+    probe = d / f".probe.{os.getpid()}.tmp"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _cache_error(d, exc) from None
+    return d
+
+
+def _write_entry(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _cache_error(path.parent, exc) from None
 
 
 def _time(fn: Any, repeats: int, warmup: int = 2) -> float:
@@ -87,11 +121,11 @@ class LatencyTable:
         nodes = [nd for nd in g.nodes if nd.type in TIMED_TYPES and nd.module is not None]
         key = cls._key(g, nodes, batch_size, fractions)
         path = cache_dir() / f"{key}.json"
-        if cache and path.exists():
-            try:
-                return cls.from_dict(json.loads(path.read_text()))
-            except (ValueError, KeyError):
-                pass  # a damaged cache entry is re-measured
+        if cache:
+            cached = cls._read_entry(path, [nd.index for nd in nodes], fractions, batch_size)
+            if cached is not None:
+                return cached
+            _writable_cache_dir()  # before measuring: an unusable cache is exit 2 now, not after minutes
         modules = dict(g.model.named_modules())
         tables = []
         t_start = time.perf_counter()
@@ -111,9 +145,28 @@ class LatencyTable:
                 "build_seconds": round(time.perf_counter() - t_start, 2), "key": key}
         tab = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(tab.to_dict()))
+            _writable_cache_dir()
+            _write_entry(path, tab.to_dict())
         return tab
+
+    @classmethod
+    def _read_entry(cls, path: Path, nodes: list[int], fractions: tuple[float, ...],
+                    batch_size: int) -> "LatencyTable | None":
+        """The cached table at `path`, or None when there is none or it is damaged (then it is re-measured):
+        unreadable, not JSON, or JSON of another shape (a list, missing keys, other nodes or sizes)."""
+        try:
+            doc = json.loads(path.read_text())
+            tab = cls.from_dict(doc)
+            if (list(tab.nodes) != list(nodes) or tab.batch_size != int(batch_size)
+                    or not np.allclose(tab.fractions, np.asarray(fractions, dtype=np.float64))
+                    or not np.all(np.isfinite(tab.tables)) or not np.isfinite(tab.full_ms)
+                    or not isinstance(tab.meta, dict)):
+                return None
+            return tab
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None  # a damaged cache entry is re-measured
 
     @staticmethod
     def _key(g: Any, nodes: list[Any], batch_size: int, fractions: tuple[float, ...]) -> str:
