@@ -113,8 +113,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
     name and the same spec is taken as is (so `run SPEC.yaml` resumes)."""
     from acpsearch.search import study as st
     from acpsearch.search.pipeline import preflight
-    from acpsearch.spec import load_spec
+    from acpsearch.spec import check_name, load_spec
 
+    if name is not None:  # '' is refused, not taken as "no --name"
+        check_name(name)
     spec = load_spec(spec_path)
     final_name = name or spec.name
     if reuse and final_name:
