@@ -59,8 +59,9 @@ def _fmt(value: Any) -> str:
         return json.dumps(value)
     try:
         text = _ECHO.repr(value) if isinstance(value, (str, list, tuple, dict, set, frozenset)) else str(value)
-    except ValueError:  # an int beyond Python's 4300-digit str() limit
-        text = f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    except ValueError:  # an int beyond Python's 4300-digit str() limit (or a container holding one)
+        text = (f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits" if isinstance(value, int)
+                else f"a {type(value).__name__} holding an integer of more than 4300 digits")
     return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + " ..."
 
 
