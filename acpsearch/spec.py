@@ -305,7 +305,10 @@ class StudySpec(_Section):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+    """The dotted field name; a key the user made up is quoted (and capped) when it is long or holds
+    characters that would break the one line."""
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(p if p.isprintable() and len(p) <= 64 else _fmt(p) for p in parts)
 
 
 def _model_at(loc: tuple[Any, ...]) -> Any:

@@ -287,3 +287,13 @@ def test_study_names_are_matched_whole():
         check_name("")
     with pytest.raises(SpecError, match=r"^--name: must match .*got 'nl\\n'$"):
         check_name("nl\n")
+
+
+@pytest.mark.parametrize("key,shown", [("k" * 100_000, "spec: 'kkkk"), ("a\nb", "spec: budget.'a\\nb': unknown key")])
+def test_made_up_keys_are_echoed_on_one_short_line(key, shown):
+    d = copy.deepcopy(MINIMAL)
+    (d["budget"] if "\n" in key else d)[key] = 1
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    msg = str(exc.value)
+    assert msg.startswith(shown) and "unknown key" in msg and "\n" not in msg and len(msg) < 400, msg[:500]
