@@ -7,13 +7,17 @@ that names the field, e.g. ``spec: budget.flops: must be in (0, 1], got 1.5`` (S
 from __future__ import annotations
 
 import json
+import math
 import re
+import reprlib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import annotated_types
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from acpsearch.errors import SpecError
 
@@ -23,43 +27,93 @@ CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
 LOSSES = ("csq", "hashnet", "dpsh")
 SAMPLERS = ("tpe", "random", "nsga2", "gp", "qmc")
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+# \Z, not $: `$` also matches before a final newline, which let a study be named "x\n".
+# Always use NAME_RE.fullmatch (or valid_name); with .match the \Z keeps it anchored too.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
+
+# --- bounds of the spec's numbers (a real study stays far inside them; beyond them a value is a
+# typo or an attack that would crash or hang a later phase) --------------------------------------
+SEED_LIMIT = 2**32  # numpy / torch / optuna seeds: [0, 2**32)
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_PER_CLASS = 10_000_000  # images per class in the query / train / validation split
+MAX_STRATEGIES = 100_000  # encoder training strategies
+MAX_CANDIDATES = 100_000  # search candidates (also rerank_top, elite)
+MAX_ROUNDS = 100
+MAX_WORKERS = 1_024
+MAX_FINALISTS = 1_000  # finetune.top
+MIN_STEP = 0.01  # space.step: the grid of keep ratios has at most 1 / step values per group
+
+# Error lines echo the offending value at most this long (a YAML alias bomb or a 50 MB string
+# must not become a 50 MB "one line").
+ECHO_LIMIT = 200
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 2, ECHO_LIMIT, ECHO_LIMIT, 60
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 6
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+    """A value as echoed in an error line: strings quoted, None/bools as YAML-JSON words, the rest as
+    Python prints it; never longer than about ECHO_LIMIT characters, whatever the value."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    try:
+        text = _ECHO.repr(value) if isinstance(value, (str, list, tuple, dict, set, frozenset)) else str(value)
+    except ValueError:  # an int beyond Python's 4300-digit str() limit (or a container holding one)
+        text = (f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits" if isinstance(value, int)
+                else f"a {type(value).__name__} holding an integer of more than 4300 digits")
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + " ..."
 
 
-def _unit_interval(value: float | None, open_low: bool = True) -> float | None:
-    if value is None:
-        return value
-    if not (0.0 < value <= 1.0):
-        raise ValueError(f"must be in (0, 1], got {_fmt(value)}")
-    return value
+def valid_name(name: Any) -> bool:
+    """Whether `name` is a valid study name (the whole string, no trailing newline)."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
-def _at_least_one(v: int) -> int:
-    if v < 1:
-        raise ValueError(f"must be >= 1, got {v}")
+def check_name(name: Any, field: str = "--name") -> str:
+    """`name` if it is a valid study name, else SpecError naming `field` ('' is refused: it is not
+    "no name")."""
+    if name == "":
+        raise SpecError(f"{field}: empty; leave it out to use the spec's name")
+    if not valid_name(name):
+        raise SpecError(f"{field}: must match {NAME_RE.pattern} (letters, digits, '_', '.', '-'), got {_fmt(name)}")
+    return name
+
+
+# Field types that carry their range (pydantic constraints; `_one_line` words a violation as
+# "must be in [lo, hi], got X" from the field's own bounds).
+def _ints(lo: int, hi: int | None = None, *, hi_open: bool = False) -> Any:
+    if hi is None:
+        return Annotated[int, Field(ge=lo)]
+    return Annotated[int, Field(ge=lo, lt=hi) if hi_open else Field(ge=lo, le=hi)]
+
+
+Count = _ints(1)
+Seed = _ints(0, SEED_LIMIT, hi_open=True)
+Epochs = _ints(1, MAX_EPOCHS)
+BatchSize = _ints(1, MAX_BATCH_SIZE)
+PerClass = _ints(1, MAX_PER_CLASS)
+Candidates = _ints(1, MAX_CANDIDATES)
+Strategies = _ints(1, MAX_STRATEGIES)
+Workers = _ints(1, MAX_WORKERS)
+Rounds = _ints(1, MAX_ROUNDS)
+Finalists = _ints(1, MAX_FINALISTS)
+Ratio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+LearningRate = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
+LossWeight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+def _field_error(loc: tuple[str, ...], value: Any, message: str) -> ValidationError:
+    """A validation error of the sub-field `loc` raised from a model validator (so the error line
+    names e.g. model.kwargs.bits, not just model)."""
+    return ValidationError.from_exception_data("spec", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=value)])
+
+
+def _not_empty(v: str | None, hint: str) -> str | None:
+    if v is not None and not v.strip():
+        raise ValueError(f"empty: {hint}")
     return v
-
-
-def _learning_rate(v: float) -> float:
-    if not (0.0 < v <= 10.0):
-        raise ValueError(f"must be in (0, 10], got {_fmt(v)}")
-    return v
-
-
-def _loss_weight(v: float) -> float:
-    if not (0.0 <= v <= 100.0):  # NaN fails this too
-        raise ValueError(f"must be in [0, 100], got {_fmt(v)}")
-    return v
-
-
-# Field types that carry their range check, so each section only declares its fields.
-Count = Annotated[int, AfterValidator(_at_least_one)]
-LearningRate = Annotated[float, AfterValidator(_learning_rate)]
-LossWeight = Annotated[float, AfterValidator(_loss_weight)]
 
 
 class _Section(BaseModel):
@@ -72,44 +126,54 @@ class ModelSpec(_Section):
     zoo: str | None = None
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    bits: int = 32
+    bits: Annotated[int, Field(ge=2, le=4096)] = 32
     checkpoint: str | None = None
     hash_layer: str | None = None
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: int) -> int:
-        if not (2 <= v <= 4096):
-            raise ValueError(f"must be in [2, 4096], got {v}")
-        return v
 
     @field_validator("factory")
     @classmethod
     def _factory(cls, v: str | None) -> str | None:
         if v is not None and (":" not in v or v.startswith(":") or v.endswith(":")):
-            raise ValueError(f"must be of the form 'package.module:function', got {v!r}")
+            raise ValueError(f"must be of the form 'package.module:function', got {_fmt(v)}")
         return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str | None) -> str | None:
+        return _not_empty(v, "leave it out to train a base network")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
         if (self.zoo is None) == (self.factory is None):
             raise ValueError("give exactly one of 'zoo' or 'factory'")
+        # kwargs.bits would silently win over model.bits (the zoo / factory gets both), while the
+        # stored spec, the checkpoint checks and the reports go by model.bits
+        if "bits" in self.kwargs and self.kwargs["bits"] != self.bits:
+            given = "" if "bits" in self.model_fields_set else " (the default)"
+            raise _field_error(("kwargs", "bits"), self.kwargs["bits"],
+                               f"{_fmt(self.kwargs['bits'])} contradicts model.bits = {self.bits}{given}; "
+                               "give the code length once, as model.bits")
         return self
 
 
 class ProtocolSpec(_Section):
     """Query / train / validation split sizes per class (the rest is the retrieval database)."""
 
-    query_per_class: Count = 100
-    train_per_class: Count = 500
-    val_per_class: Count = 100
-    seed: int = 0
+    query_per_class: PerClass = 100
+    train_per_class: PerClass = 500
+    val_per_class: PerClass = 100
+    seed: Seed = 0
 
 
 class DataSpec(_Section):
     dataset: Literal["digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz"]
     path: str | None = None
     protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _not_empty(v, "leave it out for a data set that needs no path")
 
     @model_validator(mode="after")
     def _needs_path(self) -> "DataSpec":
@@ -135,9 +199,9 @@ class TrainSpec(_Augmentation):
     """How the base network is trained when model.checkpoint is not given."""
 
     loss: Literal["csq", "hashnet", "dpsh"] = "csq"
-    epochs: Count = 20
+    epochs: Epochs = 20
     lr: LearningRate = 0.001
-    batch_size: Count = 128
+    batch_size: BatchSize = 128
     augment: bool = False
     hflip: bool = False
 
@@ -145,21 +209,9 @@ class TrainSpec(_Augmentation):
 class BudgetSpec(_Section):
     """Resource budget as ratios of the unpruned network (latency in milliseconds)."""
 
-    flops: float | None = None
-    params: float | None = None
-    latency_ms: float | None = None
-
-    @field_validator("flops", "params")
-    @classmethod
-    def _ratio(cls, v: float | None) -> float | None:
-        return _unit_interval(v)
-
-    @field_validator("latency_ms")
-    @classmethod
-    def _latency(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"must be > 0, got {_fmt(v)}")
-        return v
+    flops: Ratio | None = None
+    params: Ratio | None = None
+    latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _some(self) -> "BudgetSpec":
@@ -169,39 +221,27 @@ class BudgetSpec(_Section):
 
 
 class SpaceSpec(_Section):
-    step: float = 0.1
-    min_keep: float = 0.2
+    step: Annotated[float, Field(ge=MIN_STEP, le=0.5, allow_inf_nan=False)] = 0.1
+    min_keep: Ratio = 0.2
     criterion: Literal["l1", "l2", "bn_scale", "fpgm", "taylor", "random"] = "l1"
-
-    @field_validator("step")
-    @classmethod
-    def _step(cls, v: float) -> float:
-        if not (0.0 < v <= 0.5):
-            raise ValueError(f"must be in (0, 0.5], got {_fmt(v)}")
-        return v
-
-    @field_validator("min_keep")
-    @classmethod
-    def _min_keep(cls, v: float) -> float:
-        return _unit_interval(v)  # type: ignore[return-value]
 
 
 class EncoderSpec(_Section):
     objective: Literal["sacp", "effect"] = "effect"  # effect ranked better: benchmarks/results/ranking.md
-    epochs: Count = 50
-    strategies: Count = 512
+    epochs: Epochs = 50
+    strategies: Strategies = 512
 
 
 class SearchSpec(_Section):
-    candidates: Count = 500
+    candidates: Candidates = 500
     sampler: Literal["tpe", "random", "nsga2", "gp", "qmc"] = "tpe"
-    workers: Count = 2
-    seed: int = 0
+    workers: Workers = 2
+    seed: Seed = 0
     ranker: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] = "similarity"
     rerank: Literal["similarity", "adaptive_bn", "code_agreement", "l1_retained", "random"] | None = None
-    rerank_top: Count = 32
-    rounds: Count = 2  # the space narrows around the best candidates of the earlier rounds
-    elite: Count = 16  # how many of the best candidates set the narrowed ranges
+    rerank_top: Candidates = 32
+    rounds: Rounds = 2  # the space narrows around the best candidates of the earlier rounds
+    elite: Candidates = 16  # how many of the best candidates set the narrowed ranges
     # One finalist slot goes to the budget's global-magnitude allocation (pipeline.phase_anchor);
     # null: all finalists come from the search.
     anchor: Literal["magnitude"] | None = "magnitude"
@@ -213,10 +253,10 @@ class FinetuneSpec(_Augmentation):
     `distill` > 0 adds that weight times the distance of the finalist's codes to the unpruned
     network's (MSE of tanh outputs) to the hash loss."""
 
-    top: Count = 4
-    epochs: Count = 5
+    top: Finalists = 4
+    epochs: Epochs = 5
     lr: LearningRate = 0.001
-    batch_size: Count = 128
+    batch_size: BatchSize = 128
     early_stop: Literal["asha"] | None = "asha"
     augment: bool = False
     hflip: bool = False
@@ -239,8 +279,8 @@ class StudySpec(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError(f"must match {NAME_RE.pattern} (letters, digits, '_', '.', '-'), got {v!r}")
+        if v is not None and not valid_name(v):
+            raise ValueError(f"must match {NAME_RE.pattern} (letters, digits, '_', '.', '-'), got {_fmt(v)}")
         return v
 
     @model_validator(mode="after")
@@ -265,7 +305,62 @@ class StudySpec(_Section):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+    """The dotted field name; a key the user made up is quoted (and capped) when it is long or holds
+    characters that would break the one line."""
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(p if p.isprintable() and len(p) <= 64 else _fmt(p) for p in parts)
+
+
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The spec section (pydantic model) at `loc`, or None."""
+    model: Any = StudySpec
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            break
+    return model
+
+
+def _constraints(loc: tuple[Any, ...]) -> list[Any]:
+    """The annotated_types constraints (Ge, Gt, Le, Lt, ...) of the field at `loc`, also when its type
+    is `Annotated[...] | None`."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
+    if field is None:
+        return []
+    found = list(field.metadata)
+    for arg in (field.annotation, *typing.get_args(field.annotation)):
+        for meta in getattr(arg, "__metadata__", ()):
+            found.extend(getattr(meta, "metadata", [meta]))
+    return found
+
+
+_BOUND_KINDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+
+
+def _range_text(loc: tuple[Any, ...]) -> tuple[str, bool]:
+    """The allowed range of a numeric field as "in [lo, hi)" / ">= lo" / "<= hi", and whether it is
+    bounded on both sides."""
+    lo = hi = None
+    lo_open = hi_open = False
+    for c in _constraints(loc):
+        if isinstance(c, annotated_types.Ge):
+            lo, lo_open = c.ge, False
+        elif isinstance(c, annotated_types.Gt):
+            lo, lo_open = c.gt, True
+        elif isinstance(c, annotated_types.Le):
+            hi, hi_open = c.le, False
+        elif isinstance(c, annotated_types.Lt):
+            hi, hi_open = c.lt, True
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}", True
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}", False
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi}", False
+    return "", False
 
 
 def _one_line(exc: ValidationError, data: Any) -> str:
@@ -277,14 +372,7 @@ def _one_line(exc: ValidationError, data: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind == "extra_forbidden":
-        parent = err["loc"][:-1]
-        model: Any = StudySpec
-        for part in parent:
-            field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-            ann = field.annotation if field else None
-            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-            if model is None:
-                break
+        model = _model_at(err["loc"][:-1])
         allowed = ", ".join(model.model_fields) if model is not None else ""
         return f"spec: {loc}: unknown key" + (f" (allowed: {allowed})" if allowed else "")
     if kind == "missing":
@@ -293,6 +381,13 @@ def _one_line(exc: ValidationError, data: Any) -> str:
         return f"spec: must be a mapping, got {type(err['input']).__name__}"
     if kind in ("model_type", "dict_type"):
         return f"spec: {loc}: must be a mapping, got {_fmt(err['input'])}"
+    if kind in _BOUND_KINDS:
+        # "must be in [lo, hi], got X" from the field's own bounds; a NaN or infinity outside a
+        # one-sided range is named as not finite ("must be > 0, got inf" would read wrong)
+        allowed, both = _range_text(err["loc"])
+        if kind == "finite_number" and not both:
+            allowed = "a finite number" + (f" {allowed}" if allowed else "")
+        return f"spec: {loc}: must be {allowed or 'a finite number'}, got {_fmt(err['input'])}"
     if kind == "literal_error":
         return f"spec: {loc}: {msg[0].lower() + msg[1:]}, got {_fmt(err['input'])}"
     if kind.endswith("_type") or kind.endswith("_parsing"):
@@ -316,18 +411,129 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> StudySpec:
     return spec
 
 
+# --- YAML ----------------------------------------------------------------------------------------
+# A spec is a few dozen values. Aliases let a 1 KB file stand for billions of values (the
+# "billion laughs": 9 levels of 9 aliases = 9**9 leaves), which every later step that walks the
+# value (validation, the error line, json for the storage) would expand; so the expanded size of
+# the document is bounded before anything is built from it.
+MAX_YAML_VALUES = 100_000  # values (scalars, lists, mappings) once every alias is expanded
+MAX_YAML_ALIASES = 10_000  # uses of an anchor
+MAX_YAML_DEPTH = 100  # nesting levels
+
+
+class YamlRefused(yaml.YAMLError):
+    """A YAML document refused before it is built (alias bomb, recursion, too deep): one line."""
+
+    def __init__(self, problem: str, detail: str, mark: Any = None) -> None:
+        super().__init__(problem)
+        self.problem, self.detail, self.mark = problem, detail, mark
+
+    def __str__(self) -> str:
+        where = f" at line {self.mark.line + 1}" if self.mark is not None else ""
+        return f"{self.problem}{where} ({self.detail})"
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose alias expansion is too large, recursive or too deep, in time
+    proportional to the graph (the file), not to its expansion."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    visiting: set[int] = set()
+    aliases = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        if finished:
+            visiting.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_VALUES:
+                raise YamlRefused("too many YAML aliases", f"they expand the document to more than {MAX_YAML_VALUES:,} "
+                                  "values", node.start_mark)
+            if depth[key] > MAX_YAML_DEPTH:
+                raise YamlRefused("YAML nested too deeply", f"more than {MAX_YAML_DEPTH} levels", node.start_mark)
+            continue
+        if key in size:  # a node met again: an alias
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise YamlRefused("too many YAML aliases", f"more than {MAX_YAML_ALIASES:,} uses of anchors",
+                                  node.start_mark)
+            continue
+        if key in visiting:
+            raise YamlRefused("recursive YAML alias", "an anchor is used inside itself", node.start_mark)
+        visiting.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children)
+
+
+class SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """yaml.safe_load's loader (libyaml when available) that also refuses duplicate keys (YAML
+    would keep the last one silently), integers Python cannot print, and documents whose aliases
+    expand to too many values (see _check_expansion)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding keys is meant
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # unhashable: the base class words it
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_fmt(key)}, first at line {first[key] + 1}", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more than 4300 digits
+            raise yaml.constructor.ConstructorError(None, None, "integer with too many digits",
+                                                    node.start_mark) from None
+
+
+SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)
+
+
+def safe_yaml_load(text: str) -> Any:
+    """yaml.safe_load with SpecLoader's refusals (yaml.YAMLError subclasses)."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a YAML spec file (paths inside it are relative to the file)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec {str(path)!r}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml_load(path.read_text())
+    except YamlRefused as exc:
+        raise SpecError(f"spec {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"spec {str(path)!r}: not valid YAML{where} ({problem})") from None
+    except RecursionError:  # the pure-Python parser (no libyaml) on very deep nesting
+        raise SpecError(f"spec {str(path)!r}: YAML nested too deeply") from None
     except UnicodeDecodeError:
         raise SpecError(f"spec {str(path)!r}: not a text file") from None
     return parse_spec(data, base_dir=path.parent)

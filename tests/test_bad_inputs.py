@@ -511,6 +511,27 @@ def env(name: str, value: str) -> Callable[[Any], dict[str, str]]:
 SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
 Q = re.escape  # literal parts of the patterns
 
+
+# --- hardening: spec (builders) -------------------------------------------------------------------
+def spec_text(model_extra: str = "", budget: str = "  flops: 0.5\n", tail: str = "") -> str:
+    """TINY_SPEC (name 'bad') as YAML text, with lines added under `model:` (indented 2) and `budget:`
+    given as text: for what yaml.safe_dump cannot write (anchors, aliases, duplicate keys)."""
+    rest = {k: v for k, v in copy.deepcopy(TINY_SPEC).items() if k not in ("model", "budget")}
+    return ("name: bad\nmodel:\n  zoo: resnet20\n  bits: 16\n" + model_extra + "budget:\n" + budget
+            + yaml.safe_dump(rest, sort_keys=False) + tail)
+
+
+def alias_bomb(levels: int) -> str:
+    """Billion laughs under model.kwargs: level i is a list of 9 aliases of level i-1 (9**(i+1) leaves)."""
+    lines = ["    l0: &l0 [" + ", ".join(["lol"] * 9) + "]\n"]
+    lines += [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, levels + 1)]
+    return "  kwargs:\n" + "".join(lines)
+
+
+TOO_MANY_ALIASES = Q("spec '{spec}': too many YAML aliases at line ") + r"\d+" + Q(" (they expand the document to more than")
+SEED_RANGE = Q("must be in [0, 4294967296), got ")
+
+
 # (id, build, argv, expect)
 BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = [
     # --- the spec file itself
@@ -780,6 +801,66 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("latency-cache-unwritable", spec(replace={"budget": {"latency_ms": 1000.0}},
                                       then=env("ACPSEARCH_CACHE", "/proc/acpcache")), SUBMIT,
      Q("ACPSEARCH_CACHE: cannot write the latency cache in '/proc/acpcache/latency' (")),
+    # --- hardening: spec
+    # the YAML itself: duplicate keys, alias bombs (9**9 leaves; refused before anything is built), recursion
+    ("spec-dupkeys", text_file(spec_text(tail="budget:\n  flops: 0.9\n")), SUBMIT,
+     Q("spec '{spec}': not valid YAML at line ") + r"\d+" + Q(" (duplicate key 'budget', first at line 5)")),
+    ("spec-dupkeys-nested", text_file(spec_text(budget="  flops: 0.5\n  flops: 0.9\n")), SUBMIT,
+     Q("spec '{spec}': not valid YAML at line 7 (duplicate key 'flops', first at line 6)")),
+    ("spec-bomb9-flops", text_file(spec_text(alias_bomb(9), budget="  flops: *l9\n")), SUBMIT, TOO_MANY_ALIASES),
+    ("spec-bomb9-kwargs-only", text_file(spec_text(alias_bomb(9))), SUBMIT, TOO_MANY_ALIASES),
+    ("spec-bomb-recursive", text_file(spec_text("  kwargs: &k {self: *k}\n")), SUBMIT,
+     Q("spec '{spec}': recursive YAML alias at line 5 (an anchor is used inside itself)")),
+    ("spec-int-5000-digits", text_file(spec_text(budget="  flops: " + "9" * 5000 + "\n")), SUBMIT,
+     Q("spec '{spec}': not valid YAML at line 6 (integer with too many digits)")),
+    # long values are echoed short (see also test_long_values_are_echoed_short)
+    ("spec-long-value-bomb3", text_file(spec_text(alias_bomb(3), budget="  flops: *l3\n")), SUBMIT,
+     Q("spec: budget.flops: input should be a valid number, got [[[")),
+    ("spec-long-value-string", spec({"budget.flops": "x" * 100_000}), SUBMIT,
+     Q("spec: budget.flops: input should be a valid number, got 'xxxx")),
+    ("spec-long-value-name", spec(name="n" * 100_000), SUBMIT, Q("spec: name: must match ")),
+    # bounds: seeds in [0, 2**32), finite budgets, step >= 0.01, counts with upper limits
+    ("spec-seed-protocol-negative", spec({"data.protocol.seed": -1}), SUBMIT, Q("spec: data.protocol.seed: ") + SEED_RANGE + "-1$"),
+    ("spec-seed-protocol-2p64", spec({"data.protocol.seed": 2**64}), SUBMIT,
+     Q("spec: data.protocol.seed: ") + SEED_RANGE + Q("18446744073709551616")),
+    ("spec-seed-search-negative", spec({"search.seed": -1}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + "-1$"),
+    ("spec-seed-search-2p64", spec({"search.seed": 2**64}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + Q("18446744073709551616")),
+    ("spec-seed-search-2p32", spec({"search.seed": 2**32}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + Q("4294967296")),
+    ("budget-latency-nan", spec(replace={"budget": {"latency_ms": float("nan")}}), SUBMIT,
+     Q("spec: budget.latency_ms: must be a finite number > 0, got nan")),
+    ("budget-latency-inf", spec(replace={"budget": {"latency_ms": float("inf")}}), SUBMIT,
+     Q("spec: budget.latency_ms: must be a finite number > 0, got inf")),
+    ("budget-flops-nan", spec({"budget.flops": float("nan")}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got nan")),
+    ("spec-step-tiny", spec({"space.step": 1e-9}), SUBMIT, Q("spec: space.step: must be in [0.01, 0.5], got 1e-09")),
+    ("spec-strategies-huge", spec({"encoder.strategies": 10**12}), SUBMIT,
+     Q("spec: encoder.strategies: must be in [1, 100000], got 1000000000000")),
+    ("spec-candidates-huge", spec({"search.candidates": 10**30}), SUBMIT,
+     Q("spec: search.candidates: must be in [1, 100000], got 1" + "0" * 30)),
+    ("spec-epochs-huge-train", spec({"train.epochs": 10**30}), SUBMIT, Q("spec: train.epochs: must be in [1, 10000], got 1" + "0" * 30)),
+    ("spec-epochs-huge-encoder", spec({"encoder.epochs": 10**30}), SUBMIT, Q("spec: encoder.epochs: must be in [1, 10000], got 1")),
+    ("spec-epochs-huge-finetune", spec({"finetune.epochs": 10**30}), SUBMIT, Q("spec: finetune.epochs: must be in [1, 10000], got 1")),
+    ("spec-workers-huge", spec({"search.workers": 10**9}), SUBMIT, Q("spec: search.workers: must be in [1, 1024], got 1000000000")),
+    ("spec-batch-size-huge", spec({"finetune.batch_size": 10**9}), SUBMIT, Q("spec: finetune.batch_size: must be in [1, 65536], got 1")),
+    # silent meanings
+    ("spec-kwargs-bits-conflict", spec({"model.kwargs": {"bits": 32}}), SUBMIT,
+     Q("spec: model.kwargs.bits: 32 contradicts model.bits = 16; give the code length once, as model.bits")),
+    ("spec-checkpoint-empty", spec({"model.checkpoint": ""}), SUBMIT,
+     Q("spec: model.checkpoint: empty: leave it out to train a base network")),
+    ("name-empty-flag", spec(), SUBMIT + ["--name", ""], Q("--name: empty; leave it out to use the spec's name")),
+    ("name-newline-spec", spec(name="x\n"), SUBMIT, Q("spec: name: must match ") + ".*" + Q("got 'x\\n'")),
+    ("name-newline-flag", spec(), SUBMIT + ["--name", "nl\n"], Q("--name: must match ") + ".*" + Q("got 'nl\\n'")),
+    ("name-newline-run", spec(), ["run", "{spec}", "--storage", "{url}", "--name", "nl\n"], Q("--name: must match ")),
+    ("name-control-char", spec(name="a\tb"), SUBMIT, Q("spec: name: must match ") + ".*" + Q("got 'a\\tb'")),
+    # numeric CLI options
+    ("evaluate-seed-negative", checkpoint("good"), ["evaluate", "{ckpt}", "--seed", "-1"], Q("Invalid value for '--seed'")),
+    ("evaluate-seed-2p32", checkpoint("good"), ["evaluate", "{ckpt}", "--seed", str(2**32)], Q("Invalid value for '--seed'")),
+    ("train-seed-negative", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--query-per-class", "10",
+                                     "--train-per-class", "50", "--val-per-class", "10", "--seed", "-1", "--out", "{tmp}/t.pt"],
+     Q("Invalid value for '--seed'")),
+    ("train-epochs-huge", nothing, ["train", "--dataset", "digits", "--epochs", str(10**30), "--out", "{tmp}/t.pt"],
+     Q("--epochs: must be in [1, 10000], got 1")),
+    ("prune-seed-negative", checkpoint("good"), ["prune", "{ckpt}", "--keep", "0.5", "--seed", "-1", "--out", "{tmp}/p.pt"],
+     Q("Invalid value for '--seed'")),
 ]
 
 
@@ -893,7 +974,13 @@ def test_every_issue_case_is_in_the_table():
                    "ckpt-prune-groups-str", "ckpt-complex-weights",
                    # hardening: processes
                    "addr-not-ray", "export-out-dir", "export-out-proc", "prune-out-dir", "dashboard-host",
-                   "dashboard-port-busy", "dashboard-config-port", "dashboard-config-host", "latency-cache-unwritable"):
+                   "dashboard-port-busy", "dashboard-config-port", "dashboard-config-host", "latency-cache-unwritable",
+                   # hardening: spec
+                   "spec-dupkeys", "spec-bomb9", "spec-long-value", "spec-seed-protocol", "spec-seed-search",
+                   "budget-latency-nan", "budget-latency-inf", "spec-step-tiny", "spec-strategies-huge",
+                   "spec-candidates-huge", "spec-epochs-huge", "spec-kwargs-bits-conflict", "spec-checkpoint-empty",
+                   "name-empty-flag", "name-newline-spec", "name-newline-flag", "evaluate-seed-negative",
+                   "train-seed-negative"):
         assert any(i.startswith(needed) for i in ids), needed
 
 
@@ -924,6 +1011,29 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     assert res.stdout == "" and not ctx.marker.exists()
     assert snapshot(stored.url) == stored.before
 
+
+
+# --- hardening: spec (beside the table) ----------------------------------------------------------
+@pytest.mark.parametrize("case_id", ["spec-bomb9-flops", "spec-bomb9-kwargs-only", "spec-long-value-bomb3",
+                                     "spec-long-value-string", "spec-long-value-name"])
+def test_long_values_are_echoed_short(case_id, stored, tmp_path, monkeypatch, capsys):
+    """An alias bomb is refused in well under a second (before: 136 s, then MemoryError), and a huge
+    value is echoed in a short error line (before: the whole value, megabytes)."""
+    import time
+
+    _, build, argv, _ = next(row for row in BAD_INPUTS if row[0] == case_id)
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED")
+    values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
+    argv = [_fill(a, values) for a in argv]
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    code = run(argv)
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err[:1000]
+    assert len(err) - len(values["spec"]) < 400, f"{len(err)} characters: {err[:1000]}"
+    assert elapsed < 5.0, f"{elapsed:.1f} s"
+    assert snapshot(stored.url) == stored.before
 
 # --- dashboard: local by default -----------------------------------------------------------------
 def test_dashboard_bind_defaults_to_localhost_and_warns_otherwise():

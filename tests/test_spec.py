@@ -47,13 +47,13 @@ def test_minimal_spec_gets_design_defaults():
     ("budget.latency_ms", 0, "spec: budget.latency_ms: must be > 0, got 0"),
     ("budget.flops", "half", "spec: budget.flops: "),
     ("train.epochs", "3", "spec: train.epochs: input should be a valid integer, got '3'"),
-    ("train.epochs", 0, "spec: train.epochs: must be >= 1, got 0"),
+    ("train.epochs", 0, "spec: train.epochs: must be in [1, 10000], got 0"),
     ("train.epochs", True, "spec: train.epochs: input should be a valid integer"),
     ("train.lr", -1.0, "spec: train.lr: must be in (0, 10], got -1.0"),
     ("train.loss", "mse", "spec: train.loss: input should be 'csq', 'hashnet' or 'dpsh', got 'mse'"),
-    ("space.step", 0.7, "spec: space.step: must be in (0, 0.5], got 0.7"),
+    ("space.step", 0.7, "spec: space.step: must be in [0.01, 0.5], got 0.7"),
     ("space.criterion", "l3", "spec: space.criterion: input should be"),
-    ("search.workers", 0, "spec: search.workers: must be >= 1, got 0"),
+    ("search.workers", 0, "spec: search.workers: must be in [1, 1024], got 0"),
     ("search.sampler", "cmaes", "spec: search.sampler: input should be"),
     ("search.rerank", "oracle", "spec: search.rerank: input should be"),
     ("search.anchor", "uniform", "spec: search.anchor: input should be 'magnitude'"),
@@ -61,13 +61,36 @@ def test_minimal_spec_gets_design_defaults():
     ("model.bits", 1, "spec: model.bits: must be in [2, 4096], got 1"),
     ("model.factory", "nocolon", "spec: model.factory: must be of the form 'package.module:function', got 'nocolon'"),
     ("data.dataset", "imagenet", "spec: data.dataset: input should be"),
-    ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be >= 1, got 0"),
+    ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be in [1, 10000000], got 0"),
     ("name", "bad name!", "spec: name: must match"),
     ("finetune.hflip", True, "spec: finetune.hflip: true needs augment: true"),
     ("train.hflip", True, "spec: train.hflip: true needs augment: true"),
     ("finetune.augment", "yes", "spec: finetune.augment: input should be a valid boolean, got 'yes'"),
     ("finetune.distill", -0.5, "spec: finetune.distill: must be in [0, 100], got -0.5"),
     ("finetune.distill", float("nan"), "spec: finetune.distill: must be in [0, 100], got nan"),
+    # bounds (hardening): seeds, finite budgets, the grid step, counts a real study never reaches
+    ("data.protocol.seed", -1, "spec: data.protocol.seed: must be in [0, 4294967296), got -1"),
+    ("search.seed", 2**64, "spec: search.seed: must be in [0, 4294967296), got 18446744073709551616"),
+    ("budget.latency_ms", float("nan"), "spec: budget.latency_ms: must be a finite number > 0, got nan"),
+    ("budget.latency_ms", float("inf"), "spec: budget.latency_ms: must be a finite number > 0, got inf"),
+    ("budget.params", float("inf"), "spec: budget.params: must be in (0, 1], got inf"),
+    ("space.step", 1e-9, "spec: space.step: must be in [0.01, 0.5], got 1e-09"),
+    ("space.step", 0.00999, "spec: space.step: must be in [0.01, 0.5], got 0.00999"),
+    ("encoder.strategies", 10**12, "spec: encoder.strategies: must be in [1, 100000], got 1000000000000"),
+    ("search.candidates", 100_001, "spec: search.candidates: must be in [1, 100000], got 100001"),
+    ("search.rerank_top", 10**30, "spec: search.rerank_top: must be in [1, 100000], got 1" + "0" * 30),
+    ("search.rounds", 101, "spec: search.rounds: must be in [1, 100], got 101"),
+    ("search.workers", 1025, "spec: search.workers: must be in [1, 1024], got 1025"),
+    ("finetune.top", 1001, "spec: finetune.top: must be in [1, 1000], got 1001"),
+    ("train.epochs", 10_001, "spec: train.epochs: must be in [1, 10000], got 10001"),
+    ("train.batch_size", 65_537, "spec: train.batch_size: must be in [1, 65536], got 65537"),
+    ("data.protocol.query_per_class", 10**7 + 1, "spec: data.protocol.query_per_class: must be in [1, 10000000], got"),
+    ("model.kwargs", {"bits": 16}, "spec: model.kwargs.bits: 16 contradicts model.bits = 32 (the default); give the "
+                                   "code length once, as model.bits"),
+    ("model.checkpoint", "", "spec: model.checkpoint: empty: leave it out to train a base network"),
+    ("data.path", "", "spec: data.path: empty: leave it out"),
+    ("name", "x\n", "spec: name: must match"),
+    ("name", "a" * 101, "spec: name: must match"),
 ])
 def test_bad_values_name_the_field(path, value, message):
     with pytest.raises(SpecError) as exc:
@@ -159,3 +182,118 @@ def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
         del spec["finetune"][key]
     old = finetune_recipe(spec)
     assert old["augment"] is False and old["hflip"] is False and old["distill"] == 0.0 and old["epochs"] == 3
+
+
+# --- hardening: bounds, YAML, echoed values -----------------------------------------------------
+AT_BOUNDS = {  # every bounded number at an end of its range
+    "name": "a" * 100,
+    "model": {"zoo": "resnet20", "bits": 4096, "kwargs": {"bits": 4096}},
+    "data": {"dataset": "digits", "protocol": {"query_per_class": 10_000_000, "train_per_class": 1,
+                                               "val_per_class": 1, "seed": 2**32 - 1}},
+    "train": {"epochs": 10_000, "lr": 10.0, "batch_size": 65_536},
+    "budget": {"flops": 1.0, "params": 1e-12, "latency_ms": 1e300},
+    "space": {"step": 0.01, "min_keep": 1.0},
+    "encoder": {"epochs": 1, "strategies": 100_000},
+    "search": {"candidates": 100_000, "workers": 1_024, "seed": 0, "rerank": "similarity", "rerank_top": 100_000,
+               "rounds": 100, "elite": 100_000},
+    "finetune": {"top": 1_000, "epochs": 10_000, "lr": 1e-9, "batch_size": 1, "distill": 100.0},
+}
+
+
+def test_a_spec_at_the_bounds_is_accepted_and_round_trips():
+    s = parse_spec(copy.deepcopy(AT_BOUNDS))
+    assert s.search.workers == 1024 and s.data.protocol.seed == 2**32 - 1 and s.space.step == 0.01
+    assert s.model.bits == 4096 and s.model.kwargs == {"bits": 4096}  # kwargs.bits equal to model.bits: fine
+    assert spec_from_json(s.to_dict()) == s
+    low = parse_spec({**copy.deepcopy(MINIMAL), "search": {"seed": 0, "workers": 1, "candidates": 4},
+                      "space": {"step": 0.5}, "budget": {"latency_ms": 1e-9}})
+    assert low.search.workers == 1 and low.space.step == 0.5
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    p = tmp_path / "anchors.yaml"
+    p.write_text("model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: &half 0.5}\n"
+                 "train: &recipe {lr: 0.003, batch_size: 64}\nfinetune: {<<: *recipe, lr: 0.001}\n"
+                 "space: {min_keep: *half}\n")
+    s = load_spec(p)
+    assert s.space.min_keep == 0.5 and s.finetune.batch_size == 64 and s.finetune.lr == 0.001
+
+
+def _bomb_text(levels: int, where: str) -> str:
+    lines = ["  l0: &l0 [" + ", ".join(["lol"] * 9) + "]\n"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, levels + 1)]
+    return "model:\n zoo: resnet20\n kwargs:\n" + "".join(" " + ln for ln in lines) + \
+        f"data: {{dataset: digits}}\nbudget: {{flops: {where}}}\n"
+
+
+def test_yaml_alias_bomb_fails_fast_with_one_short_line(tmp_path):
+    import time
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(_bomb_text(9, "*l9"))  # 9**10 leaves once expanded
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError) as exc:
+        load_spec(p)
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(exc.value)
+    assert msg.startswith(f"spec {str(p)!r}: too many YAML aliases at line ") and "100,000 values" in msg, msg
+    assert "\n" not in msg and len(msg) < 300
+    # the same limit without the alias into budget: model.kwargs alone would be stored expanded
+    p.write_text(_bomb_text(9, "0.5"))
+    with pytest.raises(SpecError, match="too many YAML aliases"):
+        load_spec(p)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\nbudget: {flops: 0.9}\n",
+     "not valid YAML at line 4 (duplicate key 'budget', first at line 3)"),
+    ("model: {zoo: resnet20, zoo: vgg11}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\n",
+     "not valid YAML at line 1 (duplicate key 'zoo', first at line 1)"),
+    ("model: &m {zoo: resnet20, kwargs: {x: *m}}\n", "recursive YAML alias at line 1"),
+    ("budget: {flops: " + "9" * 5000 + "}\n", "not valid YAML at line 1 (integer with too many digits)"),
+])
+def test_yaml_refusals(tmp_path, text, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(SpecError) as exc:
+        load_spec(p)
+    assert str(exc.value).startswith(f"spec {str(p)!r}: {message}"), str(exc.value)
+
+
+def test_echoed_values_are_short_whatever_the_value():
+    """parse_spec is also called with Python data (not through the YAML loader): a value shared
+    9 levels deep (9**9 leaves once printed) or a 1 MB string is still echoed in a short line, fast."""
+    import time
+
+    bomb: list = ["lol"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    for value in (bomb, "x" * 1_000_000, {"k" * 10_000: list(range(100_000))}, 10**5000, [10**5000]):
+        t0 = time.perf_counter()
+        with pytest.raises(SpecError) as exc:
+            parse_spec(_with("budget.flops", value))
+        msg = str(exc.value)
+        assert msg.startswith("spec: budget.flops: ") and "\n" not in msg and len(msg) < 300, msg[:500]
+        assert time.perf_counter() - t0 < 2.0
+
+
+def test_study_names_are_matched_whole():
+    from acpsearch.spec import check_name, valid_name
+
+    assert valid_name("a" * 100) and valid_name("resnet20-fmnist_50.v2")
+    for bad in ("x\n", "x\r", "a\tb", "", "a" * 101, "-x", "x\x00", "é"):
+        assert not valid_name(bad), repr(bad)
+    with pytest.raises(SpecError, match=r"^--name: empty; leave it out to use the spec's name$"):
+        check_name("")
+    with pytest.raises(SpecError, match=r"^--name: must match .*got 'nl\\n'$"):
+        check_name("nl\n")
+
+
+@pytest.mark.parametrize("key,shown", [("k" * 100_000, "spec: 'kkkk"), ("a\nb", "spec: budget.'a\\nb': unknown key")])
+def test_made_up_keys_are_echoed_on_one_short_line(key, shown):
+    d = copy.deepcopy(MINIMAL)
+    (d["budget"] if "\n" in key else d)[key] = 1
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    msg = str(exc.value)
+    assert msg.startswith(shown) and "unknown key" in msg and "\n" not in msg and len(msg) < 400, msg[:500]

@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from acpsearch.cli import app
+from acpsearch.spec import MAX_WORKERS
 
 
 def demo_spec(dataset: str, name: str, checkpoint: str | None, quick: bool = False) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def _layers_missing() -> list[str]:
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), "--dir", help="where the demo keeps its storage, artifacts, cache"),
-    workers: int = typer.Option(2, "--workers", min=1, help="local Ray workers"),
+    workers: int = typer.Option(2, "--workers", min=1, max=MAX_WORKERS, help="local Ray workers"),
     quick: bool = typer.Option(False, "--quick", help="a much smaller study (smoke test, ~2 min)"),
     fresh: bool = typer.Option(False, "--fresh", help="train the base network again instead of the cached one"),
 ) -> None:

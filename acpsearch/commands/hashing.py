@@ -11,6 +11,9 @@ import typer
 from acpsearch.cli import app
 from acpsearch.errors import DataError, SpecError
 from acpsearch.trust import ALLOW_HELP
+from acpsearch.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
+
+SEED_HELP = f"in [0, {SEED_LIMIT})"
 
 
 def _protocol(query: int, train: int, val: int, seed: int) -> dict[str, int]:
@@ -49,7 +52,7 @@ def train(
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where user-supplied data lives"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1, help=SEED_HELP),
     query_per_class: int = typer.Option(100, "--query-per-class"),
     train_per_class: int = typer.Option(500, "--train-per-class"),
     val_per_class: int = typer.Option(100, "--val-per-class"),
@@ -68,9 +71,12 @@ def train(
 
     if loss.lower() not in LOSS_NAMES:
         raise SpecError(f"--loss: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
-    for flag, value in (("--epochs", epochs), ("--bits", bits), ("--batch-size", batch_size), ("--topk", topk)):
+    for flag, value, most in (("--epochs", epochs, MAX_EPOCHS), ("--bits", bits, 4096),
+                              ("--batch-size", batch_size, MAX_BATCH_SIZE), ("--topk", topk, None)):
         if value < 1:
             raise SpecError(f"{flag}: must be >= 1, got {value}")
+        if most is not None and value > most:
+            raise SpecError(f"{flag}: must be in [1, {most}], got {value}")
     if not lr > 0 or not math.isfinite(lr):
         raise SpecError(f"--lr: must be a positive number, got {lr}")
     from acpsearch.outputs import atomic_out, check_out
@@ -109,7 +115,8 @@ def evaluate(
     query_per_class: Optional[int] = typer.Option(None, "--query-per-class"),
     train_per_class: Optional[int] = typer.Option(None, "--train-per-class"),
     val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="protocol seed (default: the checkpoint's)"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_LIMIT - 1,
+                                       help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:

@@ -12,6 +12,7 @@ import typer
 from acpsearch.cli import app
 from acpsearch.errors import CheckpointError, SpecError
 from acpsearch.trust import ALLOW_HELP
+from acpsearch.spec import SEED_LIMIT
 
 
 def _load(checkpoint: Path, allow_factory: list[str] | None = None):
@@ -67,7 +68,8 @@ def prune_cmd(
     keep: float = typer.Option(..., "--keep", help="keep ratio for every group, in (0, 1]"),
     criterion: str = typer.Option("l1", "--criterion", help="l1 | l2 | bn_scale | fpgm | random"),
     round_to: int = typer.Option(4, "--round-to", help="kept channels are multiples of this"),
-    seed: int = typer.Option(0, "--seed", help="seed of the random criterion"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1,
+                             help=f"seed of the random criterion, in [0, {SEED_LIMIT})"),
     out: Path = typer.Option(..., "--out", help="pruned checkpoint to write"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),

@@ -116,8 +116,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
     the user's code; a factory its model.checkpoint names needs `allow_factories`."""
     from acpsearch.search import study as st
     from acpsearch.search.pipeline import preflight
-    from acpsearch.spec import load_spec
+    from acpsearch.spec import check_name, load_spec
 
+    if name is not None:  # '' is refused, not taken as "no --name"
+        check_name(name)
     spec = load_spec(spec_path)
     final_name = name or spec.name
     if reuse and final_name:

@@ -73,8 +73,8 @@ class DynamicSpace:
         frozen: Iterable[str] | None = None,
     ) -> None:
         budget = budget if budget is not None else Budget()
-        if not (0.0 < step <= 0.5):
-            raise SpecError(f"space.step={step} must be in (0, 0.5]")
+        if not (0.01 <= step <= 0.5):  # below 0.01 the grid of keep ratios explodes (memory)
+            raise SpecError(f"space.step={step} must be in [0.01, 0.5]")
         if not (0.0 < min_keep <= 1.0):
             raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
         if not (0.0 <= slack < 1.0):
@@ -84,8 +84,8 @@ class DynamicSpace:
             if v is not None and not (0.0 < v <= 1.0):
                 raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
         if budget.latency_ms is not None:
-            if budget.latency_ms <= 0:
-                raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be positive")
+            if not (budget.latency_ms > 0 and math.isfinite(budget.latency_ms)):
+                raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be a positive finite number")
             if latency is None:
                 raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
         self.g = g

@@ -58,10 +58,9 @@ def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
 
     name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     spec = spec.model_copy(update={"name": name})
-    from acpsearch.spec import NAME_RE
+    from acpsearch.spec import check_name
 
-    if not NAME_RE.match(name):
-        raise SpecError(f"--name: must match {NAME_RE.pattern}, got {name!r}")
+    check_name(name)  # the whole name (fullmatch: no trailing newline)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
