@@ -20,6 +20,7 @@ from rich.table import Table
 
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.search.storage import redact
 
 STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
 ADDRESS_HELP = "Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray with --workers CPUs)"
@@ -91,16 +92,24 @@ class RichReporter:
 
 # --- helpers -------------------------------------------------------------------------------------
 def _storage(url: str | None) -> tuple[str, Any]:
+    """The storage of a command: (URL in force, opened storage). Refused before anything is
+    created: an empty --storage (it used to mean the default file in the working directory) and
+    an in-memory SQLite database (a study stored there vanishes when the command exits)."""
     import warnings
 
     import optuna
 
-    from acpsearch.search.storage import open_storage, resolve_url
+    from acpsearch.search.storage import is_memory, open_storage, resolve_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own progress
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+    if url is not None and not url.strip():
+        raise SpecError("--storage: empty; leave it out for the default ($ACPSEARCH_STORAGE or sqlite:///acpsearch.db)")
     url = resolve_url(url)
+    if is_memory(url):
+        raise StorageError(f"storage {redact(url)!r}: in-memory database, a study stored there vanishes when this "
+                           "command exits; give a file (sqlite:///studies.db) or a server database")
     return url, open_storage(url)
 
 
@@ -117,6 +126,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
 
     spec = load_spec(spec_path)
     final_name = name or spec.name
+    if name is not None and not name:
+        raise SpecError("--name: empty; leave it out to use the spec's name")
+    if final_name:  # before the (slow) preflight: a name that can never be stored fails at once
+        st.check_name(final_name, "--name" if name else "spec: name")
     if reuse and final_name:
         try:
             existing = st.load_search_study(storage, final_name)
@@ -130,7 +143,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
             return final_name
     if check:
         preflight(spec)
-    return st.submit(storage, spec, name)
+    from acpsearch.search.storage import url_of, writes
+
+    with writes(url_of(storage)):  # a read-only or full storage is one line; st.submit leaves no half study
+        return st.submit(storage, spec, name)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -141,11 +157,12 @@ def submit(
     name: Optional[str] = typer.Option(None, "--name", help="study name (overrides the spec's name)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
-    """Validate a spec (data, model, budget) and store it as a submitted study; prints its name."""
+    """Validate a spec (data, model, budget) and store it as a submitted study; prints its name.
+    All or nothing: if storing fails part-way (read-only or full storage, Ctrl-C), no study is left."""
     url, st_obj = _storage(storage)
     study_name = _submit(spec, st_obj, name)
     if json_out:
-        out({"name": study_name, "storage": url, "state": "submitted"})
+        out({"name": study_name, "storage": redact(url), "state": "submitted"})
     else:
         print(study_name)
 
@@ -282,9 +299,9 @@ def status(
     url, st_obj = _storage(storage)
     rows = _status_rows(st_obj)
     if json_out:
-        out({"storage": url, "studies": rows})
+        out({"storage": redact(url), "studies": rows})
         return
-    table = Table(title=f"studies in {url}")
+    table = Table(title=f"studies in {redact(url)}")
     for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test mAP", "FLOPs"):
         table.add_column(col)
     for r in rows:
@@ -307,7 +324,7 @@ def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
                          if k not in ("pr_curve", "space", "losses", "scores")}
                      for p in st.PHASES if study.user_attrs.get(f"phase.{p}")}
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
-    rep["storage"] = url
+    rep["storage"] = redact(url)
     return rep
 
 
@@ -463,7 +480,7 @@ def dashboard(
     art = artifact_dir(url, artifacts or cfg.get("artifacts"))
     if note:  # one unwrapped line each (log files, grep), no rich markup in URLs or paths
         err.print(note, soft_wrap=True, markup=False)
-    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}", soft_wrap=True, markup=False)
+    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={redact(url)}  artifacts={art}", soft_wrap=True, markup=False)
     run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
 
 

@@ -963,7 +963,7 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
 
     Storage is the only state: every phase checks its record and skips what is done."""
     from acpsearch.search.cluster import connect, shutdown_if_owned
-    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url
+    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url, writes
 
     url = resolve_url(url)
     storage = open_storage(url)
@@ -972,8 +972,11 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     if study.user_attrs.get("state") == "done":
         return st.summarize(study, storage)
     study = st.load_search_study(storage, name, sampler=make_sampler(spec))
+    st.check_companion(storage, name)  # a foreign NAME.finetune is refused before anything is written
     lease = st.Lease(storage, study._study_id, st.holder_id())
-    if not lease.try_acquire():
+    with writes(url):  # the first write: a read-only storage is one line here, the study untouched
+        acquired = lease.try_acquire()
+    if not acquired:
         held = st.lease_state(storage.get_study_user_attrs(study._study_id))
         if not force:
             raise StudyBusy(f"study {name!r}: {held}; another runner works on it (if that runner is gone, "

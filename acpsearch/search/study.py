@@ -52,25 +52,58 @@ def study_spec(study: Any) -> StudySpec:
     return spec_from_json(study.user_attrs["spec"])
 
 
-def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
-    """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name."""
-    import optuna
-
-    name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
-    spec = spec.model_copy(update={"name": name})
+def check_name(name: str, field: str = "--name") -> None:
+    """A name a user may give a study: NAME_RE, and not ending in '.finetune' (the suffix of the
+    companion study acpsearch makes for every study; a user's study of that name would collide)."""
     from acpsearch.spec import NAME_RE
 
     if not NAME_RE.match(name):
-        raise SpecError(f"--name: must match {NAME_RE.pattern}, got {name!r}")
+        raise SpecError(f"{field}: must match {NAME_RE.pattern}, got {name!r}")
+    if name.endswith(FINETUNE_SUFFIX):
+        raise SpecError(f"{field}: {name!r} ends in {FINETUNE_SUFFIX!r}, which is reserved for the companion study "
+                        f"acpsearch makes for {name[:-len(FINETUNE_SUFFIX)]!r}; choose another name")
+
+
+def _write_attrs(study: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+    """The attributes that make a fresh Optuna study an acpsearch study, written in one place
+    (`submit` and `finetune_study` delete the study again if this fails part-way)."""
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    set_objective_names(study, objectives)
+
+
+def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objectives: list[str]) -> Any:
+    """create_study + its attributes, all or nothing: when anything fails after the study exists
+    (a storage write, Ctrl-C), the half-made study is deleted before the error goes on, so the
+    name stays free and no attribute-less study is left behind. Raises DuplicatedStudyError."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        _write_attrs(study, attrs, objectives)
+    except BaseException:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
+    return study
+
+
+def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
+    """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name.
+    All or nothing: a failure after the study was created deletes it again."""
+    import optuna
+
+    given = name
+    name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    check_name(name, "--name" if given else "spec: name")
+    spec = spec.model_copy(update={"name": name})
+    attrs = {"kind": KIND, "spec": spec.to_dict(), "state": "submitted", "submitted_at": now_iso()}
+    try:
+        _create_with_attrs(storage, name, attrs, [CANDIDATE_OBJECTIVE])
     except optuna.exceptions.DuplicatedStudyError:
         raise SpecError(f"name: a study named {name!r} already exists in this storage (use --name)") from None
-    study.set_user_attr("kind", KIND)
-    study.set_user_attr("spec", spec.to_dict())
-    study.set_user_attr("state", "submitted")
-    study.set_user_attr("submitted_at", now_iso())
-    set_objective_names(study, [CANDIDATE_OBJECTIVE])
     return name
 
 
@@ -84,20 +117,46 @@ def set_objective_names(study: Any, names: list[str]) -> None:
         study.set_metric_names(names)
 
 
+def _companion_problem(storage: Any, parent_name: str) -> str | None:
+    """Why the study named PARENT.finetune, if one exists, is not acpsearch's companion of
+    PARENT (None: there is none yet, or it is ours)."""
+    name = parent_name + FINETUNE_SUFFIX
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(sid)
+    if attrs.get("kind") == FINETUNE_KIND and attrs.get("parent") == parent_name:
+        return None
+    what = (f"kind {attrs.get('kind')!r}, parent {attrs.get('parent')!r}" if attrs.get("kind")
+            else "no acpsearch attributes")
+    return (f"study {name!r}: exists but is not the fine-tuning study of {parent_name!r} ({what}); "
+            f"acpsearch leaves it alone: rename or delete it, or run {parent_name!r} in another storage")
+
+
+def check_companion(storage: Any, parent_name: str) -> None:
+    """Before a run touches anything: refuse when NAME.finetune belongs to someone else."""
+    problem = _companion_problem(storage, parent_name)
+    if problem:
+        raise StorageError(problem)
+
+
 def finetune_study(storage: Any, parent: Any) -> Any:
     """The companion study holding the finalists' fine-tuning trials (objective: val mAP).
 
     A separate study, because finalists have another objective than candidates and must not
-    feed the candidate sampler."""
+    feed the candidate sampler. An existing study of that name is used only when it is this
+    study's companion (kind and parent attributes); any other is refused, never adopted."""
     import optuna
 
     name = parent.study_name + FINETUNE_SUFFIX
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
-    if study.user_attrs.get("kind") != FINETUNE_KIND:
-        study.set_user_attr("kind", FINETUNE_KIND)
-        study.set_user_attr("parent", parent.study_name)
-        set_objective_names(study, [FINETUNE_OBJECTIVE])
-    return study
+    try:
+        return _create_with_attrs(storage, name, {"kind": FINETUNE_KIND, "parent": parent.study_name},
+                                  [FINETUNE_OBJECTIVE])
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    check_companion(storage, parent.study_name)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def list_search_studies(storage: Any) -> list[Any]:
