@@ -247,6 +247,146 @@ def sqlite_dir(ctx: Any) -> dict[str, str]:
     return {"bad_url": f"sqlite:///{ctx.tmp}"}
 
 
+# --- storage builders (hardening) ----------------------------------------------------------------
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _keep_bytes(ctx: Any, path: Path) -> None:
+    """After the row: the file is byte-identical to what it was when the build finished."""
+    digest = _md5(path)
+    ctx.checks.append(lambda: _md5(path) == digest or pytest.fail(f"{path.name} was modified"))
+
+
+def foreign_sqlite(kind: str) -> Callable[[Any], dict[str, str]]:
+    """Another application's SQLite file at {bad_url}: app (a `users` table) | studies (its own
+    `studies` table, not Optuna's, next to a `version_info`); it must stay byte-identical."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import sqlite3
+
+        path = ctx.tmp / f"other-{kind}.db"
+        con = sqlite3.connect(path)
+        if kind == "app":
+            con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT)")
+        else:
+            con.execute("CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT)")
+            con.execute("CREATE TABLE version_info (v TEXT)")
+        con.execute("INSERT INTO " + ("users" if kind == "app" else "studies") + " VALUES (1, 'x')")
+        con.commit()
+        con.close()
+        _keep_bytes(ctx, path)
+        return {"bad_url": f"sqlite:///{path}"}
+
+    return build
+
+
+def _stored_copy(ctx: Any, filename: str) -> Path:
+    """A copy of the stored storage in ctx.tmp (a row that needs a changed storage leaves the
+    shared one alone), checked unchanged (snapshot) after the row."""
+    import shutil
+
+    src = _sqlite_file(ctx.stored_url)
+    path = ctx.tmp / filename
+    shutil.copyfile(src, path)
+    return path
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url[len("sqlite:///"):])
+
+
+def _keep_studies(ctx: Any, url: str) -> None:
+    before = snapshot(url)
+    ctx.checks.append(lambda: snapshot(url) == before or pytest.fail(f"studies in {url} changed"))
+
+
+def readonly_sqlite(how: str) -> Callable[[Any], dict[str, str]]:
+    """A read-only copy of the stored storage at {ro_url}. Tests run as root here, and chmod does not
+    stop root, so: `uri` opens it through SQLite's read-only URI mode (SQLAlchemy's
+    sqlite:///file:PATH?mode=ro&uri=true; every write fails with "attempt to write a readonly
+    database", also for root); `immutable` sets chattr +i on the file (root cannot write it either;
+    the row is skipped where the file system or capabilities do not allow the flag)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        path = _stored_copy(ctx, f"ro-{how}.db")
+        _keep_studies(ctx, f"sqlite:///{path}")
+        _keep_bytes(ctx, path)
+        if how == "uri":
+            return {"ro_url": f"sqlite:///file:{path}?mode=ro&uri=true"}
+        res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"chattr +i not possible here: {res.stderr.strip()}")
+        ctx.cleanups.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError:
+            pass
+        else:
+            pytest.skip("chattr +i does not stop this user from writing")
+        return {"ro_url": f"sqlite:///{path}"}
+
+    return build
+
+
+def foreign_companion(ctx: Any) -> dict[str, str]:
+    """A copy of the stored storage in which someone else made a study named '<stored>.finetune'
+    (as `acpsearch submit --name stored.finetune` did before names were checked: an acpsearch
+    search study of its own, with a trial), at {hijack_url}; it must stay as it is."""
+    import json as _json
+
+    path = _stored_copy(ctx, "hijack.db")
+    url = f"sqlite:///{path}"
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        other = optuna.create_study(storage=storage, study_name=STORED + ".finetune", direction="maximize")
+        other.set_user_attr("kind", "acpsearch-search")
+        other.set_user_attr("spec", _json.loads(_json.dumps({**TINY_SPEC, "name": STORED + ".finetune"})))
+        other.set_user_attr("state", "submitted")
+        other.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    _keep_studies(ctx, url)
+    return {"hijack_url": url}
+
+
+def fail_midway(exc: BaseException) -> Callable[[Any], dict[str, str]]:
+    """The spec of the stored study under a new name, and a storage that fails after create_study:
+    the one function that writes a new study's attributes writes the first one, then raises `exc`.
+    A monkeypatch, because a full disk cannot be produced reliably in a test (see also
+    test_submit_under_a_file_size_limit_leaves_nothing for a real EFBIG)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        from acpsearch.search import study as st
+
+        def write_then_fail(study: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+            first = next(iter(attrs))
+            study.set_user_attr(first, attrs[first])  # the study exists and is half-written now
+            raise exc
+
+        ctx.monkeypatch.setattr(st, "_write_attrs", write_then_fail)
+        return spec(name="midway")(ctx)
+
+    return build
+
+
+def in_tmp(ctx: Any) -> dict[str, str]:
+    """Work in ctx.tmp; afterwards no default storage file may have appeared there."""
+    ctx.monkeypatch.chdir(ctx.tmp)
+    ctx.monkeypatch.delenv("ACPSEARCH_STORAGE", raising=False)
+    ctx.checks.append(lambda: not (ctx.tmp / "acpsearch.db").exists() or pytest.fail("acpsearch.db created"))
+    return {}
+
+
+def in_tmp_spec(ctx: Any) -> dict[str, str]:
+    in_tmp(ctx)
+    return spec()(ctx)
+
+
 SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
 Q = re.escape  # literal parts of the patterns
 
@@ -389,6 +529,49 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("run-bad-address", nothing, ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:1"],
      Q("--address: cannot reach a Ray head at 127.0.0.1:1")),
     ("run-zero-workers", nothing, ["run", "{name}", "--storage", "{url}", "--workers", "0"], Q("--workers")),
+    # --- hardening: storage ---
+    ("name-finetune-suffix-flag", spec(), ["submit", "{spec}", "--storage", "{url}", "--name", "{name}.finetune"],
+     Q("--name: '{name}.finetune' ends in '.finetune', which is reserved for the companion study acpsearch makes "
+       "for '{name}'")),
+    ("name-finetune-suffix-spec", spec(name="other.finetune"), SUBMIT,
+     Q("spec: name: 'other.finetune' ends in '.finetune', which is reserved")),
+    ("name-collision-hijack-run", foreign_companion, ["run", "{name}", "--storage", "{hijack_url}"],
+     Q("study '{name}.finetune': exists but is not the fine-tuning study of '{name}' (kind 'acpsearch-search', "
+       "parent None); acpsearch leaves it alone")),
+    ("storage-foreign-app-status", foreign_sqlite("app"), ["status", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
+    ("storage-foreign-app-submit", foreign_sqlite("app"), ["submit", "{spec}", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
+    ("storage-foreign-app-show", foreign_sqlite("app"), ["show", "{name}", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users)")),
+    ("storage-foreign-studies-table", foreign_sqlite("studies"), ["status", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables studies, version_info); refusing")),
+    ("storage-readonly-submit-uri", spec(name="ro1", then=readonly_sqlite("uri")),
+     ["submit", "{spec}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("storage-readonly-submit-immutable", spec(name="ro2", then=readonly_sqlite("immutable")),
+     ["submit", "{spec}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("storage-readonly-run", readonly_sqlite("uri"), ["run", "{name}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("submit-fails-midway-storage", fail_midway(optuna.exceptions.StorageInternalError("disk full (simulated)")),
+     SUBMIT, Q("storage '{url}': cannot write (StorageInternalError: disk full (simulated))")),
+    ("submit-fails-midway-oserror", fail_midway(OSError(27, "File too large")),
+     SUBMIT, Q("storage '{url}': cannot write (OSError: [Errno 27] File too large)")),
+    ("storage-url-empty-status", in_tmp, ["status", "--storage", ""],
+     Q("--storage: empty; leave it out for the default")),
+    ("storage-url-empty-submit", in_tmp_spec, ["submit", "{spec}", "--storage", ""],
+     Q("--storage: empty; leave it out for the default")),
+    ("storage-url-memory-submit", spec(), ["submit", "{spec}", "--storage", "sqlite://"],
+     Q("storage 'sqlite://': in-memory database, a study stored there vanishes when this command exits")),
+    ("storage-url-memory-run", spec(), ["run", "{spec}", "--storage", "sqlite:///:memory:"],
+     Q("storage 'sqlite:///:memory:': in-memory database")),
+    ("storage-url-memory-worker", nothing, ["worker", "--storage", "sqlite://"],
+     Q("storage 'sqlite://': in-memory database")),
+    ("storage-url-password", nothing, ["status", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open (OperationalError")),
+    ("storage-url-password-submit", spec(), ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
 ]
 
 
@@ -460,23 +643,32 @@ def _pattern(expect: str, values: dict[str, str]) -> str:
 @pytest.mark.parametrize("case_id,build,argv,expect", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
                                                             monkeypatch, capsys, user_warnings):
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED")
-    values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
-    argv = [_fill(a, values) for a in argv]
-    pattern = _pattern(expect, values)
-    capsys.readouterr()
+    # checks: callables run after the row's assertions (a file the row must leave alone);
+    # cleanups: run in any case (e.g. chattr -i)
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED", stored_url=stored.url,
+                          checks=[], cleanups=[])
+    try:
+        values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
+        argv = [_fill(a, values) for a in argv]
+        pattern = _pattern(expect, values)
+        capsys.readouterr()
 
-    code = run(argv)
+        code = run(argv)
 
-    err = capsys.readouterr().err
-    assert code == 2, f"exit {code} for {argv}: {err}"
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
-    assert not ctx.marker.exists(), "a checkpoint ran code while being read"
-    assert snapshot(stored.url) == stored.before, "the stored study changed"
+        err = capsys.readouterr().err
+        assert code == 2, f"exit {code} for {argv}: {err}"
+        assert "Traceback" not in err, err
+        lines = err.splitlines()
+        assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
+        assert lines[0].startswith("error: "), lines[0]
+        assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
+        assert not ctx.marker.exists(), "a checkpoint ran code while being read"
+        assert snapshot(stored.url) == stored.before, "the stored study changed"
+        for check in ctx.checks:
+            check()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
 
 
 def test_every_issue_case_is_in_the_table():
@@ -488,7 +680,12 @@ def test_every_issue_case_is_in_the_table():
                    "data-missing", "data-unreadable", "spec-checkpoint-corrupt", "spec-checkpoint-foreign",
                    "spec-checkpoint-runs-code", "evaluate-corrupt", "evaluate-foreign", "evaluate-runs-code",
                    "storage-dir-missing", "storage-pg-unreachable", "run-ghost", "show-ghost", "export-ghost",
-                   "export-no-winner"):
+                   "export-no-winner",
+                   # hardening: storage
+                   "name-finetune-suffix", "name-collision-hijack", "storage-foreign-app-status",
+                   "storage-foreign-app-submit", "storage-foreign-studies-table", "storage-readonly-submit",
+                   "storage-readonly-run", "submit-fails-midway", "storage-url-empty", "storage-url-memory",
+                   "storage-url-password"):
         assert any(i.startswith(needed) for i in ids), needed
 
 
@@ -497,7 +694,8 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored):
     """The same rows through the `acpsearch` executable: nothing else reaches stderr (warnings,
     logging), exit status 2."""
     _, build, argv, expect = next(row for row in BAD_INPUTS if row[0] == case_id)
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED")
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED",
+                          stored_url=stored.url, checks=[], cleanups=[])
     try:
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     finally:
