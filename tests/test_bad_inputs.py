@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import json
 import os
 import pickle
 import re
@@ -363,9 +364,9 @@ def fail_midway(exc: BaseException) -> Callable[[Any], dict[str, str]]:
     def build(ctx: Any) -> dict[str, str]:
         from acpsearch.search import study as st
 
-        def write_then_fail(study: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+        def write_then_fail(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
             first = next(iter(attrs))
-            study.set_user_attr(first, attrs[first])  # the study exists and is half-written now
+            put(first, attrs[first])  # the study exists and is half-written now
             raise exc
 
         ctx.monkeypatch.setattr(st, "_write_attrs", write_then_fail)
@@ -766,3 +767,209 @@ def test_internal_error_is_not_masked(stored, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom inside load_spec"):
         run(["submit", str(tmp_path / "any.yaml"), "--storage", stored.url])
     assert snapshot(stored.url) == stored.before
+
+
+# --- hardening: storage (checks a table row cannot express) --------------------------------------
+def _copy_of_stored(stored: SimpleNamespace, tmp_path: Path, filename: str = "copy.db") -> tuple[Path, str]:
+    import shutil
+
+    path = tmp_path / filename
+    shutil.copyfile(_sqlite_file(stored.url), path)
+    return path, f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("limit", [8192, 28672])
+def test_submit_under_a_file_size_limit_leaves_nothing(limit, stored, tmp_path):
+    """A real failing write (no monkeypatch): `acpsearch submit` in a process whose file-size limit
+    is below the storage file's size (RLIMIT_FSIZE with SIGXFSZ ignored: every write above the limit
+    fails with EFBIG, also for root, as on a full disk). At 28672 bytes the old submit created the
+    study and then failed on its attributes, leaving a study without attributes behind; now the
+    study and its attributes are one transaction: exit 2, one line naming the storage, and the
+    storage holds exactly what it held before."""
+    import resource
+    import signal
+
+    path, url = _copy_of_stored(stored, tmp_path)
+    assert path.stat().st_size > limit
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "fs2"}))
+    before = snapshot(url)
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "submit", str(good), "--storage", url],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, preexec_fn=limited)
+    lines = res.stderr.splitlines()
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: storage {url!r}: cannot write ("), res.stderr[-3000:]
+    assert res.stdout == ""
+    assert snapshot(url) == before
+
+
+def test_submit_interrupted_midway_leaves_nothing(stored, monkeypatch, tmp_path, capsys):
+    """Ctrl-C while the new study's attributes are written (KeyboardInterrupt raised by the one
+    function that writes them, after the first attribute: a monkeypatch, since a signal cannot be
+    timed into that window): the KeyboardInterrupt goes on, no study name is printed, and no study
+    of that name is left. (The exit status of an interrupted command is cli.run's business.)"""
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    def interrupted(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+        put(next(iter(attrs)), "x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "_write_attrs", interrupted)
+    from acpsearch.spec import spec_from_json
+
+    with pytest.raises(KeyboardInterrupt):
+        st.submit(open_storage(stored.url), spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "ctrlc"}))
+    assert snapshot(stored.url) == stored.before
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "ctrlc"}))
+    capsys.readouterr()
+    assert run(["submit", str(good), "--storage", stored.url]) != 2  # an interrupt is not reported as bad input
+    assert "ctrlc" not in capsys.readouterr().out
+    assert snapshot(stored.url) == stored.before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_half_made_studies_are_removed(kind, tmp_path, monkeypatch):
+    """All or nothing on both kinds of storage (SQL: one transaction; journal: the half-made study
+    is deleted again), for a submitted study and for the companion NAME.finetune."""
+    from acpsearch.errors import SpecError
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import spec_from_json
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
+    storage = open_storage(url)
+    spec_obj = spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "p"})
+    real = st._write_attrs
+
+    def fail(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+        put(next(iter(attrs)), "half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "_write_attrs", fail)
+    with pytest.raises(OSError):
+        st.submit(storage, spec_obj, "p")
+    assert [s.study_name for s in storage.get_all_studies()] == []
+    monkeypatch.setattr(st, "_write_attrs", real)
+    assert st.submit(storage, spec_obj, "p") == "p"  # the name is still free
+    parent = st.load_search_study(storage, "p")
+    assert parent.user_attrs["kind"] == st.KIND and parent.user_attrs["state"] == "submitted"
+    assert parent.metric_names == [st.CANDIDATE_OBJECTIVE]
+    monkeypatch.setattr(st, "_write_attrs", fail)
+    with pytest.raises(OSError):
+        st.finetune_study(storage, parent)
+    assert [s.study_name for s in storage.get_all_studies()] == ["p"]
+    monkeypatch.setattr(st, "_write_attrs", real)
+    ft = st.finetune_study(storage, parent)
+    assert ft.user_attrs == {"kind": st.FINETUNE_KIND, "parent": "p"} and ft.metric_names == [st.FINETUNE_OBJECTIVE]
+    assert st.finetune_study(storage, parent)._study_id == ft._study_id  # its own companion is reused
+    with pytest.raises(SpecError, match=re.escape("'p.finetune' ends in '.finetune'")):
+        st.submit(storage, spec_obj, "p.finetune")  # a user study can never take the companion's name
+
+
+def test_finetune_study_never_adopts_a_foreign_study(tmp_path):
+    """A study named NAME.finetune that is not acpsearch's companion of NAME (no attributes, another
+    kind, or the companion of another study) is refused with one line and left as it was."""
+    from acpsearch.errors import StorageError as _StorageError
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    parents = {}
+    for parent, attrs in (("a", {}), ("b", {"kind": st.KIND}), ("c", {"kind": st.FINETUNE_KIND, "parent": "other"})):
+        parents[parent] = optuna.create_study(storage=storage, study_name=parent)
+        other = optuna.create_study(storage=storage, study_name=parent + ".finetune", direction="minimize")
+        for key, value in attrs.items():
+            other.set_user_attr(key, value)
+        other.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    before = {s.study_name: (s.user_attrs, s.directions) for s in storage.get_all_studies()}
+    for parent, study in parents.items():
+        with pytest.raises(_StorageError, match=re.escape(f"study '{parent}.finetune': exists but is not the "
+                                                          f"fine-tuning study of '{parent}'")):
+            st.finetune_study(storage, study)
+        with pytest.raises(_StorageError):
+            st.check_companion(storage, parent)
+    assert {s.study_name: (s.user_attrs, s.directions) for s in storage.get_all_studies()} == before
+    assert all(len(storage.get_all_trials(s._study_id)) == 1 for s in storage.get_all_studies() if "." in s.study_name)
+
+
+@pytest.mark.parametrize("how", ["uri", "immutable"])
+def test_readonly_storage_can_still_be_read(how, stored, tmp_path, monkeypatch, capsys):
+    """`status` and `show` work on a read-only storage (only writes are refused)."""
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
+    try:
+        ro_url = readonly_sqlite(how)(ctx)["ro_url"]
+        capsys.readouterr()
+        assert run(["status", "--storage", ro_url, "--json"]) == 0
+        assert [r["name"] for r in json.loads(capsys.readouterr().out)["studies"]] == [STORED]
+        assert run(["show", STORED, "--storage", ro_url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["summary"]["state"] == "submitted"
+        for check in ctx.checks:
+            check()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
+
+
+def test_new_empty_and_shared_databases_still_open(tmp_path, capsys):
+    """What the foreign-database check must let through: a missing file in an existing directory
+    and an empty file (both become Optuna databases), and an Optuna database that also holds
+    another application's table (that table is left alone)."""
+    import sqlite3
+
+    missing, empty, shared = tmp_path / "new.db", tmp_path / "empty.db", tmp_path / "shared.db"
+    empty.write_bytes(b"")
+    optuna.storages.RDBStorage(f"sqlite:///{shared}").engine.dispose()
+    con = sqlite3.connect(shared)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    for path in (missing, empty, shared):
+        assert run(["status", "--storage", f"sqlite:///{path}", "--json"]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["studies"] == []
+        con = sqlite3.connect(path)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        con.close()
+        assert {"studies", "version_info"} <= tables and (("users" in tables) == (path == shared))
+
+
+def test_storage_password_is_never_printed(stored, tmp_path, monkeypatch, capsys):
+    """A server URL's password is masked in the `status` title and JSON, `show --json`, `submit
+    --json` and the dashboard line (the storage is the stored SQLite one behind a PostgreSQL URL)."""
+    import optuna_dashboard
+
+    from acpsearch.search import storage as storage_mod
+    from acpsearch.search.storage import redact
+
+    path, copy_url = _copy_of_stored(stored, tmp_path)
+    real_open = storage_mod.open_storage
+    monkeypatch.setattr(storage_mod, "open_storage", lambda url=None: real_open(copy_url))
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: None)
+    url = "postgresql://admin:S3cret/PW@db.example:5432/acp"
+    assert redact(url) == "postgresql://admin:***@db.example:5432/acp"
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "pw"}))
+    capsys.readouterr()
+    for argv in (["status"], ["status", "--json"], ["show", STORED, "--json"], ["submit", str(good), "--json"],
+                 ["dashboard", "--artifacts", str(tmp_path / "art")]):
+        assert run([*argv, "--storage", url]) == 0, argv
+        res = capsys.readouterr()
+        assert "S3cret" not in res.out + res.err, argv
+        assert "postgresql://admin:***@db.example:5432/acp" in res.out + res.err, argv
+
+
+def test_redact():
+    from acpsearch.search.storage import redact
+
+    assert redact("postgresql://admin:S3cretPW@127.0.0.1:1/db") == "postgresql://admin:***@127.0.0.1:1/db"
+    assert redact("mysql+pymysql://u:p%40ss@h/db?charset=utf8") == "mysql+pymysql://u:***@h/db?charset=utf8"
+    assert redact("postgresql://h/db?user=u&password=pw") == "postgresql://h/db?user=u&password=***"
+    for unchanged in ("postgresql://nobody@127.0.0.1:1/x", "sqlite:///a/b.db", "journal:///x/y.log", "sqlite://", ""):
+        assert redact(unchanged) == unchanged

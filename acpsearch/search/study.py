@@ -64,23 +64,67 @@ def check_name(name: str, field: str = "--name") -> None:
                         f"acpsearch makes for {name[:-len(FINETUNE_SUFFIX)]!r}; choose another name")
 
 
-def _write_attrs(study: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
-    """The attributes that make a fresh Optuna study an acpsearch study, written in one place
-    (`submit` and `finetune_study` delete the study again if this fails part-way)."""
+def _write_attrs(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+    """The attributes that make a fresh Optuna study an acpsearch study, written in one place:
+    `put(key, value)` writes a user attribute, `put(key, value, system=True)` a system one."""
+    from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES  # what study.set_metric_names writes
+
     for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    set_objective_names(study, objectives)
+        put(key, value)
+    put(_SYSTEM_ATTR_METRIC_NAMES, list(objectives), system=True)
+
+
+def _rdb(storage: Any) -> Any:
+    from optuna.storages import RDBStorage
+
+    backend = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps an RDBStorage
+    return backend if isinstance(backend, RDBStorage) else None
 
 
 def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objectives: list[str]) -> Any:
-    """create_study + its attributes, all or nothing: when anything fails after the study exists
-    (a storage write, Ctrl-C), the half-made study is deleted before the error goes on, so the
-    name stays free and no attribute-less study is left behind. Raises DuplicatedStudyError."""
+    """create_study + its attributes, all or nothing; raises DuplicatedStudyError.
+
+    On a SQL storage the study, its direction and all its attributes are one transaction (one
+    commit): a failing write (read-only or full disk, EFBIG), Ctrl-C or any other error leaves no
+    trace. Deleting a half-made study afterwards is not enough there: with the disk full the
+    delete fails too. Other storages (journal): create, write, and on any failure delete the
+    half-made study again before the error goes on, so the name stays free."""
+    import json
+
     import optuna
+    from optuna.storages._rdb import models
+    from sqlalchemy.exc import IntegrityError
+
+    rdb = _rdb(storage)
+    if rdb is not None:
+        session = rdb.scoped_session()
+        try:
+            row = models.StudyModel(study_name=name, directions=[
+                models.StudyDirectionModel(objective=0, direction=optuna.study.StudyDirection.MAXIMIZE)])
+            session.add(row)
+            session.flush()  # the study id; still inside the transaction
+
+            def put(key: str, value: Any, system: bool = False) -> None:
+                model = models.StudySystemAttributeModel if system else models.StudyUserAttributeModel
+                session.add(model(study_id=row.study_id, key=key, value_json=json.dumps(value)))
+
+            _write_attrs(put, attrs, objectives)
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise optuna.exceptions.DuplicatedStudyError(f"study {name!r} exists") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return optuna.load_study(study_name=name, storage=storage)
 
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     try:
-        _write_attrs(study, attrs, objectives)
+        _write_attrs(lambda key, value, system=False: (storage.set_study_system_attr if system else
+                                                        storage.set_study_user_attr)(study._study_id, key, value),
+                     attrs, objectives)
     except BaseException:
         try:
             optuna.delete_study(study_name=name, storage=storage)
