@@ -136,7 +136,7 @@ def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objective
 
 def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
     """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name.
-    All or nothing: a failure after the study was created deletes it again."""
+    All or nothing (see _create_with_attrs): a failure part-way leaves no study behind."""
     import optuna
 
     given = name
