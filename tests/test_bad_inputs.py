@@ -973,3 +973,19 @@ def test_redact():
     assert redact("postgresql://h/db?user=u&password=pw") == "postgresql://h/db?user=u&password=***"
     for unchanged in ("postgresql://nobody@127.0.0.1:1/x", "sqlite:///a/b.db", "journal:///x/y.log", "sqlite://", ""):
         assert redact(unchanged) == unchanged
+
+
+def test_sqlite_url_forms():
+    """In-memory URLs are recognised (refused by the CLI), and the read-only URI form names its file
+    (for the directory checks, the foreign-database check and the artifact directory)."""
+    from acpsearch.search.storage import _sqlite_path, is_memory
+
+    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///file::memory:?cache=shared&uri=true",
+                   "sqlite:///file:x?mode=memory&uri=true"):
+        assert is_memory(memory) and _sqlite_path(memory) is None, memory
+    assert not is_memory("sqlite:///x.db") and not is_memory("postgresql://h/db")
+    assert _sqlite_path("sqlite:///file:/abs/s.db?mode=ro&uri=true") == Path("/abs/s.db")
+    assert _sqlite_path("sqlite:///file:rel/s.db?mode=ro&uri=true") == Path("rel/s.db")
+    assert _sqlite_path("sqlite:////abs/s.db") == Path("/abs/s.db")
+    assert _sqlite_path("sqlite:///rel.db?timeout=5") == Path("rel.db")
+    assert _sqlite_path("sqlite:///file:odd-name.db") == Path("file:odd-name.db")  # no uri=true: a plain file name

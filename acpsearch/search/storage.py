@@ -65,7 +65,7 @@ def is_memory(url: str) -> bool:
     rest = url.split("://", 1)[1] if "://" in url else ""
     path = rest[1:] if rest.startswith("/") else rest
     path = path.split("?", 1)[0]
-    return path in ("", ":memory:") or ("mode=memory" in url and "uri=true" in url)
+    return path in ("", ":memory:") or path.startswith("file::memory:") or ("mode=memory" in url and "uri=true" in url)
 
 
 def _journal_path(url: str) -> Path:
