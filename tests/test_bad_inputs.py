@@ -989,3 +989,19 @@ def test_sqlite_url_forms():
     assert _sqlite_path("sqlite:////abs/s.db") == Path("/abs/s.db")
     assert _sqlite_path("sqlite:///rel.db?timeout=5") == Path("rel.db")
     assert _sqlite_path("sqlite:///file:odd-name.db") == Path("file:odd-name.db")  # no uri=true: a plain file name
+
+
+def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, monkeypatch):
+    """run_study (what `run` and `worker` call) refuses a foreign NAME.finetune before it takes the
+    lease or starts Ray, as a StudyBlocked, which is a StudyBusy: a worker skips such a study
+    instead of retrying it forever (nothing was written, so it stays claimable)."""
+    from acpsearch.search import cluster, pipeline
+
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
+    url = foreign_companion(ctx)["hijack_url"]
+    with pytest.raises(pipeline.StudyBlocked, match=re.escape(f"study '{STORED}.finetune': exists but is not")) as exc:
+        pipeline.run_study(url, STORED)
+    assert isinstance(exc.value, pipeline.StudyBusy)
+    for check in ctx.checks:
+        check()
