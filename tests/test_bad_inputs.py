@@ -971,6 +971,7 @@ def test_redact():
     assert redact("postgresql://admin:S3cretPW@127.0.0.1:1/db") == "postgresql://admin:***@127.0.0.1:1/db"
     assert redact("mysql+pymysql://u:p%40ss@h/db?charset=utf8") == "mysql+pymysql://u:***@h/db?charset=utf8"
     assert redact("postgresql://h/db?user=u&password=pw") == "postgresql://h/db?user=u&password=***"
+    assert redact("postgresql://u:p@ss/w@h/db") == "postgresql://u:***@h/db"  # unescaped '@' and '/' in it
     for unchanged in ("postgresql://nobody@127.0.0.1:1/x", "sqlite:///a/b.db", "journal:///x/y.log", "sqlite://", ""):
         assert redact(unchanged) == unchanged
 

@@ -27,8 +27,9 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("ACPSEARCH_STORAGE") or DEFAULT_URL
 
 
-# scheme://user:PASSWORD@host... (the password runs to the first '@', as SQLAlchemy parses it)
-_PASSWORD_RE = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@?#]*):([^@]*)@")
+# scheme://user:PASSWORD@host...: masked up to the last '@', so that an unescaped '@' in a password
+# cannot leave a piece of it shown (an '@' later in the URL only masks more than needed)
+_PASSWORD_RE = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@?#]*):(.*)@")
 _QUERY_PASSWORD_RE = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
 
 
@@ -49,8 +50,9 @@ def _password(url: str) -> str | None:
 
 def _redact_text(text: str, url: str) -> str:
     """A driver's message about `url` with the URL's password masked wherever it appears."""
+    text = text.replace(url, redact(url))
     pw = _password(url)
-    if pw:
+    if pw and len(pw) >= 4:  # a shorter one would mask random letters of the message
         from urllib.parse import unquote
 
         for form in {pw, unquote(pw)}:
