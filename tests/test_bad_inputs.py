@@ -1006,3 +1006,38 @@ def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, 
     assert isinstance(exc.value, pipeline.StudyBusy)
     for check in ctx.checks:
         check()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_racing_submits_create_one_study(kind, tmp_path):
+    """Four submits of one name at once (threads; the one-transaction submit must keep the race
+    safe): exactly one wins, the others are the one-line "already exists", and the winner's study
+    has all its attributes."""
+    import threading
+
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import spec_from_json
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
+    storage = open_storage(url)
+    spec_obj = spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "race"})
+    results: list[str] = []
+    start = threading.Barrier(4)
+
+    def submit_one() -> None:
+        start.wait()
+        try:
+            results.append(st.submit(storage, spec_obj))
+        except Exception as exc:  # noqa: BLE001 - collected and checked below
+            results.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=submit_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["SpecError: name: a study named 'race' already exists in this storage (use --name)"] * 3 \
+        + ["race"]
+    assert [s.study_name for s in storage.get_all_studies()] == ["race"]
+    assert st.load_search_study(storage, "race").user_attrs["state"] == "submitted"
