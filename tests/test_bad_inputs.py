@@ -571,7 +571,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      Q("storage 'sqlite://': in-memory database")),
     ("storage-url-password", nothing, ["status", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
      r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open (OperationalError")),
-    ("storage-url-password-submit", spec(), ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+    ("storage-url-password-submit", spec(),
+     ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
      r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
 ]
 
@@ -981,8 +982,8 @@ def test_sqlite_url_forms():
     (for the directory checks, the foreign-database check and the artifact directory)."""
     from acpsearch.search.storage import _sqlite_path, is_memory
 
-    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///file::memory:?cache=shared&uri=true",
-                   "sqlite:///file:x?mode=memory&uri=true"):
+    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
+                   "sqlite:///file::memory:?cache=shared&uri=true", "sqlite:///file:x?mode=memory&uri=true"):
         assert is_memory(memory) and _sqlite_path(memory) is None, memory
     assert not is_memory("sqlite:///x.db") and not is_memory("postgresql://h/db")
     assert _sqlite_path("sqlite:///file:/abs/s.db?mode=ro&uri=true") == Path("/abs/s.db")
@@ -1037,7 +1038,7 @@ def test_racing_submits_create_one_study(kind, tmp_path):
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(results) == ["SpecError: name: a study named 'race' already exists in this storage (use --name)"] * 3 \
-        + ["race"]
+    taken = "SpecError: name: a study named 'race' already exists in this storage (use --name)"
+    assert sorted(results) == [taken] * 3 + ["race"]
     assert [s.study_name for s in storage.get_all_studies()] == ["race"]
     assert st.load_search_study(storage, "race").user_attrs["state"] == "submitted"
