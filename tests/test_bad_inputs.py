@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import json
 import os
 import pickle
 import re
@@ -465,6 +466,42 @@ def bare_listener(mode: str = "silent") -> Callable[[Any], dict[str, str]]:
     return build
 
 
+# --- storage builders (hardening) ----------------------------------------------------------------
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _keep_bytes(ctx: Any, path: Path) -> None:
+    """After the row: the file is byte-identical to what it was when the build finished."""
+    digest = _md5(path)
+    ctx.checks.append(lambda: _md5(path) == digest or pytest.fail(f"{path.name} was modified"))
+
+
+def foreign_sqlite(kind: str) -> Callable[[Any], dict[str, str]]:
+    """Another application's SQLite file at {bad_url}: app (a `users` table) | studies (its own
+    `studies` table, not Optuna's, next to a `version_info`); it must stay byte-identical."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import sqlite3
+
+        path = ctx.tmp / f"other-{kind}.db"
+        con = sqlite3.connect(path)
+        if kind == "app":
+            con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT)")
+        else:
+            con.execute("CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT)")
+            con.execute("CREATE TABLE version_info (v TEXT)")
+        con.execute("INSERT INTO " + ("users" if kind == "app" else "studies") + " VALUES (1, 'x')")
+        con.commit()
+        con.close()
+        _keep_bytes(ctx, path)
+        return {"bad_url": f"sqlite:///{path}"}
+
+    return build
+
+
 def no_dashboard_server(ctx: Any) -> dict[str, str]:
     """optuna_dashboard.run_server replaced: a bad dashboard input must fail before the server starts."""
     import optuna_dashboard
@@ -506,6 +543,110 @@ def env(name: str, value: str) -> Callable[[Any], dict[str, str]]:
         return {}
 
     return build
+
+
+def _stored_copy(ctx: Any, filename: str) -> Path:
+    """A copy of the stored storage in ctx.tmp (a row that needs a changed storage leaves the
+    shared one alone), checked unchanged (snapshot) after the row."""
+    import shutil
+
+    src = _sqlite_file(ctx.stored_url)
+    path = ctx.tmp / filename
+    shutil.copyfile(src, path)
+    return path
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url[len("sqlite:///"):])
+
+
+def _keep_studies(ctx: Any, url: str) -> None:
+    before = snapshot(url)
+    ctx.checks.append(lambda: snapshot(url) == before or pytest.fail(f"studies in {url} changed"))
+
+
+def readonly_sqlite(how: str) -> Callable[[Any], dict[str, str]]:
+    """A read-only copy of the stored storage at {ro_url}. Tests run as root here, and chmod does not
+    stop root, so: `uri` opens it through SQLite's read-only URI mode (SQLAlchemy's
+    sqlite:///file:PATH?mode=ro&uri=true; every write fails with "attempt to write a readonly
+    database", also for root); `immutable` sets chattr +i on the file (root cannot write it either;
+    the row is skipped where the file system or capabilities do not allow the flag)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        path = _stored_copy(ctx, f"ro-{how}.db")
+        _keep_studies(ctx, f"sqlite:///{path}")
+        _keep_bytes(ctx, path)
+        if how == "uri":
+            return {"ro_url": f"sqlite:///file:{path}?mode=ro&uri=true"}
+        res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"chattr +i not possible here: {res.stderr.strip()}")
+        ctx.cleanups.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError:
+            pass
+        else:
+            pytest.skip("chattr +i does not stop this user from writing")
+        return {"ro_url": f"sqlite:///{path}"}
+
+    return build
+
+
+def foreign_companion(ctx: Any) -> dict[str, str]:
+    """A copy of the stored storage in which someone else made a study named '<stored>.finetune'
+    (as `acpsearch submit --name stored.finetune` did before names were checked: an acpsearch
+    search study of its own, with a trial), at {hijack_url}; it must stay as it is."""
+    import json as _json
+
+    path = _stored_copy(ctx, "hijack.db")
+    url = f"sqlite:///{path}"
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        other = optuna.create_study(storage=storage, study_name=STORED + ".finetune", direction="maximize")
+        other.set_user_attr("kind", "acpsearch-search")
+        other.set_user_attr("spec", _json.loads(_json.dumps({**TINY_SPEC, "name": STORED + ".finetune"})))
+        other.set_user_attr("state", "submitted")
+        other.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    _keep_studies(ctx, url)
+    return {"hijack_url": url}
+
+
+def fail_midway(exc: BaseException) -> Callable[[Any], dict[str, str]]:
+    """The spec of the stored study under a new name, and a storage that fails after create_study:
+    the one function that writes a new study's attributes writes the first one, then raises `exc`.
+    A monkeypatch, because a full disk cannot be produced reliably in a test (see also
+    test_submit_under_a_file_size_limit_leaves_nothing for a real EFBIG)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        from acpsearch.search import study as st
+
+        def write_then_fail(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+            first = next(iter(attrs))
+            put(first, attrs[first])  # the study exists and is half-written now
+            raise exc
+
+        ctx.monkeypatch.setattr(st, "_write_attrs", write_then_fail)
+        return spec(name="midway")(ctx)
+
+    return build
+
+
+def in_tmp(ctx: Any) -> dict[str, str]:
+    """Work in ctx.tmp; afterwards no default storage file may have appeared there."""
+    ctx.monkeypatch.chdir(ctx.tmp)
+    ctx.monkeypatch.delenv("ACPSEARCH_STORAGE", raising=False)
+    ctx.checks.append(lambda: not (ctx.tmp / "acpsearch.db").exists() or pytest.fail("acpsearch.db created"))
+    return {}
+
+
+def in_tmp_spec(ctx: Any) -> dict[str, str]:
+    in_tmp(ctx)
+    return spec()(ctx)
 
 
 SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
@@ -861,6 +1002,50 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      Q("--epochs: must be in [1, 10000], got 1")),
     ("prune-seed-negative", checkpoint("good"), ["prune", "{ckpt}", "--keep", "0.5", "--seed", "-1", "--out", "{tmp}/p.pt"],
      Q("Invalid value for '--seed'")),
+    # --- hardening: storage ---
+    ("name-finetune-suffix-flag", spec(), ["submit", "{spec}", "--storage", "{url}", "--name", "{name}.finetune"],
+     Q("--name: '{name}.finetune' ends in '.finetune', which is reserved for the companion study acpsearch makes "
+       "for '{name}'")),
+    ("name-finetune-suffix-spec", spec(name="other.finetune"), SUBMIT,
+     Q("spec: name: 'other.finetune' ends in '.finetune', which is reserved")),
+    ("name-collision-hijack-run", foreign_companion, ["run", "{name}", "--storage", "{hijack_url}"],
+     Q("study '{name}.finetune': exists but is not the fine-tuning study of '{name}' (kind 'acpsearch-search', "
+       "parent None); acpsearch leaves it alone")),
+    ("storage-foreign-app-status", foreign_sqlite("app"), ["status", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
+    ("storage-foreign-app-submit", foreign_sqlite("app"), ["submit", "{spec}", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
+    ("storage-foreign-app-show", foreign_sqlite("app"), ["show", "{name}", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users)")),
+    ("storage-foreign-studies-table", foreign_sqlite("studies"), ["status", "--storage", "{bad_url}"],
+     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables studies, version_info); refusing")),
+    ("storage-readonly-submit-uri", spec(name="ro1", then=readonly_sqlite("uri")),
+     ["submit", "{spec}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("storage-readonly-submit-immutable", spec(name="ro2", then=readonly_sqlite("immutable")),
+     ["submit", "{spec}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("storage-readonly-run", readonly_sqlite("uri"), ["run", "{name}", "--storage", "{ro_url}"],
+     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
+    ("submit-fails-midway-storage", fail_midway(optuna.exceptions.StorageInternalError("disk full (simulated)")),
+     SUBMIT, Q("storage '{url}': cannot write (StorageInternalError: disk full (simulated))")),
+    ("submit-fails-midway-oserror", fail_midway(OSError(27, "File too large")),
+     SUBMIT, Q("storage '{url}': cannot write (OSError: [Errno 27] File too large)")),
+    ("storage-url-empty-status", in_tmp, ["status", "--storage", ""],
+     Q("--storage: empty; leave it out for the default")),
+    ("storage-url-empty-submit", in_tmp_spec, ["submit", "{spec}", "--storage", ""],
+     Q("--storage: empty; leave it out for the default")),
+    ("storage-url-memory-submit", spec(), ["submit", "{spec}", "--storage", "sqlite://"],
+     Q("storage 'sqlite://': in-memory database, a study stored there vanishes when this command exits")),
+    ("storage-url-memory-run", spec(), ["run", "{spec}", "--storage", "sqlite:///:memory:"],
+     Q("storage 'sqlite:///:memory:': in-memory database")),
+    ("storage-url-memory-worker", nothing, ["worker", "--storage", "sqlite://"],
+     Q("storage 'sqlite://': in-memory database")),
+    ("storage-url-password", nothing, ["status", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open (OperationalError")),
+    ("storage-url-password-submit", spec(),
+     ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
 ]
 
 
@@ -932,25 +1117,33 @@ def _pattern(expect: str, values: dict[str, str]) -> str:
 @pytest.mark.parametrize("case_id,build,argv,expect", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
                                                             monkeypatch, capsys, user_warnings, request):
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED",
-                          finalize=request.addfinalizer)
+    # checks: callables run after the row's assertions (a file the row must leave alone);
+    # cleanups: run in any case (e.g. chattr -i)
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED", stored_url=stored.url,
+                          checks=[], cleanups=[], finalize=request.addfinalizer)
     monkeypatch.delenv(ALLOW_ENV, raising=False)  # no factory module allowed unless a row says so
-    values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
-    argv = [_fill(a, values) for a in argv]
-    pattern = _pattern(expect, values)
-    capsys.readouterr()
+    try:
+        values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
+        argv = [_fill(a, values) for a in argv]
+        pattern = _pattern(expect, values)
+        capsys.readouterr()
 
-    code = run(argv)
+        code = run(argv)
 
-    err = capsys.readouterr().err
-    assert code == 2, f"exit {code} for {argv}: {err}"
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
-    assert not ctx.marker.exists(), "a checkpoint ran code while being read"
-    assert snapshot(stored.url) == stored.before, "the stored study changed"
+        err = capsys.readouterr().err
+        assert code == 2, f"exit {code} for {argv}: {err}"
+        assert "Traceback" not in err, err
+        lines = err.splitlines()
+        assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
+        assert lines[0].startswith("error: "), lines[0]
+        assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
+        assert not ctx.marker.exists(), "a checkpoint ran code while being read"
+        assert snapshot(stored.url) == stored.before, "the stored study changed"
+        for check in ctx.checks:
+            check()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
 
 
 def test_every_issue_case_is_in_the_table():
@@ -980,7 +1173,12 @@ def test_every_issue_case_is_in_the_table():
                    "budget-latency-nan", "budget-latency-inf", "spec-step-tiny", "spec-strategies-huge",
                    "spec-candidates-huge", "spec-epochs-huge", "spec-kwargs-bits-conflict", "spec-checkpoint-empty",
                    "name-empty-flag", "name-newline-spec", "name-newline-flag", "evaluate-seed-negative",
-                   "train-seed-negative"):
+                   "train-seed-negative",
+                   # hardening: storage
+                   "name-finetune-suffix", "name-collision-hijack", "storage-foreign-app-status",
+                   "storage-foreign-app-submit", "storage-foreign-studies-table", "storage-readonly-submit",
+                   "storage-readonly-run", "submit-fails-midway", "storage-url-empty", "storage-url-memory",
+                   "storage-url-password"):
         assert any(i.startswith(needed) for i in ids), needed
 
 
@@ -991,7 +1189,7 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     logging, Ray's C++ log lines), exit status 2."""
     _, build, argv, expect = next(row for row in BAD_INPUTS if row[0] == case_id)
     ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED",
-                          finalize=request.addfinalizer)
+                          stored_url=stored.url, checks=[], cleanups=[], finalize=request.addfinalizer)
     try:
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     finally:
@@ -1089,3 +1287,277 @@ def test_internal_error_is_not_masked(stored, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom inside load_spec"):
         run(["submit", str(tmp_path / "any.yaml"), "--storage", stored.url])
     assert snapshot(stored.url) == stored.before
+
+
+# --- hardening: storage (checks a table row cannot express) --------------------------------------
+def _copy_of_stored(stored: SimpleNamespace, tmp_path: Path, filename: str = "copy.db") -> tuple[Path, str]:
+    import shutil
+
+    path = tmp_path / filename
+    shutil.copyfile(_sqlite_file(stored.url), path)
+    return path, f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("limit", [8192, 28672])
+def test_submit_under_a_file_size_limit_leaves_nothing(limit, stored, tmp_path):
+    """A real failing write (no monkeypatch): `acpsearch submit` in a process whose file-size limit
+    is below the storage file's size (RLIMIT_FSIZE with SIGXFSZ ignored: every write above the limit
+    fails with EFBIG, also for root, as on a full disk). At 28672 bytes the old submit created the
+    study and then failed on its attributes, leaving a study without attributes behind; now the
+    study and its attributes are one transaction: exit 2, one line naming the storage, and the
+    storage holds exactly what it held before."""
+    import resource
+    import signal
+
+    path, url = _copy_of_stored(stored, tmp_path)
+    assert path.stat().st_size > limit
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "fs2"}))
+    before = snapshot(url)
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "submit", str(good), "--storage", url],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, preexec_fn=limited)
+    lines = res.stderr.splitlines()
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: storage {url!r}: cannot write ("), res.stderr[-3000:]
+    assert res.stdout == ""
+    assert snapshot(url) == before
+
+
+def test_submit_interrupted_midway_leaves_nothing(stored, monkeypatch, tmp_path, capsys):
+    """Ctrl-C while the new study's attributes are written (KeyboardInterrupt raised by the one
+    function that writes them, after the first attribute: a monkeypatch, since a signal cannot be
+    timed into that window): the KeyboardInterrupt goes on, no study name is printed, and no study
+    of that name is left. (The exit status of an interrupted command is cli.run's business.)"""
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    def interrupted(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+        put(next(iter(attrs)), "x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "_write_attrs", interrupted)
+    from acpsearch.spec import spec_from_json
+
+    with pytest.raises(KeyboardInterrupt):
+        st.submit(open_storage(stored.url), spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "ctrlc"}))
+    assert snapshot(stored.url) == stored.before
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "ctrlc"}))
+    capsys.readouterr()
+    assert run(["submit", str(good), "--storage", stored.url]) != 2  # an interrupt is not reported as bad input
+    assert "ctrlc" not in capsys.readouterr().out
+    assert snapshot(stored.url) == stored.before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_half_made_studies_are_removed(kind, tmp_path, monkeypatch):
+    """All or nothing on both kinds of storage (SQL: one transaction; journal: the half-made study
+    is deleted again), for a submitted study and for the companion NAME.finetune."""
+    from acpsearch.errors import SpecError
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import spec_from_json
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
+    storage = open_storage(url)
+    spec_obj = spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "p"})
+    real = st._write_attrs
+
+    def fail(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+        put(next(iter(attrs)), "half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "_write_attrs", fail)
+    with pytest.raises(OSError):
+        st.submit(storage, spec_obj, "p")
+    assert [s.study_name for s in storage.get_all_studies()] == []
+    monkeypatch.setattr(st, "_write_attrs", real)
+    assert st.submit(storage, spec_obj, "p") == "p"  # the name is still free
+    parent = st.load_search_study(storage, "p")
+    assert parent.user_attrs["kind"] == st.KIND and parent.user_attrs["state"] == "submitted"
+    assert parent.metric_names == [st.CANDIDATE_OBJECTIVE]
+    monkeypatch.setattr(st, "_write_attrs", fail)
+    with pytest.raises(OSError):
+        st.finetune_study(storage, parent)
+    assert [s.study_name for s in storage.get_all_studies()] == ["p"]
+    monkeypatch.setattr(st, "_write_attrs", real)
+    ft = st.finetune_study(storage, parent)
+    assert ft.user_attrs == {"kind": st.FINETUNE_KIND, "parent": "p"} and ft.metric_names == [st.FINETUNE_OBJECTIVE]
+    assert st.finetune_study(storage, parent)._study_id == ft._study_id  # its own companion is reused
+    with pytest.raises(SpecError, match=re.escape("'p.finetune' ends in '.finetune'")):
+        st.submit(storage, spec_obj, "p.finetune")  # a user study can never take the companion's name
+
+
+def test_finetune_study_never_adopts_a_foreign_study(tmp_path):
+    """A study named NAME.finetune that is not acpsearch's companion of NAME (no attributes, another
+    kind, or the companion of another study) is refused with one line and left as it was."""
+    from acpsearch.errors import StorageError as _StorageError
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    parents = {}
+    for parent, attrs in (("a", {}), ("b", {"kind": st.KIND}), ("c", {"kind": st.FINETUNE_KIND, "parent": "other"})):
+        parents[parent] = optuna.create_study(storage=storage, study_name=parent)
+        other = optuna.create_study(storage=storage, study_name=parent + ".finetune", direction="minimize")
+        for key, value in attrs.items():
+            other.set_user_attr(key, value)
+        other.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    before = {s.study_name: (s.user_attrs, s.directions) for s in storage.get_all_studies()}
+    for parent, study in parents.items():
+        with pytest.raises(_StorageError, match=re.escape(f"study '{parent}.finetune': exists but is not the "
+                                                          f"fine-tuning study of '{parent}'")):
+            st.finetune_study(storage, study)
+        with pytest.raises(_StorageError):
+            st.check_companion(storage, parent)
+    assert {s.study_name: (s.user_attrs, s.directions) for s in storage.get_all_studies()} == before
+    assert all(len(storage.get_all_trials(s._study_id)) == 1 for s in storage.get_all_studies() if "." in s.study_name)
+
+
+@pytest.mark.parametrize("how", ["uri", "immutable"])
+def test_readonly_storage_can_still_be_read(how, stored, tmp_path, monkeypatch, capsys):
+    """`status` and `show` work on a read-only storage (only writes are refused)."""
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
+    try:
+        ro_url = readonly_sqlite(how)(ctx)["ro_url"]
+        capsys.readouterr()
+        assert run(["status", "--storage", ro_url, "--json"]) == 0
+        assert [r["name"] for r in json.loads(capsys.readouterr().out)["studies"]] == [STORED]
+        assert run(["show", STORED, "--storage", ro_url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["summary"]["state"] == "submitted"
+        for check in ctx.checks:
+            check()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
+
+
+def test_new_empty_and_shared_databases_still_open(tmp_path, capsys):
+    """What the foreign-database check must let through: a missing file in an existing directory
+    and an empty file (both become Optuna databases), and an Optuna database that also holds
+    another application's table (that table is left alone)."""
+    import sqlite3
+
+    missing, empty, shared = tmp_path / "new.db", tmp_path / "empty.db", tmp_path / "shared.db"
+    empty.write_bytes(b"")
+    optuna.storages.RDBStorage(f"sqlite:///{shared}").engine.dispose()
+    con = sqlite3.connect(shared)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    for path in (missing, empty, shared):
+        assert run(["status", "--storage", f"sqlite:///{path}", "--json"]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["studies"] == []
+        con = sqlite3.connect(path)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        con.close()
+        assert {"studies", "version_info"} <= tables and (("users" in tables) == (path == shared))
+
+
+def test_storage_password_is_never_printed(stored, tmp_path, monkeypatch, capsys):
+    """A server URL's password is masked in the `status` title and JSON, `show --json`, `submit
+    --json` and the dashboard line (the storage is the stored SQLite one behind a PostgreSQL URL)."""
+    import optuna_dashboard
+
+    from acpsearch.search import storage as storage_mod
+    from acpsearch.search.storage import redact
+
+    path, copy_url = _copy_of_stored(stored, tmp_path)
+    real_open = storage_mod.open_storage
+    monkeypatch.setattr(storage_mod, "open_storage", lambda url=None: real_open(copy_url))
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: None)
+    url = "postgresql://admin:S3cret/PW@db.example:5432/acp"
+    assert redact(url) == "postgresql://admin:***@db.example:5432/acp"
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "pw"}))
+    capsys.readouterr()
+    for argv in (["status"], ["status", "--json"], ["show", STORED, "--json"], ["submit", str(good), "--json"],
+                 ["dashboard", "--artifacts", str(tmp_path / "art")]):
+        assert run([*argv, "--storage", url]) == 0, argv
+        res = capsys.readouterr()
+        assert "S3cret" not in res.out + res.err, argv
+        assert "postgresql://admin:***@db.example:5432/acp" in res.out + res.err, argv
+
+
+def test_redact():
+    from acpsearch.search.storage import redact
+
+    assert redact("postgresql://admin:S3cretPW@127.0.0.1:1/db") == "postgresql://admin:***@127.0.0.1:1/db"
+    assert redact("mysql+pymysql://u:p%40ss@h/db?charset=utf8") == "mysql+pymysql://u:***@h/db?charset=utf8"
+    assert redact("postgresql://h/db?user=u&password=pw") == "postgresql://h/db?user=u&password=***"
+    assert redact("postgresql://u:p@ss/w@h/db") == "postgresql://u:***@h/db"  # unescaped '@' and '/' in it
+    for unchanged in ("postgresql://nobody@127.0.0.1:1/x", "sqlite:///a/b.db", "journal:///x/y.log", "sqlite://", ""):
+        assert redact(unchanged) == unchanged
+
+
+def test_sqlite_url_forms():
+    """In-memory URLs are recognised (refused by the CLI), and the read-only URI form names its file
+    (for the directory checks, the foreign-database check and the artifact directory)."""
+    from acpsearch.search.storage import _sqlite_path, is_memory
+
+    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
+                   "sqlite:///file::memory:?cache=shared&uri=true", "sqlite:///file:x?mode=memory&uri=true"):
+        assert is_memory(memory) and _sqlite_path(memory) is None, memory
+    assert not is_memory("sqlite:///x.db") and not is_memory("postgresql://h/db")
+    assert _sqlite_path("sqlite:///file:/abs/s.db?mode=ro&uri=true") == Path("/abs/s.db")
+    assert _sqlite_path("sqlite:///file:rel/s.db?mode=ro&uri=true") == Path("rel/s.db")
+    assert _sqlite_path("sqlite:////abs/s.db") == Path("/abs/s.db")
+    assert _sqlite_path("sqlite:///rel.db?timeout=5") == Path("rel.db")
+    assert _sqlite_path("sqlite:///file:odd-name.db") == Path("file:odd-name.db")  # no uri=true: a plain file name
+
+
+def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, monkeypatch):
+    """run_study (what `run` and `worker` call) refuses a foreign NAME.finetune before it takes the
+    lease or starts Ray, as a StudyBlocked, which is a StudyBusy: a worker skips such a study
+    instead of retrying it forever (nothing was written, so it stays claimable)."""
+    from acpsearch.search import cluster, pipeline
+
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
+    url = foreign_companion(ctx)["hijack_url"]
+    with pytest.raises(pipeline.StudyBlocked, match=re.escape(f"study '{STORED}.finetune': exists but is not")) as exc:
+        pipeline.run_study(url, STORED)
+    assert isinstance(exc.value, pipeline.StudyBusy)
+    for check in ctx.checks:
+        check()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_racing_submits_create_one_study(kind, tmp_path):
+    """Four submits of one name at once (threads; the one-transaction submit must keep the race
+    safe): exactly one wins, the others are the one-line "already exists", and the winner's study
+    has all its attributes."""
+    import threading
+
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from acpsearch.spec import spec_from_json
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
+    storage = open_storage(url)
+    spec_obj = spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "race"})
+    results: list[str] = []
+    start = threading.Barrier(4)
+
+    def submit_one() -> None:
+        start.wait()
+        try:
+            results.append(st.submit(storage, spec_obj))
+        except Exception as exc:  # noqa: BLE001 - collected and checked below
+            results.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=submit_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    taken = "SpecError: name: a study named 'race' already exists in this storage (use --name)"
+    assert sorted(results) == [taken] * 3 + ["race"]
+    assert [s.study_name for s in storage.get_all_studies()] == ["race"]
+    assert st.load_search_study(storage, "race").user_attrs["state"] == "submitted"

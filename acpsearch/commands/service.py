@@ -20,6 +20,7 @@ from rich.table import Table
 
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.search.storage import redact
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
 
 STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
@@ -92,16 +93,24 @@ class RichReporter:
 
 # --- helpers -------------------------------------------------------------------------------------
 def _storage(url: str | None) -> tuple[str, Any]:
+    """The storage of a command: (URL in force, opened storage). Refused before anything is
+    created: an empty --storage (it used to mean the default file in the working directory) and
+    an in-memory SQLite database (a study stored there vanishes when the command exits)."""
     import warnings
 
     import optuna
 
-    from acpsearch.search.storage import open_storage, resolve_url
+    from acpsearch.search.storage import is_memory, open_storage, resolve_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own progress
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+    if url is not None and not url.strip():
+        raise SpecError("--storage: empty; leave it out for the default ($ACPSEARCH_STORAGE or sqlite:///acpsearch.db)")
     url = resolve_url(url)
+    if is_memory(url):
+        raise StorageError(f"storage {redact(url)!r}: in-memory database, a study stored there vanishes when this "
+                           "command exits; give a file (sqlite:///studies.db) or a server database")
     return url, open_storage(url)
 
 
@@ -122,6 +131,8 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
         check_name(name)
     spec = load_spec(spec_path)
     final_name = name or spec.name
+    if final_name:  # before the (slow) preflight: a name that can never be stored fails at once
+        st.check_name(final_name, "--name" if name else "spec: name")
     if reuse and final_name:
         try:
             existing = st.load_search_study(storage, final_name)
@@ -135,7 +146,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
             return final_name
     if check:
         preflight(spec, allow_factories=allow_factories)
-    return st.submit(storage, spec, name)
+    from acpsearch.search.storage import url_of, writes
+
+    with writes(url_of(storage)):  # a read-only or full storage is one line; st.submit leaves no half study
+        return st.submit(storage, spec, name)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -147,14 +161,15 @@ def submit(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
-    """Validate a spec (data, model, budget) and store it as a submitted study; prints its name."""
+    """Validate a spec (data, model, budget) and store it as a submitted study; prints its name.
+    All or nothing: if storing fails part-way (read-only or full storage, Ctrl-C), no study is left."""
     from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
     url, st_obj = _storage(storage)
     study_name = _submit(spec, st_obj, name, allow_factories=policy)
     if json_out:
-        out({"name": study_name, "storage": url, "state": "submitted"})
+        out({"name": study_name, "storage": redact(url), "state": "submitted"})
     else:
         print(study_name)
 
@@ -350,9 +365,9 @@ def status(
     url, st_obj = _storage(storage)
     rows = _status_rows(st_obj)
     if json_out:
-        out({"storage": url, "studies": rows})
+        out({"storage": redact(url), "studies": rows})
         return
-    table = Table(title=f"studies in {url}")
+    table = Table(title=f"studies in {redact(url)}")
     for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test mAP", "FLOPs"):
         table.add_column(col)
     for r in rows:
@@ -375,7 +390,7 @@ def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
                          if k not in ("pr_curve", "space", "losses", "scores")}
                      for p in st.PHASES if study.user_attrs.get(f"phase.{p}")}
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
-    rep["storage"] = url
+    rep["storage"] = redact(url)
     return rep
 
 
@@ -577,7 +592,8 @@ def dashboard(
     art = artifact_dir(url, artifacts or cfg.get("artifacts"))
     if note:  # one unwrapped line each (log files, grep), no rich markup in URLs or paths
         err.print(note, soft_wrap=True, markup=False)
-    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={url}  artifacts={art}", soft_wrap=True, markup=False)
+    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={redact(url)}  artifacts={art}", soft_wrap=True,
+              markup=False)
     try:
         run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
     except OSError as exc:  # taken between the check and the server's bind

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from acpsearch.errors import AcpError, CheckpointError, DataError, SpecError
+from acpsearch.errors import AcpError, CheckpointError, DataError, SpecError, StorageError
 from acpsearch.search import study as st
 from acpsearch.spec import StudySpec
 
@@ -978,6 +978,13 @@ class StudyBusy(AcpError):
     """Another runner holds the study's lease."""
 
 
+class StudyBlocked(StudyBusy):
+    """The study cannot be started for a reason outside it (a foreign NAME.finetune, a read-only
+    storage); nothing was written. `run` reports it (exit 2); a worker skips the study as it skips
+    a busy one, instead of retrying it forever (the study's state is unchanged, so it stays
+    claimable)."""
+
+
 def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
               artifacts: str | Path | None = None, reporter: Reporter | None = None,
               on_lease: Callable[[st.Lease], None] | None = None, force: bool = False,
@@ -989,7 +996,7 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     plus the stored spec's own factory when `trust_spec_factory` (`acpsearch run`; a worker passes
     False). A factory that is not allowed is refused before the lease is taken: the study is untouched."""
     from acpsearch.search.cluster import connect, shutdown_if_owned
-    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url
+    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url, writes
 
     url = resolve_url(url)
     storage = open_storage(url)
@@ -1003,7 +1010,13 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
         raise refusal
     study = st.load_search_study(storage, name, sampler=make_sampler(spec))
     lease = st.Lease(storage, study._study_id, st.holder_id())
-    if not lease.try_acquire():
+    try:
+        st.check_companion(storage, name)  # a foreign NAME.finetune is refused before anything is written
+        with writes(url):  # the first write: a read-only storage is one line here, the study untouched
+            acquired = lease.try_acquire()
+    except StorageError as exc:
+        raise StudyBlocked(str(exc)) from None
+    if not acquired:
         held = st.lease_state(storage.get_study_user_attrs(study._study_id))
         if not force:
             raise StudyBusy(f"study {name!r}: {held}; another runner works on it (if that runner is gone, "

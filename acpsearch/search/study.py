@@ -52,24 +52,101 @@ def study_spec(study: Any) -> StudySpec:
     return spec_from_json(study.user_attrs["spec"])
 
 
+def check_name(name: str, field: str = "--name") -> None:
+    """A name a user may give a study: NAME_RE, and not ending in '.finetune' (the suffix of the
+    companion study acpsearch makes for every study; a user's study of that name would collide)."""
+    from acpsearch import spec as _spec
+
+    _spec.check_name(name, field)  # the whole name (no trailing newline), not empty
+    if name.endswith(FINETUNE_SUFFIX):
+        raise SpecError(f"{field}: {name!r} ends in {FINETUNE_SUFFIX!r}, which is reserved for the companion study "
+                        f"acpsearch makes for {name[:-len(FINETUNE_SUFFIX)]!r}; choose another name")
+
+
+def _write_attrs(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
+    """The attributes that make a fresh Optuna study an acpsearch study, written in one place:
+    `put(key, value)` writes a user attribute, `put(key, value, system=True)` a system one."""
+    from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES  # what study.set_metric_names writes
+
+    for key, value in attrs.items():
+        put(key, value)
+    put(_SYSTEM_ATTR_METRIC_NAMES, list(objectives), system=True)
+
+
+def _rdb(storage: Any) -> Any:
+    from optuna.storages import RDBStorage
+
+    backend = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps an RDBStorage
+    return backend if isinstance(backend, RDBStorage) else None
+
+
+def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objectives: list[str]) -> Any:
+    """create_study + its attributes, all or nothing; raises DuplicatedStudyError.
+
+    On a SQL storage the study, its direction and all its attributes are one transaction (one
+    commit): a failing write (read-only or full disk, EFBIG), Ctrl-C or any other error leaves no
+    trace. Deleting a half-made study afterwards is not enough there: with the disk full the
+    delete fails too. Other storages (journal): create, write, and on any failure delete the
+    half-made study again before the error goes on, so the name stays free."""
+    import json
+
+    import optuna
+    from optuna.storages._rdb import models
+    from sqlalchemy.exc import IntegrityError
+
+    rdb = _rdb(storage)
+    if rdb is not None:
+        session = rdb.scoped_session()
+        try:
+            row = models.StudyModel(study_name=name, directions=[
+                models.StudyDirectionModel(objective=0, direction=optuna.study.StudyDirection.MAXIMIZE)])
+            session.add(row)
+            session.flush()  # the study id; still inside the transaction
+
+            def put(key: str, value: Any, system: bool = False) -> None:
+                model = models.StudySystemAttributeModel if system else models.StudyUserAttributeModel
+                session.add(model(study_id=row.study_id, key=key, value_json=json.dumps(value)))
+
+            _write_attrs(put, attrs, objectives)
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise optuna.exceptions.DuplicatedStudyError(f"study {name!r} exists") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return optuna.load_study(study_name=name, storage=storage)
+
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    try:
+        _write_attrs(lambda key, value, system=False: (storage.set_study_system_attr if system else
+                                                        storage.set_study_user_attr)(study._study_id, key, value),
+                     attrs, objectives)
+    except BaseException:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
+    return study
+
+
 def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
-    """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name."""
+    """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name.
+    All or nothing (see _create_with_attrs): a failure part-way leaves no study behind."""
     import optuna
 
+    given = name
     name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    check_name(name, "--name" if given else "spec: name")
     spec = spec.model_copy(update={"name": name})
-    from acpsearch.spec import check_name
-
-    check_name(name)  # the whole name (fullmatch: no trailing newline)
+    attrs = {"kind": KIND, "spec": spec.to_dict(), "state": "submitted", "submitted_at": now_iso()}
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        _create_with_attrs(storage, name, attrs, [CANDIDATE_OBJECTIVE])
     except optuna.exceptions.DuplicatedStudyError:
         raise SpecError(f"name: a study named {name!r} already exists in this storage (use --name)") from None
-    study.set_user_attr("kind", KIND)
-    study.set_user_attr("spec", spec.to_dict())
-    study.set_user_attr("state", "submitted")
-    study.set_user_attr("submitted_at", now_iso())
-    set_objective_names(study, [CANDIDATE_OBJECTIVE])
     return name
 
 
@@ -83,20 +160,46 @@ def set_objective_names(study: Any, names: list[str]) -> None:
         study.set_metric_names(names)
 
 
+def _companion_problem(storage: Any, parent_name: str) -> str | None:
+    """Why the study named PARENT.finetune, if one exists, is not acpsearch's companion of
+    PARENT (None: there is none yet, or it is ours)."""
+    name = parent_name + FINETUNE_SUFFIX
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(sid)
+    if attrs.get("kind") == FINETUNE_KIND and attrs.get("parent") == parent_name:
+        return None
+    what = (f"kind {attrs.get('kind')!r}, parent {attrs.get('parent')!r}" if attrs.get("kind")
+            else "no acpsearch attributes")
+    return (f"study {name!r}: exists but is not the fine-tuning study of {parent_name!r} ({what}); "
+            f"acpsearch leaves it alone: rename or delete it, or run {parent_name!r} in another storage")
+
+
+def check_companion(storage: Any, parent_name: str) -> None:
+    """Before a run touches anything: refuse when NAME.finetune belongs to someone else."""
+    problem = _companion_problem(storage, parent_name)
+    if problem:
+        raise StorageError(problem)
+
+
 def finetune_study(storage: Any, parent: Any) -> Any:
     """The companion study holding the finalists' fine-tuning trials (objective: val mAP).
 
     A separate study, because finalists have another objective than candidates and must not
-    feed the candidate sampler."""
+    feed the candidate sampler. An existing study of that name is used only when it is this
+    study's companion (kind and parent attributes); any other is refused, never adopted."""
     import optuna
 
     name = parent.study_name + FINETUNE_SUFFIX
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
-    if study.user_attrs.get("kind") != FINETUNE_KIND:
-        study.set_user_attr("kind", FINETUNE_KIND)
-        study.set_user_attr("parent", parent.study_name)
-        set_objective_names(study, [FINETUNE_OBJECTIVE])
-    return study
+    try:
+        return _create_with_attrs(storage, name, {"kind": FINETUNE_KIND, "parent": parent.study_name},
+                                  [FINETUNE_OBJECTIVE])
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    check_companion(storage, parent.study_name)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def list_search_studies(storage: Any) -> list[Any]:
