@@ -936,6 +936,10 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 70000")),
     ("dashboard-config-host", dash_config("host: [1, 2]\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
      Q("dashboard config '{cfg}': host: must be a non-empty string, got [1, 2]")),
+    ("dashboard-config-dupkeys", dash_config("port: 8081\nport: 8082\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': not valid YAML (duplicate key 'port', first at line 1)")),
+    ("dashboard-config-not-yaml", dash_config("port: [\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+     Q("dashboard config '{cfg}': not valid YAML (")),
     ("dashboard-config-host-unresolvable", dash_config("host: nosuch.invalid\nport: 48126\n"),
      ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
      Q("dashboard config '{cfg}': host: cannot resolve 'nosuch.invalid' (")),
@@ -1561,3 +1565,30 @@ def test_racing_submits_create_one_study(kind, tmp_path):
     assert sorted(results) == [taken] * 3 + ["race"]
     assert [s.study_name for s in storage.get_all_studies()] == ["race"]
     assert st.load_search_study(storage, "race").user_attrs["state"] == "submitted"
+
+
+def test_worker_skips_a_study_whose_companion_name_is_taken(stored, tmp_path):
+    """A foreign study named NAME.finetune blocks study NAME: `acpsearch worker` reports it as
+    blocked, decides so before starting Ray, and leaves the storage as it was."""
+    import shutil
+
+    path = tmp_path / "blocked.db"
+    shutil.copyfile(_sqlite_file(stored.url), path)
+    url = f"sqlite:///{path}"
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        optuna.create_study(storage=storage, study_name=STORED + ".finetune")  # someone else's study
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    before = snapshot(url)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "worker", "--storage", url, "--json",
+                          "--artifacts", str(tmp_path / "art")], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout)
+    assert [(r["name"], r["state"]) for r in rep["ran"]] == [(STORED, "blocked")], rep
+    assert f"{STORED}.finetune" in rep["ran"][0]["error"]
+    assert rep["ray_inits"] == 0  # refused before Ray was started
+    assert snapshot(url) == before

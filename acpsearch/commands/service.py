@@ -21,6 +21,7 @@ from rich.table import Table
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
 from acpsearch.search.storage import redact
+from acpsearch.spec import MAX_WORKERS
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
 
 STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
@@ -179,7 +180,8 @@ def run(
     target: str = typer.Argument(..., help="study NAME, or a SPEC.yaml to submit and run"),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: spec search.workers)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
+                                          help="Ray workers (default: spec search.workers)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="study name when TARGET is a spec"),
     force: bool = typer.Option(False, "--force", help="if another runner holds the study, wait for its lease to "
@@ -238,7 +240,7 @@ def run(
 def worker(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
                                           help="Ray workers per study (default: each spec's); without --address "
                                                "also the local Ray's CPUs (default: this machine's)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
@@ -260,7 +262,7 @@ def worker(
     from acpsearch.search import crash
     from acpsearch.search import study as st
     from acpsearch.search.cluster import connect, inits, shutdown_if_owned
-    from acpsearch.search.pipeline import StudyBusy, claimable, run_study
+    from acpsearch.search.pipeline import StudyBlocked, StudyBusy, claimable, run_study
     from acpsearch.search.storage import artifact_dir
     from acpsearch.trust import FactoryNotAllowed, FactoryPolicy
 
@@ -291,6 +293,14 @@ def worker(
                                   f"not allowed (--allow-factory {why.module} or {ALLOW_ENV})",
                                   soft_wrap=True, markup=False, highlight=False)
                         continue
+                    try:  # a foreign NAME.finetune blocks the study: found before Ray starts
+                        st.check_companion(st_obj, frozen.study_name)
+                    except StorageError as exc:
+                        refused.add(frozen.study_name)
+                        ran.append({"name": frozen.study_name, "state": "blocked", "error": str(exc)})
+                        err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
+                                  markup=False, highlight=False)
+                        continue
                     if not conn:  # once per worker: every study reuses this connection
                         conn = connect(address, workers or os.cpu_count() or 1)
                     rep = RichReporter(quiet=json_out)
@@ -300,6 +310,13 @@ def worker(
                         run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts,
                                   reporter=rep, allow_factories=policy, trust_spec_factory=False)
                         ran.append({"name": frozen.study_name, "state": "done"})
+                    except StudyBlocked as exc:  # nothing written; retrying would fail the same way
+                        refused.add(frozen.study_name)
+                        ran.append({"name": frozen.study_name, "state": "blocked", "error": str(exc)})
+                        if not json_out:
+                            err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
+                                      markup=False, highlight=False)
+                        continue
                     except StudyBusy:
                         continue
                     except FactoryNotAllowed as exc:  # its spec changed since the check: still untouched
@@ -332,9 +349,9 @@ def worker(
     if json_out:
         out({"ran": ran, "ray_inits": inits(), "ray_job": conn.get("job")})
     else:
-        done = [r for r in ran if r["state"] != "refused"]
+        done = [r for r in ran if r["state"] not in ("refused", "blocked")]
         err.print(f"worker: no study left to run ({len(done)} run by this worker"
-                  + (f", {len(ran) - len(done)} refused" if len(done) < len(ran) else "") + ")")
+                  + (f", {len(ran) - len(done)} refused or blocked" if len(done) < len(ran) else "") + ")")
 
 
 def _factory_refusal(frozen: Any, policy: Any) -> Any:
@@ -482,14 +499,17 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
     """dashboards/dashboard.yaml (or --config): storage, artifacts, host, port defaults."""
     import yaml
 
+    from acpsearch.spec import safe_yaml_load
+
     candidates = [Path(path)] if path else [Path("dashboards/dashboard.yaml"),
                                             Path(__file__).resolve().parents[2] / "dashboards" / "dashboard.yaml"]
     for p in candidates:
         if p.is_file():
-            try:
-                cfg = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise SpecError(f"dashboard config {str(p)!r}: not valid YAML ({exc})") from None
+            try:  # the spec's loader: duplicate keys and alias bombs are refused here too
+                cfg = safe_yaml_load(p.read_text()) or {}
+            except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise SpecError(f"dashboard config {str(p)!r}: not valid YAML ({first})") from None
             if not isinstance(cfg, dict):
                 raise SpecError(f"dashboard config {str(p)!r}: must be a mapping")
             unknown = set(cfg) - {"storage", "artifacts", "host", "port"}
