@@ -779,6 +779,7 @@ class _TuneRecorder:
         self.completed: set[int] = set()
         self.errors: dict[int, str] = {}
         self.nodes: dict[int, str] = {}
+        self.devices: dict[int, str] = {}
         self.retries: dict[int, list[str]] = {}
 
     def recovered(self, trial: Any) -> None:
@@ -798,6 +799,9 @@ class _TuneRecorder:
         if result.get("node") and self.nodes.get(number) != result["node"]:
             self.nodes[number] = str(result["node"])
             self.storage.set_trial_user_attr(self.trial_ids[number], "ray_node", self.nodes[number])
+        if result.get("device") and self.devices.get(number) != result["device"]:  # cpu, or cuda (a GPU share)
+            self.devices[number] = str(result["device"])
+            self.storage.set_trial_user_attr(self.trial_ids[number], "device", self.devices[number])
 
     def complete(self, trial: Any) -> None:
         self.completed.add(trial.config["finalist"]["number"])

@@ -174,13 +174,15 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     node = ray.get_runtime_context().get_node_id()[:12]
     save(v0, 0)
     best["val"] = v0
-    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node})
+    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node,
+                 "device": device.type})
 
     def on_epoch(epoch: int, val: float) -> bool:
         if not math.isnan(val) and val > best["val"]:
             best["val"] = val
             save(val, epoch)
-        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node})
+        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node,
+                     "device": device.type})
         return False
 
     recipe = finetune_recipe(spec)
