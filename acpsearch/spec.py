@@ -218,21 +218,17 @@ class TrainSpec(_Augmentation):
         return v
 
 
-MAX_GPUS = 64  # GPUs one Ray worker (trial / actor) may ask for
-
-
 class ResourcesSpec(_Section):
-    """What one Ray worker asks for: `cpu` slots (also its torch threads) and `gpu`, a share of a
-    GPU (0.25: four trials share one) or a whole number of GPUs; gpu > 0 runs the work on cuda."""
+    """What one Ray worker asks for: `cpu` slots (also its torch threads) and `gpu`, the share of
+    one GPU it runs on (0.25: four trials share a GPU; 1: a GPU of its own; a trial or actor uses
+    one GPU, so more is refused); gpu > 0 runs the work on cuda."""
 
     cpu: Workers = 1
-    gpu: Annotated[float, Field(ge=0, le=MAX_GPUS, allow_inf_nan=False)] = 0.0
+    gpu: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
 
     @field_validator("gpu")
     @classmethod
     def _gpu(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError(f"a share of one GPU must be <= 1, more than one GPU a whole number, got {_fmt(v)}")
         return float(v)
 
 

@@ -63,15 +63,16 @@ def test_fractional_gpu_and_cpus_become_the_trial_request():
     assert trial_resources(spec) == {"cpu": 2, "gpu": 0.25}
     assert actor_options(spec, "search") == {"num_cpus": 1, "num_gpus": 0.5}
     assert trial_resources(spec.to_dict()) == {"cpu": 2, "gpu": 0.25}  # the stored dict says the same
-    assert trial_resources(_spec(finetune={"resources": {"gpu": 2}})) == {"cpu": 1, "gpu": 2.0}
+    assert trial_resources(_spec(finetune={"resources": {"gpu": 1}})) == {"cpu": 1, "gpu": 1.0}
 
 
 @pytest.mark.parametrize("section,value,expect", [
     ("train", {"device": "gpu"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
     ("train", {"device": "cuda:"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:'"),
     ("train", {"device": 0}, "spec: train.device: input should be a valid string, got 0"),
-    ("finetune", {"resources": {"gpu": -0.25}}, "spec: finetune.resources.gpu: must be in [0, 64], got -0.25"),
-    ("finetune", {"resources": {"gpu": 1.5}}, "spec: finetune.resources.gpu: a share of one GPU must be <= 1"),
+    ("finetune", {"resources": {"gpu": -0.25}}, "spec: finetune.resources.gpu: must be in [0, 1], got -0.25"),
+    ("finetune", {"resources": {"gpu": 1.5}}, "spec: finetune.resources.gpu: must be in [0, 1], got 1.5"),
+    ("finetune", {"resources": {"gpu": 2}}, "spec: finetune.resources.gpu: must be in [0, 1], got 2"),
     ("finetune", {"resources": {"cpu": 0}}, "spec: finetune.resources.cpu: must be in [1, 1024], got 0"),
     ("finetune", {"resources": {"cpu": 0.5}}, "spec: finetune.resources.cpu: input should be a valid integer"),
     ("search", {"resources": {"gpus": 1}}, "spec: search.resources.gpus: unknown key (allowed: cpu, gpu)"),
