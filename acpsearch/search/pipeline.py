@@ -253,9 +253,8 @@ def phase_base(ctx: Context) -> None:
                             meta=ckpt.get("meta"))
             trained = None
         else:
-            from acpsearch.hashing import train_hash_net
-
             from acpsearch.devices import resolve_device, seed_everything
+            from acpsearch.hashing import train_hash_net
 
             tr = ctx.spec.train
             device = resolve_device(getattr(tr, "device", "cpu"), "train.device")
@@ -362,9 +361,8 @@ class RankerPool:
     `nodes[i]` is the Ray node of actor i (trials record where they were scored)."""
 
     def __init__(self, ctx: Context, ray_mod: Any, name: str, n: int) -> None:
-        from acpsearch.search.tasks import RankerWorker, light_splits
-
         from acpsearch.devices import actor_options, check_cluster_fits, resources_of
+        from acpsearch.search.tasks import RankerWorker, light_splits
 
         need_data = name in ("adaptive_bn", "code_agreement")
         splits = light_splits(ctx.splits) if need_data else None
