@@ -224,3 +224,21 @@ def test_one_finalist_finetunes_on_cuda(tmp_path, ray_session):
     result = tuner.fit()[0]
     assert result.error is None and result.metrics["epoch"] == 1 and result.metrics["device"] == "cuda"
     assert read_checkpoint(tmp_path / "finalist-0.pt")["meta"]["candidate"] == 0
+
+
+def test_run_study_device_is_checked_before_the_study_is_touched(tmp_path):
+    """run_study(device=...) overrides train.device; one this machine lacks blocks the study before the
+    lease and before Ray (a worker skips it), and the study's attributes stay as they were."""
+    from acpsearch.search import study as st
+    from acpsearch.search.pipeline import StudyBlocked, run_study
+    from acpsearch.search.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = open_storage(url)
+    st.submit(storage, _spec(), "dev")
+    before = st.load_search_study(storage, "dev").user_attrs
+    with pytest.raises(StudyBlocked, match=r"^--device: 'cuda:99' asked, but torch sees"):
+        run_study(url, "dev", device="cuda:99", artifacts=tmp_path / "art")
+    with pytest.raises(SpecError, match=r"^--device: must be one of"):
+        run_study(url, "dev", device="gpu", artifacts=tmp_path / "art")
+    assert st.load_search_study(open_storage(url), "dev").user_attrs == before
