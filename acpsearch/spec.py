@@ -204,6 +204,32 @@ class TrainSpec(_Augmentation):
     batch_size: BatchSize = 128
     augment: bool = False
     hflip: bool = False
+    # where the base network is trained (and the base evaluated) by the runner: auto (cuda when
+    # torch sees a GPU), cpu, cuda, cuda:N; `--device` of train / run / worker overrides it
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from acpsearch.devices import DEVICE_CHOICES, _DEVICE_RE
+
+        if _DEVICE_RE.fullmatch(v) is None:
+            raise ValueError(f"must be one of {DEVICE_CHOICES}, got {_fmt(v)}")
+        return v
+
+
+class ResourcesSpec(_Section):
+    """What one Ray worker asks for: `cpu` slots (also its torch threads) and `gpu`, the share of
+    one GPU it runs on (0.25: four trials share a GPU; 1: a GPU of its own; a trial or actor uses
+    one GPU, so more is refused); gpu > 0 runs the work on cuda."""
+
+    cpu: Workers = 1
+    gpu: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        return float(v)
 
 
 class BudgetSpec(_Section):
@@ -245,6 +271,8 @@ class SearchSpec(_Section):
     # One finalist slot goes to the budget's global-magnitude allocation (pipeline.phase_anchor);
     # null: all finalists come from the search.
     anchor: Literal["magnitude"] | None = "magnitude"
+    # per ranker actor (Ray): {cpu: 1, gpu: 0} as before; gpu > 0 scores on that GPU
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 class FinetuneSpec(_Augmentation):
@@ -261,6 +289,8 @@ class FinetuneSpec(_Augmentation):
     augment: bool = False
     hflip: bool = False
     distill: LossWeight = 0.0
+    # per finalist trial (Ray Tune): {cpu: 1, gpu: 0} as before; gpu 0.25 = four trials per GPU
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 class StudySpec(_Section):

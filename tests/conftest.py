@@ -150,8 +150,9 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     spec_b["name"] = "tiny-b"  # starts from a trained checkpoint
     spec_b["model"]["checkpoint"] = str(base)
     spec_b["search"] = {"candidates": 16, "sampler": "random", "workers": 2, "seed": 1, "ranker": "l1_retained",
-                        "rerank": "adaptive_bn", "rerank_top": 4}
-    spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None, "augment": True, "distill": 1.0}
+                        "rerank": "adaptive_bn", "rerank_top": 4, "resources": {"cpu": 1, "gpu": 0}}
+    spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None, "augment": True, "distill": 1.0,
+                          "resources": {"cpu": 1, "gpu": 0}}  # the defaults, written out
     paths = []
     for spec in (spec_a, spec_b):
         p = root / f"{spec['name']}.yaml"

@@ -649,6 +649,28 @@ def in_tmp_spec(ctx: Any) -> dict[str, str]:
     return spec()(ctx)
 
 
+def device_study(device: str) -> Callable[[Any], dict[str, str]]:
+    """A study whose spec trains its base network on `device`, submitted to a storage of its own
+    (`run` must refuse it before anything is written there either)."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        url = f"sqlite:///{ctx.tmp / 'devices.db'}"
+        path = ctx.tmp / "device.yaml"
+        path.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "on-gpu", "train": {"device": device}}))
+        assert run(["submit", str(path), "--storage", url]) == 0
+        before = snapshot(url)
+        ctx.checks.append(lambda: snapshot(url) == before or pytest.fail("the study on its own storage changed"))
+        return {"dev_url": url}
+
+    return build
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 SUBMIT = ["submit", "{spec}", "--storage", "{url}"]
 Q = re.escape  # literal parts of the patterns
 
@@ -1050,6 +1072,40 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("storage-url-password-submit", spec(),
      ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
      r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
+    # --- devices ---
+    ("device-spec-unknown", spec({"train.device": "gpu"}), SUBMIT,
+     Q("spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'")),
+    ("device-spec-not-a-word", spec({"train.device": ["cuda"]}), SUBMIT,
+     Q("spec: train.device: input should be a valid string, got ['cuda']")),
+    ("resources-gpu-negative", spec({"finetune.resources": {"cpu": 1, "gpu": -0.25}}), SUBMIT,
+     Q("spec: finetune.resources.gpu: must be in [0, 1], got -0.25")),
+    ("resources-gpu-fraction-above-one", spec({"finetune.resources.gpu": 1.5}), SUBMIT,
+     Q("spec: finetune.resources.gpu: must be in [0, 1], got 1.5")),
+    ("resources-gpu-text", spec({"search.resources.gpu": "0.5"}), SUBMIT,
+     Q("spec: search.resources.gpu: input should be a valid number, got '0.5'")),
+    ("resources-cpu-zero", spec({"search.resources.cpu": 0}), SUBMIT,
+     Q("spec: search.resources.cpu: must be in [1, 1024], got 0")),
+    ("resources-unknown-key", spec({"finetune.resources.gpus": 1}), SUBMIT,
+     Q("spec: finetune.resources.gpus: unknown key (allowed: cpu, gpu)")),
+    ("device-train-flag-unknown", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "tpu",
+                                            "--out", "{tmp}/t.pt"],
+     Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'tpu'")),
+    ("device-train-flag-missing-gpu", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda:99",
+                                                "--out", "{tmp}/t.pt"],
+     Q("--device: 'cuda:99' asked, but torch sees")),
+    ("device-evaluate-flag-missing-gpu", checkpoint("good"), ["evaluate", "{ckpt}", "--device", "cuda:99"],
+     Q("--device: 'cuda:99' asked, but torch sees")),
+    ("device-run-flag-missing-gpu", nothing, ["run", "{name}", "--storage", "{url}", "--device", "cuda:99"],
+     Q("--device: 'cuda:99' asked, but torch sees")),
+    ("device-worker-flag-unknown", nothing, ["worker", "--storage", "{url}", "--device", "cuda:-1"],
+     Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:-1'")),
+    ("device-run-spec-missing-gpu", device_study("cuda:99"), ["run", "on-gpu", "--storage", "{dev_url}"],
+     Q("train.device: 'cuda:99' asked, but torch sees")),
+    *([("device-train-cuda-without-gpu", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda",
+                                                   "--out", "{tmp}/t.pt"],
+        Q("--device: 'cuda' asked, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False)")),
+       ("device-run-spec-cuda-without-gpu", device_study("cuda"), ["run", "on-gpu", "--storage", "{dev_url}"],
+        Q("train.device: 'cuda' asked, but torch sees no CUDA GPU on this machine"))] if _no_cuda() else []),
 ]
 
 

@@ -204,6 +204,26 @@ def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
     assert sorted([anchor] + [int(k) for k in top1]) == sorted(b.user_attrs["phase.finetune"]["finalists"])
 
 
+def test_finalists_ran_on_the_specs_resources(finished_studies):
+    """tiny-b writes finetune/search.resources {cpu: 1, gpu: 0} out (tiny-a leaves them out): both
+    fine-tune every finalist as a 1-CPU Tune trial on the CPU, and tiny-a's base trained on the CPU."""
+    from acpsearch.devices import actor_options, trial_resources
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+
+    storage = open_storage(finished_studies["url"])
+    for name in finished_studies["names"]:
+        study = optuna.load_study(study_name=name, storage=storage)
+        spec = st.study_spec(study)
+        assert trial_resources(spec) == {"cpu": 1} and actor_options(spec) == {"num_cpus": 1}
+        assert spec.train.device == "cpu"
+        ft = optuna.load_study(study_name=study.user_attrs["finetune_study"], storage=storage)
+        assert [t.user_attrs.get("device") for t in ft.get_trials()] == ["cpu"] * len(ft.get_trials())
+    a = optuna.load_study(study_name="tiny-a", storage=storage)
+    assert a.user_attrs["phase.base"]["training"]["device"] == "cpu"
+    assert finished_studies["specs"]["tiny-b"]["finetune"]["resources"] == {"cpu": 1, "gpu": 0}
+
+
 def test_magnitude_anchor_is_a_scored_candidate_and_a_finalist(finished_studies, capsys):
     """search.anchor (default magnitude): the budget's global-magnitude allocation, exact counts,
     scored by the study's ranker, always fine-tuned, named as such in the trials and the report."""

@@ -101,7 +101,7 @@ def test_bad_values_name_the_field(path, value, message):
 
 
 @pytest.mark.parametrize("path,message", [
-    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor)"),
+    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor, resources)"),
     ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
     ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
     ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),

@@ -14,6 +14,7 @@ from acpsearch.trust import ALLOW_HELP
 from acpsearch.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
 
 SEED_HELP = f"in [0, {SEED_LIMIT})"
+DEVICE_HELP = "auto (cuda when a GPU is visible), cpu, cuda or cuda:N; cuda without a GPU is an error"
 
 
 def _protocol(query: int, train: int, val: int, seed: int) -> dict[str, int]:
@@ -62,8 +63,13 @@ def train(
     out: Path = typer.Option(..., "--out", help="checkpoint to write (.pt)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
-    """Train a zoo hash network on a data set and save a checkpoint (then report test metrics)."""
+    """Train a zoo hash network on a data set and save a checkpoint (then report test metrics).
+
+    --seed fixes the data split, the initial weights (python, numpy and torch are seeded before the
+    model is built), the batch order and the augmentation: the same command gives the same weights
+    on the same machine and device."""
     from acpsearch.hashing import (
         LOSS_NAMES, MODEL_NAMES, checkpoint_meta, create_model, evaluate, load_dataset, make_splits, save_zoo_checkpoint,
         train_hash_net,
@@ -79,7 +85,10 @@ def train(
             raise SpecError(f"{flag}: must be in [1, {most}], got {value}")
     if not lr > 0 or not math.isfinite(lr):
         raise SpecError(f"--lr: must be a positive number, got {lr}")
+    from acpsearch.devices import resolve_device, seed_everything
     from acpsearch.outputs import atomic_out, check_out
+
+    dev = resolve_device(device, "--device")  # before any work: cuda without a GPU is exit 2
 
     check_out(out)  # a directory or an unwritable place is refused before training
     if model.lower() not in MODEL_NAMES:  # fail before loading data; create_model words the error
@@ -87,19 +96,21 @@ def train(
     ds = load_dataset(dataset, data_dir)
     splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed)
     c, h, _w = splits.input_shape
-    net = create_model(model, bits=bits, in_channels=c, image_size=h)
+    seed_everything(seed)  # before the model is built: the seed fixes the initial weights
+    net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
     result = train_hash_net(net, splits, loss=loss.lower(), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                             progress=progress and not json_out, augment=augment, hflip=hflip)
     metrics = evaluate(result.model, splits, topk=topk)
     meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, bits=bits, lr=lr,
-                           batch_size=batch_size, seed=seed, augment=augment, hflip=hflip)
+                           batch_size=batch_size, seed=seed, augment=augment, hflip=hflip, device=str(dev))
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)
     path = out
     if json_out:
         typer.echo(json.dumps({"checkpoint": str(path), "model": model.lower(), "dataset": splits.dataset,
                                "loss": loss.lower(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-                               "seconds_per_epoch": round(result.seconds_per_epoch, 3), "metrics": metrics}))
+                               "seconds_per_epoch": round(result.seconds_per_epoch, 3), "device": str(dev),
+                               "metrics": metrics}))
         return
     rows = {"checkpoint": str(path), "best epoch": f"{result.best_epoch} of {result.epochs_run}",
             "s / epoch": round(result.seconds_per_epoch, 2), **_metric_rows(metrics)}
@@ -119,6 +130,7 @@ def evaluate(
                                        help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
@@ -126,9 +138,12 @@ def evaluate(
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.trust import FactoryPolicy
 
+    from acpsearch.devices import resolve_device
+
     policy = FactoryPolicy.from_user(allow_factory)
     if topk < 1:
         raise SpecError(f"--topk: must be >= 1, got {topk}")
+    dev = resolve_device(device, "--device")
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt.get("meta") or {}
     name = dataset or meta.get("dataset")
@@ -149,7 +164,7 @@ def evaluate(
     if splits.input_shape[0] != want[0]:
         raise DataError(f"--dataset: {name} images have {splits.input_shape[0]} channels, "
                         f"the checkpoint's model expects {want[0]}")
-    metrics = evaluate_model(model, splits, topk=topk)
+    metrics = evaluate_model(model.to(dev), splits, topk=topk)
     if json_out:
         typer.echo(json.dumps({"checkpoint": str(checkpoint), "dataset": splits.dataset, "protocol": proto,
                                "model": ckpt["model"], "pruned": bool(ckpt.get("pruning")), "metrics": metrics}))

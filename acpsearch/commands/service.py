@@ -25,6 +25,8 @@ from acpsearch.spec import MAX_WORKERS
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
 
 STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
+DEVICE_HELP = ("where the base network is trained: auto, cpu, cuda, cuda:N (default: the spec's train.device); "
+               "Ray workers use finetune/search.resources")
 ADDRESS_HELP = "Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray with --workers CPUs)"
 ARTIFACTS_HELP = "artifact directory (default: next to the storage file, or $ACPSEARCH_ARTIFACTS)"
 
@@ -188,6 +190,7 @@ def run(
                                "expire (its holder died) and take over"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a study to the end; an interrupted study resumes where the storage says it stopped.
     A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired).
@@ -204,6 +207,10 @@ def run(
     from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
+    if device is not None:  # before anything: cuda on a machine without a GPU is exit 2
+        from acpsearch.devices import resolve_device
+
+        resolve_device(device, "--device")
     url, st_obj = _storage(storage)
     if address is not None:
         from acpsearch.search.cluster import _check_reachable, ray_env
@@ -223,7 +230,7 @@ def run(
                     # join the cluster before the study is touched (run_study reuses this connection)
                     conn = connect(address)
                 summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
-                                    reporter=rep, force=force, allow_factories=policy)
+                                    reporter=rep, force=force, allow_factories=policy, device=device)
             finally:
                 if conn:
                     shutdown_if_owned(conn)
@@ -247,6 +254,7 @@ def worker(
     wait: float = typer.Option(0.0, "--wait", min=0.0, help="keep polling this many seconds after the queue is empty"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Run submitted studies one after another until none is left (a study is claimed through a
     lease in the storage, so several workers never run the same study).
@@ -267,6 +275,10 @@ def worker(
     from acpsearch.trust import FactoryNotAllowed, FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
+    if device is not None:
+        from acpsearch.devices import resolve_device
+
+        resolve_device(device, "--device")
     url, st_obj = _storage(storage)
     if address is not None:
         from acpsearch.search.cluster import _check_reachable, ray_env
@@ -308,7 +320,7 @@ def worker(
                         err.print(f"worker: running study {frozen.study_name!r}")
                     try:
                         run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts,
-                                  reporter=rep, allow_factories=policy, trust_spec_factory=False)
+                                  reporter=rep, allow_factories=policy, trust_spec_factory=False, device=device)
                         ran.append({"name": frozen.study_name, "state": "done"})
                     except StudyBlocked as exc:  # nothing written; retrying would fail the same way
                         refused.add(frozen.study_name)

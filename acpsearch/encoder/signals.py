@@ -29,11 +29,21 @@ def output_code(out: Any) -> Tensor:
     return out
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def model_codes(model: nn.Module, X: Tensor, batch_size: int = 512) -> Tensor:
-    """+1/-1 codes of `model` on X (eval mode); ties at 0 map to +1."""
+    """+1/-1 codes of `model` on X (eval mode); ties at 0 map to +1. The batches go to the model's
+    device; the codes come back on the CPU."""
     model.eval()
-    outs = [output_code(model(X[i:i + batch_size])) for i in range(0, len(X), batch_size)]
+    dev = _device_of(model)
+    outs = [output_code(model(X[i:i + batch_size].to(dev))).cpu() for i in range(0, len(X), batch_size)]
     out = torch.cat(outs)
     return torch.where(out >= 0, 1.0, -1.0)
 
@@ -49,9 +59,10 @@ def recalibrate_bn(model: nn.Module, X: Tensor, batch_size: int = 128, batches: 
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: exact mean over the calibration batches
     model.train()
+    dev = _device_of(model)
     n = len(X) if batches is None else min(len(X), batches * batch_size)
     for i in range(0, n, batch_size):
-        model(X[i:i + batch_size])
+        model(X[i:i + batch_size].to(dev))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.eval()
@@ -70,7 +81,11 @@ class FunctionalProbe:
         calib_batch_size: int = 128,
         calib_batches: int | None = None,
         threads: int | None = None,
+        device: Any = None,
     ) -> None:
+        # `device` (None: the CPU): where the pruned nets are recalibrated and run (a Ray actor's
+        # GPU); the base net stays on the CPU, where pruning slices it
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = model.eval()
         self.example_input = example_input
         self.calib_X = calib_X
@@ -81,7 +96,7 @@ class FunctionalProbe:
         # Reference codes from the unpruned net recalibrated on the SAME batches, so that only
         # the pruning differs (the unpruned strategy scores exactly 1.0).
         with torch_threads(threads):
-            ref = recalibrate_bn(copy.deepcopy(self.model), calib_X, calib_batch_size, calib_batches)
+            ref = recalibrate_bn(copy.deepcopy(self.model).to(self.device), calib_X, calib_batch_size, calib_batches)
             self.base_codes = model_codes(ref, probe_X)
         self.seconds: list[float] = []
 
@@ -89,7 +104,7 @@ class FunctionalProbe:
         """Physically pruned copy of the base net with recalibrated batch-norm statistics."""
         from acpsearch.pruning import prune
 
-        net = prune(self.model, strategy, self.example_input)
+        net = prune(self.model, strategy, self.example_input).to(self.device)
         return recalibrate_bn(net, self.calib_X, self.calib_batch_size, self.calib_batches)
 
     def agreement(self, strategies: Sequence[Any]) -> np.ndarray:

@@ -253,11 +253,16 @@ def phase_base(ctx: Context) -> None:
                             meta=ckpt.get("meta"))
             trained = None
         else:
+            from acpsearch.devices import resolve_device, seed_everything
             from acpsearch.hashing import train_hash_net
 
             tr = ctx.spec.train
+            device = resolve_device(getattr(tr, "device", "cpu"), "train.device")
             ctx.reporter.phase("base: training", total=tr.epochs)
+            # all seeds BEFORE the model is built: the protocol seed fixes the initial weights too
+            seed_everything(ctx.spec.data.protocol.seed)
             model, cfg = build_model(ctx.spec, shape, allow_factories=ctx.allow)
+            model.to(device)
 
             def on_epoch(epoch: int, val: float) -> bool:
                 ctx.reporter.advance(1, val_map=val)
@@ -267,8 +272,9 @@ def phase_base(ctx: Context) -> None:
             res = train_hash_net(model, ctx.splits, loss=tr.loss, epochs=tr.epochs, lr=tr.lr,
                                  batch_size=tr.batch_size, seed=ctx.spec.data.protocol.seed, progress=False,
                                  augment=tr.augment, hflip=tr.hflip, callback=on_epoch)
-            model = res.model
+            model = res.model.to("cpu")  # the graph, the checkpoint and the search work on the CPU copy
             trained = {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2),
+                       "device": str(device),
                        "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history]}
             save_checkpoint(path, model, cfg, [1, *shape], meta={"dataset": ctx.spec.data.dataset, "bits": ctx.spec.model.bits,
                                                                  "loss": tr.loss, "trained_by": ctx.name})
@@ -355,17 +361,21 @@ class RankerPool:
     `nodes[i]` is the Ray node of actor i (trials record where they were scored)."""
 
     def __init__(self, ctx: Context, ray_mod: Any, name: str, n: int) -> None:
+        from acpsearch.devices import actor_options, check_cluster_fits, resources_of
         from acpsearch.search.tasks import RankerWorker, light_splits
 
         need_data = name in ("adaptive_bn", "code_agreement")
         splits = light_splits(ctx.splits) if need_data else None
-        actor = ray_mod.remote(num_cpus=1)(RankerWorker)
+        res = resources_of(ctx.spec, "search")  # {cpu: 1, gpu: 0} unless the spec says otherwise
+        check_cluster_fits(ray_mod.cluster_resources(), res, "search.resources")
+        actor = ray_mod.remote(**actor_options(ctx.spec, "search"))(RankerWorker)
         ckpt_ref = ray_mod.put(ctx.base_ckpt)
         enc_ref = ray_mod.put(ctx.encoder_state)
         splits_ref = ray_mod.put(splits)
         self.ray = ray_mod
         self.ctx, self.name = ctx, name
-        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref, allow_factories=ctx.allow)
+        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref, threads=res["cpu"],
+                                    allow_factories=ctx.allow, gpu=res["gpu"])
                        for _ in range(max(1, n))]
         self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
@@ -767,6 +777,7 @@ class _TuneRecorder:
         self.completed: set[int] = set()
         self.errors: dict[int, str] = {}
         self.nodes: dict[int, str] = {}
+        self.devices: dict[int, str] = {}
         self.retries: dict[int, list[str]] = {}
 
     def recovered(self, trial: Any) -> None:
@@ -786,6 +797,9 @@ class _TuneRecorder:
         if result.get("node") and self.nodes.get(number) != result["node"]:
             self.nodes[number] = str(result["node"])
             self.storage.set_trial_user_attr(self.trial_ids[number], "ray_node", self.nodes[number])
+        if result.get("device") and self.devices.get(number) != result["device"]:  # cpu, or cuda (a GPU share)
+            self.devices[number] = str(result["device"])
+            self.storage.set_trial_user_attr(self.trial_ids[number], "device", self.devices[number])
 
     def complete(self, trial: Any) -> None:
         self.completed.add(trial.config["finalist"]["number"])
@@ -840,10 +854,15 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             from ray.tune.schedulers import FIFOScheduler
 
             scheduler = FIFOScheduler()
+        from acpsearch.devices import check_cluster_fits, resources_of, trial_resources
+
+        # every finalist trial asks for finetune.resources ({cpu: 1} as before; gpu > 0: it trains on
+        # cuda, on the GPU share Ray gives it); a request no node can meet would wait forever
+        check_cluster_fits(ray_mod.cluster_resources(), resources_of(ctx.spec, "finetune"), "finetune.resources")
         trainable = tune.with_resources(
             tune.with_parameters(finetune_trainable, ckpt=ctx.base_ckpt, spec=ctx.spec_dict,
                                  splits=light_splits(ctx.splits), out_dir=str(out_dir), allow_factories=ctx.allow),
-            {"cpu": 1})
+            trial_resources(ctx.spec))
         space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t),
                                                  "round_to": _round_to(t)} for t in todo])}
         tuner = tune.Tuner(
@@ -988,9 +1007,13 @@ class StudyBlocked(StudyBusy):
 def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
               artifacts: str | Path | None = None, reporter: Reporter | None = None,
               on_lease: Callable[[st.Lease], None] | None = None, force: bool = False,
-              allow_factories: Any = None, trust_spec_factory: bool = True) -> dict[str, Any]:
+              allow_factories: Any = None, trust_spec_factory: bool = True,
+              device: str | None = None) -> dict[str, Any]:
     """Run (or resume) study `name` to the end under a lease; returns its summary.
 
+    `device` (`--device`) overrides the spec's train.device for this run (not stored). A device this
+    machine lacks (cuda without a GPU), or resources no Ray node offers (finetune/search.resources),
+    is StudyBlocked before any phase runs: `run` exits 2, a worker skips the study for another.
     Storage is the only state: every phase checks its record and skips what is done.
     Model factories: `allow_factories` (module names or a FactoryPolicy) plus $ACPSEARCH_ALLOW_FACTORIES,
     plus the stored spec's own factory when `trust_spec_factory` (`acpsearch run`; a worker passes
@@ -1008,6 +1031,15 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     refusal = policy.study_refusal(spec)
     if refusal is not None:
         raise refusal
+    from acpsearch.devices import check_device, resolve_device
+
+    if device is not None:
+        spec.train.device = check_device(device, "--device")
+    if not spec.model.checkpoint and not st.phase_done(study, "base"):  # the base net is trained here
+        try:
+            resolve_device(spec.train.device, "--device" if device is not None else "train.device")
+        except SpecError as exc:
+            raise StudyBlocked(str(exc)) from None
     study = st.load_search_study(storage, name, sampler=make_sampler(spec))
     lease = st.Lease(storage, study._study_id, st.holder_id())
     try:
@@ -1041,6 +1073,14 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
         info = connect(address, n_workers)
         import ray
 
+        from acpsearch.devices import check_cluster_fits, resources_of
+
+        for section in ("search", "finetune"):  # a request no node can meet would wait forever
+            try:
+                check_cluster_fits(ray.cluster_resources(), resources_of(spec, section), f"{section}.resources")
+            except SpecError as exc:
+                raise StudyBlocked(str(exc)) from None
+
         if info["reused"] and info["local"] and 0 < int(info["cpus"]) < ctx.workers:
             # a worker's one local Ray is smaller than this spec asks: more actors than CPUs would wait
             ctx.reporter.log(f"search.workers {ctx.workers} > the local Ray's {int(info['cpus'])} CPUs: "
@@ -1054,6 +1094,9 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
         outcome = "done"
     except st.LeaseLost:
         outcome = "lease lost"
+        raise
+    except StudyBlocked:  # the study is left as it was, for a runner whose machine fits it
+        outcome = "blocked"
         raise
     except AcpError as exc:
         outcome = "failed"

@@ -69,7 +69,8 @@ class AdaptiveBNRanker(_Timed):
     name = "adaptive_bn"
 
     def __init__(self, model: nn.Module, splits: Any, example_input: torch.Tensor, calib_batches: int = 20,
-                 batch_size: int = 128, topk: int | None = None, seed: int = 0, threads: int | None = None) -> None:
+                 batch_size: int = 128, topk: int | None = None, seed: int = 0, threads: int | None = None,
+                 device: Any = None) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
         Xtr, self.ytr = splits.train
@@ -79,7 +80,7 @@ class AdaptiveBNRanker(_Timed):
         self.Xtr = Xtr
         self.topk = topk
         self.probe = FunctionalProbe(model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size,
-                                     threads=threads)
+                                     threads=threads, device=device)
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         from acpsearch.encoder.signals import model_codes
@@ -101,11 +102,12 @@ class CodeAgreementRanker(_Timed):
     name = "code_agreement"
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, calib_X: torch.Tensor,
-                 probe_X: torch.Tensor, calib_batch_size: int = 128, threads: int | None = None) -> None:
+                 probe_X: torch.Tensor, calib_batch_size: int = 128, threads: int | None = None,
+                 device: Any = None) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
         self.probe = FunctionalProbe(model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size,
-                                     threads=threads)
+                                     threads=threads, device=device)
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         return self.probe.agreement(strategies)
@@ -149,10 +151,11 @@ def make_ranker(name: str, **ctx: Any) -> Ranker:
         return SimilarityRanker(ctx["encoder"], ctx["graph"])
     if name == "adaptive_bn":
         return AdaptiveBNRanker(ctx["model"], ctx["splits"], ctx["example_input"],
-                                calib_batches=ctx.get("calib_batches", 20), threads=ctx.get("threads"))
+                                calib_batches=ctx.get("calib_batches", 20), threads=ctx.get("threads"),
+                                device=ctx.get("device"))
     if name == "code_agreement":
         return CodeAgreementRanker(ctx["model"], ctx["example_input"], ctx["calib_X"], ctx["probe_X"],
-                                   threads=ctx.get("threads"))
+                                   threads=ctx.get("threads"), device=ctx.get("device"))
     if name == "l1_retained":
         return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))
     if name == "random":

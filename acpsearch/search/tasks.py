@@ -78,8 +78,11 @@ def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: in
 
 
 def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None, allow_factories: Any = None) -> tuple[Any, Any]:
-    """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side)."""
+                 splits: Any | None, allow_factories: Any = None, device: Any = None) -> tuple[Any, Any]:
+    """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side).
+
+    `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement) run the
+    pruned nets' forwards and batch-norm recalibration; pruning and the graph stay on the CPU."""
     from acpsearch.checkpoint import model_from_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.search.rankers import make_ranker
@@ -98,6 +101,8 @@ def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_
         X = splits.train[0]
         ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[:20 * 128]]
         ctx["probe_X"] = splits.val[0][:1000]
+    if device is not None and torch.device(device).type != "cpu" and name in ("adaptive_bn", "code_agreement"):
+        ctx["device"] = device
     return graph, make_ranker(name, **ctx)
 
 
@@ -105,10 +110,14 @@ class RankerWorker:
     """Ray actor: holds the graph and a ranker, scores batches of keep-ratio dicts."""
 
     def __init__(self, name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None = None, threads: int = 1, allow_factories: Any = None) -> None:
+                 splits: Any | None = None, threads: int = 1, allow_factories: Any = None, gpu: float = 0.0) -> None:
+        from acpsearch.devices import worker_device
+
         worker_threads(threads)
         self.spec = spec
-        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits, allow_factories)
+        self.device = worker_device(gpu)  # cuda when Ray gave this actor a GPU (search.resources.gpu > 0)
+        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits, allow_factories,
+                                               device=self.device)
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (short hex), recorded on the trials it scores."""
@@ -136,8 +145,12 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     from acpsearch.hashing import train_hash_net, validation_map
     from acpsearch.pruning import PruningStrategy, make_record, prune
 
+    from acpsearch.devices import resources_of, worker_device
+
     assert ckpt is not None and spec is not None and splits is not None
-    worker_threads(config.get("threads", 1))
+    res = resources_of(spec, "finetune")  # what this trial asked Ray for (trial_resources)
+    worker_threads(config.get("threads", res["cpu"]))
+    device = worker_device(res["gpu"])  # cuda when Ray gave the trial a GPU share
     fin = config["finalist"]
     ft = spec["finetune"]
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
@@ -145,7 +158,7 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"],
                                round_to=int(fin.get("round_to", 4)))
-    net = prune(base, strategy, ex)
+    net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
     best = {"val": -1.0}
@@ -161,13 +174,15 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     node = ray.get_runtime_context().get_node_id()[:12]
     save(v0, 0)
     best["val"] = v0
-    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node})
+    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node,
+                 "device": device.type})
 
     def on_epoch(epoch: int, val: float) -> bool:
         if not math.isnan(val) and val > best["val"]:
             best["val"] = val
             save(val, epoch)
-        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node})
+        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node,
+                     "device": device.type})
         return False
 
     recipe = finetune_recipe(spec)
