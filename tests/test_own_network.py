@@ -234,7 +234,7 @@ def test_a_file_that_is_no_state_dict_is_refused(tmp_path):
     from acpsearch.checkpoint import read_weights
 
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="neither an acpsearch checkpoint nor a state dict"):
+    with pytest.raises(CheckpointError, match=r"not an acpsearch checkpoint \(foreign format\) nor a state dict"):
         read_weights(tmp_path / "x.pt")
 
 

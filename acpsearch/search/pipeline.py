@@ -164,14 +164,14 @@ def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], all
                 "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                 "meta": {"dataset": spec.data.dataset, "bits": spec.model.bits}}
         validate_checkpoint(ckpt, where)
-    else:
-        spec_contradictions(ckpt["model"], spec.model, where)
     shape = [int(v) for v in ckpt["input_shape"]]
     if tuple(shape[1:]) != tuple(input_shape):
         raise CheckpointError(
             f"model.checkpoint: {spec.model.checkpoint!r} expects input {tuple(shape[1:])}, "
             f"the data set {spec.data.dataset!r} has {tuple(input_shape)}")
     model = model_from_checkpoint(ckpt, source=where, allow_factories=policy)
+    if kind == "acpsearch":  # the spec's zoo / factory / kwargs / bits must not contradict the checkpoint's
+        spec_contradictions(ckpt["model"], spec.model, where)
     import torch
 
     with torch.no_grad():
