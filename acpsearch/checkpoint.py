@@ -83,8 +83,8 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
 def import_factory(path: str, search: Any = ()):
     """Resolve "package.module:function" to a callable; a failing import is a user error.
     The module is looked for in `search` (the spec's model.path, by default the spec file's
-    directory), the current working directory, then sys.path (PYTHONPATH); those directories stay on
-    sys.path, so the module's own later imports of its neighbours work.
+    directory), the current working directory, then sys.path (PYTHONPATH); afterwards those
+    directories stay at the end of sys.path, so the module's later imports of its neighbours work.
     Importing runs the module's code: callers check the module against the FactoryPolicy first."""
     import os
     import sys
@@ -92,10 +92,9 @@ def import_factory(path: str, search: Any = ()):
     if ":" not in path:
         raise SpecError(f"model.factory: {path!r} is not of the form 'package.module:function'")
     mod_name, fn_name = path.split(":", 1)
-    dirs = [str(d) for d in (*(search or ()), os.getcwd()) if d]
-    for d in reversed(dirs):
-        if d not in sys.path:
-            sys.path.insert(0, d)
+    dirs = list(dict.fromkeys(str(d) for d in (*(search or ()), os.getcwd()) if d))
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = dirs  # first while the factory's module is imported ...
     importlib.invalidate_caches()  # a module written after the interpreter started
     try:
         mod = importlib.import_module(mod_name)
@@ -110,6 +109,10 @@ def import_factory(path: str, search: Any = ()):
                         f"the module imports {missing!r}, which is not installed here)") from None
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's factory path
         raise SpecError(f"model.factory: cannot import module {mod_name!r} ({type(exc).__name__}: {exc})") from None
+    finally:  # ... then last, so they never shadow installed modules, yet later imports of its neighbours work
+        for d in dirs:
+            sys.path.remove(d)  # the first occurrence: the one inserted above
+        sys.path.extend(added)
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise SpecError(f"model.factory: module {mod_name!r} has no callable {fn_name!r}")

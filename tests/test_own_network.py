@@ -294,6 +294,24 @@ def test_factory_found_in_spec_dir_cwd_and_model_path(tmp_path, monkeypatch):
     assert build_model(spec, (1, 8, 8))[0].hash.out_features == 16
 
 
+def test_model_path_is_where_to_look_not_what_to_trust(tmp_path, monkeypatch):
+    """submit / run look in the spec's model.path; a worker (trust_spec=False) does not take it from
+    a stored spec; found modules never shadow installed ones (the directories end up last)."""
+    from acpsearch.checkpoint import import_factory
+    from acpsearch.search.pipeline import factory_policy
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    write_module(tmp_path / "libs", "own_path_trust")
+    spec = _spec(tmp_path, {"factory": "own_path_trust:make", "bits": 16, "path": "libs"})
+    mine = factory_policy(spec)
+    assert mine.paths == (str((tmp_path / "libs").resolve()),) and mine.allows("own_path_trust:make")
+    worker = factory_policy(spec, trust_spec=False)
+    assert worker.paths == () and not worker.allows("own_path_trust:make")
+    before = list(sys.path)
+    assert callable(import_factory("own_path_trust:make", search=mine.paths))
+    assert sys.path[:len(before)] == before and mine.paths[0] in sys.path[len(before):]
+
+
 def test_factory_not_found_says_where_it_looked(tmp_path, monkeypatch):
     from acpsearch.search.pipeline import build_model
 

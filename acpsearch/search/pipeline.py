@@ -119,11 +119,13 @@ def load_data(spec: StudySpec) -> Any:
 
 def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: bool = True) -> Any:
     """The FactoryPolicy of a run: the user's allow-list (option / keyword + environment), plus the
-    spec's own model.factory module when the user gave that spec (submit, run; not a worker)."""
+    spec's own model.factory module, and its model.path as the place to look for factory modules,
+    when the user gave that spec (submit, run; not a worker: whoever can write the storage could
+    point model.path at a module of the same name)."""
     from acpsearch.trust import FactoryPolicy
 
-    policy = FactoryPolicy.coerce(allow_factories).searching(spec.model.path)  # where to look, not what to trust
-    return policy.with_spec(spec) if trust_spec else policy
+    policy = FactoryPolicy.coerce(allow_factories)
+    return policy.with_spec(spec).searching(spec.model.path) if trust_spec else policy
 
 
 def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
