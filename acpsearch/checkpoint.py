@@ -242,8 +242,9 @@ def read_weights(path: str | Path) -> tuple[str, dict[str, Any]]:
         return "acpsearch", _as_checkpoint(obj, path)
     sd = plain_state_dict(obj, f"checkpoint {str(path)!r}")
     if sd is None:
-        raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format) nor a state dict "
-                              "(a mapping of parameter names to tensors, as torch.save(model.state_dict(), path) writes)")
+        raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format) nor a "
+                              "state dict (a mapping of parameter names to tensors, as "
+                              "torch.save(model.state_dict(), path) writes)")
     return "state_dict", sd
 
 

@@ -249,7 +249,8 @@ class SpaceSpec(_Section):
     def _exclude(cls, v: list[str]) -> list[str]:
         for name in v:
             if not name.strip():
-                raise ValueError("empty module name: give module names like 'layer1.0.conv1' or patterns like 'layer1.*'")
+                raise ValueError("empty module name: give module names like 'layer1.0.conv1' or patterns "
+                                 "like 'layer1.*'")
         return v
 
     @model_validator(mode="after")

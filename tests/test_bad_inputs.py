@@ -1067,15 +1067,16 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
     # --- own network ---
     ("own-factory-not-found", spec(replace={"model": {"factory": "own_missing_net:make", "bits": 16}}), SUBMIT,
-     Q("model.factory: cannot import module 'own_missing_net' (ModuleNotFoundError: No module named 'own_missing_net'); "
-       "looked in '{tmp}'") + ".*" + Q("set model.path to the directory that holds it (relative to the spec file) or "
-                                      "add that directory to PYTHONPATH")),
+     Q("model.factory: cannot import module 'own_missing_net' (ModuleNotFoundError: No module named "
+       "'own_missing_net'); looked in '{tmp}'")
+     + ".*" + Q("set model.path to the directory that holds it (relative to the spec file) or add that directory "
+                "to PYTHONPATH")),
     ("own-state-dict-mismatch", spec({"model.checkpoint": lambda c: str(c.tmp / "state_dict.pt")},
                                      then=state_dict_file(bits=32)), SUBMIT,
      Q("model.checkpoint '{ckpt}': the state dict does not match the network: 'hash_layer.weight' has shape "
        "[32, 64] in the file, the network expects [16, 64]")),
-    ("own-spec-bits-contradict-checkpoint", spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.bits": 24},
-                                                 then=checkpoint("good")), SUBMIT,
+    ("own-spec-bits-contradict-checkpoint",
+     spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.bits": 24}, then=checkpoint("good")), SUBMIT,
      Q("model.bits: 24 contradicts model.checkpoint '{ckpt}', whose network has bits=16; set model.bits: 16")),
     ("own-spec-kwargs-contradict-checkpoint",
      spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.kwargs": {"image_size": 32}},

@@ -139,7 +139,8 @@ class DynamicSpace:
             base = _grid(base_lo, base_hi, self.step)
             if base.size == 0:
                 raise SpecError(f"space.bounds.{n}: [{base_lo}, {base_hi}] holds no keep ratio of the grid 1.0, "
-                                f"{round(1 - self.step, 6)}, ... (space.step {self.step}); widen it or make the step finer")
+                                f"{round(1 - self.step, 6)}, ... (space.step {self.step}); widen it or make the "
+                                "step finer")
             lo, hi = ranges.get(n, (base_lo, base_hi))
             lo, hi = max(lo, base_lo), min(hi, base_hi)
             grid = _grid(lo, hi, self.step)
