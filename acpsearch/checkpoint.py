@@ -66,8 +66,9 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
             raise CheckpointError(f"{source}: model.kwargs: cannot build zoo model {cfg['zoo']!r} "
                                   f"({type(exc).__name__}: {first[:160]})") from None
     if "factory" in cfg:
-        FactoryPolicy.coerce(allow_factories).check(cfg["factory"], source)
-        fn = import_factory(cfg["factory"])
+        policy = FactoryPolicy.coerce(allow_factories)
+        policy.check(cfg["factory"], source)
+        fn = import_factory(cfg["factory"], search=policy.paths)
         try:
             model = fn(**kwargs)
         except Exception as exc:  # noqa: BLE001 - the user's factory failing is bad input naming it
@@ -79,16 +80,39 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
     raise CheckpointError(f"{source}: 'model' entry names neither 'zoo' nor 'factory'")
 
 
-def import_factory(path: str):
+def import_factory(path: str, search: Any = ()):
     """Resolve "package.module:function" to a callable; a failing import is a user error.
+    The module is looked for in `search` (the spec's model.path, by default the spec file's
+    directory), the current working directory, then sys.path (PYTHONPATH); afterwards those
+    directories stay at the end of sys.path, so the module's later imports of its neighbours work.
     Importing runs the module's code: callers check the module against the FactoryPolicy first."""
+    import os
+    import sys
+
     if ":" not in path:
         raise SpecError(f"model.factory: {path!r} is not of the form 'package.module:function'")
     mod_name, fn_name = path.split(":", 1)
+    dirs = list(dict.fromkeys(str(d) for d in (*(search or ()), os.getcwd()) if d))
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = dirs  # first while the factory's module is imported ...
+    importlib.invalidate_caches()  # a module written after the interpreter started
     try:
         mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (mod_name == missing or mod_name.startswith(missing + ".")):
+            looked = ", ".join(repr(d) for d in dict.fromkeys(dirs))
+            raise SpecError(f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}); looked in "
+                            f"{looked} and sys.path; set model.path to the directory that holds it (relative to the "
+                            "spec file) or add that directory to PYTHONPATH (on every worker too)") from None
+        raise SpecError(f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}; "
+                        f"the module imports {missing!r}, which is not installed here)") from None
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's factory path
         raise SpecError(f"model.factory: cannot import module {mod_name!r} ({type(exc).__name__}: {exc})") from None
+    finally:  # ... then last, so they never shadow installed modules, yet later imports of its neighbours work
+        for d in dirs:
+            sys.path.remove(d)  # the first occurrence: the one inserted above
+        sys.path.extend(added)
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise SpecError(f"model.factory: module {mod_name!r} has no callable {fn_name!r}")
@@ -154,17 +178,26 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint dict with weights_only=True; refuse anything else."""
-    path = Path(path)
+def _load_weights_only(path: Path) -> Any:
+    """torch.load(weights_only=True) of an existing file; refused / corrupt is one CheckpointError line."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings on foreign files are noise here
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail the unpickler in arbitrary ways
         raise CheckpointError(_why_unloadable(path, exc)) from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint dict with weights_only=True; refuse anything else."""
+    path = Path(path)
+    ckpt = _load_weights_only(path)
+    return _as_checkpoint(ckpt, path)
+
+
+def _as_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format)")
     for key in ("model", "input_shape", "state_dict"):
@@ -172,6 +205,103 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {str(path)!r}: missing entry {key!r}")
     validate_checkpoint(ckpt, f"checkpoint {str(path)!r}")
     return ckpt
+
+
+# --- plain state dicts (what `torch.save(model.state_dict(), path)` writes) -----------------------
+STATE_DICT_WRAPPERS = ("state_dict", "model")  # {'state_dict': sd} (Lightning and co), {'model': sd}
+
+
+def _tensor_mapping(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def plain_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor] | None:
+    """The state dict inside a loaded foreign file: the mapping itself, or its 'state_dict' / 'model'
+    entry, with a DataParallel 'module.' prefix removed; None when it holds none. Checked like an
+    acpsearch checkpoint's state dict (real tensors only)."""
+    if not isinstance(obj, dict) or obj.get("format") == FORMAT:
+        return None
+    sd = obj if _tensor_mapping(obj) else next(
+        (obj[k] for k in STATE_DICT_WRAPPERS if _tensor_mapping(obj.get(k))), None)
+    if sd is None:
+        return None
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    _validate_state_dict(sd, where)
+    return dict(sd)
+
+
+def read_weights(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """("acpsearch", checkpoint) for acpsearch's format, ("state_dict", {name: tensor}) for a plain
+    state dict (or one wrapped in {'state_dict': ...} / {'model': ...}); anything else is refused
+    as foreign, in one line. Loaded with weights_only=True either way."""
+    path = Path(path)
+    obj = _load_weights_only(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return "acpsearch", _as_checkpoint(obj, path)
+    sd = plain_state_dict(obj, f"checkpoint {str(path)!r}")
+    if sd is None:
+        raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format) nor a "
+                              "state dict (a mapping of parameter names to tensors, as "
+                              "torch.save(model.state_dict(), path) writes)")
+    return "state_dict", sd
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(v) for v in t.shape)
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    """model.load_state_dict(sd, strict=True), a mismatch as one line naming the first missing or
+    unexpected key, or the first tensor whose shape differs."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    more = lambda n: f" (and {n - 1} more)" if n > 1 else ""  # noqa: E731
+    if missing:
+        raise CheckpointError(f"{where}: the state dict does not match the network: missing key {missing[0]!r}"
+                              f"{more(len(missing))}" + (f"; unexpected key {unexpected[0]!r}{more(len(unexpected))}"
+                                                         if unexpected else ""))
+    if unexpected:
+        raise CheckpointError(f"{where}: the state dict does not match the network: unexpected key "
+                              f"{unexpected[0]!r}{more(len(unexpected))}")
+    for k, t in want.items():
+        if _shape(sd[k]) != _shape(t):
+            raise CheckpointError(f"{where}: the state dict does not match the network: {k!r} has shape "
+                                  f"{list(_shape(sd[k]))} in the file, the network expects {list(_shape(t))}")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise CheckpointError(f"{where}: the state dict does not match the network ({first[:200]})") from None
+
+
+def spec_contradictions(cfg: dict[str, Any], model_spec: Any, where: str) -> None:
+    """A spec's `model` checked against an acpsearch checkpoint's model config: a zoo / factory /
+    kwargs / bits the spec gives that differs from the checkpoint's is one line naming the field
+    and both values. Equal values are fine; kwargs the spec leaves out are the checkpoint's."""
+    ck_kwargs = dict(cfg.get("kwargs") or {})
+    zoo, factory = getattr(model_spec, "zoo", None), getattr(model_spec, "factory", None)
+    if zoo is not None and str(cfg.get("zoo") or "").lower() != str(zoo).lower():
+        have = f"zoo {cfg['zoo']!r}" if cfg.get("zoo") else f"factory {cfg.get('factory')!r}"
+        raise SpecError(f"model.zoo: {zoo!r} contradicts {where}, whose network is {have}")
+    if factory is not None and cfg.get("factory") != factory:
+        have = f"factory {cfg['factory']!r}" if cfg.get("factory") else f"zoo {cfg.get('zoo')!r}"
+        raise SpecError(f"model.factory: {factory!r} contradicts {where}, whose network is {have}")
+    for key, value in dict(getattr(model_spec, "kwargs", None) or {}).items():
+        if key not in ck_kwargs:
+            raise SpecError(f"model.kwargs.{key}: {value!r} contradicts {where}, whose network was built without "
+                            f"it (its kwargs: {sorted(ck_kwargs)})"[:400])
+        if ck_kwargs[key] != value:
+            raise SpecError(f"model.kwargs.{key}: {value!r} contradicts {where}, whose network has "
+                            f"{key}={ck_kwargs[key]!r}")
+    bits = getattr(model_spec, "bits", None)
+    ck_bits = ck_kwargs.get("bits")
+    if bits is not None and _is_int(ck_bits) and ck_bits != bits:
+        given = "" if "bits" in getattr(model_spec, "model_fields_set", {"bits"}) else " (the default)"
+        raise SpecError(f"model.bits: {bits}{given} contradicts {where}, whose network has bits={ck_bits}; "
+                        f"set model.bits: {ck_bits}")
 
 
 # --- structure -----------------------------------------------------------------------------------

@@ -129,6 +129,14 @@ class ModelSpec(_Section):
     bits: Annotated[int, Field(ge=2, le=4096)] = 32
     checkpoint: str | None = None
     hash_layer: str | None = None
+    # A directory put on the import path for model.factory (relative to the spec file). Left out, a
+    # factory spec read from a file stores the spec file's directory here (workers need it too).
+    path: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _not_empty(v, "leave it out to import model.factory from the spec's directory")
 
     @field_validator("factory")
     @classmethod
@@ -246,10 +254,42 @@ class BudgetSpec(_Section):
         return self
 
 
+MAX_ROUND_TO = 1024
+
+
 class SpaceSpec(_Section):
+    """The search space. `exclude`: module names or fnmatch patterns whose output channels are never
+    pruned; `bounds`: {group name or pattern: [min_keep, max_keep]} per group (keep ratios before
+    rounding); `round_to`: kept channels are multiples of it (null: the search and its finalists
+    round to 4, the magnitude anchor keeps exact counts, as before these keys existed)."""
+
     step: Annotated[float, Field(ge=MIN_STEP, le=0.5, allow_inf_nan=False)] = 0.1
     min_keep: Ratio = 0.2
     criterion: Literal["l1", "l2", "bn_scale", "fpgm", "taylor", "random"] = "l1"
+    exclude: list[str] = Field(default_factory=list)
+    bounds: dict[str, list[float]] = Field(default_factory=dict)
+    round_to: Annotated[int, Field(ge=1, le=MAX_ROUND_TO)] | None = None
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip():
+                raise ValueError("empty module name: give module names like 'layer1.0.conv1' or patterns "
+                                 "like 'layer1.*'")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SpaceSpec":
+        for key, pair in self.bounds.items():
+            if not key.strip():
+                raise _field_error(("bounds",), key, "empty group name")
+            ok = (len(pair) == 2 and not any(isinstance(x, bool) for x in pair)
+                  and all(math.isfinite(x) for x in pair) and 0 < pair[0] <= pair[1] <= 1)
+            if not ok:
+                raise _field_error(("bounds", key), pair, "must be [min_keep, max_keep] with 0 < min_keep <= "
+                                   f"max_keep <= 1, got {_fmt(pair)}")
+        return self
 
 
 class EncoderSpec(_Section):
@@ -436,6 +476,10 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> StudySpec:
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if spec.model.checkpoint:
         spec.model.checkpoint = str((base / Path(spec.model.checkpoint).expanduser()).resolve())
+    if spec.model.path:
+        spec.model.path = str((base / Path(spec.model.path).expanduser()).resolve())
+    elif spec.model.factory and base_dir is not None:  # a spec file: its directory (stored for the workers)
+        spec.model.path = str(base.resolve())
     if spec.data.path:
         spec.data.path = str((base / Path(spec.data.path).expanduser()).resolve())
     return spec

@@ -64,6 +64,9 @@ class FactoryPolicy:
     """The modules whose factories may be imported (picklable: it travels to Ray workers)."""
 
     modules: tuple[str, ...] = ()
+    # Directories searched for a factory's module before sys.path (the spec's model.path); where to
+    # look, not what to trust: the module must still be allowed.
+    paths: tuple[str, ...] = ()
 
     @classmethod
     def from_user(cls, allow: Iterable[str] | str | None = None, *, env: bool = True) -> "FactoryPolicy":
@@ -81,7 +84,11 @@ class FactoryPolicy:
         return allow if isinstance(allow, FactoryPolicy) else cls.from_user(allow)
 
     def allowing(self, *modules: str) -> "FactoryPolicy":
-        return FactoryPolicy(self.modules + tuple(m for m in modules if m and m not in self.modules))
+        return FactoryPolicy(self.modules + tuple(m for m in modules if m and m not in self.modules), self.paths)
+
+    def searching(self, *paths: str | None) -> "FactoryPolicy":
+        """The same allow-list, also looking for factory modules in `paths` (directories)."""
+        return FactoryPolicy(self.modules, self.paths + tuple(str(p) for p in paths if p and str(p) not in self.paths))
 
     def with_spec(self, spec: Any) -> "FactoryPolicy":
         """Also allow the module of the spec's own model.factory (the user wrote that spec)."""

@@ -202,6 +202,21 @@ def checkpoint(kind: str) -> Callable[[Any], dict[str, str]]:
     return build
 
 
+def state_dict_file(bits: int) -> Callable[[Any], dict[str, str]]:
+    """A plain `torch.save(model.state_dict())` file of a ResNet-20 hash net for digits at {ckpt}."""
+
+    def build(ctx: Any) -> dict[str, str]:
+        import torch
+
+        from acpsearch.hashing import create_model
+
+        path = ctx.tmp / "state_dict.pt"
+        torch.save(create_model("resnet20", bits=bits, in_channels=1, image_size=8).state_dict(), path)
+        return {"ckpt": str(path)}
+
+    return build
+
+
 def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
     """A checkpoint that loads with torch.load(weights_only=True) but whose entries are hostile or
     malformed, at {ckpt}: factory-system | factory-subprocess (its factory would touch ctx.marker) |
@@ -789,7 +804,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      SUBMIT, Q("model.checkpoint: '{ckpt}' expects input (3, 32, 32), the data set 'digits' has (1, 8, 8)")),
     ("spec-checkpoint-wrong-bits", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-bits.pt")},
                                         then=checkpoint("wrong-bits")),
-     SUBMIT, Q("model.checkpoint: the network outputs 32 bits, model.bits is 16")),
+     SUBMIT, Q("model.bits: 16 contradicts model.checkpoint '{ckpt}', whose network has bits=32; set model.bits: 32")),
     ("spec-checkpoint-wrong-weights", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-weights.pt")},
                                            then=checkpoint("wrong-weights")),
      SUBMIT, Q("model.checkpoint '{ckpt}': weights do not match the architecture (")),
@@ -1106,6 +1121,30 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
         Q("--device: 'cuda' asked, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False)")),
        ("device-run-spec-cuda-without-gpu", device_study("cuda"), ["run", "on-gpu", "--storage", "{dev_url}"],
         Q("train.device: 'cuda' asked, but torch sees no CUDA GPU on this machine"))] if _no_cuda() else []),
+    # --- own network ---
+    ("own-factory-not-found", spec(replace={"model": {"factory": "own_missing_net:make", "bits": 16}}), SUBMIT,
+     Q("model.factory: cannot import module 'own_missing_net' (ModuleNotFoundError: No module named "
+       "'own_missing_net'); looked in '{tmp}'")
+     + ".*" + Q("set model.path to the directory that holds it (relative to the spec file) or add that directory "
+                "to PYTHONPATH")),
+    ("own-state-dict-mismatch", spec({"model.checkpoint": lambda c: str(c.tmp / "state_dict.pt")},
+                                     then=state_dict_file(bits=32)), SUBMIT,
+     Q("model.checkpoint '{ckpt}': the state dict does not match the network: 'hash_layer.weight' has shape "
+       "[32, 64] in the file, the network expects [16, 64]")),
+    ("own-spec-bits-contradict-checkpoint",
+     spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.bits": 24}, then=checkpoint("good")), SUBMIT,
+     Q("model.bits: 24 contradicts model.checkpoint '{ckpt}', whose network has bits=16; set model.bits: 16")),
+    ("own-spec-kwargs-contradict-checkpoint",
+     spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.kwargs": {"image_size": 32}},
+          then=checkpoint("good")), SUBMIT,
+     Q("model.kwargs.image_size: 32 contradicts model.checkpoint '{ckpt}', whose network has image_size=8")),
+    ("own-exclude-unknown", spec({"space.exclude": ["layer9.*"]}), SUBMIT,
+     Q("space.exclude: 'layer9.*' names no module of the network; close matches: ")),
+    ("own-bounds-out-of-range", spec({"space.bounds": {"layer1.*": [0.5, 1.5]}}), SUBMIT,
+     Q("spec: space.bounds.layer1.*: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, got [0.5, 1.5]")),
+    ("own-bounds-unknown-group", spec({"space.bounds": {"layer9.*": [0.5, 1.0]}}), SUBMIT,
+     Q("space.bounds: 'layer9.*' names no channel group of the network; ")),
+    ("own-round-to-zero", spec({"space.round_to": 0}), SUBMIT, Q("spec: space.round_to: must be in [1, 1024], got 0")),
 ]
 
 

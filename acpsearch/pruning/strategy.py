@@ -69,14 +69,19 @@ class PruningStrategy:
 
     @classmethod
     def global_magnitude(cls, graph: ChannelGraph, fits: Callable[["PruningStrategy"], bool], criterion: str = "l1",
-                         min_keep: float = 0.0, round_to: int = 1, iterations: int = 40) -> "PruningStrategy | None":
+                         min_keep: float = 0.0, round_to: int = 1, iterations: int = 40,
+                         bounds: dict[str, tuple[float, float]] | None = None) -> "PruningStrategy | None":
         """Global magnitude allocation: one threshold on every group's importance divided by its
         group mean (Torch-Pruning's global pruning with its mean normaliser), bisected to the
         largest network that `fits` (the budget). None when even the smallest one does not fit.
 
         Why here and not torch_pruning: its allocation lives on its own dependency graph; this one
         is on ours, so a search can use it as a candidate. On ResNet-20 at 50% FLOPs it keeps TP's
-        counts within one channel per group (benchmarks/structure_sweep.py, README)."""
+        counts within one channel per group (benchmarks/structure_sweep.py, README).
+
+        `bounds`: {group: (min_keep, max_keep)} keep-ratio limits per group (in place of `min_keep`
+        for the groups it names; (1, 1) keeps a group whole)."""
+        bounds = dict(bounds or {})
         norm = {}
         for grp in graph.groups:
             imp = np.asarray(graph.importance(grp.name, criterion), dtype=np.float64)
@@ -85,8 +90,10 @@ class PruningStrategy:
         def at(t: float) -> "PruningStrategy":
             ratios = {}
             for grp in graph.groups:
-                floor = max(1, math.ceil(min_keep * grp.channels - 1e-9))
-                ratios[grp.name] = max(int((norm[grp.name] >= t).sum()), floor, 1) / grp.channels
+                lo, hi = bounds.get(grp.name, (min_keep, 1.0))
+                floor = max(1, math.ceil(lo * grp.channels - 1e-9))
+                cap = max(floor, math.floor(hi * grp.channels + 1e-9))
+                ratios[grp.name] = min(max(int((norm[grp.name] >= t).sum()), floor, 1), cap) / grp.channels
             return cls(graph, ratios, criterion, round_to)
 
         lo, hi = 0.0, max((float(v.max()) for v in norm.values()), default=0.0) + 1.0

@@ -119,11 +119,13 @@ def load_data(spec: StudySpec) -> Any:
 
 def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: bool = True) -> Any:
     """The FactoryPolicy of a run: the user's allow-list (option / keyword + environment), plus the
-    spec's own model.factory module when the user gave that spec (submit, run; not a worker)."""
+    spec's own model.factory module, and its model.path as the place to look for factory modules,
+    when the user gave that spec (submit, run; not a worker: whoever can write the storage could
+    point model.path at a module of the same name)."""
     from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.coerce(allow_factories)
-    return policy.with_spec(spec) if trust_spec else policy
+    return policy.with_spec(spec).searching(spec.model.path) if trust_spec else policy
 
 
 def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
@@ -150,17 +152,28 @@ def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
 def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None) -> dict[str, Any]:
     """The user's trained base network, checked against the data it will be pruned on (a factory the
     checkpoint names must be allowed: `allow_factories`, the environment, or the spec's own factory)."""
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.checkpoint import (FORMAT, VERSION, load_state_dict_strict, model_from_checkpoint, read_weights,
+                                      spec_contradictions, validate_checkpoint)
 
     assert spec.model.checkpoint
-    ckpt = read_checkpoint(spec.model.checkpoint)
+    kind, ckpt = read_weights(spec.model.checkpoint)
+    policy = allow_factories if allow_factories is not None else factory_policy(spec)
+    where = f"model.checkpoint {spec.model.checkpoint!r}"
+    if kind == "state_dict":  # a plain state dict: the spec's model (zoo or factory) for the data's input
+        net, cfg = build_model(spec, input_shape, allow_factories=policy)
+        load_state_dict_strict(net, ckpt, where)
+        ckpt = {"format": FORMAT, "version": VERSION, "model": cfg, "input_shape": [1, *input_shape], "pruning": None,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                "meta": {"dataset": spec.data.dataset, "bits": spec.model.bits}}
+        validate_checkpoint(ckpt, where)
     shape = [int(v) for v in ckpt["input_shape"]]
     if tuple(shape[1:]) != tuple(input_shape):
         raise CheckpointError(
             f"model.checkpoint: {spec.model.checkpoint!r} expects input {tuple(shape[1:])}, "
             f"the data set {spec.data.dataset!r} has {tuple(input_shape)}")
-    policy = allow_factories if allow_factories is not None else factory_policy(spec)
-    model = model_from_checkpoint(ckpt, source=f"model.checkpoint {spec.model.checkpoint!r}", allow_factories=policy)
+    model = model_from_checkpoint(ckpt, source=where, allow_factories=policy)
+    if kind == "acpsearch":  # the spec's zoo / factory / kwargs / bits must not contradict the checkpoint's
+        spec_contradictions(ckpt["model"], spec.model, where)
     import torch
 
     with torch.no_grad():
@@ -173,15 +186,20 @@ def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], all
 
 
 def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = None) -> Any:
-    """The budget's dynamic space; a latency budget needs the ACP-core latency table."""
-    from acpsearch.search.space import Budget, DynamicSpace
+    """The budget's dynamic space (with the spec's space.exclude, bounds and round_to); a latency
+    budget needs the ACP-core latency table."""
+    from acpsearch.search.space import Budget, DynamicSpace, excluded_groups, group_bounds
+
+    sp = spec.space
+    fixed = excluded_groups(graph, sp.exclude) if sp.exclude else None
+    bounds = group_bounds(graph, sp.bounds) if sp.bounds else None
 
     latency = None
     if spec.budget.latency_ms is not None:
         latency = _latency_table(graph, model, example)
     budget = Budget(flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms)
-    return DynamicSpace(graph, budget, step=spec.space.step, criterion=spec.space.criterion,
-                        min_keep=spec.space.min_keep, latency=latency)
+    return DynamicSpace(graph, budget, step=sp.step, criterion=sp.criterion, min_keep=sp.min_keep, latency=latency,
+                        round_to=sp.round_to, bounds=bounds, fixed=fixed)
 
 
 def _latency_table(graph: Any, model: Any, example: Any) -> Any:
@@ -337,7 +355,8 @@ def phase_encoder(ctx: Context, ray_mod: Any) -> None:
                                progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
     else:
         strategies = ctx.space.sample_many(enc.strategies, rng)
-        signal = score_on_ray(ctx, ray_mod, "code_agreement", [dict(s.ratios) for s in strategies])
+        signal = score_on_ray(ctx, ray_mod, "code_agreement", [dict(s.ratios) for s in strategies],
+                              round_to=ctx.space._rt)
         result = train_encoder(ctx.graph, "effect", strategies=strategies, signal=signal,
                                progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
     path = ctx.dir() / "encoder.pt"
@@ -548,9 +567,10 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
             space = spaces.get(rnd) or spaces.setdefault(rnd, round_space(ctx, rnd))
             trials = [study.ask() for _ in range(k)]
             strategies = [space.suggest(t) for t in trials]
-            attrs = candidate_attrs(ctx, strategies)
+            rt = ctx.space._rt  # space.round_to (4 when not given)
+            attrs = candidate_attrs(ctx, strategies, round_to=rt)
             try:
-                scores = pool.score([dict(s.ratios) for s in strategies])
+                scores = pool.score([dict(s.ratios) for s in strategies], rt)
             except ray_mod.exceptions.RayError as exc:
                 # A worker died (or raised) mid-batch: the batch's trials FAIL with the reason and
                 # their ratios are queued again; a fresh pool continues the search.
@@ -573,6 +593,8 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                         t.set_user_attr(key, a[key])
                 t.set_user_attr(ranker, round(float(score), 6))
                 t.set_user_attr("round", rnd)
+                if ctx.spec.space.round_to is not None:
+                    t.set_user_attr("round_to", rt)
                 t.set_user_attr("ray_node", pool.node_of(i))
                 study.tell(t, float(score))
             done += k
@@ -677,16 +699,20 @@ def phase_anchor(ctx: Context, ray_mod: Any) -> None:
             ok = ctx.space.latency.predict(ctx.graph, s) <= b.latency_ms
         return bool(ok)
 
+    # space.round_to when given, else exact counts; excluded groups whole, bounds per group
+    rt = ctx.spec.space.round_to or 1
+    limits = dict(ctx.space.bounds)
+    limits.update({n: (1.0, 1.0) for n in ctx.space.fixed})
     strategy = PruningStrategy.global_magnitude(ctx.graph, fits, criterion=ctx.spec.space.criterion,
-                                                min_keep=ctx.spec.space.min_keep, round_to=1)
+                                                min_keep=ctx.spec.space.min_keep, round_to=rt, bounds=limits)
     if strategy is None:
         ctx.reporter.log("anchor: no magnitude allocation meets the budget; finalists come from the search only")
         st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=None)
         return
     ratios = {n: float(r) for n, r in strategy.ratios.items()}
-    score = score_on_ray(ctx, ray_mod, ctx.spec.search.ranker, [ratios], round_to=1)[0]
-    a = candidate_attrs(ctx, [strategy], round_to=1)[0]
-    attrs: dict[str, Any] = {"source": f"anchor:{ctx.spec.search.anchor}", "round_to": 1,
+    score = score_on_ray(ctx, ray_mod, ctx.spec.search.ranker, [ratios], round_to=rt)[0]
+    a = candidate_attrs(ctx, [strategy], round_to=rt)[0]
+    attrs: dict[str, Any] = {"source": f"anchor:{ctx.spec.search.anchor}", "round_to": rt,
                              ctx.spec.search.ranker: round(float(score), 6),
                              "feasible": all(v <= 1e-9 for v in a["constraints"].values())}
     attrs.update({k: a[k] for k in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms") if k in a})
@@ -716,7 +742,8 @@ def phase_rerank(ctx: Context, ray_mod: Any) -> None:
     t0 = time.perf_counter()
     top = [t for t in _ranked_candidates(ctx) if not _is_anchor(t)][: ctx.spec.search.rerank_top]
     ctx.reporter.phase(f"rerank: {name}", total=len(top))
-    scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4)
+    scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4,
+                          round_to=ctx.spec.space.round_to or 4)
     ctx.reporter.advance(len(top))
     st.mark_phase(ctx.study, "rerank", time.perf_counter() - t0, ranker=name,
                   scores={str(t.number): round(float(s), 6) for t, s in zip(top, scores)})

@@ -20,6 +20,8 @@ candidates with a refined grid; a new budget is a new space. All cost checks go 
 """
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -71,6 +73,8 @@ class DynamicSpace:
         latency: Any = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         frozen: Iterable[str] | None = None,
+        bounds: dict[str, tuple[float, float]] | None = None,
+        fixed: Iterable[str] | None = None,
     ) -> None:
         budget = budget if budget is not None else Budget()
         if not (0.01 <= step <= 0.5):  # below 0.01 the grid of keep ratios explodes (memory)
@@ -108,22 +112,40 @@ class DynamicSpace:
         if budget.latency_ms is not None:
             self.kinds.append("latency_ms")
 
-        # Freeze groups whose pruning saves a negligible share of every budgeted cost.
+        # Per-group [min_keep, max_keep] (spec space.bounds) and groups never pruned (space.exclude,
+        # or bounds [1, 1]).
+        self.bounds: dict[str, tuple[float, float]] = {n: (float(b[0]), float(b[1])) for n, b in (bounds or {}).items()}
+        for n, (blo, bhi) in self.bounds.items():
+            if n not in self._col:
+                raise SpecError(f"space.bounds: {n!r}: no such channel group")
+            if not (0.0 < blo <= bhi <= 1.0):
+                raise SpecError(f"space.bounds.{n}: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, "
+                                f"got [{blo}, {bhi}]")
+        self.fixed = [n for n in self.names if n in set(fixed or ()) or self.bounds.get(n, (0, 0))[0] >= 1.0]
+        # Freeze groups whose pruning saves a negligible share of every budgeted cost (not those the
+        # bounds must prune).
         if frozen is not None:
-            self.frozen = [n for n in self.names if n in set(frozen)]
+            self.frozen = [n for n in self.names if n in set(frozen) or n in self.fixed]
         else:
-            self.frozen = self._negligible_groups()
+            must_prune = {n for n, (_, bhi) in self.bounds.items() if bhi < 1.0}
+            negligible = set(self._negligible_groups()) - must_prune
+            self.frozen = [n for n in self.names if n in negligible or n in self.fixed]
         self.active = [n for n in self.names if n not in set(self.frozen)]
         ranges = dict(ranges or {})
         self.ranges: dict[str, tuple[float, float]] = {}
         self.grids: dict[str, np.ndarray] = {}
         for n in self.active:
-            lo, hi = ranges.get(n, (self.min_keep, 1.0))
-            lo, hi = max(lo, self.min_keep), min(hi, 1.0)
+            base_lo, base_hi = self.bounds.get(n, (self.min_keep, 1.0))
+            base = _grid(base_lo, base_hi, self.step)
+            if base.size == 0:
+                raise SpecError(f"space.bounds.{n}: [{base_lo}, {base_hi}] holds no keep ratio of the grid 1.0, "
+                                f"{round(1 - self.step, 6)}, ... (space.step {self.step}); widen it or make the "
+                                "step finer")
+            lo, hi = ranges.get(n, (base_lo, base_hi))
+            lo, hi = max(lo, base_lo), min(hi, base_hi)
             grid = _grid(lo, hi, self.step)
             if grid.size == 0:
-                grid = _grid(self.min_keep, 1.0, self.step)
-                grid = grid[np.argmin(np.abs(grid - hi)):][:1]
+                grid = base[np.argmin(np.abs(base - hi)):][:1]
             self.grids[n] = grid
             self.ranges[n] = (float(grid[0]), float(grid[-1]))
         self._act_cols = np.array([self._col[n] for n in self.active], dtype=np.int64)
@@ -321,18 +343,19 @@ class DynamicSpace:
         ranges = {}
         for n in self.active:
             vals = [r.get(n, 1.0) for r in ratios]
-            lo = max(self.min_keep, min(vals) - margin)
+            lo = max(self.bounds.get(n, (self.min_keep, 1.0))[0], min(vals) - margin)
             hi = min(1.0, max(vals) + margin)
             ranges[n] = (round(lo, 6), round(hi, 6))
         return DynamicSpace(self.g, self.budget, step=new_step, criterion=self.criterion, min_keep=self.min_keep,
                             slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
-                            latency=self.latency, ranges=ranges, frozen=self.frozen)
+                            latency=self.latency, ranges=ranges, frozen=self.frozen, bounds=self.bounds,
+                            fixed=self.fixed)
 
     def with_budget(self, budget: Budget) -> "DynamicSpace":
         """A new space for another budget (same graph, grid and frozen groups)."""
         return DynamicSpace(self.g, budget, step=self.step, criterion=self.criterion, min_keep=self.min_keep,
                             slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
-                            latency=self.latency, frozen=self.frozen)
+                            latency=self.latency, frozen=self.frozen, bounds=self.bounds, fixed=self.fixed)
 
     # ------------------------------------------------------------------ inspection
     def feasible(self, strategy: Any) -> bool:
@@ -354,9 +377,80 @@ class DynamicSpace:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (for study notes and user attributes)."""
-        return {
+        extra: dict[str, Any] = {}
+        if self.fixed:
+            extra["excluded"] = list(self.fixed)
+        if self.bounds:
+            extra["bounds"] = {n: list(b) for n, b in self.bounds.items()}
+        if self.round_to is not None:
+            extra["round_to"] = int(self.round_to)
+        return {**extra, 
             "budget": self.budget.to_dict(), "step": self.step, "criterion": self.criterion,
             "min_keep": self.min_keep, "slack": self.slack, "frozen": list(self.frozen),
             "ranges": {n: list(r) for n, r in self.ranges.items()}, "log10_size": round(self.log10_size(), 3),
             "smallest_reachable": self.smallest_reachable(),
         }
+
+
+# --- spec space.exclude / space.bounds -> channel groups -------------------------------------------
+def _module_names(g: Any) -> list[str]:
+    return [n for n, _ in g.model.named_modules() if n]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """Exact name, fnmatch pattern, or a container whose submodules are meant ('layer1')."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def _close(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.4)
+    if close:
+        return "close matches: " + ", ".join(repr(c) for c in close)
+    return "known: " + ", ".join(repr(c) for c in list(choices)[:8]) + (" ..." if len(choices) > 8 else "")
+
+
+def output_groups(g: Any, module: str) -> list[str]:
+    """The channel groups of a module's output channels (none for a layer whose output is not
+    prunable, e.g. the hash layer or an activation)."""
+    info = g.analysis.modules.get(module)
+    V = g.analysis.vars
+    out: list[str] = []
+    for v, _ in (getattr(info, "out_segs", ()) or ()):
+        gi = g.group_of_root.get(V.find(v))
+        if gi is not None and g.groups[gi].name not in out:
+            out.append(g.groups[gi].name)
+    return out
+
+
+def excluded_groups(g: Any, patterns: Iterable[str]) -> list[str]:
+    """Groups holding the output channels of the modules `patterns` name (spec space.exclude: exact
+    module names or fnmatch patterns). A pattern that names no module is one SpecError line with
+    the closest module names."""
+    names = _module_names(g)
+    found: list[str] = []
+    for pat in patterns:
+        hit = [n for n in names if _matches(n, pat)]
+        if not hit:
+            raise SpecError(f"space.exclude: {pat!r} names no module of the network; {_close(pat, names)}")
+        for n in hit:
+            found += [grp for grp in output_groups(g, n) if grp not in found]
+    return [n for n in (grp.name for grp in g.groups) if n in found]
+
+
+def group_bounds(g: Any, bounds: dict[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """{group: (min_keep, max_keep)} from spec space.bounds, whose keys are group names or fnmatch
+    patterns over them (or module names: their output groups); a later key wins over an earlier
+    one. A key that names nothing is one SpecError line with the closest group names."""
+    groups = [grp.name for grp in g.groups]
+    modules = _module_names(g)
+    out: dict[str, tuple[float, float]] = {}
+    for key, pair in bounds.items():
+        hit = [n for n in groups if n == key or fnmatch.fnmatchcase(n, key)]
+        if not hit:
+            hit = [grp for m in modules if _matches(m, key) for grp in output_groups(g, m)]
+        if not hit:
+            raise SpecError(f"space.bounds: {key!r} names no channel group of the network; {_close(key, groups)}")
+        lo, hi = float(pair[0]), float(pair[1])
+        for n in hit:
+            out[n] = (lo, hi)
+    return out
