@@ -209,6 +209,22 @@ class DataSpec(_Section):
     def _path(cls, v: str | None) -> str | None:
         return _not_empty(v, "leave it out for a data set that needs no path")
 
+    @field_validator("normalize", mode="wrap")
+    @classmethod
+    def _normalize(cls, v: Any, handler: Any) -> Any:
+        """One readable line instead of pydantic's union errors."""
+        if isinstance(v, NormalizeSpec) or v in ("train", "none"):
+            return v
+        if isinstance(v, dict):
+            try:
+                return NormalizeSpec.model_validate(v)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = err['msg'][:1].lower() + err['msg'][1:]
+                raise ValueError(f"{where}: {msg}, got {_fmt(err.get('input'))}") from None
+        raise ValueError(f"must be 'train', 'none' or {{mean: [...], std: [...]}}, got {_fmt(v)}")
+
     @model_validator(mode="after")
     def _needs_path(self) -> "DataSpec":
         if self.dataset in DATASETS_WITH_PATH and not self.path:
