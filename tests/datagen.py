@@ -65,3 +65,20 @@ def write_cifar_batches(root: Path, per_batch: int = 50, seed: int = 0) -> np.nd
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch,
                      b"num_vis": 3072}, f)
     return np.concatenate(out)
+
+
+def write_bad_list(root: Path, kind: str) -> dict[str, str]:
+    """A one-list data set under root whose list file is bad: missing-image (line 2 names an image
+    that does not exist) | bad-label (line 1's label vector holds an 'x')."""
+    root.mkdir(parents=True, exist_ok=True)
+    rels, labels = write_pngs(root, 4, side=8)
+    lines = [f"{r} {' '.join(str(int(v)) for v in row)}" for r, row in zip(rels, labels)]
+    if kind == "missing-image":
+        lines[1] = "img/nope.png 1 0 0"
+    elif kind == "bad-label":
+        lines[0] = f"{rels[0]} 1 x 0"
+    else:
+        raise ValueError(kind)
+    path = root / "list.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return {"list": str(path), "root": str(root)}
