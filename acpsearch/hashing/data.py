@@ -833,7 +833,10 @@ def _load_listfile(path: str | None, *, train_list: str | None, database_list: s
         if len(files) * src.channels * size[0] * size[1] > MAX_VALUES:
             raise DataError(f"dataset listfile: {len(files)} images of {src.channels}x{size[0]}x{size[1]} are more "
                             f"than {MAX_VALUES} values; stream them (data.stream: true)")
-        images = torch.stack([src[i] for i in range(len(src))]) if len(src) else torch.zeros(0)
+        images = torch.empty(tuple(src.shape))  # filled in place: no list of per-image tensors beside it
+        chunks = [list(range(i, min(len(src), i + STATS_BATCH))) for i in range(0, len(src), STATS_BATCH)]
+        for rows, xb in zip(chunks, src.loader(chunks)):
+            images[rows[0]:rows[0] + len(rows)] = xb
     if y.shape[1] < 2:
         raise DataError(f"dataset listfile: {name_path!r}: label vectors need at least 2 classes")
     return Dataset(images, torch.from_numpy(y).long(), "listfile", int(y.shape[1]), name_path,
@@ -919,7 +922,7 @@ def _apply(X: Any, mean: list[float] | None, std: list[float] | None) -> Any:
         return X
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (X - m) / sd
+    return X.sub_(m).div_(sd)  # in place: X is make_splits' own copy (rows taken by an index tensor)
 
 
 def _take_rows(images: Any, t: torch.Tensor) -> Any:
