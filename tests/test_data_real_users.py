@@ -220,3 +220,22 @@ def test_cli_train_digits_without_protocol_flags(tmp_path, capsys):
     assert doc["metrics"]["n_query"] == 100 and doc["metrics"]["n_database"] == 947
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["protocol"]["train_per_class"] == 60 and meta["preprocess"]["input_shape"] == [1, 8, 8]
+
+
+def test_cli_train_and_evaluate_a_list_file_set(lists, tmp_path, capsys):
+    import json
+
+    from acpsearch.cli import run
+
+    out = tmp_path / "l.pt"
+    argv = ["train", "--dataset", "listfile", "--train-list", lists["train_list"], "--database-list",
+            lists["database_list"], "--test-list", lists["test_list"], "--image-size", "8", "--epochs", "1",
+            "--batch-size", "16", "--bits", "16", "--topk", "20", "--out", str(out), "--json"]
+    assert run(argv) == 0
+    trained = json.loads(capsys.readouterr().out)["metrics"]
+    assert trained["n_query"] == 9 and trained["n_database"] == 36
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["preprocess"]["input_shape"] == [3, 8, 8] and meta["preprocess"]["image_size"] == 8
+    assert run(["evaluate", str(out), "--topk", "20", "--json"]) == 0  # the lists and statistics stored in meta
+    again = json.loads(capsys.readouterr().out)["metrics"]
+    assert again["map_all"] == trained["map_all"] and again["map_topk"] == trained["map_topk"]

@@ -128,6 +128,10 @@ def evaluate(
     val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_LIMIT - 1,
                                        help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"),
+    train_list: Optional[str] = typer.Option(None, "--train-list", help="listfile (default: the checkpoint's)"),
+    database_list: Optional[str] = typer.Option(None, "--database-list", help="listfile (default: the checkpoint's)"),
+    test_list: Optional[str] = typer.Option(None, "--test-list", help="listfile (default: the checkpoint's)"),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="DataLoader workers of a streamed data set"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
@@ -158,9 +162,13 @@ def evaluate(
         seed if seed is not None else int(stored.get("seed", 0)),
     )
     model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
-    opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
-    ds = load_dataset(name, directory, seed=proto["seed"], **{k: v for k, v in opts.items()
-                                                           if k in ("train_list", "database_list", "test_list", "image_size")})
+    stored_opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
+    opts = {k: v for k, v in stored_opts.items() if k in ("train_list", "database_list", "test_list", "image_size")}
+    given = {k: v for k, v in (("train_list", train_list), ("database_list", database_list),
+                               ("test_list", test_list)) if v is not None}
+    if given:  # lists on the command line replace the stored ones
+        opts = {k: v for k, v in opts.items() if k == "image_size"} | given
+    ds = load_dataset(name, directory, seed=proto["seed"], workers=workers, **opts)
     # the checkpoint's own preprocessing (meta.preprocess) when it stores one: what its network was trained on
     pre = meta.get("preprocess")
     norm: Any = {"mean": pre["mean"], "std": pre["std"]} if isinstance(pre, dict) and "mean" in pre else "train"
