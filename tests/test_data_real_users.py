@@ -170,7 +170,8 @@ def test_spec_listfile_keys():
                       ({"dataset": "digits", "train_list": "t"}, "spec: data.train_list: only for dataset 'listfile'"),
                       ({"dataset": "listfile", "path": "a", "test_list": "q"}, "spec: data.test_list: give either"),
                       ({"dataset": "digits", "normalize": "whole"}, "spec: data.normalize"),
-                      ({"dataset": "digits", "normalize": {"mean": [0.5], "std": [0]}}, "spec: data.normalize: std.0: input should be greater than 0")]:
+                      ({"dataset": "digits", "normalize": {"mean": [0.5], "std": [0]}},
+                       "spec: data.normalize: std.0: input should be greater than 0")]:
         with pytest.raises(SpecError) as exc:
             parse_spec({**copy.deepcopy(base), "data": data})
         assert str(exc.value).startswith(msg) and "\n" not in str(exc.value)

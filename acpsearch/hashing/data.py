@@ -227,7 +227,9 @@ def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] 
     num_classes = int(labels.shape[1]) if labels.ndim == 2 else len(class_ids or ())
     with np.errstate(all="ignore"):  # huge finite values overflow float32: refused just below
         images, scale = _to_unit(x)
-    if not bool(torch.isfinite(images).all()) or not bool(torch.isfinite(images.square().sum((0, 2, 3), dtype=torch.float64)).all()):
+    # the training split's statistics square the pixels: those squares must stay finite too
+    squares = images.square().sum((0, 2, 3), dtype=torch.float64)
+    if not bool(torch.isfinite(images).all()) or not bool(torch.isfinite(squares).all()):
         biggest = max(abs(float(x.min())), abs(float(x.max())))
         raise DataError(f"{source}: pixel values too large to normalise (largest magnitude {biggest}); "
                         "store pixels as 0..255 or 0..1")
