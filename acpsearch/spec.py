@@ -21,7 +21,15 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from acpsearch.errors import SpecError
 
-DATASETS = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz")
+DATASETS = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz", "listfile")
+# per-class (query, train, val) counts of each data set when the spec / CLI gives none: each fits its
+# data set (digits: >= 174 images per class, mnist5k: 500, fashion-mnist and cifar10: 6,000, the
+# CIFAR-10 hashing protocol there); a list-file data set with three lists is split by the lists
+PROTOCOL_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "digits": (10, 60, 15), "mnist5k": (50, 300, 50), "fashion-mnist": (100, 500, 100), "cifar10": (100, 500, 100),
+    "folder": (100, 500, 100), "npz": (100, 500, 100), "listfile": (100, 500, 100),
+}
+LIST_KEYS = ("train_list", "database_list", "test_list", "val_list")
 DATASETS_WITH_PATH = ("cifar10", "folder", "npz")
 CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
 LOSSES = ("csq", "hashnet", "dpsh")
@@ -165,28 +173,89 @@ class ModelSpec(_Section):
 
 
 class ProtocolSpec(_Section):
-    """Query / train / validation split sizes per class (the rest is the retrieval database)."""
+    """Query / train / validation split sizes per class (the rest is the retrieval database);
+    a count left out takes the data set's default (PROTOCOL_DEFAULTS, filled in by DataSpec)."""
 
-    query_per_class: PerClass = 100
-    train_per_class: PerClass = 500
-    val_per_class: PerClass = 100
+    query_per_class: PerClass | None = None
+    train_per_class: PerClass | None = None
+    val_per_class: PerClass | None = None
     seed: Seed = 0
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class NormalizeSpec(_Section):
+    """Fixed per-channel statistics (one value per channel, or one for all), applied to pixels in [0, 1]."""
+
+    mean: Annotated[list[FiniteFloat], Field(min_length=1, max_length=64)]
+    std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1, max_length=64)]
+
+
 class DataSpec(_Section):
-    dataset: Literal["digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz"]
+    """The data set. `normalize`: "train" (per-channel mean/std of the training split, stored in
+    every checkpoint as meta.preprocess), "none", or {mean, std}. listfile: `path` (one list, split
+    by the protocol) or train_list + database_list + test_list (+ val_list), image paths relative to
+    `root` (default: the list's folder); `image_size` resizes the shorter side and crops the centre;
+    `stream` decodes images per batch with `workers` DataLoader workers instead of loading them all."""
+
+    dataset: Literal["digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz", "listfile"]
     path: str | None = None
     protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
+    normalize: Literal["train", "none"] | NormalizeSpec = "train"
+    image_size: _ints(1, 4096) | None = None  # type: ignore[valid-type]
+    train_list: str | None = None
+    database_list: str | None = None
+    test_list: str | None = None
+    val_list: str | None = None
+    root: str | None = None
+    stream: bool = True
+    workers: _ints(0, 64) = 0  # type: ignore[valid-type]
 
-    @field_validator("path")
+    @field_validator("path", "train_list", "database_list", "test_list", "val_list", "root")
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         return _not_empty(v, "leave it out for a data set that needs no path")
+
+    @field_validator("normalize", mode="wrap")
+    @classmethod
+    def _normalize(cls, v: Any, handler: Any) -> Any:
+        """One readable line instead of pydantic's union errors."""
+        if isinstance(v, NormalizeSpec) or v in ("train", "none"):
+            return v
+        if isinstance(v, dict):
+            try:
+                return NormalizeSpec.model_validate(v)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = err['msg'][:1].lower() + err['msg'][1:]
+                raise ValueError(f"{where}: {msg}, got {_fmt(err.get('input'))}") from None
+        raise ValueError(f"must be 'train', 'none' or {{mean: [...], std: [...]}}, got {_fmt(v)}")
 
     @model_validator(mode="after")
     def _needs_path(self) -> "DataSpec":
         if self.dataset in DATASETS_WITH_PATH and not self.path:
             raise ValueError(f"dataset {self.dataset!r} is user-supplied: set data.path")
+        lists = [k for k in LIST_KEYS if getattr(self, k)]
+        if self.dataset != "listfile":
+            extra = lists + (["root"] if self.root else [])
+            if extra:
+                raise _field_error((extra[0],), getattr(self, extra[0]),
+                                   "only for dataset 'listfile'")
+        elif self.path and lists:
+            raise _field_error((lists[0],), getattr(self, lists[0]),
+                               "give either data.path (one list, split by the protocol) or the lists, not both")
+        elif not self.path:
+            missing = [k for k in LIST_KEYS[:3] if not getattr(self, k)]
+            if missing:
+                raise _field_error((missing[0],), None, "dataset 'listfile' needs data.path (one list) or "
+                                   "train_list, database_list and test_list")
+        q, t, v = PROTOCOL_DEFAULTS[self.dataset]
+        p = self.protocol
+        p.query_per_class = q if p.query_per_class is None else p.query_per_class
+        p.train_per_class = t if p.train_per_class is None else p.train_per_class
+        p.val_per_class = v if p.val_per_class is None else p.val_per_class
         return self
 
 

@@ -34,6 +34,7 @@ import yaml
 from acpsearch.cli import run
 from acpsearch.trust import ALLOW_ENV
 from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from datagen import write_bad_list
 
 pytestmark = [
     pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
@@ -1145,6 +1146,25 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
     ("own-bounds-unknown-group", spec({"space.bounds": {"layer9.*": [0.5, 1.0]}}), SUBMIT,
      Q("space.bounds: 'layer9.*' names no channel group of the network; ")),
     ("own-round-to-zero", spec({"space.round_to": 0}), SUBMIT, Q("spec: space.round_to: must be in [1, 1024], got 0")),
+    # --- data for real users
+    ("data-listfile-missing-image", spec({"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
+                                         then=lambda c: write_bad_list(c.tmp / "ls", "missing-image")), SUBMIT,
+     Q("dataset listfile: list '{list}' line 2: image 'img/nope.png' not found under '{root}'")),
+    ("data-listfile-bad-label", spec({"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
+                                     then=lambda c: write_bad_list(c.tmp / "ls", "bad-label")), SUBMIT,
+     Q("dataset listfile: list '{list}' line 1: label vector must be 0/1 values separated by spaces, got 'x'")),
+    ("data-listfile-no-lists", spec({"data": {"dataset": "listfile"}}), SUBMIT,
+     Q("spec: data.train_list: dataset 'listfile' needs data.path (one list) or train_list, database_list and test_list")),
+    ("data-list-key-not-listfile", spec({"data.train_list": "train.txt"}), SUBMIT,
+     Q("spec: data.train_list: only for dataset 'listfile'")),
+    ("data-normalize-word", spec({"data.normalize": "whole"}), SUBMIT,
+     Q("spec: data.normalize: must be 'train', 'none' or {mean: [...], std: [...]}, got 'whole'")),
+    ("data-normalize-zero-std", spec({"data.normalize": {"mean": [0.5], "std": [0]}}), SUBMIT,
+     Q("spec: data.normalize: std.0: input should be greater than 0, got 0")),
+    ("data-normalize-channels", spec({"data.normalize": {"mean": [0.1, 0.2, 0.3], "std": [1.0]}}), SUBMIT,
+     Q("data.normalize.mean: has 3 values, the images have 1 channels")),
+    ("train-normalize-word", nothing, ["train", "--dataset", "digits", "--normalize", "whole", "--out", "x.pt"],
+     Q("--normalize: must be 'train' or 'none', got 'whole'")),
 ]
 
 

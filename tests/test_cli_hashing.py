@@ -60,7 +60,7 @@ def test_evaluate_defaults_to_checkpoint_dataset_and_protocol(trained, capsys):
     (["train", "--lr", "-0.1", "--out", "x.pt"], "--lr"),
     (["train", "--loss", "triplet", "--out", "x.pt"], "triplet"),
     (["train", "--dataset", "cifar10", "--out", "x.pt"], "--data-dir"),
-    (["train", "--dataset", "digits", "--epochs", "1", "--out", "x.pt"], "train_per_class"),  # 100+500+100 > 180
+    (["train", "--dataset", "digits", "--epochs", "1", "--train-per-class", "500", "--out", "x.pt"], "train_per_class"),
 ])
 def test_train_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -37,7 +37,11 @@ def test_minimal_spec_gets_design_defaults():
     assert s.finetune.distill == 0.0
     assert s.search.anchor == "magnitude"  # one finalist slot for the global-magnitude allocation
     assert parse_spec({**copy.deepcopy(MINIMAL), "search": {"anchor": None}}).search.anchor is None
-    assert s.data.protocol.query_per_class == 100 and s.data.protocol.train_per_class == 500
+    # the protocol defaults fit the data set (digits: ~180 images per class)
+    assert (s.data.protocol.query_per_class, s.data.protocol.train_per_class, s.data.protocol.val_per_class) == (10, 60, 15)
+    assert s.data.normalize == "train" and s.data.stream and s.data.workers == 0 and s.data.image_size is None
+    fm = parse_spec({**copy.deepcopy(MINIMAL), "data": {"dataset": "fashion-mnist"}}).data.protocol
+    assert (fm.query_per_class, fm.train_per_class, fm.val_per_class) == (100, 500, 100)
 
 
 @pytest.mark.parametrize("path,value,message", [

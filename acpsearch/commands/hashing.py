@@ -46,7 +46,8 @@ def _metric_rows(m: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 def train(
     model: str = typer.Option("resnet20", "--model", help="zoo model: resnet20, resnet32, resnet56, vgg11, vgg16, alexnet, mobilenetv2"),
-    dataset: str = typer.Option("fashion-mnist", "--dataset", help="digits, mnist5k, fashion-mnist, cifar10, folder, npz"),
+    dataset: str = typer.Option("fashion-mnist", "--dataset",
+                                help="digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile"),
     bits: int = typer.Option(32, "--bits", help="code length K"),
     loss: str = typer.Option("csq", "--loss", help="csq, hashnet, dpsh"),
     epochs: int = typer.Option(20, "--epochs"),
@@ -54,9 +55,15 @@ def train(
     batch_size: int = typer.Option(128, "--batch-size"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where user-supplied data lives"),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1, help=SEED_HELP),
-    query_per_class: int = typer.Option(100, "--query-per-class"),
-    train_per_class: int = typer.Option(500, "--train-per-class"),
-    val_per_class: int = typer.Option(100, "--val-per-class"),
+    query_per_class: Optional[int] = typer.Option(None, "--query-per-class", help="default: the data set's"),
+    train_per_class: Optional[int] = typer.Option(None, "--train-per-class", help="default: the data set's"),
+    val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="default: the data set's"),
+    train_list: Optional[str] = typer.Option(None, "--train-list", help="listfile: training list"),
+    database_list: Optional[str] = typer.Option(None, "--database-list", help="listfile: database list"),
+    test_list: Optional[str] = typer.Option(None, "--test-list", help="listfile: query list"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="listfile/folder: resize (shorter side) + centre crop"),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="DataLoader workers of a streamed data set"),
+    normalize: str = typer.Option("train", "--normalize", help="train (training-split statistics) or none"),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="random crop with padding"),
     hflip: bool = typer.Option(False, "--hflip/--no-hflip", help="random horizontal flip (with --augment)"),
     topk: int = typer.Option(1000, "--topk", help="k of the reported mAP@k"),
@@ -93,16 +100,20 @@ def train(
     check_out(out)  # a directory or an unwritable place is refused before training
     if model.lower() not in MODEL_NAMES:  # fail before loading data; create_model words the error
         create_model(model, bits=bits)
-    ds = load_dataset(dataset, data_dir)
-    splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed)
+    if normalize not in ("train", "none"):
+        raise SpecError(f"--normalize: must be 'train' or 'none', got {normalize!r}")
+    data_opts = {k: v for k, v in (("train_list", train_list), ("database_list", database_list),
+                                   ("test_list", test_list), ("image_size", image_size)) if v is not None}
+    ds = load_dataset(dataset, data_dir, workers=workers, seed=seed, **data_opts)
+    splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed, normalize=normalize)
     c, h, _w = splits.input_shape
     seed_everything(seed)  # before the model is built: the seed fixes the initial weights
     net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
     result = train_hash_net(net, splits, loss=loss.lower(), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                             progress=progress and not json_out, augment=augment, hflip=hflip)
     metrics = evaluate(result.model, splits, topk=topk)
-    meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, bits=bits, lr=lr,
-                           batch_size=batch_size, seed=seed, augment=augment, hflip=hflip, device=str(dev))
+    meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, data_options=data_opts, bits=bits,
+                           lr=lr, batch_size=batch_size, seed=seed, augment=augment, hflip=hflip, device=str(dev))
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)
     path = out
@@ -128,6 +139,10 @@ def evaluate(
     val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_LIMIT - 1,
                                        help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"),
+    train_list: Optional[str] = typer.Option(None, "--train-list", help="listfile (default: the checkpoint's)"),
+    database_list: Optional[str] = typer.Option(None, "--database-list", help="listfile (default: the checkpoint's)"),
+    test_list: Optional[str] = typer.Option(None, "--test-list", help="listfile (default: the checkpoint's)"),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="DataLoader workers of a streamed data set"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
@@ -150,16 +165,29 @@ def evaluate(
     if not name:
         raise SpecError("--dataset: the checkpoint stores no data set; pass --dataset")
     directory = data_dir if data_dir is not None else (meta.get("data_dir") if name == meta.get("dataset") else None)
-    stored = meta.get("protocol") or {}
+    from acpsearch.hashing.data import protocol_defaults
+
+    same = name == meta.get("dataset")
+    stored = (meta.get("protocol") or {}) if same else {}
+    default = protocol_defaults(name)
     proto = _protocol(
-        query_per_class if query_per_class is not None else int(stored.get("query_per_class", 100)),
-        train_per_class if train_per_class is not None else int(stored.get("train_per_class", 500)),
-        val_per_class if val_per_class is not None else int(stored.get("val_per_class", 100)),
+        query_per_class if query_per_class is not None else int(stored.get("query_per_class", default["query_per_class"])),
+        train_per_class if train_per_class is not None else int(stored.get("train_per_class", default["train_per_class"])),
+        val_per_class if val_per_class is not None else int(stored.get("val_per_class", default["val_per_class"])),
         seed if seed is not None else int(stored.get("seed", 0)),
     )
     model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
-    ds = load_dataset(name, directory)
-    splits = make_splits(ds, **proto)
+    stored_opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
+    opts = {k: v for k, v in stored_opts.items() if k in ("train_list", "database_list", "test_list", "image_size")}
+    given = {k: v for k, v in (("train_list", train_list), ("database_list", database_list),
+                               ("test_list", test_list)) if v is not None}
+    if given:  # lists on the command line replace the stored ones
+        opts = {k: v for k, v in opts.items() if k == "image_size"} | given
+    ds = load_dataset(name, directory, seed=proto["seed"], workers=workers, **opts)
+    # the checkpoint's own preprocessing (meta.preprocess) when it stores one: what its network was trained on
+    pre = meta.get("preprocess")
+    norm: Any = {"mean": pre["mean"], "std": pre["std"]} if isinstance(pre, dict) and "mean" in pre else "train"
+    splits = make_splits(ds, **proto, normalize=norm)
     want = tuple(int(v) for v in ckpt["input_shape"][1:])
     if splits.input_shape[0] != want[0]:
         raise DataError(f"--dataset: {name} images have {splits.input_shape[0]} channels, "

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 
 from acpsearch.errors import DataError
+from acpsearch.spec import PROTOCOL_DEFAULTS  # per-class counts when the user gives none
 
-DATASET_NAMES = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz")
+DATASET_NAMES = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz", "listfile")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_SIDE = 4096  # pixels per image side (hash networks here take small images; bigger ones are resized first)
@@ -56,15 +57,20 @@ MAX_VALUES = 2 ** 31  # values in a data set: 8 GiB as float32, and normalising 
 
 @dataclass
 class Dataset:
-    """Images (N, C, H, W) float32, normalised per channel; labels (N,) int64 or (N, C) multi-hot."""
+    """Images (N, C, H, W) float32 in [0, 1] (raw pixels / `divide_by`; not yet normalised: that is
+    `make_splits`'s job, with statistics of the training split), or an `ImageSource` that decodes
+    them from disk per batch; labels (N,) int64 or (N, C) multi-hot."""
 
-    images: torch.Tensor
+    images: Any  # torch.Tensor or ImageSource
     labels: torch.Tensor
     name: str
     num_classes: int
     path: str | None = None
     class_names: list[str] | None = None
     class_ids: list[int] | None = None  # the original label id of each class (labels are remapped to 0..C-1)
+    divide_by: float = 1.0  # the loader's pixels were divided by this to land in [0, 1]
+    parts: dict[str, np.ndarray] | None = None  # fixed query/train/val/database rows (list files)
+    image_size: int | None = None  # the configured size (shorter side resized to it, centre crop)
 
     @property
     def multi_label(self) -> bool:
@@ -91,6 +97,9 @@ class Splits:
     dataset: str = ""
     protocol: dict[str, Any] = field(default_factory=dict)
     indices: dict[str, torch.Tensor] = field(default_factory=dict)  # rows of the data set, per part
+    # how raw images become network input: {mean, std, input_shape, divide_by, normalize, image_size}
+    # (stored in every checkpoint's meta.preprocess; `acpsearch.preprocess` applies it)
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -101,14 +110,15 @@ class Splits:
         return {k: int(getattr(self, k)[0].shape[0]) for k in ("query", "train", "val", "database")}
 
 
-def _normalise(x: np.ndarray) -> torch.Tensor:
-    """uint8/float images (N, C, H, W) -> float32 in [0, 1] then zero mean, unit std per channel."""
+def _to_unit(x: np.ndarray) -> tuple[torch.Tensor, float]:
+    """uint8/float images (N, C, H, W) -> float32 in [0, 1] (divided by 255 when above 1) and the
+    divisor. Normalisation comes later, with the training split's statistics (`make_splits`)."""
     x = x.astype(np.float32)
+    divide_by = 1.0
     if x.max(initial=0.0) > 1.0:
-        x /= 255.0
-    mean = x.mean(axis=(0, 2, 3), keepdims=True)
-    std = x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    return torch.from_numpy((x - mean) / std)
+        divide_by = 255.0
+        x /= np.float32(divide_by)
+    return torch.from_numpy(x), divide_by
 
 
 def _first_line(exc: BaseException) -> str:
@@ -205,7 +215,8 @@ def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW"
 
 def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] | None = None,
             shuffle_seed: int | None = None, *, source: str | None = None, layout: str = "NCHW",
-            arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None) -> Dataset:
+            arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None,
+            divide_by: float | None = None) -> Dataset:
     source = source or (f"dataset {name}: {path!r}" if path else f"dataset {name}")
     x, y, class_ids, class_names = _check_arrays(x, y, source, layout=layout, arrays=arrays, where=where,
                                                  class_names=class_names)
@@ -215,12 +226,15 @@ def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] 
     labels = torch.from_numpy(np.ascontiguousarray(y)).long()
     num_classes = int(labels.shape[1]) if labels.ndim == 2 else len(class_ids or ())
     with np.errstate(all="ignore"):  # huge finite values overflow float32: refused just below
-        images = _normalise(x)
-    if not bool(torch.isfinite(images).all()):
+        images, scale = _to_unit(x)
+    # the training split's statistics square the pixels: those squares must stay finite too
+    squares = images.square().sum((0, 2, 3), dtype=torch.float64)
+    if not bool(torch.isfinite(images).all()) or not bool(torch.isfinite(squares).all()):
         biggest = max(abs(float(x.min())), abs(float(x.max())))
         raise DataError(f"{source}: pixel values too large to normalise (largest magnitude {biggest}); "
                         "store pixels as 0..255 or 0..1")
-    return Dataset(images, labels, name, num_classes, path, class_names, class_ids)
+    return Dataset(images, labels, name, num_classes, path, class_names, class_ids,
+                   divide_by=float(divide_by if divide_by is not None else scale))
 
 
 # ---------------------------------------------------------------------------------------- loaders
@@ -229,7 +243,7 @@ def _load_digits() -> Dataset:
 
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0)[:, None]
-    return _finish(x, d.target.astype(np.int64), "digits", None)
+    return _finish(x, d.target.astype(np.int64), "digits", None, divide_by=16.0)  # raw pixels are 0..16
 
 
 def _load_mnist5k() -> Dataset:
@@ -466,7 +480,7 @@ def _read_image(file: Path, size: tuple[int, int] | None):
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _load_folder(path: str | None) -> Dataset:
+def _load_folder(path: str | None, image_size: int | None = None) -> Dataset:
     if not path:
         raise DataError("dataset folder: no path given; pass --data-dir DIR with one sub-folder per class")
     root = Path(path)
@@ -476,7 +490,7 @@ def _load_folder(path: str | None) -> Dataset:
     if not classes:
         raise DataError(f"dataset folder: {str(root)!r} has no class sub-folders")
     images, labels, paths = [], [], []
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = (int(image_size), int(image_size)) if image_size else None
     for ci, cname in enumerate(classes):
         files = sorted(f for f in (root / cname).iterdir()
                        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
@@ -551,8 +565,17 @@ def _load_npz(path: str | None) -> Dataset:
     return _finish(x, y, "npz", str(p), layout="auto", arrays=("X", "y"))
 
 
-def load_dataset(name: str, path: str | None = None) -> Dataset:
-    """Load a data set by name (digits, mnist5k, fashion-mnist, cifar10, folder, npz)."""
+def load_dataset(name: str, path: str | None = None, *, train_list: str | None = None,
+                 database_list: str | None = None, test_list: str | None = None, val_list: str | None = None,
+                 root: str | None = None, image_size: int | None = None, stream: bool = True,
+                 workers: int = 0, seed: int = 0) -> Dataset:
+    """Load a data set by name (digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile).
+
+    listfile: `path` is one list file (split by the protocol), or `train_list` + `database_list` +
+    `test_list` (+ optional `val_list`) are the splits themselves; `root` is where the image paths
+    start (default: each list file's folder); `image_size` resizes the shorter side and crops the
+    centre square; `stream` keeps the images on disk (decoded per batch by `workers` DataLoader
+    workers), `stream=False` decodes them all into memory. `image_size` also resizes folder images."""
     key = str(name).lower().replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist", "fmnist"):
         return _load_fashion_mnist(path)
@@ -563,10 +586,263 @@ def load_dataset(name: str, path: str | None = None) -> Dataset:
     if key == "cifar10":
         return _load_cifar10(path)
     if key == "folder":
-        return _load_folder(path)
+        return _load_folder(path, image_size)
     if key == "npz":
         return _load_npz(path)
+    if key == "listfile":
+        return _load_listfile(path, train_list=train_list, database_list=database_list, test_list=test_list,
+                              val_list=val_list, root=root, image_size=image_size, stream=stream,
+                              workers=workers, seed=seed)
     raise DataError(f"dataset: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
+
+
+# ---------------------------------------------------------------------------------------- list files
+def _decode_pil(im: Any, size: tuple[int, int], mode: str, image_size: int | None) -> np.ndarray:
+    """A PIL image as uint8 (C, H, W) in `mode` ("L" or "RGB"): with `image_size`, the shorter
+    side resized to it (bilinear) and the centre square cropped; else resized to `size` (H, W)."""
+    from PIL import Image
+
+    im = im.convert(mode)
+    w, h = im.size
+    if image_size is not None:
+        r = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * r)), max(image_size, round(h * r))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        if (nw, nh) != (image_size, image_size):
+            im = im.crop((left, top, left + image_size, top + image_size))
+    elif im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode(file: str, size: tuple[int, int], mode: str, image_size: int | None, where: str) -> np.ndarray:
+    """One image file as uint8 (C, H, W) (see `_decode_pil`); `where` (list file and line) starts
+    every error."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                w, h = im.size
+                if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+                    raise DataError(f"{where}: image {file!r} is {w}x{h} pixels, each side must be 1 to {MAX_SIDE}")
+                return _decode_pil(im, size, mode, image_size)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{where}: cannot read image {file!r} ({_first_line(exc)})") from None
+
+
+def _reraise_worker(exc: DataError) -> DataError:
+    """A DataError raised in a DataLoader worker comes back with the worker's traceback in its
+    message: keep the one line that says what is wrong."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "DataError: " in ln:
+            return DataError(ln.split("DataError: ", 1)[1])
+    return DataError(lines[-1] if lines else "data error")
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """Images that stay on disk: decoded, resized, scaled to [0, 1] and normalised per item.
+
+    It answers the tensor questions the training code asks (`shape`, `ndim`, `len`, `X[i:j]`,
+    `X[index_tensor]` -> a decoded batch) and `loader(chunks)` gives a torch DataLoader over lists
+    of rows with `workers` worker processes: memory stays one batch per worker, whatever the number
+    of images. `subset` and `normalized` return new sources (nothing decoded)."""
+
+    ndim = 4
+
+    def __init__(self, files: list[str], where: list[str], size: tuple[int, int], mode: str,
+                 image_size: int | None = None, workers: int = 0, mean: list[float] | None = None,
+                 std: list[float] | None = None) -> None:
+        self.files, self.where = files, where
+        self.size, self.mode, self.image_size, self.workers = size, mode, image_size, int(workers)
+        self.mean, self.std = mean, std
+        self.divide_by = 255.0
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), self.channels, *self.size))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _one(self, i: int) -> torch.Tensor:
+        arr = _decode(self.files[i], self.size, self.mode, self.image_size, self.where[i])
+        x = torch.from_numpy(np.ascontiguousarray(arr)).float() / self.divide_by
+        if self.mean is not None and self.std is not None:
+            x = (x - torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)) \
+                / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return x
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, (int, np.integer)):
+            return self._one(int(key))
+        rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64).reshape(-1)
+        if len(rows) == 0:
+            return torch.zeros((0, *self.shape[1:]))
+        return next(iter(self.loader([rows.tolist()])))
+
+    def subset(self, rows: Any) -> "ImageSource":
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return ImageSource([self.files[i] for i in rows], [self.where[i] for i in rows], self.size, self.mode,
+                           self.image_size, self.workers, self.mean, self.std)
+
+    def normalized(self, mean: list[float] | None, std: list[float] | None) -> "ImageSource":
+        return ImageSource(self.files, self.where, self.size, self.mode, self.image_size, self.workers, mean, std)
+
+    def loader(self, chunks: list[list[int]]) -> Any:
+        """Decoded batches, one per chunk of rows, in order (a generator over a DataLoader)."""
+        from torch.utils.data import DataLoader
+
+        dl = DataLoader(self, batch_sampler=chunks, num_workers=self.workers,
+                        persistent_workers=False, prefetch_factor=2 if self.workers else None)
+        try:
+            yield from dl
+        except DataError as exc:
+            raise _reraise_worker(exc) from None
+
+
+def is_source(x: Any) -> bool:
+    return isinstance(x, ImageSource)
+
+
+def iter_batches(X: Any, chunks: list[Any]) -> Any:
+    """The batch X[rows] of each chunk of rows, in order: indexing for a tensor, a DataLoader
+    (with the source's workers) for an ImageSource."""
+    if is_source(X):
+        yield from X.loader([[int(v) for v in (c.tolist() if hasattr(c, "tolist") else c)] for c in chunks])
+    else:
+        for c in chunks:
+            yield X[c]
+
+
+def _parse_list(file: Path, root: Path | None, what: str) -> tuple[list[str], list[str], np.ndarray]:
+    """A DeepHash-pytorch list file: `relative/path.jpg 0 1 0 ...` per line. Returns the image
+    paths, where each came from ("dataset listfile: 'FILE' line N") and the (n, C) multi-hot labels."""
+    head = f"dataset listfile: {what} {str(file)!r}"
+    if not file.is_file():
+        raise DataError(f"{head} not found (a list file: one 'path 0 1 0 ...' line per image)")
+    base = root if root is not None else file.parent
+    files, where, rows = [], [], []
+    width = None
+    try:
+        with open(file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                at = f"{head} line {n}"
+                rel, vec = parts[0], parts[1:]
+                if not vec:
+                    raise DataError(f"{at}: no label vector after {rel!r} (expected 'path 0 1 0 ...')")
+                bad = next((v for v in vec if v not in ("0", "1")), None)
+                if bad is not None:
+                    raise DataError(f"{at}: label vector must be 0/1 values separated by spaces, got {bad[:40]!r}")
+                if width is None:
+                    width = len(vec)
+                elif len(vec) != width:
+                    raise DataError(f"{at}: label vector has {len(vec)} values, earlier lines have {width}")
+                full = Path(rel) if Path(rel).is_absolute() else base / rel
+                if not full.is_file():
+                    raise DataError(f"{at}: image {rel!r} not found under {str(base)!r}")
+                files.append(str(full))
+                where.append(at)
+                rows.append([v == "1" for v in vec])
+    except UnicodeDecodeError:
+        raise DataError(f"{head} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise DataError(f"{head}: cannot read ({_first_line(exc)})") from None
+    if not files:
+        raise DataError(f"{head} lists no images")
+    if width is not None and width < 2:
+        raise DataError(f"{head}: label vectors have {width} value(s); retrieval needs at least 2 classes")
+    return files, where, np.asarray(rows, dtype=np.int64)
+
+
+def _load_listfile(path: str | None, *, train_list: str | None, database_list: str | None, test_list: str | None,
+                   val_list: str | None, root: str | None, image_size: int | None, stream: bool, workers: int,
+                   seed: int = 0) -> Dataset:
+    lists = {"train_list": train_list, "database_list": database_list, "test_list": test_list, "val_list": val_list}
+    given = {k: v for k, v in lists.items() if v}
+    if path and given:
+        raise DataError("dataset listfile: give either one list file (path, split by the protocol) or "
+                        "train_list + database_list + test_list, not both")
+    if not path and not given:
+        raise DataError("dataset listfile: no list file; set data.path (one list) or data.train_list, "
+                        "data.database_list and data.test_list")
+    if given:
+        for k in ("train_list", "database_list", "test_list"):
+            if k not in given:
+                raise DataError(f"dataset listfile: {k} missing; the lists are train_list, database_list, "
+                                "test_list (and optional val_list)")
+    if image_size is not None and not (isinstance(image_size, int) and 1 <= image_size <= MAX_SIDE):
+        raise DataError(f"data.image_size: must be an integer in [1, {MAX_SIDE}], got {image_size!r}")
+    base = Path(root) if root else None
+    if base is not None and not base.is_dir():
+        raise DataError(f"dataset listfile: root {str(base)!r} is not a directory")
+    files: list[str] = []
+    where: list[str] = []
+    labels: list[np.ndarray] = []
+    ranges: dict[str, np.ndarray] = {}
+    for key, file in ([("list", path)] if path else [(k, v) for k, v in given.items()]):
+        f, w, y = _parse_list(Path(str(file)), base, "list" if key == "list" else key)
+        if labels and y.shape[1] != labels[0].shape[1]:
+            raise DataError(f"dataset listfile: {key} {str(file)!r} has {y.shape[1]} label columns, "
+                            f"the other lists have {labels[0].shape[1]}")
+        ranges[key] = np.arange(len(files), len(files) + len(f))
+        files += f
+        where += w
+        labels.append(y)
+    y = np.concatenate(labels)
+    # the first image fixes the channels (grey or RGB) and, without image_size, the size
+    from PIL import Image
+
+    try:
+        with Image.open(files[0]) as im:
+            mode = "L" if im.mode in ("1", "L", "I;16", "I") else "RGB"
+            w0, h0 = im.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{where[0]}: cannot read image {files[0]!r} ({_first_line(exc)})") from None
+    size = (image_size, image_size) if image_size else (h0, w0)
+    if not (1 <= size[0] <= MAX_SIDE and 1 <= size[1] <= MAX_SIDE):
+        raise DataError(f"{where[0]}: image {files[0]!r} is {w0}x{h0} pixels, each side must be 1 to {MAX_SIDE}; "
+                        "set data.image_size")
+    src = ImageSource(files, where, size, mode, image_size, workers)
+    parts = None
+    if given:
+        parts = {"train": ranges["train_list"], "database": ranges["database_list"], "query": ranges["test_list"]}
+        if "val_list" in ranges:
+            parts["val"] = ranges["val_list"]
+        else:  # a seeded tenth of the training list validates (model selection never sees the test list)
+            tr = np.random.default_rng(seed).permutation(ranges["train_list"])
+            n_val = max(1, len(tr) // 10) if len(tr) >= 3 else 0
+            parts["val"], parts["train"] = np.sort(tr[:n_val]), np.sort(tr[n_val:])
+    name_path = str(path) if path else str(train_list)
+    if stream:
+        images: Any = src
+    else:
+        if len(files) * src.channels * size[0] * size[1] > MAX_VALUES:
+            raise DataError(f"dataset listfile: {len(files)} images of {src.channels}x{size[0]}x{size[1]} are more "
+                            f"than {MAX_VALUES} values; stream them (data.stream: true)")
+        images = torch.empty(tuple(src.shape))  # filled in place: no list of per-image tensors beside it
+        chunks = [list(range(i, min(len(src), i + STATS_BATCH))) for i in range(0, len(src), STATS_BATCH)]
+        for rows, xb in zip(chunks, src.loader(chunks)):
+            images[rows[0]:rows[0] + len(rows)] = xb
+    if y.shape[1] < 2:
+        raise DataError(f"dataset listfile: {name_path!r}: label vectors need at least 2 classes")
+    return Dataset(images, torch.from_numpy(y).long(), "listfile", int(y.shape[1]), name_path,
+                   divide_by=255.0, parts=parts, image_size=image_size)
 
 
 # ---------------------------------------------------------------------------------------- protocol
@@ -579,12 +855,97 @@ def _class_label(ds: Dataset, c: int) -> str:
     return str(c)
 
 
-def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 500, val_per_class: int = 100,
-                seed: int = 0) -> Splits:
+def protocol_defaults(name: str) -> dict[str, int]:
+    """The per-class counts a data set uses when the user gives none (`PROTOCOL_DEFAULTS`)."""
+    key = str(name).lower().replace("_", "-")
+    q, t, v = PROTOCOL_DEFAULTS.get(key, (100, 500, 100))
+    return {"query_per_class": q, "train_per_class": t, "val_per_class": v}
+
+
+STATS_BATCH = 256  # images per step of channel_stats: the same order of sums for a tensor and a source
+STD_EPS = 1e-6
+
+
+def channel_stats(X: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (+1e-6, the divisor) of images in [0, 1], over a tensor (N, C, H, W)
+    or an ImageSource (one streamed pass), accumulated in float64 in fixed batches."""
+    n = int(X.shape[0])
+    if n == 0:
+        raise DataError("data.normalize: the training split is empty, nothing to compute statistics on")
+    c = int(X.shape[1])
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    count = 0
+    chunks = [list(range(i, min(n, i + STATS_BATCH))) for i in range(0, n, STATS_BATCH)]
+    for xb in iter_batches(X, chunks if is_source(X) else [slice(ch[0], ch[-1] + 1) for ch in chunks]):
+        xd = xb.double()
+        total += xd.sum(dim=(0, 2, 3))
+        total_sq += xd.square().sum(dim=(0, 2, 3))
+        count += xb.shape[0] * xb.shape[2] * xb.shape[3]
+    mean = total / count
+    var = (total_sq / count - mean.square()).clamp_min(0.0)
+    return [float(v) for v in mean], [float(v) + STD_EPS for v in var.sqrt()]
+
+
+def resolve_normalize(normalize: Any, train_images: Any, channels: int) -> tuple[list[float] | None, list[float] | None, str]:
+    """(mean, std, kind) for `data.normalize`: "train" (statistics of the training split), "none"
+    (images stay in [0, 1]) or {mean: [...], std: [...]} (one value per channel, or one for all)."""
+    if normalize is None or normalize == "train":
+        mean, std = channel_stats(train_images)
+        return mean, std, "train"
+    if normalize == "none":
+        return None, None, "none"
+    if isinstance(normalize, dict):
+        extra = sorted(set(normalize) - {"mean", "std"})
+        if extra or "mean" not in normalize or "std" not in normalize:
+            raise DataError(f"data.normalize: a mapping needs exactly 'mean' and 'std' lists, got keys {sorted(normalize)}")
+        out = []
+        for key in ("mean", "std"):
+            v = normalize[key]
+            v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            if not isinstance(v, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                          and math.isfinite(a) for a in v):
+                raise DataError(f"data.normalize.{key}: must be a list of finite numbers, got {v!r}"[:200])
+            if len(v) == 1:
+                v = list(v) * channels
+            if len(v) != channels:
+                raise DataError(f"data.normalize.{key}: has {len(v)} values, the images have {channels} channels")
+            if key == "std" and any(a <= 0 for a in v):
+                raise DataError(f"data.normalize.std: every value must be > 0, got {list(v)}")
+            out.append([float(a) for a in v])
+        return out[0], out[1], "given"
+    raise DataError(f"data.normalize: must be 'train', 'none' or {{mean: [...], std: [...]}}, got {normalize!r}"[:200])
+
+
+def _apply(X: Any, mean: list[float] | None, std: list[float] | None) -> Any:
+    if is_source(X):
+        return X.normalized(mean, std)
+    if mean is None or std is None:
+        return X
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return X.sub_(m).div_(sd)  # in place: X is make_splits' own copy (rows taken by an index tensor)
+
+
+def _take_rows(images: Any, t: torch.Tensor) -> Any:
+    return images.subset(t.numpy()) if is_source(images) else images[t]
+
+
+def make_splits(ds: Dataset, query_per_class: int | None = None, train_per_class: int | None = None,
+                val_per_class: int | None = None, seed: int = 0, *, normalize: Any = "train") -> Splits:
     """Seeded query / train / val / database split by per-class counts; the rest is the database.
 
-    Multi-label data have no single class per item: there the counts are multiplied by the
-    number of classes and drawn at random from all items."""
+    Counts left out (None) take the data set's defaults (`PROTOCOL_DEFAULTS`). Multi-label data
+    have no single class per item: there the counts are multiplied by the number of classes and
+    drawn at random from all items. A list-file data set with three lists is split by them.
+
+    Every part is normalised with per-channel statistics of the training split only
+    (`normalize="train"`), none (`"none"`) or given ones (`{"mean": [...], "std": [...]}`);
+    `Splits.preprocess` records them (checkpoints store it as meta.preprocess)."""
+    defaults = protocol_defaults(ds.name)
+    query_per_class = defaults["query_per_class"] if query_per_class is None else query_per_class
+    train_per_class = defaults["train_per_class"] if train_per_class is None else train_per_class
+    val_per_class = defaults["val_per_class"] if val_per_class is None else val_per_class
     counts = {"query_per_class": query_per_class, "train_per_class": train_per_class, "val_per_class": val_per_class}
     for k, v in counts.items():
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
@@ -604,7 +965,11 @@ def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 
         parts["val"].append(idx[b:c])
         parts["database"].append(idx[c:])
 
-    if ds.multi_label:
+    if ds.parts is not None:
+        for key in parts:
+            parts[key].append(np.asarray(ds.parts.get(key, np.zeros(0, dtype=np.int64)), dtype=np.int64))
+        counts = {}
+    elif ds.multi_label:
         total = need * ds.num_classes
         if total >= len(ds):
             raise DataError(f"protocol: query/train/val_per_class x {ds.num_classes} classes = {total} "
@@ -640,13 +1005,32 @@ def make_splits(ds: Dataset, query_per_class: int = 100, train_per_class: int = 
             idx = rng.permutation(idx)
         t = torch.from_numpy(idx.astype(np.int64))
         indices[key] = t
-        return ds.images[t], ds.labels[t]
+        return _take_rows(ds.images, t), ds.labels[t]
 
-    splits = Splits(
-        query=take("query", True), train=take("train", True), val=take("val", True),
-        database=take("database", True), num_classes=ds.num_classes, dataset=ds.name,
-        protocol={**{k: int(v) for k, v in counts.items()}, "seed": int(seed)}, indices=indices,
-    )
-    if splits.database[0].shape[0] == 0:
+    query, train, val, database = take("query", True), take("train", True), take("val", True), take("database", True)
+    if database[0].shape[0] == 0:
         raise DataError("protocol: nothing is left for the database; lower query/train/val_per_class")
-    return splits
+    channels = int(ds.images.shape[1])
+    mean, std, kind = resolve_normalize(normalize, train[0], channels)
+    query, train, val, database = ((_apply(x, mean, std), y) for x, y in (query, train, val, database))
+    shape = [int(v) for v in ds.images.shape[1:]]
+    preprocess = {"mean": mean if mean is not None else [0.0] * channels,
+                  "std": std if std is not None else [1.0] * channels,
+                  "input_shape": shape, "divide_by": float(ds.divide_by), "normalize": kind,
+                  "image_size": ds.image_size, "resize": "shorter-side-center-crop" if ds.image_size else None}
+    protocol = {**{k: int(v) for k, v in counts.items()}, "seed": int(seed)}
+    if ds.parts is not None:
+        protocol["from_lists"] = 1
+    return Splits(query=query, train=train, val=val, database=database, num_classes=ds.num_classes,
+                  dataset=ds.name, protocol=protocol, indices=indices, preprocess=preprocess)
+
+
+def splits_from_data(data: dict[str, Any]) -> Splits:
+    """The splits of a spec's `data` section (a dict, as `StudySpec.to_dict()` writes it)."""
+    ds = load_dataset(data["dataset"], data.get("path"), train_list=data.get("train_list"),
+                      database_list=data.get("database_list"), test_list=data.get("test_list"),
+                      val_list=data.get("val_list"), root=data.get("root"), image_size=data.get("image_size"),
+                      stream=data.get("stream", True), workers=int(data.get("workers") or 0),
+                      seed=int((data.get("protocol") or {}).get("seed") or 0))
+    proto = {k: v for k, v in (data.get("protocol") or {}).items() if v is not None}
+    return make_splits(ds, **proto, normalize=data.get("normalize", "train"))

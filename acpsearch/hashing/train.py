@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acpsearch.errors import SpecError
-from acpsearch.hashing.data import Splits
+from acpsearch.hashing.data import Splits, is_source, iter_batches
 from acpsearch.hashing.losses import get_loss
 from acpsearch.hashing.metrics import mean_average_precision, precision_at_n
 
@@ -74,15 +74,21 @@ def _to_input(x: torch.Tensor, channels_last: bool, device: torch.device | None 
 
 
 @torch.no_grad()
-def encode(model: nn.Module, X: torch.Tensor, batch_size: int = 512, channels_last: bool = True) -> torch.Tensor:
-    """Binary codes (+1/-1 float, (n, K)) of images X in eval mode; sign(0) counts as +1."""
+def encode(model: nn.Module, X: Any, batch_size: int = 512, channels_last: bool = True) -> torch.Tensor:
+    """Binary codes (+1/-1 float, (n, K)) of images X in eval mode; sign(0) counts as +1.
+
+    X is a tensor (N, C, H, W) or an ImageSource (decoded per batch by a DataLoader: memory holds
+    the codes and a batch, not the images)."""
     was_training = model.training
     model.eval()
     dev = model_device(model)
     outs = []
+    n = int(X.shape[0])
+    chunks: list[Any] = ([list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)] if is_source(X)
+                         else [slice(i, i + batch_size) for i in range(0, n, batch_size)])
     try:
-        for i in range(0, X.shape[0], batch_size):
-            h = _output(model(_to_input(X[i:i + batch_size], channels_last, dev)))
+        for xb in iter_batches(X, chunks):
+            h = _output(model(_to_input(xb, channels_last, dev)))
             outs.append(torch.where(h >= 0, 1.0, -1.0).cpu())
     finally:
         model.train(was_training)
@@ -241,13 +247,11 @@ def train_hash_net(
             t_ep = time.perf_counter()
             perm = torch.randperm(n, generator=gen)
             total_loss, batches = 0.0, 0
-            for i in range(0, n, batch_size):
-                if step >= total_steps:
-                    break
-                idx = perm[i:i + batch_size]
-                if idx.numel() < 2:  # BatchNorm and pair losses need 2+ items
-                    continue
-                xb, yb = X[idx], y[idx]
+            # BatchNorm and pair losses need 2+ items: a last batch of one is skipped
+            chunks = [c for c in (perm[i:i + batch_size] for i in range(0, n, batch_size)) if c.numel() >= 2]
+            chunks = chunks[:max(0, total_steps - step)]
+            for idx, xb in zip(chunks, iter_batches(X, chunks)):
+                yb = y[idx]
                 if augment and xb.ndim == 4:
                     xb = augment_batch(xb, gen, pad, hflip)
                 xin = _to_input(xb, channels_last, dev)
@@ -340,9 +344,10 @@ class _Progress:
 
 def checkpoint_meta(splits: Splits, loss: str, result: TrainResult, metrics: dict[str, Any] | None = None,
                     **extra: Any) -> dict[str, Any]:
-    """The `meta` entry of a trained hash-net checkpoint (dataset, protocol, loss, metrics, epochs)."""
+    """The `meta` entry of a trained hash-net checkpoint (dataset, protocol, preprocess, loss, metrics,
+    epochs); `preprocess` is how images become the network's input (`acpsearch.preprocess`)."""
     return {
-        "dataset": splits.dataset, "protocol": dict(splits.protocol), "loss": loss,
+        "dataset": splits.dataset, "protocol": dict(splits.protocol), "preprocess": dict(splits.preprocess), "loss": loss,
         "epochs": result.epochs_run, "best_epoch": result.best_epoch, "val_map": result.best_val_map,
         "seconds_per_epoch": round(result.seconds_per_epoch, 3), "metrics": metrics or {}, **extra,
     }

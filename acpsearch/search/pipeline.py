@@ -267,8 +267,9 @@ def phase_base(ctx: Context) -> None:
             from acpsearch.checkpoint import model_from_checkpoint
 
             model = model_from_checkpoint(ckpt, allow_factories=ctx.allow)
+            # meta.preprocess: the normalisation this run feeds the network (data.normalize)
             save_checkpoint(path, model, ckpt["model"], ckpt["input_shape"], pruning=ckpt.get("pruning"),
-                            meta=ckpt.get("meta"))
+                            meta={**(ckpt.get("meta") or {}), "preprocess": dict(ctx.splits.preprocess)})
             trained = None
         else:
             from acpsearch.devices import resolve_device, seed_everything
@@ -295,7 +296,8 @@ def phase_base(ctx: Context) -> None:
                        "device": str(device),
                        "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history]}
             save_checkpoint(path, model, cfg, [1, *shape], meta={"dataset": ctx.spec.data.dataset, "bits": ctx.spec.model.bits,
-                                                                 "loss": tr.loss, "trained_by": ctx.name})
+                                                                 "loss": tr.loss, "trained_by": ctx.name,
+                                                                 "preprocess": dict(ctx.splits.preprocess)})
         ckpt = read_checkpoint(path)
         g = ChannelGraph.from_model(model, torch.zeros(*ckpt["input_shape"]), hash_layer=ctx.spec.model.hash_layer)
         cost = g.cost()

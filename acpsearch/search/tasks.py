@@ -26,11 +26,9 @@ def worker_threads(n: int | None = None) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _splits_cached(data_json: str) -> Any:
-    from acpsearch.hashing import load_dataset, make_splits
+    from acpsearch.hashing.data import splits_from_data
 
-    data = json.loads(data_json)
-    ds = load_dataset(data["dataset"], data.get("path"))
-    return make_splits(ds, **data["protocol"])
+    return splits_from_data(json.loads(data_json))
 
 
 def load_splits(spec: dict[str, Any]) -> Any:
@@ -44,7 +42,8 @@ def light_splits(splits: Any) -> Any:
 
     empty = (splits.train[0][:0], splits.train[1][:0])
     return Splits(query=empty, train=splits.train, val=splits.val, database=empty,
-                  num_classes=splits.num_classes, dataset=splits.dataset, protocol=dict(splits.protocol))
+                  num_classes=splits.num_classes, dataset=splits.dataset, protocol=dict(splits.protocol),
+                  preprocess=dict(splits.preprocess))
 
 
 def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
