@@ -94,7 +94,7 @@ def test_report_shows_rounded_ratios_winner_line_and_slower():
                                         "winner_q3_ms": 25.3}
     note = markdown(rep)
     assert "| 23.67 (IQR 23.10–25.00) | 24.66 (IQR 23.90–25.30) | no measurable difference |" in note
-    assert "median of 7 interleaved rounds (IQR)" in note
+    assert "| latency (ms, batch 32, 1 thread; median of 7 interleaved rounds, IQR) |" in note
     rep["winner"]["latency_compare"].update(winner_q1_ms=25.2, winner_q3_ms=25.5, winner_median_ms=25.3)
     assert "| 1.07x slower |" in markdown(rep)
     assert objective_name("similarity") == "similarity score (ranker, not mAP)"

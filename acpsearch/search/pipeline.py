@@ -954,7 +954,7 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
         ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
     for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
         ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
-    mark_winner(ctx.study, ft_study, best, cand, complete)
+    mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
     st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
                   finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
     ctx.reporter.done("select", time.perf_counter() - t0)
@@ -979,22 +979,26 @@ def _compare_base_winner(ctx: Context, base_rec: dict[str, Any], winner_path: Pa
 
 
 def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
-    """The note of the winning fine-tune trial (markdown): it is the winner, and why."""
+    """The note of the winning fine-tune trial (markdown, short lines: the dashboard's note box
+    does not wrap long ones): it is the winner, and why."""
     u = best.user_attrs
-    others = ", ".join(f"trial {t.number}: {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number)
-    return (f"## Winner\n\nThis finalist is the study's **winner**: the best **validation mAP** "
-            f"({_f4(u.get('val_map'))}) among the fully fine-tuned finalists"
-            + (f" (the others: {others})" if others else "") + ". The winner is chosen on validation only; "
-            f"its **test mAP** ({_f4(u.get('test_map'))}) is reported, never used to choose.\n\n"
-            f"Pruned structure: candidate trial {cand.number} of the search study "
-            f"(ranker score {_f4(cand.value)}), FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}.\n")
+    lines = ["## Winner", "",
+             f"This finalist is the **winner** of `{ft_name[:-len(st.FINETUNE_SUFFIX)]}`.", "",
+             f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists"]
+    lines += [f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number]
+    lines += [f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+              f"- pruned structure: candidate trial {cand.number} of the search study",
+              f"  (ranker score {_f4(cand.value)}, not mAP)",
+              f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}", ""]
+    return "\n".join(lines)
 
 
 def _f4(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
-def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any]) -> None:
+def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any],
+                ratios: dict[str, float] | None = None) -> None:
     """Mark the winner where optuna-dashboard shows it: user attr `winner: true` + a note on the
     winning trial of NAME.finetune and on the candidate trial of the search study it came from,
     a note on the fine-tune study, and the search study's objective named as a ranker score (its
@@ -1006,20 +1010,23 @@ def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[
     u = best.user_attrs
     st.set_finished_trial_user_attr(storage, best._trial_id, "winner", True)
     st.set_finished_trial_user_attr(storage, cand._trial_id, "winner", True)
+    if ratios and "keep" not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
+        st.set_finished_trial_user_attr(storage, cand._trial_id, "keep", st.round_ratios(ratios))
     st.save_trial_note(ft_study, best._trial_id, winner_note(ft_study.study_name, best, cand, complete))
     st.save_trial_note(study, cand._trial_id, (
-        f"## Winner's structure\n\nThis candidate became the study's **winner**: fine-tuned as trial {best.number} "
-        f"of `{ft_study.study_name}`, chosen by validation mAP {_f4(u.get('val_map'))} (test mAP "
-        f"{_f4(u.get('test_map'))}, reported only). Its value here ({_f4(cand.value)}) is the `{ranker}` ranker "
-        "score, not mAP.\n"))
+        f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
+        f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
+        f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+        f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"))
     st.set_objective_names(study, [st.objective_name(ranker)])
     from optuna_dashboard import save_note
 
     save_note(ft_study, (
-        f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; objective: validation "
-        f"mAP. **Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, test mAP "
-        f"{_f4(u.get('test_map'))}, reported only). Finalists that early stopping (ASHA) ended are PRUNED and have "
-        "no value: their partial curves never make them best.\n"))
+        f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; objective: validation mAP.\n\n"
+        f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
+        f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+        "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
+        "their partial curves never make them best.\n"))
 
 
 def run_phases(ctx: Context, ray_mod: Any) -> None:

@@ -133,7 +133,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
     lb, lw, speed = latency_row(b, w)
     rounds = (w.get("latency_compare") or {}).get("rounds")
-    how = f", median of {rounds} interleaved rounds (IQR)" if rounds else ""
+    how = f"; median of {rounds} interleaved rounds, IQR" if rounds else ""
     lines.append(f"| latency (ms, batch 32, 1 thread{how}) | {lb} | {lw} | {speed} |")
     lines += ["", "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
               "the best validation mAP.", ""]
