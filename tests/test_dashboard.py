@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def test_dashboard_marks_the_winner(app, finished_studies, name):
     assert cmp["rounds"] >= 5 and cmp["batch"] == 32 and cmp["threads"] == 1
     assert cmp["base_q1_ms"] <= cmp["base_median_ms"] <= cmp["base_q3_ms"]
     assert cmp["winner_q1_ms"] <= cmp["winner_median_ms"] <= cmp["winner_q3_ms"]
+    line = _attrs(search["user_attrs"])["latency.base_vs_winner"]
+    assert re.match(r"(no measurable difference|\d+\.\d\dx (faster|slower)): base ", line), line
+    assert f"base {cmp['base_median_ms']:.2f} (IQR" in line and "7 interleaved rounds" in line
 
 
 def _free_port() -> int:

@@ -954,6 +954,12 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
         ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
     for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
         ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
+    if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
+        from acpsearch.search.report import latency_row
+
+        lb, lw, speed = latency_row({}, {"latency_compare": cmp})
+        ctx.study.set_user_attr("latency.base_vs_winner", f"{speed}: base {lb} ms, winner {lw} ms "
+                                f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)")
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
     st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
                   finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
