@@ -928,6 +928,20 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     if not complete:
         raise RuntimeError("select: no COMPLETE finalist to choose from")
     best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
+    # optuna-dashboard's "Best Trial" of NAME.finetune is Optuna's best trial (COMPLETE, value = val mAP):
+    # among finalists tied on val mAP, take the one Optuna names, so that the two are the same trial
+    try:
+        optuna_best = ft_study.best_trial
+    except ValueError:
+        optuna_best = None
+    if optuna_best is not None and optuna_best.number != best.number:
+        tied = [t for t in complete if t.number == optuna_best.number
+                and t.user_attrs["val_map"] == best.user_attrs["val_map"]]
+        if tied:
+            best = tied[0]
+        else:
+            ctx.reporter.log(f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
+                             f"but not the best val_map; the winner is trial {best.number} (by val_map)")
     winner_path = ctx.dir() / "winner.pt"
     ck = read_checkpoint(best.user_attrs["path"])
     save_checkpoint(winner_path, model_from_checkpoint(ck, allow_factories=ctx.allow), ck["model"], ck["input_shape"], pruning=ck["pruning"],
