@@ -48,19 +48,42 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
+def _wants_json(argv: list[str]) -> bool:
+    """`--json` among the options (before a `--` that ends them)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _fail(line: str, code: int, json_out: bool) -> int:
+    """A refused command: the one `error: ...` line on stderr, and under --json also one JSON
+    object {"error": ..., "exit": code} on stdout (a script reading stdout gets JSON either way)."""
+    print(f"error: {line}", file=sys.stderr)
+    if json_out:
+        import json
+
+        sys.stdout.write(json.dumps({"error": line, "exit": code}) + "\n")
+        sys.stdout.flush()
+    return code
+
+
 def run(argv: list[str]) -> int:
-    """Run the CLI in-process and return its exit status; AcpError -> 2 with a one-line reason."""
+    """Run the CLI in-process and return its exit status; AcpError -> 2 with a one-line reason
+    (with --json also one JSON object {"error", "exit"} on stdout)."""
     from acpsearch.errors import AcpError
 
     _register()
+    json_out = _wants_json(list(argv))
     _interrupt_line[0] = INTERRUPTED
     try:
         # Non-standalone typer *returns* the exit status of a typer.Exit, and turns Ctrl-C
         # (KeyboardInterrupt) into Exit(130): an int returned here is the exit status.
         rv = app(args=argv, standalone_mode=False)
     except AcpError as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2, json_out)
     except typer.Exit as exc:
         return _interrupted() if exc.exit_code == 130 else exc.exit_code
     except SystemExit as exc:
@@ -75,8 +98,7 @@ def run(argv: list[str]) -> int:
         except ImportError:
             _tclick = click.exceptions
         if isinstance(exc, (click.exceptions.ClickException, _tclick.ClickException)):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
-            return exc.exit_code
+            return _fail(exc.format_message(), exc.exit_code, json_out)
         # typer 0.29 has Abort in typer.exceptions, not in its vendored click: look it up, so that an
         # internal error is re-raised as itself and not masked by an AttributeError raised here
         aborts = tuple(c for c in (getattr(click.exceptions, "Abort", None), getattr(_tclick, "Abort", None),

@@ -1249,8 +1249,11 @@ def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv
 
         code = run(argv)
 
-        err = capsys.readouterr().err
+        cap = capsys.readouterr()
+        err = cap.err
         assert code == 2, f"exit {code} for {argv}: {err}"
+        if "--json" in argv:  # stdout: one JSON object with the same reason
+            assert json.loads(cap.out) == {"error": err.splitlines()[0][len("error: "):], "exit": 2}, cap.out
         assert "Traceback" not in err, err
         lines = err.splitlines()
         assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"

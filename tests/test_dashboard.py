@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_study_detail_has_attrs_note_artifacts_and_figures(app, finished_studies
     status, body = _get(app, f"/api/studies/{sid}?after=0")
     assert status.startswith("200")
     d = json.loads(body)
-    assert d["objective_names"] == ["similarity"]
+    assert d["objective_names"] == ["similarity score (ranker, not mAP)"]
     attrs = _attrs(d["user_attrs"])
     # headline numbers as flat attributes (the dashboard cuts long values such as the full `winner`)
     winner = {k.split(".", 1)[1]: json.loads(v) for k, v in attrs.items() if k.startswith("winner.")}
@@ -105,6 +106,61 @@ def test_finetune_study_shows_learning_curves(app):
         assert len(t["intermediate_values"]) >= 2
         ua = _attrs(t["user_attrs"])
         assert "val_map" in ua and "test_map" in ua and "latency_ms" in ua
+
+
+def _study_ids(app) -> dict:
+    _, body = _get(app, "/api/studies")
+    return {s["study_name"]: s["study_id"] for s in json.loads(body)["study_summaries"]}
+
+
+@pytest.mark.parametrize("name", ["tiny-a", "tiny-b"])
+def test_dashboard_marks_the_winner(app, finished_studies, name):
+    """The fine-tune study's Best Trial IS the winner (with `winner: true` and a note saying why); the
+    search study's Best Trial is a ranker score, and its note and the winner's candidate say so."""
+    from acpsearch.search.storage import open_storage
+
+    ids = _study_ids(app)
+    search = json.loads(_get(app, f"/api/studies/{ids[name]}?after=0")[1])
+    # the dashboard cuts long attribute values (the full `winner` dict): its flat copies, and the storage
+    flat = {k.split(".", 1)[1]: json.loads(v) for k, v in _attrs(search["user_attrs"]).items()
+            if k.startswith("winner.")}
+    winner = optuna.load_study(study_name=name, storage=open_storage(finished_studies["url"])).user_attrs["winner"]
+    ft_trial, cand = flat["finetune_trial"], flat["candidate"]
+    assert (ft_trial, cand) == (winner["finetune_trial"], winner["candidate"])
+    ft = json.loads(_get(app, f"/api/studies/{ids[name + '.finetune']}?after=0")[1])
+    # Optuna's best trial of NAME.finetune (val mAP; ASHA-stopped finalists are PRUNED, no value) = the winner
+    assert [t["number"] for t in ft["best_trials"]] == [ft_trial]
+    best = ft["best_trials"][0]
+    assert best["values"] == [pytest.approx(winner["val_map"])]
+    assert _attrs(best["user_attrs"])["winner"] in (True, "true", "True")
+    others = [t for t in ft["trials"] if t["number"] != ft_trial]
+    assert others and all("winner" not in _attrs(t["user_attrs"]) for t in others)
+    ft_note = next(t for t in ft["trials"] if t["number"] == ft_trial)["note"]["body"]
+    assert "**winner**" in ft_note and "validation mAP" in ft_note and f"{winner['val_map']:.4f}" in ft_note
+    assert "test mAP" in ft_note and f"{winner['test_map']:.4f}" in ft_note
+    assert f"Best Trial here = the winner: trial {ft_trial}" in ft["note"]["body"]
+    # the search study: objective named as a ranker score; the note names the winner
+    ranker = "similarity" if name == "tiny-a" else "l1_retained"
+    assert search["objective_names"] == [f"{ranker} score (ranker, not mAP)"]
+    assert (f"Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial {ft_trial} "
+            f"of {name}.finetune") in search["note"]["body"]
+    marked = [t for t in search["trials"] if "winner" in _attrs(t["user_attrs"])]
+    assert [t["number"] for t in marked] == [cand]
+    assert f"trial {ft_trial}" in marked[0]["note"]["body"] and "ranker" in marked[0]["note"]["body"]
+    # keep ratios as user attrs: rounded (params keep Optuna's own floats)
+    assert "0.6000000000000001" not in _attrs(marked[0]["user_attrs"])["keep"]
+    keep = optuna.load_study(study_name=name, storage=open_storage(finished_studies["url"])).trials[cand] \
+        .user_attrs["keep"]
+    assert keep and all(v == round(v, 4) for v in keep.values())
+    assert all(v == round(v, 4) for v in winner["ratios"].values())
+    # the latency of base and winner was measured interleaved, with its spread
+    cmp = winner["latency_compare"]
+    assert cmp["rounds"] >= 5 and cmp["batch"] == 32 and cmp["threads"] == 1
+    assert cmp["base_q1_ms"] <= cmp["base_median_ms"] <= cmp["base_q3_ms"]
+    assert cmp["winner_q1_ms"] <= cmp["winner_median_ms"] <= cmp["winner_q3_ms"]
+    line = _attrs(search["user_attrs"])["latency.base_vs_winner"]
+    assert re.match(r"(no measurable difference|\d+\.\d\dx (faster|slower)): base ", line), line
+    assert f"base {cmp['base_median_ms']:.2f} (IQR" in line and "7 interleaved rounds" in line
 
 
 def _free_port() -> int:

@@ -157,7 +157,7 @@ def test_candidates_are_trials_with_costs_and_constraints(finished_studies):
         assert u["constraint.flops"] == pytest.approx(u["flops_ratio"] - 0.5, abs=1e-6)
         assert t.system_attrs["constraints:flops"] == pytest.approx(u["constraint.flops"])
         assert -1.0 <= t.value <= 1.0 and t.value == pytest.approx(u["similarity"], abs=1e-5)
-    assert study.metric_names == ["similarity"]
+    assert study.metric_names == ["similarity score (ranker, not mAP)"]
     assert study.user_attrs["spec"]["name"] == "tiny-a"
 
 

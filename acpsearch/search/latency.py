@@ -252,3 +252,54 @@ def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int)
             x = x.contiguous(memory_format=torch.channels_last)
         return layer, x
     raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
+
+
+# --- comparing whole networks --------------------------------------------------------------------
+def compare_latency(models: dict[str, nn.Module], input_shape: list[int] | tuple[int, ...], batch: int = 32,
+                    rounds: int = 7, repeats: int = 5, warmup: int = 3, threads: int = 1) -> dict[str, Any]:
+    """Latency of several networks measured INTERLEAVED, so that machine noise (another process,
+    frequency scaling) hits all of them alike instead of deciding which one looks faster.
+
+    Every network gets `warmup` untimed forwards first; then `rounds` rounds, in each of which every
+    network runs `repeats` timed forwards of the same input (`batch` images, `threads` threads,
+    channels_last), the order alternating from round to round (A B, B A, A B, ...). A network's
+    round time is the median of its repeats; its latency is the median over rounds, reported with
+    the spread of the round times (min, max, interquartile range).
+
+    Returns {"batch", "threads", "rounds", "order": [[names of round 0], ...],
+             "models": {name: {"median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "rounds_ms"}}}."""
+    if not models:
+        raise ValueError("compare_latency: no models")
+    rounds = max(1, int(rounds))
+    shape = [int(batch), *[int(v) for v in list(input_shape)[1:]]]
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    nets = {name: m.eval().to(memory_format=torch.channels_last) for name, m in models.items()}
+    names = list(nets)
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    order: list[list[str]] = []
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        with torch.inference_mode():
+            for name in names:
+                for _ in range(warmup):
+                    nets[name](x)
+            for r in range(rounds):
+                seq = names if r % 2 == 0 else names[::-1]
+                order.append(list(seq))
+                for name in seq:
+                    ts = []
+                    for _ in range(max(1, int(repeats))):
+                        t0 = time.perf_counter()
+                        nets[name](x)
+                        ts.append(time.perf_counter() - t0)
+                    per_round[name].append(float(np.median(ts)) * 1000.0)
+    finally:
+        torch.set_num_threads(old_threads)
+    stats = {}
+    for name, ms in per_round.items():
+        a = np.asarray(ms)
+        stats[name] = {"median_ms": round(float(np.median(a)), 3), "min_ms": round(float(a.min()), 3),
+                       "max_ms": round(float(a.max()), 3), "q1_ms": round(float(np.percentile(a, 25)), 3),
+                       "q3_ms": round(float(np.percentile(a, 75)), 3), "rounds_ms": [round(v, 3) for v in ms]}
+    return {"batch": int(batch), "threads": int(threads), "rounds": rounds, "order": order, "models": stats}

@@ -524,7 +524,9 @@ def candidate_attrs(ctx: Context, strategies: list[Any], round_to: int = 4) -> l
         if b.params is not None:
             cons["params"] = round(pr - b.params, 6)
         out.append({"flops": int(flops[i]), "params": int(params[i]), "flops_ratio": round(fr, 6),
-                    "params_ratio": round(pr, 6), "constraints": cons})
+                    "params_ratio": round(pr, 6), "constraints": cons,
+                    # Optuna's stepped floats carry float noise (0.6000000000000001): shown rounded
+                    "keep": st.round_ratios(s.ratios)})
     if ctx.space is not None and ctx.space.latency is not None:
         lat = ctx.space.latency.predict_batch(ctx.graph, rows, round_to)
         for i, rec in enumerate(out):
@@ -590,7 +592,7 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
                     t.set_constraint(key, val)
                     t.set_user_attr(f"constraint.{key}", val)
                 t.set_user_attr("feasible", all(v <= 1e-9 for v in a["constraints"].values()))
-                for key in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms"):
+                for key in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms", "keep"):
                     if key in a:
                         t.set_user_attr(key, a[key])
                 t.set_user_attr(ranker, round(float(score), 6))
@@ -974,6 +976,20 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     if not complete:
         raise RuntimeError("select: no COMPLETE finalist to choose from")
     best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
+    # optuna-dashboard's "Best Trial" of NAME.finetune is Optuna's best trial (COMPLETE, value = val mAP):
+    # among finalists tied on val mAP, take the one Optuna names, so that the two are the same trial
+    try:
+        optuna_best = ft_study.best_trial
+    except ValueError:
+        optuna_best = None
+    if optuna_best is not None and optuna_best.number != best.number:
+        tied = [t for t in complete if t.number == optuna_best.number
+                and t.user_attrs["val_map"] == best.user_attrs["val_map"]]
+        if tied:
+            best = tied[0]
+        else:
+            ctx.reporter.log(f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
+                             f"but not the best val_map; the winner is trial {best.number} (by val_map)")
     winner_path = ctx.dir() / "winner.pt"
     ck = read_checkpoint(best.user_attrs["path"])
     save_checkpoint(winner_path, model_from_checkpoint(ck, allow_factories=ctx.allow), ck["model"], ck["input_shape"], pruning=ck["pruning"],
@@ -983,22 +999,102 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     cand = ctx.study.trials[int(best.user_attrs["candidate"])]
     winner = {k: v for k, v in best.user_attrs.items() if k != "pr_curve"}
     winner.update({"finetune_trial": best.number, "path": str(winner_path), "artifact_id": art,
-                   "ratios": _ratios_of(ctx, cand), "score": cand.value,
+                   "ratios": st.round_ratios(_ratios_of(ctx, cand)), "score": cand.value,
                    "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
                    "source": st.source(cand), "round_to": _round_to(cand),
                    "kept": {k: int(v) for k, v in _strategy_of(ctx, cand).kept.items()}})
+    base_rec = st.phase_done(ctx.study, "base") or {}
+    ctx.reporter.phase("select: latency, base vs winner (interleaved)")
+    cmp = _compare_base_winner(ctx, base_rec, winner_path)
+    if cmp is not None:
+        winner["latency_compare"] = cmp
     ctx.study.set_user_attr("winner", clean(winner))
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
     # in its tables, so the nested dicts alone would be unreadable there.
-    base_rec = st.phase_done(ctx.study, "base") or {}
     for key in ("test_map", "test_map_topk", "val_map", "flops_ratio", "params_ratio", "latency_ms",
                 "measured_flops", "measured_params", "finetune_trial", "candidate"):
         ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
     for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
         ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
+    if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
+        from acpsearch.search.report import latency_row
+
+        lb, lw, speed = latency_row({}, {"latency_compare": cmp})
+        ctx.study.set_user_attr("latency.base_vs_winner", f"{speed}: base {lb} ms, winner {lw} ms "
+                                f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)")
+    mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
     st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
                   finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
     ctx.reporter.done("select", time.perf_counter() - t0)
+
+
+def _compare_base_winner(ctx: Context, base_rec: dict[str, Any], winner_path: Path) -> dict[str, Any] | None:
+    """Base and winner timed INTERLEAVED on the driver (latency.compare_latency: alternating
+    rounds, same input, batch and one thread): the two numbers the report compares, with their
+    spread. Separate timings minutes apart let machine noise decide which one looks faster."""
+    from acpsearch.checkpoint import load_model, read_checkpoint
+    from acpsearch.search.latency import compare_latency
+    from acpsearch.search.tasks import LATENCY_BATCH
+
+    if not base_rec.get("path") or not Path(base_rec["path"]).is_file():
+        return None
+    ckpt = read_checkpoint(base_rec["path"])
+    models = {"base": load_model(base_rec["path"], allow_factories=ctx.allow),
+              "winner": load_model(winner_path, allow_factories=ctx.allow)}
+    res = compare_latency(models, list(ckpt["input_shape"]), batch=LATENCY_BATCH, rounds=7, repeats=5, threads=1)
+    return {"batch": res["batch"], "threads": res["threads"], "rounds": res["rounds"],
+            **{f"{name}_{k}": v for name, m in res["models"].items() for k, v in m.items() if k != "rounds_ms"}}
+
+
+def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
+    """The note of the winning fine-tune trial (markdown, short lines: the dashboard's note box
+    does not wrap long ones): it is the winner, and why."""
+    u = best.user_attrs
+    lines = ["## Winner", "",
+             f"This finalist is the **winner** of `{ft_name[:-len(st.FINETUNE_SUFFIX)]}`.", "",
+             f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists"]
+    lines += [f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number]
+    lines += [f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+              f"- pruned structure: candidate trial {cand.number} of the search study",
+              f"  (ranker score {_f4(cand.value)}, not mAP)",
+              f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}", ""]
+    return "\n".join(lines)
+
+
+def _f4(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any],
+                ratios: dict[str, float] | None = None) -> None:
+    """Mark the winner where optuna-dashboard shows it: user attr `winner: true` + a note on the
+    winning trial of NAME.finetune and on the candidate trial of the search study it came from,
+    a note on the fine-tune study, and the search study's objective named as a ranker score (its
+    "Best Trial" is the best-scored candidate, not the winner). The fine-tune study's objective is
+    val mAP and only fully fine-tuned finalists (COMPLETE) carry a value, so its best trial is the
+    winner (ties: the lowest trial number, as in phase_select)."""
+    ranker = st.study_spec(study).search.ranker
+    storage = study._storage
+    u = best.user_attrs
+    st.set_finished_trial_user_attr(storage, best._trial_id, "winner", True)
+    st.set_finished_trial_user_attr(storage, cand._trial_id, "winner", True)
+    if ratios and "keep" not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
+        st.set_finished_trial_user_attr(storage, cand._trial_id, "keep", st.round_ratios(ratios))
+    st.save_trial_note(ft_study, best._trial_id, winner_note(ft_study.study_name, best, cand, complete))
+    st.save_trial_note(study, cand._trial_id, (
+        f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
+        f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
+        f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+        f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"))
+    st.set_objective_names(study, [st.objective_name(ranker)])
+    from optuna_dashboard import save_note
+
+    save_note(ft_study, (
+        f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; objective: validation mAP.\n\n"
+        f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
+        f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+        "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
+        "their partial curves never make them best.\n"))
 
 
 def run_phases(ctx: Context, ray_mod: Any) -> None:

@@ -25,8 +25,40 @@ def _change(base: Any, new: Any, ratio: bool = False) -> str:
     if base in (None, 0) or new is None:
         return "–"
     if ratio:
-        return f"{new / base:.1%} of base"
+        return f"{new / base:.1%} of base"  # 0.4981 -> "49.8% of base"
     return f"{new - base:+.4f}"
+
+
+def speedup(base_ms: Any, new_ms: Any, base_range: Any = None, new_range: Any = None) -> str:
+    """How the winner's latency compares with the base's, in words: "1.25x faster", "1.04x
+    slower" (never "0.96x faster"). With the spread of both measurements ((low, high): the
+    interquartile range of the interleaved rounds), overlapping spreads are "no measurable
+    difference"; so is a ratio that rounds to 1.00x."""
+    if not isinstance(base_ms, (int, float)) or not isinstance(new_ms, (int, float)) or base_ms <= 0 or new_ms <= 0:
+        return "–"
+    if base_range and new_range:
+        (blo, bhi), (nlo, nhi) = base_range, new_range
+        if blo <= nhi and nlo <= bhi:
+            return "no measurable difference"
+    ratio = base_ms / new_ms
+    if f"{ratio:.2f}" == "1.00" or f"{1 / ratio:.2f}" == "1.00":
+        return "no measurable difference"
+    return f"{ratio:.2f}x faster" if ratio > 1 else f"{new_ms / base_ms:.2f}x slower"
+
+
+def latency_row(b: dict[str, Any], w: dict[str, Any]) -> tuple[str, str, str]:
+    """(base, winner, change) cells of the latency row: the interleaved comparison of phase_select
+    with its spread when the study has one, else the separate measurements (older studies)."""
+    cmp = w.get("latency_compare") or {}
+    if cmp.get("base_median_ms") and cmp.get("winner_median_ms"):
+        cells = []
+        for who in ("base", "winner"):
+            cells.append(f"{cmp[f'{who}_median_ms']:.2f} (IQR {cmp[f'{who}_q1_ms']:.2f}–{cmp[f'{who}_q3_ms']:.2f})")
+        change = speedup(cmp["base_median_ms"], cmp["winner_median_ms"],
+                         (cmp["base_q1_ms"], cmp["base_q3_ms"]), (cmp["winner_q1_ms"], cmp["winner_q3_ms"]))
+        return cells[0], cells[1], change
+    bl, wl = b.get("latency_ms"), w.get("latency_ms")
+    return _fmt(bl, 2), _fmt(wl, 2), speedup(bl, wl)
 
 
 def build_report(study: Any, storage: Any) -> dict[str, Any]:
@@ -35,7 +67,9 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
 
     attrs = study.user_attrs
     base = attrs.get("phase.base") or {}
-    winner = attrs.get("winner") or {}
+    winner = dict(attrs.get("winner") or {})
+    if isinstance(winner.get("ratios"), dict):  # studies stored before ratios were rounded
+        winner["ratios"] = st.round_ratios(winner["ratios"])
     phases = {p: (attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
     ft_name = attrs.get("finetune_study")
     finalists: list[dict[str, Any]] = []
@@ -46,12 +80,13 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
             finalists.append({"trial": t.number, "candidate": u.get("candidate"), "source": st.source(t),
                               "state": t.state.name,
                               "score": u.get("score"), "val_map": u.get("val_map"), "test_map": u.get("test_map"),
-                              "flops_ratio": u.get("flops_ratio"), "params_ratio": u.get("params_ratio"),
+                              "flops_ratio": u.get("flops_ratio"), "winner": bool(u.get("winner")), "params_ratio": u.get("params_ratio"),
                               "latency_ms": u.get("latency_ms"), "epochs_run": u.get("epochs_run")})
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if st.is_searched(t)]
     return {
         "study": study.study_name,
+        "finetune_study": ft_name,
         "spec": attrs.get("spec"),
         "base": {k: base.get(k) for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params",
                                           "latency_ms", "source", "path")},
@@ -78,7 +113,16 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
              + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned"
              + (f" (one of them the `{spec['search']['anchor']}` anchor: the budget's global-magnitude allocation)"
                 if (spec.get("search") or {}).get("anchor") else "") + ".", "",
-             "| | base | winner | change |", "|---|---|---|---|"]
+             ]
+    if w.get("finetune_trial") is not None:
+        ft_name = rep.get("finetune_study") or f"{rep['study']}{st.FINETUNE_SUFFIX}"
+        ranker = (spec.get("search") or {}).get("ranker")
+        lines += [f"**Winner: trial {w['finetune_trial']} of `{ft_name}`** (fine-tuned candidate {w.get('candidate')}), "
+                  f"chosen by validation mAP {_fmt(w.get('val_map'))}; test mAP {_fmt(w.get('test_map'))} is reported, "
+                  "never used to choose.", "",
+                  f"_Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial "
+                  f"{w['finetune_trial']} of {ft_name}._", ""]
+    lines += ["| | base | winner | change |", "|---|---|---|---|"]
     topk = b.get("topk") or w.get("topk")
     rows = [("test mAP@all", "test_map", False, 4), (f"test mAP@{topk}", "test_map_topk", False, 4),
             ("val mAP", "val_map", False, 4)]
@@ -87,9 +131,10 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     wf, wp = w.get("measured_flops"), w.get("measured_params")
     lines.append(f"| FLOPs (MACs) | {_fmt(b.get('flops'))} | {_fmt(wf)} | {_change(b.get('flops'), wf, True)} |")
     lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
-    bl, wl = b.get("latency_ms"), w.get("latency_ms")
-    speed = f"{bl / wl:.2f}x faster" if bl and wl else "–"
-    lines.append(f"| latency (ms, batch 32, 1 thread) | {_fmt(bl, 2)} | {_fmt(wl, 2)} | {speed} |")
+    lb, lw, speed = latency_row(b, w)
+    rounds = (w.get("latency_compare") or {}).get("rounds")
+    how = f"; median of {rounds} interleaved rounds, IQR" if rounds else ""
+    lines.append(f"| latency (ms, batch 32, 1 thread{how}) | {lb} | {lw} | {speed} |")
     lines += ["", "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
               "the best validation mAP.", ""]
     ratios = w.get("ratios") or {}
@@ -98,14 +143,14 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
         lines += ["## Keep ratio per channel group (winner)", "", "| group | channels | kept | ratio |", "|---|---|---|---|"]
         for name, r in ratios.items():
             ch = (groups or w.get("channels") or {}).get(name, "–")
-            lines.append(f"| `{name}` | {ch} | {kept.get(name, '–')} | {r:.2f} |")
+            lines.append(f"| `{name}` | {ch} | {kept.get(name, '–')} | {st.round_ratio(float(r)):g} |")
         lines.append("")
     if rep["finalists"]:
         lines += ["## Finalists (fine-tuned)", "",
                   "| trial | candidate | from | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for f in rep["finalists"]:
-            lines.append(f"| {f['trial']} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
+            lines.append(f"| {f['trial']}{' (winner)' if f.get('winner') or f['trial'] == w.get('finetune_trial') else ''} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
                          f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
                          f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |")
         lines.append("")

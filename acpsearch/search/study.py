@@ -22,8 +22,29 @@ FINETUNE_KIND = "acpsearch-finetune"
 FINETUNE_SUFFIX = ".finetune"
 PHASES = ("base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report")
 LEASE_TTL_S = 60.0
-CANDIDATE_OBJECTIVE = "similarity"
 FINETUNE_OBJECTIVE = "val_map"
+RATIO_DIGITS = 4  # keep ratios are stored and shown with this many decimals (0.6000000000000001 -> 0.6)
+
+
+def objective_name(ranker: str) -> str:
+    """The search study's objective as optuna-dashboard shows it: a ranker score, not mAP (its
+    "Best Trial" is the best-scored candidate, not the winner; the winner is chosen by val mAP)."""
+    return f"{ranker} score (ranker, not mAP)"
+
+
+CANDIDATE_OBJECTIVE = objective_name("similarity")
+
+
+def round_ratio(value: Any, digits: int = RATIO_DIGITS) -> Any:
+    """A keep ratio (or any float) rounded for storage and display; other values as they are."""
+    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
+        return round(float(value), digits)
+    return value
+
+
+def round_ratios(ratios: dict[str, Any], digits: int = RATIO_DIGITS) -> dict[str, Any]:
+    """{group: ratio} with every ratio rounded (see round_ratio)."""
+    return {str(k): round_ratio(v, digits) for k, v in (ratios or {}).items()}
 
 
 def now_iso() -> str:
@@ -144,7 +165,7 @@ def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
     spec = spec.model_copy(update={"name": name})
     attrs = {"kind": KIND, "spec": spec.to_dict(), "state": "submitted", "submitted_at": now_iso()}
     try:
-        _create_with_attrs(storage, name, attrs, [CANDIDATE_OBJECTIVE])
+        _create_with_attrs(storage, name, attrs, [objective_name(spec.search.ranker)])
     except optuna.exceptions.DuplicatedStudyError:
         raise SpecError(f"name: a study named {name!r} already exists in this storage (use --name)") from None
     return name
@@ -158,6 +179,51 @@ def set_objective_names(study: Any, names: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.set_metric_names(names)
+
+
+def set_finished_trial_user_attr(storage: Any, trial_id: int, key: str, value: Any) -> bool:
+    """A user attribute on a trial that may already be finished (the winner is known only after
+    every finalist finished). Optuna refuses updates of finished trials through its API; on a SQL
+    storage the row is written directly (upsert on trial_user_attributes). Other storages (journal)
+    keep the refusal: False is returned and the caller relies on the note (a study attribute)."""
+    import json
+
+    import optuna
+
+    rdb = _rdb(storage)
+    if rdb is None:
+        try:
+            storage.set_trial_user_attr(trial_id, key, value)
+            return True
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            return False
+    from optuna.storages._rdb import models
+
+    session = rdb.scoped_session()
+    try:
+        row = (session.query(models.TrialUserAttributeModel)
+               .filter(models.TrialUserAttributeModel.trial_id == trial_id)
+               .filter(models.TrialUserAttributeModel.key == key).one_or_none())
+        if row is None:
+            session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+        else:
+            row.value_json = json.dumps(value)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    return True
+
+
+def save_trial_note(study: Any, trial_id: int, body: str) -> None:
+    """optuna-dashboard's note of one trial of `study` (optuna_dashboard.save_note; the dashboard
+    keeps trial notes as study system attributes, so a finished trial can get one too)."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    save_note(optuna.trial.Trial(study, trial_id), body)
 
 
 def _companion_problem(storage: Any, parent_name: str) -> str | None:
