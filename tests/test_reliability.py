@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -359,12 +360,13 @@ def test_a_worker_killed_by_sigsegv_leaves_thread_stacks_and_another_worker_resu
     finally:
         if first.poll() is None:
             _sigkill(first)
-    assert first.returncode == -signal.SIGSEGV
+    # Ray's own fatal-signal handler may run after faulthandler's and end the process with abort()
+    assert first.returncode in (-signal.SIGSEGV, -signal.SIGABRT), (first.returncode, err[-3000:])
     log = crash_log_path(art, first.pid)
     assert log.is_file(), (err[-3000:], sorted(p.name for p in art.iterdir()))
     text = log.read_text()
     for out in (text, err):
-        assert "Fatal Python error: Segmentation fault" in out, out[-3000:]
+        assert re.search(r"Fatal Python error: (Segmentation fault|Aborted)", out), out[-3000:]
         assert out.count("most recent call first") >= 2, out[-3000:]  # every thread, not just one
         assert "in run_study" in out, out[-3000:]  # the main thread's stack names where it was
     assert f"process {first.pid}" in text.splitlines()[0]
