@@ -240,3 +240,40 @@ def test_cli_train_and_evaluate_a_list_file_set(lists, tmp_path, capsys):
     assert run(["evaluate", str(out), "--topk", "20", "--json"]) == 0  # the lists and statistics stored in meta
     again = json.loads(capsys.readouterr().out)["metrics"]
     assert again["map_all"] == trained["map_all"] and again["map_topk"] == trained["map_topk"]
+
+
+def test_a_study_prunes_a_network_trained_on_a_streamed_list_file_set(tmp_path, ray_session):
+    """submit + run on a DeepHash-pytorch list-file set that stays on disk (decoded per batch):
+    the base is trained on it, the search and fine-tuning read it, the winner stores the training
+    split's normalisation. (Peak memory is measured by benchmarks/stream_memory.py, not here.)"""
+    import yaml
+
+    from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.cli import run
+    from acpsearch.search import study as st
+    from acpsearch.search.storage import open_storage
+    from conftest import TINY_SPEC
+
+    lists = write_listfile_set(tmp_path / "data", n_train=60, n_db=60, n_test=15, side=12)
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update({
+        "name": "listfile-study",
+        "model": {"zoo": "resnet20", "bits": 16},
+        "data": {"dataset": "listfile", **lists, "image_size": 12},
+        "train": {"loss": "csq", "epochs": 2, "lr": 0.003, "batch_size": 32},
+        "search": {"candidates": 6, "sampler": "random", "workers": 1, "seed": 0, "ranker": "l1_retained",
+                   "rounds": 1},
+        "finetune": {"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None},
+    })
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert run(["submit", str(tmp_path / "s.yaml"), "--storage", url]) == 0
+    assert run(["run", "listfile-study", "--storage", url, "--artifacts", str(tmp_path / "art")]) == 0
+    study = st.load_search_study(open_storage(url), "listfile-study")
+    assert study.user_attrs["state"] == "done"
+    stored = study.user_attrs["spec"]["data"]
+    assert stored["dataset"] == "listfile" and stored["stream"] is True
+    winner = study.user_attrs["winner"]
+    assert winner["flops_ratio"] <= 0.5 + 1e-9
+    pre = read_checkpoint(winner["path"])["meta"]["preprocess"]
+    assert pre["input_shape"][-2:] == [12, 12] and len(pre["mean"]) == 3  # RGB, from the training list
