@@ -28,6 +28,7 @@ _LAZY = {
     "DynamicSpace": "acpsearch.search.space",
     "Budget": "acpsearch.search.space",
     "StructureEncoder": "acpsearch.encoder",
+    "export_model": "acpsearch.export",
 }
 
 __all__ = [
