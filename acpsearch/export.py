@@ -195,7 +195,9 @@ def _write_torchscript(model: nn.Module, tmp: Path, example: torch.Tensor, doc: 
     doc["exporter"] = how
     if errors:
         doc["exporter_note"] = errors[0]
-    torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(doc)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; it still works
+        torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(doc)})
     return how
 
 
@@ -279,9 +281,22 @@ def load_exported(path: str | os.PathLike[str], fmt: str | None = None,
     tensor in the file's own runtime (torch.jit / onnxruntime / torch.export)."""
     path = Path(path)
     fmt = fmt or detect_format(path)
+    try:
+        return _load_exported(path, fmt, threads)
+    except AcpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails its runtime's loader in its own way
+        raise SpecError(f"file {str(path)!r}: cannot load it as {fmt} ({type(exc).__name__}: "
+                        f"{_first_line(exc, 160)})") from None
+
+
+def _load_exported(path: Path, fmt: str,
+                   threads: int | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
     if fmt == "torchscript":
         extra = {META_KEY: ""}
-        m = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         m.eval()
 
         def run(x: torch.Tensor) -> torch.Tensor:
