@@ -533,7 +533,7 @@ def _print_bench(b: dict[str, Any]) -> None:
     print(f"latency, batch {b['batch']}, 1 thread, median of {b['rounds']} interleaved rounds "
           f"after {b['warmup']} warm-up calls:")
     for key, v in lat.items():
-        label = "eager PyTorch" if key == "eager" else f"{key} ({b['runtime']})"
+        label = "eager PyTorch" if key == "eager" else f"{key} in {b['runtime']}"
         print(f"  {label}: {v['median_ms']:.3f} ms (min {v['min_ms']:.3f}, max {v['max_ms']:.3f})")
     if "eager" in lat and len(lat) == 2:
         other = next(k for k in lat if k != "eager")
