@@ -101,12 +101,14 @@ def export_metadata(model: nn.Module, example_input: torch.Tensor, fmt: str,
     with torch.no_grad():
         out = model(example_input)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""
         raise SpecError(f"--format {fmt}: the model must return one tensor of shape (batch, bits), got "
-                        f"{type(out).__name__}{' of shape ' + str(tuple(out.shape)) if isinstance(out, torch.Tensor) else ''}")
+                        f"{type(out).__name__}{shape}")
     doc: dict[str, Any] = {
         "format": fmt,
         "code_length": int(out.shape[1]),
-        "code": "sign(output): output > 0 -> bit 1, output < 0 -> bit 0 (the network returns the raw hash-layer output)",
+        "code": "sign(output): output > 0 -> bit 1, output < 0 -> bit 0 "
+                "(the network returns the raw hash-layer output)",
         "input_shape": [1, *[int(v) for v in example_input.shape[1:]]],
         "batch_axis": 0,
         "dynamic_batch": True,
@@ -387,13 +389,15 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
     `example_input`: a float tensor (batch, C, H, W); the batch axis is exported dynamic. `meta`:
     extra JSON-able metadata stored in the file (see metadata_from_checkpoint). ``acpsearch`` needs
     `model_cfg` (and `pruning` for a pruned model), as acpsearch.save_checkpoint does.
+    The model is put in eval mode on the CPU (exported files run on the CPU runtimes).
     Returns {"format", "out", "exporter", "verification": {max_abs_diff, ...}, "metadata"}.
     Bad input and failed verification are SpecError lines naming --format; nothing is left at `path`."""
     from acpsearch.outputs import atomic_out
 
     fmt = check_format(format)
     if example_input is None or not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise SpecError(f"--format {fmt}: example_input must be a tensor with a batch axis, e.g. torch.zeros(1, 3, 32, 32)")
+        raise SpecError(f"--format {fmt}: example_input must be a tensor with a batch axis, "
+                        "e.g. torch.zeros(1, 3, 32, 32)")
     if onnx_exporter not in ("auto", "dynamo", "legacy"):
         raise SpecError(f"onnx_exporter: must be auto, dynamo or legacy, got {onnx_exporter!r}")
     model = model.eval().cpu()
@@ -445,8 +449,10 @@ def benchmark(runners: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor
     """Median latency (ms) of each runner on `x`, one intra-op thread, after `warmup` calls each.
     Rounds are interleaved and the order alternates every round (A B, B A, ...), so drift and noise
     on a shared machine hit every runner alike instead of deciding the order."""
-    if rounds < 1 or warmup < 0:
+    if rounds < 1:
         raise SpecError(f"--rounds: must be >= 1, got {rounds}")
+    if warmup < 0:
+        raise SpecError(f"--warmup: must be >= 0, got {warmup}")
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

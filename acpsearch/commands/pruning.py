@@ -104,7 +104,8 @@ def prune_cmd(
             save_pruned(tmp, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
     else:  # verified in its own runtime; written through atomic_out as well
         source = {"checkpoint": str(checkpoint), "keep": keep, "criterion": criterion}
-        emeta = metadata_from_checkpoint({**ckpt, "meta": meta, "pruning": getattr(pruned, "acp_pruning_record", None)}, source)
+        record = getattr(pruned, "acp_pruning_record", None)
+        emeta = metadata_from_checkpoint({**ckpt, "meta": meta, "pruning": record}, source)
         exported = export_model(pruned, out, fmt, example, emeta)
     doc = {"out": str(out), "format": fmt, "before": before.to_dict(), "after": after.to_dict(),
            "flops_ratio": after.flops / max(before.flops, 1), "params_ratio": after.params / max(before.params, 1)}
