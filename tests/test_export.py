@@ -280,6 +280,10 @@ def test_library_export_model_and_its_tolerance(env, tmp_path):
                                  {"source": {"note": "library"}})
     assert rep["verification"]["max_abs_diff"] <= 1e-4 and rep["metadata"]["source"] == {"note": "library"}
     assert "preprocess" not in rep["metadata"]  # only what the caller gives (or the checkpoint has)
+    assert rep["exporter"] == "torch.onnx.export(dynamo=True, opset 18)"
+    legacy = export_model(model, tmp_path / "l.onnx", "onnx", torch.zeros(1, 1, 8, 8), onnx_exporter="legacy")
+    assert legacy["exporter"] == "torch.onnx.export(dynamo=False, opset 17)"
+    assert legacy["verification"]["max_abs_diff"] <= 1e-4 and legacy["verification"]["code_bits_differing"] == 0
     run_onnx = load_exported(tmp_path / "m.onnx")[0]
     flipped = lambda x: -run_onnx(x)  # noqa: E731 - a runtime returning the opposite codes
     with pytest.raises(SpecError, match=r"--format onnx: verification failed: .* 144 of 144 code bits differ"):
