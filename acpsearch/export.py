@@ -80,6 +80,17 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return type(exc).__name__
 
 
+def _write_error(exc: BaseException) -> OSError | None:
+    """The OSError (EFBIG, ENOSPC, ...) behind an exporter's failure, if the failure was a write."""
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
     """`example` with its batch axis set to n (the first item repeated): a batch of 1 would let
     torch.export / tracing specialise the batch size to 1."""
@@ -179,6 +190,13 @@ def _quiet() -> Iterator[io.StringIO]:
 
 
 # --- writers -------------------------------------------------------------------------------------
+def _write_bytes(tmp: Path, buf: io.BytesIO) -> None:
+    """torch's archive writer aborts the process (std::terminate) when a write to the file fails
+    (EFBIG, ENOSPC): archives are built in memory and written here, where a failure is an OSError."""
+    with open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
+
+
 def _write_torchscript(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str, Any]) -> str:
     errors = []
     scripted = None
@@ -199,7 +217,9 @@ def _write_torchscript(model: nn.Module, tmp: Path, example: torch.Tensor, doc: 
         doc["exporter_note"] = errors[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; it still works
-        torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(doc)})
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf, _extra_files={META_KEY: json.dumps(doc)})
+    _write_bytes(tmp, buf)
     return how
 
 
@@ -221,6 +241,8 @@ def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[st
                                   dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
             how = f"torch.onnx.export(dynamo=True, opset {ONNX_OPSET})"
         except Exception as exc:  # noqa: BLE001 - dynamo cannot capture every model: try the legacy path
+            if _write_error(exc) is not None:
+                raise _write_error(exc) from None  # a full disk is not a reason to try another exporter
             errors.append(f"dynamo: {_first_line(exc, 120)}")
     if how is None and exporter in ("auto", "legacy"):
         try:
@@ -230,6 +252,8 @@ def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[st
                                   dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}})
             how = "torch.onnx.export(dynamo=False, opset 17)"
         except Exception as exc:  # noqa: BLE001
+            if _write_error(exc) is not None:
+                raise _write_error(exc) from None
             errors.append(f"legacy: {_first_line(exc, 120)}")
     if how is None:
         raise SpecError(f"--format onnx: cannot export the model ({'; '.join(errors)})")
@@ -253,8 +277,9 @@ def _write_pt2(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.
         raise SpecError(f"--format pt2: torch.export cannot capture the model ({_first_line(exc)})") from None
     doc["exporter"] = "torch.export.export"
-    with open(tmp, "wb") as f:
-        torch.export.save(ep, f, extra_files={META_KEY: json.dumps(doc)})
+    buf = io.BytesIO()
+    torch.export.save(ep, buf, extra_files={META_KEY: json.dumps(doc)})
+    _write_bytes(tmp, buf)
     return "torch.export.export"
 
 
@@ -436,6 +461,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
         except (OSError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - an exporter's own failure: name the format, not --out
+            if _write_error(exc) is not None:  # a failed write (EFBIG, ENOSPC): atomic_out names --out
+                raise _write_error(exc) from None
             raise SpecError(f"--format {fmt}: export failed ({type(exc).__name__}: {_first_line(exc, 160)})") from None
         if stored != json.loads(json.dumps(doc)):
             raise SpecError(f"--format {fmt}: the metadata read back differs from what was written")

@@ -342,3 +342,30 @@ def test_export_a_finished_study(finished_studies, tmp_path, capsys):
     with torch.no_grad():
         ref = acpsearch.load_model(res["metadata"]["source"]["checkpoint"])(x)
     assert torch.equal(torch.sign(load_exported(out)[0](x)), torch.sign(ref))
+
+
+def test_write_failure_is_one_line_naming_out_and_leaves_nothing(exported, env, tmp_path):
+    """A file-size limit (EFBIG, as on a full disk) while each format is written, in a real process:
+    torch's own archive writer would abort the process (std::terminate) on a failed write, so archives
+    are built in memory first; the failure is one line naming --out, exit 2, nothing left behind."""
+    import os
+    import re
+    import resource
+    import signal
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))  # the files are ~360-530 KB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+
+    root = Path(__file__).resolve().parents[1]
+    env_vars = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    for fmt in FORMATS:
+        assert exported[fmt][0].stat().st_size > 200 * 1024
+        target = tmp_path / f"m.{fmt}"
+        res = subprocess.run([sys.executable, "-c", "import sys; from acpsearch.cli import main; main()", "export",
+                              "exp", "--storage", env.url, "--format", fmt, "--out", str(target)],
+                             capture_output=True, text=True, timeout=300, env=env_vars, cwd=tmp_path,
+                             preexec_fn=limit)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert re.fullmatch(re.escape(f"error: --out: cannot write '{target}' (File too large)") + "\n", res.stderr)
+        assert list(tmp_path.iterdir()) == []
