@@ -29,6 +29,7 @@ _LAZY = {
     "Budget": "acpsearch.search.space",
     "StructureEncoder": "acpsearch.encoder",
     "preprocess": "acpsearch.preprocessing",
+    "export_model": "acpsearch.export",
 }
 
 __all__ = [

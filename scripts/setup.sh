@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with torch==2.13.0 (CPU wheel)
-# installed BEFORE everything else, the package itself, the offline Fashion-MNIST data set, and
+# installed BEFORE everything else, the package itself with the extras the tests need (test, export,
+# postgres; `pip install -e ".[bench]"` adds torch-pruning for benchmarks/), the offline Fashion-MNIST data set, and
 # PostgreSQL (the server storage; scripts/test.sh starts it for the PostgreSQL storage tests).
 # Idempotent: re-running it is cheap.
 set -euo pipefail
@@ -13,9 +14,11 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q torch==2.13.0
 fi
-if ! .venv/bin/python -c "import acpsearch, optuna, ray, torch_geometric, pytest" 2>/dev/null \
+# the extras the tests need: export (onnx, onnxruntime, onnxscript) and postgres (psycopg2) are in
+# `test` too; named here as well so an older pip that does not resolve self-referencing extras gets them
+if ! .venv/bin/python -c "import acpsearch, optuna, ray, torch_geometric, pytest, onnx, onnxruntime, onnxscript, PIL, psycopg2" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.acpsearch-installed ]; then
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q -e ".[test,export,postgres]"
   touch .venv/.acpsearch-installed
 fi
 # Fashion-MNIST ships as a Debian package; install it when apt is usable, else the demo falls back

@@ -1165,6 +1165,19 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = 
      Q("data.normalize.mean: has 3 values, the images have 1 channels")),
     ("train-normalize-word", nothing, ["train", "--dataset", "digits", "--normalize", "whole", "--out", "x.pt"],
      Q("--normalize: must be 'train' or 'none', got 'whole'")),
+    # --- export formats ---
+    ("export-format-bad", nothing, ["export", "{name}", "--storage", "{url}", "--format", "tflite", "--out", "{tmp}/m.tflite"],
+     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'tflite'") + "$"),
+    ("export-format-empty", nothing, ["export", "{name}", "--storage", "{url}", "--format", "", "--out", "{tmp}/m.onnx"],
+     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got ''") + "$"),
+    ("prune-format-bad", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--format", "onnx2", "--out", "{tmp}/p.onnx"],
+     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'onnx2'") + "$"),
+    ("bench-missing", nothing, ["bench", "/nonexistent/m.onnx"], Q("FILE: '/nonexistent/m.onnx' not found")),
+    ("bench-not-a-model", checkpoint("corrupt"), ["bench", "{ckpt}"],
+     Q("file '{ckpt}': not a TorchScript, pt2, ONNX or acpsearch file")),
+    ("bench-foreign-zip", checkpoint("foreign"), ["bench", "{ckpt}"],
+     Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
+    ("bench-batch-zero", checkpoint("good"), ["bench", "{ckpt}", "--batch", "0"], Q("Invalid value for '--batch'")),
 ]
 
 
@@ -1300,7 +1313,9 @@ def test_every_issue_case_is_in_the_table():
                    "name-finetune-suffix", "name-collision-hijack", "storage-foreign-app-status",
                    "storage-foreign-app-submit", "storage-foreign-studies-table", "storage-readonly-submit",
                    "storage-readonly-run", "submit-fails-midway", "storage-url-empty", "storage-url-memory",
-                   "storage-url-password"):
+                   "storage-url-password",
+                   # export formats
+                   "export-format-bad", "prune-format-bad", "bench-missing", "bench-not-a-model"):
         assert any(i.startswith(needed) for i in ids), needed
 
 

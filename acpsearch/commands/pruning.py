@@ -71,6 +71,8 @@ def prune_cmd(
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1,
                              help=f"seed of the random criterion, in [0, {SEED_LIMIT})"),
     out: Path = typer.Option(..., "--out", help="pruned checkpoint to write"),
+    fmt: str = typer.Option("acpsearch", "--format", help="acpsearch (a checkpoint load_model reloads) | "
+                            "torchscript | onnx | pt2 (for deployment without acpsearch; see `acpsearch export`)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
@@ -82,6 +84,9 @@ def prune_cmd(
 
     if criterion == "taylor":
         raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")
+    from acpsearch.export import check_format, export_model, metadata_from_checkpoint
+
+    fmt = check_format(fmt)
     check_out(out)  # a directory or an unwritable place is refused before any work
     ckpt, model, example = _load(checkpoint, allow_factory)
     if ckpt.get("pruning"):
@@ -93,14 +98,27 @@ def prune_cmd(
     meta = dict(ckpt.get("meta") or {})
     meta.update({"pruned_from": str(checkpoint), "strategy": s.to_dict(), "base_cost": before.to_dict(),
                  "cost": after.to_dict()})
-    with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
-        save_pruned(tmp, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
-    doc = {"out": str(out), "before": before.to_dict(), "after": after.to_dict(),
+    exported = None
+    if fmt == "acpsearch":
+        with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
+            save_pruned(tmp, pruned, s, ckpt["model"], ckpt["input_shape"], meta=meta)
+    else:  # verified in its own runtime; written through atomic_out as well
+        source = {"checkpoint": str(checkpoint), "keep": keep, "criterion": criterion}
+        record = getattr(pruned, "acp_pruning_record", None)
+        emeta = metadata_from_checkpoint({**ckpt, "meta": meta, "pruning": record}, source)
+        exported = export_model(pruned, out, fmt, example, emeta)
+    doc = {"out": str(out), "format": fmt, "before": before.to_dict(), "after": after.to_dict(),
            "flops_ratio": after.flops / max(before.flops, 1), "params_ratio": after.params / max(before.params, 1)}
+    if exported is not None:
+        doc.update({"exporter": exported["exporter"], "verification": exported["verification"]})
     if as_json:
         typer.echo(json.dumps(doc))
         return
     typer.echo(f"before: {before.flops:,} MACs, {before.params:,} params")
     typer.echo(f"after:  {after.flops:,} MACs ({doc['flops_ratio']:.3f}), {after.params:,} params "
                f"({doc['params_ratio']:.3f})")
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {out}" + (f" ({fmt})" if fmt != "acpsearch" else ""))
+    if exported is not None:
+        v = exported["verification"]
+        typer.echo(f"exporter: {exported['exporter']}; verified against PyTorch: max abs diff "
+                   f"{v['max_abs_diff']:.3g} (allowed {v['atol']:g}), {v['code_bits_compared']} code bits identical")
