@@ -374,6 +374,14 @@ def worker(
     ran: list[dict[str, Any]] = []
     refused: set[str] = set()
     conn: dict[str, Any] = {}
+
+    def skip(name: str, state: str, error: str, line: str, quiet: bool = False) -> None:
+        """Leave study `name` alone for the rest of this worker's life (refused / blocked)."""
+        refused.add(name)
+        ran.append({"name": name, "state": state, "error": error})
+        if not quiet:
+            err.print(f"worker: skipping study {name!r}: {line}", soft_wrap=True, markup=False, highlight=False)
+
     with crash.armed(artifact_dir(url, artifacts)):
         try:
             idle_since = time.monotonic()
@@ -385,19 +393,13 @@ def worker(
                         continue
                     why = _factory_refusal(frozen, policy)
                     if why is not None:  # before the claim and before Ray: the study stays as it is
-                        refused.add(frozen.study_name)
-                        ran.append({"name": frozen.study_name, "state": "refused", "error": str(why)})
-                        err.print(f"worker: skipping study {frozen.study_name!r}: factory module {why.module!r} is "
-                                  f"not allowed (--allow-factory {why.module} or {ALLOW_ENV})",
-                                  soft_wrap=True, markup=False, highlight=False)
+                        skip(frozen.study_name, "refused", str(why), f"factory module {why.module!r} is not "
+                             f"allowed (--allow-factory {why.module} or {ALLOW_ENV})")
                         continue
                     try:  # a foreign NAME.finetune blocks the study: found before Ray starts
                         st.check_companion(st_obj, frozen.study_name)
                     except StorageError as exc:
-                        refused.add(frozen.study_name)
-                        ran.append({"name": frozen.study_name, "state": "blocked", "error": str(exc)})
-                        err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
-                                  markup=False, highlight=False)
+                        skip(frozen.study_name, "blocked", str(exc), str(exc))
                         continue
                     if not conn:  # once per worker: every study reuses this connection
                         conn = connect(address, workers or os.cpu_count() or 1)
@@ -409,20 +411,12 @@ def worker(
                                   reporter=rep, allow_factories=policy, trust_spec_factory=False, device=device)
                         ran.append({"name": frozen.study_name, "state": "done"})
                     except StudyBlocked as exc:  # nothing written; retrying would fail the same way
-                        refused.add(frozen.study_name)
-                        ran.append({"name": frozen.study_name, "state": "blocked", "error": str(exc)})
-                        if not json_out:
-                            err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
-                                      markup=False, highlight=False)
+                        skip(frozen.study_name, "blocked", str(exc), str(exc), quiet=json_out)
                         continue
                     except StudyBusy:
                         continue
                     except FactoryNotAllowed as exc:  # its spec changed since the check: still untouched
-                        refused.add(frozen.study_name)
-                        ran.append({"name": frozen.study_name, "state": "refused", "error": str(exc)})
-                        if not json_out:
-                            err.print(f"worker: skipping study {frozen.study_name!r}: {exc}", soft_wrap=True,
-                                      markup=False, highlight=False)
+                        skip(frozen.study_name, "refused", str(exc), str(exc), quiet=json_out)
                         continue
                     except st.LeaseLost as exc:
                         ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})

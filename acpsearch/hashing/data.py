@@ -398,20 +398,13 @@ def _read_npy(file: Path) -> np.ndarray:
     """An .npy image. Its header is read and checked first (a numeric dtype, an image's shape, as
     many bytes as the shape needs), so neither pickled objects nor a header claiming a huge shape
     get as far as np.load."""
-    fmt = np.lib.format
     try:
         with open(file, "rb") as f:
-            if f.read(6) != fmt.MAGIC_PREFIX:  # else np.load would try it as a pickle (or a zip archive)
+            if f.read(6) != np.lib.format.MAGIC_PREFIX:  # else np.load would try it as a pickle (or a zip archive)
                 raise DataError(f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write "
                                 "images with numpy.save")
             f.seek(0)
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
-            else:
-                raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here")
+            shape, dtype = _npy_array_header(f)
             have = _remaining(f)
     except DataError:
         raise
@@ -520,19 +513,28 @@ def _load_folder(path: str | None, image_size: int | None = None) -> Dataset:
                    where=lambda i: repr(str(paths[i])))
 
 
+def _npy_array_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an open .npy stream positioned at its magic string; the data is not read."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here")
+    return shape, dtype
+
+
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an .npy member of an .npz archive, from its header alone."""
-    fmt = np.lib.format
     if member not in archive.namelist():  # np.savez writes KEY.npy; NpzFile also reads a member named KEY
         member = member[:-len(".npy")]
     with archive.open(member) as f:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, _fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"{member}: .npy format version {version[0]}.{version[1]} is not read here")
+        try:
+            shape, dtype = _npy_array_header(f)
+        except ValueError as exc:
+            raise ValueError(f"{member}: {exc}") from None
     return tuple(int(v) for v in shape), dtype
 
 
