@@ -1,11 +1,13 @@
 """acpsearch: automatic channel pruning of deep hash networks (ACP-SSE) as a search service.
 
 Public names are imported lazily so `import acpsearch` stays cheap (no Ray / Optuna import)."""
+
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
 
+from acpsearch.checkpoint import load_model, save_checkpoint
 from acpsearch.errors import (
     AcpError,
     BudgetError,
@@ -15,7 +17,6 @@ from acpsearch.errors import (
     StorageError,
     UnsupportedModelError,
 )
-from acpsearch.checkpoint import load_model, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -33,8 +34,16 @@ _LAZY = {
 }
 
 __all__ = [
-    "AcpError", "BudgetError", "CheckpointError", "DataError", "SpecError", "StorageError",
-    "UnsupportedModelError", "load_model", "save_checkpoint", *_LAZY,
+    "AcpError",
+    "BudgetError",
+    "CheckpointError",
+    "DataError",
+    "SpecError",
+    "StorageError",
+    "UnsupportedModelError",
+    "load_model",
+    "save_checkpoint",
+    *_LAZY,
 ]
 
 

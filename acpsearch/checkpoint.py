@@ -13,6 +13,7 @@ A checkpoint is a plain dict of tensors, strings, numbers, lists and dicts, so i
 `load_model` rebuilds the architecture from "model", replays "pruning" (if any) on it, then loads
 the state dict, so pruned models reload without pickled modules.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -63,8 +64,9 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
             raise
         except Exception as exc:  # noqa: BLE001 - kwargs the zoo network rejects are bad input
             first = (str(exc).splitlines() or [""])[0]
-            raise CheckpointError(f"{source}: model.kwargs: cannot build zoo model {cfg['zoo']!r} "
-                                  f"({type(exc).__name__}: {first[:160]})") from None
+            raise CheckpointError(
+                f"{source}: model.kwargs: cannot build zoo model {cfg['zoo']!r} ({type(exc).__name__}: {first[:160]})"
+            ) from None
     if "factory" in cfg:
         policy = FactoryPolicy.coerce(allow_factories)
         policy.check(cfg["factory"], source)
@@ -102,11 +104,15 @@ def import_factory(path: str, search: Any = ()):
         missing = exc.name or ""
         if missing and (mod_name == missing or mod_name.startswith(missing + ".")):
             looked = ", ".join(repr(d) for d in dict.fromkeys(dirs))
-            raise SpecError(f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}); looked in "
-                            f"{looked} and sys.path; set model.path to the directory that holds it (relative to the "
-                            "spec file) or add that directory to PYTHONPATH (on every worker too)") from None
-        raise SpecError(f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}; "
-                        f"the module imports {missing!r}, which is not installed here)") from None
+            raise SpecError(
+                f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}); looked in "
+                f"{looked} and sys.path; set model.path to the directory that holds it (relative to the "
+                "spec file) or add that directory to PYTHONPATH (on every worker too)"
+            ) from None
+        raise SpecError(
+            f"model.factory: cannot import module {mod_name!r} (ModuleNotFoundError: {exc}; "
+            f"the module imports {missing!r}, which is not installed here)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's factory path
         raise SpecError(f"model.factory: cannot import module {mod_name!r} ({type(exc).__name__}: {exc})") from None
     finally:  # ... then last, so they never shadow installed modules, yet later imports of its neighbours work
@@ -142,8 +148,10 @@ def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
             raise CheckpointError(f"{source}: model.kwargs.{key}: {value!r} is out of range (|value| <= {MAX_KWARG})")
     n = _zoo_elements(zoo, kwargs)
     if n is not None and n > MAX_MODEL_ELEMENTS:
-        raise CheckpointError(f"{source}: model {zoo!r} with kwargs {kwargs} would have {n:,} parameters "
-                              f"(more than {MAX_MODEL_ELEMENTS:,}); refused before allocating")
+        raise CheckpointError(
+            f"{source}: model {zoo!r} with kwargs {kwargs} would have {n:,} parameters "
+            f"(more than {MAX_MODEL_ELEMENTS:,}); refused before allocating"
+        )
 
 
 def save_checkpoint(
@@ -212,8 +220,11 @@ STATE_DICT_WRAPPERS = ("state_dict", "model")  # {'state_dict': sd} (Lightning a
 
 
 def _tensor_mapping(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def plain_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor] | None:
@@ -222,12 +233,15 @@ def plain_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor] | None:
     acpsearch checkpoint's state dict (real tensors only)."""
     if not isinstance(obj, dict) or obj.get("format") == FORMAT:
         return None
-    sd = obj if _tensor_mapping(obj) else next(
-        (obj[k] for k in STATE_DICT_WRAPPERS if _tensor_mapping(obj.get(k))), None)
+    sd = (
+        obj
+        if _tensor_mapping(obj)
+        else next((obj[k] for k in STATE_DICT_WRAPPERS if _tensor_mapping(obj.get(k))), None)
+    )
     if sd is None:
         return None
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     _validate_state_dict(sd, where)
     return dict(sd)
 
@@ -242,9 +256,11 @@ def read_weights(path: str | Path) -> tuple[str, dict[str, Any]]:
         return "acpsearch", _as_checkpoint(obj, path)
     sd = plain_state_dict(obj, f"checkpoint {str(path)!r}")
     if sd is None:
-        raise CheckpointError(f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format) nor a "
-                              "state dict (a mapping of parameter names to tensors, as "
-                              "torch.save(model.state_dict(), path) writes)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: not an acpsearch checkpoint (foreign format) nor a "
+            "state dict (a mapping of parameter names to tensors, as "
+            "torch.save(model.state_dict(), path) writes)"
+        )
     return "state_dict", sd
 
 
@@ -260,16 +276,22 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where:
     unexpected = [k for k in sd if k not in want]
     more = lambda n: f" (and {n - 1} more)" if n > 1 else ""  # noqa: E731
     if missing:
-        raise CheckpointError(f"{where}: the state dict does not match the network: missing key {missing[0]!r}"
-                              f"{more(len(missing))}" + (f"; unexpected key {unexpected[0]!r}{more(len(unexpected))}"
-                                                         if unexpected else ""))
+        raise CheckpointError(
+            f"{where}: the state dict does not match the network: missing key {missing[0]!r}"
+            f"{more(len(missing))}"
+            + (f"; unexpected key {unexpected[0]!r}{more(len(unexpected))}" if unexpected else "")
+        )
     if unexpected:
-        raise CheckpointError(f"{where}: the state dict does not match the network: unexpected key "
-                              f"{unexpected[0]!r}{more(len(unexpected))}")
+        raise CheckpointError(
+            f"{where}: the state dict does not match the network: unexpected key "
+            f"{unexpected[0]!r}{more(len(unexpected))}"
+        )
     for k, t in want.items():
         if _shape(sd[k]) != _shape(t):
-            raise CheckpointError(f"{where}: the state dict does not match the network: {k!r} has shape "
-                                  f"{list(_shape(sd[k]))} in the file, the network expects {list(_shape(t))}")
+            raise CheckpointError(
+                f"{where}: the state dict does not match the network: {k!r} has shape "
+                f"{list(_shape(sd[k]))} in the file, the network expects {list(_shape(t))}"
+            )
     try:
         model.load_state_dict(sd, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -291,17 +313,22 @@ def spec_contradictions(cfg: dict[str, Any], model_spec: Any, where: str) -> Non
         raise SpecError(f"model.factory: {factory!r} contradicts {where}, whose network is {have}")
     for key, value in dict(getattr(model_spec, "kwargs", None) or {}).items():
         if key not in ck_kwargs:
-            raise SpecError(f"model.kwargs.{key}: {value!r} contradicts {where}, whose network was built without "
-                            f"it (its kwargs: {sorted(ck_kwargs)})"[:400])
+            raise SpecError(
+                f"model.kwargs.{key}: {value!r} contradicts {where}, whose network was built without "
+                f"it (its kwargs: {sorted(ck_kwargs)})"[:400]
+            )
         if ck_kwargs[key] != value:
-            raise SpecError(f"model.kwargs.{key}: {value!r} contradicts {where}, whose network has "
-                            f"{key}={ck_kwargs[key]!r}")
+            raise SpecError(
+                f"model.kwargs.{key}: {value!r} contradicts {where}, whose network has {key}={ck_kwargs[key]!r}"
+            )
     bits = getattr(model_spec, "bits", None)
     ck_bits = ck_kwargs.get("bits")
     if bits is not None and _is_int(ck_bits) and ck_bits != bits:
         given = "" if "bits" in getattr(model_spec, "model_fields_set", {"bits"}) else " (the default)"
-        raise SpecError(f"model.bits: {bits}{given} contradicts {where}, whose network has bits={ck_bits}; "
-                        f"set model.bits: {ck_bits}")
+        raise SpecError(
+            f"model.bits: {bits}{given} contradicts {where}, whose network has bits={ck_bits}; "
+            f"set model.bits: {ck_bits}"
+        )
 
 
 # --- structure -----------------------------------------------------------------------------------
@@ -341,8 +368,9 @@ def _plain(value: Any, where: str, depth: int = 0) -> None:
 
 def _validate_model_cfg(cfg: Any, where: str) -> None:
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{where}: entry 'model' must be a mapping with 'zoo' or 'factory', "
-                              f"got {type(cfg).__name__}")
+        raise CheckpointError(
+            f"{where}: entry 'model' must be a mapping with 'zoo' or 'factory', got {type(cfg).__name__}"
+        )
     has_zoo, has_factory = cfg.get("zoo") is not None, cfg.get("factory") is not None
     if has_zoo == has_factory:
         raise CheckpointError(f"{where}: entry 'model' must name exactly one of 'zoo' or 'factory'")
@@ -350,7 +378,9 @@ def _validate_model_cfg(cfg: Any, where: str) -> None:
         from acpsearch.hashing import MODEL_NAMES
 
         if not isinstance(cfg["zoo"], str) or cfg["zoo"].lower() not in MODEL_NAMES:
-            raise CheckpointError(f"{where}: model.zoo: unknown zoo model {cfg['zoo']!r}; known: {', '.join(MODEL_NAMES)}")
+            raise CheckpointError(
+                f"{where}: model.zoo: unknown zoo model {cfg['zoo']!r}; known: {', '.join(MODEL_NAMES)}"
+            )
     elif not isinstance(cfg["factory"], str) or not _FACTORY_RE.fullmatch(cfg["factory"]):
         raise CheckpointError(f"{where}: model.factory: must be 'package.module:function', got {cfg['factory']!r}")
     kwargs = cfg.get("kwargs")
@@ -369,8 +399,9 @@ def _validate_input_shape(shape: Any, where: str) -> None:
         raise CheckpointError(f"{where}: input_shape: every size must be in [1, {MAX_DIM}], got {list(shape)}")
     total = math.prod(shape)
     if total > MAX_INPUT_ELEMENTS:
-        raise CheckpointError(f"{where}: input_shape: {list(shape)} has {total:,} elements "
-                              f"(more than {MAX_INPUT_ELEMENTS:,})")
+        raise CheckpointError(
+            f"{where}: input_shape: {list(shape)} has {total:,} elements (more than {MAX_INPUT_ELEMENTS:,})"
+        )
 
 
 def _validate_state_dict(sd: Any, where: str) -> None:
@@ -381,12 +412,18 @@ def _validate_state_dict(sd: Any, where: str) -> None:
             raise CheckpointError(f"{where}: state_dict: keys must be strings, got {type(key).__name__}")
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{where}: state_dict[{key!r}]: must be a tensor, got {type(t).__name__}")
-        if t.layout != torch.strided or t.is_quantized or t.is_complex() or not (
-                t.is_floating_point() or t.dtype in _INT_DTYPES):
-            kind = str(t.dtype).replace("torch.", "") + ("" if t.layout == torch.strided
-                                                          else " " + str(t.layout).replace("torch.", ""))
-            raise CheckpointError(f"{where}: state_dict[{key!r}]: {kind} tensor; only real floating-point or "
-                                  "integer weights are loaded")
+        if (
+            t.layout != torch.strided
+            or t.is_quantized
+            or t.is_complex()
+            or not (t.is_floating_point() or t.dtype in _INT_DTYPES)
+        ):
+            kind = str(t.dtype).replace("torch.", "") + (
+                "" if t.layout == torch.strided else " " + str(t.layout).replace("torch.", "")
+            )
+            raise CheckpointError(
+                f"{where}: state_dict[{key!r}]: {kind} tensor; only real floating-point or integer weights are loaded"
+            )
 
 
 _INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -406,7 +443,7 @@ def _validate_meta(meta: Any, where: str) -> None:
     if not isinstance(proto, dict):
         raise CheckpointError(f"{where}: meta.protocol: must be a mapping, got {type(proto).__name__}")
     for key, v in proto.items():
-        if not (_is_int(v) and 0 <= v < 2 ** 32):
+        if not (_is_int(v) and 0 <= v < 2**32):
             raise CheckpointError(f"{where}: meta.protocol.{key}: must be an integer in [0, 2**32), got {v!r}"[:300])
 
 
@@ -420,8 +457,9 @@ def _validate_pruning(rec: Any, where: str) -> None:
         raise CheckpointError(f"{where}: pruning.hash_layer: must be a module name, got {rec['hash_layer']!r}"[:300])
     groups = rec.get("groups", {})
     if not isinstance(groups, dict):
-        raise CheckpointError(f"{where}: pruning.groups: must be a mapping of group names to kept channels, "
-                              f"got {type(groups).__name__}")
+        raise CheckpointError(
+            f"{where}: pruning.groups: must be a mapping of group names to kept channels, got {type(groups).__name__}"
+        )
     for name, ent in groups.items():
         at = f"{where}: pruning.groups[{name!r}]"
         if not isinstance(name, str) or not isinstance(ent, dict):
@@ -432,8 +470,12 @@ def _validate_pruning(rec: Any, where: str) -> None:
         channels, kept = ent["channels"], ent["kept"]
         if not (_is_int(channels) and 1 <= channels <= MAX_KWARG):
             raise CheckpointError(f"{at}.channels: must be an integer in [1, {MAX_KWARG}], got {channels!r}"[:300])
-        if (not isinstance(kept, (list, tuple)) or not kept or len(kept) > channels
-                or not all(_is_int(i) and 0 <= i < channels for i in kept)):
+        if (
+            not isinstance(kept, (list, tuple))
+            or not kept
+            or len(kept) > channels
+            or not all(_is_int(i) and 0 <= i < channels for i in kept)
+        ):
             raise CheckpointError(f"{at}.kept: must be a non-empty list of channel indices in [0, {channels})")
     cost = rec.get("cost")
     if cost is not None and not (isinstance(cost, dict) and all(_is_int(cost.get(k)) for k in ("flops", "params"))):
@@ -506,8 +548,10 @@ def _why_unloadable(path: Path, exc: Exception) -> str:
     if not code and isinstance(exc, pickle.UnpicklingError) and not zipfile.is_zipfile(path):
         code = _pickle_code_globals(path)
     if code:
-        return (f"{where}: refused, loading it would run code ({', '.join(code[:3])}); "
-                "only weights-only checkpoints written by acpsearch are loaded")
+        return (
+            f"{where}: refused, loading it would run code ({', '.join(code[:3])}); "
+            "only weights-only checkpoints written by acpsearch are loaded"
+        )
     detail = _torch_detail(text) or ("empty or truncated file" if isinstance(exc, EOFError) else "")
     return f"{where}: corrupt or not a torch checkpoint ({type(exc).__name__}{': ' + detail[:160] if detail else ''})"
 
@@ -524,8 +568,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint", allo
         want = _zoo_elements(cfg["zoo"], dict(cfg.get("kwargs") or {}))
         have = sum(t.numel() for t in ckpt["state_dict"].values())
         if want is not None and want != have:
-            raise CheckpointError(f"{source}: weights do not match the architecture (its model kwargs imply "
-                                  f"{want:,} weight elements, the state_dict holds {have:,})")
+            raise CheckpointError(
+                f"{source}: weights do not match the architecture (its model kwargs imply "
+                f"{want:,} weight elements, the state_dict holds {have:,})"
+            )
     try:
         model = build_from_config(ckpt["model"], allow_factories=allow_factories, source=source)
     except CheckpointError:

@@ -2,6 +2,7 @@
 
 Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 internal error,
 130 interrupted (Ctrl-C: one line "interrupted" on stderr, or the command's own line, see `on_interrupt`)."""
+
 from __future__ import annotations
 
 import sys
@@ -101,8 +102,15 @@ def run(argv: list[str]) -> int:
             return _fail(exc.format_message(), exc.exit_code, json_out)
         # typer 0.29 has Abort in typer.exceptions, not in its vendored click: look it up, so that an
         # internal error is re-raised as itself and not masked by an AttributeError raised here
-        aborts = tuple(c for c in (getattr(click.exceptions, "Abort", None), getattr(_tclick, "Abort", None),
-                                   getattr(typer, "Abort", None)) if isinstance(c, type))
+        aborts = tuple(
+            c
+            for c in (
+                getattr(click.exceptions, "Abort", None),
+                getattr(_tclick, "Abort", None),
+                getattr(typer, "Abort", None),
+            )
+            if isinstance(c, type)
+        )
         if isinstance(exc, aborts):
             return 1
         raise

@@ -10,13 +10,14 @@
 - `seed_everything` seeds python's random, numpy and torch (CPU and every CUDA device): called
   BEFORE a model is built, the same seed gives the same initial weights.
 """
+
 from __future__ import annotations
 
 import random
 import re
 from typing import Any
 
-from acpsearch.errors import SpecError
+from acpsearch.errors import SpecError, echo
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 _DEVICE_RE = re.compile(r"(auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3}))\Z")
@@ -26,9 +27,7 @@ DEFAULT_RESOURCES = {"cpu": 1, "gpu": 0.0}
 def check_device(value: Any, field: str = "--device") -> str:
     """`value` if it is a device word (auto, cpu, cuda, cuda:N), else SpecError naming `field`."""
     if not isinstance(value, str) or _DEVICE_RE.fullmatch(value) is None:
-        from acpsearch.spec import _fmt
-
-        raise SpecError(f"{field}: must be one of {DEVICE_CHOICES}, got {_fmt(value)}")
+        raise SpecError(f"{field}: must be one of {DEVICE_CHOICES}, got {echo(value)}")
     return value
 
 
@@ -44,13 +43,17 @@ def resolve_device(value: Any, field: str = "--device") -> Any:
     if word == "auto":
         return torch.device("cuda" if available else "cpu")
     if not available:
-        raise SpecError(f"{field}: {word!r} asked, but torch sees no CUDA GPU on this machine "
-                        f"(torch.cuda.is_available() is False); use cpu or auto")
+        raise SpecError(
+            f"{field}: {word!r} asked, but torch sees no CUDA GPU on this machine "
+            f"(torch.cuda.is_available() is False); use cpu or auto"
+        )
     dev = torch.device(word)
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
-        raise SpecError(f"{field}: {word!r} asked, but torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
-                        f"(cuda:0 .. cuda:{count - 1})")
+        raise SpecError(
+            f"{field}: {word!r} asked, but torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+            f"(cuda:0 .. cuda:{count - 1})"
+        )
     return dev
 
 
@@ -75,7 +78,10 @@ def resources_of(spec: Any, section: str) -> dict[str, Any]:
     else:
         obj = getattr(getattr(spec, section), "resources", None)
         res = obj.model_dump() if obj is not None else {}
-    return {"cpu": int(res.get("cpu", DEFAULT_RESOURCES["cpu"])), "gpu": float(res.get("gpu", DEFAULT_RESOURCES["gpu"]))}
+    return {
+        "cpu": int(res.get("cpu", DEFAULT_RESOURCES["cpu"])),
+        "gpu": float(res.get("gpu", DEFAULT_RESOURCES["gpu"])),
+    }
 
 
 def trial_resources(spec: Any) -> dict[str, float]:
@@ -105,8 +111,9 @@ def worker_device(gpu: float) -> Any:
 
     if gpu and gpu > 0:
         if not torch.cuda.is_available():
-            raise RuntimeError(f"Ray gave this worker {gpu:g} GPU, but torch sees no CUDA GPU "
-                               f"(is this node's torch built with CUDA?)")
+            raise RuntimeError(
+                f"Ray gave this worker {gpu:g} GPU, but torch sees no CUDA GPU (is this node's torch built with CUDA?)"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -117,7 +124,9 @@ def check_cluster_fits(cluster: dict[str, Any], res: dict[str, Any], field: str)
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if res["gpu"] > 0 and gpus < res["gpu"]:
         have = "none" if gpus == 0 else f"{gpus:g}"
-        raise SpecError(f"{field}.gpu: {res['gpu']:g} GPU asked per worker, the Ray cluster has {have} "
-                        "(start its nodes with --num-gpus: workers/README.md)")
+        raise SpecError(
+            f"{field}.gpu: {res['gpu']:g} GPU asked per worker, the Ray cluster has {have} "
+            "(start its nodes with --num-gpus: workers/README.md)"
+        )
     if cpus and res["cpu"] > cpus:
         raise SpecError(f"{field}.cpu: {res['cpu']} CPUs asked per worker, the Ray cluster has {cpus:g}")

@@ -23,6 +23,7 @@ and a seeded N(0, 1) batch of 8); the outputs must agree with the eager PyTorch 
 naming --format, and nothing is left at the target: the file is written through
 acpsearch.outputs.atomic_out (temporary file + rename).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,21 +106,23 @@ def verification_inputs(example_input: torch.Tensor) -> list[torch.Tensor]:
     return [example_input.detach().clone(), rand]
 
 
-def export_metadata(model: nn.Module, example_input: torch.Tensor, fmt: str,
-                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_metadata(
+    model: nn.Module, example_input: torch.Tensor, fmt: str, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON document stored with an exported file: the computed fields (code length from a
     forward pass, input shape, versions) plus `meta` (e.g. ``source``, ``preprocess``, ``dataset``)."""
     with torch.no_grad():
         out = model(example_input)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""
-        raise SpecError(f"--format {fmt}: the model must return one tensor of shape (batch, bits), got "
-                        f"{type(out).__name__}{shape}")
+        raise SpecError(
+            f"--format {fmt}: the model must return one tensor of shape (batch, bits), got {type(out).__name__}{shape}"
+        )
     doc: dict[str, Any] = {
         "format": fmt,
         "code_length": int(out.shape[1]),
         "code": "sign(output): output > 0 -> bit 1, output < 0 -> bit 0 "
-                "(the network returns the raw hash-layer output)",
+        "(the network returns the raw hash-layer output)",
         "input_shape": [1, *[int(v) for v in example_input.shape[1:]]],
         "batch_axis": 0,
         "dynamic_batch": True,
@@ -223,22 +226,31 @@ def _write_torchscript(model: nn.Module, tmp: Path, example: torch.Tensor, doc: 
     return how
 
 
-def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str, Any],
-                exporter: str = "auto") -> str:
+def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str, Any], exporter: str = "auto") -> str:
     try:
         import onnx
     except ImportError:
-        raise SpecError("--format onnx: needs the packages onnx and onnxruntime "
-                        "(pip install 'acpsearch[export]')") from None
+        raise SpecError(
+            "--format onnx: needs the packages onnx and onnxruntime (pip install 'acpsearch[export]')"
+        ) from None
     ex = (_batch_of(example, 2),)
     errors = []
     how = None
     if exporter in ("auto", "dynamo"):
         try:
             with _quiet():
-                torch.onnx.export(model, ex, str(tmp), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
-                                  input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+                torch.onnx.export(
+                    model,
+                    ex,
+                    str(tmp),
+                    dynamo=True,
+                    opset_version=ONNX_OPSET,
+                    verbose=False,
+                    input_names=[ONNX_INPUT],
+                    output_names=[ONNX_OUTPUT],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    external_data=False,
+                )
             how = f"torch.onnx.export(dynamo=True, opset {ONNX_OPSET})"
         except Exception as exc:  # noqa: BLE001 - dynamo cannot capture every model: try the legacy path
             if _write_error(exc) is not None:
@@ -247,9 +259,16 @@ def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[st
     if how is None and exporter in ("auto", "legacy"):
         try:
             with _quiet():
-                torch.onnx.export(model, ex, str(tmp), dynamo=False, opset_version=17,
-                                  input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                  dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}})
+                torch.onnx.export(
+                    model,
+                    ex,
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=17,
+                    input_names=[ONNX_INPUT],
+                    output_names=[ONNX_OUTPUT],
+                    dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                )
             how = "torch.onnx.export(dynamo=False, opset 17)"
         except Exception as exc:  # noqa: BLE001
             if _write_error(exc) is not None:
@@ -272,8 +291,7 @@ def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[st
 def _write_pt2(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str, Any]) -> str:
     try:
         with _quiet():
-            ep = torch.export.export(model, (_batch_of(example, 2),),
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
+            ep = torch.export.export(model, (_batch_of(example, 2),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.
         raise SpecError(f"--format pt2: torch.export cannot capture the model ({_first_line(exc)})") from None
     doc["exporter"] = "torch.export.export"
@@ -302,8 +320,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise SpecError(f"file {str(path)!r}: not a TorchScript, pt2, ONNX or acpsearch file")
 
 
-def load_exported(path: str | os.PathLike[str], fmt: str | None = None,
-                  threads: int | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
+def load_exported(
+    path: str | os.PathLike[str], fmt: str | None = None, threads: int | None = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
     """(run, metadata, format) for an exported file: `run` maps a float tensor batch to the output
     tensor in the file's own runtime (torch.jit / onnxruntime / torch.export)."""
     path = Path(path)
@@ -313,12 +332,14 @@ def load_exported(path: str | os.PathLike[str], fmt: str | None = None,
     except AcpError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged file fails its runtime's loader in its own way
-        raise SpecError(f"file {str(path)!r}: cannot load it as {fmt} ({type(exc).__name__}: "
-                        f"{_first_line(exc, 160)})") from None
+        raise SpecError(
+            f"file {str(path)!r}: cannot load it as {fmt} ({type(exc).__name__}: {_first_line(exc, 160)})"
+        ) from None
 
 
-def _load_exported(path: Path, fmt: str,
-                   threads: int | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
+def _load_exported(
+    path: Path, fmt: str, threads: int | None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
     if fmt == "torchscript":
         extra = {META_KEY: ""}
         with warnings.catch_warnings():
@@ -383,8 +404,13 @@ def compare(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, int]:
     return diff, int((torch.sign(ref) != torch.sign(got)).sum())
 
 
-def verify(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, example_input: torch.Tensor,
-           fmt: str, atol: float = DEFAULT_ATOL) -> dict[str, Any]:
+def verify(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module,
+    example_input: torch.Tensor,
+    fmt: str,
+    atol: float = DEFAULT_ATOL,
+) -> dict[str, Any]:
     """Run the exported file and the eager model on the verification batches; SpecError naming
     --format unless max abs diff <= atol and every code bit (sign) is identical."""
     worst, flipped, bits = 0.0, 0, 0
@@ -394,21 +420,34 @@ def verify(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, exampl
         try:
             got = run(x)
         except Exception as exc:  # noqa: BLE001 - the runtime refusing the file is a failed verification
-            raise SpecError(f"--format {fmt}: verification failed: the exported file does not run on a batch of "
-                            f"{x.shape[0]} ({_first_line(exc, 160)})") from None
+            raise SpecError(
+                f"--format {fmt}: verification failed: the exported file does not run on a batch of "
+                f"{x.shape[0]} ({_first_line(exc, 160)})"
+            ) from None
         d, f = compare(ref, got)
         worst, flipped, bits = max(worst, d), flipped + f, bits + ref.numel()
     res = {"max_abs_diff": worst, "atol": atol, "code_bits_compared": bits, "code_bits_differing": flipped}
     if not worst <= atol or flipped:
-        raise SpecError(f"--format {fmt}: verification failed: outputs differ from PyTorch by up to {worst:.3g} "
-                        f"(allowed {atol:g}), {flipped} of {bits} code bits differ; nothing written")
+        raise SpecError(
+            f"--format {fmt}: verification failed: outputs differ from PyTorch by up to {worst:.3g} "
+            f"(allowed {atol:g}), {flipped} of {bits} code bits differ; nothing written"
+        )
     return res
 
 
-def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "torchscript",
-                 example_input: torch.Tensor | None = None, meta: dict[str, Any] | None = None, *,
-                 atol: float = DEFAULT_ATOL, onnx_exporter: str = "auto", model_cfg: dict[str, Any] | None = None,
-                 pruning: dict[str, Any] | None = None, flag: str = "--out") -> dict[str, Any]:
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    format: str = "torchscript",
+    example_input: torch.Tensor | None = None,
+    meta: dict[str, Any] | None = None,
+    *,
+    atol: float = DEFAULT_ATOL,
+    onnx_exporter: str = "auto",
+    model_cfg: dict[str, Any] | None = None,
+    pruning: dict[str, Any] | None = None,
+    flag: str = "--out",
+) -> dict[str, Any]:
     """Write `model` to `path` in `format` (see FORMATS), verified in its own runtime.
 
     `example_input`: a float tensor (batch, C, H, W); the batch axis is exported dynamic. `meta`:
@@ -421,16 +460,19 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
 
     fmt = check_format(format)
     if example_input is None or not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise SpecError(f"--format {fmt}: example_input must be a tensor with a batch axis, "
-                        "e.g. torch.zeros(1, 3, 32, 32)")
+        raise SpecError(
+            f"--format {fmt}: example_input must be a tensor with a batch axis, e.g. torch.zeros(1, 3, 32, 32)"
+        )
     if onnx_exporter not in ("auto", "dynamo", "legacy"):
         raise SpecError(f"onnx_exporter: must be auto, dynamo or legacy, got {onnx_exporter!r}")
     model = model.eval().cpu()
     example = example_input.detach().cpu().float()
     if fmt == "acpsearch":
         if model_cfg is None:
-            raise SpecError("--format acpsearch: needs model_cfg (the checkpoint's 'model' entry: zoo or factory "
-                            "and kwargs); use acpsearch.save_checkpoint / save_pruned")
+            raise SpecError(
+                "--format acpsearch: needs model_cfg (the checkpoint's 'model' entry: zoo or factory "
+                "and kwargs); use acpsearch.save_checkpoint / save_pruned"
+            )
         from acpsearch.checkpoint import save_checkpoint
 
         with atomic_out(path, flag) as tmp:
@@ -444,8 +486,13 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
                     return reloaded(x)
 
             check = verify(run, model, example, fmt, atol)
-        return {"format": fmt, "out": str(path), "exporter": "acpsearch.save_checkpoint", "verification": check,
-                "metadata": dict(meta or {})}
+        return {
+            "format": fmt,
+            "out": str(path),
+            "exporter": "acpsearch.save_checkpoint",
+            "verification": check,
+            "metadata": dict(meta or {}),
+        }
     doc = export_metadata(model, example, fmt, meta)
     with atomic_out(path, flag) as tmp:
         try:
@@ -471,8 +518,13 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: str = "
 
 
 # --- latency -------------------------------------------------------------------------------------
-def benchmark(runners: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, rounds: int = 50,
-              warmup: int = 5, threads: int = 1) -> dict[str, dict[str, float]]:
+def benchmark(
+    runners: dict[str, Callable[[torch.Tensor], Any]],
+    x: torch.Tensor,
+    rounds: int = 50,
+    warmup: int = 5,
+    threads: int = 1,
+) -> dict[str, dict[str, float]]:
     """Median latency (ms) of each runner on `x`, one intra-op thread, after `warmup` calls each.
     Rounds are interleaved and the order alternates every round (A B, B A, ...), so drift and noise
     on a shared machine hit every runner alike instead of deciding the order."""
@@ -490,18 +542,26 @@ def benchmark(runners: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor
                     runners[name](x)
             times: dict[str, list[float]] = {n: [] for n in names}
             for r in range(rounds):
-                for name in (names if r % 2 == 0 else names[::-1]):
+                for name in names if r % 2 == 0 else names[::-1]:
                     t0 = time.perf_counter()
                     runners[name](x)
                     times[name].append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(prev)
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "rounds": len(t)}
-            for n, t in times.items()}
+    return {
+        n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "rounds": len(t)}
+        for n, t in times.items()
+    }
 
 
-def bench_file(path: str | os.PathLike[str], eager: nn.Module | None = None, batch: int = 1, rounds: int = 50,
-               warmup: int = 5, input_shape: list[int] | None = None) -> dict[str, Any]:
+def bench_file(
+    path: str | os.PathLike[str],
+    eager: nn.Module | None = None,
+    batch: int = 1,
+    rounds: int = 50,
+    warmup: int = 5,
+    input_shape: list[int] | None = None,
+) -> dict[str, Any]:
     """Latency of an exported file in its own runtime (one thread), next to `eager` when given."""
     if batch < 1:
         raise SpecError(f"--batch: must be >= 1, got {batch}")
@@ -517,7 +577,18 @@ def bench_file(path: str | os.PathLike[str], eager: nn.Module | None = None, bat
         runners["eager"] = eager
     runners[fmt] = run
     res = benchmark(runners, x, rounds=rounds, warmup=warmup)
-    return {"file": str(path), "format": fmt, "batch": batch, "threads": 1, "rounds": rounds, "warmup": warmup,
-            "runtime": {"torchscript": "torch.jit", "onnx": "onnxruntime (CPUExecutionProvider)",
-                        "pt2": "torch.export (ExportedProgram.module())", "acpsearch": "eager PyTorch"}[fmt],
-            "latency": res}
+    return {
+        "file": str(path),
+        "format": fmt,
+        "batch": batch,
+        "threads": 1,
+        "rounds": rounds,
+        "warmup": warmup,
+        "runtime": {
+            "torchscript": "torch.jit",
+            "onnx": "onnxruntime (CPUExecutionProvider)",
+            "pt2": "torch.export (ExportedProgram.module())",
+            "acpsearch": "eager PyTorch",
+        }[fmt],
+        "latency": res,
+    }

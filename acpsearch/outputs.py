@@ -7,6 +7,7 @@ file, and a parent that is not a directory or not writable: before any work is d
 temporary file is removed, and a write error (OSError such as EFBIG or ENOSPC, or the RuntimeError
 torch.save raises for them) is one line naming the flag (exit 2).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ def check_out(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     try:
         os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
-        raise SpecError(f"{flag}: cannot write {str(path)!r}: cannot create a file in {str(probe)!r} "
-                        f"({_why(exc)})") from None
+        raise SpecError(
+            f"{flag}: cannot write {str(path)!r}: cannot create a file in {str(probe)!r} ({_why(exc)})"
+        ) from None
     try:
         test.unlink()
     except OSError:

@@ -15,6 +15,7 @@ network what `encode` fed it:
 or (N, H, W, C) with C of 1 or 3), or one or more PIL images: those are converted to the
 network's channels and resized (with `image_size`: shorter side to it, centre crop) first.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def preprocess_of(checkpoint_or_meta: Any) -> dict[str, Any]:
         meta = src.get("meta", src) if isinstance(src.get("meta", src), dict) else {}
         pre = meta.get("preprocess")
     if not isinstance(pre, dict) or "mean" not in pre or "std" not in pre:
-        raise CheckpointError("preprocess: the checkpoint stores no meta.preprocess (written before it was "
-                              "stored); normalise as its training did")
+        raise CheckpointError(
+            "preprocess: the checkpoint stores no meta.preprocess (written before it was "
+            "stored); normalise as its training did"
+        )
     return pre
 
 
@@ -60,8 +63,9 @@ def preprocess(images: Any, checkpoint_or_meta: Any) -> torch.Tensor:
     try:
         from PIL import Image
 
-        pil = isinstance(images, Image.Image) or (isinstance(images, (list, tuple)) and images
-                                                  and all(isinstance(i, Image.Image) for i in images))
+        pil = isinstance(images, Image.Image) or (
+            isinstance(images, (list, tuple)) and images and all(isinstance(i, Image.Image) for i in images)
+        )
     except ImportError:
         pil = False
     if pil:
@@ -73,8 +77,10 @@ def preprocess(images: Any, checkpoint_or_meta: Any) -> torch.Tensor:
         if x.ndim == 4 and x.shape[1] != c and x.shape[-1] == c:
             x = x.permute(0, 3, 1, 2)
         if x.ndim != 4 or x.shape[1] != c:
-            raise DataError(f"preprocess: images of shape {tuple(x.shape)} do not fit the checkpoint's input "
-                            f"{tuple(pre['input_shape'])}")
+            raise DataError(
+                f"preprocess: images of shape {tuple(x.shape)} do not fit the checkpoint's input "
+                f"{tuple(pre['input_shape'])}"
+            )
     x = x.float() / float(pre.get("divide_by", 1.0))
     mean = torch.tensor([float(v) for v in pre["mean"]], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor([float(v) for v in pre["std"]], dtype=torch.float32).view(1, -1, 1, 1)

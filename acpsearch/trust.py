@@ -14,18 +14,22 @@ An entry allows that module and its submodules (whole dotted components: ``mypkg
 the checkpoint itself, and a stored study never carries allowances (whoever can write the storage
 could grant them). See docs/operations.md, "Trust model".
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from acpsearch.errors import CheckpointError, SpecError
 
 ALLOW_ENV = "ACPSEARCH_ALLOW_FACTORIES"
-ALLOW_HELP = (f"module whose model factories may be imported (repeatable or comma-separated; 'mypkg' also allows "
-              f"'mypkg.nets'); also ${ALLOW_ENV}")
+ALLOW_HELP = (
+    f"module whose model factories may be imported (repeatable or comma-separated; 'mypkg' also allows "
+    f"'mypkg.nets'); also ${ALLOW_ENV}"
+)
 
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -35,8 +39,10 @@ class FactoryNotAllowed(CheckpointError):
 
     def __init__(self, where: str, factory: str, module: str) -> None:
         self.where, self.factory, self.module = where, factory, module
-        super().__init__(f"{where}: model.factory {factory!r} is not allowed: module {module!r} is imported only "
-                         f"if you allow it (--allow-factory {module}, or {ALLOW_ENV}={module})")
+        super().__init__(
+            f"{where}: model.factory {factory!r} is not allowed: module {module!r} is imported only "
+            f"if you allow it (--allow-factory {module}, or {ALLOW_ENV}={module})"
+        )
 
 
 def factory_module(factory: str) -> str:
@@ -52,8 +58,7 @@ def _parse(entries: Iterable[str], origin: str) -> tuple[str, ...]:
             if not part:
                 continue
             if not _MODULE_RE.fullmatch(part):
-                raise SpecError(f"{origin}: {part!r} is not a module name (give 'package.module', "
-                                "without ':function')")
+                raise SpecError(f"{origin}: {part!r} is not a module name (give 'package.module', without ':function')")
             if part not in out:
                 out.append(part)
     return tuple(out)
@@ -69,7 +74,7 @@ class FactoryPolicy:
     paths: tuple[str, ...] = ()
 
     @classmethod
-    def from_user(cls, allow: Iterable[str] | str | None = None, *, env: bool = True) -> "FactoryPolicy":
+    def from_user(cls, allow: Iterable[str] | str | None = None, *, env: bool = True) -> FactoryPolicy:
         """The user's allow-list: `allow` (CLI option / keyword argument) plus $ACPSEARCH_ALLOW_FACTORIES."""
         if isinstance(allow, str):
             allow = [allow]
@@ -79,18 +84,18 @@ class FactoryPolicy:
         return cls(mods)
 
     @classmethod
-    def coerce(cls, allow: "FactoryPolicy | Iterable[str] | str | None") -> "FactoryPolicy":
+    def coerce(cls, allow: FactoryPolicy | Iterable[str] | str | None) -> FactoryPolicy:
         """A policy as given, or the user's allow-list built from names (None: the environment only)."""
         return allow if isinstance(allow, FactoryPolicy) else cls.from_user(allow)
 
-    def allowing(self, *modules: str) -> "FactoryPolicy":
+    def allowing(self, *modules: str) -> FactoryPolicy:
         return FactoryPolicy(self.modules + tuple(m for m in modules if m and m not in self.modules), self.paths)
 
-    def searching(self, *paths: str | None) -> "FactoryPolicy":
+    def searching(self, *paths: str | None) -> FactoryPolicy:
         """The same allow-list, also looking for factory modules in `paths` (directories)."""
         return FactoryPolicy(self.modules, self.paths + tuple(str(p) for p in paths if p and str(p) not in self.paths))
 
-    def with_spec(self, spec: Any) -> "FactoryPolicy":
+    def with_spec(self, spec: Any) -> FactoryPolicy:
         """Also allow the module of the spec's own model.factory (the user wrote that spec)."""
         factory = getattr(getattr(spec, "model", None), "factory", None)
         return self.allowing(factory_module(factory)) if factory else self
@@ -120,6 +125,7 @@ class FactoryPolicy:
             except AcpError:
                 return None
             if cfg.get("factory") and not self.allows(cfg["factory"]):
-                return FactoryNotAllowed(f"checkpoint {spec.model.checkpoint!r}", cfg["factory"],
-                                         factory_module(cfg["factory"]))
+                return FactoryNotAllowed(
+                    f"checkpoint {spec.model.checkpoint!r}", cfg["factory"], factory_module(cfg["factory"])
+                )
         return None

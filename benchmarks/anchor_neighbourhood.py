@@ -20,6 +20,7 @@ README, "The magnitude anchor".
     python3 benchmarks/structure_sweep.py run --dir .gpu/x50 --data .gpu/fmnist --recipes ft4 --seeds 5 \\
         --jobs 12 --out $OUT/x50.jsonl     # every candidate is its own method
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         pool = list(unique.values())
         t0 = time.perf_counter()
         agree = probe.agreement(pool)
-        print(f"{len(pool)} strategies, code agreement {agree.min():.4f}-{agree.max():.4f} "
-              f"({time.perf_counter() - t0:.0f} s); the allocation: {probe.agreement([anchor])[0]:.4f}")
+        print(
+            f"{len(pool)} strategies, code agreement {agree.min():.4f}-{agree.max():.4f} "
+            f"({time.perf_counter() - t0:.0f} s); the allocation: {probe.agreement([anchor])[0]:.4f}"
+        )
         order = np.argsort(-agree)
         for i in range(4):
             cands[f"{prefix}top{i}"] = pool[order[i]]
@@ -109,16 +112,29 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(2):
                 cands[f"reg_bot{i}"] = pool[order[-1 - i]]
     nets: dict[str, torch.nn.Module] = {}
-    meta: dict[str, Any] = {"budget": args.budget, "model": "resnet20", "base": "base.pt", "methods": {},
-                            "candidates": {}, "top": 1, "base_eval": {}, "kind": args.kind}
+    meta: dict[str, Any] = {
+        "budget": args.budget,
+        "model": "resnet20",
+        "base": "base.pt",
+        "methods": {},
+        "candidates": {},
+        "top": 1,
+        "base_eval": {},
+        "kind": args.kind,
+    }
     for name, s in cands.items():
         net = prune(base, s, ex)
         cost = measure_cost(net, ex)
         nets[name] = net
-        meta["candidates"][name] = {"method": name, "flops_ratio": cost.flops / full.flops,
-                                    "params_ratio": cost.params / full.params, "kept": dict(s.kept),
-                                    "criterion": s.criterion, "round_to": s.round_to,
-                                    "agreement": float(probe.agreement([s])[0]) if args.kind != "criteria" else None}
+        meta["candidates"][name] = {
+            "method": name,
+            "flops_ratio": cost.flops / full.flops,
+            "params_ratio": cost.params / full.params,
+            "kept": dict(s.kept),
+            "criterion": s.criterion,
+            "round_to": s.round_to,
+            "agreement": float(probe.agreement([s])[0]) if args.kind != "criteria" else None,
+        }
         meta["methods"][name] = [name]
     ss._write_folder(args.dir, args.base, nets, meta)
     shutil.rmtree(args.dir / "fmnist")  # one shared data copy travels (structure_sweep run --data)

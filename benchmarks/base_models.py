@@ -18,6 +18,7 @@ benchmarks/results/base_models.md. The resnet20 / CSQ / 32-bit checkpoint is sav
 benchmarks/cache/<row>_fmnist.pt (e.g. resnet20_csq32_fmnist.pt) for the ranking and search-quality
 benchmarks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,28 +77,49 @@ def run_row(row: str, splits, epochs: int, seed: int, save: bool = True) -> dict
     model = create_model(name, bits=bits, in_channels=c, image_size=h)
     params = sum(p.numel() for p in model.parameters())
     print(f"== {row}: {name} {loss} {bits} bits, {epochs} epochs, {params} params", flush=True)
-    res = train_hash_net(model, splits, loss=loss, epochs=epochs, seed=seed, progress=False,
-                         callback=lambda e, v: print(f"   epoch {e}: val mAP {v:.4f}", flush=True) and False,
-                         **RECIPE)
+    res = train_hash_net(
+        model,
+        splits,
+        loss=loss,
+        epochs=epochs,
+        seed=seed,
+        progress=False,
+        callback=lambda e, v: print(f"   epoch {e}: val mAP {v:.4f}", flush=True) and False,
+        **RECIPE,
+    )
     metrics = evaluate(res.model, splits, topk=1000)
     train_s = [r["train_seconds"] for r in res.history]
     out = {
-        "row": row, "model": name, "loss": loss, "bits": bits, "epochs": res.epochs_run,
-        "best_epoch": res.best_epoch, "params": params,
-        "val_map": round(res.best_val_map, 4), "map_all": round(metrics["map_all"], 4),
-        "map_1000": round(metrics["map_topk"], 4), "precision_at_1000": round(metrics["precision_at_n"], 4),
+        "row": row,
+        "model": name,
+        "loss": loss,
+        "bits": bits,
+        "epochs": res.epochs_run,
+        "best_epoch": res.best_epoch,
+        "params": params,
+        "val_map": round(res.best_val_map, 4),
+        "map_all": round(metrics["map_all"], 4),
+        "map_1000": round(metrics["map_topk"], 4),
+        "precision_at_1000": round(metrics["precision_at_n"], 4),
         "train_seconds_per_epoch": round(sum(train_s) / len(train_s), 2),
         "seconds_per_epoch_with_val": round(res.seconds_per_epoch, 2),
-        "eval_seconds": metrics["seconds"], "seed": seed, "recipe": RECIPE,
+        "eval_seconds": metrics["seconds"],
+        "seed": seed,
+        "recipe": RECIPE,
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in res.history],
     }
     if save:  # every row's model: the search-quality benchmark prunes resnet20-csq32 and vgg11-csq32
-        meta = checkpoint_meta(splits, loss, res, metrics, bits=bits, lr=RECIPE["lr"], batch_size=RECIPE["batch_size"], seed=seed)
+        meta = checkpoint_meta(
+            splits, loss, res, metrics, bits=bits, lr=RECIPE["lr"], batch_size=RECIPE["batch_size"], seed=seed
+        )
         path = save_zoo_checkpoint(CACHE / f"{row.replace('-', '_')}_fmnist.pt", res.model, name, bits, c, h, meta)
         out["checkpoint"] = str(path.relative_to(ROOT))
         print(f"   saved {path}", flush=True)
-    print(f"   -> mAP@all {out['map_all']}  mAP@1000 {out['map_1000']}  val {out['val_map']}  "
-          f"{out['train_seconds_per_epoch']} s/epoch", flush=True)
+    print(
+        f"   -> mAP@all {out['map_all']}  mAP@1000 {out['map_1000']}  val {out['val_map']}  "
+        f"{out['train_seconds_per_epoch']} s/epoch",
+        flush=True,
+    )
     return out
 
 
@@ -119,13 +141,19 @@ def write_markdown(results: dict, env: dict) -> None:
         r = results.get(row)
         if not r:
             continue
-        lines.append(f"| {r['model']} | {r['loss']} | {r['bits']} | {r.get('recipe', {}).get('batch_size', '?')} | "
-                     f"{r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
-                     f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
-                     f"{r['train_seconds_per_epoch']:.1f} |")
-    lines += ["", f"s/epoch is wall time with {env.get('threads')} torch thread(s) on 2 CPU cores shared with "
-              "other jobs (load average 3-12 during the runs), so it is an upper bound, not a speed measurement.",
-              "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`", ""]
+        lines.append(
+            f"| {r['model']} | {r['loss']} | {r['bits']} | {r.get('recipe', {}).get('batch_size', '?')} | "
+            f"{r['epochs']} ({r['best_epoch']}) | {r['params']:,} | "
+            f"{r['val_map']:.4f} | {r['map_all']:.4f} | {r['map_1000']:.4f} | {r['precision_at_1000']:.4f} | "
+            f"{r['train_seconds_per_epoch']:.1f} |"
+        )
+    lines += [
+        "",
+        f"s/epoch is wall time with {env.get('threads')} torch thread(s) on 2 CPU cores shared with "
+        "other jobs (load average 3-12 during the runs), so it is an upper bound, not a speed measurement.",
+        "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`",
+        "",
+    ]
     (RESULTS / "base_models.md").write_text("\n".join(lines))
 
 
@@ -138,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     ap.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
-    ap.add_argument("--trial", default="", help="recipe trial: write only benchmarks/cache/rows/ROW-TRIAL.json, "
-                    "leave the results table alone (recipes are compared on validation mAP, not test)")
+    ap.add_argument(
+        "--trial",
+        default="",
+        help="recipe trial: write only benchmarks/cache/rows/ROW-TRIAL.json, "
+        "leave the results table alone (recipes are compared on validation mAP, not test)",
+    )
     args = ap.parse_args(argv)
     if args.lr is not None:
         RECIPE["lr"] = args.lr
@@ -156,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"splits {splits.sizes()}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / "base_models.json"
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}"}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}",
+    }
     mine: dict[str, dict] = {}
     for row in rows:
         epochs = args.epochs or ROWS[row][3]
@@ -168,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         out["threads"] = torch.get_num_threads()
         mine[row] = out
         (CACHE / "rows").mkdir(parents=True, exist_ok=True)
-        (CACHE / "rows" / f"{row}{'-' + args.trial if args.trial else ''}.json").write_text(json.dumps(out, indent=1) + "\n")
+        (CACHE / "rows" / f"{row}{'-' + args.trial if args.trial else ''}.json").write_text(
+            json.dumps(out, indent=1) + "\n"
+        )
         if args.trial:
             continue
         # re-read and merge right before writing: several invocations may run side by side

@@ -10,6 +10,7 @@ Measures
   at ~50% and ~25% of the MACs vs the unpruned net, interleaved repeats, medians.
 Writes benchmarks/results/converter.json and converter.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ sys.path.insert(0, str(ROOT))
 import acpsearch as acp  # noqa: E402
 from acpsearch.pruning import PruningStrategy, measure_cost, prune  # noqa: E402
 
-TARGETS = {"build_resnet50_s": 2.0, "cost_ms": 1.0, "to_pyg_ms": 5.0, "cost_batch10_ms": 1.0,
-           "latency_efficiency_at_50": 0.7}
+TARGETS = {
+    "build_resnet50_s": 2.0,
+    "cost_ms": 1.0,
+    "to_pyg_ms": 5.0,
+    "cost_batch10_ms": 1.0,
+    "latency_efficiency_at_50": 0.7,
+}
 
 
 class Bottleneck(nn.Module):
@@ -49,7 +55,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -71,7 +79,7 @@ class ResNet50Hash(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         layers, cin = [], 64
         for i, n in enumerate((3, 4, 6, 3)):
-            planes = 64 * 2 ** i
+            planes = 64 * 2**i
             blocks = []
             for j in range(n):
                 blocks.append(Bottleneck(cin, planes, 2 if (j == 0 and i > 0) else 1))
@@ -122,18 +130,30 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15, help="interleaved latency repeats")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="intra-op threads for the latency runs (1: this 2-core box is shared and "
-                         "multi-threaded OpenMP spin-waits under load)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for the latency runs (1: this 2-core box is shared and "
+        "multi-threaded OpenMP spin-waits under load)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     reps = 3 if args.quick else args.reps
     torch.manual_seed(0)
-    res: dict = {"command": "nice -n 10 .venv/bin/python benchmarks/converter.py" + (" --quick" if args.quick else "")
-                 + (f" --threads {args.threads}" if args.threads != 1 else ""),
-                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                             "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()[0]},
-                 "targets": TARGETS}
+    res: dict = {
+        "command": "nice -n 10 .venv/bin/python benchmarks/converter.py"
+        + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else ""),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "load_avg_start": os.getloadavg()[0],
+        },
+        "targets": TARGETS,
+    }
 
     # --- graph build --------------------------------------------------------------------------
     m56 = resnet56().eval()
@@ -141,17 +161,21 @@ def main() -> None:
     m50 = ResNet50Hash().eval()
     x50 = torch.randn(1, 3, 224, 224)
     acp.ChannelGraph.from_model(m56, x56)  # warm-up (imports, allocator)
-    build = {"resnet56_28x28_s": best_of(lambda: acp.ChannelGraph.from_model(m56, x56)),
-             "resnet50_224x224_s": best_of(lambda: acp.ChannelGraph.from_model(m50, x50))}
+    build = {
+        "resnet56_28x28_s": best_of(lambda: acp.ChannelGraph.from_model(m56, x56)),
+        "resnet50_224x224_s": best_of(lambda: acp.ChannelGraph.from_model(m50, x50)),
+    }
     g56 = acp.ChannelGraph.from_model(m56, x56)
     g50 = acp.ChannelGraph.from_model(m50, x50)
     try:
         import torch_pruning as tp
 
         build["torch_pruning_depgraph_resnet56_s"] = best_of(
-            lambda: tp.DependencyGraph().build_dependency(m56, example_inputs=x56))
+            lambda: tp.DependencyGraph().build_dependency(m56, example_inputs=x56)
+        )
         build["torch_pruning_depgraph_resnet50_s"] = best_of(
-            lambda: tp.DependencyGraph().build_dependency(m50, example_inputs=x50))
+            lambda: tp.DependencyGraph().build_dependency(m50, example_inputs=x50)
+        )
     except Exception as exc:  # noqa: BLE001 - reference only
         build["torch_pruning_error"] = f"{type(exc).__name__}: {exc}"
     res["graph_build"] = build
@@ -164,7 +188,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     S = [PruningStrategy.from_vector(g56, rng.uniform(0.2, 1.0, len(g56.groups))) for _ in range(50)]
     g56.to_pyg(S[0])  # static features and importance orders are built once per graph
-    it = iter(range(10 ** 9))
+    it = iter(range(10**9))
     cost_s = timed(lambda: g56.cost(S[next(it) % 50]), 2000)
     pyg_s = timed(lambda: g56.to_pyg(S[next(it) % 50]), 500)
     R = rng.uniform(0.2, 1.0, (10, len(g56.groups)))
@@ -172,11 +196,15 @@ def main() -> None:
     R1000 = rng.uniform(0.2, 1.0, (1000, len(g56.groups)))
     batch1000_s = timed(lambda: g56.cost_batch(R1000), 50)
     exact = all(g56.cost(s) == measure_cost(prune(m56, s, x56, verify=False), x56) for s in S[:5])
-    res["resnet56_per_strategy"] = {"cost_ms": cost_s * 1e3, "cost_batch10_ms": batch_s * 1e3,
-                                   "cost_batch1000_ms": batch1000_s * 1e3, "to_pyg_ms": pyg_s * 1e3,
-                                   "pyg_nodes": int(g56.to_pyg(S[0]).num_nodes),
-                                   "pyg_features": int(g56.to_pyg(S[0]).x.shape[1]),
-                                   "predicted_equals_measured_5_random": bool(exact)}
+    res["resnet56_per_strategy"] = {
+        "cost_ms": cost_s * 1e3,
+        "cost_batch10_ms": batch_s * 1e3,
+        "cost_batch1000_ms": batch1000_s * 1e3,
+        "to_pyg_ms": pyg_s * 1e3,
+        "pyg_nodes": int(g56.to_pyg(S[0]).num_nodes),
+        "pyg_features": int(g56.to_pyg(S[0]).x.shape[1]),
+        "predicted_equals_measured_5_random": bool(exact),
+    }
 
     # --- latency of pruned ResNet-56 (batch 256, channels_last) -----------------------------
     xb = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
@@ -207,11 +235,21 @@ def main() -> None:
     for name, (m, c, keep) in models.items():
         t = statistics.median(times[name])
         flops_red = base.flops / c.flops
-        lat[name] = {"keep": keep, "kept_channel_counts": kept_sets.get(name), "flops": c.flops, "params": c.params,
-                     "flops_ratio": c.flops / base.flops, "median_ms": t * 1e3, "min_ms": min(times[name]) * 1e3,
-                     "speedup": t0 / t, "speedup_min": m0 / min(times[name]), "flops_reduction": flops_red,
-                     "efficiency": (t0 / t) / flops_red, "efficiency_min": (m0 / min(times[name])) / flops_red,
-                     "all_ms": [round(v * 1e3, 1) for v in times[name]]}
+        lat[name] = {
+            "keep": keep,
+            "kept_channel_counts": kept_sets.get(name),
+            "flops": c.flops,
+            "params": c.params,
+            "flops_ratio": c.flops / base.flops,
+            "median_ms": t * 1e3,
+            "min_ms": min(times[name]) * 1e3,
+            "speedup": t0 / t,
+            "speedup_min": m0 / min(times[name]),
+            "flops_reduction": flops_red,
+            "efficiency": (t0 / t) / flops_red,
+            "efficiency_min": (m0 / min(times[name])) / flops_red,
+            "all_ms": [round(v * 1e3, 1) for v in times[name]],
+        }
         # paired: unpruned and pruned run back to back in each repeat, so a ratio per repeat
         # cancels slow drifts of the machine's load; its median is the headline number
         paired = statistics.median(a / b for a, b in zip(times["unpruned"], times[name]))
@@ -225,7 +263,8 @@ def main() -> None:
         "to_pyg_ms": res["resnet56_per_strategy"]["to_pyg_ms"] <= TARGETS["to_pyg_ms"],
         "cost_batch10_ms": res["resnet56_per_strategy"]["cost_batch10_ms"] <= TARGETS["cost_batch10_ms"],
         "latency_efficiency_at_50": lat["flops_50"]["efficiency_paired"] >= TARGETS["latency_efficiency_at_50"],
-        "latency_efficiency_at_50_round8": lat["flops_50_round8"]["efficiency_paired"] >= TARGETS["latency_efficiency_at_50"],
+        "latency_efficiency_at_50_round8": lat["flops_50_round8"]["efficiency_paired"]
+        >= TARGETS["latency_efficiency_at_50"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "converter.json").write_text(json.dumps(res, indent=2))
@@ -236,19 +275,24 @@ def main() -> None:
 def markdown(r: dict) -> str:
     b, p, lat = r["graph_build"], r["resnet56_per_strategy"], r["latency_resnet56_b256_channels_last"]
     lines = [
-        "# Converter benchmark", "",
+        "# Converter benchmark",
+        "",
         f"Command: `{r['command']}`  ",
         f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, "
         f"{r['machine']['threads']} threads, load average {r['machine']['load_avg_start']:.1f} -> "
-        f"{r['machine']['load_avg_end']:.1f} (shared machine)", "",
-        "| measurement | value | target | met |", "|---|---|---|---|",
+        f"{r['machine']['load_avg_end']:.1f} (shared machine)",
+        "",
+        "| measurement | value | target | met |",
+        "|---|---|---|---|",
         f"| graph build ResNet-56 (1x28x28) | {b['resnet56_28x28_s']:.3f} s | | |",
         f"| graph build ResNet-50-size (3x224x224) | {b['resnet50_224x224_s']:.3f} s | <= 2 s | "
         f"{r['targets_met']['build_resnet50_s']} |",
     ]
     if "torch_pruning_depgraph_resnet50_s" in b:
-        lines.append(f"| torch-pruning DependencyGraph ResNet-56 / ResNet-50 (reference) | "
-                     f"{b['torch_pruning_depgraph_resnet56_s']:.3f} s / {b['torch_pruning_depgraph_resnet50_s']:.3f} s | | |")
+        lines.append(
+            f"| torch-pruning DependencyGraph ResNet-56 / ResNet-50 (reference) | "
+            f"{b['torch_pruning_depgraph_resnet56_s']:.3f} s / {b['torch_pruning_depgraph_resnet50_s']:.3f} s | | |"
+        )
     lines += [
         f"| g.cost(s) ResNet-56 | {p['cost_ms']:.4f} ms | <= 1 ms | {r['targets_met']['cost_ms']} |",
         f"| g.cost_batch(10 rows) ResNet-56 | {p['cost_batch10_ms']:.4f} ms | < 1 ms | {r['targets_met']['cost_batch10_ms']} |",
@@ -256,22 +300,30 @@ def markdown(r: dict) -> str:
         f"| g.to_pyg(s) ResNet-56 ({p['pyg_nodes']} nodes x {p['pyg_features']} features) | {p['to_pyg_ms']:.3f} ms | "
         f"<= 5 ms | {r['targets_met']['to_pyg_ms']} |",
         f"| predicted == measured cost (5 random strategies) | {p['predicted_equals_measured_5_random']} | exact | |",
-        "", f"Latency, ResNet-56 hash net, batch 256, 1x28x28, channels_last, {r['machine']['latency_threads']} "
-        "intra-op thread(s), uniform L1 pruning (round_to 4), median of interleaved repeats:", "",
+        "",
+        f"Latency, ResNet-56 hash net, batch 256, 1x28x28, channels_last, {r['machine']['latency_threads']} "
+        "intra-op thread(s), uniform L1 pruning (round_to 4), median of interleaved repeats:",
+        "",
         "| model | keep | kept counts | MACs ratio | median ms | min ms | speed-up paired (median / min) | "
         "MACs reduction | speed-up / MACs reduction paired (median / min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in lat.items():
-        lines.append(f"| {name} | {v['keep']:.3f} | {v['kept_channel_counts'] or '-'} | {v['flops_ratio']:.3f} | "
-                     f"{v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['speedup_paired']:.2f}x ({v['speedup']:.2f}x / "
-                     f"{v['speedup_min']:.2f}x) | {v['flops_reduction']:.2f}x | {v['efficiency_paired']:.2f} "
-                     f"({v['efficiency']:.2f} / {v['efficiency_min']:.2f}) |")
-    lines += ["", "Paired = median over repeats of (unpruned time / pruned time) measured back to back. "
-              "Target: speed-up >= 0.7 x MACs reduction at 50% MACs (flops_50, default round_to 4, paired): "
-              f"{r['targets_met']['latency_efficiency_at_50']}; with round_to 8 (flops_50_round8): "
-              f"{r['targets_met']['latency_efficiency_at_50_round8']}. The box is shared with other jobs (load average above), "
-              "so single timings vary by 2x; min is the least-disturbed run.", ""]
+        lines.append(
+            f"| {name} | {v['keep']:.3f} | {v['kept_channel_counts'] or '-'} | {v['flops_ratio']:.3f} | "
+            f"{v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['speedup_paired']:.2f}x ({v['speedup']:.2f}x / "
+            f"{v['speedup_min']:.2f}x) | {v['flops_reduction']:.2f}x | {v['efficiency_paired']:.2f} "
+            f"({v['efficiency']:.2f} / {v['efficiency_min']:.2f}) |"
+        )
+    lines += [
+        "",
+        "Paired = median over repeats of (unpruned time / pruned time) measured back to back. "
+        "Target: speed-up >= 0.7 x MACs reduction at 50% MACs (flops_50, default round_to 4, paired): "
+        f"{r['targets_met']['latency_efficiency_at_50']}; with round_to 8 (flops_50_round8): "
+        f"{r['targets_met']['latency_efficiency_at_50_round8']}. The box is shared with other jobs (load average above), "
+        "so single timings vary by 2x; min is the least-disturbed run.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ chosen on VALIDATION mAP, the test column only reports.
 
     .venv/bin/python benchmarks/finetune_recipe.py --structure acp --batch-size 32 --epochs 4 [--augment]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import search_quality as sq  # noqa: E402
+
 from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint  # noqa: E402
 from acpsearch.graph import ChannelGraph  # noqa: E402
 from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net  # noqa: E402
@@ -55,16 +57,39 @@ def main(argv: list[str] | None = None) -> int:
     else:
         net = prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, budget), criterion="l1"), ex)
     t0 = time.perf_counter()
-    res = train_hash_net(net, splits, loss="csq", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed, progress=False, num_threads=1, augment=args.augment, hflip=args.augment,
-                         teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
-                         distill=args.distill)
+    res = train_hash_net(
+        net,
+        splits,
+        loss="csq",
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
+        num_threads=1,
+        augment=args.augment,
+        hflip=args.augment,
+        teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
+        distill=args.distill,
+    )
     ev = evaluate(res.model, splits)
-    print(json.dumps({"structure": args.structure, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
-                      "augment": args.augment, "distill": args.distill, "seed": args.seed, "val_map": round(res.best_val_map, 4),
-                      "test_map": round(float(ev["map_all"]), 4),
-                      "val_per_epoch": [round(h["val_map"], 4) for h in res.history],
-                      "seconds": round(time.perf_counter() - t0)}))
+    print(
+        json.dumps(
+            {
+                "structure": args.structure,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "epochs": args.epochs,
+                "augment": args.augment,
+                "distill": args.distill,
+                "seed": args.seed,
+                "val_map": round(res.best_val_map, 4),
+                "test_map": round(float(ev["map_all"]), 4),
+                "val_per_epoch": [round(h["val_map"], 4) for h in res.history],
+                "seconds": round(time.perf_counter() - t0),
+            }
+        )
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ Everything is cached in benchmarks/cache/ (candidate lists, ranker scores, one J
 fine-tuned candidate), so an interrupted run resumes; results/ranking.json|md are rewritten
 after every fine-tuned candidate, so a cut-off run still leaves numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,12 @@ from acpsearch.checkpoint import read_checkpoint  # noqa: E402
 from acpsearch.encoder import FunctionalProbe, train_encoder  # noqa: E402
 from acpsearch.hashing import encode, evaluate, load_dataset, make_splits, mean_average_precision, train_hash_net  # noqa: E402
 from acpsearch.search.rankers import (  # noqa: E402
-    AdaptiveBNRanker, CodeAgreementRanker, L1RetainedRanker, RandomRanker, SimilarityRanker)
+    AdaptiveBNRanker,
+    CodeAgreementRanker,
+    L1RetainedRanker,
+    RandomRanker,
+    SimilarityRanker,
+)
 from acpsearch.search.space import Budget, DynamicSpace  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "cache"
@@ -144,10 +150,16 @@ def score_phase(args, model, splits, example, g, budget: str, cands: list[Any], 
     gen = torch.Generator().manual_seed(args.seed)
     Xtr = splits.train[0]
     perm = torch.randperm(len(Xtr), generator=gen)
-    calib = Xtr[perm[:args.signal_calib_batches * 128]]
-    probe_X = Xtr[perm[-args.probe:]]
-    out: dict[str, Any] = {"n": len(cands), "version": args.scores_version, "scores": {}, "seconds_per_candidate": {},
-                           "per_second_batch": {}, "encoders": {}}
+    calib = Xtr[perm[: args.signal_calib_batches * 128]]
+    probe_X = Xtr[perm[-args.probe :]]
+    out: dict[str, Any] = {
+        "n": len(cands),
+        "version": args.scores_version,
+        "scores": {},
+        "seconds_per_candidate": {},
+        "per_second_batch": {},
+        "encoders": {},
+    }
     rankers: dict[str, Any] = {}
     if part == "adaptive_bn":
         rankers["adaptive_bn"] = AdaptiveBNRanker(model, splits, example, calib_batches=args.calib_batches)
@@ -162,13 +174,19 @@ def score_phase(args, model, splits, example, g, budget: str, cands: list[Any], 
         signal = probe.agreement(train_strats)
         sig_s = time.perf_counter() - t0
         log(f"[{budget}] effect signal (code agreement) for {len(train_strats)} strategies in {sig_s:.1f}s")
-        effect = train_encoder(g, "effect", strategies=train_strats, signal=signal, epochs=args.encoder_epochs,
-                               seed=args.seed)
+        effect = train_encoder(
+            g, "effect", strategies=train_strats, signal=signal, epochs=args.encoder_epochs, seed=args.seed
+        )
         log(f"[{budget}] effect loss {effect.losses[0]:.3f} -> {effect.losses[-1]:.3f} in {effect.seconds:.1f}s")
         for name, res in (("sacp", sacp), ("effect", effect)):
-            out["encoders"][name] = {"loss_first": res.losses[0], "loss_last": res.losses[-1],
-                                     "train_seconds": res.seconds, "strategies": res.strategies,
-                                     "epochs": len(res.losses), "loss_history": [round(x, 4) for x in res.losses]}
+            out["encoders"][name] = {
+                "loss_first": res.losses[0],
+                "loss_last": res.losses[-1],
+                "train_seconds": res.seconds,
+                "strategies": res.strategies,
+                "epochs": len(res.losses),
+                "loss_history": [round(x, 4) for x in res.losses],
+            }
             res.encoder.save(CACHE / f"ranking_encoder_{name}_{budget}.pt")
         out["encoders"]["effect"]["signal_seconds"] = sig_s
         rankers = {
@@ -195,7 +213,8 @@ def score_phase(args, model, splits, example, g, budget: str, cands: list[Any], 
         # how well each encoder reproduces the functional signal on the (unseen) candidates
         ca = np.array(out["scores"]["code_agreement"])
         out["encoder_vs_code_agreement_spearman"] = {
-            k: float(stats.spearmanr(out["scores"][k], ca).statistic) for k in ("similarity_sacp", "similarity_effect")}
+            k: float(stats.spearmanr(out["scores"][k], ca).statistic) for k in ("similarity_sacp", "similarity_effect")
+        }
         log(f"[{budget}] Spearman with code agreement on the candidates: {out['encoder_vs_code_agreement_spearman']}")
     path.write_text(json.dumps(out))
 
@@ -204,16 +223,34 @@ def finetune_one(args, model, splits, example, g, budget: str, idx: int, s: Any)
     """Fine-tune one candidate (validation mAP only); its weights go to the cache for the test pass."""
     pruned = acp.prune(model, s, example)
     t0 = time.perf_counter()
-    res = train_hash_net(pruned, splits, loss="csq", epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False,
-                         num_threads=args.ft_threads or args.threads, eval_every=args.eval_every)
+    res = train_hash_net(
+        pruned,
+        splits,
+        loss="csq",
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        progress=False,
+        num_threads=args.ft_threads or args.threads,
+        eval_every=args.eval_every,
+    )
     ft_s = time.perf_counter() - t0
-    torch.save({k: v.detach().clone() for k, v in res.model.to(memory_format=torch.contiguous_format)
-                .state_dict().items()}, CACHE / f"ranking_ft_{budget}_{idx}.pt")
+    torch.save(
+        {k: v.detach().clone() for k, v in res.model.to(memory_format=torch.contiguous_format).state_dict().items()},
+        CACHE / f"ranking_ft_{budget}_{idx}.pt",
+    )
     cost = g.cost(s)
     full = g.cost()
-    return {"budget": budget, "idx": idx, "ratios": {k: float(v) for k, v in s.ratios.items()},
-            "flops_ratio": cost.flops / full.flops, "params_ratio": cost.params / full.params,
-            "val_map": res.best_val_map, "epochs": args.epochs, "finetune_seconds": ft_s}
+    return {
+        "budget": budget,
+        "idx": idx,
+        "ratios": {k: float(v) for k, v in s.ratios.items()},
+        "flops_ratio": cost.flops / full.flops,
+        "params_ratio": cost.params / full.params,
+        "val_map": res.best_val_map,
+        "epochs": args.epochs,
+        "finetune_seconds": ft_s,
+    }
 
 
 def test_one(args, model, splits, example, budget: str, idx: int, s: Any) -> dict[str, Any]:
@@ -227,13 +264,22 @@ def test_one(args, model, splits, example, budget: str, idx: int, s: Any) -> dic
     q = encode(net.eval(), splits.query[0])
     db = encode(net, splits.database[0])
     ql, dl = splits.query[1], splits.database[1]
-    return {"budget": budget, "idx": idx, "test_map": mean_average_precision(q, db, ql, dl),
-            "test_map_topk": mean_average_precision(q, db, ql, dl, topk=1000), "eval_seconds": time.perf_counter() - t0}
+    return {
+        "budget": budget,
+        "idx": idx,
+        "test_map": mean_average_precision(q, db, ql, dl),
+        "test_map_topk": mean_average_precision(q, db, ql, dl, topk=1000),
+        "eval_seconds": time.perf_counter() - t0,
+    }
 
 
 def merged(budget: str, epochs: int) -> list[dict[str, Any]]:
     """Fine-tune records of a budget joined with their test records (test_map None until evaluated)."""
-    ft = {d["idx"]: d for d in load_jsonl(CACHE / "ranking_finetune.jsonl") if d["budget"] == budget and d["epochs"] == epochs}
+    ft = {
+        d["idx"]: d
+        for d in load_jsonl(CACHE / "ranking_finetune.jsonl")
+        if d["budget"] == budget and d["epochs"] == epochs
+    }
     te = {d["idx"]: d for d in load_jsonl(CACHE / "ranking_test.jsonl") if d["budget"] == budget}
     out = []
     for i in sorted(ft):
@@ -281,29 +327,49 @@ def ranker_table(scores: dict[str, Any], done: list[dict[str, Any]]) -> dict[str
 
 def write_results(args, base: dict[str, Any]) -> None:
     all_scores = {b: sc for b in args.budgets if (sc := load_scores(b, args.candidates, args.scores_version))}
-    out: dict[str, Any] = {"budgets": {}, "base_test_map": base.get("map_all"), "base_val_map": base.get("val_map"),
-                           "command": COMMAND, "protocol": {
-                               "dataset": "fashion-mnist", "model": "resnet20 csq 32 bits", "finetune_epochs": args.epochs,
-                               "finetune_lr": args.lr, "encoder_train_strategies": args.train_strategies,
-                               "encoder_epochs": args.encoder_epochs, "calib_batches": args.calib_batches}}
+    out: dict[str, Any] = {
+        "budgets": {},
+        "base_test_map": base.get("map_all"),
+        "base_val_map": base.get("val_map"),
+        "command": COMMAND,
+        "protocol": {
+            "dataset": "fashion-mnist",
+            "model": "resnet20 csq 32 bits",
+            "finetune_epochs": args.epochs,
+            "finetune_lr": args.lr,
+            "encoder_train_strategies": args.train_strategies,
+            "encoder_epochs": args.encoder_epochs,
+            "calib_batches": args.calib_batches,
+        },
+    }
     for budget, scores in all_scores.items():
         done = merged(budget, args.epochs)
         tested = [d for d in done if d["test_map"] is not None]
-        entry: dict[str, Any] = {"candidates": len(done), "candidates_planned": scores["n"],
-                                 "encoder_vs_code_agreement_spearman": scores.get("encoder_vs_code_agreement_spearman"),
-                                 "candidates_test_evaluated": len(tested),
-                                 "encoders": scores.get("encoders", {}), "default_objective": scores.get("default_objective")}
+        entry: dict[str, Any] = {
+            "candidates": len(done),
+            "candidates_planned": scores["n"],
+            "encoder_vs_code_agreement_spearman": scores.get("encoder_vs_code_agreement_spearman"),
+            "candidates_test_evaluated": len(tested),
+            "encoders": scores.get("encoders", {}),
+            "default_objective": scores.get("default_objective"),
+        }
         if done:
             entry["rankers"] = ranker_table(scores, done)
-            entry["finetuned_map_range"] = [round(min(d["val_map"] for d in done), 4),
-                                            round(max(d["val_map"] for d in done), 4)]
+            entry["finetuned_map_range"] = [
+                round(min(d["val_map"] for d in done), 4),
+                round(max(d["val_map"] for d in done), 4),
+            ]
             if tested:
-                entry["finetuned_test_map_range"] = [round(min(d["test_map"] for d in tested), 4),
-                                                     round(max(d["test_map"] for d in tested), 4)]
+                entry["finetuned_test_map_range"] = [
+                    round(min(d["test_map"] for d in tested), 4),
+                    round(max(d["test_map"] for d in tested), 4),
+                ]
                 entry["best_test_map"] = round(max(d["test_map"] for d in tested), 4)
                 entry["eval_seconds_mean"] = round(float(np.mean([d["eval_seconds"] for d in tested])), 1)
-            entry["flops_ratio_range"] = [round(min(d["flops_ratio"] for d in done), 4),
-                                          round(max(d["flops_ratio"] for d in done), 4)]
+            entry["flops_ratio_range"] = [
+                round(min(d["flops_ratio"] for d in done), 4),
+                round(max(d["flops_ratio"] for d in done), 4),
+            ]
             entry["finetune_seconds_mean"] = round(float(np.mean([d["finetune_seconds"] for d in done])), 1)
         out["budgets"][budget] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -312,34 +378,54 @@ def write_results(args, base: dict[str, Any]) -> None:
 
 
 def markdown(out: dict[str, Any]) -> str:
-    lines = ["# Ranking benchmark: rankers vs fine-tuned mAP", "",
-             "ResNet-20, 32-bit CSQ hash net, Fashion-MNIST (CIFAR-style protocol). Candidates drawn from the",
-             "DynamicSpace at each FLOPs budget, every candidate fine-tuned once "
-             f"({out['protocol']['finetune_epochs']} epochs); correlations are with the fine-tuned",
-             "validation mAP (val queries vs train set), top-1 / top-3 use the test mAP@all (queries vs database).",
-             "`similarity` is the ACP-SSE ranker with the default encoder objective; `similarity_sacp` and",
-             "`similarity_effect` show both objectives.", "",
-             f"Base net test mAP@all: {out['base_test_map']}", "",
-             f"Command: `{out['command']}`", ""]
+    lines = [
+        "# Ranking benchmark: rankers vs fine-tuned mAP",
+        "",
+        "ResNet-20, 32-bit CSQ hash net, Fashion-MNIST (CIFAR-style protocol). Candidates drawn from the",
+        "DynamicSpace at each FLOPs budget, every candidate fine-tuned once "
+        f"({out['protocol']['finetune_epochs']} epochs); correlations are with the fine-tuned",
+        "validation mAP (val queries vs train set), top-1 / top-3 use the test mAP@all (queries vs database).",
+        "`similarity` is the ACP-SSE ranker with the default encoder objective; `similarity_sacp` and",
+        "`similarity_effect` show both objectives.",
+        "",
+        f"Base net test mAP@all: {out['base_test_map']}",
+        "",
+        f"Command: `{out['command']}`",
+        "",
+    ]
     for budget, e in out["budgets"].items():
-        lines += [f"## FLOPs budget {budget}: {e['candidates']} of {e['candidates_planned']} candidates fine-tuned, "
-                  f"{e['candidates_test_evaluated']} test-evaluated", ""]
+        lines += [
+            f"## FLOPs budget {budget}: {e['candidates']} of {e['candidates_planned']} candidates fine-tuned, "
+            f"{e['candidates_test_evaluated']} test-evaluated",
+            "",
+        ]
         if "rankers" not in e:
             lines += ["(no candidate fine-tuned yet)", ""]
             continue
-        lines += [f"fine-tuned val mAP range {e['finetuned_map_range']}, test mAP range {e.get('finetuned_test_map_range')}, "
-                  f"best test mAP {e.get('best_test_map')} (over the test-evaluated candidates), "
-                  f"FLOPs ratio range {e['flops_ratio_range']}", "",
-                  "| ranker | Spearman | Kendall | top-1 test mAP | best test mAP in top 3 | s / candidate | candidates / s (batch) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"fine-tuned val mAP range {e['finetuned_map_range']}, test mAP range {e.get('finetuned_test_map_range')}, "
+            f"best test mAP {e.get('best_test_map')} (over the test-evaluated candidates), "
+            f"FLOPs ratio range {e['flops_ratio_range']}",
+            "",
+            "| ranker | Spearman | Kendall | top-1 test mAP | best test mAP in top 3 | s / candidate | candidates / s (batch) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, r in e["rankers"].items():
-            lines.append(f"| {name} | {r['spearman']} | {r['kendall']} | {r['top1_test_map']} | {r['top3_best_test_map']} | "
-                         f"{r['seconds_per_candidate']:.4g} | {r['candidates_per_second_batch']:.4g} |")
+            lines.append(
+                f"| {name} | {r['spearman']} | {r['kendall']} | {r['top1_test_map']} | {r['top3_best_test_map']} | "
+                f"{r['seconds_per_candidate']:.4g} | {r['candidates_per_second_batch']:.4g} |"
+            )
         enc = e.get("encoders", {})
         if enc:
-            lines += ["", "Encoder training: " + "; ".join(
-                f"{k}: loss {v['loss_first']:.3f} -> {v['loss_last']:.3f} over {v['epochs']} epochs on "
-                f"{v['strategies']} strategies in {v['train_seconds']:.0f} s" for k, v in enc.items())]
+            lines += [
+                "",
+                "Encoder training: "
+                + "; ".join(
+                    f"{k}: loss {v['loss_first']:.3f} -> {v['loss_last']:.3f} over {v['epochs']} epochs on "
+                    f"{v['strategies']} strategies in {v['train_seconds']:.0f} s"
+                    for k, v in enc.items()
+                ),
+            ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -360,16 +446,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-objective", default="effect", choices=["effect", "sacp"])
     p.add_argument("--scores-version", type=int, default=1, help="bump to recompute cached ranker scores")
     p.add_argument("--eval-every", type=int, default=4, help="validation mAP every k fine-tune epochs (and the last)")
-    p.add_argument("--min-tested", type=int, default=12, help="test-evaluate at least this many per budget before moving on")
+    p.add_argument(
+        "--min-tested", type=int, default=12, help="test-evaluate at least this many per budget before moving on"
+    )
     p.add_argument("--test-all", action="store_true", help="test-evaluate every candidate before the next budget")
-    p.add_argument("--score-part", default="both", choices=["both", "main", "adaptive_bn"],
-                   help="which rankers this process scores (parts can run in parallel processes)")
-    p.add_argument("--signal-calib-batches", type=int, default=4,
-                   help="BN-recalibration batches (of 128) for the code-agreement signal and ranker")
+    p.add_argument(
+        "--score-part",
+        default="both",
+        choices=["both", "main", "adaptive_bn"],
+        help="which rankers this process scores (parts can run in parallel processes)",
+    )
+    p.add_argument(
+        "--signal-calib-batches",
+        type=int,
+        default=4,
+        help="BN-recalibration batches (of 128) for the code-agreement signal and ranker",
+    )
     p.add_argument("--probe", type=int, default=500, help="probe images for code agreement")
-    p.add_argument("--phase", default="all", choices=["all", "scores", "finetune", "test", "report"],
-                   help="test: test passes of the candidates fine-tuned so far (by ranker priority), no waiting")
-    p.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache"), help="cache folder (a dry run can point elsewhere)")
+    p.add_argument(
+        "--phase",
+        default="all",
+        choices=["all", "scores", "finetune", "test", "report"],
+        help="test: test passes of the candidates fine-tuned so far (by ranker priority), no waiting",
+    )
+    p.add_argument(
+        "--cache", default=str(ROOT / "benchmarks" / "cache"), help="cache folder (a dry run can point elsewhere)"
+    )
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--ft-threads", type=int, default=None, help="torch threads while fine-tuning (default --threads)")
     args = p.parse_args(argv)
@@ -389,11 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         base_path.write_text(json.dumps(base))
     log(f"base test mAP {base['map_all']:.4f} val mAP {base['val_map']:.4f}")
 
-    cands = {b: candidates_for(DynamicSpace(g, Budget(flops=float(b))), b, args.candidates, args.seed + int(float(b) * 100))
-             for b in args.budgets}
+    cands = {
+        b: candidates_for(DynamicSpace(g, Budget(flops=float(b))), b, args.candidates, args.seed + int(float(b) * 100))
+        for b in args.budgets
+    }
     for b in args.budgets:  # budget by budget: scores, fine-tunes, then the test passes it needs
         if args.phase in ("all", "scores"):
-            for part in (["main", "adaptive_bn"] if args.score_part == "both" else [args.score_part]):
+            for part in ["main", "adaptive_bn"] if args.score_part == "both" else [args.score_part]:
                 score_phase(args, model, splits, example, g, b, cands[b], part)
         write_results(args, base)
         if args.phase in ("scores", "report"):
@@ -405,20 +509,24 @@ def main(argv: list[str] | None = None) -> int:
             rec = finetune_one(args, model, splits, example, g, b, i, s)
             with ft_path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            log(f"[{b}] candidate {i}: flops {rec['flops_ratio']:.3f} val {rec['val_map']:.4f} "
-                f"({rec['finetune_seconds']:.0f}s)")
+            log(
+                f"[{b}] candidate {i}: flops {rec['flops_ratio']:.3f} val {rec['val_map']:.4f} "
+                f"({rec['finetune_seconds']:.0f}s)"
+            )
             write_results(args, base)
         if args.phase == "finetune":
             continue
-        while args.phase != "test" and any(not any(d["idx"] == i for d in merged(b, args.epochs))
-                                           for i in range(len(cands[b]))):
+        while args.phase != "test" and any(
+            not any(d["idx"] == i for d in merged(b, args.epochs)) for i in range(len(cands[b]))
+        ):
             time.sleep(10)  # another process is finishing a claimed fine-tune
         while True:
             sc = load_scores(b, args.candidates, args.scores_version)
             m = merged(b, args.epochs)
             untested = {d["idx"] for d in m if d["test_map"] is None}
-            order = [i for i in test_priority(sc, m) if i in untested
-                     and not (CACHE / f"ranking_test_{b}_{i}.lock").exists()]
+            order = [
+                i for i in test_priority(sc, m) if i in untested and not (CACHE / f"ranking_test_{b}_{i}.lock").exists()
+            ]
             if not order:
                 break
             i = order[0]
@@ -430,9 +538,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{b}] candidate {i}: test {rec['test_map']:.4f} ({rec['eval_seconds']:.0f}s)")
             write_results(args, base)
             res = json.loads((RESULTS / "ranking.json").read_text())["budgets"][b].get("rankers", {})
-            if not args.test_all and sc is not None and len(res) >= 7 and all(
-                    r["top3_best_test_map"] is not None for r in res.values()) and \
-                    sum(d["test_map"] is not None for d in merged(b, args.epochs)) >= args.min_tested:
+            if (
+                not args.test_all
+                and sc is not None
+                and len(res) >= 7
+                and all(r["top3_best_test_map"] is not None for r in res.values())
+                and sum(d["test_map"] is not None for d in merged(b, args.epochs)) >= args.min_tested
+            ):
                 break
     if args.phase == "all":  # then the remaining test passes, so best_test_map covers every candidate
         for b in args.budgets:

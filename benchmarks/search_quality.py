@@ -23,6 +23,7 @@ Full run (CPU, about 15 minutes per net and budget on 2 quiet cores; by hand):
 Smoke test (digits, ~3 min):
     .venv/bin/python benchmarks/search_quality.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,21 +47,40 @@ from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_ch
 from acpsearch.graph import ChannelGraph  # noqa: E402
 from acpsearch.hashing import create_model, evaluate, load_dataset, make_splits, train_hash_net  # noqa: E402
 from acpsearch.pruning import PruningStrategy, measure_cost, prune  # noqa: E402
-from acpsearch.search.tasks import measure_latency_ms  # noqa: E402
+from acpsearch.service.tasks import measure_latency_ms  # noqa: E402
 
 
-def finetune_and_eval(net: torch.nn.Module, splits: Any, args: argparse.Namespace, shape: list[int],
-                      seed: int | None = None) -> dict[str, Any]:
+def finetune_and_eval(
+    net: torch.nn.Module, splits: Any, args: argparse.Namespace, shape: list[int], seed: int | None = None
+) -> dict[str, Any]:
     """The shared fine-tuning budget and the shared evaluation."""
-    res = train_hash_net(net, splits, loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed if seed is None else seed, progress=False, num_threads=args.threads,
-                         augment=args.augment, hflip=args.augment, distill=args.distill,
-                         teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None)
+    res = train_hash_net(
+        net,
+        splits,
+        loss=args.loss,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed if seed is None else seed,
+        progress=False,
+        num_threads=args.threads,
+        augment=args.augment,
+        hflip=args.augment,
+        distill=args.distill,
+        teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
+    )
     ev = evaluate(res.model, splits)
     cost = measure_cost(res.model, torch.zeros(*shape))
-    return {"model": res.model, "val_map": float(res.best_val_map), "test_map": float(ev["map_all"]),
-            "test_map_topk": float(ev["map_topk"]), "topk": int(ev["topk"]), "flops": int(cost.flops),
-            "params": int(cost.params), "latency_ms": round(measure_latency_ms(res.model, shape), 3)}
+    return {
+        "model": res.model,
+        "val_map": float(res.best_val_map),
+        "test_map": float(ev["map_all"]),
+        "test_map_topk": float(ev["map_topk"]),
+        "topk": int(ev["topk"]),
+        "flops": int(cost.flops),
+        "params": int(cost.params),
+        "latency_ms": round(measure_latency_ms(res.model, shape), 3),
+    }
 
 
 def uniform_keep(g: Any, budget: float, step: float = 0.01) -> float:
@@ -83,9 +104,17 @@ def tp_global_magnitude(base: torch.nn.Module, ex: torch.Tensor, budget: float) 
         mid = (lo + hi) / 2
         net = copy.deepcopy(base)
         hash_layer = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
-        pruner = tp.pruner.MagnitudePruner(net, ex, importance=tp.importance.MagnitudeImportance(p=1),
-                                           global_pruning=True, pruning_ratio=mid, ignored_layers=[hash_layer],
-                                           in_channel_groups={}, out_channel_groups={}, num_heads={})
+        pruner = tp.pruner.MagnitudePruner(
+            net,
+            ex,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            global_pruning=True,
+            pruning_ratio=mid,
+            ignored_layers=[hash_layer],
+            in_channel_groups={},
+            out_channel_groups={},
+            num_heads={},
+        )
         pruner.step()
         flops, _ = tp.utils.count_ops_and_params(net, ex)
         if flops <= budget * full:
@@ -97,24 +126,46 @@ def tp_global_magnitude(base: torch.nn.Module, ex: torch.Tensor, budget: float) 
     return best
 
 
-def run_acpsearch(args: argparse.Namespace, base_path: Path, workdir: Path, rerank: str | None = None) -> dict[str, Any]:
-    from acpsearch.search import study as st
-    from acpsearch.search.pipeline import run_study
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
+def run_acpsearch(
+    args: argparse.Namespace, base_path: Path, workdir: Path, rerank: str | None = None
+) -> dict[str, Any]:
+    from acpsearch.service import study as st
+    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
-    spec = parse_spec({
-        "name": "search-quality", "model": {"zoo": args.model, "bits": args.bits, "checkpoint": str(base_path)},
-        "data": {"dataset": args.dataset, "protocol": args.protocol},
-        "budget": {"flops": args.budget}, "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
-        "encoder": {"objective": args.objective, "epochs": args.encoder_epochs, "strategies": args.encoder_strategies},
-        "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed, "rerank": rerank,
-                   "rerank_top": args.rerank_top},
-        "finetune": {"top": args.top, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                     "early_stop": None, "augment": args.augment, "hflip": args.augment,
-                     "distill": args.distill},
-        "train": {"loss": args.loss},
-    })
+    spec = parse_spec(
+        {
+            "name": "search-quality",
+            "model": {"zoo": args.model, "bits": args.bits, "checkpoint": str(base_path)},
+            "data": {"dataset": args.dataset, "protocol": args.protocol},
+            "budget": {"flops": args.budget},
+            "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
+            "encoder": {
+                "objective": args.objective,
+                "epochs": args.encoder_epochs,
+                "strategies": args.encoder_strategies,
+            },
+            "search": {
+                "candidates": args.candidates,
+                "workers": args.workers,
+                "seed": args.seed,
+                "rerank": rerank,
+                "rerank_top": args.rerank_top,
+            },
+            "finetune": {
+                "top": args.top,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "early_stop": None,
+                "augment": args.augment,
+                "hflip": args.augment,
+                "distill": args.distill,
+            },
+            "train": {"loss": args.loss},
+        }
+    )
     url = f"sqlite:///{workdir / 'search_quality.db'}"
     storage = open_storage(url)
     name = st.submit(storage, spec, f"search-quality-{int(time.time())}")
@@ -122,34 +173,58 @@ def run_acpsearch(args: argparse.Namespace, base_path: Path, workdir: Path, rera
     study = st.load_search_study(storage, name)
     w = study.user_attrs["winner"]
     phases = {p: (study.user_attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
-    return {"val_map": w["val_map"], "test_map": w["test_map"], "test_map_topk": w["test_map_topk"],
-            "topk": w["topk"], "flops": w["measured_flops"], "params": w["measured_params"],
-            "latency_ms": w["latency_ms"], "finetune_epochs_total": args.top * args.epochs, "study": name,
-            "ratios": w["ratios"], "phase_seconds": phases,
-            "finalists_test_map": [t.user_attrs.get("test_map") for t in st.finetune_study(storage, study).get_trials(
-                deepcopy=False) if t.user_attrs.get("test_map") is not None]}
+    return {
+        "val_map": w["val_map"],
+        "test_map": w["test_map"],
+        "test_map_topk": w["test_map_topk"],
+        "topk": w["topk"],
+        "flops": w["measured_flops"],
+        "params": w["measured_params"],
+        "latency_ms": w["latency_ms"],
+        "finetune_epochs_total": args.top * args.epochs,
+        "study": name,
+        "ratios": w["ratios"],
+        "phase_seconds": phases,
+        "finalists_test_map": [
+            t.user_attrs.get("test_map")
+            for t in st.finetune_study(storage, study).get_trials(deepcopy=False)
+            if t.user_attrs.get("test_map") is not None
+        ],
+    }
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
     """README table: one block per (model, budget), methods as rows."""
-    lines = ["| net | budget (FLOPs) | method | test mAP@all (seed 0) | mean +- std over seeds | val mAP | FLOPs ratio | "
-             "params ratio | latency ms | fine-tune epochs spent | wall s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| net | budget (FLOPs) | method | test mAP@all (seed 0) | mean +- std over seeds | val mAP | FLOPs ratio | "
+        "params ratio | latency ms | fine-tune epochs spent | wall s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, block in doc.get("runs", {}).items():
         b = block["base"]
-        lines.append(f"| {block['model']} | unpruned | base | {b['test_map']:.4f} | | {b['val_map']:.4f} | 1.000 | "
-                     f"1.000 | {b['latency_ms']:.2f} | | |")
+        lines.append(
+            f"| {block['model']} | unpruned | base | {b['test_map']:.4f} | | {b['val_map']:.4f} | 1.000 | "
+            f"1.000 | {b['latency_ms']:.2f} | | |"
+        )
         for name, r in block["methods"].items():
             seeds = r.get("seed_test_maps") or []
             ms = f"{r['seed_mean']:.4f} +- {r['seed_std']:.4f} (n={len(seeds)})" if len(seeds) > 1 else ""
-            lines.append(f"| {block['model']} | {block['budget']} | {name} | {r['test_map']:.4f} | {ms} | "
-                         f"{r['val_map']:.4f} | {r['flops_ratio']:.3f} | {r['params_ratio']:.3f} | "
-                         f"{r['latency_ms']:.2f} | {r['finetune_epochs_total']} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {block['model']} | {block['budget']} | {name} | {r['test_map']:.4f} | {ms} | "
+                f"{r['val_map']:.4f} | {r['flops_ratio']:.3f} | {r['params_ratio']:.3f} | "
+                f"{r['latency_ms']:.2f} | {r['finetune_epochs_total']} | {r['seconds']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list[int], workdir: Path,
-               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run_budget(
+    args: argparse.Namespace,
+    budget: float,
+    splits: Any,
+    shape: list[int],
+    workdir: Path,
+    save: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     """All methods at one FLOPs budget; `save` is called with the block after every method."""
     import statistics
 
@@ -161,10 +236,18 @@ def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list
     full = g.cost()
     bev = evaluate(base, splits)
     block: dict[str, Any] = {
-        "model": args.model, "budget": budget, "base_checkpoint": str(args.base),
+        "model": args.model,
+        "budget": budget,
+        "base_checkpoint": str(args.base),
         "protocol": {k: v for k, v in vars(args).items() if k not in ("results", "budgets")},
-        "base": {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"],
-                 "flops": full.flops, "params": full.params, "latency_ms": round(measure_latency_ms(base, shape), 3)},
+        "base": {
+            "test_map": bev["map_all"],
+            "test_map_topk": bev["map_topk"],
+            "val_map": bev["val_map"],
+            "flops": full.flops,
+            "params": full.params,
+            "latency_ms": round(measure_latency_ms(base, shape), 3),
+        },
         "methods": {},
     }
     seeds = [args.seed + i for i in range(args.seeds)]
@@ -179,21 +262,32 @@ def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list
         if rebuild is not None:
             for sd in seeds[1:]:
                 maps.append(finetune_and_eval(rebuild(), splits, args, shape, seed=sd)["test_map"])
-        res.update(seed_test_maps=maps, seed_mean=statistics.fmean(maps),
-                   seed_std=statistics.stdev(maps) if len(maps) > 1 else 0.0,
-                   seconds=round(time.perf_counter() - t0, 1))
+        res.update(
+            seed_test_maps=maps,
+            seed_mean=statistics.fmean(maps),
+            seed_std=statistics.stdev(maps) if len(maps) > 1 else 0.0,
+            seconds=round(time.perf_counter() - t0, 1),
+        )
         block["methods"][name] = res
         save(block)
-        print(f"[{args.model} @ {budget}] {name:15s} test mAP {res['test_map']:.4f} (seeds {res['seed_mean']:.4f} +- "
-              f"{res['seed_std']:.4f})  FLOPs {res['flops_ratio']:.3f}  params {res['params_ratio']:.3f}  latency "
-              f"{res['latency_ms']:.2f} ms  ({res['seconds']} s)", flush=True)
+        print(
+            f"[{args.model} @ {budget}] {name:15s} test mAP {res['test_map']:.4f} (seeds {res['seed_mean']:.4f} +- "
+            f"{res['seed_std']:.4f})  FLOPs {res['flops_ratio']:.3f}  params {res['params_ratio']:.3f}  latency "
+            f"{res['latency_ms']:.2f} ms  ({res['seconds']} s)",
+            flush=True,
+        )
 
-    from acpsearch.search.pipeline import make_space
-    from acpsearch.spec import parse_spec
+    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.spec import parse_spec
 
-    space_spec = parse_spec({"model": {"zoo": args.model}, "data": {"dataset": args.dataset},
-                             "budget": {"flops": budget},
-                             "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}})
+    space_spec = parse_spec(
+        {
+            "model": {"zoo": args.model},
+            "data": {"dataset": args.dataset},
+            "budget": {"flops": budget},
+            "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
+        }
+    )
     space = make_space(space_spec, g, base, ex)
     methods = args.methods.split(",")
 
@@ -217,8 +311,12 @@ def run_budget(args: argparse.Namespace, budget: float, splits: Any, shape: list
         record("uniform_l1", res, t0, pruned(strat))
     if "tp_global_mag" in methods:
         t0 = time.perf_counter()
-        record("tp_global_mag", finetune_and_eval(tp_global_magnitude(base, ex, budget), splits, args, shape), t0,
-               lambda: tp_global_magnitude(base, ex, budget))
+        record(
+            "tp_global_mag",
+            finetune_and_eval(tp_global_magnitude(base, ex, budget), splits, args, shape),
+            t0,
+            lambda: tp_global_magnitude(base, ex, budget),
+        )
 
     def best_of(strategies: list[Any]) -> tuple[dict[str, Any], Any]:
         runs = [finetune_and_eval(prune(base, st_, ex), splits, args, shape) for st_ in strategies]
@@ -255,10 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per final model (all methods)")
     ap.add_argument("--top", type=int, default=4, help="m: finalists of acpsearch / adaptive_bn, random best-of-m")
     ap.add_argument("--candidates", type=int, default=500, help="acpsearch's candidates")
-    ap.add_argument("--abn-candidates", type=int, default=32,
-                    help="adaptive-BN pool (each costs a BN recalibration + a val mAP, ~100x a similarity score)")
-    ap.add_argument("--rerank-top", type=int, default=32,
-                    help="acpsearch_rerank: the top tier re-scored by adaptive BN before the top m are fine-tuned")
+    ap.add_argument(
+        "--abn-candidates",
+        type=int,
+        default=32,
+        help="adaptive-BN pool (each costs a BN recalibration + a val mAP, ~100x a similarity score)",
+    )
+    ap.add_argument(
+        "--rerank-top",
+        type=int,
+        default=32,
+        help="acpsearch_rerank: the top tier re-scored by adaptive BN before the top m are fine-tuned",
+    )
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds of each method's final network")
     ap.add_argument("--encoder-epochs", type=int, default=60)
     ap.add_argument("--encoder-strategies", type=int, default=128)
@@ -267,10 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-keep", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--augment", action="store_true",
-                    help="fine-tune every method with random crop + horizontal flip (the base's recipe)")
-    ap.add_argument("--distill", type=float, default=0.0,
-                    help="fine-tune every method with this weight of code distillation from the base network")
+    ap.add_argument(
+        "--augment",
+        action="store_true",
+        help="fine-tune every method with random crop + horizontal flip (the base's recipe)",
+    )
+    ap.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="fine-tune every method with this weight of code distillation from the base network",
+    )
     ap.add_argument("--loss", default="csq")
     ap.add_argument("--base-epochs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
@@ -295,8 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     shape = [1, c, h, h]
     if args.base is None:
         kw = {"bits": args.bits, "in_channels": c, "image_size": h}
-        net = train_hash_net(create_model(args.model, **kw), splits, loss=args.loss, epochs=args.base_epochs,
-                             seed=args.seed, progress=False).model
+        net = train_hash_net(
+            create_model(args.model, **kw),
+            splits,
+            loss=args.loss,
+            epochs=args.base_epochs,
+            seed=args.seed,
+            progress=False,
+        ).model
         args.base = save_checkpoint(workdir / "base.pt", net, {"zoo": args.model, "kwargs": kw}, shape)
 
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
@@ -310,8 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(args.results.read_text()) if args.results.exists() else {}
     for key in [f"{args.model}@{b}" for b in budgets]:
         if other_recipe(old, key):  # say so before hours of work, not after
-            print(f"{args.results}: {key} was fine-tuned with another recipe ({', '.join(recipe)}); "
-                  "write to another file with --results", file=sys.stderr)
+            print(
+                f"{args.results}: {key} was fine-tuned with another recipe ({', '.join(recipe)}); "
+                "write to another file with --results",
+                file=sys.stderr,
+            )
             return 2
 
     def save(block: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ above it, and the ratios memory / stream. Results: docs/results/stream_memory.md
 
     PYTHONPATH=. python benchmarks/stream_memory.py --images 5000 --side 64 --out /tmp/stream-mem
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,28 @@ def child(mode: str, lists: dict[str, str], batch: int) -> dict[str, float]:
     ds = load_dataset("listfile", **lists, stream=mode == "stream", workers=0)
     sp = make_splits(ds, seed=0)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 32))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 32),
+    )
     db = encode(net, sp.database[0], batch_size=batch)
     q = encode(net, sp.query[0], batch_size=batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"mode": mode, "baseline_mib": round(base, 1), "peak_mib": round(peak, 1),
-            "growth_mib": round(peak - base, 1), "seconds": round(time.perf_counter() - t0, 1),
-            "database": int(db.shape[0]), "queries": int(q.shape[0]),
-            "codes_sum": float(db.sum() + q.sum())}
+    return {
+        "mode": mode,
+        "baseline_mib": round(base, 1),
+        "peak_mib": round(peak, 1),
+        "growth_mib": round(peak - base, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "database": int(db.shape[0]),
+        "queries": int(q.shape[0]),
+        "codes_sum": float(db.sum() + q.sum()),
+    }
 
 
 def generate(out: Path, n: int, side: int) -> dict[str, str]:
@@ -73,8 +87,11 @@ def generate(out: Path, n: int, side: int) -> dict[str, str]:
             vec[(k + 3) % 10] = "1"
         lines.append(f"img/{i:05d}.png {' '.join(vec)}\n")
     n_test, n_train = max(10, n // 50), max(10, n // 5)
-    parts = {"test_list": lines[:n_test], "train_list": lines[n_test:n_test + n_train],
-             "database_list": lines[n_test + n_train:]}
+    parts = {
+        "test_list": lines[:n_test],
+        "train_list": lines[n_test : n_test + n_train],
+        "database_list": lines[n_test + n_train :],
+    }
     paths = {}
     for key, rows in parts.items():
         (out / f"{key}.txt").write_text("".join(rows))
@@ -99,15 +116,24 @@ def main() -> None:
     gen_s = time.perf_counter() - t0
     rows = {}
     for mode in ("memory", "stream"):
-        res = subprocess.run([sys.executable, __file__, "--child", mode, "--lists", json.dumps(lists),
-                              "--batch", str(args.batch)], check=True, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--child", mode, "--lists", json.dumps(lists), "--batch", str(args.batch)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     m, s = rows["memory"], rows["stream"]
     assert m["codes_sum"] == s["codes_sum"], "streamed codes differ from in-memory codes"
-    report = {"images": args.images, "side": args.side, "generate_seconds": round(gen_s, 1), **{k: rows[k] for k in rows},
-              "peak_ratio": round(m["peak_mib"] / s["peak_mib"], 2),
-              "growth_ratio": round(m["growth_mib"] / max(s["growth_mib"], 1e-9), 2),
-              "float32_images_mib": round(args.images * 3 * args.side ** 2 * 4 / 2 ** 20, 1)}
+    report = {
+        "images": args.images,
+        "side": args.side,
+        "generate_seconds": round(gen_s, 1),
+        **{k: rows[k] for k in rows},
+        "peak_ratio": round(m["peak_mib"] / s["peak_mib"], 2),
+        "growth_ratio": round(m["growth_mib"] / max(s["growth_mib"], 1e-9), 2),
+        "float32_images_mib": round(args.images * 3 * args.side**2 * 4 / 2**20, 1),
+    }
     print(json.dumps(report, indent=1))
 
 

@@ -35,6 +35,7 @@ all recipes run are reported.
 
 README.md ("Five seeds per method on a GPU") has the exact commands behind its table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,23 +72,36 @@ PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100
 
 # --- prepare ---------------------------------------------------------------------------------------
 
+
 def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The m finalists of a real acpsearch study (the service's own search, with its anchor unless
     --no-anchor), best score first: each {ratios, round_to, source}."""
-    from acpsearch.search import study as st
-    from acpsearch.search.pipeline import run_study
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
+    from acpsearch.service import study as st
+    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
-    spec = parse_spec({
-        "name": "structure-sweep", "model": {"zoo": args.model, "bits": args.bits, "checkpoint": str(args.base)},
-        "data": {"dataset": "fashion-mnist", "protocol": PROTOCOL},
-        "budget": {"flops": args.budget}, "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
-        "encoder": {"objective": args.objective, "epochs": args.encoder_epochs, "strategies": args.encoder_strategies},
-        "search": {"candidates": args.candidates, "workers": args.workers, "seed": args.seed,
-                   "anchor": None if args.no_anchor else "magnitude"},
-        "finetune": {"top": args.top, "epochs": 1, "early_stop": None},
-    })
+    spec = parse_spec(
+        {
+            "name": "structure-sweep",
+            "model": {"zoo": args.model, "bits": args.bits, "checkpoint": str(args.base)},
+            "data": {"dataset": "fashion-mnist", "protocol": PROTOCOL},
+            "budget": {"flops": args.budget},
+            "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
+            "encoder": {
+                "objective": args.objective,
+                "epochs": args.encoder_epochs,
+                "strategies": args.encoder_strategies,
+            },
+            "search": {
+                "candidates": args.candidates,
+                "workers": args.workers,
+                "seed": args.seed,
+                "anchor": None if args.no_anchor else "magnitude",
+            },
+            "finetune": {"top": args.top, "epochs": 1, "early_stop": None},
+        }
+    )
     url = f"sqlite:///{workdir / 'sweep.db'}"
     storage = open_storage(url)
     name = st.submit(storage, spec, f"structure-sweep-{int(time.time())}")
@@ -95,9 +109,14 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
     study = st.load_search_study(storage, name)
     ft = st.finetune_study(storage, study).get_trials(deepcopy=False)
     ft = sorted(ft, key=lambda t: -float(t.user_attrs.get("score") or 0.0))
-    cands = [{"ratios": {k[len("keep/"):]: float(v) for k, v in t.params.items() if k.startswith("keep/")},
-              "round_to": int(study.trials[int(t.user_attrs["candidate"])].user_attrs.get("round_to", 4)),
-              "source": t.user_attrs.get("source", "search")} for t in ft]
+    cands = [
+        {
+            "ratios": {k[len("keep/") :]: float(v) for k, v in t.params.items() if k.startswith("keep/")},
+            "round_to": int(study.trials[int(t.user_attrs["candidate"])].user_attrs.get("round_to", 4)),
+            "source": t.user_attrs.get("source", "search"),
+        }
+        for t in ft
+    ]
     phases = {p: (study.user_attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
     return cands, {"study": name, "scores": [t.user_attrs.get("score") for t in ft], "phase_seconds": phases}
 
@@ -113,8 +132,13 @@ def _load_base(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, torch.Te
     splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
     ex = torch.zeros(1, *splits.input_shape)
     bev = evaluate(base, splits)
-    return base, splits, ex, ChannelGraph.from_model(base, ex), {
-        "test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"]}
+    return (
+        base,
+        splits,
+        ex,
+        ChannelGraph.from_model(base, ex),
+        {"test_map": bev["map_all"], "test_map_topk": bev["map_topk"], "val_map": bev["val_map"]},
+    )
 
 
 def _write_folder(out: Path, base_path: Path, nets: dict[str, torch.nn.Module], meta: dict[str, Any]) -> None:
@@ -128,34 +152,61 @@ def _write_folder(out: Path, base_path: Path, nets: dict[str, torch.nn.Module], 
     for f in FASHION_MNIST_DIR.glob("*-ubyte*"):
         shutil.copy(f, out / "fmnist" / f.name)
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    print(json.dumps({n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "ratios"}
-                      for n, c in meta["candidates"].items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "ratios"}
+                for n, c in meta["candidates"].items()
+            },
+            indent=1,
+        )
+    )
 
 
 def prepare(args: argparse.Namespace) -> int:
     import search_quality as sq
 
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
-    from acpsearch.search.pipeline import make_space
     from acpsearch.search.rankers import make_ranker
-    from acpsearch.spec import parse_spec
+    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.spec import parse_spec
 
     base, splits, ex, g, base_eval = _load_base(args)
-    space = make_space(parse_spec({"model": {"zoo": args.model}, "data": {"dataset": "fashion-mnist"},
-                                   "budget": {"flops": args.budget},
-                                   "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"}}),
-                       g, base, ex)
+    space = make_space(
+        parse_spec(
+            {
+                "model": {"zoo": args.model},
+                "data": {"dataset": "fashion-mnist"},
+                "budget": {"flops": args.budget},
+                "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
+            }
+        ),
+        g,
+        base,
+        ex,
+    )
     full = g.cost()
     nets: dict[str, torch.nn.Module] = {}
-    meta: dict[str, Any] = {"budget": args.budget, "model": args.model, "base": "base.pt", "methods": {},
-                            "candidates": {}, "top": args.top, "base_eval": base_eval}
+    meta: dict[str, Any] = {
+        "budget": args.budget,
+        "model": args.model,
+        "base": "base.pt",
+        "methods": {},
+        "candidates": {},
+        "top": args.top,
+        "base_eval": base_eval,
+    }
     t0 = time.perf_counter()
 
     def add(method: str, name: str, net: torch.nn.Module, **info: Any) -> None:
         cost = measure_cost(net, ex)
         nets[name] = net
-        meta["candidates"][name] = {"method": method, "flops_ratio": cost.flops / full.flops,
-                                    "params_ratio": cost.params / full.params, **info}
+        meta["candidates"][name] = {
+            "method": method,
+            "flops_ratio": cost.flops / full.flops,
+            "params_ratio": cost.params / full.params,
+            **info,
+        }
         meta["methods"].setdefault(method, []).append(name)
 
     methods = set(args.methods.split(",")) if args.methods else None
@@ -168,8 +219,11 @@ def prepare(args: argparse.Namespace) -> int:
     if methods is not None:
         _write_folder(args.dir, args.base, nets, meta)
         return 0
-    add("uniform_l1", "uniform_l1", prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget),
-                                                                        criterion="l1"), ex))
+    add(
+        "uniform_l1",
+        "uniform_l1",
+        prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget), criterion="l1"), ex),
+    )
     add("tp_global_mag", "tp_global_mag", sq.tp_global_magnitude(base, ex, args.budget))
     for i, s in enumerate(space.sample_many(args.top, random.Random(args.seed + 1))):
         add("random_best_m", f"random{i}", prune(base, s, ex), ratios=dict(s.ratios))
@@ -179,8 +233,13 @@ def prepare(args: argparse.Namespace) -> int:
     order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
     meta["adaptive_bn"] = {"pool": len(pool), "seconds": round(time.perf_counter() - t1, 1)}
     for rank, i in enumerate(order):
-        add("adaptive_bn", f"adaptive_bn{rank}", prune(base, pool[i], ex), ratios=dict(pool[i].ratios),
-            score=float(scores[i]))
+        add(
+            "adaptive_bn",
+            f"adaptive_bn{rank}",
+            prune(base, pool[i], ex),
+            ratios=dict(pool[i].ratios),
+            score=float(scores[i]),
+        )
     _write_folder(args.dir, args.base, nets, meta)
     return 0
 
@@ -202,11 +261,27 @@ def prepare_tp_counts(args: argparse.Namespace) -> int:
     net = prune(base, strategy, ex)
     full, cost = g.cost(), measure_cost(net, ex)
     name = "tp_counts_l1"
-    _write_folder(args.dir, args.base, {name: net}, {
-        "budget": args.budget, "model": "resnet20", "base": "base.pt", "top": 1, "base_eval": base_eval,
-        "methods": {name: [name]},
-        "candidates": {name: {"method": name, "flops_ratio": cost.flops / full.flops,
-                              "params_ratio": cost.params / full.params, "kept": kept}}})
+    _write_folder(
+        args.dir,
+        args.base,
+        {name: net},
+        {
+            "budget": args.budget,
+            "model": "resnet20",
+            "base": "base.pt",
+            "top": 1,
+            "base_eval": base_eval,
+            "methods": {name: [name]},
+            "candidates": {
+                name: {
+                    "method": name,
+                    "flops_ratio": cost.flops / full.flops,
+                    "params_ratio": cost.params / full.params,
+                    "kept": kept,
+                }
+            },
+        },
+    )
     return 0
 
 
@@ -230,21 +305,37 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     if d not in _CACHE:
         data = job.get("data") or str(Path(d) / "fmnist")
         splits = make_splits(load_dataset("fashion-mnist", data), **PROTOCOL)
-        _CACHE[d] = (splits, torch.load(Path(d) / "structures.pt", weights_only=False),
-                     model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")))
+        _CACHE[d] = (
+            splits,
+            torch.load(Path(d) / "structures.pt", weights_only=False),
+            model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")),
+        )
     splits, nets, teacher = _CACHE[d]
     dev = torch.device(job["device"])
     net = copy.deepcopy(nets[job["candidate"]]).to(dev)
     kw = dict(RECIPES[job["recipe"]])
     t0 = time.perf_counter()
-    res = train_hash_net(net, splits, loss="csq", seed=job["seed"], progress=False,
-                         teacher=copy.deepcopy(teacher).to(dev) if kw.get("distill") else None, **kw)
+    res = train_hash_net(
+        net,
+        splits,
+        loss="csq",
+        seed=job["seed"],
+        progress=False,
+        teacher=copy.deepcopy(teacher).to(dev) if kw.get("distill") else None,
+        **kw,
+    )
     train_s = time.perf_counter() - t0
     ev = evaluate(res.model, splits)
-    return {**_row(job), "val_map": round(float(res.best_val_map), 5),
-            "test_map": round(float(ev["map_all"]), 5), "test_map_topk": round(float(ev["map_topk"]), 5),
-            "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1),
-            "seconds": round(time.perf_counter() - t0, 1), "device_name": _device_name(dev)}
+    return {
+        **_row(job),
+        "val_map": round(float(res.best_val_map), 5),
+        "test_map": round(float(ev["map_all"]), 5),
+        "test_map_topk": round(float(ev["map_topk"]), 5),
+        "best_epoch": res.best_epoch,
+        "train_seconds": round(train_s, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "device_name": _device_name(dev),
+    }
 
 
 def _device_name(dev: torch.device) -> str:
@@ -326,9 +417,19 @@ def run(args: argparse.Namespace) -> int:
         while heap and pending < args.jobs and time.perf_counter() - t0 < args.deadline:
             stage, seed, _, cand = heapq.heappop(heap)
             d, rc = stages[stage]
-            jobs.put({"dir": d, "candidate": cand, "recipe": rc, "seed": seed, "budget": metas[d]["budget"],
-                      "method": metas[d]["candidates"][cand]["method"], "stage": stage, "device": device,
-                      "data": args.data})
+            jobs.put(
+                {
+                    "dir": d,
+                    "candidate": cand,
+                    "recipe": rc,
+                    "seed": seed,
+                    "budget": metas[d]["budget"],
+                    "method": metas[d]["candidates"][cand]["method"],
+                    "stage": stage,
+                    "device": device,
+                    "data": args.data,
+                }
+            )
             pending += 1
 
     submit()
@@ -345,9 +446,11 @@ def run(args: argparse.Namespace) -> int:
             stage = r.pop("stage")
             fh.write(json.dumps(r) + "\n")
             fh.flush()
-            print(f"[{time.perf_counter() - t0:6.0f}s] {r['recipe']} seed {r['seed']} {r['candidate']:14s} "
-                  f"val {r.get('val_map')} test {r.get('test_map')} ({r.get('seconds')} s) {r.get('error', '')}",
-                  flush=True)
+            print(
+                f"[{time.perf_counter() - t0:6.0f}s] {r['recipe']} seed {r['seed']} {r['candidate']:14s} "
+                f"val {r.get('val_map')} test {r.get('test_map')} ({r.get('seconds')} s) {r.get('error', '')}",
+                flush=True,
+            )
             if "error" not in r:
                 results[(r["dir"], r["recipe"], r["candidate"], r["seed"])] = r
                 if r["seed"] == 0:
@@ -358,8 +461,10 @@ def run(args: argparse.Namespace) -> int:
             p.terminate()
         else:
             jobs.put(None)
-    print(f"{finished} jobs done in {time.perf_counter() - t0:.0f} s; {len(heap)} not started, {pending} dropped",
-          flush=True)
+    print(
+        f"{finished} jobs done in {time.perf_counter() - t0:.0f} s; {len(heap)} not started, {pending} dropped",
+        flush=True,
+    )
     return 0
 
 
@@ -387,13 +492,17 @@ def report(args: argparse.Namespace) -> int:
     by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["budget"], r["recipe"], r["method"], r["dir"], r["candidate"]), []).append(r)
-    lines = ["| budget | recipe | method | chosen (of m) | test mAP@all (seed 0) | mean +- std over seeds (n) | "
-             "val mAP (seed 0) | best of the m on test (seed 0) | FLOPs ratio | params ratio |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| budget | recipe | method | chosen (of m) | test mAP@all (seed 0) | mean +- std over seeds (n) | "
+        "val mAP (seed 0) | best of the m on test (seed 0) | FLOPs ratio | params ratio |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     summary = []
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    keys = sorted({(b, rc, m, d) for b, rc, m, d, _ in by},
-                  key=lambda k: (-k[0], list(RECIPES).index(k[1]), order.get(k[2], 99), k[2], k[3]))
+    keys = sorted(
+        {(b, rc, m, d) for b, rc, m, d, _ in by},
+        key=lambda k: (-k[0], list(RECIPES).index(k[1]), order.get(k[2], 99), k[2], k[3]),
+    )
     # A method prepared in several folders of one budget (e.g. with and without an option) gets
     # one row per folder, labelled with the folder's name.
     folders: dict[tuple[Any, ...], set[str]] = {}
@@ -406,8 +515,10 @@ def report(args: argparse.Namespace) -> int:
         if (budget, recipe) not in shown and base_meta:
             shown.add((budget, recipe))
             b = base_meta["base_eval"]
-            lines.append(f"| {budget} | {recipe} | base (unpruned) | | {b['test_map']:.4f} | | {b['val_map']:.4f} | | "
-                         "1.000 | 1.000 |")
+            lines.append(
+                f"| {budget} | {recipe} | base (unpruned) | | {b['test_map']:.4f} | | {b['val_map']:.4f} | | "
+                "1.000 | 1.000 |"
+            )
         label = method if len(folders[(budget, recipe, method)]) == 1 else f"{method} ({Path(folder).name})"
         cands = {c: rs for (b_, rc, m, d, c), rs in by.items() if (b_, rc, m, d) == (budget, recipe, method, folder)}
         if method in meta.get("methods", {}):  # every prepared candidate of the method must have run
@@ -418,18 +529,31 @@ def report(args: argparse.Namespace) -> int:
         chosen = _chosen(seed0)  # chosen on VALIDATION
         tests = [r["test_map"] for r in sorted(cands[chosen], key=lambda r: r["seed"])]
         info = meta.get("candidates", {}).get(chosen, {})
-        rec = {"budget": budget, "recipe": recipe, "method": label, "folder": folder, "chosen": chosen, "of": len(cands),
-               "test_map_seed0": seed0[chosen]["test_map"], "test_maps": tests, "mean": statistics.fmean(tests),
-               "std": statistics.stdev(tests) if len(tests) > 1 else 0.0, "val_map": seed0[chosen]["val_map"],
-               "best_seed0_test": max(r["test_map"] for r in seed0.values()),
-               "flops_ratio": info.get("flops_ratio"), "params_ratio": info.get("params_ratio"),
-               "base_test_map": (meta.get("base_eval") or {}).get("test_map")}
+        rec = {
+            "budget": budget,
+            "recipe": recipe,
+            "method": label,
+            "folder": folder,
+            "chosen": chosen,
+            "of": len(cands),
+            "test_map_seed0": seed0[chosen]["test_map"],
+            "test_maps": tests,
+            "mean": statistics.fmean(tests),
+            "std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+            "val_map": seed0[chosen]["val_map"],
+            "best_seed0_test": max(r["test_map"] for r in seed0.values()),
+            "flops_ratio": info.get("flops_ratio"),
+            "params_ratio": info.get("params_ratio"),
+            "base_test_map": (meta.get("base_eval") or {}).get("test_map"),
+        }
         summary.append(rec)
         fr = f"{rec['flops_ratio']:.3f}" if rec["flops_ratio"] is not None else ""
         pr = f"{rec['params_ratio']:.3f}" if rec["params_ratio"] is not None else ""
-        lines.append(f"| {budget} | {recipe} | {label} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
-                     f"{rec['mean']:.4f} +- {rec['std']:.4f} ({len(tests)}) | {rec['val_map']:.4f} | "
-                     f"{rec['best_seed0_test']:.4f} | {fr} | {pr} |")
+        lines.append(
+            f"| {budget} | {recipe} | {label} | {chosen} (of {len(cands)}) | {rec['test_map_seed0']:.4f} | "
+            f"{rec['mean']:.4f} +- {rec['std']:.4f} ({len(tests)}) | {rec['val_map']:.4f} | "
+            f"{rec['best_seed0_test']:.4f} | {fr} | {pr} |"
+        )
     md = "\n".join(lines) + "\n"
     print(md)
     if args.md:
@@ -442,7 +566,7 @@ def latency(args: argparse.Namespace) -> int:
     """CPU latency (batch 32, 1 thread, the service's measure) of the base and of prepared
     candidates, in interleaved rounds so that machine drift hits every network alike."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
-    from acpsearch.search.tasks import measure_latency_ms
+    from acpsearch.service.tasks import measure_latency_ms
 
     nets: dict[str, torch.nn.Module] = {}
     for spec in args.candidates:  # FOLDER:CANDIDATE
@@ -452,10 +576,13 @@ def latency(args: argparse.Namespace) -> int:
         found = torch.load(Path(folder) / "structures.pt", weights_only=False)
         if "base" not in nets:
             nets["base"] = model_from_checkpoint(read_checkpoint(Path(folder) / "base.pt"))
-        for name in ([cand] if cand else list(found)):
+        for name in [cand] if cand else list(found):
             nets[f"{Path(folder).name}:{name}"] = found[name]
-    shape = list(next(iter(nets.values())).example_shape) if hasattr(next(iter(nets.values())), "example_shape") \
+    shape = (
+        list(next(iter(nets.values())).example_shape)
+        if hasattr(next(iter(nets.values())), "example_shape")
         else [1, 1, 28, 28]
+    )
     times: dict[str, list[float]] = {k: [] for k in nets}
     for _ in range(args.rounds):
         for k, net in nets.items():
@@ -516,8 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     lt.add_argument("--repeats", type=int, default=20)
     lt.add_argument("--md", type=Path, default=None)
     args = ap.parse_args(argv)
-    return {"prepare": prepare, "prepare-tp-counts": prepare_tp_counts, "run": run, "report": report,
-            "latency": latency}[args.cmd](args)
+    return {
+        "prepare": prepare,
+        "prepare-tp-counts": prepare_tp_counts,
+        "run": run,
+        "report": report,
+        "latency": latency,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ thread, written by acpsearch's faulthandler set-up) are printed and kept in --ou
 Progress goes to stderr, one line per run with elapsed time and ETA. Exit status 1 if any run failed.
 Not part of the test suite: 20 runs take ~25 min on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ from typing import Any
 import yaml
 
 ACPSEARCH = [sys.executable, "-c", "from acpsearch.cli import main; main()"]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-       "ACPSEARCH_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "OMP_NUM_THREADS": "1",
+    "ACPSEARCH_TORCH_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 PROTOCOL = {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15, "seed": 0}
 
 
@@ -39,8 +46,9 @@ def train_base(path: Path) -> Path:
 
     splits = make_splits(load_dataset("digits"), **PROTOCOL)
     kw = {"bits": 16, "in_channels": 1, "image_size": 8}
-    model = train_hash_net(create_model("resnet20", **kw), splits, epochs=3, lr=0.003, batch_size=64,
-                          progress=False).model
+    model = train_hash_net(
+        create_model("resnet20", **kw), splits, epochs=3, lr=0.003, batch_size=64, progress=False
+    ).model
     save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
     return path
 
@@ -66,14 +74,24 @@ def one_run(root: Path, base: Path, address: str, studies: int) -> dict[str, Any
     for i in range(studies):
         p = root / f"s{i}.yaml"
         p.write_text(yaml.safe_dump(spec(f"shared-{i}", base, i)))
-        out = subprocess.run([*ACPSEARCH, "submit", str(p), "--storage", url], env=ENV, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(
+            [*ACPSEARCH, "submit", str(p), "--storage", url], env=ENV, capture_output=True, text=True, timeout=300
+        )
         if out.returncode != 0:
             raise SystemExit(f"submit failed: {out.stderr.strip()}")
         names.append(f"shared-{i}")
     args = ["worker", "--storage", url, "--address", address, "--workers", "1", "--json", "--artifacts", str(art)]
-    procs = [subprocess.Popen([*ACPSEARCH, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*ACPSEARCH, *args],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=1800) for p in procs]
     codes = [p.returncode for p in procs]
     done: list[str] = []
@@ -84,8 +102,14 @@ def one_run(root: Path, base: Path, address: str, studies: int) -> dict[str, Any
         inits.append(rep.get("ray_inits"))
     crashes = {p.name: p.read_text(errors="replace") for p in sorted(art.glob("crash-*.log"))} if art.is_dir() else {}
     ok = codes == [0, 0] and sorted(done) == sorted(names) and not crashes
-    return {"ok": ok, "exit_codes": codes, "studies_done": sorted(done), "ray_inits": inits,
-            "crash_logs": crashes, "stderr": [o[1][-4000:] for o in outs] if not ok else []}
+    return {
+        "ok": ok,
+        "exit_codes": codes,
+        "studies_done": sorted(done),
+        "ray_inits": inits,
+        "crash_logs": crashes,
+        "stderr": [o[1][-4000:] for o in outs] if not ok else [],
+    }
 
 
 def main() -> int:
@@ -105,7 +129,9 @@ def main() -> int:
         if address is None:
             from ray.cluster_utils import Cluster
 
-            cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            cluster = Cluster(
+                initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False}
+            )
             cluster.add_node(num_cpus=1)
             address = cluster.address
         try:
@@ -116,9 +142,12 @@ def main() -> int:
                 results.append(r)
                 el = time.perf_counter() - t0
                 eta = el / (i + 1) * (args.runs - i - 1)
-                print(f"run {i + 1}/{args.runs}: {'ok' if r['ok'] else 'FAILED'} exit codes {r['exit_codes']} "
-                      f"ray.init per worker {r['ray_inits']}  [elapsed {el:.0f} s, ETA {eta:.0f} s]",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"run {i + 1}/{args.runs}: {'ok' if r['ok'] else 'FAILED'} exit codes {r['exit_codes']} "
+                    f"ray.init per worker {r['ray_inits']}  [elapsed {el:.0f} s, ETA {eta:.0f} s]",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if not r["ok"]:
                     for text in [*r["crash_logs"].values(), *r["stderr"]]:
                         print(text[-4000:], file=sys.stderr)
@@ -126,8 +155,13 @@ def main() -> int:
             if cluster is not None:
                 cluster.shutdown()
     failed = sum(not r["ok"] for r in results)
-    summary = {"runs": len(results), "failed": failed, "studies_per_run": args.studies,
-               "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    summary = {
+        "runs": len(results),
+        "failed": failed,
+        "studies_per_run": args.studies,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": results,
+    }
     print(f"{len(results)} runs, {failed} failed, {summary['seconds']:.0f} s", file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Test-only architectures, written the way the major model zoos write them (torchvision / timm /
 official repos), shrunk to tiny widths. No torchvision import. Every model ends in a hash layer
 of BITS outputs (a Linear, or a Conv for SqueezeNet) and accepts (N, 3, 16, 16) inputs."""
+
 from __future__ import annotations
 
 import torch
@@ -73,7 +74,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -87,8 +90,9 @@ class Bottleneck(nn.Module):
 
 
 class ResNetBottleneck(nn.Module):
-    def __init__(self, layers=(1, 1, 1, 1), planes: int = 8, groups: int = 1, base_width: int = 64,
-                 bits: int = BITS) -> None:
+    def __init__(
+        self, layers=(1, 1, 1, 1), planes: int = 8, groups: int = 1, base_width: int = 64, bits: int = BITS
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, planes, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -96,7 +100,7 @@ class ResNetBottleneck(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         blocks, cin = [], planes
         for i, n in enumerate(layers):
-            p = planes * 2 ** i
+            p = planes * 2**i
             for j in range(n):
                 blocks.append(Bottleneck(cin, p, 2 if (j == 0 and i > 0) else 1, groups, base_width))
                 cin = p * 4
@@ -228,8 +232,11 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvBNAct(cin, hidden, 1))
-        layers += [ConvBNAct(hidden, hidden, 3, stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            ConvBNAct(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,16 +303,22 @@ class MobileNetV3(nn.Module):
     def __init__(self, bits: int = BITS) -> None:
         super().__init__()
         HS, RE = nn.Hardswish, nn.ReLU
-        cfg = [(8, 3, 8, 8, True, RE, 2), (8, 3, 24, 12, False, RE, 2), (12, 3, 32, 12, False, RE, 1),
-               (12, 5, 48, 16, True, HS, 2), (16, 5, 64, 16, True, HS, 1)]
+        cfg = [
+            (8, 3, 8, 8, True, RE, 2),
+            (8, 3, 24, 12, False, RE, 2),
+            (12, 3, 32, 12, False, RE, 1),
+            (12, 5, 48, 16, True, HS, 2),
+            (16, 5, 64, 16, True, HS, 1),
+        ]
         layers: list[nn.Module] = [ConvBNAct(3, 8, 3, 1, act=HS)]
         for c in cfg:
             layers.append(V3Block(*c))
         layers.append(ConvBNAct(16, 48, 1, act=HS))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(48, 64), nn.Hardswish(inplace=True), nn.Dropout(0.2),
-                                        nn.Linear(64, bits))
+        self.classifier = nn.Sequential(
+            nn.Linear(48, 64), nn.Hardswish(inplace=True), nn.Dropout(0.2), nn.Linear(64, bits)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
@@ -352,8 +365,12 @@ class EfficientNet(nn.Module):
     def __init__(self, bits: int = BITS) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            ConvBNAct(3, 8, 3, 2, act=nn.SiLU), MBConv(8, 8, 3, 1, 1, 0.0), MBConv(8, 12, 3, 2, 4, 0.05),
-            MBConv(12, 12, 5, 1, 4, 0.1), ConvBNAct(12, 32, 1, act=nn.SiLU))
+            ConvBNAct(3, 8, 3, 2, act=nn.SiLU),
+            MBConv(8, 8, 3, 1, 1, 0.0),
+            MBConv(8, 12, 3, 2, 4, 0.05),
+            MBConv(12, 12, 5, 1, 4, 0.1),
+            ConvBNAct(12, 32, 1, act=nn.SiLU),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.2, inplace=True), nn.Linear(32, bits))
 
@@ -371,8 +388,11 @@ class ResBottleneckBlock(nn.Module):
         if cin != cout or stride != 1:
             self.proj = ConvBNAct(cin, cout, 1, stride, act=None)
         self.f = nn.Sequential(
-            ConvBNAct(cin, w_b, 1, act=nn.ReLU), ConvBNAct(w_b, w_b, 3, stride, groups=g, act=nn.ReLU),
-            SqueezeExcitation(w_b, max(1, int(round(se_ratio * cin)))), ConvBNAct(w_b, cout, 1, act=None))
+            ConvBNAct(cin, w_b, 1, act=nn.ReLU),
+            ConvBNAct(w_b, w_b, 3, stride, groups=g, act=nn.ReLU),
+            SqueezeExcitation(w_b, max(1, int(round(se_ratio * cin)))),
+            ConvBNAct(w_b, cout, 1, act=None),
+        )
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -387,8 +407,9 @@ class RegNet(nn.Module):
     def __init__(self, bits: int = BITS) -> None:
         super().__init__()
         self.stem = ConvBNAct(3, 8, 3, 2, act=nn.ReLU)
-        self.trunk = nn.Sequential(ResBottleneckBlock(8, 16, 2, 4), ResBottleneckBlock(16, 16, 1, 4),
-                                   ResBottleneckBlock(16, 32, 2, 8))
+        self.trunk = nn.Sequential(
+            ResBottleneckBlock(8, 16, 2, 4), ResBottleneckBlock(16, 16, 1, 4), ResBottleneckBlock(16, 32, 2, 8)
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(32, bits)
 
@@ -413,14 +434,24 @@ class ShuffleUnit(nn.Module):
         bf = oup // 2
         if stride > 1:
             self.branch1 = nn.Sequential(
-                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, bf, 1, bias=False),
+                nn.BatchNorm2d(bf),
+                nn.ReLU(inplace=True),
+            )
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
-            nn.Conv2d(inp if stride > 1 else bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True),
-            nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False), nn.BatchNorm2d(bf),
-            nn.Conv2d(bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, bias=False),
+            nn.BatchNorm2d(bf),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False),
+            nn.BatchNorm2d(bf),
+            nn.Conv2d(bf, bf, 1, bias=False),
+            nn.BatchNorm2d(bf),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
@@ -459,18 +490,25 @@ class Fire(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
-                          self.expand3x3_activation(self.expand3x3(x))], 1)
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
 
 
 class SqueezeNet(nn.Module):
     def __init__(self, bits: int = BITS) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
-            Fire(16, 4, 8, 8), Fire(16, 4, 8, 8), Fire(16, 8, 16, 16))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(32, bits, 1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d((1, 1)))
+            nn.Conv2d(3, 16, 3, 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 4, 8, 8),
+            Fire(16, 4, 8, 8),
+            Fire(16, 8, 16, 16),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Conv2d(32, bits, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)
@@ -491,8 +529,12 @@ class Inception(nn.Module):
     def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, pp: int) -> None:
         super().__init__()
         self.branch1 = BasicConv2d(cin, c1, kernel_size=1)
-        self.branch2 = nn.Sequential(BasicConv2d(cin, c3r, kernel_size=1), BasicConv2d(c3r, c3, kernel_size=3, padding=1))
-        self.branch3 = nn.Sequential(BasicConv2d(cin, c5r, kernel_size=1), BasicConv2d(c5r, c5, kernel_size=3, padding=1))
+        self.branch2 = nn.Sequential(
+            BasicConv2d(cin, c3r, kernel_size=1), BasicConv2d(c3r, c3, kernel_size=3, padding=1)
+        )
+        self.branch3 = nn.Sequential(
+            BasicConv2d(cin, c5r, kernel_size=1), BasicConv2d(c5r, c5, kernel_size=3, padding=1)
+        )
         self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(cin, pp, kernel_size=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -581,10 +623,18 @@ class VGGTuple(nn.Module):
     def __init__(self, bits: int = BITS) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(16 * 4 * 4, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 24),
-                                        nn.ReLU(True))
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 4 * 4, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 24), nn.ReLU(True)
+        )
         self.hash = nn.Linear(24, bits)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -614,8 +664,9 @@ class SELinear(nn.Module):
     def __init__(self, c: int, r: int = 2) -> None:
         super().__init__()
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Sequential(nn.Linear(c, c // r, bias=False), nn.ReLU(inplace=True), nn.Linear(c // r, c, bias=False),
-                                nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(c, c // r, bias=False), nn.ReLU(inplace=True), nn.Linear(c // r, c, bias=False), nn.Sigmoid()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, _, _ = x.size()

@@ -1,10 +1,11 @@
 """Shared fixtures: ONE Ray session for all Ray tests, temporary SQLite storages, and one small
 finished study (digits, through the CLI) that the service and dashboard tests inspect."""
+
 from __future__ import annotations
 
 import importlib.util
-import socket
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,15 @@ def layers_missing(*modules_attrs: str) -> str | None:
     return None
 
 
-PIPELINE_LAYERS = ("acpsearch.graph:ChannelGraph", "acpsearch.pruning:prune", "acpsearch.pruning:make_record",
-                   "acpsearch.encoder:train_encoder", "acpsearch.search.space:DynamicSpace",
-                   "acpsearch.search.rankers:make_ranker", "acpsearch.hashing:train_hash_net")
+PIPELINE_LAYERS = (
+    "acpsearch.graph:ChannelGraph",
+    "acpsearch.pruning:prune",
+    "acpsearch.pruning:make_record",
+    "acpsearch.encoder:train_encoder",
+    "acpsearch.search.space:DynamicSpace",
+    "acpsearch.search.rankers:make_ranker",
+    "acpsearch.hashing:train_hash_net",
+)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +88,7 @@ def pg_url() -> str:
     why = _pg_unreachable(url)
     if why is None:
         from acpsearch.errors import StorageError
-        from acpsearch.search.storage import open_storage
+        from acpsearch.service.storage import open_storage
 
         try:
             open_storage(url)
@@ -102,8 +109,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 TINY_SPEC: dict[str, Any] = {
     "model": {"zoo": "resnet20", "bits": 16},
-    "data": {"dataset": "digits", "protocol": {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15,
-                                               "seed": 0}},
+    "data": {
+        "dataset": "digits",
+        "protocol": {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15, "seed": 0},
+    },
     "train": {"loss": "csq", "epochs": 3, "lr": 0.003, "batch_size": 64},
     "budget": {"flops": 0.5},
     "space": {"step": 0.1, "min_keep": 0.2, "criterion": "l1"},
@@ -120,8 +129,9 @@ def train_tiny_base(path: Path) -> Path:
 
     splits = make_splits(load_dataset("digits"), **TINY_SPEC["data"]["protocol"])
     kw = {"bits": 16, "in_channels": 1, "image_size": 8}
-    model = train_hash_net(create_model("resnet20", **kw), splits, epochs=3, lr=0.003, batch_size=64,
-                           progress=False).model
+    model = train_hash_net(
+        create_model("resnet20", **kw), splits, epochs=3, lr=0.003, batch_size=64, progress=False
+    ).model
     return save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
 
 
@@ -149,10 +159,25 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     spec_b = copy.deepcopy(TINY_SPEC)
     spec_b["name"] = "tiny-b"  # starts from a trained checkpoint
     spec_b["model"]["checkpoint"] = str(base)
-    spec_b["search"] = {"candidates": 16, "sampler": "random", "workers": 2, "seed": 1, "ranker": "l1_retained",
-                        "rerank": "adaptive_bn", "rerank_top": 4, "resources": {"cpu": 1, "gpu": 0}}
-    spec_b["finetune"] = {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None, "augment": True, "distill": 1.0,
-                          "resources": {"cpu": 1, "gpu": 0}}  # the defaults, written out
+    spec_b["search"] = {
+        "candidates": 16,
+        "sampler": "random",
+        "workers": 2,
+        "seed": 1,
+        "ranker": "l1_retained",
+        "rerank": "adaptive_bn",
+        "rerank_top": 4,
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+    spec_b["finetune"] = {
+        "top": 2,
+        "epochs": 1,
+        "lr": 0.001,
+        "early_stop": None,
+        "augment": True,
+        "distill": 1.0,
+        "resources": {"cpu": 1, "gpu": 0},
+    }  # the defaults, written out
     paths = []
     for spec in (spec_a, spec_b):
         p = root / f"{spec['name']}.yaml"
@@ -163,8 +188,16 @@ def finished_studies(tmp_path_factory: pytest.TempPathFactory, ray_session: Any)
     t0 = time.perf_counter()
     code = run(["worker", "--storage", url, "--artifacts", str(root / "artifacts")])
     seconds = time.perf_counter() - t0
-    return {"url": url, "root": root, "artifacts": root / "artifacts", "names": ["tiny-a", "tiny-b"], "base": base,
-            "worker_exit": code, "seconds": seconds, "specs": {"tiny-a": spec_a, "tiny-b": spec_b}}
+    return {
+        "url": url,
+        "root": root,
+        "artifacts": root / "artifacts",
+        "names": ["tiny-a", "tiny-b"],
+        "base": base,
+        "worker_exit": code,
+        "seconds": seconds,
+        "specs": {"tiny-a": spec_a, "tiny-b": spec_b},
+    }
 
 
 @pytest.fixture(scope="module")

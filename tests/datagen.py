@@ -1,5 +1,6 @@
 """Small generated data sets on disk for the data tests: DeepHash-pytorch list files of PNGs and
 CIFAR-10 "python version" batches."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_pngs(root: Path, n: int, side: int = 12, classes: int = 3, seed: int = 0, mode: str = "RGB",
-               sub: str = "img") -> tuple[list[str], np.ndarray]:
+def write_pngs(
+    root: Path, n: int, side: int = 12, classes: int = 3, seed: int = 0, mode: str = "RGB", sub: str = "img"
+) -> tuple[list[str], np.ndarray]:
     """`n` PNG images under root/sub (relative paths returned) and (n, classes) multi-hot labels:
     every image has its class k = i % classes, every 4th one also class (k + 1) % classes. The
     pixels depend on the first class, so a network can learn something."""
@@ -38,14 +40,17 @@ def write_list(path: Path, rels: list[str], labels: np.ndarray) -> Path:
     return path
 
 
-def write_listfile_set(root: Path, n_train: int = 30, n_db: int = 36, n_test: int = 9, side: int = 12,
-                       classes: int = 3) -> dict[str, str]:
+def write_listfile_set(
+    root: Path, n_train: int = 30, n_db: int = 36, n_test: int = 9, side: int = 12, classes: int = 3
+) -> dict[str, str]:
     """Three lists (train / database / test) over PNGs under root; returns their paths."""
     rels, labels = write_pngs(root, n_train + n_db + n_test, side, classes)
     a, b = n_train, n_train + n_db
-    return {"train_list": str(write_list(root / "train.txt", rels[:a], labels[:a])),
-            "database_list": str(write_list(root / "database.txt", rels[a:b], labels[a:b])),
-            "test_list": str(write_list(root / "test.txt", rels[b:], labels[b:]))}
+    return {
+        "train_list": str(write_list(root / "train.txt", rels[:a], labels[:a])),
+        "database_list": str(write_list(root / "database.txt", rels[a:b], labels[a:b])),
+        "test_list": str(write_list(root / "test.txt", rels[b:], labels[b:])),
+    }
 
 
 def write_cifar_batches(root: Path, per_batch: int = 50, seed: int = 0) -> np.ndarray:
@@ -62,8 +67,14 @@ def write_cifar_batches(root: Path, per_batch: int = 50, seed: int = 0) -> np.nd
             pickle.dump({b"data": data, b"labels": [int(v) for v in labels], b"batch_label": name.encode()}, f)
         out.append(data.reshape(-1, 3, 32, 32))
     with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch,
-                     b"num_vis": 3072}, f)
+        pickle.dump(
+            {
+                b"label_names": [f"c{i}".encode() for i in range(10)],
+                b"num_cases_per_batch": per_batch,
+                b"num_vis": 3072,
+            },
+            f,
+        )
     return np.concatenate(out)
 
 

@@ -11,6 +11,7 @@ A row is (id, build, argv, expect):
     argv       CLI arguments; "{url}" is the stored storage, "{name}" the stored study, others from build
     expect     regular expression the error line must match (re.search)
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,19 +23,20 @@ import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
 import pytest
 import yaml
+from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from datagen import write_bad_list
 
 from acpsearch.cli import run
 from acpsearch.trust import ALLOW_ENV
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
-from datagen import write_bad_list
 
 pytestmark = [
     pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
@@ -55,8 +57,13 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
 DROP = object()  # `replace` value: leave the section out
 
 
-def spec(changes: dict[str, Any] | None = None, *, replace: dict[str, Any] | None = None, name: str = "bad",
-         then: Callable[[Any], dict[str, str]] | None = None) -> Callable[[Any], dict[str, str]]:
+def spec(
+    changes: dict[str, Any] | None = None,
+    *,
+    replace: dict[str, Any] | None = None,
+    name: str = "bad",
+    then: Callable[[Any], dict[str, str]] | None = None,
+) -> Callable[[Any], dict[str, str]]:
     """A spec file: TINY_SPEC with dotted keys set (`changes`) or whole sections replaced (`replace`);
     values may be callables of ctx (paths made by `then`, which runs first)."""
 
@@ -192,8 +199,13 @@ def checkpoint(kind: str) -> Callable[[Any], dict[str, str]]:
             elif kind == "wrong-bits":
                 kw = {"bits": 32, "in_channels": 1, "image_size": 8}
             shape = [1, kw["in_channels"], kw["image_size"], kw["image_size"]]
-            save_checkpoint(path, create_model("resnet20", **kw), {"zoo": "resnet20", "kwargs": kw}, shape,
-                            meta={"dataset": "digits"})
+            save_checkpoint(
+                path,
+                create_model("resnet20", **kw),
+                {"zoo": "resnet20", "kwargs": kw},
+                shape,
+                meta={"dataset": "digits"},
+            )
             if kind == "wrong-weights":
                 ckpt = torch.load(path, weights_only=True)
                 ckpt["model"]["kwargs"]["bits"] = 24
@@ -240,8 +252,14 @@ def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
 
             example = torch.zeros(1, 1, 8, 8)
             s = PruningStrategy.uniform(ChannelGraph.from_model(model, example), 0.5)
-            save_pruned(path, prune(model, s, example), s, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8],
-                        meta={"dataset": "digits"})
+            save_pruned(
+                path,
+                prune(model, s, example),
+                s,
+                {"zoo": "resnet20", "kwargs": kw},
+                [1, 1, 8, 8],
+                meta={"dataset": "digits"},
+            )
         c = torch.load(path, weights_only=True)
         extra: dict[str, str] = {}
         if kind == "factory-system":
@@ -259,7 +277,7 @@ def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
         elif kind == "meta-protocol":
             c["meta"]["protocol"] = {"query_per_class": "abc"}
         elif kind == "bits-huge":
-            c["model"]["kwargs"]["bits"] = 10 ** 9
+            c["model"]["kwargs"]["bits"] = 10**9
         elif kind == "complex-weights":
             key = next(k for k, v in c["state_dict"].items() if v.ndim == 4)
             c["state_dict"][key] = c["state_dict"][key].to(torch.complex64)
@@ -294,14 +312,22 @@ def data(kind: str) -> Callable[[Any], dict[str, str]]:
             np.savez(path, images=np.zeros((20, 8, 8)), labels=np.zeros(20, dtype=np.int64))
         elif kind == "garbage-idx":
             path.mkdir()
-            for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                         "t10k-labels-idx1-ubyte"):
+            for stem in (
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+            ):
                 (path / f"{stem}.gz").write_bytes(b"this is not gzip data at all")
         elif kind == "damaged-idx":  # real gzip files whose deflate stream is broken (zlib.error)
             path.mkdir()
             good = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x10" + bytes(range(16)), mtime=0)
-            for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                         "t10k-labels-idx1-ubyte"):
+            for stem in (
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+            ):
                 (path / f"{stem}.gz").write_bytes(good[:10] + b"\xff" + good[11:])
         elif kind == "damaged-npz":  # a real .npz with its zip directory overwritten (BadZipFile)
             path = ctx.tmp / "damaged.npz"
@@ -378,7 +404,7 @@ def bad_data(kind: str) -> Callable[[Any], dict[str, str]]:
                 x[12, 1, 1] = np.nan
                 np.savez(path, X=x, y=y)
             elif kind == "npz-huge-class-id":
-                y[5] = 2 ** 40
+                y[5] = 2**40
                 np.savez(path, X=x, y=y)
             elif kind == "npz-one-class":
                 np.savez(path, X=x, y=np.zeros(200, dtype=np.int64))
@@ -573,7 +599,7 @@ def _stored_copy(ctx: Any, filename: str) -> Path:
 
 
 def _sqlite_file(url: str) -> Path:
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 def _keep_studies(ctx: Any, url: str) -> None:
@@ -639,7 +665,7 @@ def fail_midway(exc: BaseException) -> Callable[[Any], dict[str, str]]:
     test_submit_under_a_file_size_limit_leaves_nothing for a real EFBIG)."""
 
     def build(ctx: Any) -> dict[str, str]:
-        from acpsearch.search import study as st
+        from acpsearch.service import study as st
 
         def write_then_fail(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
             first = next(iter(attrs))
@@ -696,8 +722,14 @@ def spec_text(model_extra: str = "", budget: str = "  flops: 0.5\n", tail: str =
     """TINY_SPEC (name 'bad') as YAML text, with lines added under `model:` (indented 2) and `budget:`
     given as text: for what yaml.safe_dump cannot write (anchors, aliases, duplicate keys)."""
     rest = {k: v for k, v in copy.deepcopy(TINY_SPEC).items() if k not in ("model", "budget")}
-    return ("name: bad\nmodel:\n  zoo: resnet20\n  bits: 16\n" + model_extra + "budget:\n" + budget
-            + yaml.safe_dump(rest, sort_keys=False) + tail)
+    return (
+        "name: bad\nmodel:\n  zoo: resnet20\n  bits: 16\n"
+        + model_extra
+        + "budget:\n"
+        + budget
+        + yaml.safe_dump(rest, sort_keys=False)
+        + tail
+    )
 
 
 def alias_bomb(levels: int) -> str:
@@ -707,476 +739,1304 @@ def alias_bomb(levels: int) -> str:
     return "  kwargs:\n" + "".join(lines)
 
 
-TOO_MANY_ALIASES = Q("spec '{spec}': too many YAML aliases at line ") + r"\d+" + Q(" (they expand the document to more than")
+TOO_MANY_ALIASES = (
+    Q("spec '{spec}': too many YAML aliases at line ") + r"\d+" + Q(" (they expand the document to more than")
+)
 SEED_RANGE = Q("must be in [0, 4294967296), got ")
 
 
 # (id, build, argv, expect)
 BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, str]], list[str], str]] = [
     # --- the spec file itself
-    ("spec-not-yaml", text_file("model: [unclosed\n  : : {\n"), SUBMIT,
-     Q("spec '{spec}': not valid YAML at line 2")),
+    ("spec-not-yaml", text_file("model: [unclosed\n  : : {\n"), SUBMIT, Q("spec '{spec}': not valid YAML at line 2")),
     ("spec-not-text", text_file(b"\xff\xfe\x00\x81binary"), SUBMIT, Q("spec '{spec}': not a text file")),
     ("spec-not-mapping", text_file("- model\n- data\n"), SUBMIT, Q("spec: must be a mapping of sections, got list")),
-    ("spec-missing-file", nothing, ["submit", "/nonexistent/spec.yaml", "--storage", "{url}"],
-     Q("spec '/nonexistent/spec.yaml': file not found")),
+    (
+        "spec-missing-file",
+        nothing,
+        ["submit", "/nonexistent/spec.yaml", "--storage", "{url}"],
+        Q("spec '/nonexistent/spec.yaml': file not found"),
+    ),
     ("spec-unknown-section", spec({"bogus": 1}), SUBMIT, Q("spec: bogus: unknown key (allowed: name, model, data,")),
     ("spec-unknown-key", spec({"search.bogus": 1}), SUBMIT, Q("spec: search.bogus: unknown key (allowed: candidates,")),
     ("spec-missing-section", spec(replace={"budget": DROP}), SUBMIT, Q("spec: budget: required")),
     ("spec-null-section", spec(replace={"budget": None}), SUBMIT, Q("spec: budget: ")),
-    ("spec-wrong-type-int", spec({"train.epochs": "3"}), SUBMIT,
-     Q("spec: train.epochs: input should be a valid integer, got '3'")),
-    ("spec-wrong-type-float", spec({"budget.flops": "half"}), SUBMIT, Q("spec: budget.flops: ") + ".*" + Q("got 'half'")),
+    (
+        "spec-wrong-type-int",
+        spec({"train.epochs": "3"}),
+        SUBMIT,
+        Q("spec: train.epochs: input should be a valid integer, got '3'"),
+    ),
+    (
+        "spec-wrong-type-float",
+        spec({"budget.flops": "half"}),
+        SUBMIT,
+        Q("spec: budget.flops: ") + ".*" + Q("got 'half'"),
+    ),
     ("spec-wrong-type-section", spec(replace={"search": [1, 2]}), SUBMIT, Q("spec: search: must be a mapping")),
-    ("spec-bad-choice", spec({"space.criterion": "l7"}), SUBMIT, Q("spec: space.criterion: ") + ".*'l1'.*" + Q("got 'l7'")),
+    (
+        "spec-bad-choice",
+        spec({"space.criterion": "l7"}),
+        SUBMIT,
+        Q("spec: space.criterion: ") + ".*'l1'.*" + Q("got 'l7'"),
+    ),
     ("spec-bad-name", spec(name="no spaces allowed"), SUBMIT, Q("spec: name: must match")),
     ("spec-inconsistent", spec({"finetune.top": 99}), SUBMIT, Q("finetune.top (99) must be <= search.candidates (24)")),
-    ("spec-two-model-sources", spec({"model.factory": "x.y:z"}), SUBMIT, Q("spec: model: give exactly one of 'zoo' or 'factory'")),
+    (
+        "spec-two-model-sources",
+        spec({"model.factory": "x.y:z"}),
+        SUBMIT,
+        Q("spec: model: give exactly one of 'zoo' or 'factory'"),
+    ),
     # --- budget
     ("budget-zero", spec({"budget.flops": 0}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got 0")),
     ("budget-above-one", spec({"budget.flops": 1.5}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got 1.5")),
-    ("budget-negative-params", spec({"budget.params": -0.2}), SUBMIT, Q("spec: budget.params: must be in (0, 1], got -0.2")),
-    ("budget-empty", spec(replace={"budget": {}}), SUBMIT, Q("spec: budget: set at least one of flops, params, latency_ms")),
-    ("budget-unreachable-flops", spec({"budget.flops": 0.001}), SUBMIT,
-     Q("budget.flops=0.001 is below the smallest reachable FLOPs ratio ") + r"0\.\d+"),
-    ("budget-unreachable-params", spec({"budget.params": 0.001}), SUBMIT,
-     Q("budget.params=0.001 is below the smallest reachable params ratio ") + r"0\.\d+"),
-    ("budget-unreachable-latency", spec({"budget.latency_ms": 1e-6}), SUBMIT,
-     Q("budget.latency_ms=1e-06 is below the smallest reachable latency")),
+    (
+        "budget-negative-params",
+        spec({"budget.params": -0.2}),
+        SUBMIT,
+        Q("spec: budget.params: must be in (0, 1], got -0.2"),
+    ),
+    (
+        "budget-empty",
+        spec(replace={"budget": {}}),
+        SUBMIT,
+        Q("spec: budget: set at least one of flops, params, latency_ms"),
+    ),
+    (
+        "budget-unreachable-flops",
+        spec({"budget.flops": 0.001}),
+        SUBMIT,
+        Q("budget.flops=0.001 is below the smallest reachable FLOPs ratio ") + r"0\.\d+",
+    ),
+    (
+        "budget-unreachable-params",
+        spec({"budget.params": 0.001}),
+        SUBMIT,
+        Q("budget.params=0.001 is below the smallest reachable params ratio ") + r"0\.\d+",
+    ),
+    (
+        "budget-unreachable-latency",
+        spec({"budget.latency_ms": 1e-6}),
+        SUBMIT,
+        Q("budget.latency_ms=1e-06 is below the smallest reachable latency"),
+    ),
     # --- model
     ("zoo-unknown", spec({"model.zoo": "resnet999"}), SUBMIT, Q("unknown zoo model 'resnet999'; known: resnet20")),
-    ("zoo-bad-kwargs", spec({"model.kwargs": {"depth_multiplier": 3}}), SUBMIT,
-     Q("model.kwargs: resnet20: ") + ".*" + Q("unexpected keyword argument 'depth_multiplier'")),
-    ("factory-malformed", spec(replace={"model": {"factory": "nocolon", "bits": 16}}), SUBMIT,
-     Q("spec: model.factory: must be of the form 'package.module:function', got 'nocolon'")),
-    ("factory-import-fails", spec(replace={"model": {"factory": "nosuchpkg.mod:make", "bits": 16}}), SUBMIT,
-     Q("model.factory: cannot import module 'nosuchpkg.mod' (ModuleNotFoundError")),
-    ("factory-no-callable", spec(replace={"model": {"factory": "untraceable_net:nope", "bits": 16}}, then=user_module),
-     SUBMIT, Q("model.factory: module 'untraceable_net' has no callable 'nope'")),
-    ("factory-raises", spec(replace={"model": {"factory": "untraceable_net:broken", "bits": 16}}, then=user_module),
-     SUBMIT, Q("model.factory: 'untraceable_net:broken' raised ValueError: no weights for this size")),
-    ("model-untraceable", spec(replace={"model": {"factory": "untraceable_net:make", "bits": 16}}, then=user_module),
-     SUBMIT, Q("model Net: torch.fx cannot trace the forward of module 'gate' (Gate, untraceable_net.py:") + r"\d+\)"),
-    ("model-wrong-input", spec(replace={"model": {"factory": "untraceable_net:three_channels", "bits": 16}},
-                               then=user_module),
-     SUBMIT, Q("model Plain: forward on the example input failed (RuntimeError")),
-    ("model-hash-layer-missing", spec({"model.hash_layer": "head.nosuch"}), SUBMIT,
-     Q("hash_layer 'head.nosuch': no such module is called in forward")),
+    (
+        "zoo-bad-kwargs",
+        spec({"model.kwargs": {"depth_multiplier": 3}}),
+        SUBMIT,
+        Q("model.kwargs: resnet20: ") + ".*" + Q("unexpected keyword argument 'depth_multiplier'"),
+    ),
+    (
+        "factory-malformed",
+        spec(replace={"model": {"factory": "nocolon", "bits": 16}}),
+        SUBMIT,
+        Q("spec: model.factory: must be of the form 'package.module:function', got 'nocolon'"),
+    ),
+    (
+        "factory-import-fails",
+        spec(replace={"model": {"factory": "nosuchpkg.mod:make", "bits": 16}}),
+        SUBMIT,
+        Q("model.factory: cannot import module 'nosuchpkg.mod' (ModuleNotFoundError"),
+    ),
+    (
+        "factory-no-callable",
+        spec(replace={"model": {"factory": "untraceable_net:nope", "bits": 16}}, then=user_module),
+        SUBMIT,
+        Q("model.factory: module 'untraceable_net' has no callable 'nope'"),
+    ),
+    (
+        "factory-raises",
+        spec(replace={"model": {"factory": "untraceable_net:broken", "bits": 16}}, then=user_module),
+        SUBMIT,
+        Q("model.factory: 'untraceable_net:broken' raised ValueError: no weights for this size"),
+    ),
+    (
+        "model-untraceable",
+        spec(replace={"model": {"factory": "untraceable_net:make", "bits": 16}}, then=user_module),
+        SUBMIT,
+        Q("model Net: torch.fx cannot trace the forward of module 'gate' (Gate, untraceable_net.py:") + r"\d+\)",
+    ),
+    (
+        "model-wrong-input",
+        spec(replace={"model": {"factory": "untraceable_net:three_channels", "bits": 16}}, then=user_module),
+        SUBMIT,
+        Q("model Plain: forward on the example input failed (RuntimeError"),
+    ),
+    (
+        "model-hash-layer-missing",
+        spec({"model.hash_layer": "head.nosuch"}),
+        SUBMIT,
+        Q("hash_layer 'head.nosuch': no such module is called in forward"),
+    ),
     # --- data
-    ("data-missing-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "empty-dir")},
-                                        then=data("empty-dir")), SUBMIT,
-     Q("dataset fashion-mnist: train-images-idx3-ubyte(.gz) not found in '{data}'; install it with "
-       "'apt-get install dataset-fashion-mnist'")),
-    ("data-unreadable-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "garbage-idx")},
-                                           then=data("garbage-idx")), SUBMIT,
-     Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Not a gzipped file")),
-    ("data-damaged-fashion-mnist", spec({"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "damaged-idx")},
-                                        then=data("damaged-idx")), SUBMIT,
-     Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Error -3 while decompressing data")),
-    ("data-missing-npz", spec({"data.dataset": "npz", "data.path": "/nonexistent/data.npz"}), SUBMIT,
-     Q("dataset npz: '/nonexistent/data.npz' not found (an .npz file with arrays X and y: write one with numpy.savez(")),
-    ("data-garbage-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "garbage.npz")},
-                              then=data("garbage-npz")), SUBMIT,
-     Q("dataset npz: cannot read '{data}' (not an .npz archive")),
-    ("data-damaged-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "damaged.npz")},
-                              then=data("damaged-npz")), SUBMIT,
-     Q("dataset npz: cannot read '{data}' (")),
-    ("data-wrong-arrays-npz", spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "wrong.npz")},
-                                   then=data("wrong-npz")), SUBMIT,
-     Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has ['images', 'labels']")),
-    ("data-no-path", spec({"data.dataset": "cifar10"}), SUBMIT,
-     Q("spec: data: dataset 'cifar10' is user-supplied: set data.path")),
-    ("data-protocol-too-large", spec({"data.protocol.train_per_class": 1000}), SUBMIT,
-     Q("protocol.train_per_class: class 0 has only ") + r"\d+" + Q(" images, fewer than query_per_class + ")),
+    (
+        "data-missing-fashion-mnist",
+        spec(
+            {"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "empty-dir")}, then=data("empty-dir")
+        ),
+        SUBMIT,
+        Q(
+            "dataset fashion-mnist: train-images-idx3-ubyte(.gz) not found in '{data}'; install it with "
+            "'apt-get install dataset-fashion-mnist'"
+        ),
+    ),
+    (
+        "data-unreadable-fashion-mnist",
+        spec(
+            {"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "garbage-idx")},
+            then=data("garbage-idx"),
+        ),
+        SUBMIT,
+        Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Not a gzipped file"),
+    ),
+    (
+        "data-damaged-fashion-mnist",
+        spec(
+            {"data.dataset": "fashion-mnist", "data.path": lambda c: str(c.tmp / "damaged-idx")},
+            then=data("damaged-idx"),
+        ),
+        SUBMIT,
+        Q("dataset fashion-mnist: cannot read '{data}/train-images-idx3-ubyte.gz' (Error -3 while decompressing data"),
+    ),
+    (
+        "data-missing-npz",
+        spec({"data.dataset": "npz", "data.path": "/nonexistent/data.npz"}),
+        SUBMIT,
+        Q(
+            "dataset npz: '/nonexistent/data.npz' not found (an .npz file with arrays X and y: write one with numpy.savez("
+        ),
+    ),
+    (
+        "data-garbage-npz",
+        spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "garbage.npz")}, then=data("garbage-npz")),
+        SUBMIT,
+        Q("dataset npz: cannot read '{data}' (not an .npz archive"),
+    ),
+    (
+        "data-damaged-npz",
+        spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "damaged.npz")}, then=data("damaged-npz")),
+        SUBMIT,
+        Q("dataset npz: cannot read '{data}' ("),
+    ),
+    (
+        "data-wrong-arrays-npz",
+        spec({"data.dataset": "npz", "data.path": lambda c: str(c.tmp / "wrong.npz")}, then=data("wrong-npz")),
+        SUBMIT,
+        Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has ['images', 'labels']"),
+    ),
+    (
+        "data-no-path",
+        spec({"data.dataset": "cifar10"}),
+        SUBMIT,
+        Q("spec: data: dataset 'cifar10' is user-supplied: set data.path"),
+    ),
+    (
+        "data-protocol-too-large",
+        spec({"data.protocol.train_per_class": 1000}),
+        SUBMIT,
+        Q("protocol.train_per_class: class 0 has only ") + r"\d+" + Q(" images, fewer than query_per_class + "),
+    ),
     # --- checkpoints, in a spec and for `evaluate`
-    ("spec-checkpoint-missing", spec({"model.checkpoint": "/nonexistent/base.pt"}), SUBMIT,
-     Q("checkpoint '/nonexistent/base.pt': file not found")),
-    ("spec-checkpoint-corrupt", spec({"model.checkpoint": lambda c: str(c.tmp / "corrupt.pt")}, then=checkpoint("corrupt")),
-     SUBMIT, Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (")),
-    ("spec-checkpoint-foreign", spec({"model.checkpoint": lambda c: str(c.tmp / "foreign.pt")}, then=checkpoint("foreign")),
-     SUBMIT, Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
-    ("spec-checkpoint-runs-code", spec({"model.checkpoint": lambda c: str(c.tmp / "evil.pt")}, then=checkpoint("evil")),
-     SUBMIT, Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
-    ("spec-checkpoint-runs-code-torch", spec({"model.checkpoint": lambda c: str(c.tmp / "evil-torch.pt")},
-                                             then=checkpoint("evil-torch")),
-     SUBMIT, Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
-    ("spec-checkpoint-wrong-input", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-input.pt")},
-                                         then=checkpoint("wrong-input")),
-     SUBMIT, Q("model.checkpoint: '{ckpt}' expects input (3, 32, 32), the data set 'digits' has (1, 8, 8)")),
-    ("spec-checkpoint-wrong-bits", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-bits.pt")},
-                                        then=checkpoint("wrong-bits")),
-     SUBMIT, Q("model.bits: 16 contradicts model.checkpoint '{ckpt}', whose network has bits=32; set model.bits: 32")),
-    ("spec-checkpoint-wrong-weights", spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-weights.pt")},
-                                           then=checkpoint("wrong-weights")),
-     SUBMIT, Q("model.checkpoint '{ckpt}': weights do not match the architecture (")),
-    ("evaluate-missing", nothing, ["evaluate", "/nonexistent/base.pt"], Q("checkpoint '/nonexistent/base.pt': file not found")),
-    ("evaluate-corrupt", checkpoint("corrupt"), ["evaluate", "{ckpt}"], Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (")),
-    ("evaluate-empty", checkpoint("empty"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (EOFError: empty or truncated file)")),
-    ("evaluate-foreign", checkpoint("foreign"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
-    ("evaluate-runs-code", checkpoint("evil"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system); only weights-only checkpoints")),
-    ("evaluate-runs-code-torch", checkpoint("evil-torch"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)")),
-    ("evaluate-wrong-weights", checkpoint("wrong-weights"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': weights do not match the architecture (")),
+    (
+        "spec-checkpoint-missing",
+        spec({"model.checkpoint": "/nonexistent/base.pt"}),
+        SUBMIT,
+        Q("checkpoint '/nonexistent/base.pt': file not found"),
+    ),
+    (
+        "spec-checkpoint-corrupt",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "corrupt.pt")}, then=checkpoint("corrupt")),
+        SUBMIT,
+        Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint ("),
+    ),
+    (
+        "spec-checkpoint-foreign",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "foreign.pt")}, then=checkpoint("foreign")),
+        SUBMIT,
+        Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)"),
+    ),
+    (
+        "spec-checkpoint-runs-code",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "evil.pt")}, then=checkpoint("evil")),
+        SUBMIT,
+        Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)"),
+    ),
+    (
+        "spec-checkpoint-runs-code-torch",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "evil-torch.pt")}, then=checkpoint("evil-torch")),
+        SUBMIT,
+        Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)"),
+    ),
+    (
+        "spec-checkpoint-wrong-input",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-input.pt")}, then=checkpoint("wrong-input")),
+        SUBMIT,
+        Q("model.checkpoint: '{ckpt}' expects input (3, 32, 32), the data set 'digits' has (1, 8, 8)"),
+    ),
+    (
+        "spec-checkpoint-wrong-bits",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-bits.pt")}, then=checkpoint("wrong-bits")),
+        SUBMIT,
+        Q("model.bits: 16 contradicts model.checkpoint '{ckpt}', whose network has bits=32; set model.bits: 32"),
+    ),
+    (
+        "spec-checkpoint-wrong-weights",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "wrong-weights.pt")}, then=checkpoint("wrong-weights")),
+        SUBMIT,
+        Q("model.checkpoint '{ckpt}': weights do not match the architecture ("),
+    ),
+    (
+        "evaluate-missing",
+        nothing,
+        ["evaluate", "/nonexistent/base.pt"],
+        Q("checkpoint '/nonexistent/base.pt': file not found"),
+    ),
+    (
+        "evaluate-corrupt",
+        checkpoint("corrupt"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint ("),
+    ),
+    (
+        "evaluate-empty",
+        checkpoint("empty"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': corrupt or not a torch checkpoint (EOFError: empty or truncated file)"),
+    ),
+    (
+        "evaluate-foreign",
+        checkpoint("foreign"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)"),
+    ),
+    (
+        "evaluate-runs-code",
+        checkpoint("evil"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system); only weights-only checkpoints"),
+    ),
+    (
+        "evaluate-runs-code-torch",
+        checkpoint("evil-torch"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': refused, loading it would run code (posix.system)"),
+    ),
+    (
+        "evaluate-wrong-weights",
+        checkpoint("wrong-weights"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': weights do not match the architecture ("),
+    ),
     # --- storage
-    ("storage-dir-missing", spec(), ["submit", "{spec}", "--storage", "sqlite:////nonexistent/dir/x.db"],
-     Q("storage 'sqlite:////nonexistent/dir/x.db': directory '/nonexistent/dir' does not exist")),
-    ("storage-pg-unreachable", spec(), ["submit", "{spec}", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
-     Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open (OperationalError")),
-    ("storage-pg-unreachable-status", nothing, ["status", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
-     Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open")),
-    ("storage-unknown-dialect", nothing, ["show", "{name}", "--storage", "nosuchdialect://x/y"],
-     Q("storage 'nosuchdialect://x/y': cannot open")),
-    ("storage-not-a-database", sqlite_garbage, ["status", "--storage", "{bad_url}"],
-     Q("storage '{bad_url}': cannot open (DatabaseError")),
-    ("storage-is-a-directory", sqlite_dir, ["status", "--storage", "{bad_url}"], Q("storage '{bad_url}': ") + ".* is a directory"),
+    (
+        "storage-dir-missing",
+        spec(),
+        ["submit", "{spec}", "--storage", "sqlite:////nonexistent/dir/x.db"],
+        Q("storage 'sqlite:////nonexistent/dir/x.db': directory '/nonexistent/dir' does not exist"),
+    ),
+    (
+        "storage-pg-unreachable",
+        spec(),
+        ["submit", "{spec}", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+        Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open (OperationalError"),
+    ),
+    (
+        "storage-pg-unreachable-status",
+        nothing,
+        ["status", "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+        Q("storage 'postgresql://nobody@127.0.0.1:1/x': cannot open"),
+    ),
+    (
+        "storage-unknown-dialect",
+        nothing,
+        ["show", "{name}", "--storage", "nosuchdialect://x/y"],
+        Q("storage 'nosuchdialect://x/y': cannot open"),
+    ),
+    (
+        "storage-not-a-database",
+        sqlite_garbage,
+        ["status", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': cannot open (DatabaseError"),
+    ),
+    (
+        "storage-is-a-directory",
+        sqlite_dir,
+        ["status", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': ") + ".* is a directory",
+    ),
     # --- studies
     ("run-ghost", nothing, ["run", "ghost", "--storage", "{url}"], Q("study 'ghost': no such study in this storage")),
     ("show-ghost", nothing, ["show", "ghost", "--storage", "{url}"], Q("study 'ghost': no such study in this storage")),
-    ("export-ghost", nothing, ["export", "ghost", "--storage", "{url}", "--out", "{tmp}/x.pt"],
-     Q("study 'ghost': no such study in this storage")),
-    ("export-no-winner", nothing, ["export", "{name}", "--storage", "{url}", "--out", "{tmp}/x.pt"],
-     Q("study '{name}': has no winner yet (state 'submitted')")),
-    ("export-no-finalists", nothing, ["export", "{name}", "--storage", "{url}", "--trial", "0", "--out", "{tmp}/x.pt"],
-     Q("study '{name}': has no fine-tuned finalists yet")),
-    ("submit-name-taken", spec(), ["submit", "{spec}", "--storage", "{url}", "--name", "{name}"],
-     Q("name: a study named '{name}' already exists in this storage (use --name)")),
-    ("run-spec-name-taken", spec({"budget.flops": 0.25}, name=STORED), ["run", "{spec}", "--storage", "{url}"],
-     Q("name: study '{name}' exists with a different spec (use --name for a new study)")),
-    ("run-bad-spec", spec({"search.bogus": 1}), ["run", "{spec}", "--storage", "{url}"], Q("spec: search.bogus: unknown key")),
-    ("run-bad-address", nothing, ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:1"],
-     Q("--address: cannot reach a Ray head at 127.0.0.1:1")),
+    (
+        "export-ghost",
+        nothing,
+        ["export", "ghost", "--storage", "{url}", "--out", "{tmp}/x.pt"],
+        Q("study 'ghost': no such study in this storage"),
+    ),
+    (
+        "export-no-winner",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--out", "{tmp}/x.pt"],
+        Q("study '{name}': has no winner yet (state 'submitted')"),
+    ),
+    (
+        "export-no-finalists",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--trial", "0", "--out", "{tmp}/x.pt"],
+        Q("study '{name}': has no fine-tuned finalists yet"),
+    ),
+    (
+        "submit-name-taken",
+        spec(),
+        ["submit", "{spec}", "--storage", "{url}", "--name", "{name}"],
+        Q("name: a study named '{name}' already exists in this storage (use --name)"),
+    ),
+    (
+        "run-spec-name-taken",
+        spec({"budget.flops": 0.25}, name=STORED),
+        ["run", "{spec}", "--storage", "{url}"],
+        Q("name: study '{name}' exists with a different spec (use --name for a new study)"),
+    ),
+    (
+        "run-bad-spec",
+        spec({"search.bogus": 1}),
+        ["run", "{spec}", "--storage", "{url}"],
+        Q("spec: search.bogus: unknown key"),
+    ),
+    (
+        "run-bad-address",
+        nothing,
+        ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:1"],
+        Q("--address: cannot reach a Ray head at 127.0.0.1:1"),
+    ),
     ("run-zero-workers", nothing, ["run", "{name}", "--storage", "{url}", "--workers", "0"], Q("--workers")),
     # --- hardening: data ---
-    ("data-folder-garbage-npy", data_spec("folder", "folder-garbage-npy"), SUBMIT,
-     Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)")),
-    ("data-folder-pickle-npy", data_spec("folder", "folder-object-npy"), SUBMIT,
-     Q("dataset folder: '{data}/a/x.npy' holds Python objects (object), not numbers")),
-    ("data-folder-1d-npy", data_spec("folder", "folder-1d-npy"), SUBMIT,
-     Q("dataset folder: '{data}/a/x.npy' is a 1-D array of shape (64,); an .npy image must be (H, W)")),
-    ("data-folder-nan-npy", data_spec("folder", "folder-nan-npy"), SUBMIT,
-     Q("dataset folder: '{data}': images[3] ('{data}/a/x.npy') has a non-finite value (nan) at index (0, 2, 5)")),
-    ("data-folder-bomb-png", data_spec("folder", "folder-bomb-png"), SUBMIT,
-     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit")),
-    ("data-folder-bomb-warning-png", data_spec("folder", "folder-bombwarn-png"), SUBMIT,
-     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (100000000 pixels) exceeds limit")),
-    ("data-folder-huge-png", data_spec("folder", "folder-huge-png"), SUBMIT,
-     Q("dataset folder: image '{data}/a/x.png' is 5000x5000 pixels, each side must be 1 to 4096")),
-    ("data-folder-one-class", data_spec("folder", "folder-one-class"), SUBMIT,
-     Q("dataset folder: '{data}': all 3 images are of one class ('a'); retrieval needs at least 2 classes")),
-    ("evaluate-bomb-folder", both(checkpoint("base"), bad_data("folder-bomb-png")),
-     ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
-     Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit")),
-    ("evaluate-garbage-npy-folder", both(checkpoint("base"), bad_data("folder-garbage-npy")),
-     ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
-     Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)")),
-    ("data-npz-no-arrays", data_spec("npz", "npz-no-arrays"), SUBMIT,
-     Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has []")),
-    ("data-npz-zero-images", data_spec("npz", "npz-zero-images"), SUBMIT,
-     Q("dataset npz: '{data}': no images (X has shape (0, 1, 8, 8))")),
-    ("data-npz-nan", data_spec("npz", "npz-nan"), SUBMIT,
-     Q("dataset npz: '{data}': X[12] has a non-finite value (nan) at index (0, 1, 1)")),
-    ("data-npz-huge-class-id", data_spec("npz", "npz-huge-class-id"), SUBMIT,
-     Q("protocol.query_per_class: class 1099511627776 has only 1 images, fewer than query_per_class") + ".*"
-     + Q("(dataset npz '{data}')")),
-    ("data-npz-one-class", data_spec("npz", "npz-one-class"), SUBMIT,
-     Q("dataset npz: '{data}': all 200 images are of one class (0); retrieval needs at least 2 classes")),
-    ("data-npz-negative-label", data_spec("npz", "npz-negative-label"), SUBMIT,
-     Q("dataset npz: '{data}': y[7] is -3; class ids must be non-negative integers")),
-    ("data-npz-complex", data_spec("npz", "npz-complex"), SUBMIT,
-     Q("dataset npz: '{data}': X holds complex numbers (complex64), not numbers")),
-    ("data-cifar-labels-int", data_spec("cifar10", "cifar-labels-int"), SUBMIT,
-     Q("dataset cifar10: data_batch_1 in '{data}': 'labels' is of type int, not a list of class ids")),
-    ("data-cifar-data-shape", data_spec("cifar10", "cifar-data-shape"), SUBMIT,
-     Q("dataset cifar10: data_batch_1 in '{data}' has data of shape (10, 3071), expected (N, 3072)")),
-    ("data-fmnist-1d", data_spec("fashion-mnist", "fmnist-1d"), SUBMIT,
-     Q("dataset fashion-mnist: '{data}/train-images-idx3-ubyte.gz' holds 1-dimensional data (100,), an IDX file "
-       "of images must be 3-dimensional")),
-    ("data-fmnist-2d-labels", data_spec("fashion-mnist", "fmnist-2d-labels"), SUBMIT,
-     Q("dataset fashion-mnist: '{data}/train-labels-idx1-ubyte.gz' holds 2-dimensional data (100, 1)")),
+    (
+        "data-folder-garbage-npy",
+        data_spec("folder", "folder-garbage-npy"),
+        SUBMIT,
+        Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)"),
+    ),
+    (
+        "data-folder-pickle-npy",
+        data_spec("folder", "folder-object-npy"),
+        SUBMIT,
+        Q("dataset folder: '{data}/a/x.npy' holds Python objects (object), not numbers"),
+    ),
+    (
+        "data-folder-1d-npy",
+        data_spec("folder", "folder-1d-npy"),
+        SUBMIT,
+        Q("dataset folder: '{data}/a/x.npy' is a 1-D array of shape (64,); an .npy image must be (H, W)"),
+    ),
+    (
+        "data-folder-nan-npy",
+        data_spec("folder", "folder-nan-npy"),
+        SUBMIT,
+        Q("dataset folder: '{data}': images[3] ('{data}/a/x.npy') has a non-finite value (nan) at index (0, 2, 5)"),
+    ),
+    (
+        "data-folder-bomb-png",
+        data_spec("folder", "folder-bomb-png"),
+        SUBMIT,
+        Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit"),
+    ),
+    (
+        "data-folder-bomb-warning-png",
+        data_spec("folder", "folder-bombwarn-png"),
+        SUBMIT,
+        Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (100000000 pixels) exceeds limit"),
+    ),
+    (
+        "data-folder-huge-png",
+        data_spec("folder", "folder-huge-png"),
+        SUBMIT,
+        Q("dataset folder: image '{data}/a/x.png' is 5000x5000 pixels, each side must be 1 to 4096"),
+    ),
+    (
+        "data-folder-one-class",
+        data_spec("folder", "folder-one-class"),
+        SUBMIT,
+        Q("dataset folder: '{data}': all 3 images are of one class ('a'); retrieval needs at least 2 classes"),
+    ),
+    (
+        "evaluate-bomb-folder",
+        both(checkpoint("base"), bad_data("folder-bomb-png")),
+        ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
+        Q("dataset folder: cannot read image '{data}/a/x.png' (Image size (400000000 pixels) exceeds limit"),
+    ),
+    (
+        "evaluate-garbage-npy-folder",
+        both(checkpoint("base"), bad_data("folder-garbage-npy")),
+        ["evaluate", "{ckpt}", "--dataset", "folder", "--data-dir", "{data}"],
+        Q("dataset folder: '{data}/a/x.npy' is not an .npy file (no NumPy header)"),
+    ),
+    (
+        "data-npz-no-arrays",
+        data_spec("npz", "npz-no-arrays"),
+        SUBMIT,
+        Q("dataset npz: '{data}' must contain arrays 'X' and 'y', has []"),
+    ),
+    (
+        "data-npz-zero-images",
+        data_spec("npz", "npz-zero-images"),
+        SUBMIT,
+        Q("dataset npz: '{data}': no images (X has shape (0, 1, 8, 8))"),
+    ),
+    (
+        "data-npz-nan",
+        data_spec("npz", "npz-nan"),
+        SUBMIT,
+        Q("dataset npz: '{data}': X[12] has a non-finite value (nan) at index (0, 1, 1)"),
+    ),
+    (
+        "data-npz-huge-class-id",
+        data_spec("npz", "npz-huge-class-id"),
+        SUBMIT,
+        Q("protocol.query_per_class: class 1099511627776 has only 1 images, fewer than query_per_class")
+        + ".*"
+        + Q("(dataset npz '{data}')"),
+    ),
+    (
+        "data-npz-one-class",
+        data_spec("npz", "npz-one-class"),
+        SUBMIT,
+        Q("dataset npz: '{data}': all 200 images are of one class (0); retrieval needs at least 2 classes"),
+    ),
+    (
+        "data-npz-negative-label",
+        data_spec("npz", "npz-negative-label"),
+        SUBMIT,
+        Q("dataset npz: '{data}': y[7] is -3; class ids must be non-negative integers"),
+    ),
+    (
+        "data-npz-complex",
+        data_spec("npz", "npz-complex"),
+        SUBMIT,
+        Q("dataset npz: '{data}': X holds complex numbers (complex64), not numbers"),
+    ),
+    (
+        "data-cifar-labels-int",
+        data_spec("cifar10", "cifar-labels-int"),
+        SUBMIT,
+        Q("dataset cifar10: data_batch_1 in '{data}': 'labels' is of type int, not a list of class ids"),
+    ),
+    (
+        "data-cifar-data-shape",
+        data_spec("cifar10", "cifar-data-shape"),
+        SUBMIT,
+        Q("dataset cifar10: data_batch_1 in '{data}' has data of shape (10, 3071), expected (N, 3072)"),
+    ),
+    (
+        "data-fmnist-1d",
+        data_spec("fashion-mnist", "fmnist-1d"),
+        SUBMIT,
+        Q(
+            "dataset fashion-mnist: '{data}/train-images-idx3-ubyte.gz' holds 1-dimensional data (100,), an IDX file "
+            "of images must be 3-dimensional"
+        ),
+    ),
+    (
+        "data-fmnist-2d-labels",
+        data_spec("fashion-mnist", "fmnist-2d-labels"),
+        SUBMIT,
+        Q("dataset fashion-mnist: '{data}/train-labels-idx1-ubyte.gz' holds 2-dimensional data (100, 1)"),
+    ),
     # --- hardening: checkpoints ---
     # a checkpoint is data: the factory it names is imported only from an allowed module (nothing runs)
-    ("ckpt-factory-system-inspect", crafted("factory-system"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os' is imported only if you allow "
-       "it (--allow-factory os, or ACPSEARCH_ALLOW_FACTORIES=os)")),
-    ("ckpt-factory-system-evaluate", crafted("factory-system"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'")),
-    ("ckpt-factory-subprocess-prune", crafted("factory-subprocess"),
-     ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}/p.pt"],
-     Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'")),
-    ("ckpt-factory-subprocess-evaluate-other-allowed", crafted("factory-subprocess"),
-     ["evaluate", "{ckpt}", "--allow-factory", "subprocessx,os.path", "--allow-factory", "sub"],
-     Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'")),
-    ("ckpt-factory-system-submit", spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")},
-                                        then=crafted("factory-system")),
-     SUBMIT, Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'")),
-    ("ckpt-factory-system-run-spec", spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")},
-                                          then=crafted("factory-system")),
-     ["run", "{spec}", "--storage", "{url}"], Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed")),
-    ("ckpt-allow-factory-malformed", crafted("factory-system"), ["inspect", "{ckpt}", "--allow-factory", "os:system"],
-     Q("--allow-factory: 'os:system' is not a module name")),
+    (
+        "ckpt-factory-system-inspect",
+        crafted("factory-system"),
+        ["inspect", "{ckpt}"],
+        Q(
+            "checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os' is imported only if you allow "
+            "it (--allow-factory os, or ACPSEARCH_ALLOW_FACTORIES=os)"
+        ),
+    ),
+    (
+        "ckpt-factory-system-evaluate",
+        crafted("factory-system"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'"),
+    ),
+    (
+        "ckpt-factory-subprocess-prune",
+        crafted("factory-subprocess"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}/p.pt"],
+        Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'"),
+    ),
+    (
+        "ckpt-factory-subprocess-evaluate-other-allowed",
+        crafted("factory-subprocess"),
+        ["evaluate", "{ckpt}", "--allow-factory", "subprocessx,os.path", "--allow-factory", "sub"],
+        Q("checkpoint '{ckpt}': model.factory 'subprocess:getoutput' is not allowed: module 'subprocess'"),
+    ),
+    (
+        "ckpt-factory-system-submit",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")}, then=crafted("factory-system")),
+        SUBMIT,
+        Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed: module 'os'"),
+    ),
+    (
+        "ckpt-factory-system-run-spec",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "factory-system.pt")}, then=crafted("factory-system")),
+        ["run", "{spec}", "--storage", "{url}"],
+        Q("model.checkpoint '{ckpt}': model.factory 'os:system' is not allowed"),
+    ),
+    (
+        "ckpt-allow-factory-malformed",
+        crafted("factory-system"),
+        ["inspect", "{ckpt}", "--allow-factory", "os:system"],
+        Q("--allow-factory: 'os:system' is not a module name"),
+    ),
     # malformed entries: one line naming the file and the entry, before anything is built or allocated
-    ("ckpt-model-str-inspect", crafted("model-str"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': entry 'model' must be a mapping with 'zoo' or 'factory', got str")),
-    ("ckpt-input-shape-str-inspect", crafted("input-shape-str"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': input_shape: must be a list of 2 to 4 integers, got ['a', 'b']")),
-    ("ckpt-input-shape-huge-inspect", crafted("input-shape-huge"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': input_shape: every size must be in [1, 4096], got [1, 1, 60000, 60000]")),
-    ("ckpt-state-dict-list-evaluate", crafted("state-dict-list"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list")),
-    ("ckpt-meta-protocol-evaluate", crafted("meta-protocol"), ["evaluate", "{ckpt}"],
-     Q("checkpoint '{ckpt}': meta.protocol.query_per_class: must be an integer in [0, 2**32), got 'abc'")),
-    ("ckpt-zoo-bits-huge-inspect", crafted("bits-huge"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': model.kwargs.bits: 1000000000 is out of range")),
-    ("ckpt-prune-missing-kept-inspect", crafted("missing-kept"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': pruning.groups['{group}']: missing 'kept'")),
-    ("ckpt-prune-groups-str-inspect", crafted("groups-str"), ["inspect", "{ckpt}"],
-     Q("checkpoint '{ckpt}': pruning.groups: must be a mapping of group names to kept channels, got str")),
-    ("ckpt-complex-weights-inspect", crafted("complex-weights"), ["inspect", "{ckpt}", "--json"],
-     Q("checkpoint '{ckpt}': state_dict['{key}']: complex64 tensor; only real floating-point or integer weights")),
-    ("ckpt-state-dict-list-spec", spec({"model.checkpoint": lambda c: str(c.tmp / "state-dict-list.pt")},
-                                       then=crafted("state-dict-list")),
-     SUBMIT, Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list")),
+    (
+        "ckpt-model-str-inspect",
+        crafted("model-str"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': entry 'model' must be a mapping with 'zoo' or 'factory', got str"),
+    ),
+    (
+        "ckpt-input-shape-str-inspect",
+        crafted("input-shape-str"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': input_shape: must be a list of 2 to 4 integers, got ['a', 'b']"),
+    ),
+    (
+        "ckpt-input-shape-huge-inspect",
+        crafted("input-shape-huge"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': input_shape: every size must be in [1, 4096], got [1, 1, 60000, 60000]"),
+    ),
+    (
+        "ckpt-state-dict-list-evaluate",
+        crafted("state-dict-list"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list"),
+    ),
+    (
+        "ckpt-meta-protocol-evaluate",
+        crafted("meta-protocol"),
+        ["evaluate", "{ckpt}"],
+        Q("checkpoint '{ckpt}': meta.protocol.query_per_class: must be an integer in [0, 2**32), got 'abc'"),
+    ),
+    (
+        "ckpt-zoo-bits-huge-inspect",
+        crafted("bits-huge"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': model.kwargs.bits: 1000000000 is out of range"),
+    ),
+    (
+        "ckpt-prune-missing-kept-inspect",
+        crafted("missing-kept"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': pruning.groups['{group}']: missing 'kept'"),
+    ),
+    (
+        "ckpt-prune-groups-str-inspect",
+        crafted("groups-str"),
+        ["inspect", "{ckpt}"],
+        Q("checkpoint '{ckpt}': pruning.groups: must be a mapping of group names to kept channels, got str"),
+    ),
+    (
+        "ckpt-complex-weights-inspect",
+        crafted("complex-weights"),
+        ["inspect", "{ckpt}", "--json"],
+        Q("checkpoint '{ckpt}': state_dict['{key}']: complex64 tensor; only real floating-point or integer weights"),
+    ),
+    (
+        "ckpt-state-dict-list-spec",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "state-dict-list.pt")}, then=crafted("state-dict-list")),
+        SUBMIT,
+        Q("checkpoint '{ckpt}': state_dict: must be a mapping of names to tensors, got list"),
+    ),
     # --- hardening: processes ---
-    ("addr-not-ray", bare_listener("silent"), ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
-     Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)")),
-    ("addr-not-ray-closes", bare_listener("closes"),
-     ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
-     Q("--address: 127.0.0.1:{port} is not a Ray head (")),
-    ("addr-not-ray-worker", bare_listener("silent"), ["worker", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
-     Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)")),
-    ("export-out-dir", nothing, ["export", "{name}", "--storage", "{url}", "--out", "{tmp}"],
-     Q("--out: '{tmp}' is a directory; give a file name")),
-    ("export-out-proc", nothing, ["export", "{name}", "--storage", "{url}", "--out", "/proc/x.pt"],
-     Q("--out: cannot write '/proc/x.pt': cannot create a file in '/proc' (")),
-    ("export-out-under-file", checkpoint("base"), ["export", "{name}", "--storage", "{url}", "--out", "{ckpt}/x.pt"],
-     Q("--out: '{ckpt}' is not a directory, cannot write '{ckpt}/x.pt'")),
-    ("prune-out-dir", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}"],
-     Q("--out: '{tmp}' is a directory; give a file name")),
-    ("prune-out-proc", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "/proc/p.pt"],
-     Q("--out: cannot write '/proc/p.pt': cannot create a file in '/proc' (")),
-    ("prune-out-device", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--out", "/dev/null"],
-     Q("--out: '/dev/null' exists and is not a regular file")),
-    ("train-out-dir", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}"],
-     Q("--out: '{tmp}' is a directory; give a file name")),
-    ("dashboard-host", no_dashboard_server, ["dashboard", "--storage", "{url}", "--host", "nosuch.invalid", "--port", "48124"],
-     Q("--host: cannot resolve 'nosuch.invalid' (")),
-    ("dashboard-host-not-local", no_dashboard_server, ["dashboard", "--storage", "{url}", "--host", "192.0.2.77"],
-     Q("--host: cannot listen on 192.0.2.77:8080 (Cannot assign requested address)")),
-    ("dashboard-port-busy", busy_port, ["dashboard", "--storage", "{url}", "--port", "{port}"],
-     Q("--port: port {port} on 127.0.0.1 is already in use (Address already in use)")),
-    ("dashboard-config-port", dash_config("port: abc\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 'abc'")),
-    ("dashboard-config-port-range", dash_config("port: 70000\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 70000")),
-    ("dashboard-config-host", dash_config("host: [1, 2]\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': host: must be a non-empty string, got [1, 2]")),
-    ("dashboard-config-dupkeys", dash_config("port: 8081\nport: 8082\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': not valid YAML (duplicate key 'port', first at line 1)")),
-    ("dashboard-config-not-yaml", dash_config("port: [\n"), ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': not valid YAML (")),
-    ("dashboard-config-host-unresolvable", dash_config("host: nosuch.invalid\nport: 48126\n"),
-     ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
-     Q("dashboard config '{cfg}': host: cannot resolve 'nosuch.invalid' (")),
-    ("latency-cache-unwritable", spec(replace={"budget": {"latency_ms": 1000.0}},
-                                      then=env("ACPSEARCH_CACHE", "/proc/acpcache")), SUBMIT,
-     Q("ACPSEARCH_CACHE: cannot write the latency cache in '/proc/acpcache/latency' (")),
+    (
+        "addr-not-ray",
+        bare_listener("silent"),
+        ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+        Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)"),
+    ),
+    (
+        "addr-not-ray-closes",
+        bare_listener("closes"),
+        ["run", "{name}", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+        Q("--address: 127.0.0.1:{port} is not a Ray head ("),
+    ),
+    (
+        "addr-not-ray-worker",
+        bare_listener("silent"),
+        ["worker", "--storage", "{url}", "--address", "127.0.0.1:{port}"],
+        Q("--address: 127.0.0.1:{port} is not a Ray head (no gRPC answer within 5 s)"),
+    ),
+    (
+        "export-out-dir",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--out", "{tmp}"],
+        Q("--out: '{tmp}' is a directory; give a file name"),
+    ),
+    (
+        "export-out-proc",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--out", "/proc/x.pt"],
+        Q("--out: cannot write '/proc/x.pt': cannot create a file in '/proc' ("),
+    ),
+    (
+        "export-out-under-file",
+        checkpoint("base"),
+        ["export", "{name}", "--storage", "{url}", "--out", "{ckpt}/x.pt"],
+        Q("--out: '{ckpt}' is not a directory, cannot write '{ckpt}/x.pt'"),
+    ),
+    (
+        "prune-out-dir",
+        checkpoint("base"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--out", "{tmp}"],
+        Q("--out: '{tmp}' is a directory; give a file name"),
+    ),
+    (
+        "prune-out-proc",
+        checkpoint("base"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--out", "/proc/p.pt"],
+        Q("--out: cannot write '/proc/p.pt': cannot create a file in '/proc' ("),
+    ),
+    (
+        "prune-out-device",
+        checkpoint("base"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--out", "/dev/null"],
+        Q("--out: '/dev/null' exists and is not a regular file"),
+    ),
+    (
+        "train-out-dir",
+        nothing,
+        ["train", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}"],
+        Q("--out: '{tmp}' is a directory; give a file name"),
+    ),
+    (
+        "dashboard-host",
+        no_dashboard_server,
+        ["dashboard", "--storage", "{url}", "--host", "nosuch.invalid", "--port", "48124"],
+        Q("--host: cannot resolve 'nosuch.invalid' ("),
+    ),
+    (
+        "dashboard-host-not-local",
+        no_dashboard_server,
+        ["dashboard", "--storage", "{url}", "--host", "192.0.2.77"],
+        Q("--host: cannot listen on 192.0.2.77:8080 (Cannot assign requested address)"),
+    ),
+    (
+        "dashboard-port-busy",
+        busy_port,
+        ["dashboard", "--storage", "{url}", "--port", "{port}"],
+        Q("--port: port {port} on 127.0.0.1 is already in use (Address already in use)"),
+    ),
+    (
+        "dashboard-config-port",
+        dash_config("port: abc\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 'abc'"),
+    ),
+    (
+        "dashboard-config-port-range",
+        dash_config("port: 70000\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': port: must be an integer in 1..65535, got 70000"),
+    ),
+    (
+        "dashboard-config-host",
+        dash_config("host: [1, 2]\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': host: must be a non-empty string, got [1, 2]"),
+    ),
+    (
+        "dashboard-config-dupkeys",
+        dash_config("port: 8081\nport: 8082\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': not valid YAML (duplicate key 'port', first at line 1)"),
+    ),
+    (
+        "dashboard-config-not-yaml",
+        dash_config("port: [\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': not valid YAML ("),
+    ),
+    (
+        "dashboard-config-host-unresolvable",
+        dash_config("host: nosuch.invalid\nport: 48126\n"),
+        ["dashboard", "--storage", "{url}", "--config", "{cfg}"],
+        Q("dashboard config '{cfg}': host: cannot resolve 'nosuch.invalid' ("),
+    ),
+    (
+        "latency-cache-unwritable",
+        spec(replace={"budget": {"latency_ms": 1000.0}}, then=env("ACPSEARCH_CACHE", "/proc/acpcache")),
+        SUBMIT,
+        Q("ACPSEARCH_CACHE: cannot write the latency cache in '/proc/acpcache/latency' ("),
+    ),
     # --- hardening: spec
     # the YAML itself: duplicate keys, alias bombs (9**9 leaves; refused before anything is built), recursion
-    ("spec-dupkeys", text_file(spec_text(tail="budget:\n  flops: 0.9\n")), SUBMIT,
-     Q("spec '{spec}': not valid YAML at line ") + r"\d+" + Q(" (duplicate key 'budget', first at line 5)")),
-    ("spec-dupkeys-nested", text_file(spec_text(budget="  flops: 0.5\n  flops: 0.9\n")), SUBMIT,
-     Q("spec '{spec}': not valid YAML at line 7 (duplicate key 'flops', first at line 6)")),
+    (
+        "spec-dupkeys",
+        text_file(spec_text(tail="budget:\n  flops: 0.9\n")),
+        SUBMIT,
+        Q("spec '{spec}': not valid YAML at line ") + r"\d+" + Q(" (duplicate key 'budget', first at line 5)"),
+    ),
+    (
+        "spec-dupkeys-nested",
+        text_file(spec_text(budget="  flops: 0.5\n  flops: 0.9\n")),
+        SUBMIT,
+        Q("spec '{spec}': not valid YAML at line 7 (duplicate key 'flops', first at line 6)"),
+    ),
     ("spec-bomb9-flops", text_file(spec_text(alias_bomb(9), budget="  flops: *l9\n")), SUBMIT, TOO_MANY_ALIASES),
     ("spec-bomb9-kwargs-only", text_file(spec_text(alias_bomb(9))), SUBMIT, TOO_MANY_ALIASES),
-    ("spec-bomb-recursive", text_file(spec_text("  kwargs: &k {self: *k}\n")), SUBMIT,
-     Q("spec '{spec}': recursive YAML alias at line 5 (an anchor is used inside itself)")),
-    ("spec-int-5000-digits", text_file(spec_text(budget="  flops: " + "9" * 5000 + "\n")), SUBMIT,
-     Q("spec '{spec}': not valid YAML at line 6 (integer with too many digits)")),
+    (
+        "spec-bomb-recursive",
+        text_file(spec_text("  kwargs: &k {self: *k}\n")),
+        SUBMIT,
+        Q("spec '{spec}': recursive YAML alias at line 5 (an anchor is used inside itself)"),
+    ),
+    (
+        "spec-int-5000-digits",
+        text_file(spec_text(budget="  flops: " + "9" * 5000 + "\n")),
+        SUBMIT,
+        Q("spec '{spec}': not valid YAML at line 6 (integer with too many digits)"),
+    ),
     # long values are echoed short (see also test_long_values_are_echoed_short)
-    ("spec-long-value-bomb3", text_file(spec_text(alias_bomb(3), budget="  flops: *l3\n")), SUBMIT,
-     Q("spec: budget.flops: input should be a valid number, got [[[")),
-    ("spec-long-value-string", spec({"budget.flops": "x" * 100_000}), SUBMIT,
-     Q("spec: budget.flops: input should be a valid number, got 'xxxx")),
+    (
+        "spec-long-value-bomb3",
+        text_file(spec_text(alias_bomb(3), budget="  flops: *l3\n")),
+        SUBMIT,
+        Q("spec: budget.flops: input should be a valid number, got [[["),
+    ),
+    (
+        "spec-long-value-string",
+        spec({"budget.flops": "x" * 100_000}),
+        SUBMIT,
+        Q("spec: budget.flops: input should be a valid number, got 'xxxx"),
+    ),
     ("spec-long-value-name", spec(name="n" * 100_000), SUBMIT, Q("spec: name: must match ")),
     # bounds: seeds in [0, 2**32), finite budgets, step >= 0.01, counts with upper limits
-    ("spec-seed-protocol-negative", spec({"data.protocol.seed": -1}), SUBMIT, Q("spec: data.protocol.seed: ") + SEED_RANGE + "-1$"),
-    ("spec-seed-protocol-2p64", spec({"data.protocol.seed": 2**64}), SUBMIT,
-     Q("spec: data.protocol.seed: ") + SEED_RANGE + Q("18446744073709551616")),
+    (
+        "spec-seed-protocol-negative",
+        spec({"data.protocol.seed": -1}),
+        SUBMIT,
+        Q("spec: data.protocol.seed: ") + SEED_RANGE + "-1$",
+    ),
+    (
+        "spec-seed-protocol-2p64",
+        spec({"data.protocol.seed": 2**64}),
+        SUBMIT,
+        Q("spec: data.protocol.seed: ") + SEED_RANGE + Q("18446744073709551616"),
+    ),
     ("spec-seed-search-negative", spec({"search.seed": -1}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + "-1$"),
-    ("spec-seed-search-2p64", spec({"search.seed": 2**64}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + Q("18446744073709551616")),
-    ("spec-seed-search-2p32", spec({"search.seed": 2**32}), SUBMIT, Q("spec: search.seed: ") + SEED_RANGE + Q("4294967296")),
-    ("budget-latency-nan", spec(replace={"budget": {"latency_ms": float("nan")}}), SUBMIT,
-     Q("spec: budget.latency_ms: must be a finite number > 0, got nan")),
-    ("budget-latency-inf", spec(replace={"budget": {"latency_ms": float("inf")}}), SUBMIT,
-     Q("spec: budget.latency_ms: must be a finite number > 0, got inf")),
-    ("budget-flops-nan", spec({"budget.flops": float("nan")}), SUBMIT, Q("spec: budget.flops: must be in (0, 1], got nan")),
+    (
+        "spec-seed-search-2p64",
+        spec({"search.seed": 2**64}),
+        SUBMIT,
+        Q("spec: search.seed: ") + SEED_RANGE + Q("18446744073709551616"),
+    ),
+    (
+        "spec-seed-search-2p32",
+        spec({"search.seed": 2**32}),
+        SUBMIT,
+        Q("spec: search.seed: ") + SEED_RANGE + Q("4294967296"),
+    ),
+    (
+        "budget-latency-nan",
+        spec(replace={"budget": {"latency_ms": float("nan")}}),
+        SUBMIT,
+        Q("spec: budget.latency_ms: must be a finite number > 0, got nan"),
+    ),
+    (
+        "budget-latency-inf",
+        spec(replace={"budget": {"latency_ms": float("inf")}}),
+        SUBMIT,
+        Q("spec: budget.latency_ms: must be a finite number > 0, got inf"),
+    ),
+    (
+        "budget-flops-nan",
+        spec({"budget.flops": float("nan")}),
+        SUBMIT,
+        Q("spec: budget.flops: must be in (0, 1], got nan"),
+    ),
     ("spec-step-tiny", spec({"space.step": 1e-9}), SUBMIT, Q("spec: space.step: must be in [0.01, 0.5], got 1e-09")),
-    ("spec-strategies-huge", spec({"encoder.strategies": 10**12}), SUBMIT,
-     Q("spec: encoder.strategies: must be in [1, 100000], got 1000000000000")),
-    ("spec-candidates-huge", spec({"search.candidates": 10**30}), SUBMIT,
-     Q("spec: search.candidates: must be in [1, 100000], got 1" + "0" * 30)),
-    ("spec-epochs-huge-train", spec({"train.epochs": 10**30}), SUBMIT, Q("spec: train.epochs: must be in [1, 10000], got 1" + "0" * 30)),
-    ("spec-epochs-huge-encoder", spec({"encoder.epochs": 10**30}), SUBMIT, Q("spec: encoder.epochs: must be in [1, 10000], got 1")),
-    ("spec-epochs-huge-finetune", spec({"finetune.epochs": 10**30}), SUBMIT, Q("spec: finetune.epochs: must be in [1, 10000], got 1")),
-    ("spec-workers-huge", spec({"search.workers": 10**9}), SUBMIT, Q("spec: search.workers: must be in [1, 1024], got 1000000000")),
-    ("spec-batch-size-huge", spec({"finetune.batch_size": 10**9}), SUBMIT, Q("spec: finetune.batch_size: must be in [1, 65536], got 1")),
+    (
+        "spec-strategies-huge",
+        spec({"encoder.strategies": 10**12}),
+        SUBMIT,
+        Q("spec: encoder.strategies: must be in [1, 100000], got 1000000000000"),
+    ),
+    (
+        "spec-candidates-huge",
+        spec({"search.candidates": 10**30}),
+        SUBMIT,
+        Q("spec: search.candidates: must be in [1, 100000], got 1" + "0" * 30),
+    ),
+    (
+        "spec-epochs-huge-train",
+        spec({"train.epochs": 10**30}),
+        SUBMIT,
+        Q("spec: train.epochs: must be in [1, 10000], got 1" + "0" * 30),
+    ),
+    (
+        "spec-epochs-huge-encoder",
+        spec({"encoder.epochs": 10**30}),
+        SUBMIT,
+        Q("spec: encoder.epochs: must be in [1, 10000], got 1"),
+    ),
+    (
+        "spec-epochs-huge-finetune",
+        spec({"finetune.epochs": 10**30}),
+        SUBMIT,
+        Q("spec: finetune.epochs: must be in [1, 10000], got 1"),
+    ),
+    (
+        "spec-workers-huge",
+        spec({"search.workers": 10**9}),
+        SUBMIT,
+        Q("spec: search.workers: must be in [1, 1024], got 1000000000"),
+    ),
+    (
+        "spec-batch-size-huge",
+        spec({"finetune.batch_size": 10**9}),
+        SUBMIT,
+        Q("spec: finetune.batch_size: must be in [1, 65536], got 1"),
+    ),
     # silent meanings
-    ("spec-kwargs-bits-conflict", spec({"model.kwargs": {"bits": 32}}), SUBMIT,
-     Q("spec: model.kwargs.bits: 32 contradicts model.bits = 16; give the code length once, as model.bits")),
-    ("spec-checkpoint-empty", spec({"model.checkpoint": ""}), SUBMIT,
-     Q("spec: model.checkpoint: empty: leave it out to train a base network")),
+    (
+        "spec-kwargs-bits-conflict",
+        spec({"model.kwargs": {"bits": 32}}),
+        SUBMIT,
+        Q("spec: model.kwargs.bits: 32 contradicts model.bits = 16; give the code length once, as model.bits"),
+    ),
+    (
+        "spec-checkpoint-empty",
+        spec({"model.checkpoint": ""}),
+        SUBMIT,
+        Q("spec: model.checkpoint: empty: leave it out to train a base network"),
+    ),
     ("name-empty-flag", spec(), SUBMIT + ["--name", ""], Q("--name: empty; leave it out to use the spec's name")),
     ("name-newline-spec", spec(name="x\n"), SUBMIT, Q("spec: name: must match ") + ".*" + Q("got 'x\\n'")),
     ("name-newline-flag", spec(), SUBMIT + ["--name", "nl\n"], Q("--name: must match ") + ".*" + Q("got 'nl\\n'")),
     ("name-newline-run", spec(), ["run", "{spec}", "--storage", "{url}", "--name", "nl\n"], Q("--name: must match ")),
     ("name-control-char", spec(name="a\tb"), SUBMIT, Q("spec: name: must match ") + ".*" + Q("got 'a\\tb'")),
     # numeric CLI options
-    ("evaluate-seed-negative", checkpoint("good"), ["evaluate", "{ckpt}", "--seed", "-1"], Q("Invalid value for '--seed'")),
-    ("evaluate-seed-2p32", checkpoint("good"), ["evaluate", "{ckpt}", "--seed", str(2**32)], Q("Invalid value for '--seed'")),
-    ("train-seed-negative", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--query-per-class", "10",
-                                     "--train-per-class", "50", "--val-per-class", "10", "--seed", "-1", "--out", "{tmp}/t.pt"],
-     Q("Invalid value for '--seed'")),
-    ("train-epochs-huge", nothing, ["train", "--dataset", "digits", "--epochs", str(10**30), "--out", "{tmp}/t.pt"],
-     Q("--epochs: must be in [1, 10000], got 1")),
-    ("prune-seed-negative", checkpoint("good"), ["prune", "{ckpt}", "--keep", "0.5", "--seed", "-1", "--out", "{tmp}/p.pt"],
-     Q("Invalid value for '--seed'")),
+    (
+        "evaluate-seed-negative",
+        checkpoint("good"),
+        ["evaluate", "{ckpt}", "--seed", "-1"],
+        Q("Invalid value for '--seed'"),
+    ),
+    (
+        "evaluate-seed-2p32",
+        checkpoint("good"),
+        ["evaluate", "{ckpt}", "--seed", str(2**32)],
+        Q("Invalid value for '--seed'"),
+    ),
+    (
+        "train-seed-negative",
+        nothing,
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--query-per-class",
+            "10",
+            "--train-per-class",
+            "50",
+            "--val-per-class",
+            "10",
+            "--seed",
+            "-1",
+            "--out",
+            "{tmp}/t.pt",
+        ],
+        Q("Invalid value for '--seed'"),
+    ),
+    (
+        "train-epochs-huge",
+        nothing,
+        ["train", "--dataset", "digits", "--epochs", str(10**30), "--out", "{tmp}/t.pt"],
+        Q("--epochs: must be in [1, 10000], got 1"),
+    ),
+    (
+        "prune-seed-negative",
+        checkpoint("good"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--seed", "-1", "--out", "{tmp}/p.pt"],
+        Q("Invalid value for '--seed'"),
+    ),
     # --- hardening: storage ---
-    ("name-finetune-suffix-flag", spec(), ["submit", "{spec}", "--storage", "{url}", "--name", "{name}.finetune"],
-     Q("--name: '{name}.finetune' ends in '.finetune', which is reserved for the companion study acpsearch makes "
-       "for '{name}'")),
-    ("name-finetune-suffix-spec", spec(name="other.finetune"), SUBMIT,
-     Q("spec: name: 'other.finetune' ends in '.finetune', which is reserved")),
-    ("name-collision-hijack-run", foreign_companion, ["run", "{name}", "--storage", "{hijack_url}"],
-     Q("study '{name}.finetune': exists but is not the fine-tuning study of '{name}' (kind 'acpsearch-search', "
-       "parent None); acpsearch leaves it alone")),
-    ("storage-foreign-app-status", foreign_sqlite("app"), ["status", "--storage", "{bad_url}"],
-     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
-    ("storage-foreign-app-submit", foreign_sqlite("app"), ["submit", "{spec}", "--storage", "{bad_url}"],
-     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables")),
-    ("storage-foreign-app-show", foreign_sqlite("app"), ["show", "{name}", "--storage", "{bad_url}"],
-     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users)")),
-    ("storage-foreign-studies-table", foreign_sqlite("studies"), ["status", "--storage", "{bad_url}"],
-     Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables studies, version_info); refusing")),
-    ("storage-readonly-submit-uri", spec(name="ro1", then=readonly_sqlite("uri")),
-     ["submit", "{spec}", "--storage", "{ro_url}"],
-     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
-    ("storage-readonly-submit-immutable", spec(name="ro2", then=readonly_sqlite("immutable")),
-     ["submit", "{spec}", "--storage", "{ro_url}"],
-     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
-    ("storage-readonly-run", readonly_sqlite("uri"), ["run", "{name}", "--storage", "{ro_url}"],
-     Q("storage '{ro_url}': read-only (attempt to write a readonly database)")),
-    ("submit-fails-midway-storage", fail_midway(optuna.exceptions.StorageInternalError("disk full (simulated)")),
-     SUBMIT, Q("storage '{url}': cannot write (StorageInternalError: disk full (simulated))")),
-    ("submit-fails-midway-oserror", fail_midway(OSError(27, "File too large")),
-     SUBMIT, Q("storage '{url}': cannot write (OSError: [Errno 27] File too large)")),
-    ("storage-url-empty-status", in_tmp, ["status", "--storage", ""],
-     Q("--storage: empty; leave it out for the default")),
-    ("storage-url-empty-submit", in_tmp_spec, ["submit", "{spec}", "--storage", ""],
-     Q("--storage: empty; leave it out for the default")),
-    ("storage-url-memory-submit", spec(), ["submit", "{spec}", "--storage", "sqlite://"],
-     Q("storage 'sqlite://': in-memory database, a study stored there vanishes when this command exits")),
-    ("storage-url-memory-run", spec(), ["run", "{spec}", "--storage", "sqlite:///:memory:"],
-     Q("storage 'sqlite:///:memory:': in-memory database")),
-    ("storage-url-memory-worker", nothing, ["worker", "--storage", "sqlite://"],
-     Q("storage 'sqlite://': in-memory database")),
-    ("storage-url-password", nothing, ["status", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
-     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open (OperationalError")),
-    ("storage-url-password-submit", spec(),
-     ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
-     r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open")),
+    (
+        "name-finetune-suffix-flag",
+        spec(),
+        ["submit", "{spec}", "--storage", "{url}", "--name", "{name}.finetune"],
+        Q(
+            "--name: '{name}.finetune' ends in '.finetune', which is reserved for the companion study acpsearch makes "
+            "for '{name}'"
+        ),
+    ),
+    (
+        "name-finetune-suffix-spec",
+        spec(name="other.finetune"),
+        SUBMIT,
+        Q("spec: name: 'other.finetune' ends in '.finetune', which is reserved"),
+    ),
+    (
+        "name-collision-hijack-run",
+        foreign_companion,
+        ["run", "{name}", "--storage", "{hijack_url}"],
+        Q(
+            "study '{name}.finetune': exists but is not the fine-tuning study of '{name}' (kind 'acpsearch-search', "
+            "parent None); acpsearch leaves it alone"
+        ),
+    ),
+    (
+        "storage-foreign-app-status",
+        foreign_sqlite("app"),
+        ["status", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables"),
+    ),
+    (
+        "storage-foreign-app-submit",
+        foreign_sqlite("app"),
+        ["submit", "{spec}", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users); refusing to add tables"),
+    ),
+    (
+        "storage-foreign-app-show",
+        foreign_sqlite("app"),
+        ["show", "{name}", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables users)"),
+    ),
+    (
+        "storage-foreign-studies-table",
+        foreign_sqlite("studies"),
+        ["status", "--storage", "{bad_url}"],
+        Q("storage '{bad_url}': not an Optuna/acpsearch database (has tables studies, version_info); refusing"),
+    ),
+    (
+        "storage-readonly-submit-uri",
+        spec(name="ro1", then=readonly_sqlite("uri")),
+        ["submit", "{spec}", "--storage", "{ro_url}"],
+        Q("storage '{ro_url}': read-only (attempt to write a readonly database)"),
+    ),
+    (
+        "storage-readonly-submit-immutable",
+        spec(name="ro2", then=readonly_sqlite("immutable")),
+        ["submit", "{spec}", "--storage", "{ro_url}"],
+        Q("storage '{ro_url}': read-only (attempt to write a readonly database)"),
+    ),
+    (
+        "storage-readonly-run",
+        readonly_sqlite("uri"),
+        ["run", "{name}", "--storage", "{ro_url}"],
+        Q("storage '{ro_url}': read-only (attempt to write a readonly database)"),
+    ),
+    (
+        "submit-fails-midway-storage",
+        fail_midway(optuna.exceptions.StorageInternalError("disk full (simulated)")),
+        SUBMIT,
+        Q("storage '{url}': cannot write (StorageInternalError: disk full (simulated))"),
+    ),
+    (
+        "submit-fails-midway-oserror",
+        fail_midway(OSError(27, "File too large")),
+        SUBMIT,
+        Q("storage '{url}': cannot write (OSError: [Errno 27] File too large)"),
+    ),
+    (
+        "storage-url-empty-status",
+        in_tmp,
+        ["status", "--storage", ""],
+        Q("--storage: empty; leave it out for the default"),
+    ),
+    (
+        "storage-url-empty-submit",
+        in_tmp_spec,
+        ["submit", "{spec}", "--storage", ""],
+        Q("--storage: empty; leave it out for the default"),
+    ),
+    (
+        "storage-url-memory-submit",
+        spec(),
+        ["submit", "{spec}", "--storage", "sqlite://"],
+        Q("storage 'sqlite://': in-memory database, a study stored there vanishes when this command exits"),
+    ),
+    (
+        "storage-url-memory-run",
+        spec(),
+        ["run", "{spec}", "--storage", "sqlite:///:memory:"],
+        Q("storage 'sqlite:///:memory:': in-memory database"),
+    ),
+    (
+        "storage-url-memory-worker",
+        nothing,
+        ["worker", "--storage", "sqlite://"],
+        Q("storage 'sqlite://': in-memory database"),
+    ),
+    (
+        "storage-url-password",
+        nothing,
+        ["status", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+        r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open (OperationalError"),
+    ),
+    (
+        "storage-url-password-submit",
+        spec(),
+        ["submit", "{spec}", "--storage", "postgresql://admin:S3cretPW@127.0.0.1:1/db"],
+        r"^(?!.*S3cretPW)" + Q("error: storage 'postgresql://admin:***@127.0.0.1:1/db': cannot open"),
+    ),
     # --- devices ---
-    ("device-spec-unknown", spec({"train.device": "gpu"}), SUBMIT,
-     Q("spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'")),
-    ("device-spec-not-a-word", spec({"train.device": ["cuda"]}), SUBMIT,
-     Q("spec: train.device: input should be a valid string, got ['cuda']")),
-    ("resources-gpu-negative", spec({"finetune.resources": {"cpu": 1, "gpu": -0.25}}), SUBMIT,
-     Q("spec: finetune.resources.gpu: must be in [0, 1], got -0.25")),
-    ("resources-gpu-fraction-above-one", spec({"finetune.resources.gpu": 1.5}), SUBMIT,
-     Q("spec: finetune.resources.gpu: must be in [0, 1], got 1.5")),
-    ("resources-gpu-text", spec({"search.resources.gpu": "0.5"}), SUBMIT,
-     Q("spec: search.resources.gpu: input should be a valid number, got '0.5'")),
-    ("resources-cpu-zero", spec({"search.resources.cpu": 0}), SUBMIT,
-     Q("spec: search.resources.cpu: must be in [1, 1024], got 0")),
-    ("resources-unknown-key", spec({"finetune.resources.gpus": 1}), SUBMIT,
-     Q("spec: finetune.resources.gpus: unknown key (allowed: cpu, gpu)")),
-    ("device-train-flag-unknown", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "tpu",
-                                            "--out", "{tmp}/t.pt"],
-     Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'tpu'")),
-    ("device-train-flag-missing-gpu", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda:99",
-                                                "--out", "{tmp}/t.pt"],
-     Q("--device: 'cuda:99' asked, but torch sees")),
-    ("device-evaluate-flag-missing-gpu", checkpoint("good"), ["evaluate", "{ckpt}", "--device", "cuda:99"],
-     Q("--device: 'cuda:99' asked, but torch sees")),
-    ("device-run-flag-missing-gpu", nothing, ["run", "{name}", "--storage", "{url}", "--device", "cuda:99"],
-     Q("--device: 'cuda:99' asked, but torch sees")),
-    ("device-worker-flag-unknown", nothing, ["worker", "--storage", "{url}", "--device", "cuda:-1"],
-     Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:-1'")),
-    ("device-run-spec-missing-gpu", device_study("cuda:99"), ["run", "on-gpu", "--storage", "{dev_url}"],
-     Q("train.device: 'cuda:99' asked, but torch sees")),
-    *([("device-train-cuda-without-gpu", nothing, ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda",
-                                                   "--out", "{tmp}/t.pt"],
-        Q("--device: 'cuda' asked, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False)")),
-       ("device-run-spec-cuda-without-gpu", device_study("cuda"), ["run", "on-gpu", "--storage", "{dev_url}"],
-        Q("train.device: 'cuda' asked, but torch sees no CUDA GPU on this machine"))] if _no_cuda() else []),
+    (
+        "device-spec-unknown",
+        spec({"train.device": "gpu"}),
+        SUBMIT,
+        Q("spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
+    ),
+    (
+        "device-spec-not-a-word",
+        spec({"train.device": ["cuda"]}),
+        SUBMIT,
+        Q("spec: train.device: input should be a valid string, got ['cuda']"),
+    ),
+    (
+        "resources-gpu-negative",
+        spec({"finetune.resources": {"cpu": 1, "gpu": -0.25}}),
+        SUBMIT,
+        Q("spec: finetune.resources.gpu: must be in [0, 1], got -0.25"),
+    ),
+    (
+        "resources-gpu-fraction-above-one",
+        spec({"finetune.resources.gpu": 1.5}),
+        SUBMIT,
+        Q("spec: finetune.resources.gpu: must be in [0, 1], got 1.5"),
+    ),
+    (
+        "resources-gpu-text",
+        spec({"search.resources.gpu": "0.5"}),
+        SUBMIT,
+        Q("spec: search.resources.gpu: input should be a valid number, got '0.5'"),
+    ),
+    (
+        "resources-cpu-zero",
+        spec({"search.resources.cpu": 0}),
+        SUBMIT,
+        Q("spec: search.resources.cpu: must be in [1, 1024], got 0"),
+    ),
+    (
+        "resources-unknown-key",
+        spec({"finetune.resources.gpus": 1}),
+        SUBMIT,
+        Q("spec: finetune.resources.gpus: unknown key (allowed: cpu, gpu)"),
+    ),
+    (
+        "device-train-flag-unknown",
+        nothing,
+        ["train", "--dataset", "digits", "--epochs", "1", "--device", "tpu", "--out", "{tmp}/t.pt"],
+        Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'tpu'"),
+    ),
+    (
+        "device-train-flag-missing-gpu",
+        nothing,
+        ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda:99", "--out", "{tmp}/t.pt"],
+        Q("--device: 'cuda:99' asked, but torch sees"),
+    ),
+    (
+        "device-evaluate-flag-missing-gpu",
+        checkpoint("good"),
+        ["evaluate", "{ckpt}", "--device", "cuda:99"],
+        Q("--device: 'cuda:99' asked, but torch sees"),
+    ),
+    (
+        "device-run-flag-missing-gpu",
+        nothing,
+        ["run", "{name}", "--storage", "{url}", "--device", "cuda:99"],
+        Q("--device: 'cuda:99' asked, but torch sees"),
+    ),
+    (
+        "device-worker-flag-unknown",
+        nothing,
+        ["worker", "--storage", "{url}", "--device", "cuda:-1"],
+        Q("--device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:-1'"),
+    ),
+    (
+        "device-run-spec-missing-gpu",
+        device_study("cuda:99"),
+        ["run", "on-gpu", "--storage", "{dev_url}"],
+        Q("train.device: 'cuda:99' asked, but torch sees"),
+    ),
+    *(
+        [
+            (
+                "device-train-cuda-without-gpu",
+                nothing,
+                ["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda", "--out", "{tmp}/t.pt"],
+                Q(
+                    "--device: 'cuda' asked, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+                ),
+            ),
+            (
+                "device-run-spec-cuda-without-gpu",
+                device_study("cuda"),
+                ["run", "on-gpu", "--storage", "{dev_url}"],
+                Q("train.device: 'cuda' asked, but torch sees no CUDA GPU on this machine"),
+            ),
+        ]
+        if _no_cuda()
+        else []
+    ),
     # --- own network ---
-    ("own-factory-not-found", spec(replace={"model": {"factory": "own_missing_net:make", "bits": 16}}), SUBMIT,
-     Q("model.factory: cannot import module 'own_missing_net' (ModuleNotFoundError: No module named "
-       "'own_missing_net'); looked in '{tmp}'")
-     + ".*" + Q("set model.path to the directory that holds it (relative to the spec file) or add that directory "
-                "to PYTHONPATH")),
-    ("own-state-dict-mismatch", spec({"model.checkpoint": lambda c: str(c.tmp / "state_dict.pt")},
-                                     then=state_dict_file(bits=32)), SUBMIT,
-     Q("model.checkpoint '{ckpt}': the state dict does not match the network: 'hash_layer.weight' has shape "
-       "[32, 64] in the file, the network expects [16, 64]")),
-    ("own-spec-bits-contradict-checkpoint",
-     spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.bits": 24}, then=checkpoint("good")), SUBMIT,
-     Q("model.bits: 24 contradicts model.checkpoint '{ckpt}', whose network has bits=16; set model.bits: 16")),
-    ("own-spec-kwargs-contradict-checkpoint",
-     spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.kwargs": {"image_size": 32}},
-          then=checkpoint("good")), SUBMIT,
-     Q("model.kwargs.image_size: 32 contradicts model.checkpoint '{ckpt}', whose network has image_size=8")),
-    ("own-exclude-unknown", spec({"space.exclude": ["layer9.*"]}), SUBMIT,
-     Q("space.exclude: 'layer9.*' names no module of the network; close matches: ")),
-    ("own-bounds-out-of-range", spec({"space.bounds": {"layer1.*": [0.5, 1.5]}}), SUBMIT,
-     Q("spec: space.bounds.layer1.*: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, got [0.5, 1.5]")),
-    ("own-bounds-unknown-group", spec({"space.bounds": {"layer9.*": [0.5, 1.0]}}), SUBMIT,
-     Q("space.bounds: 'layer9.*' names no channel group of the network; ")),
+    (
+        "own-factory-not-found",
+        spec(replace={"model": {"factory": "own_missing_net:make", "bits": 16}}),
+        SUBMIT,
+        Q(
+            "model.factory: cannot import module 'own_missing_net' (ModuleNotFoundError: No module named "
+            "'own_missing_net'); looked in '{tmp}'"
+        )
+        + ".*"
+        + Q(
+            "set model.path to the directory that holds it (relative to the spec file) or add that directory "
+            "to PYTHONPATH"
+        ),
+    ),
+    (
+        "own-state-dict-mismatch",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "state_dict.pt")}, then=state_dict_file(bits=32)),
+        SUBMIT,
+        Q(
+            "model.checkpoint '{ckpt}': the state dict does not match the network: 'hash_layer.weight' has shape "
+            "[32, 64] in the file, the network expects [16, 64]"
+        ),
+    ),
+    (
+        "own-spec-bits-contradict-checkpoint",
+        spec({"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.bits": 24}, then=checkpoint("good")),
+        SUBMIT,
+        Q("model.bits: 24 contradicts model.checkpoint '{ckpt}', whose network has bits=16; set model.bits: 16"),
+    ),
+    (
+        "own-spec-kwargs-contradict-checkpoint",
+        spec(
+            {"model.checkpoint": lambda c: str(c.tmp / "good.pt"), "model.kwargs": {"image_size": 32}},
+            then=checkpoint("good"),
+        ),
+        SUBMIT,
+        Q("model.kwargs.image_size: 32 contradicts model.checkpoint '{ckpt}', whose network has image_size=8"),
+    ),
+    (
+        "own-exclude-unknown",
+        spec({"space.exclude": ["layer9.*"]}),
+        SUBMIT,
+        Q("space.exclude: 'layer9.*' names no module of the network; close matches: "),
+    ),
+    (
+        "own-bounds-out-of-range",
+        spec({"space.bounds": {"layer1.*": [0.5, 1.5]}}),
+        SUBMIT,
+        Q(
+            "spec: space.bounds.layer1.*: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, got [0.5, 1.5]"
+        ),
+    ),
+    (
+        "own-bounds-unknown-group",
+        spec({"space.bounds": {"layer9.*": [0.5, 1.0]}}),
+        SUBMIT,
+        Q("space.bounds: 'layer9.*' names no channel group of the network; "),
+    ),
     ("own-round-to-zero", spec({"space.round_to": 0}), SUBMIT, Q("spec: space.round_to: must be in [1, 1024], got 0")),
     # --- data for real users
-    ("data-listfile-missing-image", spec({"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
-                                         then=lambda c: write_bad_list(c.tmp / "ls", "missing-image")), SUBMIT,
-     Q("dataset listfile: list '{list}' line 2: image 'img/nope.png' not found under '{root}'")),
-    ("data-listfile-bad-label", spec({"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
-                                     then=lambda c: write_bad_list(c.tmp / "ls", "bad-label")), SUBMIT,
-     Q("dataset listfile: list '{list}' line 1: label vector must be 0/1 values separated by spaces, got 'x'")),
-    ("data-listfile-no-lists", spec({"data": {"dataset": "listfile"}}), SUBMIT,
-     Q("spec: data.train_list: dataset 'listfile' needs data.path (one list) or train_list, database_list and test_list")),
-    ("data-list-key-not-listfile", spec({"data.train_list": "train.txt"}), SUBMIT,
-     Q("spec: data.train_list: only for dataset 'listfile'")),
-    ("data-normalize-word", spec({"data.normalize": "whole"}), SUBMIT,
-     Q("spec: data.normalize: must be 'train', 'none' or {mean: [...], std: [...]}, got 'whole'")),
-    ("data-normalize-zero-std", spec({"data.normalize": {"mean": [0.5], "std": [0]}}), SUBMIT,
-     Q("spec: data.normalize: std.0: input should be greater than 0, got 0")),
-    ("data-normalize-channels", spec({"data.normalize": {"mean": [0.1, 0.2, 0.3], "std": [1.0]}}), SUBMIT,
-     Q("data.normalize.mean: has 3 values, the images have 1 channels")),
-    ("train-normalize-word", nothing, ["train", "--dataset", "digits", "--normalize", "whole", "--out", "x.pt"],
-     Q("--normalize: must be 'train' or 'none', got 'whole'")),
+    (
+        "data-listfile-missing-image",
+        spec(
+            {"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
+            then=lambda c: write_bad_list(c.tmp / "ls", "missing-image"),
+        ),
+        SUBMIT,
+        Q("dataset listfile: list '{list}' line 2: image 'img/nope.png' not found under '{root}'"),
+    ),
+    (
+        "data-listfile-bad-label",
+        spec(
+            {"data": lambda c: {"dataset": "listfile", "path": str(c.tmp / "ls" / "list.txt")}},
+            then=lambda c: write_bad_list(c.tmp / "ls", "bad-label"),
+        ),
+        SUBMIT,
+        Q("dataset listfile: list '{list}' line 1: label vector must be 0/1 values separated by spaces, got 'x'"),
+    ),
+    (
+        "data-listfile-no-lists",
+        spec({"data": {"dataset": "listfile"}}),
+        SUBMIT,
+        Q(
+            "spec: data.train_list: dataset 'listfile' needs data.path (one list) or train_list, database_list and test_list"
+        ),
+    ),
+    (
+        "data-list-key-not-listfile",
+        spec({"data.train_list": "train.txt"}),
+        SUBMIT,
+        Q("spec: data.train_list: only for dataset 'listfile'"),
+    ),
+    (
+        "data-normalize-word",
+        spec({"data.normalize": "whole"}),
+        SUBMIT,
+        Q("spec: data.normalize: must be 'train', 'none' or {mean: [...], std: [...]}, got 'whole'"),
+    ),
+    (
+        "data-normalize-zero-std",
+        spec({"data.normalize": {"mean": [0.5], "std": [0]}}),
+        SUBMIT,
+        Q("spec: data.normalize: std.0: input should be greater than 0, got 0"),
+    ),
+    (
+        "data-normalize-channels",
+        spec({"data.normalize": {"mean": [0.1, 0.2, 0.3], "std": [1.0]}}),
+        SUBMIT,
+        Q("data.normalize.mean: has 3 values, the images have 1 channels"),
+    ),
+    (
+        "train-normalize-word",
+        nothing,
+        ["train", "--dataset", "digits", "--normalize", "whole", "--out", "x.pt"],
+        Q("--normalize: must be 'train' or 'none', got 'whole'"),
+    ),
     # --- export formats ---
-    ("export-format-bad", nothing, ["export", "{name}", "--storage", "{url}", "--format", "tflite", "--out", "{tmp}/m.tflite"],
-     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'tflite'") + "$"),
-    ("export-format-empty", nothing, ["export", "{name}", "--storage", "{url}", "--format", "", "--out", "{tmp}/m.onnx"],
-     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got ''") + "$"),
-    ("prune-format-bad", checkpoint("base"), ["prune", "{ckpt}", "--keep", "0.5", "--format", "onnx2", "--out", "{tmp}/p.onnx"],
-     Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'onnx2'") + "$"),
+    (
+        "export-format-bad",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--format", "tflite", "--out", "{tmp}/m.tflite"],
+        Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'tflite'") + "$",
+    ),
+    (
+        "export-format-empty",
+        nothing,
+        ["export", "{name}", "--storage", "{url}", "--format", "", "--out", "{tmp}/m.onnx"],
+        Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got ''") + "$",
+    ),
+    (
+        "prune-format-bad",
+        checkpoint("base"),
+        ["prune", "{ckpt}", "--keep", "0.5", "--format", "onnx2", "--out", "{tmp}/p.onnx"],
+        Q("--format: must be one of acpsearch, torchscript, onnx, pt2, got 'onnx2'") + "$",
+    ),
     ("bench-missing", nothing, ["bench", "/nonexistent/m.onnx"], Q("FILE: '/nonexistent/m.onnx' not found")),
-    ("bench-not-a-model", checkpoint("corrupt"), ["bench", "{ckpt}"],
-     Q("file '{ckpt}': not a TorchScript, pt2, ONNX or acpsearch file")),
-    ("bench-foreign-zip", checkpoint("foreign"), ["bench", "{ckpt}"],
-     Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)")),
+    (
+        "bench-not-a-model",
+        checkpoint("corrupt"),
+        ["bench", "{ckpt}"],
+        Q("file '{ckpt}': not a TorchScript, pt2, ONNX or acpsearch file"),
+    ),
+    (
+        "bench-foreign-zip",
+        checkpoint("foreign"),
+        ["bench", "{ckpt}"],
+        Q("checkpoint '{ckpt}': not an acpsearch checkpoint (foreign format)"),
+    ),
     ("bench-batch-zero", checkpoint("good"), ["bench", "{ckpt}", "--batch", "0"], Q("Invalid value for '--batch'")),
 ]
 
@@ -1193,8 +2053,10 @@ def snapshot(url: str) -> dict[str, Any]:
                 "user_attrs": storage.get_study_user_attrs(sid),
                 "system_attrs": storage.get_study_system_attrs(sid),
                 "directions": storage.get_study_directions(sid),
-                "trials": [(t.number, t.state, t.params, t.values, t.user_attrs, t.system_attrs, t.intermediate_values)
-                           for t in storage.get_all_trials(sid)],
+                "trials": [
+                    (t.number, t.state, t.params, t.values, t.user_attrs, t.system_attrs, t.intermediate_values)
+                    for t in storage.get_all_trials(sid)
+                ],
             }
         return out
     finally:
@@ -1225,8 +2087,12 @@ def user_warnings(monkeypatch: pytest.MonkeyPatch):
 
     with warnings.catch_warnings():
         warnings.resetwarnings()
-        for action, category in (("ignore", DeprecationWarning), ("ignore", PendingDeprecationWarning),
-                                 ("ignore", ImportWarning), ("ignore", ResourceWarning)):
+        for action, category in (
+            ("ignore", DeprecationWarning),
+            ("ignore", PendingDeprecationWarning),
+            ("ignore", ImportWarning),
+            ("ignore", ResourceWarning),
+        ):
             warnings.simplefilter(action, category)
         monkeypatch.setattr(warnings, "showwarning", show)
         yield
@@ -1247,12 +2113,20 @@ def _pattern(expect: str, values: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("case_id,build,argv,expect", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv, expect, stored, tmp_path,
-                                                            monkeypatch, capsys, user_warnings, request):
+def test_bad_input_is_one_line_exit_2_and_storage_untouched(
+    case_id, build, argv, expect, stored, tmp_path, monkeypatch, capsys, user_warnings, request
+):
     # checks: callables run after the row's assertions (a file the row must leave alone);
     # cleanups: run in any case (e.g. chattr -i)
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, marker=tmp_path / "PWNED", stored_url=stored.url,
-                          checks=[], cleanups=[], finalize=request.addfinalizer)
+    ctx = SimpleNamespace(
+        tmp=tmp_path,
+        monkeypatch=monkeypatch,
+        marker=tmp_path / "PWNED",
+        stored_url=stored.url,
+        checks=[],
+        cleanups=[],
+        finalize=request.addfinalizer,
+    )
     monkeypatch.delenv(ALLOW_ENV, raising=False)  # no factory module allowed unless a row says so
     try:
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
@@ -1266,7 +2140,7 @@ def test_bad_input_is_one_line_exit_2_and_storage_untouched(case_id, build, argv
         err = cap.err
         assert code == 2, f"exit {code} for {argv}: {err}"
         if "--json" in argv:  # stdout: one JSON object with the same reason
-            assert json.loads(cap.out) == {"error": err.splitlines()[0][len("error: "):], "exit": 2}, cap.out
+            assert json.loads(cap.out) == {"error": err.splitlines()[0][len("error: ") :], "exit": 2}, cap.out
         assert "Traceback" not in err, err
         lines = err.splitlines()
         assert len(lines) == 1 and err.endswith("\n"), f"not one line: {err!r}"
@@ -1285,60 +2159,147 @@ def test_every_issue_case_is_in_the_table():
     """The issue's list, each with at least one row (ids are prefixes here)."""
     ids = [row[0] for row in BAD_INPUTS]
     assert len(set(ids)) == len(ids)
-    for needed in ("spec-not-yaml", "spec-unknown-key", "spec-wrong-type", "budget-zero", "budget-above-one",
-                   "budget-unreachable", "zoo-unknown", "factory-import-fails", "model-untraceable",
-                   "data-missing", "data-unreadable", "spec-checkpoint-corrupt", "spec-checkpoint-foreign",
-                   "spec-checkpoint-runs-code", "evaluate-corrupt", "evaluate-foreign", "evaluate-runs-code",
-                   "storage-dir-missing", "storage-pg-unreachable", "run-ghost", "show-ghost", "export-ghost",
-                   "export-no-winner",
-                   # hardening: data
-                   "data-folder-garbage-npy", "data-folder-pickle-npy", "data-folder-1d-npy", "data-folder-bomb-png",
-                   "evaluate-bomb-folder", "data-npz-no-arrays", "data-npz-zero-images", "data-npz-nan",
-                   "data-npz-huge-class-id", "data-cifar-labels-int", "data-fmnist-1d", "data-folder-one-class",
-                   # hardening: checkpoints
-                   "ckpt-factory-system-inspect", "ckpt-factory-system-evaluate", "ckpt-factory-subprocess-prune",
-                   "ckpt-factory-system-submit", "ckpt-model-str", "ckpt-input-shape-str", "ckpt-input-shape-huge",
-                   "ckpt-state-dict-list", "ckpt-meta-protocol", "ckpt-zoo-bits-huge", "ckpt-prune-missing-kept",
-                   "ckpt-prune-groups-str", "ckpt-complex-weights",
-                   # hardening: processes
-                   "addr-not-ray", "export-out-dir", "export-out-proc", "prune-out-dir", "dashboard-host",
-                   "dashboard-port-busy", "dashboard-config-port", "dashboard-config-host", "latency-cache-unwritable",
-                   # hardening: spec
-                   "spec-dupkeys", "spec-bomb9", "spec-long-value", "spec-seed-protocol", "spec-seed-search",
-                   "budget-latency-nan", "budget-latency-inf", "spec-step-tiny", "spec-strategies-huge",
-                   "spec-candidates-huge", "spec-epochs-huge", "spec-kwargs-bits-conflict", "spec-checkpoint-empty",
-                   "name-empty-flag", "name-newline-spec", "name-newline-flag", "evaluate-seed-negative",
-                   "train-seed-negative",
-                   # hardening: storage
-                   "name-finetune-suffix", "name-collision-hijack", "storage-foreign-app-status",
-                   "storage-foreign-app-submit", "storage-foreign-studies-table", "storage-readonly-submit",
-                   "storage-readonly-run", "submit-fails-midway", "storage-url-empty", "storage-url-memory",
-                   "storage-url-password",
-                   # export formats
-                   "export-format-bad", "prune-format-bad", "bench-missing", "bench-not-a-model"):
+    for needed in (
+        "spec-not-yaml",
+        "spec-unknown-key",
+        "spec-wrong-type",
+        "budget-zero",
+        "budget-above-one",
+        "budget-unreachable",
+        "zoo-unknown",
+        "factory-import-fails",
+        "model-untraceable",
+        "data-missing",
+        "data-unreadable",
+        "spec-checkpoint-corrupt",
+        "spec-checkpoint-foreign",
+        "spec-checkpoint-runs-code",
+        "evaluate-corrupt",
+        "evaluate-foreign",
+        "evaluate-runs-code",
+        "storage-dir-missing",
+        "storage-pg-unreachable",
+        "run-ghost",
+        "show-ghost",
+        "export-ghost",
+        "export-no-winner",
+        # hardening: data
+        "data-folder-garbage-npy",
+        "data-folder-pickle-npy",
+        "data-folder-1d-npy",
+        "data-folder-bomb-png",
+        "evaluate-bomb-folder",
+        "data-npz-no-arrays",
+        "data-npz-zero-images",
+        "data-npz-nan",
+        "data-npz-huge-class-id",
+        "data-cifar-labels-int",
+        "data-fmnist-1d",
+        "data-folder-one-class",
+        # hardening: checkpoints
+        "ckpt-factory-system-inspect",
+        "ckpt-factory-system-evaluate",
+        "ckpt-factory-subprocess-prune",
+        "ckpt-factory-system-submit",
+        "ckpt-model-str",
+        "ckpt-input-shape-str",
+        "ckpt-input-shape-huge",
+        "ckpt-state-dict-list",
+        "ckpt-meta-protocol",
+        "ckpt-zoo-bits-huge",
+        "ckpt-prune-missing-kept",
+        "ckpt-prune-groups-str",
+        "ckpt-complex-weights",
+        # hardening: processes
+        "addr-not-ray",
+        "export-out-dir",
+        "export-out-proc",
+        "prune-out-dir",
+        "dashboard-host",
+        "dashboard-port-busy",
+        "dashboard-config-port",
+        "dashboard-config-host",
+        "latency-cache-unwritable",
+        # hardening: spec
+        "spec-dupkeys",
+        "spec-bomb9",
+        "spec-long-value",
+        "spec-seed-protocol",
+        "spec-seed-search",
+        "budget-latency-nan",
+        "budget-latency-inf",
+        "spec-step-tiny",
+        "spec-strategies-huge",
+        "spec-candidates-huge",
+        "spec-epochs-huge",
+        "spec-kwargs-bits-conflict",
+        "spec-checkpoint-empty",
+        "name-empty-flag",
+        "name-newline-spec",
+        "name-newline-flag",
+        "evaluate-seed-negative",
+        "train-seed-negative",
+        # hardening: storage
+        "name-finetune-suffix",
+        "name-collision-hijack",
+        "storage-foreign-app-status",
+        "storage-foreign-app-submit",
+        "storage-foreign-studies-table",
+        "storage-readonly-submit",
+        "storage-readonly-run",
+        "submit-fails-midway",
+        "storage-url-empty",
+        "storage-url-memory",
+        "storage-url-password",
+        # export formats
+        "export-format-bad",
+        "prune-format-bad",
+        "bench-missing",
+        "bench-not-a-model",
+    ):
         assert any(i.startswith(needed) for i in ids), needed
 
 
-@pytest.mark.parametrize("case_id", ["spec-not-yaml", "model-untraceable", "evaluate-runs-code",
-                                     "ckpt-factory-system-inspect", "addr-not-ray"])
+@pytest.mark.parametrize(
+    "case_id",
+    ["spec-not-yaml", "model-untraceable", "evaluate-runs-code", "ckpt-factory-system-inspect", "addr-not-ray"],
+)
 def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     """The same rows through the `acpsearch` executable: nothing else reaches stderr (warnings,
     logging, Ray's C++ log lines), exit status 2."""
     _, build, argv, expect = next(row for row in BAD_INPUTS if row[0] == case_id)
-    ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=pytest.MonkeyPatch(), marker=tmp_path / "PWNED",
-                          stored_url=stored.url, checks=[], cleanups=[], finalize=request.addfinalizer)
+    ctx = SimpleNamespace(
+        tmp=tmp_path,
+        monkeypatch=pytest.MonkeyPatch(),
+        marker=tmp_path / "PWNED",
+        stored_url=stored.url,
+        checks=[],
+        cleanups=[],
+        finalize=request.addfinalizer,
+    )
     try:
         values = {"url": stored.url, "name": STORED, "tmp": str(tmp_path), **build(ctx)}
     finally:
         ctx.monkeypatch.undo()  # the subprocess gets the user's module dir through PYTHONPATH instead
     # the user's module dir, this checkout (the installed `acpsearch` may be another checkout's editable
     # install), then the caller's path
-    pythonpath = os.pathsep.join([str(tmp_path / "usercode"), str(Path(__file__).resolve().parents[1]),
-                                  *filter(None, [os.environ.get("PYTHONPATH")])])
+    pythonpath = os.pathsep.join(
+        [
+            str(tmp_path / "usercode"),
+            str(Path(__file__).resolve().parents[1]),
+            *filter(None, [os.environ.get("PYTHONPATH")]),
+        ]
+    )
     env = {**os.environ, "PYTHONPATH": pythonpath, "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop(ALLOW_ENV, None)
-    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), *[_fill(a, values) for a in argv]],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "acpsearch"), *[_fill(a, values) for a in argv]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]
@@ -1347,10 +2308,17 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     assert snapshot(stored.url) == stored.before
 
 
-
 # --- hardening: spec (beside the table) ----------------------------------------------------------
-@pytest.mark.parametrize("case_id", ["spec-bomb9-flops", "spec-bomb9-kwargs-only", "spec-long-value-bomb3",
-                                     "spec-long-value-string", "spec-long-value-name"])
+@pytest.mark.parametrize(
+    "case_id",
+    [
+        "spec-bomb9-flops",
+        "spec-bomb9-kwargs-only",
+        "spec-long-value-bomb3",
+        "spec-long-value-string",
+        "spec-long-value-name",
+    ],
+)
 def test_long_values_are_echoed_short(case_id, stored, tmp_path, monkeypatch, capsys):
     """An alias bomb is refused in well under a second (before: 136 s, then MemoryError), and a huge
     value is echoed in a short error line (before: the whole value, megabytes)."""
@@ -1370,6 +2338,7 @@ def test_long_values_are_echoed_short(case_id, stored, tmp_path, monkeypatch, ca
     assert elapsed < 5.0, f"{elapsed:.1f} s"
     assert snapshot(stored.url) == stored.before
 
+
 # --- dashboard: local by default -----------------------------------------------------------------
 def test_dashboard_bind_defaults_to_localhost_and_warns_otherwise():
     from acpsearch.commands.service import dashboard_bind
@@ -1388,8 +2357,14 @@ def test_dashboard_bind_defaults_to_localhost_and_warns_otherwise():
     assert dashboard_bind("127.0.0.1", None, {"host": "10.1.2.3"}) == ("127.0.0.1", 8080, None)
 
 
-@pytest.mark.parametrize("flags,host,noted", [([], "127.0.0.1", False), (["--host", "0.0.0.0"], "0.0.0.0", True),
-                                              (["--host", "localhost", "--port", "8123"], "localhost", False)])
+@pytest.mark.parametrize(
+    "flags,host,noted",
+    [
+        ([], "127.0.0.1", False),
+        (["--host", "0.0.0.0"], "0.0.0.0", True),
+        (["--host", "localhost", "--port", "8123"], "localhost", False),
+    ],
+)
 def test_dashboard_command_binds_what_it_says(flags, host, noted, stored, tmp_path, monkeypatch, capsys):
     """`acpsearch dashboard` up to the server call (optuna_dashboard.run_server replaced): it binds
     127.0.0.1 unless told otherwise, and says so when the address is not a loopback one."""
@@ -1415,12 +2390,12 @@ def test_dashboard_command_binds_what_it_says(flags, host, noted, stored, tmp_pa
 def test_internal_error_is_not_masked(stored, tmp_path, monkeypatch):
     """An unexpected exception is an internal error (exit 1 from the console script), not exit 2: the
     CLI re-raises it as itself; the exception handling must not replace it with one of its own."""
-    import acpsearch.spec
+    import acpsearch.service.spec
 
     def boom(path):  # noqa: ANN001
         raise RuntimeError("boom inside load_spec")
 
-    monkeypatch.setattr(acpsearch.spec, "load_spec", boom)
+    monkeypatch.setattr(acpsearch.service.spec, "load_spec", boom)
     with pytest.raises(RuntimeError, match="boom inside load_spec"):
         run(["submit", str(tmp_path / "any.yaml"), "--storage", stored.url])
     assert snapshot(stored.url) == stored.before
@@ -1457,8 +2432,15 @@ def test_submit_under_a_file_size_limit_leaves_nothing(limit, stored, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**os.environ, "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "submit", str(good), "--storage", url],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, preexec_fn=limited)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "acpsearch"), "submit", str(good), "--storage", url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=limited,
+    )
     lines = res.stderr.splitlines()
     assert res.returncode == 2, res.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith(f"error: storage {url!r}: cannot write ("), res.stderr[-3000:]
@@ -1471,15 +2453,15 @@ def test_submit_interrupted_midway_leaves_nothing(stored, monkeypatch, tmp_path,
     function that writes them, after the first attribute: a monkeypatch, since a signal cannot be
     timed into that window): the KeyboardInterrupt goes on, no study name is printed, and no study
     of that name is left. (The exit status of an interrupted command is cli.run's business.)"""
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     def interrupted(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
         put(next(iter(attrs)), "x")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(st, "_write_attrs", interrupted)
-    from acpsearch.spec import spec_from_json
+    from acpsearch.service.spec import spec_from_json
 
     with pytest.raises(KeyboardInterrupt):
         st.submit(open_storage(stored.url), spec_from_json({**copy.deepcopy(TINY_SPEC), "name": "ctrlc"}))
@@ -1497,9 +2479,9 @@ def test_half_made_studies_are_removed(kind, tmp_path, monkeypatch):
     """All or nothing on both kinds of storage (SQL: one transaction; journal: the half-made study
     is deleted again), for a submitted study and for the companion NAME.finetune."""
     from acpsearch.errors import SpecError
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import spec_from_json
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import spec_from_json
+    from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
     storage = open_storage(url)
@@ -1535,8 +2517,8 @@ def test_finetune_study_never_adopts_a_foreign_study(tmp_path):
     """A study named NAME.finetune that is not acpsearch's companion of NAME (no attributes, another
     kind, or the companion of another study) is refused with one line and left as it was."""
     from acpsearch.errors import StorageError as _StorageError
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     parents = {}
@@ -1548,8 +2530,10 @@ def test_finetune_study_never_adopts_a_foreign_study(tmp_path):
         other.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
     before = {s.study_name: (s.user_attrs, s.directions) for s in storage.get_all_studies()}
     for parent, study in parents.items():
-        with pytest.raises(_StorageError, match=re.escape(f"study '{parent}.finetune': exists but is not the "
-                                                          f"fine-tuning study of '{parent}'")):
+        with pytest.raises(
+            _StorageError,
+            match=re.escape(f"study '{parent}.finetune': exists but is not the fine-tuning study of '{parent}'"),
+        ):
             st.finetune_study(storage, study)
         with pytest.raises(_StorageError):
             st.check_companion(storage, parent)
@@ -1602,8 +2586,8 @@ def test_storage_password_is_never_printed(stored, tmp_path, monkeypatch, capsys
     --json` and the dashboard line (the storage is the stored SQLite one behind a PostgreSQL URL)."""
     import optuna_dashboard
 
-    from acpsearch.search import storage as storage_mod
-    from acpsearch.search.storage import redact
+    from acpsearch.service import storage as storage_mod
+    from acpsearch.service.storage import redact
 
     path, copy_url = _copy_of_stored(stored, tmp_path)
     real_open = storage_mod.open_storage
@@ -1614,8 +2598,13 @@ def test_storage_password_is_never_printed(stored, tmp_path, monkeypatch, capsys
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "pw"}))
     capsys.readouterr()
-    for argv in (["status"], ["status", "--json"], ["show", STORED, "--json"], ["submit", str(good), "--json"],
-                 ["dashboard", "--artifacts", str(tmp_path / "art")]):
+    for argv in (
+        ["status"],
+        ["status", "--json"],
+        ["show", STORED, "--json"],
+        ["submit", str(good), "--json"],
+        ["dashboard", "--artifacts", str(tmp_path / "art")],
+    ):
         assert run([*argv, "--storage", url]) == 0, argv
         res = capsys.readouterr()
         assert "S3cret" not in res.out + res.err, argv
@@ -1623,7 +2612,7 @@ def test_storage_password_is_never_printed(stored, tmp_path, monkeypatch, capsys
 
 
 def test_redact():
-    from acpsearch.search.storage import redact
+    from acpsearch.service.storage import redact
 
     assert redact("postgresql://admin:S3cretPW@127.0.0.1:1/db") == "postgresql://admin:***@127.0.0.1:1/db"
     assert redact("mysql+pymysql://u:p%40ss@h/db?charset=utf8") == "mysql+pymysql://u:***@h/db?charset=utf8"
@@ -1636,10 +2625,15 @@ def test_redact():
 def test_sqlite_url_forms():
     """In-memory URLs are recognised (refused by the CLI), and the read-only URI form names its file
     (for the directory checks, the foreign-database check and the artifact directory)."""
-    from acpsearch.search.storage import _sqlite_path, is_memory
+    from acpsearch.service.storage import _sqlite_path, is_memory
 
-    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
-                   "sqlite:///file::memory:?cache=shared&uri=true", "sqlite:///file:x?mode=memory&uri=true"):
+    for memory in (
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite+pysqlite://",
+        "sqlite:///file::memory:?cache=shared&uri=true",
+        "sqlite:///file:x?mode=memory&uri=true",
+    ):
         assert is_memory(memory) and _sqlite_path(memory) is None, memory
     assert not is_memory("sqlite:///x.db") and not is_memory("postgresql://h/db")
     assert _sqlite_path("sqlite:///file:/abs/s.db?mode=ro&uri=true") == Path("/abs/s.db")
@@ -1653,7 +2647,7 @@ def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, 
     """run_study (what `run` and `worker` call) refuses a foreign NAME.finetune before it takes the
     lease or starts Ray, as a StudyBlocked, which is a StudyBusy: a worker skips such a study
     instead of retrying it forever (nothing was written, so it stays claimable)."""
-    from acpsearch.search import cluster, pipeline
+    from acpsearch.service import cluster, pipeline
 
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
@@ -1672,9 +2666,9 @@ def test_racing_submits_create_one_study(kind, tmp_path):
     has all its attributes."""
     import threading
 
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import spec_from_json
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import spec_from_json
+    from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
     storage = open_storage(url)
@@ -1715,10 +2709,27 @@ def test_worker_skips_a_study_whose_companion_name_is_taken(stored, tmp_path):
         storage.remove_session()
         storage.engine.dispose()
     before = snapshot(url)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
-    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "worker", "--storage", url, "--json",
-                          "--artifacts", str(tmp_path / "art")], capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "acpsearch"),
+            "worker",
+            "--storage",
+            url,
+            "--json",
+            "--artifacts",
+            str(tmp_path / "art"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads(res.stdout)
     assert [(r["name"], r["state"]) for r in rep["ran"]] == [(STORED, "blocked")], rep

@@ -1,4 +1,5 @@
 """Checkpoint format: weights-only round trip, and refusal of corrupt / foreign / code-running files."""
+
 from __future__ import annotations
 
 import pickle
@@ -66,9 +67,10 @@ def test_mismatched_weights(tmp_path):
         load_model(p, allow_factories=["torch.nn"])
 
 
-@pytest.mark.parametrize("path,match", [("nomodule", "not of the form"),
-                                        ("no_such_pkg_xyz:f", "cannot import"),
-                                        ("torch.nn:NoSuchThing", "no callable")])
+@pytest.mark.parametrize(
+    "path,match",
+    [("nomodule", "not of the form"), ("no_such_pkg_xyz:f", "cannot import"), ("torch.nn:NoSuchThing", "no callable")],
+)
 def test_factory_errors(path, match):
     with pytest.raises(SpecError, match=match):
         import_factory(path)

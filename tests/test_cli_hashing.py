@@ -1,4 +1,5 @@
 """`acpsearch train` / `acpsearch evaluate` through acpsearch.cli.run: success paths and exit 2 errors."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,30 @@ def _one_line_error(capsys) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "base.pt"
-    code = run(["train", "--model", "resnet20", *SMALL, "--bits", "16", "--epochs", "2", "--loss", "csq",
-                "--lr", "0.003", "--batch-size", "64", "--seed", "1", "--augment", "--out", str(out), "--no-progress"])
+    code = run(
+        [
+            "train",
+            "--model",
+            "resnet20",
+            *SMALL,
+            "--bits",
+            "16",
+            "--epochs",
+            "2",
+            "--loss",
+            "csq",
+            "--lr",
+            "0.003",
+            "--batch-size",
+            "64",
+            "--seed",
+            "1",
+            "--augment",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -31,8 +54,23 @@ def test_train_writes_checkpoint_and_table(trained, capsys):
 
 def test_train_json_is_one_document(tmp_path, capsys):
     out = tmp_path / "m.pt"
-    code = run(["train", "--model", "resnet20", *SMALL, "--bits", "8", "--epochs", "1", "--batch-size", "250",
-                "--out", str(out), "--json"])
+    code = run(
+        [
+            "train",
+            "--model",
+            "resnet20",
+            *SMALL,
+            "--bits",
+            "8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "250",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["model"] == "resnet20" and doc["epochs"] == 1 and 0 <= doc["metrics"]["map_all"] <= 1
@@ -52,16 +90,22 @@ def test_evaluate_defaults_to_checkpoint_dataset_and_protocol(trained, capsys):
     assert "test mAP@all" in table and "mAP@1000" in table
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--model", "resnet18", "--out", "x.pt"], "resnet18"),
-    (["train", "--dataset", "imagenet", "--out", "x.pt"], "imagenet"),
-    (["train", "--epochs", "0", "--out", "x.pt"], "--epochs"),
-    (["train", "--epochs", "many", "--out", "x.pt"], "--epochs"),
-    (["train", "--lr", "-0.1", "--out", "x.pt"], "--lr"),
-    (["train", "--loss", "triplet", "--out", "x.pt"], "triplet"),
-    (["train", "--dataset", "cifar10", "--out", "x.pt"], "--data-dir"),
-    (["train", "--dataset", "digits", "--epochs", "1", "--train-per-class", "500", "--out", "x.pt"], "train_per_class"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--model", "resnet18", "--out", "x.pt"], "resnet18"),
+        (["train", "--dataset", "imagenet", "--out", "x.pt"], "imagenet"),
+        (["train", "--epochs", "0", "--out", "x.pt"], "--epochs"),
+        (["train", "--epochs", "many", "--out", "x.pt"], "--epochs"),
+        (["train", "--lr", "-0.1", "--out", "x.pt"], "--lr"),
+        (["train", "--loss", "triplet", "--out", "x.pt"], "triplet"),
+        (["train", "--dataset", "cifar10", "--out", "x.pt"], "--data-dir"),
+        (
+            ["train", "--dataset", "digits", "--epochs", "1", "--train-per-class", "500", "--out", "x.pt"],
+            "train_per_class",
+        ),
+    ],
+)
 def test_train_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run(argv) == 2
@@ -86,8 +130,27 @@ def test_evaluate_bad_input_exits_2(trained, tmp_path, capsys):
 
 # --- seeds and devices ---------------------------------------------------------------------------
 def _train_seeded(path, seed: int, capsys, *extra: str) -> dict:
-    argv = ["train", "--model", "resnet20", *SMALL, "--bits", "16", "--epochs", "2", "--lr", "0.003",
-            "--batch-size", "64", "--augment", "--seed", str(seed), "--out", str(path), "--json", *extra]
+    argv = [
+        "train",
+        "--model",
+        "resnet20",
+        *SMALL,
+        "--bits",
+        "16",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.003",
+        "--batch-size",
+        "64",
+        "--augment",
+        "--seed",
+        str(seed),
+        "--out",
+        str(path),
+        "--json",
+        *extra,
+    ]
     capsys.readouterr()
     assert run(argv) == 0
     return json.loads(capsys.readouterr().out)
@@ -118,11 +181,14 @@ def test_train_seed_fixes_weights_and_map(tmp_path, capsys):
     del c
 
 
-@pytest.mark.parametrize("device,expect", [
-    ("gpu", "error: --device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
-    ("cuda:x", "error: --device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:x'"),
-    ("cuda:99", "error: --device: 'cuda:99' asked, but torch sees"),
-])
+@pytest.mark.parametrize(
+    "device,expect",
+    [
+        ("gpu", "error: --device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
+        ("cuda:x", "error: --device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:x'"),
+        ("cuda:99", "error: --device: 'cuda:99' asked, but torch sees"),
+    ],
+)
 def test_train_bad_device_is_one_line(tmp_path, capsys, device, expect):
     out = tmp_path / "x.pt"
     assert run(["train", *SMALL, "--epochs", "1", "--device", device, "--out", str(out)]) == 2
@@ -156,8 +222,10 @@ def _cuda() -> bool:
 def test_train_cuda_without_gpu_is_exit_2(tmp_path, capsys):
     out = tmp_path / "x.pt"
     assert run(["train", *SMALL, "--epochs", "1", "--device", "cuda", "--out", str(out)]) == 2
-    assert _one_line_error(capsys) == ("error: --device: 'cuda' asked, but torch sees no CUDA GPU on this machine "
-                                       "(torch.cuda.is_available() is False); use cpu or auto")
+    assert _one_line_error(capsys) == (
+        "error: --device: 'cuda' asked, but torch sees no CUDA GPU on this machine "
+        "(torch.cuda.is_available() is False); use cpu or auto"
+    )
     assert not out.exists()
 
 

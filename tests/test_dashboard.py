@@ -1,5 +1,6 @@
 """optuna-dashboard over a finished study: the real WSGI app (no server) and `acpsearch dashboard`
 as a real server process. The study must show its attributes, note, artifacts and figures."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,11 @@ def _get(app, path: str) -> tuple[str, bytes]:
 def app(finished_studies):
     import optuna_dashboard
 
-    from acpsearch.search.storage import artifact_store, open_storage
+    from acpsearch.service.storage import artifact_store, open_storage
 
-    return optuna_dashboard.wsgi(open_storage(finished_studies["url"]),
-                                 artifact_store=artifact_store(finished_studies["artifacts"]))
+    return optuna_dashboard.wsgi(
+        open_storage(finished_studies["url"]), artifact_store=artifact_store(finished_studies["artifacts"])
+    )
 
 
 def _attrs(entries: list[dict]) -> dict:
@@ -73,8 +75,16 @@ def test_study_detail_has_attrs_note_artifacts_and_figures(app, finished_studies
         assert f"phase.{p}" in attrs
     note = d["note"]["body"]
     assert note.startswith("# tiny-a")
-    for text in ("| test mAP@all |", "| FLOPs (MACs) |", "| params |", "| latency", "Keep ratio per channel group",
-                 "Time per phase", "| base |", "| finetune |"):
+    for text in (
+        "| test mAP@all |",
+        "| FLOPs (MACs) |",
+        "| params |",
+        "| latency",
+        "Keep ratio per channel group",
+        "Time per phase",
+        "| base |",
+        "| finetune |",
+    ):
         assert text in note, text
     files = {a["filename"] for a in d["artifacts"]}
     assert {"base.pt", "encoder.pt", "winner.pt", "report.json", "report.html", "report.md"} <= files
@@ -91,8 +101,11 @@ def test_study_detail_has_attrs_note_artifacts_and_figures(app, finished_studies
     status, blob = _get(app, f"/artifacts/{sid}/{art['artifact_id']}")
     assert status.startswith("200")
     rep = json.loads(blob)
-    assert rep["study"] == "tiny-a" and rep["candidates"] == 24 and rep["winner"]["test_map"] == pytest.approx(
-        winner["test_map"])
+    assert (
+        rep["study"] == "tiny-a"
+        and rep["candidates"] == 24
+        and rep["winner"]["test_map"] == pytest.approx(winner["test_map"])
+    )
 
 
 def test_finetune_study_shows_learning_curves(app):
@@ -117,13 +130,14 @@ def _study_ids(app) -> dict:
 def test_dashboard_marks_the_winner(app, finished_studies, name):
     """The fine-tune study's Best Trial IS the winner (with `winner: true` and a note saying why); the
     search study's Best Trial is a ranker score, and its note and the winner's candidate say so."""
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     ids = _study_ids(app)
     search = json.loads(_get(app, f"/api/studies/{ids[name]}?after=0")[1])
     # the dashboard cuts long attribute values (the full `winner` dict): its flat copies, and the storage
-    flat = {k.split(".", 1)[1]: json.loads(v) for k, v in _attrs(search["user_attrs"]).items()
-            if k.startswith("winner.")}
+    flat = {
+        k.split(".", 1)[1]: json.loads(v) for k, v in _attrs(search["user_attrs"]).items() if k.startswith("winner.")
+    }
     winner = optuna.load_study(study_name=name, storage=open_storage(finished_studies["url"])).user_attrs["winner"]
     ft_trial, cand = flat["finetune_trial"], flat["candidate"]
     assert (ft_trial, cand) == (winner["finetune_trial"], winner["candidate"])
@@ -142,15 +156,20 @@ def test_dashboard_marks_the_winner(app, finished_studies, name):
     # the search study: objective named as a ranker score; the note names the winner
     ranker = "similarity" if name == "tiny-a" else "l1_retained"
     assert search["objective_names"] == [f"{ranker} score (ranker, not mAP)"]
-    assert (f"Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial {ft_trial} "
-            f"of {name}.finetune") in search["note"]["body"]
+    assert (
+        f"Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial {ft_trial} "
+        f"of {name}.finetune"
+    ) in search["note"]["body"]
     marked = [t for t in search["trials"] if "winner" in _attrs(t["user_attrs"])]
     assert [t["number"] for t in marked] == [cand]
     assert f"trial {ft_trial}" in marked[0]["note"]["body"] and "ranker" in marked[0]["note"]["body"]
     # keep ratios as user attrs: rounded (params keep Optuna's own floats)
     assert "0.6000000000000001" not in _attrs(marked[0]["user_attrs"])["keep"]
-    keep = optuna.load_study(study_name=name, storage=open_storage(finished_studies["url"])).trials[cand] \
+    keep = (
+        optuna.load_study(study_name=name, storage=open_storage(finished_studies["url"]))
+        .trials[cand]
         .user_attrs["keep"]
+    )
     assert keep and all(v == round(v, 4) for v in keep.values())
     assert all(v == round(v, 4) for v in winner["ratios"].values())
     # the latency of base and winner was measured interleaved, with its spread
@@ -173,11 +192,17 @@ def test_acpsearch_dashboard_serves_the_study(finished_studies, tmp_path):
     """`acpsearch dashboard` as a real server: reads a config file, says when --host is not local."""
     port = _free_port()
     cfg = tmp_path / "dash.yaml"
-    cfg.write_text(f"storage: {finished_studies['url']}\nartifacts: {finished_studies['artifacts']}\n"
-                   f"host: 127.0.0.1\nport: {port}\n")
-    proc = subprocess.Popen([str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    cfg.write_text(
+        f"storage: {finished_studies['url']}\nartifacts: {finished_studies['artifacts']}\n"
+        f"host: 127.0.0.1\nport: {port}\n"
+    )
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     try:
         data = None
         deadline = time.time() + 60
@@ -193,8 +218,11 @@ def test_acpsearch_dashboard_serves_the_study(finished_studies, tmp_path):
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"http://127.0.0.1:{port}/" in err
-    bad = subprocess.run([str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(tmp_path / "missing.yaml")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(VENV_BIN / "acpsearch"), "dashboard", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--config" in bad.stderr
 
 

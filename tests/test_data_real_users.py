@@ -1,6 +1,7 @@
 """Data for real users: normalisation from the training split only (stored in checkpoints and
 reproduced by acpsearch.preprocess), streamed list-file data sets, CIFAR-10 batches end to end,
 per-data-set protocol defaults."""
+
 from __future__ import annotations
 
 import copy
@@ -8,23 +9,31 @@ import copy
 import numpy as np
 import pytest
 import torch
+from datagen import write_cifar_batches, write_list, write_listfile_set, write_pngs
 from torch import nn
 
 import acpsearch
 from acpsearch.errors import DataError, SpecError
 from acpsearch.hashing import (
-    Dataset, checkpoint_meta, create_model, encode, evaluate, load_dataset, make_splits, save_zoo_checkpoint,
+    Dataset,
+    checkpoint_meta,
+    create_model,
+    encode,
+    evaluate,
+    load_dataset,
+    make_splits,
+    save_zoo_checkpoint,
     train_hash_net,
 )
 from acpsearch.hashing.data import ImageSource, channel_stats, splits_from_data
-from acpsearch.spec import parse_spec
-from datagen import write_cifar_batches, write_list, write_listfile_set, write_pngs
+from acpsearch.service.spec import parse_spec
 
 
 def _conv(bits: int = 16, c: int = 3) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(32, bits))
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, bits)
+    )
 
 
 # --- normalisation from the training split ------------------------------------------------------
@@ -32,11 +41,19 @@ def test_normalisation_uses_the_training_split_only():
     """Train images near 0.2, query / database images near 0.9: the stored mean is the train mean."""
     g = torch.Generator().manual_seed(0)
     n_train, n_rest = 40, 60
-    x = torch.cat([0.2 + 0.05 * torch.randn(n_train, 1, 4, 4, generator=g),
-                   0.9 + 0.05 * torch.randn(n_rest, 1, 4, 4, generator=g)])
+    x = torch.cat(
+        [
+            0.2 + 0.05 * torch.randn(n_train, 1, 4, 4, generator=g),
+            0.9 + 0.05 * torch.randn(n_rest, 1, 4, 4, generator=g),
+        ]
+    )
     labels = torch.arange(100) % 2
-    parts = {"train": np.arange(0, 30), "val": np.arange(30, 40), "query": np.arange(40, 50),
-             "database": np.arange(50, 100)}
+    parts = {
+        "train": np.arange(0, 30),
+        "val": np.arange(30, 40),
+        "query": np.arange(40, 50),
+        "database": np.arange(50, 100),
+    }
     ds = Dataset(x, labels, "hand", 2, parts=parts)
     sp = make_splits(ds)
     mean, std = sp.preprocess["mean"][0], sp.preprocess["std"][0]
@@ -108,12 +125,14 @@ def test_streaming_gives_the_same_codes_and_statistics_as_in_memory(lists):
     assert isinstance(memory.database[0], torch.Tensor) and isinstance(streamed.database[0], ImageSource)
     assert streamed.preprocess == memory.preprocess
     assert channel_stats(load_dataset("listfile", **lists).images) == channel_stats(
-        load_dataset("listfile", **lists, stream=False).images)
+        load_dataset("listfile", **lists, stream=False).images
+    )
     net = _conv()
     for part in ("query", "database", "train"):
         assert torch.equal(getattr(streamed, part)[0][:], getattr(memory, part)[0])
-        assert torch.equal(encode(net, getattr(streamed, part)[0], batch_size=8),
-                           encode(net, getattr(memory, part)[0], batch_size=8))
+        assert torch.equal(
+            encode(net, getattr(streamed, part)[0], batch_size=8), encode(net, getattr(memory, part)[0], batch_size=8)
+        )
     # training draws the same batches from both
     a = train_hash_net(_conv(), streamed, epochs=1, batch_size=8, progress=False)
     b = train_hash_net(_conv(), memory, epochs=1, batch_size=8, progress=False)
@@ -140,8 +159,9 @@ def test_listfile_errors_are_one_line_naming_the_list_and_line(tmp_path, lists):
     bad.write_text("img/00000.png 0 1 0\nimg/nope.png 1 0 0\n")
     with pytest.raises(DataError) as exc:
         load_dataset("listfile", str(bad), root=str(tmp_path / "set"))
-    assert str(exc.value) == (f"dataset listfile: list {str(bad)!r} line 2: image 'img/nope.png' not found "
-                              f"under {str(tmp_path / 'set')!r}")
+    assert str(exc.value) == (
+        f"dataset listfile: list {str(bad)!r} line 2: image 'img/nope.png' not found under {str(tmp_path / 'set')!r}"
+    )
     bad.write_text("img/00000.png 0 1 0\nimg/00001.png 0 2 0\n")
     with pytest.raises(DataError, match=r"line 2: label vector must be 0/1 values separated by spaces, got '2'$"):
         load_dataset("listfile", str(bad), root=str(tmp_path / "set"))
@@ -156,30 +176,51 @@ def test_listfile_errors_are_one_line_naming_the_list_and_line(tmp_path, lists):
     with pytest.raises(DataError) as exc:
         encode(_conv(), sp.query[0])
     msg = str(exc.value)
-    assert "\n" not in msg and msg.startswith(f"dataset listfile: test_list {lists['test_list']!r} line 5: "
-                                              "cannot read image")
+    assert "\n" not in msg and msg.startswith(
+        f"dataset listfile: test_list {lists['test_list']!r} line 5: cannot read image"
+    )
 
 
 def test_spec_listfile_keys():
     base = {"model": {"zoo": "resnet20"}, "budget": {"flops": 0.5}}
-    s = parse_spec({**base, "data": {"dataset": "listfile", "train_list": "t", "database_list": "d",
-                                     "test_list": "q", "image_size": 32, "workers": 2,
-                                     "normalize": {"mean": [0.5], "std": [0.2]}}})
+    s = parse_spec(
+        {
+            **base,
+            "data": {
+                "dataset": "listfile",
+                "train_list": "t",
+                "database_list": "d",
+                "test_list": "q",
+                "image_size": 32,
+                "workers": 2,
+                "normalize": {"mean": [0.5], "std": [0.2]},
+            },
+        }
+    )
     assert s.data.image_size == 32 and s.data.normalize.mean == [0.5] and s.data.stream
-    for data, msg in [({"dataset": "listfile"}, "spec: data.train_list: dataset 'listfile' needs data.path"),
-                      ({"dataset": "digits", "train_list": "t"}, "spec: data.train_list: only for dataset 'listfile'"),
-                      ({"dataset": "listfile", "path": "a", "test_list": "q"}, "spec: data.test_list: give either"),
-                      ({"dataset": "digits", "normalize": "whole"}, "spec: data.normalize"),
-                      ({"dataset": "digits", "normalize": {"mean": [0.5], "std": [0]}},
-                       "spec: data.normalize: std.0: input should be greater than 0")]:
+    for data, msg in [
+        ({"dataset": "listfile"}, "spec: data.train_list: dataset 'listfile' needs data.path"),
+        ({"dataset": "digits", "train_list": "t"}, "spec: data.train_list: only for dataset 'listfile'"),
+        ({"dataset": "listfile", "path": "a", "test_list": "q"}, "spec: data.test_list: give either"),
+        ({"dataset": "digits", "normalize": "whole"}, "spec: data.normalize"),
+        (
+            {"dataset": "digits", "normalize": {"mean": [0.5], "std": [0]}},
+            "spec: data.normalize: std.0: input should be greater than 0",
+        ),
+    ]:
         with pytest.raises(SpecError) as exc:
             parse_spec({**copy.deepcopy(base), "data": data})
         assert str(exc.value).startswith(msg) and "\n" not in str(exc.value)
 
 
 def test_splits_from_a_spec_data_section(lists):
-    data = parse_spec({"model": {"zoo": "resnet20"}, "budget": {"flops": 0.5},
-                       "data": {"dataset": "listfile", **lists, "normalize": "none"}}).to_dict()["data"]
+    data = parse_spec(
+        {
+            "model": {"zoo": "resnet20"},
+            "budget": {"flops": 0.5},
+            "data": {"dataset": "listfile", **lists, "normalize": "none"},
+        }
+    ).to_dict()["data"]
     sp = splits_from_data(data)
     assert sp.preprocess["normalize"] == "none" and sp.sizes()["database"] == 36
 
@@ -204,7 +245,9 @@ def test_protocol_defaults_fit_each_built_in_data_set():
     from acpsearch.hashing.data import protocol_defaults
 
     assert protocol_defaults("digits") == {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15}
-    assert protocol_defaults("fashion-mnist")["train_per_class"] == 500 == protocol_defaults("cifar10")["train_per_class"]
+    assert (
+        protocol_defaults("fashion-mnist")["train_per_class"] == 500 == protocol_defaults("cifar10")["train_per_class"]
+    )
     sp = make_splits(load_dataset("digits"))
     assert sp.protocol == {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15, "seed": 0}
 
@@ -215,8 +258,9 @@ def test_cli_train_digits_without_protocol_flags(tmp_path, capsys):
     from acpsearch.cli import run
 
     out = tmp_path / "d.pt"
-    assert run(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "256", "--out", str(out),
-                "--json"]) == 0
+    assert (
+        run(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "256", "--out", str(out), "--json"]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["metrics"]["n_query"] == 100 and doc["metrics"]["n_database"] == 947
     meta = torch.load(out, weights_only=True)["meta"]
@@ -229,9 +273,30 @@ def test_cli_train_and_evaluate_a_list_file_set(lists, tmp_path, capsys):
     from acpsearch.cli import run
 
     out = tmp_path / "l.pt"
-    argv = ["train", "--dataset", "listfile", "--train-list", lists["train_list"], "--database-list",
-            lists["database_list"], "--test-list", lists["test_list"], "--image-size", "8", "--epochs", "1",
-            "--batch-size", "16", "--bits", "16", "--topk", "20", "--out", str(out), "--json"]
+    argv = [
+        "train",
+        "--dataset",
+        "listfile",
+        "--train-list",
+        lists["train_list"],
+        "--database-list",
+        lists["database_list"],
+        "--test-list",
+        lists["test_list"],
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--bits",
+        "16",
+        "--topk",
+        "20",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert run(argv) == 0
     trained = json.loads(capsys.readouterr().out)["metrics"]
     assert trained["n_query"] == 9 and trained["n_database"] == 36
@@ -247,24 +312,32 @@ def test_a_study_prunes_a_network_trained_on_a_streamed_list_file_set(tmp_path, 
     the base is trained on it, the search and fine-tuning read it, the winner stores the training
     split's normalisation. (Peak memory is measured by benchmarks/stream_memory.py, not here.)"""
     import yaml
+    from conftest import TINY_SPEC
 
     from acpsearch.checkpoint import read_checkpoint
     from acpsearch.cli import run
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from conftest import TINY_SPEC
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     lists = write_listfile_set(tmp_path / "data", n_train=60, n_db=60, n_test=15, side=12)
     spec = copy.deepcopy(TINY_SPEC)
-    spec.update({
-        "name": "listfile-study",
-        "model": {"zoo": "resnet20", "bits": 16},
-        "data": {"dataset": "listfile", **lists, "image_size": 12},
-        "train": {"loss": "csq", "epochs": 2, "lr": 0.003, "batch_size": 32},
-        "search": {"candidates": 6, "sampler": "random", "workers": 1, "seed": 0, "ranker": "l1_retained",
-                   "rounds": 1},
-        "finetune": {"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None},
-    })
+    spec.update(
+        {
+            "name": "listfile-study",
+            "model": {"zoo": "resnet20", "bits": 16},
+            "data": {"dataset": "listfile", **lists, "image_size": 12},
+            "train": {"loss": "csq", "epochs": 2, "lr": 0.003, "batch_size": 32},
+            "search": {
+                "candidates": 6,
+                "sampler": "random",
+                "workers": 1,
+                "seed": 0,
+                "ranker": "l1_retained",
+                "rounds": 1,
+            },
+            "finetune": {"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None},
+        }
+    )
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     assert run(["submit", str(tmp_path / "s.yaml"), "--storage", url]) == 0

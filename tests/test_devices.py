@@ -1,6 +1,7 @@
 """Devices, Ray resources and seeds: the spec's train.device / finetune.resources / search.resources,
 what the Tune trials and ranker actors ask Ray for, seeded base training, and (where a GPU exists)
 fine-tuning one finalist and scoring candidates on cuda."""
+
 from __future__ import annotations
 
 import copy
@@ -8,14 +9,20 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_SPEC
 
 from acpsearch.devices import (
-    actor_options, check_cluster_fits, check_device, resolve_device, resources_of, seed_everything, trial_resources,
+    actor_options,
+    check_cluster_fits,
+    check_device,
+    resolve_device,
+    resources_of,
+    seed_everything,
+    trial_resources,
     worker_device,
 )
 from acpsearch.errors import SpecError
-from acpsearch.spec import parse_spec
-from conftest import TINY_SPEC
+from acpsearch.service.spec import parse_spec
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none on this machine)")
@@ -66,18 +73,25 @@ def test_fractional_gpu_and_cpus_become_the_trial_request():
     assert trial_resources(_spec(finetune={"resources": {"gpu": 1}})) == {"cpu": 1, "gpu": 1.0}
 
 
-@pytest.mark.parametrize("section,value,expect", [
-    ("train", {"device": "gpu"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
-    ("train", {"device": "cuda:"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:'"),
-    ("train", {"device": 0}, "spec: train.device: input should be a valid string, got 0"),
-    ("finetune", {"resources": {"gpu": -0.25}}, "spec: finetune.resources.gpu: must be in [0, 1], got -0.25"),
-    ("finetune", {"resources": {"gpu": 1.5}}, "spec: finetune.resources.gpu: must be in [0, 1], got 1.5"),
-    ("finetune", {"resources": {"gpu": 2}}, "spec: finetune.resources.gpu: must be in [0, 1], got 2"),
-    ("finetune", {"resources": {"cpu": 0}}, "spec: finetune.resources.cpu: must be in [1, 1024], got 0"),
-    ("finetune", {"resources": {"cpu": 0.5}}, "spec: finetune.resources.cpu: input should be a valid integer"),
-    ("search", {"resources": {"gpus": 1}}, "spec: search.resources.gpus: unknown key (allowed: cpu, gpu)"),
-    ("search", {"resources": {"gpu": True}}, "spec: search.resources.gpu: input should be a valid number, got true"),
-])
+@pytest.mark.parametrize(
+    "section,value,expect",
+    [
+        ("train", {"device": "gpu"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'gpu'"),
+        ("train", {"device": "cuda:"}, "spec: train.device: must be one of auto, cpu, cuda, cuda:N, got 'cuda:'"),
+        ("train", {"device": 0}, "spec: train.device: input should be a valid string, got 0"),
+        ("finetune", {"resources": {"gpu": -0.25}}, "spec: finetune.resources.gpu: must be in [0, 1], got -0.25"),
+        ("finetune", {"resources": {"gpu": 1.5}}, "spec: finetune.resources.gpu: must be in [0, 1], got 1.5"),
+        ("finetune", {"resources": {"gpu": 2}}, "spec: finetune.resources.gpu: must be in [0, 1], got 2"),
+        ("finetune", {"resources": {"cpu": 0}}, "spec: finetune.resources.cpu: must be in [1, 1024], got 0"),
+        ("finetune", {"resources": {"cpu": 0.5}}, "spec: finetune.resources.cpu: input should be a valid integer"),
+        ("search", {"resources": {"gpus": 1}}, "spec: search.resources.gpus: unknown key (allowed: cpu, gpu)"),
+        (
+            "search",
+            {"resources": {"gpu": True}},
+            "spec: search.resources.gpu: input should be a valid number, got true",
+        ),
+    ],
+)
 def test_bad_device_and_resources_are_one_line(section, value, expect):
     with pytest.raises(SpecError) as exc:
         _spec(**{section: value})
@@ -105,8 +119,11 @@ def test_resolve_device_on_this_machine():
 def test_cluster_must_offer_what_a_worker_asks():
     check_cluster_fits({"CPU": 2.0}, {"cpu": 1, "gpu": 0.0}, "finetune.resources")
     check_cluster_fits({"CPU": 2.0, "GPU": 1.0}, {"cpu": 2, "gpu": 0.25}, "finetune.resources")
-    with pytest.raises(SpecError, match=r"^finetune\.resources\.gpu: 0\.25 GPU asked per worker, the Ray cluster "
-                                        r"has none \(start its nodes with --num-gpus"):
+    with pytest.raises(
+        SpecError,
+        match=r"^finetune\.resources\.gpu: 0\.25 GPU asked per worker, the Ray cluster "
+        r"has none \(start its nodes with --num-gpus",
+    ):
         check_cluster_fits({"CPU": 2.0}, {"cpu": 1, "gpu": 0.25}, "finetune.resources")
     with pytest.raises(SpecError, match=r"^search\.resources\.cpu: 4 CPUs asked per worker, the Ray cluster has 2$"):
         check_cluster_fits({"CPU": 2.0}, {"cpu": 4, "gpu": 0.0}, "search.resources")
@@ -115,7 +132,7 @@ def test_cluster_must_offer_what_a_worker_asks():
 # --- seeds ---------------------------------------------------------------------------------------
 def test_seed_fixes_the_service_base_network_init():
     """phase_base seeds before build_model: the same protocol seed, the same initial weights."""
-    from acpsearch.search.pipeline import build_model
+    from acpsearch.service.pipeline import build_model
 
     spec = _spec()
 
@@ -132,9 +149,9 @@ def test_seed_fixes_the_service_base_network_init():
 def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
     """Run the real phase_base of a fresh study (1 epoch on tiny digits) and return base.pt's weights."""
     from acpsearch.checkpoint import read_checkpoint
-    from acpsearch.search import study as st
-    from acpsearch.search.pipeline import Context, Reporter, phase_base
-    from acpsearch.search.storage import artifact_store, open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.pipeline import Context, Reporter, phase_base
+    from acpsearch.service.storage import artifact_store, open_storage
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     storage = open_storage(url)
@@ -143,8 +160,16 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
     study = st.load_search_study(storage, name)
     art = tmp_path / "artifacts"
     art.mkdir(exist_ok=True)
-    ctx = Context(storage=storage, url=url, study=study, spec=spec, artifacts=art, store=artifact_store(art),
-                  reporter=Reporter(), workers=1)
+    ctx = Context(
+        storage=storage,
+        url=url,
+        study=study,
+        spec=spec,
+        artifacts=art,
+        store=artifact_store(art),
+        reporter=Reporter(),
+        workers=1,
+    )
     torch.randn(11)  # global RNG state differs between the two runs
     phase_base(ctx)
     rec = st.phase_done(st.load_search_study(storage, name), "base")
@@ -169,8 +194,10 @@ def _probe_setup():
     ex = torch.zeros(1, 1, 8, 8)
     graph = ChannelGraph.from_model(model, ex)
     X = torch.randn(96, 1, 8, 8)
-    strategies = [PruningStrategy(graph, {g.name: 0.5 for g in graph.groups}),
-                  PruningStrategy(graph, {g.name: 1.0 for g in graph.groups})]
+    strategies = [
+        PruningStrategy(graph, {g.name: 0.5 for g in graph.groups}),
+        PruningStrategy(graph, {g.name: 1.0 for g in graph.groups}),
+    ]
     return model, ex, X, strategies
 
 
@@ -204,7 +231,7 @@ def test_one_finalist_finetunes_on_cuda(tmp_path, ray_session):
     from acpsearch.checkpoint import read_checkpoint, save_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import create_model, load_dataset, make_splits
-    from acpsearch.search.tasks import finetune_trainable, light_splits
+    from acpsearch.service.tasks import finetune_trainable, light_splits
 
     if ray_session.cluster_resources().get("GPU", 0) < 0.5:
         pytest.skip("the test Ray session has no GPU")
@@ -217,10 +244,16 @@ def test_one_finalist_finetunes_on_cuda(tmp_path, ray_session):
     graph = ChannelGraph.from_model(base, torch.zeros(1, 1, 8, 8))
     ratios = {g.name: 0.5 for g in graph.groups}
     trainable = tune.with_resources(
-        tune.with_parameters(finetune_trainable, ckpt=ckpt, spec=spec, splits=light_splits(splits),
-                             out_dir=str(tmp_path)), trial_resources(spec))
-    tuner = tune.Tuner(trainable, param_space={"finalist": {"number": 0, "ratios": ratios, "round_to": 4}},
-                       run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
+        tune.with_parameters(
+            finetune_trainable, ckpt=ckpt, spec=spec, splits=light_splits(splits), out_dir=str(tmp_path)
+        ),
+        trial_resources(spec),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"finalist": {"number": 0, "ratios": ratios, "round_to": 4}},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+    )
     result = tuner.fit()[0]
     assert result.error is None and result.metrics["epoch"] == 1 and result.metrics["device"] == "cuda"
     assert read_checkpoint(tmp_path / "finalist-0.pt")["meta"]["candidate"] == 0
@@ -229,9 +262,9 @@ def test_one_finalist_finetunes_on_cuda(tmp_path, ray_session):
 def test_run_study_device_is_checked_before_the_study_is_touched(tmp_path):
     """run_study(device=...) overrides train.device; one this machine lacks blocks the study before the
     lease and before Ray (a worker skips it), and the study's attributes stay as they were."""
-    from acpsearch.search import study as st
-    from acpsearch.search.pipeline import StudyBlocked, run_study
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.pipeline import StudyBlocked, run_study
+    from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     storage = open_storage(url)

@@ -1,5 +1,6 @@
 """StructureEncoder: batched embeddings, contrastive training lowers the loss and separates
 positives from negatives, the effect objective learns an ordering, weights-only save/load."""
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,7 @@ import torch
 from scipy import stats
 
 import acpsearch as acp
-from acpsearch.encoder import (
-    GraphBatcher, StructureEncoder, info_nce, random_ratios, soft_info_nce, train_encoder)
+from acpsearch.encoder import GraphBatcher, StructureEncoder, info_nce, random_ratios, soft_info_nce, train_encoder
 from acpsearch.errors import CheckpointError, SpecError
 from acpsearch.hashing import create_model
 
@@ -59,15 +59,16 @@ def test_losses_behave() -> None:
 
 def test_sacp_training_lowers_loss_and_separates_positives(small) -> None:
     _, _, g = small
-    res = train_encoder(g, "sacp", n_strategies=96, epochs=25, seed=0,
-                        encoder_config={"hidden": 32, "embed_dim": 16})
+    res = train_encoder(g, "sacp", n_strategies=96, epochs=25, seed=0, encoder_config={"hidden": 32, "embed_dim": 16})
     assert len(res.losses) == 25
     assert res.losses[-1] < 0.5 * res.losses[0]
     # held-out strategies: L1-chosen channels are closer to the unpruned net than random ones
     rng = random.Random(123)
     ratios = [random_ratios(g, rng) for _ in range(40)]
     pos = res.encoder.similarity(g, [acp.PruningStrategy(g, r, criterion="l1") for r in ratios])
-    neg = res.encoder.similarity(g, [acp.PruningStrategy(g, r, criterion="random", seed=i) for i, r in enumerate(ratios)])
+    neg = res.encoder.similarity(
+        g, [acp.PruningStrategy(g, r, criterion="random", seed=i) for i, r in enumerate(ratios)]
+    )
     assert float((pos > neg).float().mean()) >= 0.9
     assert float(pos.mean() - neg.mean()) > 0.1
 
@@ -84,9 +85,15 @@ def test_effect_training_learns_the_signal_order(small) -> None:
 
     train = [random_ratios(g, rng) for _ in range(160)]
     test = [random_ratios(g, rng) for _ in range(60)]
-    res = train_encoder(g, "effect", strategies=[acp.PruningStrategy(g, r) for r in train],
-                        signal=[signal(r) for r in train], epochs=40, seed=0,
-                        encoder_config={"hidden": 32, "embed_dim": 16})
+    res = train_encoder(
+        g,
+        "effect",
+        strategies=[acp.PruningStrategy(g, r) for r in train],
+        signal=[signal(r) for r in train],
+        epochs=40,
+        seed=0,
+        encoder_config={"hidden": 32, "embed_dim": 16},
+    )
     assert res.losses[-1] < res.losses[0]
     sim = res.encoder.similarity(g, [acp.PruningStrategy(g, r) for r in test]).numpy()
     rho = stats.spearmanr(sim, [signal(r) for r in test]).statistic

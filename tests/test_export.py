@@ -6,6 +6,7 @@ The study here is a stored acpsearch study whose winner is a pruned tiny digits 
 3 epochs, pruned by `acpsearch prune`): `export` reads only the winner's checkpoint, so this is the
 same code path as a finished study without running Ray. `test_export_a_finished_study` runs it on
 the real finished study too."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import train_tiny_base
 
 from acpsearch.cli import run
-from conftest import train_tiny_base
 
 FORMATS = ("torchscript", "onnx", "pt2")
 PREPROCESS = {"mean": [0.5], "std": [0.25], "input_shape": [1, 8, 8]}
@@ -32,7 +33,7 @@ def _study(url: str, name: str, winner: Path) -> None:
     """A stored acpsearch study (kind acpsearch-search) whose winner is `winner`."""
     import optuna
 
-    from acpsearch.search.study import KIND
+    from acpsearch.service.study import KIND
 
     storage = optuna.storages.RDBStorage(url)
     try:
@@ -160,7 +161,6 @@ def test_exported_files_run_without_acpsearch_and_give_load_models_codes(exporte
     import numpy as np
 
     import acpsearch
-
     from acpsearch.hashing import load_dataset
 
     # real digits images (the first 40, normalised as the network was trained on them) and noise
@@ -170,9 +170,23 @@ def test_exported_files_run_without_acpsearch_and_give_load_models_codes(exporte
     x = torch.cat([imgs, noise]).numpy().astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "y.npz"
-    proc = subprocess.run([sys.executable, "-I", "-c", NO_ACPSEARCH, str(exported["torchscript"][0]),
-                           str(exported["onnx"][0]), str(exported["pt2"][0]), str(tmp_path / "x.npy"), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            NO_ACPSEARCH,
+            str(exported["torchscript"][0]),
+            str(exported["onnx"][0]),
+            str(exported["pt2"][0]),
+            str(tmp_path / "x.npy"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info == {"onnx": 16, "pt2": 16, "modules": []}
@@ -187,8 +201,10 @@ def test_exported_files_run_without_acpsearch_and_give_load_models_codes(exporte
 
 
 def test_bad_format_is_one_line_naming_the_flag(env, tmp_path, capsys):
-    for argv in (["export", "exp", "--storage", env.url, "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
-                 ["prune", str(env.base), "--keep", "0.5", "--format", "onnx2", "--out", str(tmp_path / "m.tflite")]):
+    for argv in (
+        ["export", "exp", "--storage", env.url, "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
+        ["prune", str(env.base), "--keep", "0.5", "--format", "onnx2", "--out", str(tmp_path / "m.tflite")],
+    ):
         capsys.readouterr()
         assert run(argv) == 2
         err = capsys.readouterr().err
@@ -232,8 +248,13 @@ def branchy(env, tmp_path, monkeypatch) -> SimpleNamespace:
     monkeypatch.syspath_prepend(str(tmp_path))
     import branchy_net
 
-    ckpt = save_checkpoint(tmp_path / "branchy.pt", branchy_net.make(), {"factory": "branchy_net:make", "kwargs": {}},
-                           [1, 1, 8, 8], meta={"dataset": "digits"})
+    ckpt = save_checkpoint(
+        tmp_path / "branchy.pt",
+        branchy_net.make(),
+        {"factory": "branchy_net:make", "kwargs": {}},
+        [1, 1, 8, 8],
+        meta={"dataset": "digits"},
+    )
     url = f"sqlite:///{tmp_path / 'b.db'}"
     _study(url, "branchy", ckpt)
     return SimpleNamespace(url=url, ckpt=ckpt, dir=tmp_path)
@@ -276,8 +297,9 @@ def test_library_export_model_and_its_tolerance(env, tmp_path):
 
     assert acpsearch.export_model is export_model
     model = acpsearch.load_model(env.pruned)
-    rep = acpsearch.export_model(model, tmp_path / "m.onnx", "onnx", torch.zeros(1, 1, 8, 8),
-                                 {"source": {"note": "library"}})
+    rep = acpsearch.export_model(
+        model, tmp_path / "m.onnx", "onnx", torch.zeros(1, 1, 8, 8), {"source": {"note": "library"}}
+    )
     assert rep["verification"]["max_abs_diff"] <= 1e-4 and rep["metadata"]["source"] == {"note": "library"}
     assert "preprocess" not in rep["metadata"]  # only what the caller gives (or the checkpoint has)
     assert rep["exporter"] == "torch.onnx.export(dynamo=True, opset 18)"
@@ -295,13 +317,30 @@ def test_library_export_model_and_its_tolerance(env, tmp_path):
 
 def test_benchmark_in_the_files_own_runtime(exported, env, capsys):
     path = env.root / "bench.onnx"
-    code, res = _json_run(capsys, ["export", "exp", "--storage", env.url, "--format", "onnx", "--out", str(path),
-                                   "--benchmark", "--rounds", "7", "--batch", "4"])
+    code, res = _json_run(
+        capsys,
+        [
+            "export",
+            "exp",
+            "--storage",
+            env.url,
+            "--format",
+            "onnx",
+            "--out",
+            str(path),
+            "--benchmark",
+            "--rounds",
+            "7",
+            "--batch",
+            "4",
+        ],
+    )
     assert code == 0, res
     b = res["benchmark"]
     assert b["format"] == "onnx" and b["batch"] == 4 and b["threads"] == 1 and b["rounds"] == 7
-    assert set(b["latency"]) == {"eager", "onnx"} and all(v["median_ms"] > 0 and v["rounds"] == 7
-                                                          for v in b["latency"].values())
+    assert set(b["latency"]) == {"eager", "onnx"} and all(
+        v["median_ms"] > 0 and v["rounds"] == 7 for v in b["latency"].values()
+    )
     code, res = _json_run(capsys, ["bench", str(exported["torchscript"][0]), "--rounds", "5"])
     assert code == 0 and res["format"] == "torchscript" and res["eager_checkpoint"] == str(env.pruned)
     assert set(res["latency"]) == {"eager", "torchscript"}
@@ -313,8 +352,9 @@ def test_benchmark_in_the_files_own_runtime(exported, env, capsys):
 
 
 def test_prune_format_writes_a_deployable_file(env, tmp_path, capsys):
-    code, res = _json_run(capsys, ["prune", str(env.base), "--keep", "0.5", "--format", "torchscript",
-                                   "--out", str(tmp_path / "p.ts")])
+    code, res = _json_run(
+        capsys, ["prune", str(env.base), "--keep", "0.5", "--format", "torchscript", "--out", str(tmp_path / "p.ts")]
+    )
     assert code == 0 and res["format"] == "torchscript" and res["verification"]["max_abs_diff"] <= 1e-4
     extra = {"acpsearch.json": ""}
     m = torch.jit.load(str(tmp_path / "p.ts"), _extra_files=extra)
@@ -332,8 +372,7 @@ def test_export_a_finished_study(finished_studies, tmp_path, capsys):
 
     fs = finished_studies
     out = tmp_path / "winner.onnx"
-    code, res = _json_run(capsys, ["export", "tiny-a", "--storage", fs["url"], "--format", "onnx",
-                                   "--out", str(out)])
+    code, res = _json_run(capsys, ["export", "tiny-a", "--storage", fs["url"], "--format", "onnx", "--out", str(out)])
     assert code == 0 and out.is_file() and res["verification"]["max_abs_diff"] <= 1e-4
     assert res["metadata"]["source"]["study"] == "tiny-a" and res["metadata"]["code_length"] == 16
     from acpsearch.export import load_exported
@@ -362,10 +401,27 @@ def test_write_failure_is_one_line_naming_out_and_leaves_nothing(exported, env, 
     for fmt in FORMATS:
         assert exported[fmt][0].stat().st_size > 200 * 1024
         target = tmp_path / f"m.{fmt}"
-        res = subprocess.run([sys.executable, "-c", "import sys; from acpsearch.cli import main; main()", "export",
-                              "exp", "--storage", env.url, "--format", fmt, "--out", str(target)],
-                             capture_output=True, text=True, timeout=300, env=env_vars, cwd=tmp_path,
-                             preexec_fn=limit)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from acpsearch.cli import main; main()",
+                "export",
+                "exp",
+                "--storage",
+                env.url,
+                "--format",
+                fmt,
+                "--out",
+                str(target),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env_vars,
+            cwd=tmp_path,
+            preexec_fn=limit,
+        )
         assert res.returncode == 2, res.stderr[-2000:]
         assert re.fullmatch(re.escape(f"error: --out: cannot write '{target}' (File too large)") + "\n", res.stderr)
         assert list(tmp_path.iterdir()) == []

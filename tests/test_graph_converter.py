@@ -1,8 +1,10 @@
 """ChannelGraph structure: coupling groups per op family, frozen dims, hash layer, exports, speed."""
+
 from __future__ import annotations
 
 import time
 
+import archs
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,6 @@ from torch import nn
 
 import acpsearch as acp
 from acpsearch.graph.features import FEATURE_NAMES
-
-import archs
 
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(2))
 
@@ -59,8 +59,13 @@ def test_concat_inputs_mapped_by_index():
 def test_depthwise_and_squeeze_excitation_coupling():
     m, g = graph("mobilenet_v3")
     grp = group_with(g, "features.4.block.0.0")
-    assert {"features.4.block.1.0", "features.4.block.1.1", "features.4.block.2.fc2",
-            "features.4.block.2.fc1", "features.4.block.3.0"} <= set(grp.modules)
+    assert {
+        "features.4.block.1.0",
+        "features.4.block.1.1",
+        "features.4.block.2.fc2",
+        "features.4.block.2.fc1",
+        "features.4.block.3.0",
+    } <= set(grp.modules)
     se_hidden = group_with(g, "features.4.block.2.fc1")
     p = acp.prune(m, acp.PruningStrategy(g, {grp.name: 0.5, se_hidden.name: 0.5}), X)
     blk = p.features[4].block
@@ -90,10 +95,10 @@ def test_literal_view_and_unknown_ops_freeze():
             self.fc = nn.Linear(24, 4)
 
         def forward(self, x):
-            y = torch.roll(self.a(x), 1, dims=1)          # unknown op on channels
-            z = self.b(x) + torch.ones(1, 16, 1, 1)       # constant with literal channels
-            u, v = self.c(y + z).split([8, 8], dim=1)     # literal split sizes
-            w = self.d(z)                                 # z frozen, w's own channels stay prunable
+            y = torch.roll(self.a(x), 1, dims=1)  # unknown op on channels
+            z = self.b(x) + torch.ones(1, 16, 1, 1)  # constant with literal channels
+            u, v = self.c(y + z).split([8, 8], dim=1)  # literal split sizes
+            w = self.d(z)  # z frozen, w's own channels stay prunable
             return self.fc(torch.cat([u, w[:, :8], v[:, :8]], 1).mean([2, 3]))
 
     o = Odd()
@@ -113,9 +118,9 @@ def test_dynamic_slice_and_attention_pooling_freeze_only_what_they_touch():
 
         def forward(self, x):
             y = self.a(x)
-            y = self.b(y[:, : y.size(1) // 2])            # slice bound computed from the shape
+            y = self.b(y[:, : y.size(1) // 2])  # slice bound computed from the shape
             z = self.c(F.relu(y))
-            w = torch.softmax(z.flatten(2), dim=-1)       # softmax over space: channels untouched
+            w = torch.softmax(z.flatten(2), dim=-1)  # softmax over space: channels untouched
             return self.fc((w * z.flatten(2)).sum(-1))
 
     m = Dyn()
@@ -158,8 +163,13 @@ def test_grouped_conv_sets_divisor_and_concat_fed_grouped_conv_is_frozen():
 def test_convnext_layer_scale_and_layernorm():
     m, g = graph("convnext")
     chain = g.group(next(gr.name for gr in g.groups if "stages.0.0.gamma" in gr.modules))
-    assert {"stages.0.0.dwconv", "stages.0.0.norm", "stages.0.0.pwconv2",
-            "downsample_layers.0.1.weight", "downsample_layers.1.0.bias"} <= set(chain.modules)
+    assert {
+        "stages.0.0.dwconv",
+        "stages.0.0.norm",
+        "stages.0.0.pwconv2",
+        "downsample_layers.0.1.weight",
+        "downsample_layers.1.0.bias",
+    } <= set(chain.modules)
     p = acp.prune(m, acp.PruningStrategy(g, {chain.name: 0.5}), X)
     blk = p.stages[0][0]
     assert blk.gamma.shape == (4,) and blk.norm.normalized_shape == (4,) and blk.dwconv.groups == 4
@@ -175,7 +185,7 @@ def test_binary_conv_subclass_is_a_leaf():
 
 def test_hash_layer_detection():
     assert graph("squeezenet")[1].hash_layer == "classifier.1"  # a Conv produces the code
-    assert graph("vgg_tuple")[1].hash_layer == "hash"            # tuple output: last element
+    assert graph("vgg_tuple")[1].hash_layer == "hash"  # tuple output: last element
     assert graph("mobilenet_v2")[1].hash_layer == "classifier.1"
 
 

@@ -1,5 +1,6 @@
 """Loaders (real digits / mnist5k / fashion-mnist files, user-format fixtures built in tmp_path)
 and the seeded split protocol."""
+
 from __future__ import annotations
 
 import pickle
@@ -31,8 +32,9 @@ def test_mnist5k_is_shuffled():
     assert len(torch.unique(ds.labels[:500])) == 10
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-                    reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_reads_the_real_idx_files():
     ds = load_dataset("fashion-mnist")
     assert ds.images.shape == (70000, 1, 28, 28)
@@ -50,6 +52,7 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
 def test_fashion_mnist_truncated_file(tmp_path):
     import gzip
     import shutil
+
     for f in FASHION_MNIST_DIR.glob("*labels*"):
         shutil.copy(f, tmp_path / f.name)
     for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
@@ -65,8 +68,11 @@ def _write_cifar(root: Path, per_batch: int = 30) -> None:
     rng = np.random.default_rng(0)
     root.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in np.arange(per_batch) % 10], b"batch_label": b"x"}
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in np.arange(per_batch) % 10],
+            b"batch_label": b"x",
+        }
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
 
@@ -88,6 +94,7 @@ def test_cifar10_errors(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     with open(tmp_path / "c" / "test_batch", "wb") as f:
         pickle.dump({b"data": Evil(), b"labels": []}, f)
     with pytest.raises(DataError, match="not allowed"):
@@ -96,6 +103,7 @@ def test_cifar10_errors(tmp_path):
 
 def test_folder_of_png_and_npy(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for cls in ("cat", "dog", "emu"):
         (tmp_path / cls).mkdir()
@@ -216,26 +224,33 @@ def test_check_arrays_passes_good_arrays_unchanged():
     assert np.array_equal(cy, mh > 0) and ids is None
 
 
-@pytest.mark.parametrize("images,labels,message", [
-    (np.array([[[object()]]] * 4, dtype=object), np.arange(4) % 2, "images holds Python objects (object)"),
-    (np.full((4, 2, 2), "a"), np.arange(4) % 2, "images holds strings (<U1)"),
-    (np.zeros((4, 2, 2), np.complex64), np.arange(4) % 2, "images holds complex numbers (complex64)"),
-    (np.zeros((4, 8)), np.arange(4) % 2, "images must be (N, H, W) or (N, C, H, W), got shape (4, 8)"),
-    (np.zeros((4, 1, 1, 8, 8)), np.arange(4) % 2, "got shape (4, 1, 1, 8, 8)"),
-    (np.zeros((0, 8, 8)), np.zeros(0, int), "no images (images has shape (0, 1, 8, 8))"),
-    (np.zeros((2, 65, 2, 2)), np.arange(2), "images has 65 channels, must be 1 to 64"),
-    (np.zeros((2, 1, 1, 4097)), np.arange(2), "images are 1x4097, each side must be 1 to 4096 pixels"),
-    (np.zeros((4, 0, 3)), np.arange(4) % 2, "images are 0x3"),
-    (np.zeros((4, 8, 8)), np.arange(3), "labels must be (N,) class ids or (N, C) multi-hot for N=4 images, got shape (3,)"),
-    (np.zeros((4, 8, 8)), np.zeros((4, 2, 2), int), "got shape (4, 2, 2)"),
-    (np.zeros((4, 8, 8)), np.array(5), "got shape ()"),
-    (np.zeros((4, 8, 8)), np.array([0.0, 1.0, 0.0, 1.0]), "labels holds floats (float64), not integer class ids"),
-    (np.zeros((4, 8, 8)), np.array(["a", "b", "a", "b"]), "labels holds strings (<U1), not integer class ids"),
-    (np.zeros((4, 8, 8)), np.array([0, 1, -2, 1]), "labels[2] is -2; class ids must be non-negative integers"),
-    (np.zeros((4, 8, 8)), np.array([3, 3, 3, 3]), "all 4 images are of one class (3); retrieval needs at least 2"),
-    (np.zeros((4, 8, 8)), np.ones((4, 1)), "labels is multi-hot with 1 class column(s)"),
-    (np.zeros((4, 8, 8)), np.array([[0, 1], [1, np.nan], [0, 1], [1, 0]]), "labels[1] has a non-finite value"),
-])
+@pytest.mark.parametrize(
+    "images,labels,message",
+    [
+        (np.array([[[object()]]] * 4, dtype=object), np.arange(4) % 2, "images holds Python objects (object)"),
+        (np.full((4, 2, 2), "a"), np.arange(4) % 2, "images holds strings (<U1)"),
+        (np.zeros((4, 2, 2), np.complex64), np.arange(4) % 2, "images holds complex numbers (complex64)"),
+        (np.zeros((4, 8)), np.arange(4) % 2, "images must be (N, H, W) or (N, C, H, W), got shape (4, 8)"),
+        (np.zeros((4, 1, 1, 8, 8)), np.arange(4) % 2, "got shape (4, 1, 1, 8, 8)"),
+        (np.zeros((0, 8, 8)), np.zeros(0, int), "no images (images has shape (0, 1, 8, 8))"),
+        (np.zeros((2, 65, 2, 2)), np.arange(2), "images has 65 channels, must be 1 to 64"),
+        (np.zeros((2, 1, 1, 4097)), np.arange(2), "images are 1x4097, each side must be 1 to 4096 pixels"),
+        (np.zeros((4, 0, 3)), np.arange(4) % 2, "images are 0x3"),
+        (
+            np.zeros((4, 8, 8)),
+            np.arange(3),
+            "labels must be (N,) class ids or (N, C) multi-hot for N=4 images, got shape (3,)",
+        ),
+        (np.zeros((4, 8, 8)), np.zeros((4, 2, 2), int), "got shape (4, 2, 2)"),
+        (np.zeros((4, 8, 8)), np.array(5), "got shape ()"),
+        (np.zeros((4, 8, 8)), np.array([0.0, 1.0, 0.0, 1.0]), "labels holds floats (float64), not integer class ids"),
+        (np.zeros((4, 8, 8)), np.array(["a", "b", "a", "b"]), "labels holds strings (<U1), not integer class ids"),
+        (np.zeros((4, 8, 8)), np.array([0, 1, -2, 1]), "labels[2] is -2; class ids must be non-negative integers"),
+        (np.zeros((4, 8, 8)), np.array([3, 3, 3, 3]), "all 4 images are of one class (3); retrieval needs at least 2"),
+        (np.zeros((4, 8, 8)), np.ones((4, 1)), "labels is multi-hot with 1 class column(s)"),
+        (np.zeros((4, 8, 8)), np.array([[0, 1], [1, np.nan], [0, 1], [1, 0]]), "labels[1] has a non-finite value"),
+    ],
+)
 def test_check_arrays_refuses_bad_arrays_naming_the_source(images, labels, message):
     with pytest.raises(DataError) as exc:
         _check_arrays(images, labels, SRC)
@@ -250,8 +265,10 @@ def test_check_arrays_names_the_first_non_finite_pixel_and_its_file(bad):
     x[5, 0, 0, 0] = np.nan  # a later one is not the one reported
     with pytest.raises(DataError) as exc:
         _check_arrays(x, np.arange(6) % 2, SRC, where=lambda i: f"'img{i}.npy'")
-    assert str(exc.value) == (f"{SRC}: images[4] ('img4.npy') has a non-finite value ({np.float32(bad)}) at index "
-                              "(0, 2, 3) (channel, row, column); every pixel must be a finite number")
+    assert str(exc.value) == (
+        f"{SRC}: images[4] ('img4.npy') has a non-finite value ({np.float32(bad)}) at index "
+        "(0, 2, 3) (channel, row, column); every pixel must be a finite number"
+    )
 
 
 def test_check_arrays_size_cap(monkeypatch):
@@ -267,11 +284,11 @@ def test_sparse_label_ids_are_remapped_and_split_like_dense_ones(tmp_path):
     rng = np.random.default_rng(5)
     x = rng.integers(0, 256, (80, 6, 6), dtype=np.uint8)
     dense = np.arange(80) % 4
-    sparse = np.array([1, 3, 4, 2 ** 40])[dense]
+    sparse = np.array([1, 3, 4, 2**40])[dense]
     np.savez(tmp_path / "dense.npz", X=x, y=dense)
     np.savez(tmp_path / "sparse.npz", X=x, y=sparse)
     a, b = load_dataset("npz", str(tmp_path / "dense.npz")), load_dataset("npz", str(tmp_path / "sparse.npz"))
-    assert b.num_classes == 4 and b.class_ids == [1, 3, 4, 2 ** 40] and a.class_ids == [0, 1, 2, 3]
+    assert b.num_classes == 4 and b.class_ids == [1, 3, 4, 2**40] and a.class_ids == [0, 1, 2, 3]
     assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
     sa, sb = make_splits(a, 3, 8, 2, seed=3), make_splits(b, 3, 8, 2, seed=3)
     for part in ("query", "train", "val", "database"):
@@ -285,7 +302,7 @@ def test_make_splits_skips_empty_classes_without_looping_over_them():
     """A data set built by hand whose num_classes is huge and mostly empty: the classes with images only."""
     x = torch.zeros(40, 1, 2, 2)
     labels = torch.tensor([0, 7] * 20)
-    ds = Dataset(x, labels, "hand", num_classes=2 ** 40)
+    ds = Dataset(x, labels, "hand", num_classes=2**40)
     sp = make_splits(ds, 2, 5, 1, seed=0)
     assert sp.sizes() == {"query": 4, "train": 10, "val": 2, "database": 24}
 
@@ -317,8 +334,10 @@ def test_folder_bad_files_name_the_file(tmp_path):
     bad = tmp_path / "a" / "z.npy"
     cases = [
         (lambda: bad.write_bytes(b"\x00garbage" * 20), "is not an .npy file (no NumPy header)"),
-        (lambda: np.save(bad, np.array([1, None], dtype=object), allow_pickle=True),
-         "holds Python objects (object), not numbers"),
+        (
+            lambda: np.save(bad, np.array([1, None], dtype=object), allow_pickle=True),
+            "holds Python objects (object), not numbers",
+        ),
         (lambda: np.save(bad, np.zeros(5)), "is a 1-D array of shape (5,)"),
         (lambda: np.save(bad, np.zeros((8, 8), np.complex64)), "holds complex numbers"),
         (lambda: np.savez(bad.open("wb"), X=np.zeros(3)), "is not an .npy file"),
@@ -331,9 +350,12 @@ def test_folder_bad_files_name_the_file(tmp_path):
     bad.unlink()
     # .npy headers claiming more than the file holds: refused before anything is allocated
     import io
-    for shape, message in (((10 ** 6, 10 ** 6), "has shape (1000000, 1000000); an image needs"),
-                           ((1000, 1000), "is truncated (64 of 8000000 bytes of data)"),
-                           ((2, 3, 4, 5), "is a 4-D array of shape (2, 3, 4, 5)")):
+
+    for shape, message in (
+        ((10**6, 10**6), "has shape (1000000, 1000000); an image needs"),
+        ((1000, 1000), "is truncated (64 of 8000000 bytes of data)"),
+        ((2, 3, 4, 5), "is a 4-D array of shape (2, 3, 4, 5)"),
+    ):
         head = io.BytesIO()
         np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
         bad.write_bytes(head.getvalue() + b"\0" * 64)
@@ -345,8 +367,12 @@ def test_folder_bad_files_name_the_file(tmp_path):
         load_dataset("folder", str(tmp_path))
     # good .npy images: (H, W), (C, H, W) and (H, W, C) are read as (C, H, W), values unchanged
     img = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
-    for stored, expected in ((img[:, :, 0], img[None, :, :, 0]), (img.transpose(2, 0, 1), img.transpose(2, 0, 1)),
-                             (img, img.transpose(2, 0, 1)), (img.astype(np.float16), img.transpose(2, 0, 1))):
+    for stored, expected in (
+        (img[:, :, 0], img[None, :, :, 0]),
+        (img.transpose(2, 0, 1), img.transpose(2, 0, 1)),
+        (img, img.transpose(2, 0, 1)),
+        (img.astype(np.float16), img.transpose(2, 0, 1)),
+    ):
         np.save(bad, stored)
         got = data_mod._read_image(bad, None)
         assert got.shape == expected.shape and np.array_equal(got, expected)
@@ -413,6 +439,7 @@ def test_npz_values_too_large_to_normalise(tmp_path):
 
 def _npy_bytes(shape, descr):
     import io
+
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, {"descr": descr, "fortran_order": False, "shape": shape})
     return head.getvalue()
@@ -446,10 +473,10 @@ def test_fashion_mnist_idx_reads_no_more_than_its_header_says(tmp_path):
             g.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(range(10)))
     assert load_dataset("fashion-mnist", str(tmp_path)).images.shape == (20, 1, 4, 4)
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "ab") as g:
-        g.write(b"\0" * 10 ** 6)  # more than the header's shape
+        g.write(b"\0" * 10**6)  # more than the header's shape
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz' has more data than its header's shape"):
         load_dataset("fashion-mnist", str(tmp_path))
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as g:
-        g.write(bytes([0, 0, 8, 3]) + (2 ** 31).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2)
+        g.write(bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2)
     with pytest.raises(DataError, match=r"declares 34359738368 values \(2147483648, 4, 4\), more than 2147483648"):
         load_dataset("fashion-mnist", str(tmp_path))

@@ -1,4 +1,5 @@
 """Hash centres, the three losses' definitions, and that each one trains a small net on digits."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Metrics against hand-computed examples (ties, multi-label, no relevant item, top-k) and a
 brute-force reference on random data across chunk boundaries."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,8 @@ def test_multi_label_relevance_is_sharing_a_label():
 def test_torch_inputs_and_real_valued_codes_are_signed():
     h = torch.tensor(DB) * 0.3  # continuous outputs: sign gives the same codes
     assert mean_average_precision(torch.tensor(Q), h, torch.tensor([0]), torch.tensor(DB_Y)) == pytest.approx(
-        (1 / 2 + 2 / 3 + 3 / 5) / 3, abs=1e-6)
+        (1 / 2 + 2 / 3 + 3 / 5) / 3, abs=1e-6
+    )
 
 
 def test_precision_at_n_hand_computed():

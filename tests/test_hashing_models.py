@@ -1,5 +1,6 @@
 """Zoo models: forward + backward at several sizes and channel counts, fx-traceable, hash layer,
 multiples of 8 in MobileNetV2, one-line errors, HashHead on any backbone."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Training / encoding / evaluation on digits, fine-tuning hooks, checkpoint round trip."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,15 @@ from torch import nn
 import acpsearch
 from acpsearch.errors import SpecError
 from acpsearch.hashing import (
-    checkpoint_meta, create_model, encode, evaluate, load_dataset, make_splits, save_zoo_checkpoint,
-    train_hash_net, validation_map,
+    checkpoint_meta,
+    create_model,
+    encode,
+    evaluate,
+    load_dataset,
+    make_splits,
+    save_zoo_checkpoint,
+    train_hash_net,
+    validation_map,
 )
 from acpsearch.hashing.train import augment_batch
 
@@ -48,8 +56,19 @@ def test_encode_gives_pm1_codes(splits):
     assert codes.shape == (200, 12) and set(codes.unique().tolist()) <= {-1.0, 1.0}
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device (the GPU path ran in benchmarks/structure_sweep.py)"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(),
+                reason="no CUDA device (the GPU path ran in benchmarks/structure_sweep.py)",
+            ),
+        ),
+    ],
+)
 def test_training_runs_on_the_models_device(splits, device):
     from acpsearch.hashing.train import model_device
 
@@ -78,8 +97,9 @@ class TupleNet(nn.Module):
 
 def test_tuple_output_callback_stop_and_max_batches(splits):
     seen = []
-    res = train_hash_net(TupleNet(), splits, epochs=10, progress=False,
-                         callback=lambda e, v: seen.append((e, v)) or e >= 3)
+    res = train_hash_net(
+        TupleNet(), splits, epochs=10, progress=False, callback=lambda e, v: seen.append((e, v)) or e >= 3
+    )
     assert [e for e, _ in seen] == [1, 2, 3] and res.epochs_run == 3 and res.stopped_early
     assert all(0 <= v <= 1 for _, v in seen)
     res2 = train_hash_net(TupleNet(), splits, epochs=10, batch_size=100, max_batches=25, progress=False)
@@ -121,8 +141,16 @@ def test_distillation_keeps_the_students_codes_near_the_teachers(splits):
     def student(distill: float) -> float:
         torch.manual_seed(5)
         net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
-        res = train_hash_net(net, splits, epochs=6, batch_size=64, seed=1, progress=False,
-                             teacher=teacher if distill else None, distill=distill)
+        res = train_hash_net(
+            net,
+            splits,
+            epochs=6,
+            batch_size=64,
+            seed=1,
+            progress=False,
+            teacher=teacher if distill else None,
+            distill=distill,
+        )
         return float((encode(res.model, splits.query[0]) == t_codes).float().mean())
 
     plain, distilled = student(0.0), student(20.0)
@@ -140,7 +168,7 @@ def test_augment_batch_shifts_and_flips():
         ok = False
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                shifted = torch.nn.functional.pad(x[i], (1, 1, 1, 1))[:, 1 + dy:5 + dy, 1 + dx:5 + dx]
+                shifted = torch.nn.functional.pad(x[i], (1, 1, 1, 1))[:, 1 + dy : 5 + dy, 1 + dx : 5 + dx]
                 ok |= torch.equal(shifted, y[i])
         assert ok
     flips = augment_batch(x.repeat(50, 1, 1, 1), g, pad=0, hflip=True)

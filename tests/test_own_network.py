@@ -5,6 +5,7 @@ The end-to-end test goes through the real CLI (`submit`, `run`) with real SQLite
 session of the test run) and real data (sklearn digits, 8x8). The unit tests check the pieces:
 state-dict loading variants, the spec checked against an acpsearch checkpoint, and the space's
 exclude / bounds / round_to."""
+
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 from torch import nn
 
 from acpsearch.errors import AcpError, CheckpointError, SpecError
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 
 pytestmark = [
     pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
@@ -100,8 +101,8 @@ def test_own_network_from_a_plain_state_dict_end_to_end(tmp_path, ray_session, m
     FLOPs budget and the excluded layer keeps every channel."""
     from acpsearch.checkpoint import read_checkpoint
     from acpsearch.cli import run
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     project = tmp_path / "project"
     mod_path = write_module(project, "own_hashnet_e2e")
@@ -109,15 +110,23 @@ def test_own_network_from_a_plain_state_dict_end_to_end(tmp_path, ray_session, m
     torch.save(net.state_dict(), project / "own.pt")  # what every training script writes
 
     spec = copy.deepcopy(TINY_SPEC)
-    spec.update({
-        "name": "own-net",
-        "model": {"factory": "own_hashnet_e2e:make", "kwargs": {"width": 16}, "bits": 16, "checkpoint": "own.pt"},
-        "budget": {"flops": 0.5},
-        "space": {"step": 0.25, "min_keep": 0.25, "exclude": ["features.0"], "round_to": 2},
-        "search": {"candidates": 6, "sampler": "random", "workers": 1, "seed": 0, "ranker": "l1_retained",
-                   "rounds": 1},
-        "finetune": {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None},
-    })
+    spec.update(
+        {
+            "name": "own-net",
+            "model": {"factory": "own_hashnet_e2e:make", "kwargs": {"width": 16}, "bits": 16, "checkpoint": "own.pt"},
+            "budget": {"flops": 0.5},
+            "space": {"step": 0.25, "min_keep": 0.25, "exclude": ["features.0"], "round_to": 2},
+            "search": {
+                "candidates": 6,
+                "sampler": "random",
+                "workers": 1,
+                "seed": 0,
+                "ranker": "l1_retained",
+                "rounds": 1,
+            },
+            "finetune": {"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None},
+        }
+    )
     (project / "own.yaml").write_text(yaml.safe_dump(spec))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -144,8 +153,9 @@ def test_own_network_from_a_plain_state_dict_end_to_end(tmp_path, ray_session, m
 
     pruned = model_from_checkpoint(ck, allow_factories=["own_hashnet_e2e"])
     assert pruned.features[0].out_channels == 16
-    full = ChannelGraph.from_model(load_module(mod_path, "own_hashnet_e2e_check").make(bits=16, width=16),
-                                   torch.zeros(1, 1, 8, 8)).cost()
+    full = ChannelGraph.from_model(
+        load_module(mod_path, "own_hashnet_e2e_check").make(bits=16, width=16), torch.zeros(1, 1, 8, 8)
+    ).cost()
     cost = ChannelGraph.from_model(pruned, torch.zeros(1, 1, 8, 8)).cost()
     assert cost.flops <= 0.5 * full.flops
     assert winner["flops_ratio"] <= 0.5 + 1e-9
@@ -161,7 +171,7 @@ def own_module(tmp_path, monkeypatch):
 
 
 def _spec(tmp_path: Path, model: dict[str, Any], space: dict[str, Any] | None = None) -> Any:
-    from acpsearch.spec import load_spec
+    from acpsearch.service.spec import load_spec
 
     data = copy.deepcopy(TINY_SPEC)
     data["model"] = model
@@ -174,7 +184,7 @@ def _spec(tmp_path: Path, model: dict[str, Any], space: dict[str, Any] | None = 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "checkpoint_dict"])
 def test_plain_state_dict_variants_load(wrap, tmp_path, own_module):
-    from acpsearch.search.pipeline import read_base_checkpoint
+    from acpsearch.service.pipeline import read_base_checkpoint
 
     net = own_module.make(bits=16, width=8)
     sd = net.state_dict()
@@ -186,8 +196,9 @@ def test_plain_state_dict_variants_load(wrap, tmp_path, own_module):
         "checkpoint_dict": {"epoch": 2, "state_dict": {f"module.{k}": v for k, v in sd.items()}},
     }[wrap]
     torch.save(obj, tmp_path / "w.pt")
-    spec = _spec(tmp_path, {"factory": "own_hashnet_unit:make", "kwargs": {"width": 8}, "bits": 16,
-                            "checkpoint": "w.pt"})
+    spec = _spec(
+        tmp_path, {"factory": "own_hashnet_unit:make", "kwargs": {"width": 8}, "bits": 16, "checkpoint": "w.pt"}
+    )
     ckpt = read_base_checkpoint(spec, (1, 8, 8))
     assert ckpt["model"] == {"factory": "own_hashnet_unit:make", "kwargs": {"width": 8}}
     assert ckpt["input_shape"] == [1, 1, 8, 8]  # from the data set
@@ -197,7 +208,7 @@ def test_plain_state_dict_variants_load(wrap, tmp_path, own_module):
 
 def test_plain_state_dict_of_a_zoo_network(tmp_path):
     from acpsearch.hashing import create_model
-    from acpsearch.search.pipeline import read_base_checkpoint
+    from acpsearch.service.pipeline import read_base_checkpoint
 
     net = create_model("resnet20", bits=16, in_channels=1, image_size=8)
     torch.save(net.state_dict(), tmp_path / "r.pt")
@@ -206,13 +217,16 @@ def test_plain_state_dict_of_a_zoo_network(tmp_path):
     assert ckpt["model"]["zoo"] == "resnet20" and ckpt["model"]["kwargs"]["bits"] == 16
 
 
-@pytest.mark.parametrize("change,expect", [
-    ("width", "'features.0.weight' has shape [8, 1, 3, 3] in the file, the network expects [16, 1, 3, 3]"),
-    ("drop", "missing key 'hash.bias'"),
-    ("extra", "unexpected key 'extra.weight'"),
-])
+@pytest.mark.parametrize(
+    "change,expect",
+    [
+        ("width", "'features.0.weight' has shape [8, 1, 3, 3] in the file, the network expects [16, 1, 3, 3]"),
+        ("drop", "missing key 'hash.bias'"),
+        ("extra", "unexpected key 'extra.weight'"),
+    ],
+)
 def test_state_dict_mismatch_is_one_line_naming_the_key(change, expect, tmp_path, own_module):
-    from acpsearch.search.pipeline import read_base_checkpoint
+    from acpsearch.service.pipeline import read_base_checkpoint
 
     sd = own_module.make(bits=16, width=8).state_dict()
     if change == "drop":
@@ -221,8 +235,9 @@ def test_state_dict_mismatch_is_one_line_naming_the_key(change, expect, tmp_path
         sd["extra.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "w.pt")
     width = 16 if change == "width" else 8
-    spec = _spec(tmp_path, {"factory": "own_hashnet_unit:make", "kwargs": {"width": width}, "bits": 16,
-                            "checkpoint": "w.pt"})
+    spec = _spec(
+        tmp_path, {"factory": "own_hashnet_unit:make", "kwargs": {"width": width}, "bits": 16, "checkpoint": "w.pt"}
+    )
     with pytest.raises(CheckpointError) as exc:
         read_base_checkpoint(spec, (1, 8, 8))
     msg = str(exc.value)
@@ -249,20 +264,30 @@ def zoo_checkpoint(tmp_path_factory):
     return save_checkpoint(path, create_model("resnet20", **kw), {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8])
 
 
-@pytest.mark.parametrize("model,expect", [
-    ({"zoo": "resnet20", "bits": 16}, None),  # equal / omitted: the checkpoint's
-    ({"zoo": "ResNet20", "bits": 16, "kwargs": {"in_channels": 1}}, None),
-    ({"zoo": "resnet20", "bits": 32}, "model.bits: 32 contradicts model.checkpoint '{ck}', whose network has bits=16"),
-    ({"zoo": "resnet20"}, "model.bits: 32 (the default) contradicts"),
-    ({"zoo": "vgg11", "bits": 16}, "model.zoo: 'vgg11' contradicts model.checkpoint '{ck}', whose network is zoo "
-     "'resnet20'"),
-    ({"factory": "own_hashnet_unit:make", "bits": 16}, "model.factory: 'own_hashnet_unit:make' contradicts"),
-    ({"zoo": "resnet20", "bits": 16, "kwargs": {"image_size": 32}},
-     "model.kwargs.image_size: 32 contradicts model.checkpoint '{ck}', whose network has image_size=8"),
-    ({"zoo": "resnet20", "bits": 16, "kwargs": {"width": 2}}, "model.kwargs.width: 2 contradicts"),
-])
+@pytest.mark.parametrize(
+    "model,expect",
+    [
+        ({"zoo": "resnet20", "bits": 16}, None),  # equal / omitted: the checkpoint's
+        ({"zoo": "ResNet20", "bits": 16, "kwargs": {"in_channels": 1}}, None),
+        (
+            {"zoo": "resnet20", "bits": 32},
+            "model.bits: 32 contradicts model.checkpoint '{ck}', whose network has bits=16",
+        ),
+        ({"zoo": "resnet20"}, "model.bits: 32 (the default) contradicts"),
+        (
+            {"zoo": "vgg11", "bits": 16},
+            "model.zoo: 'vgg11' contradicts model.checkpoint '{ck}', whose network is zoo 'resnet20'",
+        ),
+        ({"factory": "own_hashnet_unit:make", "bits": 16}, "model.factory: 'own_hashnet_unit:make' contradicts"),
+        (
+            {"zoo": "resnet20", "bits": 16, "kwargs": {"image_size": 32}},
+            "model.kwargs.image_size: 32 contradicts model.checkpoint '{ck}', whose network has image_size=8",
+        ),
+        ({"zoo": "resnet20", "bits": 16, "kwargs": {"width": 2}}, "model.kwargs.width: 2 contradicts"),
+    ],
+)
 def test_spec_checked_against_the_checkpoint(model, expect, zoo_checkpoint, tmp_path):
-    from acpsearch.search.pipeline import read_base_checkpoint
+    from acpsearch.service.pipeline import read_base_checkpoint
 
     spec = _spec(tmp_path, {**model, "checkpoint": str(zoo_checkpoint)})
     if expect is None:
@@ -275,7 +300,7 @@ def test_spec_checked_against_the_checkpoint(model, expect, zoo_checkpoint, tmp_
 
 # --- factory import path -------------------------------------------------------------------------
 def test_factory_found_in_spec_dir_cwd_and_model_path(tmp_path, monkeypatch):
-    from acpsearch.search.pipeline import build_model
+    from acpsearch.service.pipeline import build_model
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards
     write_module(tmp_path / "spec_dir_mod", "own_in_spec_dir")
@@ -298,7 +323,7 @@ def test_model_path_is_where_to_look_not_what_to_trust(tmp_path, monkeypatch):
     """submit / run look in the spec's model.path; a worker (trust_spec=False) does not take it from
     a stored spec; found modules never shadow installed ones (the directories end up last)."""
     from acpsearch.checkpoint import import_factory
-    from acpsearch.search.pipeline import factory_policy
+    from acpsearch.service.pipeline import factory_policy
 
     monkeypatch.setattr(sys, "path", list(sys.path))
     write_module(tmp_path / "libs", "own_path_trust")
@@ -309,11 +334,11 @@ def test_model_path_is_where_to_look_not_what_to_trust(tmp_path, monkeypatch):
     assert worker.paths == () and not worker.allows("own_path_trust:make")
     before = list(sys.path)
     assert callable(import_factory("own_path_trust:make", search=mine.paths))
-    assert sys.path[:len(before)] == before and mine.paths[0] in sys.path[len(before):]
+    assert sys.path[: len(before)] == before and mine.paths[0] in sys.path[len(before) :]
 
 
 def test_factory_not_found_says_where_it_looked(tmp_path, monkeypatch):
-    from acpsearch.search.pipeline import build_model
+    from acpsearch.service.pipeline import build_model
 
     monkeypatch.setattr(sys, "path", list(sys.path))
     spec = _spec(tmp_path, {"factory": "not_here_mod:make", "bits": 16})
@@ -397,19 +422,28 @@ def test_round_to_and_anchor_respect_the_space(own_graph):
         assert s.round_to == 8 and all(k % 8 == 0 for k in s.kept.values())
     full = own_graph.cost()
     limits = {names[0]: (1.0, 1.0), names[1]: (0.5, 0.75)}
-    s = PruningStrategy.global_magnitude(own_graph, lambda s: own_graph.cost(s).flops <= 0.5 * full.flops,
-                                         min_keep=0.2, round_to=2, bounds=limits)
+    s = PruningStrategy.global_magnitude(
+        own_graph, lambda s: own_graph.cost(s).flops <= 0.5 * full.flops, min_keep=0.2, round_to=2, bounds=limits
+    )
     assert s is not None and s.kept[names[0]] == 16 and 16 <= s.kept[names[1]] <= 24
     assert all(k % 2 == 0 for k in s.kept.values()) and own_graph.cost(s).flops <= 0.5 * full.flops
 
 
 def test_make_space_reads_the_spec(tmp_path, own_module, own_graph):
-    from acpsearch.search.pipeline import make_space
+    from acpsearch.service.pipeline import make_space
 
     names = [g.name for g in own_graph.groups]
-    spec = _spec(tmp_path, {"factory": "own_hashnet_unit:make", "bits": 16},
-                 space={"step": 0.25, "min_keep": 0.25, "exclude": ["features.0"], "bounds": {names[1]: [0.5, 1]},
-                        "round_to": 4})
+    spec = _spec(
+        tmp_path,
+        {"factory": "own_hashnet_unit:make", "bits": 16},
+        space={
+            "step": 0.25,
+            "min_keep": 0.25,
+            "exclude": ["features.0"],
+            "bounds": {names[1]: [0.5, 1]},
+            "round_to": 4,
+        },
+    )
     space = make_space(spec, own_graph)
     assert space.fixed == [names[0]] and space.bounds == {names[1]: (0.5, 1.0)} and space._rt == 4
     d = space.describe()
@@ -420,17 +454,23 @@ def test_make_space_reads_the_spec(tmp_path, own_module, own_graph):
     assert "excluded" not in make_space(old, own_graph).describe()
 
 
-@pytest.mark.parametrize("space,expect", [
-    ({"bounds": {"layer1": [0.5, 1.5]}}, "spec: space.bounds.layer1: must be [min_keep, max_keep] with 0 < min_keep "
-     "<= max_keep <= 1, got [0.5, 1.5]"),
-    ({"bounds": {"layer1": [0.8, 0.5]}}, "spec: space.bounds.layer1: must be [min_keep, max_keep]"),
-    ({"bounds": {"layer1": [0.5]}}, "spec: space.bounds.layer1: must be [min_keep, max_keep]"),
-    ({"round_to": 0}, "spec: space.round_to: must be in [1, 1024], got 0"),
-    ({"exclude": [""]}, "spec: space.exclude: empty module name"),
-    ({"exclude": "layer1"}, "spec: space.exclude: "),
-])
+@pytest.mark.parametrize(
+    "space,expect",
+    [
+        (
+            {"bounds": {"layer1": [0.5, 1.5]}},
+            "spec: space.bounds.layer1: must be [min_keep, max_keep] with 0 < min_keep "
+            "<= max_keep <= 1, got [0.5, 1.5]",
+        ),
+        ({"bounds": {"layer1": [0.8, 0.5]}}, "spec: space.bounds.layer1: must be [min_keep, max_keep]"),
+        ({"bounds": {"layer1": [0.5]}}, "spec: space.bounds.layer1: must be [min_keep, max_keep]"),
+        ({"round_to": 0}, "spec: space.round_to: must be in [1, 1024], got 0"),
+        ({"exclude": [""]}, "spec: space.exclude: empty module name"),
+        ({"exclude": "layer1"}, "spec: space.exclude: "),
+    ],
+)
 def test_space_keys_validated(space, expect, tmp_path):
-    from acpsearch.spec import parse_spec
+    from acpsearch.service.spec import parse_spec
 
     data = copy.deepcopy(TINY_SPEC)
     data["space"] = space
@@ -440,7 +480,7 @@ def test_space_keys_validated(space, expect, tmp_path):
 
 
 def test_stored_specs_without_the_new_keys_still_load():
-    from acpsearch.spec import spec_from_json
+    from acpsearch.service.spec import spec_from_json
 
     old = copy.deepcopy(TINY_SPEC)
     spec = spec_from_json(old)

@@ -3,6 +3,7 @@
 
 The bad-input rows of these causes are in test_bad_inputs.py (block "hardening: processes");
 these are the cases that need a real process, a time bound, or succeed."""
+
 from __future__ import annotations
 
 import copy
@@ -20,10 +21,10 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-
-from acpsearch.cli import run
 from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 from test_bad_inputs import STORED, bare_listener, checkpoint, snapshot, stored  # noqa: F401 - `stored` is a fixture
+
+from acpsearch.cli import run
 
 pytestmark = [
     pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
@@ -37,8 +38,15 @@ ACPSEARCH = Path(sys.executable).parent / "acpsearch"
 def _env(**extra: str) -> dict[str, str]:
     """The environment of an `acpsearch` subprocess: this checkout first on the path (the installed
     `acpsearch` may be another checkout's editable install), one torch thread, Ray quiet."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "ACPSEARCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
-            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ACPSEARCH_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **extra,
+    }
 
 
 def _leftover_tmp(folder: Path) -> list[str]:
@@ -52,8 +60,12 @@ def test_address_not_ray_fails_fast(command, stored, tmp_path, capsys, request):
     (the old code called ray.init, which waited for minutes printing Ray's C++ log lines)."""
     ctx = SimpleNamespace(tmp=tmp_path, finalize=request.addfinalizer)
     port = bare_listener("silent")(ctx)["port"]
-    argv = ([command, STORED] if command == "run" else [command]) + ["--storage", stored.url,
-                                                                    "--address", f"127.0.0.1:{port}"]
+    argv = ([command, STORED] if command == "run" else [command]) + [
+        "--storage",
+        stored.url,
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
     capsys.readouterr()
     t0 = time.monotonic()
     code = run(argv)
@@ -71,7 +83,7 @@ def test_address_probe_accepts_a_grpc_server(request):
     import socket
     import threading
 
-    from acpsearch.search.cluster import _check_reachable
+    from acpsearch.service.cluster import _check_reachable
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -105,15 +117,21 @@ def test_ctrl_c_on_run_exits_130_and_says_how_to_resume(tmp_path):
     """SIGINT to the process group of `acpsearch run NAME` (what Ctrl-C in a terminal does) while the
     study runs: exit 130, the last stderr line says how to resume, the study is 'interrupted' and
     its lease free. (typer returns 130 for a KeyboardInterrupt; the old cli.run ignored it: exit 0.)"""
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPEC), "name": "tiny"}))
     assert run(["submit", str(spec), "--storage", url]) == 0
-    proc = subprocess.Popen([str(ACPSEARCH), "run", "tiny", "--storage", url, "--artifacts", str(tmp_path / "art")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(ACPSEARCH), "run", "tiny", "--storage", url, "--artifacts", str(tmp_path / "art")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while _user_attrs(url, "tiny").get("state") != "running":
@@ -143,7 +161,7 @@ def test_interrupt_exit_status_in_process(stored, monkeypatch, capsys):
     """cli.run returns the status typer returns: Ctrl-C (KeyboardInterrupt) in any command is 130 and
     one line; in `run` the line says how to resume. The study is untouched."""
     import acpsearch.commands.service as service
-    import acpsearch.search.pipeline as pipeline
+    import acpsearch.service.pipeline as pipeline
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
@@ -195,8 +213,15 @@ def test_out_write_failure_leaves_nothing(command, winner_storage, tmp_path):
     else:
         argv = ["export", "w", "--storage", winner_storage.url, "--out", str(target)]
     assert winner_storage.ckpt.stat().st_size > 200_000  # else the limit below would not bite
-    res = subprocess.run([str(ACPSEARCH), *argv], capture_output=True, text=True, timeout=300, env=_env(),
-                         cwd=tmp_path, preexec_fn=_limit_file_size(100 * 1024))
+    res = subprocess.run(
+        [str(ACPSEARCH), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=tmp_path,
+        preexec_fn=_limit_file_size(100 * 1024),
+    )
     lines = res.stderr.splitlines()
     assert res.returncode == 2, res.stderr[-3000:]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
@@ -211,8 +236,15 @@ def test_export_failure_keeps_the_old_file_and_success_replaces_it(winner_storag
     target = tmp_path / "x.pt"
     target.write_bytes(b"previous export")
     argv = ["export", "w", "--storage", winner_storage.url, "--out", str(target)]
-    res = subprocess.run([str(ACPSEARCH), *argv], capture_output=True, text=True, timeout=300, env=_env(),
-                         cwd=tmp_path, preexec_fn=_limit_file_size(100 * 1024))
+    res = subprocess.run(
+        [str(ACPSEARCH), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=tmp_path,
+        preexec_fn=_limit_file_size(100 * 1024),
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     assert target.read_bytes() == b"previous export"
     assert run(argv) == 0
@@ -244,8 +276,10 @@ def small_graph():
     return acp.ChannelGraph.from_model(model, torch.randn(1, 1, 8, 8))
 
 
-@pytest.mark.parametrize("damage", ["[]", "null", "42", '"text"', "{}", '{"nodes": 1}', "{not json",
-                                    b"\xff\xfe garbage", "other-nodes", "nan-tables"])
+@pytest.mark.parametrize(
+    "damage",
+    ["[]", "null", "42", '"text"', "{}", '{"nodes": 1}', "{not json", b"\xff\xfe garbage", "other-nodes", "nan-tables"],
+)
 def test_latency_cache_damaged_entry_is_remeasured(damage, small_graph, tmp_path, monkeypatch):
     """A cache entry that is not a table of this graph (another JSON shape, garbage bytes, another
     network's table, non-finite numbers) is measured again and rewritten, not a traceback."""
@@ -288,5 +322,7 @@ def test_latency_cache_unusable_is_one_error_before_measuring(where, small_graph
         raise AssertionError("measured although the cache cannot be written")
 
     monkeypatch.setattr(latency, "_standalone", timed)
-    with pytest.raises(SpecError, match=re.escape(f"ACPSEARCH_CACHE: cannot write the latency cache in '{where}/latency' (")):
+    with pytest.raises(
+        SpecError, match=re.escape(f"ACPSEARCH_CACHE: cannot write the latency cache in '{where}/latency' (")
+    ):
         latency.LatencyTable.build(small_graph, batch_size=2, fractions=(0.5, 1.0), repeats=1)

@@ -1,18 +1,16 @@
 """Every architecture: random non-uniform strategies prune to working models whose measured cost
 equals the predicted cost, pruning is equivalent to zeroing the pruned channels, the all-1.0
 strategy is the identity, and the input model is never modified."""
+
 from __future__ import annotations
 
+import archs
 import numpy as np
 import pytest
 import torch
 
 import acpsearch as acp
 from acpsearch.pruning import apply_indices
-
-import archs
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -35,7 +33,7 @@ def _zoo_models():
 
     out = {}
     for name in [n for n in MODEL_NAMES if n not in ("resnet32", "resnet56")]:  # same blocks as resnet20
-        out[f"zoo_{name}"] = (lambda n=name: create_model(n, bits=archs.BITS, in_channels=3, image_size=16))
+        out[f"zoo_{name}"] = lambda n=name: create_model(n, bits=archs.BITS, in_channels=3, image_size=16)
     return out
 
 
@@ -78,7 +76,7 @@ def _zeroed(model, g, indices):
                                 per = (size * rep) // grp_n
                                 b, loc = (off + c) // per, (off + c) % per
                                 out_per = t.shape[0] // grp_n
-                                t[b * out_per:(b + 1) * out_per, loc] = 0
+                                t[b * out_per : (b + 1) * out_per, loc] = 0
                             else:
                                 t.narrow(axis, off + c * rep, rep).zero_()
                     off += size * rep

@@ -1,17 +1,17 @@
 """Property: for any ratios, rounding unit and criterion, the pruned model runs, keeps its code
 length, and its measured cost equals the closed-form prediction and cost_batch."""
+
 from __future__ import annotations
 
 import functools
 
+import archs
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import acpsearch as acp
-
-import archs
 
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(3))
 NAMES = ["resnext", "densenet", "mobilenet_v3", "googlenet", "convnext", "shufflenet_v2"]
@@ -27,8 +27,12 @@ def built(name):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(name=st.sampled_from(NAMES), data=st.data(), round_to=st.sampled_from([1, 2, 4, 8]),
-       criterion=st.sampled_from(["l1", "l2", "bn_scale", "fpgm", "random"]))
+@given(
+    name=st.sampled_from(NAMES),
+    data=st.data(),
+    round_to=st.sampled_from([1, 2, 4, 8]),
+    criterion=st.sampled_from(["l1", "l2", "bn_scale", "fpgm", "random"]),
+)
 def test_any_strategy_prunes_exactly(name, data, round_to, criterion):
     m, g, out_shape = built(name)
     ratios = data.draw(st.lists(st.floats(0.01, 1.0), min_size=len(g.groups), max_size=len(g.groups)))

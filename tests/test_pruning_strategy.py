@@ -1,8 +1,10 @@
 """Strategies, criteria, records, save + load_model round trips, the CLI and error paths."""
+
 from __future__ import annotations
 
 import json
 
+import archs
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,6 @@ from torch import nn
 import acpsearch as acp
 from acpsearch.errors import AcpError, CheckpointError, SpecError, UnsupportedModelError
 from acpsearch.pruning import apply_record, make_record, save_pruned
-
-import archs
 
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(1))
 
@@ -195,8 +195,9 @@ def test_cli_inspect_and_prune(tmp_path, capsys, monkeypatch):
     from acpsearch.cli import run
 
     m = archs.make("mobilenet_v2")
-    base = save_checkpoint(tmp_path / "base.pt", m, {"factory": "archs:make", "kwargs": {"name": "mobilenet_v2"}},
-                           [1, 3, 16, 16])
+    base = save_checkpoint(
+        tmp_path / "base.pt", m, {"factory": "archs:make", "kwargs": {"name": "mobilenet_v2"}}, [1, 3, 16, 16]
+    )
     monkeypatch.delenv("ACPSEARCH_ALLOW_FACTORIES", raising=False)
     assert run(["inspect", str(base), "--json"]) == 2  # a checkpoint's factory runs only where allowed
     assert "--allow-factory archs" in capsys.readouterr().err

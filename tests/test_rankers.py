@@ -1,4 +1,5 @@
 """Rankers share one interface and measure what they claim, on a small real hash net (digits)."""
+
 from __future__ import annotations
 
 import random
@@ -12,7 +13,14 @@ from acpsearch.encoder import FunctionalProbe, recalibrate_bn, train_encoder
 from acpsearch.errors import SpecError
 from acpsearch.hashing import create_model, load_dataset, make_splits, train_hash_net
 from acpsearch.search.rankers import (
-    RANKERS, AdaptiveBNRanker, CodeAgreementRanker, L1RetainedRanker, RandomRanker, SimilarityRanker, make_ranker)
+    RANKERS,
+    AdaptiveBNRanker,
+    CodeAgreementRanker,
+    L1RetainedRanker,
+    RandomRanker,
+    SimilarityRanker,
+    make_ranker,
+)
 from acpsearch.search.space import Budget, DynamicSpace
 
 
@@ -36,8 +44,16 @@ def setup():
 def test_all_rankers_share_the_interface(setup) -> None:
     model, splits, x, g, cands = setup
     enc = train_encoder(g, "sacp", n_strategies=32, epochs=3, encoder_config={"hidden": 16, "embed_dim": 8}).encoder
-    ctx = dict(encoder=enc, graph=g, model=model, splits=splits, example_input=x, calib_X=splits.train[0],
-               probe_X=splits.val[0], calib_batches=2)
+    ctx = dict(
+        encoder=enc,
+        graph=g,
+        model=model,
+        splits=splits,
+        example_input=x,
+        calib_X=splits.train[0],
+        probe_X=splits.val[0],
+        calib_batches=2,
+    )
     for name in RANKERS:
         r = make_ranker(name, **ctx)
         scores = r.score(cands)

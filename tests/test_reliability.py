@@ -5,6 +5,7 @@ Every runner here is a real `acpsearch` subprocess joined to one two-node Ray cl
 (`ray.cluster_utils.Cluster`, 1 CPU per node) that this module starts; the tests watch the
 Optuna storage from outside, the way a user's `acpsearch status` would.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,34 +17,46 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import psutil
 import pytest
 import yaml
-
-from acpsearch.search.crash import log_path as crash_log_path
 from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing, train_tiny_base
+
+from acpsearch.service.crash import log_path as crash_log_path
 
 pytestmark = pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS)))
 
 ACPSEARCH = [sys.executable, "-c", "from acpsearch.cli import main; main()"]
-COMPLETE, FAIL, RUNNING, PRUNED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
-                                   optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.PRUNED)
+COMPLETE, FAIL, RUNNING, PRUNED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.FAIL,
+    optuna.trial.TrialState.RUNNING,
+    optuna.trial.TrialState.PRUNED,
+)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-            "ACPSEARCH_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+        "ACPSEARCH_TORCH_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     """An acpsearch CLI process in its own process group (so SIGKILL takes all of it)."""
     fh = open(log, "ab")  # noqa: SIM115 - closed by the OS when the process ends
-    proc = subprocess.Popen([*ACPSEARCH, *args], stdout=fh, stderr=subprocess.STDOUT, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*ACPSEARCH, *args], stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+    )
     art = Path(args[args.index("--artifacts") + 1]) if "--artifacts" in args else None
     _WHY[proc.pid] = (log, art)
     return proc
@@ -73,8 +86,7 @@ def cluster() -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
     c.add_node(num_cpus=1)
     yield c
     c.shutdown()
@@ -91,8 +103,9 @@ def _spec(name: str, **changes: Any) -> dict[str, Any]:
 def _submit(tmp: Path, url: str, spec: dict[str, Any]) -> str:
     p = tmp / f"{spec['name']}.yaml"
     p.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([*ACPSEARCH, "submit", str(p), "--storage", url], env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [*ACPSEARCH, "submit", str(p), "--storage", url], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     return spec["name"]
 
@@ -103,7 +116,7 @@ _STORAGES: dict[str, Any] = {}
 def _study(url: str, name: str) -> Any:
     """The study as stored (one storage object per URL: the tests poll it often)."""
     if url not in _STORAGES:
-        from acpsearch.search.storage import open_storage
+        from acpsearch.service.storage import open_storage
 
         _STORAGES[url] = open_storage(url)  # SQLite with a lock timeout; psycopg2 for postgresql://
     return optuna.load_study(study_name=name, storage=_STORAGES[url])
@@ -147,9 +160,13 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
     the candidate search and finalist fine-tuning; each time `acpsearch run NAME` resumes."""
     url = f"sqlite:///{tmp_path / 'kill.db'}"
     target = 96
-    spec = _spec("killed", train={"epochs": 15}, encoder={"objective": "effect", "epochs": 40, "strategies": 24},
-                 search={"candidates": target, "sampler": "tpe", "workers": 2, "seed": 0},
-                 finetune={"top": 2, "epochs": 3, "lr": 0.001, "early_stop": None})
+    spec = _spec(
+        "killed",
+        train={"epochs": 15},
+        encoder={"objective": "effect", "epochs": 40, "strategies": 24},
+        search={"candidates": target, "sampler": "tpe", "workers": 2, "seed": 0},
+        finetune={"top": 2, "epochs": 3, "lr": 0.001, "early_stop": None},
+    )
     name = _submit(tmp_path, url, spec)
     run_args = ["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "art")]
     log = tmp_path / "runner.log"
@@ -159,16 +176,22 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
 
     def candidates(states: tuple = (COMPLETE,)) -> list[Any]:
         """The searched candidates (the magnitude anchor, added after the search, is checked below)."""
-        return [t for t in _study(url, name).get_trials(deepcopy=False, states=states)
-                if t.user_attrs.get("source", "search") == "search"]
+        return [
+            t
+            for t in _study(url, name).get_trials(deepcopy=False, states=states)
+            if t.user_attrs.get("source", "search") == "search"
+        ]
 
     kills: dict[str, dict[str, Any]] = {}
     when = {
         "base": lambda a: a.get("state") == "running" and not _phase(a, "base"),
         "encoder": lambda a: _phase(a, "base") and not _phase(a, "encoder"),
         "search": lambda a: _phase(a, "encoder") and not _phase(a, "search") and len(candidates()) >= 16,
-        "finetune": lambda a: _phase(a, "search") and not _phase(a, "finetune") and any(
-            t.intermediate_values for t in _study(url, name + ".finetune").get_trials(deepcopy=False)),
+        "finetune": lambda a: (
+            _phase(a, "search")
+            and not _phase(a, "finetune")
+            and any(t.intermediate_values for t in _study(url, name + ".finetune").get_trials(deepcopy=False))
+        ),
     }
     for phase, cond in when.items():
         proc = _start(run_args, log)
@@ -180,8 +203,11 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
             _sigkill(proc)  # also when waiting failed: never leave a runner behind
         a = attrs()
         assert not _phase(a, phase), f"{phase} finished before the kill; make it longer"
-        kills[phase] = {"attrs": a, "complete": {t.number: t.params for t in candidates()},
-                        "running": [t.number for t in candidates((RUNNING,))]}
+        kills[phase] = {
+            "attrs": a,
+            "complete": {t.number: t.params for t in candidates()},
+            "running": [t.number for t in candidates((RUNNING,))],
+        }
     # the last run finishes the study
     proc = _start(run_args, log)
     try:
@@ -210,7 +236,9 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
             retried = [t for t in candidates() if t.user_attrs.get("retry_of") == number]
             assert retried and retried[0].params == params
     # the magnitude anchor was added once, across all the kills, and is a finalist
-    anchors = [t for t in _study(url, name).get_trials(deepcopy=False) if t.user_attrs.get("source", "search") != "search"]
+    anchors = [
+        t for t in _study(url, name).get_trials(deepcopy=False) if t.user_attrs.get("source", "search") != "search"
+    ]
     assert len(anchors) == 1 and anchors[0].number in a["phase.finetune"]["finalists"]
     # fine-tuning: the killed finalists FAIL with a reason, then every finalist finished once
     ft = _study(url, name + ".finetune")
@@ -254,13 +282,18 @@ def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluste
     url = f"sqlite:///{tmp_path / 'crash.db'}"
     base = tiny_base
     target = 24
-    spec = _spec("crashy", model={"checkpoint": str(base)}, encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
-                 search={"candidates": target, "sampler": "random", "workers": 2, "seed": 3,
-                         "ranker": "adaptive_bn"},
-                 finetune={"top": 1, "epochs": 3, "lr": 0.001, "early_stop": None})
+    spec = _spec(
+        "crashy",
+        model={"checkpoint": str(base)},
+        encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+        search={"candidates": target, "sampler": "random", "workers": 2, "seed": 3, "ranker": "adaptive_bn"},
+        finetune={"top": 1, "epochs": 3, "lr": 0.001, "early_stop": None},
+    )
     name = _submit(tmp_path, url, spec)
     log = tmp_path / "runner.log"
-    proc = _start(["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "a")], log)
+    proc = _start(
+        ["run", name, "--storage", url, "--address", cluster.address, "--artifacts", str(tmp_path / "a")], log
+    )
     stop = threading.Event()
     session = cluster.head_node.get_session_dir_path()
     killed_rank: list[str] = []
@@ -268,10 +301,14 @@ def test_killed_ray_workers_fail_their_trials_which_are_retried(tmp_path, cluste
     try:
         # once the first candidates are in, kill an actor while it scores (adaptive BN: ~0.2 s each)
         _wait(lambda: len(_study(url, name).get_trials(deepcopy=False, states=(COMPLETE,))) >= 8, proc, "candidates")
-        threading.Thread(target=_kill_first, args=("ray::RankerWorker.score", killed_rank, stop, session), daemon=True).start()
+        threading.Thread(
+            target=_kill_first, args=("ray::RankerWorker.score", killed_rank, stop, session), daemon=True
+        ).start()
         _wait(lambda: _phase(_study(url, name).user_attrs, "search") is not None, proc, "the end of the search")
         assert killed_rank, "the search ended before a scoring actor could be killed"
-        threading.Thread(target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop, session), daemon=True).start()
+        threading.Thread(
+            target=_kill_first, args=("ray::ImplicitFunc.train", killed_tune, stop, session), daemon=True
+        ).start()
         assert proc.wait(timeout=1800) == 0, _why(proc)
     finally:
         stop.set()
@@ -301,16 +338,38 @@ def test_two_workers_share_studies_and_never_run_one_twice(tmp_path, cluster, ti
     base = tiny_base
     names = []
     for i in range(3):
-        spec = _spec(f"shared-{i}", model={"checkpoint": str(base)},
-                     encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
-                     search={"candidates": 16, "sampler": "random", "workers": 1, "seed": i},
-                     finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None})
+        spec = _spec(
+            f"shared-{i}",
+            model={"checkpoint": str(base)},
+            encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+            search={"candidates": 16, "sampler": "random", "workers": 1, "seed": i},
+            finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None},
+        )
         names.append(_submit(tmp_path, url, spec))
     art = tmp_path / "art"
-    args = ["worker", "--storage", url, "--address", cluster.address, "--workers", "1", "--json",
-            "--artifacts", str(art)]
-    procs = [subprocess.Popen([*ACPSEARCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True) for _ in range(2)]
+    args = [
+        "worker",
+        "--storage",
+        url,
+        "--address",
+        cluster.address,
+        "--workers",
+        "1",
+        "--json",
+        "--artifacts",
+        str(art),
+    ]
+    procs = [
+        subprocess.Popen(
+            [*ACPSEARCH, *args],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=1800) for p in procs]
     finally:
@@ -337,21 +396,41 @@ def test_two_workers_share_studies_and_never_run_one_twice(tmp_path, cluster, ti
 
 
 def test_a_worker_killed_by_sigsegv_leaves_thread_stacks_and_another_worker_resumes_its_study(
-        tmp_path, cluster, tiny_base):
+    tmp_path, cluster, tiny_base
+):
     """A fatal signal in a worker (what a crash inside Ray's C++ threads is) writes the Python stack
     of every thread to stderr and to a crash log in the artifacts folder; the study it held is
     taken over by the next worker once the dead worker's lease is free, and finished."""
     url = f"sqlite:///{tmp_path / 'segv.db'}"
-    spec = _spec("segv", model={"checkpoint": str(tiny_base)},
-                 encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
-                 search={"candidates": 16, "sampler": "random", "workers": 1, "seed": 0},
-                 finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None})
+    spec = _spec(
+        "segv",
+        model={"checkpoint": str(tiny_base)},
+        encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+        search={"candidates": 16, "sampler": "random", "workers": 1, "seed": 0},
+        finetune={"top": 1, "epochs": 1, "lr": 0.001, "early_stop": None},
+    )
     name = _submit(tmp_path, url, spec)
     art = tmp_path / "art"
-    args = ["worker", "--storage", url, "--address", cluster.address, "--workers", "1", "--json",
-            "--artifacts", str(art)]
-    first = subprocess.Popen([*ACPSEARCH, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+    args = [
+        "worker",
+        "--storage",
+        url,
+        "--address",
+        cluster.address,
+        "--workers",
+        "1",
+        "--json",
+        "--artifacts",
+        str(art),
+    ]
+    first = subprocess.Popen(
+        [*ACPSEARCH, *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait(lambda: _study(url, name).user_attrs.get("state") == "running", first, "the study to start")
         time.sleep(1.0)
@@ -384,8 +463,8 @@ def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, c
     """`acpsearch run NAME` on a study another runner holds says who holds it and exits 2; with
     --force it waits for the lease to expire (here: a holder that stopped renewing)."""
     from acpsearch.cli import run
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'held.db'}"
     name = _submit(tmp_path, url, _spec("held"))
@@ -397,8 +476,9 @@ def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, c
     assert run(["run", name, "--storage", url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "held by otherhost:4242:abcd" in err and "--force" in err
-    assert {k: v for k, v in storage.get_study_user_attrs(sid).items() if k != "lease"} == \
-        {k: v for k, v in before.items() if k != "lease"}
+    assert {k: v for k, v in storage.get_study_user_attrs(sid).items() if k != "lease"} == {
+        k: v for k, v in before.items() if k != "lease"
+    }
     # --force while the holder is alive and renewing: still refused, after waiting out one ttl
     other_lease = st.Lease(storage, sid, "me", ttl=3.0)
     t0 = time.time()
@@ -415,7 +495,7 @@ def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, c
 def test_lease_claim_is_atomic_among_many_racers(tmp_path):
     """Eight threads with their own connections claim one free lease at the same instant: the SQL
     compare-and-swap lets exactly one win."""
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     name = _submit(tmp_path, url, _spec("race"))
@@ -464,18 +544,44 @@ def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_bas
 
     url = server_url
     base = tiny_base
-    name = _submit(tmp_path, url, _spec(f"two-nodes-{uuid.uuid4().hex[:8]}", model={"checkpoint": str(base)},
-                                        encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
-                                        search={"candidates": 16, "sampler": "random", "workers": 2, "seed": 0},
-                                        finetune={"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None}))
-    out = subprocess.run([*ACPSEARCH, "run", name, "--storage", url, "--address", cluster.address, "--json",
-                          "--artifacts", str(tmp_path / "art")], env=_env(), capture_output=True, text=True, timeout=1800)
+    name = _submit(
+        tmp_path,
+        url,
+        _spec(
+            f"two-nodes-{uuid.uuid4().hex[:8]}",
+            model={"checkpoint": str(base)},
+            encoder={"objective": "sacp", "epochs": 3, "strategies": 32},
+            search={"candidates": 16, "sampler": "random", "workers": 2, "seed": 0},
+            finetune={"top": 2, "epochs": 1, "lr": 0.001, "early_stop": None},
+        ),
+    )
+    out = subprocess.run(
+        [
+            *ACPSEARCH,
+            "run",
+            name,
+            "--storage",
+            url,
+            "--address",
+            cluster.address,
+            "--json",
+            "--artifacts",
+            str(tmp_path / "art"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     study = _study(url, name)
     nodes = {n.node_id[:12] for n in cluster.list_all_nodes()}
     assert len(nodes) == 2
-    scored = {t.user_attrs["ray_node"] for t in study.get_trials(deepcopy=False, states=(COMPLETE,))
-              if t.user_attrs.get("source", "search") == "search"}  # the anchor is scored apart
+    scored = {
+        t.user_attrs["ray_node"]
+        for t in study.get_trials(deepcopy=False, states=(COMPLETE,))
+        if t.user_attrs.get("source", "search") == "search"
+    }  # the anchor is scored apart
     assert scored == nodes
     tuned = {t.user_attrs.get("ray_node") for t in _study(url, name + ".finetune").get_trials(deepcopy=False)}
     assert tuned == nodes
@@ -489,8 +595,13 @@ def test_study_runs_across_both_nodes_of_the_cluster(tmp_path, cluster, tiny_bas
 def test_unreachable_address_exits_2_without_touching_the_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'u.db'}"
     name = _submit(tmp_path, url, _spec("unreached"))
-    out = subprocess.run([*ACPSEARCH, "run", name, "--storage", url, "--address", "127.0.0.1:1"], env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*ACPSEARCH, "run", name, "--storage", url, "--address", "127.0.0.1:1"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--address: cannot reach a Ray head at 127.0.0.1:1" in out.stderr
     assert "Traceback" not in out.stderr

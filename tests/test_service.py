@@ -2,6 +2,7 @@
 
 `finished_studies` (conftest) submits two tiny digits studies and runs them with
 `acpsearch worker`; the tests here check what the storage and the artifacts then hold."""
+
 from __future__ import annotations
 
 import copy
@@ -17,10 +18,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 
 from acpsearch.cli import run
 from acpsearch.errors import StorageError
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -34,7 +35,7 @@ def _json(capsys, argv: list[str]) -> tuple[int, dict]:
 
 # --- storage -------------------------------------------------------------------------------------
 def test_storage_urls_open_or_fail_with_one_line(tmp_path):
-    from acpsearch.search.storage import artifact_dir, open_storage
+    from acpsearch.service.storage import artifact_dir, open_storage
 
     s = open_storage(f"sqlite:///{tmp_path / 'a.db'}")
     assert s.get_all_studies() == []
@@ -42,10 +43,12 @@ def test_storage_urls_open_or_fail_with_one_line(tmp_path):
     optuna.create_study(storage=j, study_name="x")
     assert [st.study_name for st in j.get_all_studies()] == ["x"]
     assert artifact_dir(f"sqlite:///{tmp_path / 'a.db'}") == (tmp_path / "a-artifacts").resolve()
-    for bad, why in [(f"sqlite:///{tmp_path}/missing-dir/x.db", "does not exist"),
-                     ("nosuchdialect://x/y", "cannot open"),
-                     ("postgresql://nobody@127.0.0.1:1/none", "cannot open"),
-                     (f"sqlite:///{tmp_path}", "is a directory")]:
+    for bad, why in [
+        (f"sqlite:///{tmp_path}/missing-dir/x.db", "does not exist"),
+        ("nosuchdialect://x/y", "cannot open"),
+        ("postgresql://nobody@127.0.0.1:1/none", "cannot open"),
+        (f"sqlite:///{tmp_path}", "is a directory"),
+    ]:
         with pytest.raises(StorageError) as exc:
             open_storage(bad)
         assert str(exc.value).startswith(f"storage {bad!r}") and why in str(exc.value)
@@ -80,9 +83,9 @@ def test_bad_spec_is_exit_2_and_storage_untouched(tmp_path, capsys):
 
 # --- lease ---------------------------------------------------------------------------------------
 def test_lease_is_exclusive_renewed_and_expires(tmp_path):
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'l.db'}")
     name = st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), "leased")
@@ -131,20 +134,25 @@ def test_worker_ran_both_studies_to_the_end(finished_studies, capsys):
         assert r["lease"] == "free"
         assert 0 < r["winner_flops_ratio"] <= 0.5 + 1e-9
         assert 0.0 < r["winner_test_map"] <= 1.0
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(fs["url"])
-    sources = {n: optuna.load_study(study_name=n, storage=storage).user_attrs["phase.base"]["source"] for n in fs["names"]}
+    sources = {
+        n: optuna.load_study(study_name=n, storage=storage).user_attrs["phase.base"]["source"] for n in fs["names"]
+    }
     assert sources == {"tiny-a": "trained", "tiny-b": "checkpoint"}
 
 
 def test_candidates_are_trials_with_costs_and_constraints(finished_studies):
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(finished_studies["url"])
     study = optuna.load_study(study_name="tiny-a", storage=storage)
-    trials = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-              if t.user_attrs.get("source", "search") == "search"]  # the anchor has its own test
+    trials = [
+        t
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("source", "search") == "search"
+    ]  # the anchor has its own test
     assert len(trials) == 24
     base = study.user_attrs["phase.base"]
     for t in trials:
@@ -162,7 +170,7 @@ def test_candidates_are_trials_with_costs_and_constraints(finished_studies):
 
 
 def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(finished_studies["url"])
     for name, spec in finished_studies["specs"].items():
@@ -176,8 +184,10 @@ def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
         # distinct pruned networks, not just distinct ratios that round to the same channel counts
         from acpsearch.checkpoint import read_checkpoint
 
-        archs = {tuple((k, tuple(v.shape)) for k, v in read_checkpoint(t.user_attrs["path"])["state_dict"].items())
-                 for t in trials}
+        archs = {
+            tuple((k, tuple(v.shape)) for k, v in read_checkpoint(t.user_attrs["path"])["state_dict"].items())
+            for t in trials
+        }
         assert len(archs) == len(trials)
         for t in trials:
             assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -191,7 +201,9 @@ def test_finalists_carry_val_and_test_map_and_curves(finished_studies):
             if t.state == optuna.trial.TrialState.PRUNED:
                 assert u["stopped_early"] and u["epochs_run"] < spec["finetune"]["epochs"]
             else:
-                assert u["epochs_run"] == spec["finetune"]["epochs"] and t.value == pytest.approx(u["val_map"], abs=1e-5)
+                assert u["epochs_run"] == spec["finetune"]["epochs"] and t.value == pytest.approx(
+                    u["val_map"], abs=1e-5
+                )
         winner = study.user_attrs["winner"]
         best = max((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
         assert winner["finetune_trial"] == best.number and winner["val_map"] == pytest.approx(best.value)
@@ -208,8 +220,8 @@ def test_finalists_ran_on_the_specs_resources(finished_studies):
     """tiny-b writes finetune/search.resources {cpu: 1, gpu: 0} out (tiny-a leaves them out): both
     fine-tune every finalist as a 1-CPU Tune trial on the CPU, and tiny-a's base trained on the CPU."""
     from acpsearch.devices import actor_options, trial_resources
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(finished_studies["url"])
     for name in finished_studies["names"]:
@@ -232,7 +244,7 @@ def test_magnitude_anchor_is_a_scored_candidate_and_a_finalist(finished_studies,
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.pruning import PruningStrategy
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     fs = finished_studies
     storage = open_storage(fs["url"])
@@ -245,21 +257,23 @@ def test_magnitude_anchor_is_a_scored_candidate_and_a_finalist(finished_studies,
         assert t.state == optuna.trial.TrialState.COMPLETE and u["source"] == "anchor:magnitude" and u["round_to"] == 1
         ranker = study.user_attrs["spec"]["search"]["ranker"]
         assert t.value == pytest.approx(u[ranker], abs=1e-5) and u["feasible"] is True
-        assert u["flops_ratio"] <= 0.5 + 1e-9 and t.system_attrs["constraints:flops"] == pytest.approx(u["constraint.flops"])
+        assert u["flops_ratio"] <= 0.5 + 1e-9 and t.system_attrs["constraints:flops"] == pytest.approx(
+            u["constraint.flops"]
+        )
         # the same allocation recomputed here from the base network the study pruned
         base = model_from_checkpoint(read_checkpoint(study.user_attrs["phase.base"]["path"]))
         g = ChannelGraph.from_model(base, torch.zeros(1, 1, 8, 8))
         full = g.cost().flops
         s = PruningStrategy.global_magnitude(g, lambda s: g.cost(s).flops <= 0.5 * full, min_keep=0.2, round_to=1)
         assert rec["kept"] == s.kept
-        assert {k[len("keep/"):]: v for k, v in t.params.items()} == pytest.approx(s.ratios)
+        assert {k[len("keep/") :]: v for k, v in t.params.items()} == pytest.approx(s.ratios)
         ft = optuna.load_study(study_name=study.user_attrs["finetune_study"], storage=storage)
         mine = [f for f in ft.trials if f.user_attrs["candidate"] == t.number]
         assert len(mine) == 1 and mine[0].user_attrs["source"] == "anchor:magnitude"
         assert mine[0].user_attrs["measured_flops"] == g.cost(s).flops  # exact counts, not rounded to 4
     code, rep = _json(capsys, ["show", "tiny-a", "--storage", fs["url"], "--json"])
     assert code == 0 and {f["source"] for f in rep["finalists"]} == {"search", "anchor:magnitude"}
-    from acpsearch.search.report import markdown
+    from acpsearch.service.report import markdown
 
     note = markdown(rep)
     assert "`magnitude` anchor" in note and "| anchor:magnitude |" in note
@@ -296,7 +310,7 @@ def test_show_export_and_reload_winner(finished_studies, tmp_path, capsys):
 def test_resume_skips_finished_phases(finished_studies, capsys):
     """Storage is the only state: a study whose last phase record is gone (a runner killed before
     writing it) is resumed, and only the missing phase runs again."""
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service.storage import open_storage
 
     fs = finished_studies
     storage = open_storage(fs["url"])
@@ -323,9 +337,9 @@ def _free_port() -> int:
 
 
 def test_unreachable_address_is_exit_2_and_study_untouched(tmp_path, capsys):
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     st.submit(open_storage(url), parse_spec(copy.deepcopy(TINY_SPEC)), "waiting")
@@ -347,9 +361,22 @@ def test_run_on_a_ray_head_started_by_the_test(tmp_path, finished_studies):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats", "--block", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--block",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -366,8 +393,13 @@ def test_run_on_a_ray_head_started_by_the_test(tmp_path, finished_studies):
         p = tmp_path / "c.yaml"
         p.write_text(yaml.safe_dump(spec))
         url = f"sqlite:///{tmp_path / 'c.db'}"
-        res = subprocess.run([str(VENV_BIN / "acpsearch"), "run", str(p), "--storage", url, "--address",
-                              f"127.0.0.1:{port}", "--json"], env=env, capture_output=True, text=True, timeout=400)
+        res = subprocess.run(
+            [str(VENV_BIN / "acpsearch"), "run", str(p), "--storage", url, "--address", f"127.0.0.1:{port}", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         rep = json.loads(res.stdout)
         assert rep["summary"]["state"] == "done"
@@ -389,8 +421,8 @@ def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
     runs, other users): every name is new (uuid) and only this test's study is looked at."""
     import uuid
 
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
+    from acpsearch.service import study as st
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(pg_url)
     name = f"pg-test-{uuid.uuid4().hex[:12]}"
@@ -422,9 +454,9 @@ def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
 def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
     """A runner SIGKILLed on this host leaves a lease that has not expired; its pid is gone, so the
     next runner need not wait the ttl out (resume right after a crash)."""
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'k.db'}")
     name = st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), "killed")
@@ -432,7 +464,9 @@ def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
     proc = subprocess.Popen(["sleep", "60"])
     proc.kill()
     proc.wait()
-    storage.set_study_user_attr(sid, "lease", {"holder": f"{socket.gethostname()}:{proc.pid}:dead", "expires": time.time() + 60})
+    storage.set_study_user_attr(
+        sid, "lease", {"holder": f"{socket.gethostname()}:{proc.pid}:dead", "expires": time.time() + 60}
+    )
     assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
     storage.set_study_user_attr(sid, "lease", {"holder": f"otherhost:{proc.pid}:x", "expires": time.time() + 60})
     assert st.lease_state(storage.get_study_user_attrs(sid)).startswith("held by otherhost")

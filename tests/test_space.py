@@ -1,5 +1,6 @@
 """DynamicSpace: every sample meets the budget, few waste it, impossible budgets fail clearly,
 narrow() stays feasible, and the space plugs into Optuna define-by-run."""
+
 from __future__ import annotations
 
 import random
@@ -35,8 +36,9 @@ def graph(name: str):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("budget", [Budget(flops=0.5), Budget(flops=0.3), Budget(params=0.4),
-                                    Budget(flops=0.6, params=0.5)])
+@pytest.mark.parametrize(
+    "budget", [Budget(flops=0.5), Budget(flops=0.3), Budget(params=0.4), Budget(flops=0.6, params=0.5)]
+)
 def test_samples_meet_budget_and_rarely_waste_it(name: str, budget: Budget) -> None:
     g = graph(name)
     space = DynamicSpace(g, budget, step=0.1, min_keep=0.2)

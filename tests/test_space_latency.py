@@ -1,5 +1,6 @@
 """Latency budgets: a per-layer table measured once (cached), monotone predictions, and a
 DynamicSpace that keeps every sample under the latency budget."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """Study spec validation: one-line errors naming the field; the shipped specs validate."""
+
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from acpsearch.errors import SpecError
-from acpsearch.spec import StudySpec, load_spec, parse_spec, spec_from_json
+from acpsearch.service.spec import StudySpec, load_spec, parse_spec, spec_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = {"model": {"zoo": "resnet20"}, "data": {"dataset": "digits"}, "budget": {"flops": 0.5}}
@@ -38,64 +39,83 @@ def test_minimal_spec_gets_design_defaults():
     assert s.search.anchor == "magnitude"  # one finalist slot for the global-magnitude allocation
     assert parse_spec({**copy.deepcopy(MINIMAL), "search": {"anchor": None}}).search.anchor is None
     # the protocol defaults fit the data set (digits: ~180 images per class)
-    assert (s.data.protocol.query_per_class, s.data.protocol.train_per_class, s.data.protocol.val_per_class) == (10, 60, 15)
+    assert (s.data.protocol.query_per_class, s.data.protocol.train_per_class, s.data.protocol.val_per_class) == (
+        10,
+        60,
+        15,
+    )
     assert s.data.normalize == "train" and s.data.stream and s.data.workers == 0 and s.data.image_size is None
     fm = parse_spec({**copy.deepcopy(MINIMAL), "data": {"dataset": "fashion-mnist"}}).data.protocol
     assert (fm.query_per_class, fm.train_per_class, fm.val_per_class) == (100, 500, 100)
 
 
-@pytest.mark.parametrize("path,value,message", [
-    ("budget.flops", 1.5, "spec: budget.flops: must be in (0, 1], got 1.5"),
-    ("budget.flops", 0.0, "spec: budget.flops: must be in (0, 1], got 0.0"),
-    ("budget.params", -0.1, "spec: budget.params: must be in (0, 1], got -0.1"),
-    ("budget.latency_ms", 0, "spec: budget.latency_ms: must be > 0, got 0"),
-    ("budget.flops", "half", "spec: budget.flops: "),
-    ("train.epochs", "3", "spec: train.epochs: input should be a valid integer, got '3'"),
-    ("train.epochs", 0, "spec: train.epochs: must be in [1, 10000], got 0"),
-    ("train.epochs", True, "spec: train.epochs: input should be a valid integer"),
-    ("train.lr", -1.0, "spec: train.lr: must be in (0, 10], got -1.0"),
-    ("train.loss", "mse", "spec: train.loss: input should be 'csq', 'hashnet' or 'dpsh', got 'mse'"),
-    ("space.step", 0.7, "spec: space.step: must be in [0.01, 0.5], got 0.7"),
-    ("space.criterion", "l3", "spec: space.criterion: input should be"),
-    ("search.workers", 0, "spec: search.workers: must be in [1, 1024], got 0"),
-    ("search.sampler", "cmaes", "spec: search.sampler: input should be"),
-    ("search.rerank", "oracle", "spec: search.rerank: input should be"),
-    ("search.anchor", "uniform", "spec: search.anchor: input should be 'magnitude'"),
-    ("finetune.early_stop", "median", "spec: finetune.early_stop: input should be 'asha', got 'median'"),
-    ("model.bits", 1, "spec: model.bits: must be in [2, 4096], got 1"),
-    ("model.factory", "nocolon", "spec: model.factory: must be of the form 'package.module:function', got 'nocolon'"),
-    ("data.dataset", "imagenet", "spec: data.dataset: input should be"),
-    ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be in [1, 10000000], got 0"),
-    ("name", "bad name!", "spec: name: must match"),
-    ("finetune.hflip", True, "spec: finetune.hflip: true needs augment: true"),
-    ("train.hflip", True, "spec: train.hflip: true needs augment: true"),
-    ("finetune.augment", "yes", "spec: finetune.augment: input should be a valid boolean, got 'yes'"),
-    ("finetune.distill", -0.5, "spec: finetune.distill: must be in [0, 100], got -0.5"),
-    ("finetune.distill", float("nan"), "spec: finetune.distill: must be in [0, 100], got nan"),
-    # bounds (hardening): seeds, finite budgets, the grid step, counts a real study never reaches
-    ("data.protocol.seed", -1, "spec: data.protocol.seed: must be in [0, 4294967296), got -1"),
-    ("search.seed", 2**64, "spec: search.seed: must be in [0, 4294967296), got 18446744073709551616"),
-    ("budget.latency_ms", float("nan"), "spec: budget.latency_ms: must be a finite number > 0, got nan"),
-    ("budget.latency_ms", float("inf"), "spec: budget.latency_ms: must be a finite number > 0, got inf"),
-    ("budget.params", float("inf"), "spec: budget.params: must be in (0, 1], got inf"),
-    ("space.step", 1e-9, "spec: space.step: must be in [0.01, 0.5], got 1e-09"),
-    ("space.step", 0.00999, "spec: space.step: must be in [0.01, 0.5], got 0.00999"),
-    ("encoder.strategies", 10**12, "spec: encoder.strategies: must be in [1, 100000], got 1000000000000"),
-    ("search.candidates", 100_001, "spec: search.candidates: must be in [1, 100000], got 100001"),
-    ("search.rerank_top", 10**30, "spec: search.rerank_top: must be in [1, 100000], got 1" + "0" * 30),
-    ("search.rounds", 101, "spec: search.rounds: must be in [1, 100], got 101"),
-    ("search.workers", 1025, "spec: search.workers: must be in [1, 1024], got 1025"),
-    ("finetune.top", 1001, "spec: finetune.top: must be in [1, 1000], got 1001"),
-    ("train.epochs", 10_001, "spec: train.epochs: must be in [1, 10000], got 10001"),
-    ("train.batch_size", 65_537, "spec: train.batch_size: must be in [1, 65536], got 65537"),
-    ("data.protocol.query_per_class", 10**7 + 1, "spec: data.protocol.query_per_class: must be in [1, 10000000], got"),
-    ("model.kwargs", {"bits": 16}, "spec: model.kwargs.bits: 16 contradicts model.bits = 32 (the default); give the "
-                                   "code length once, as model.bits"),
-    ("model.checkpoint", "", "spec: model.checkpoint: empty: leave it out to train a base network"),
-    ("data.path", "", "spec: data.path: empty: leave it out"),
-    ("name", "x\n", "spec: name: must match"),
-    ("name", "a" * 101, "spec: name: must match"),
-])
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("budget.flops", 1.5, "spec: budget.flops: must be in (0, 1], got 1.5"),
+        ("budget.flops", 0.0, "spec: budget.flops: must be in (0, 1], got 0.0"),
+        ("budget.params", -0.1, "spec: budget.params: must be in (0, 1], got -0.1"),
+        ("budget.latency_ms", 0, "spec: budget.latency_ms: must be > 0, got 0"),
+        ("budget.flops", "half", "spec: budget.flops: "),
+        ("train.epochs", "3", "spec: train.epochs: input should be a valid integer, got '3'"),
+        ("train.epochs", 0, "spec: train.epochs: must be in [1, 10000], got 0"),
+        ("train.epochs", True, "spec: train.epochs: input should be a valid integer"),
+        ("train.lr", -1.0, "spec: train.lr: must be in (0, 10], got -1.0"),
+        ("train.loss", "mse", "spec: train.loss: input should be 'csq', 'hashnet' or 'dpsh', got 'mse'"),
+        ("space.step", 0.7, "spec: space.step: must be in [0.01, 0.5], got 0.7"),
+        ("space.criterion", "l3", "spec: space.criterion: input should be"),
+        ("search.workers", 0, "spec: search.workers: must be in [1, 1024], got 0"),
+        ("search.sampler", "cmaes", "spec: search.sampler: input should be"),
+        ("search.rerank", "oracle", "spec: search.rerank: input should be"),
+        ("search.anchor", "uniform", "spec: search.anchor: input should be 'magnitude'"),
+        ("finetune.early_stop", "median", "spec: finetune.early_stop: input should be 'asha', got 'median'"),
+        ("model.bits", 1, "spec: model.bits: must be in [2, 4096], got 1"),
+        (
+            "model.factory",
+            "nocolon",
+            "spec: model.factory: must be of the form 'package.module:function', got 'nocolon'",
+        ),
+        ("data.dataset", "imagenet", "spec: data.dataset: input should be"),
+        ("data.protocol.train_per_class", 0, "spec: data.protocol.train_per_class: must be in [1, 10000000], got 0"),
+        ("name", "bad name!", "spec: name: must match"),
+        ("finetune.hflip", True, "spec: finetune.hflip: true needs augment: true"),
+        ("train.hflip", True, "spec: train.hflip: true needs augment: true"),
+        ("finetune.augment", "yes", "spec: finetune.augment: input should be a valid boolean, got 'yes'"),
+        ("finetune.distill", -0.5, "spec: finetune.distill: must be in [0, 100], got -0.5"),
+        ("finetune.distill", float("nan"), "spec: finetune.distill: must be in [0, 100], got nan"),
+        # bounds (hardening): seeds, finite budgets, the grid step, counts a real study never reaches
+        ("data.protocol.seed", -1, "spec: data.protocol.seed: must be in [0, 4294967296), got -1"),
+        ("search.seed", 2**64, "spec: search.seed: must be in [0, 4294967296), got 18446744073709551616"),
+        ("budget.latency_ms", float("nan"), "spec: budget.latency_ms: must be a finite number > 0, got nan"),
+        ("budget.latency_ms", float("inf"), "spec: budget.latency_ms: must be a finite number > 0, got inf"),
+        ("budget.params", float("inf"), "spec: budget.params: must be in (0, 1], got inf"),
+        ("space.step", 1e-9, "spec: space.step: must be in [0.01, 0.5], got 1e-09"),
+        ("space.step", 0.00999, "spec: space.step: must be in [0.01, 0.5], got 0.00999"),
+        ("encoder.strategies", 10**12, "spec: encoder.strategies: must be in [1, 100000], got 1000000000000"),
+        ("search.candidates", 100_001, "spec: search.candidates: must be in [1, 100000], got 100001"),
+        ("search.rerank_top", 10**30, "spec: search.rerank_top: must be in [1, 100000], got 1" + "0" * 30),
+        ("search.rounds", 101, "spec: search.rounds: must be in [1, 100], got 101"),
+        ("search.workers", 1025, "spec: search.workers: must be in [1, 1024], got 1025"),
+        ("finetune.top", 1001, "spec: finetune.top: must be in [1, 1000], got 1001"),
+        ("train.epochs", 10_001, "spec: train.epochs: must be in [1, 10000], got 10001"),
+        ("train.batch_size", 65_537, "spec: train.batch_size: must be in [1, 65536], got 65537"),
+        (
+            "data.protocol.query_per_class",
+            10**7 + 1,
+            "spec: data.protocol.query_per_class: must be in [1, 10000000], got",
+        ),
+        (
+            "model.kwargs",
+            {"bits": 16},
+            "spec: model.kwargs.bits: 16 contradicts model.bits = 32 (the default); give the "
+            "code length once, as model.bits",
+        ),
+        ("model.checkpoint", "", "spec: model.checkpoint: empty: leave it out to train a base network"),
+        ("data.path", "", "spec: data.path: empty: leave it out"),
+        ("name", "x\n", "spec: name: must match"),
+        ("name", "a" * 101, "spec: name: must match"),
+    ],
+)
 def test_bad_values_name_the_field(path, value, message):
     with pytest.raises(SpecError) as exc:
         parse_spec(_with(path, value))
@@ -104,12 +124,18 @@ def test_bad_values_name_the_field(path, value, message):
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("path,message", [
-    ("search.foo", "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor, resources)"),
-    ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
-    ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
-    ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),
-])
+@pytest.mark.parametrize(
+    "path,message",
+    [
+        (
+            "search.foo",
+            "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor, resources)",
+        ),
+        ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune)"),
+        ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
+        ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),
+    ],
+)
 def test_unknown_keys_are_errors(path, message):
     with pytest.raises(SpecError) as exc:
         parse_spec(_with(path, 1))
@@ -145,8 +171,9 @@ def test_yaml_file_errors_and_relative_paths(tmp_path):
         load_spec(tmp_path / "missing.yaml")
     good = tmp_path / "sub" / "s.yaml"
     good.parent.mkdir()
-    good.write_text(yaml.safe_dump({**_with("model.checkpoint", "base.pt"),
-                                    "data": {"dataset": "npz", "path": "../data.npz"}}))
+    good.write_text(
+        yaml.safe_dump({**_with("model.checkpoint", "base.pt"), "data": {"dataset": "npz", "path": "../data.npz"}})
+    )
     s = load_spec(good)
     assert s.model.checkpoint == str((good.parent / "base.pt").resolve())
     assert s.data.path == str((tmp_path / "data.npz").resolve())
@@ -176,12 +203,21 @@ def test_shipped_specs_cover_the_issue():
 def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
     """The finalists' fine-tune uses the spec's augmentation; a spec stored before the field
     existed (no augment / hflip keys) fine-tunes without it instead of failing."""
-    from acpsearch.search.tasks import finetune_recipe
+    from acpsearch.service.tasks import finetune_recipe
 
-    spec = parse_spec(_with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True,
-                                         "distill": 2.5})).to_dict()
-    assert finetune_recipe(spec) == {"loss": "csq", "epochs": 3, "lr": 0.002, "batch_size": 128, "seed": 0,
-                                     "augment": True, "hflip": True, "distill": 2.5}
+    spec = parse_spec(
+        _with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True, "distill": 2.5})
+    ).to_dict()
+    assert finetune_recipe(spec) == {
+        "loss": "csq",
+        "epochs": 3,
+        "lr": 0.002,
+        "batch_size": 128,
+        "seed": 0,
+        "augment": True,
+        "hflip": True,
+        "distill": 2.5,
+    }
     for key in ("augment", "hflip", "distill"):
         del spec["finetune"][key]
     old = finetune_recipe(spec)
@@ -192,14 +228,23 @@ def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
 AT_BOUNDS = {  # every bounded number at an end of its range
     "name": "a" * 100,
     "model": {"zoo": "resnet20", "bits": 4096, "kwargs": {"bits": 4096}},
-    "data": {"dataset": "digits", "protocol": {"query_per_class": 10_000_000, "train_per_class": 1,
-                                               "val_per_class": 1, "seed": 2**32 - 1}},
+    "data": {
+        "dataset": "digits",
+        "protocol": {"query_per_class": 10_000_000, "train_per_class": 1, "val_per_class": 1, "seed": 2**32 - 1},
+    },
     "train": {"epochs": 10_000, "lr": 10.0, "batch_size": 65_536},
     "budget": {"flops": 1.0, "params": 1e-12, "latency_ms": 1e300},
     "space": {"step": 0.01, "min_keep": 1.0},
     "encoder": {"epochs": 1, "strategies": 100_000},
-    "search": {"candidates": 100_000, "workers": 1_024, "seed": 0, "rerank": "similarity", "rerank_top": 100_000,
-               "rounds": 100, "elite": 100_000},
+    "search": {
+        "candidates": 100_000,
+        "workers": 1_024,
+        "seed": 0,
+        "rerank": "similarity",
+        "rerank_top": 100_000,
+        "rounds": 100,
+        "elite": 100_000,
+    },
     "finetune": {"top": 1_000, "epochs": 10_000, "lr": 1e-9, "batch_size": 1, "distill": 100.0},
 }
 
@@ -209,16 +254,24 @@ def test_a_spec_at_the_bounds_is_accepted_and_round_trips():
     assert s.search.workers == 1024 and s.data.protocol.seed == 2**32 - 1 and s.space.step == 0.01
     assert s.model.bits == 4096 and s.model.kwargs == {"bits": 4096}  # kwargs.bits equal to model.bits: fine
     assert spec_from_json(s.to_dict()) == s
-    low = parse_spec({**copy.deepcopy(MINIMAL), "search": {"seed": 0, "workers": 1, "candidates": 4},
-                      "space": {"step": 0.5}, "budget": {"latency_ms": 1e-9}})
+    low = parse_spec(
+        {
+            **copy.deepcopy(MINIMAL),
+            "search": {"seed": 0, "workers": 1, "candidates": 4},
+            "space": {"step": 0.5},
+            "budget": {"latency_ms": 1e-9},
+        }
+    )
     assert low.search.workers == 1 and low.space.step == 0.5
 
 
 def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
     p = tmp_path / "anchors.yaml"
-    p.write_text("model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: &half 0.5}\n"
-                 "train: &recipe {lr: 0.003, batch_size: 64}\nfinetune: {<<: *recipe, lr: 0.001}\n"
-                 "space: {min_keep: *half}\n")
+    p.write_text(
+        "model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: &half 0.5}\n"
+        "train: &recipe {lr: 0.003, batch_size: 64}\nfinetune: {<<: *recipe, lr: 0.001}\n"
+        "space: {min_keep: *half}\n"
+    )
     s = load_spec(p)
     assert s.space.min_keep == 0.5 and s.finetune.batch_size == 64 and s.finetune.lr == 0.001
 
@@ -226,8 +279,11 @@ def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
 def _bomb_text(levels: int, where: str) -> str:
     lines = ["  l0: &l0 [" + ", ".join(["lol"] * 9) + "]\n"]
     lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, levels + 1)]
-    return "model:\n zoo: resnet20\n kwargs:\n" + "".join(" " + ln for ln in lines) + \
-        f"data: {{dataset: digits}}\nbudget: {{flops: {where}}}\n"
+    return (
+        "model:\n zoo: resnet20\n kwargs:\n"
+        + "".join(" " + ln for ln in lines)
+        + f"data: {{dataset: digits}}\nbudget: {{flops: {where}}}\n"
+    )
 
 
 def test_yaml_alias_bomb_fails_fast_with_one_short_line(tmp_path):
@@ -248,14 +304,21 @@ def test_yaml_alias_bomb_fails_fast_with_one_short_line(tmp_path):
         load_spec(p)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\nbudget: {flops: 0.9}\n",
-     "not valid YAML at line 4 (duplicate key 'budget', first at line 3)"),
-    ("model: {zoo: resnet20, zoo: vgg11}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\n",
-     "not valid YAML at line 1 (duplicate key 'zoo', first at line 1)"),
-    ("model: &m {zoo: resnet20, kwargs: {x: *m}}\n", "recursive YAML alias at line 1"),
-    ("budget: {flops: " + "9" * 5000 + "}\n", "not valid YAML at line 1 (integer with too many digits)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "model: {zoo: resnet20}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\nbudget: {flops: 0.9}\n",
+            "not valid YAML at line 4 (duplicate key 'budget', first at line 3)",
+        ),
+        (
+            "model: {zoo: resnet20, zoo: vgg11}\ndata: {dataset: digits}\nbudget: {flops: 0.5}\n",
+            "not valid YAML at line 1 (duplicate key 'zoo', first at line 1)",
+        ),
+        ("model: &m {zoo: resnet20, kwargs: {x: *m}}\n", "recursive YAML alias at line 1"),
+        ("budget: {flops: " + "9" * 5000 + "}\n", "not valid YAML at line 1 (integer with too many digits)"),
+    ],
+)
 def test_yaml_refusals(tmp_path, text, message):
     p = tmp_path / "s.yaml"
     p.write_text(text)
@@ -282,7 +345,7 @@ def test_echoed_values_are_short_whatever_the_value():
 
 
 def test_study_names_are_matched_whole():
-    from acpsearch.spec import check_name, valid_name
+    from acpsearch.service.spec import check_name, valid_name
 
     assert valid_name("a" * 100) and valid_name("resnet20-fmnist_50.v2")
     for bad in ("x\n", "x\r", "a\tb", "", "a" * 101, "-x", "x\x00", "é"):

@@ -1,4 +1,5 @@
 """Studies stored by an earlier release (tests/fixtures/stored-0.1.0) still show and resume."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,9 @@ def _attrs(db: Path, name: str) -> dict[str, object]:
     try:
         rows = con.execute(
             "select key, value_json from study_user_attributes where study_id="
-            "(select study_id from studies where study_name=?)", (name,)).fetchall()
+            "(select study_id from studies where study_name=?)",
+            (name,),
+        ).fetchall()
     finally:
         con.close()
     return {k: json.loads(v) for k, v in rows}
@@ -43,8 +46,9 @@ def test_a_finished_study_of_0_1_0_shows(stored: Path, capsys: pytest.CaptureFix
     assert states == {"stored-done": "done", "stored-interrupted": "running"}
 
 
-def test_an_interrupted_study_of_0_1_0_resumes_to_done(stored: Path, ray_session: object,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_interrupted_study_of_0_1_0_resumes_to_done(
+    stored: Path, ray_session: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     from acpsearch.cli import run
 
     db = stored / "studies.db"

@@ -1,5 +1,6 @@
 """Trust model: a factory named by a checkpoint (or by a stored study, for a worker) is imported only
 from a module the user allowed; checkpoint entries are checked before anything is built."""
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ from acpsearch.errors import CheckpointError, SpecError
 from acpsearch.trust import ALLOW_ENV, FactoryNotAllowed, FactoryPolicy
 
 # A user module whose import leaves a mark: importing it at all counts as running its code.
-USERMOD = '''
+USERMOD = """
 from pathlib import Path
 Path({marker!r}).write_text("imported")
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 def make(bits=16, in_channels=1):
     return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, bits))
-'''
+"""
 
 
 @pytest.fixture
@@ -49,10 +50,17 @@ def _user_checkpoint(path: Path, marker: Path) -> Path:
     """A checkpoint of acp_usernet:make, written without importing acp_usernet here."""
     from torch import nn
 
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(1), nn.Linear(8, 16))
-    save_checkpoint(path, net, {"factory": "acp_usernet:make", "kwargs": {"bits": 16}}, [1, 1, 8, 8],
-                    meta={"dataset": "digits"})
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(8, 16),
+    )
+    save_checkpoint(
+        path, net, {"factory": "acp_usernet:make", "kwargs": {"bits": 16}}, [1, 1, 8, 8], meta={"dataset": "digits"}
+    )
     assert not marker.exists()
     return path
 
@@ -81,9 +89,10 @@ def test_policy_reads_the_environment_and_refuses_malformed_names(monkeypatch):
 
 
 def test_spec_factory_is_trusted_only_where_the_user_gave_the_spec(monkeypatch):
-    from acpsearch.search.pipeline import factory_policy
-    from acpsearch.spec import parse_spec
     from conftest import TINY_SPEC
+
+    from acpsearch.service.pipeline import factory_policy
+    from acpsearch.service.spec import parse_spec
 
     monkeypatch.delenv(ALLOW_ENV, raising=False)
     data = copy.deepcopy(TINY_SPEC)
@@ -101,8 +110,11 @@ def test_spec_factory_is_trusted_only_where_the_user_gave_the_spec(monkeypatch):
 def test_load_model_refuses_an_unallowed_factory_before_importing_it(usermod, tmp_path):
     marker, _ = usermod
     path = _user_checkpoint(tmp_path / "u.pt", marker)
-    with pytest.raises(CheckpointError, match=r"model.factory 'acp_usernet:make' is not allowed: module "
-                                              r"'acp_usernet' .*--allow-factory acp_usernet") as info:
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.factory 'acp_usernet:make' is not allowed: module "
+        r"'acp_usernet' .*--allow-factory acp_usernet",
+    ) as info:
         acpsearch.load_model(path)
     assert "\n" not in str(info.value)
     assert not marker.exists() and "acp_usernet" not in sys.modules  # never imported
@@ -160,24 +172,44 @@ def _zoo_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     from acpsearch.hashing import create_model
 
     kw = {"bits": 16, "in_channels": 1, "image_size": 8}
-    path = save_checkpoint(tmp_path / "z.pt", create_model("resnet20", **kw), {"zoo": "resnet20", "kwargs": kw},
-                           [1, 1, 8, 8])
+    path = save_checkpoint(
+        tmp_path / "z.pt", create_model("resnet20", **kw), {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8]
+    )
     return path, torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda c: c["model"]["kwargs"].update(bits=5000), r"model.kwargs.bits: must be an integer in \[1, 4096\], got 5000"),
-    (lambda c: c["model"].update(zoo="mobilenetv2", kwargs={"bits": 16, "in_channels": 1, "image_size": 8,
-                                                            "width_mult": 50.0}),
-     r"model 'mobilenetv2' .* would have [\d,]+ parameters .*refused before allocating"),
-    (lambda c: c["model"]["kwargs"].update(extra=torch.zeros(2)), r"model.kwargs.extra: must be plain data"),
-    (lambda c: c["model"].update(factory="os:system"), r"entry 'model' must name exactly one of 'zoo' or 'factory'"),
-    (lambda c: c.update(input_shape=[1, 64, 4096, 4096]), r"input_shape: \[1, 64, 4096, 4096\] has [\d,]+ elements"),
-    (lambda c: c["state_dict"].update(extra=[1.0]), r"state_dict\['extra'\]: must be a tensor, got list"),
-    (lambda c: c.update(meta="digits"), r"meta: must be a mapping, got str"),
-    (lambda c: c.update(pruning={"format": "acpsearch-pruning", "groups": {"conv1": {"channels": 16, "kept": [0, 99]}}}),
-     r"pruning.groups\['conv1'\].kept: must be a non-empty list of channel indices in \[0, 16\)"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda c: c["model"]["kwargs"].update(bits=5000),
+            r"model.kwargs.bits: must be an integer in \[1, 4096\], got 5000",
+        ),
+        (
+            lambda c: c["model"].update(
+                zoo="mobilenetv2", kwargs={"bits": 16, "in_channels": 1, "image_size": 8, "width_mult": 50.0}
+            ),
+            r"model 'mobilenetv2' .* would have [\d,]+ parameters .*refused before allocating",
+        ),
+        (lambda c: c["model"]["kwargs"].update(extra=torch.zeros(2)), r"model.kwargs.extra: must be plain data"),
+        (
+            lambda c: c["model"].update(factory="os:system"),
+            r"entry 'model' must name exactly one of 'zoo' or 'factory'",
+        ),
+        (
+            lambda c: c.update(input_shape=[1, 64, 4096, 4096]),
+            r"input_shape: \[1, 64, 4096, 4096\] has [\d,]+ elements",
+        ),
+        (lambda c: c["state_dict"].update(extra=[1.0]), r"state_dict\['extra'\]: must be a tensor, got list"),
+        (lambda c: c.update(meta="digits"), r"meta: must be a mapping, got str"),
+        (
+            lambda c: c.update(
+                pruning={"format": "acpsearch-pruning", "groups": {"conv1": {"channels": 16, "kept": [0, 99]}}}
+            ),
+            r"pruning.groups\['conv1'\].kept: must be a non-empty list of channel indices in \[0, 16\)",
+        ),
+    ],
+)
 def test_malformed_entries_are_one_line_naming_file_and_entry(tmp_path, change, match):
     path, ckpt = _zoo_checkpoint(tmp_path)
     change(ckpt)
@@ -189,8 +221,9 @@ def test_malformed_entries_are_one_line_naming_file_and_entry(tmp_path, change, 
 
 def test_integer_weights_still_load(tmp_path):
     path, ckpt = _zoo_checkpoint(tmp_path)
-    ckpt["state_dict"] = {k: v.round().to(torch.int64) if v.is_floating_point() else v
-                          for k, v in ckpt["state_dict"].items()}
+    ckpt["state_dict"] = {
+        k: v.round().to(torch.int64) if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+    }
     torch.save(ckpt, path)
     assert read_checkpoint(path)["state_dict"]
     acpsearch.load_model(path)
@@ -202,9 +235,14 @@ def _attrs(url: str) -> dict:
 
     storage = optuna.storages.RDBStorage(url)
     try:
-        return {s.study_name: (storage.get_study_user_attrs(s._study_id), storage.get_study_system_attrs(s._study_id),
-                               len(storage.get_all_trials(s._study_id)))
-                for s in storage.get_all_studies()}
+        return {
+            s.study_name: (
+                storage.get_study_user_attrs(s._study_id),
+                storage.get_study_system_attrs(s._study_id),
+                len(storage.get_all_trials(s._study_id)),
+            )
+            for s in storage.get_all_studies()
+        }
     finally:
         storage.remove_session()
         storage.engine.dispose()
@@ -214,11 +252,12 @@ def test_worker_refuses_studies_whose_factory_is_not_allowed(usermod, tmp_path, 
     """A worker skips (before claiming, before Ray) a study whose spec or checkpoint names a factory
     from a module it does not allow, reports it as refused and leaves it as it was; `run NAME` of a
     study whose checkpoint names such a factory is exit 2 with the study untouched."""
-    from acpsearch.cli import run
-    from acpsearch.search import study as st
-    from acpsearch.search.storage import open_storage
-    from acpsearch.spec import parse_spec
     from conftest import TINY_SPEC
+
+    from acpsearch.cli import run
+    from acpsearch.service import study as st
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
 
     marker, moddir = usermod
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -234,24 +273,40 @@ def test_worker_refuses_studies_whose_factory_is_not_allowed(usermod, tmp_path, 
 
     env = {k: v for k, v in os.environ.items() if k != ALLOW_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(moddir), *filter(None, [os.environ.get("PYTHONPATH")])])
-    res = subprocess.run([str(Path(sys.executable).parent / "acpsearch"), "worker", "--storage", url, "--json",
-                          "--allow-factory", "acp_user,acp_usernet2"],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "acpsearch"),
+            "worker",
+            "--storage",
+            url,
+            "--json",
+            "--allow-factory",
+            "acp_user,acp_usernet2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     assert {r["name"]: r["state"] for r in doc["ran"]} == {"by-spec": "refused", "by-ckpt": "refused"}
     assert all("'acp_usernet'" in r["error"] for r in doc["ran"]) and doc["ray_inits"] == 0
     for name in ("by-spec", "by-ckpt"):
-        assert (f"worker: skipping study {name!r}: factory module 'acp_usernet' is not allowed "
-                f"(--allow-factory acp_usernet or {ALLOW_ENV})") in res.stderr.splitlines()
+        assert (
+            f"worker: skipping study {name!r}: factory module 'acp_usernet' is not allowed "
+            f"(--allow-factory acp_usernet or {ALLOW_ENV})"
+        ) in res.stderr.splitlines()
     assert "Traceback" not in res.stderr
     assert not marker.exists() and _attrs(url) == before
 
     capsys.readouterr()
     assert run(["run", "by-ckpt", "--storage", url]) == 2  # run trusts the spec, not the checkpoint's factory
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: checkpoint '{tmp_path / 'u.pt'}': model.factory "
-                                               "'acp_usernet:make' is not allowed"), err
+    assert len(err) == 1 and err[0].startswith(
+        f"error: checkpoint '{tmp_path / 'u.pt'}': model.factory 'acp_usernet:make' is not allowed"
+    ), err
     assert not marker.exists() and _attrs(url) == before
 
 
@@ -260,6 +315,9 @@ def test_unpruned_zoo_weights_are_counted_before_the_build(tmp_path):
     path, ckpt = _zoo_checkpoint(tmp_path)
     ckpt["model"]["kwargs"]["bits"] = 4096
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match=r"weights do not match the architecture \(its model kwargs imply "
-                                              r"[\d,]+ weight elements, the state_dict holds [\d,]+\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"weights do not match the architecture \(its model kwargs imply "
+        r"[\d,]+ weight elements, the state_dict holds [\d,]+\)",
+    ):
         acpsearch.load_model(path)

@@ -1,6 +1,7 @@
 """Truth in the outputs: speed-up wording, interleaved latency, rounded keep ratios, plain progress
 lines without a terminal, errors as JSON under --json. Everything runs for real (tiny modules, a
 real SQLite storage, the real CLI in-process)."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ import torch
 from torch import nn
 
 from acpsearch.cli import run
-from acpsearch.search.report import markdown, speedup
-from acpsearch.search.study import objective_name, round_ratio, round_ratios
+from acpsearch.service.report import markdown, speedup
+from acpsearch.service.study import objective_name, round_ratio, round_ratios
 
 
 # --- speed-up wording ------------------------------------------------------------------------------
@@ -51,11 +52,17 @@ def test_compare_latency_alternates_and_returns_medians_and_spread():
     from acpsearch.search.latency import compare_latency
 
     threads = torch.get_num_threads()
-    res = compare_latency({"base": _Sleepy(0.03), "winner": _Sleepy(0.0)}, [1, 1, 8, 8], batch=2, rounds=5,
-                          repeats=2, warmup=1, threads=1)
+    res = compare_latency(
+        {"base": _Sleepy(0.03), "winner": _Sleepy(0.0)}, [1, 1, 8, 8], batch=2, rounds=5, repeats=2, warmup=1, threads=1
+    )
     assert torch.get_num_threads() == threads  # restored
-    assert res["order"] == [["base", "winner"], ["winner", "base"], ["base", "winner"], ["winner", "base"],
-                            ["base", "winner"]]
+    assert res["order"] == [
+        ["base", "winner"],
+        ["winner", "base"],
+        ["base", "winner"],
+        ["winner", "base"],
+        ["base", "winner"],
+    ]
     assert res["batch"] == 2 and res["threads"] == 1 and res["rounds"] == 5
     for m in res["models"].values():
         assert len(m["rounds_ms"]) == 5
@@ -76,22 +83,44 @@ def test_keep_ratios_are_rounded():
 
 
 def test_report_shows_rounded_ratios_winner_line_and_slower():
-    rep = {"study": "s", "finetune_study": "s.finetune", "candidates": 3, "finalists": [],
-           "phase_seconds": {}, "spec": {"search": {"ranker": "similarity"}, "model": {"zoo": "resnet20"}},
-           "base": {"test_map": 0.8, "latency_ms": 23.67, "flops": 40_000_000},
-           "winner": {"test_map": 0.79, "val_map": 0.81, "finetune_trial": 1, "candidate": 7,
-                      "latency_ms": 24.66, "measured_flops": 19_920_000,
-                      "ratios": {"layer1": 0.6000000000000001}, "kept": {"layer1": 10}, "channels": {"layer1": 16}}}
+    rep = {
+        "study": "s",
+        "finetune_study": "s.finetune",
+        "candidates": 3,
+        "finalists": [],
+        "phase_seconds": {},
+        "spec": {"search": {"ranker": "similarity"}, "model": {"zoo": "resnet20"}},
+        "base": {"test_map": 0.8, "latency_ms": 23.67, "flops": 40_000_000},
+        "winner": {
+            "test_map": 0.79,
+            "val_map": 0.81,
+            "finetune_trial": 1,
+            "candidate": 7,
+            "latency_ms": 24.66,
+            "measured_flops": 19_920_000,
+            "ratios": {"layer1": 0.6000000000000001},
+            "kept": {"layer1": 10},
+            "channels": {"layer1": 16},
+        },
+    }
     note = markdown(rep)
     assert "| `layer1` | 16 | 10 | 0.6 |" in note and "0.6000000000000001" not in note
     assert "1.04x slower" in note and "faster" not in note
     assert "**Winner: trial 1 of `s.finetune`**" in note
-    assert "Best Trial here = highest ranker score (`similarity`), not the winner; the winner is trial 1 of " \
-           "s.finetune" in note
+    assert (
+        "Best Trial here = highest ranker score (`similarity`), not the winner; the winner is trial 1 of "
+        "s.finetune" in note
+    )
     assert "49.8% of base" in note
-    rep["winner"]["latency_compare"] = {"rounds": 7, "base_median_ms": 23.67, "base_q1_ms": 23.1,
-                                        "base_q3_ms": 25.0, "winner_median_ms": 24.66, "winner_q1_ms": 23.9,
-                                        "winner_q3_ms": 25.3}
+    rep["winner"]["latency_compare"] = {
+        "rounds": 7,
+        "base_median_ms": 23.67,
+        "base_q1_ms": 23.1,
+        "base_q3_ms": 25.0,
+        "winner_median_ms": 24.66,
+        "winner_q1_ms": 23.9,
+        "winner_q3_ms": 25.3,
+    }
     note = markdown(rep)
     assert "| 23.67 (IQR 23.10–25.00) | 24.66 (IQR 23.90–25.30) | no measurable difference |" in note
     assert "| latency (ms, batch 32, 1 thread; median of 7 interleaved rounds, IQR) |" in note
@@ -165,13 +194,16 @@ def test_rich_reporter_on_a_non_tty_stream_prints_plain_lines(monkeypatch):
 
 
 # --- errors as JSON under --json -----------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["submit", "{tmp}/missing.yaml", "--json"],
-    ["show", "no-such-study", "--json"],
-    ["run", "no-such-study", "--json"],
-    ["status", "--json", "--storage", " "],
-    ["show", "x", "--json", "--bogus-option"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "{tmp}/missing.yaml", "--json"],
+        ["show", "no-such-study", "--json"],
+        ["run", "no-such-study", "--json"],
+        ["status", "--json", "--storage", " "],
+        ["show", "x", "--json", "--bogus-option"],
+    ],
+)
 def test_bad_input_under_json_is_one_json_object(argv, tmp_path: Path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--storage" not in args:
@@ -181,7 +213,7 @@ def test_bad_input_under_json_is_one_json_object(argv, tmp_path: Path, capsys):
     err_lines = cap.err.strip().splitlines()
     assert len(err_lines) == 1 and err_lines[0].startswith("error: ")
     doc = json.loads(cap.out)
-    assert doc == {"error": err_lines[0][len("error: "):], "exit": 2}
+    assert doc == {"error": err_lines[0][len("error: ") :], "exit": 2}
 
 
 def test_bad_input_without_json_prints_nothing_on_stdout(tmp_path: Path, capsys):

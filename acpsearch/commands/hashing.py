@@ -1,17 +1,18 @@
 """CLI commands of the hashing side: `acpsearch train` and `acpsearch evaluate`."""
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
 from acpsearch.cli import app
 from acpsearch.errors import DataError, SpecError
+from acpsearch.service.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
 from acpsearch.trust import ALLOW_HELP
-from acpsearch.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
 
 SEED_HELP = f"in [0, {SEED_LIMIT})"
 DEVICE_HELP = "auto (cuda when a GPU is visible), cpu, cuda or cuda:N; cuda without a GPU is an error"
@@ -37,31 +38,39 @@ def _print_metrics(title: str, rows: dict[str, Any]) -> None:
 
 def _metric_rows(m: dict[str, Any]) -> dict[str, Any]:
     return {
-        "test mAP@all": m["map_all"], f"test mAP@{m['topk']}": m["map_topk"],
-        f"precision@{m['precision_n']}": m["precision_at_n"], "val mAP (val vs train)": m["val_map"],
-        "bits": m["bits"], "queries / database": f"{m['n_query']} / {m['n_database']}",
+        "test mAP@all": m["map_all"],
+        f"test mAP@{m['topk']}": m["map_topk"],
+        f"precision@{m['precision_n']}": m["precision_at_n"],
+        "val mAP (val vs train)": m["val_map"],
+        "bits": m["bits"],
+        "queries / database": f"{m['n_query']} / {m['n_database']}",
     }
 
 
 @app.command()
 def train(
-    model: str = typer.Option("resnet20", "--model", help="zoo model: resnet20, resnet32, resnet56, vgg11, vgg16, alexnet, mobilenetv2"),
-    dataset: str = typer.Option("fashion-mnist", "--dataset",
-                                help="digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile"),
+    model: str = typer.Option(
+        "resnet20", "--model", help="zoo model: resnet20, resnet32, resnet56, vgg11, vgg16, alexnet, mobilenetv2"
+    ),
+    dataset: str = typer.Option(
+        "fashion-mnist", "--dataset", help="digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile"
+    ),
     bits: int = typer.Option(32, "--bits", help="code length K"),
     loss: str = typer.Option("csq", "--loss", help="csq, hashnet, dpsh"),
     epochs: int = typer.Option(20, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where user-supplied data lives"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="where user-supplied data lives"),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1, help=SEED_HELP),
-    query_per_class: Optional[int] = typer.Option(None, "--query-per-class", help="default: the data set's"),
-    train_per_class: Optional[int] = typer.Option(None, "--train-per-class", help="default: the data set's"),
-    val_per_class: Optional[int] = typer.Option(None, "--val-per-class", help="default: the data set's"),
-    train_list: Optional[str] = typer.Option(None, "--train-list", help="listfile: training list"),
-    database_list: Optional[str] = typer.Option(None, "--database-list", help="listfile: database list"),
-    test_list: Optional[str] = typer.Option(None, "--test-list", help="listfile: query list"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="listfile/folder: resize (shorter side) + centre crop"),
+    query_per_class: int | None = typer.Option(None, "--query-per-class", help="default: the data set's"),
+    train_per_class: int | None = typer.Option(None, "--train-per-class", help="default: the data set's"),
+    val_per_class: int | None = typer.Option(None, "--val-per-class", help="default: the data set's"),
+    train_list: str | None = typer.Option(None, "--train-list", help="listfile: training list"),
+    database_list: str | None = typer.Option(None, "--database-list", help="listfile: database list"),
+    test_list: str | None = typer.Option(None, "--test-list", help="listfile: query list"),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="listfile/folder: resize (shorter side) + centre crop"
+    ),
     workers: int = typer.Option(0, "--workers", min=0, max=64, help="DataLoader workers of a streamed data set"),
     normalize: str = typer.Option("train", "--normalize", help="train (training-split statistics) or none"),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="random crop with padding"),
@@ -78,14 +87,25 @@ def train(
     model is built), the batch order and the augmentation: the same command gives the same weights
     on the same machine and device."""
     from acpsearch.hashing import (
-        LOSS_NAMES, MODEL_NAMES, checkpoint_meta, create_model, evaluate, load_dataset, make_splits, save_zoo_checkpoint,
+        LOSS_NAMES,
+        MODEL_NAMES,
+        checkpoint_meta,
+        create_model,
+        evaluate,
+        load_dataset,
+        make_splits,
+        save_zoo_checkpoint,
         train_hash_net,
     )
 
     if loss.lower() not in LOSS_NAMES:
         raise SpecError(f"--loss: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
-    for flag, value, most in (("--epochs", epochs, MAX_EPOCHS), ("--bits", bits, 4096),
-                              ("--batch-size", batch_size, MAX_BATCH_SIZE), ("--topk", topk, None)):
+    for flag, value, most in (
+        ("--epochs", epochs, MAX_EPOCHS),
+        ("--bits", bits, 4096),
+        ("--batch-size", batch_size, MAX_BATCH_SIZE),
+        ("--topk", topk, None),
+    ):
         if value < 1:
             raise SpecError(f"{flag}: must be >= 1, got {value}")
         if most is not None and value > most:
@@ -102,58 +122,104 @@ def train(
         create_model(model, bits=bits)
     if normalize not in ("train", "none"):
         raise SpecError(f"--normalize: must be 'train' or 'none', got {normalize!r}")
-    data_opts = {k: v for k, v in (("train_list", train_list), ("database_list", database_list),
-                                   ("test_list", test_list), ("image_size", image_size)) if v is not None}
+    data_opts = {
+        k: v
+        for k, v in (
+            ("train_list", train_list),
+            ("database_list", database_list),
+            ("test_list", test_list),
+            ("image_size", image_size),
+        )
+        if v is not None
+    }
     ds = load_dataset(dataset, data_dir, workers=workers, seed=seed, **data_opts)
     splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed, normalize=normalize)
     c, h, _w = splits.input_shape
     seed_everything(seed)  # before the model is built: the seed fixes the initial weights
     net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
-    result = train_hash_net(net, splits, loss=loss.lower(), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            progress=progress and not json_out, augment=augment, hflip=hflip)
+    result = train_hash_net(
+        net,
+        splits,
+        loss=loss.lower(),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress and not json_out,
+        augment=augment,
+        hflip=hflip,
+    )
     metrics = evaluate(result.model, splits, topk=topk)
-    meta = checkpoint_meta(splits, loss.lower(), result, metrics, data_dir=data_dir, data_options=data_opts, bits=bits,
-                           lr=lr, batch_size=batch_size, seed=seed, augment=augment, hflip=hflip, device=str(dev))
+    meta = checkpoint_meta(
+        splits,
+        loss.lower(),
+        result,
+        metrics,
+        data_dir=data_dir,
+        data_options=data_opts,
+        bits=bits,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        hflip=hflip,
+        device=str(dev),
+    )
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)
     path = out
     if json_out:
-        typer.echo(json.dumps({"checkpoint": str(path), "model": model.lower(), "dataset": splits.dataset,
-                               "loss": loss.lower(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-                               "seconds_per_epoch": round(result.seconds_per_epoch, 3), "device": str(dev),
-                               "metrics": metrics}))
+        typer.echo(
+            json.dumps(
+                {
+                    "checkpoint": str(path),
+                    "model": model.lower(),
+                    "dataset": splits.dataset,
+                    "loss": loss.lower(),
+                    "epochs": result.epochs_run,
+                    "best_epoch": result.best_epoch,
+                    "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+                    "device": str(dev),
+                    "metrics": metrics,
+                }
+            )
+        )
         return
-    rows = {"checkpoint": str(path), "best epoch": f"{result.best_epoch} of {result.epochs_run}",
-            "s / epoch": round(result.seconds_per_epoch, 2), **_metric_rows(metrics)}
+    rows = {
+        "checkpoint": str(path),
+        "best epoch": f"{result.best_epoch} of {result.epochs_run}",
+        "s / epoch": round(result.seconds_per_epoch, 2),
+        **_metric_rows(metrics),
+    }
     _print_metrics(f"{model} / {loss} / {bits} bits on {splits.dataset}", rows)
 
 
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="default: the data set stored in the checkpoint"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    dataset: str | None = typer.Option(None, "--dataset", help="default: the data set stored in the checkpoint"),
+    data_dir: str | None = typer.Option(None, "--data-dir"),
     topk: int = typer.Option(1000, "--topk", help="k of mAP@k"),
-    query_per_class: Optional[int] = typer.Option(None, "--query-per-class"),
-    train_per_class: Optional[int] = typer.Option(None, "--train-per-class"),
-    val_per_class: Optional[int] = typer.Option(None, "--val-per-class"),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_LIMIT - 1,
-                                       help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"),
-    train_list: Optional[str] = typer.Option(None, "--train-list", help="listfile (default: the checkpoint's)"),
-    database_list: Optional[str] = typer.Option(None, "--database-list", help="listfile (default: the checkpoint's)"),
-    test_list: Optional[str] = typer.Option(None, "--test-list", help="listfile (default: the checkpoint's)"),
+    query_per_class: int | None = typer.Option(None, "--query-per-class"),
+    train_per_class: int | None = typer.Option(None, "--train-per-class"),
+    val_per_class: int | None = typer.Option(None, "--val-per-class"),
+    seed: int | None = typer.Option(
+        None, "--seed", min=0, max=SEED_LIMIT - 1, help=f"protocol seed {SEED_HELP} (default: the checkpoint's)"
+    ),
+    train_list: str | None = typer.Option(None, "--train-list", help="listfile (default: the checkpoint's)"),
+    database_list: str | None = typer.Option(None, "--database-list", help="listfile (default: the checkpoint's)"),
+    test_list: str | None = typer.Option(None, "--test-list", help="listfile (default: the checkpoint's)"),
     workers: int = typer.Option(0, "--workers", min=0, max=64, help="DataLoader workers of a streamed data set"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    from acpsearch.devices import resolve_device
     from acpsearch.hashing import evaluate as evaluate_model
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.trust import FactoryPolicy
-
-    from acpsearch.devices import resolve_device
 
     policy = FactoryPolicy.from_user(allow_factory)
     if topk < 1:
@@ -171,16 +237,23 @@ def evaluate(
     stored = (meta.get("protocol") or {}) if same else {}
     default = protocol_defaults(name)
     proto = _protocol(
-        query_per_class if query_per_class is not None else int(stored.get("query_per_class", default["query_per_class"])),
-        train_per_class if train_per_class is not None else int(stored.get("train_per_class", default["train_per_class"])),
+        query_per_class
+        if query_per_class is not None
+        else int(stored.get("query_per_class", default["query_per_class"])),
+        train_per_class
+        if train_per_class is not None
+        else int(stored.get("train_per_class", default["train_per_class"])),
         val_per_class if val_per_class is not None else int(stored.get("val_per_class", default["val_per_class"])),
         seed if seed is not None else int(stored.get("seed", 0)),
     )
     model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
     stored_opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
     opts = {k: v for k, v in stored_opts.items() if k in ("train_list", "database_list", "test_list", "image_size")}
-    given = {k: v for k, v in (("train_list", train_list), ("database_list", database_list),
-                               ("test_list", test_list)) if v is not None}
+    given = {
+        k: v
+        for k, v in (("train_list", train_list), ("database_list", database_list), ("test_list", test_list))
+        if v is not None
+    }
     if given:  # lists on the command line replace the stored ones
         opts = {k: v for k, v in opts.items() if k == "image_size"} | given
     ds = load_dataset(name, directory, seed=proto["seed"], workers=workers, **opts)
@@ -190,11 +263,22 @@ def evaluate(
     splits = make_splits(ds, **proto, normalize=norm)
     want = tuple(int(v) for v in ckpt["input_shape"][1:])
     if splits.input_shape[0] != want[0]:
-        raise DataError(f"--dataset: {name} images have {splits.input_shape[0]} channels, "
-                        f"the checkpoint's model expects {want[0]}")
+        raise DataError(
+            f"--dataset: {name} images have {splits.input_shape[0]} channels, the checkpoint's model expects {want[0]}"
+        )
     metrics = evaluate_model(model.to(dev), splits, topk=topk)
     if json_out:
-        typer.echo(json.dumps({"checkpoint": str(checkpoint), "dataset": splits.dataset, "protocol": proto,
-                               "model": ckpt["model"], "pruned": bool(ckpt.get("pruning")), "metrics": metrics}))
+        typer.echo(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint),
+                    "dataset": splits.dataset,
+                    "protocol": proto,
+                    "model": ckpt["model"],
+                    "pruned": bool(ckpt.get("pruning")),
+                    "metrics": metrics,
+                }
+            )
+        )
         return
     _print_metrics(f"{checkpoint} on {splits.dataset}", _metric_rows(metrics))

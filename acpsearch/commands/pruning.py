@@ -1,18 +1,18 @@
 """CLI commands of the pruning side: `inspect` (channel groups of a checkpoint) and `prune`
 (manual uniform pruning to a new checkpoint that `load_model` reloads)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 import typer
 
 from acpsearch.cli import app
 from acpsearch.errors import CheckpointError, SpecError
+from acpsearch.service.spec import SEED_LIMIT
 from acpsearch.trust import ALLOW_HELP
-from acpsearch.spec import SEED_LIMIT
 
 
 def _load(checkpoint: Path, allow_factory: list[str] | None = None):
@@ -30,8 +30,8 @@ def _load(checkpoint: Path, allow_factory: list[str] | None = None):
 def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
-    hash_layer: Optional[str] = typer.Option(None, "--hash-layer", help="dotted module name of the hash layer"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    hash_layer: str | None = typer.Option(None, "--hash-layer", help="dotted module name of the hash layer"),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Show the prunable channel groups of a model: channels, FLOPs share, params share."""
     from acpsearch.graph import ChannelGraph
@@ -39,26 +39,45 @@ def inspect_cmd(
     ckpt, model, example = _load(checkpoint, allow_factory)
     g = ChannelGraph.from_model(model, example, hash_layer=hash_layer)
     cost = g.cost()
-    doc = {"checkpoint": str(checkpoint), "hash_layer": g.hash_layer, "flops": cost.flops, "params": cost.params,
-           "nodes": len(g.nodes), "pruned": bool(ckpt.get("pruning")),
-           "groups": [{k: v for k, v in row.items() if k != "modules"} | {"modules": row["modules"]}
-                      for row in g.summary()]}
+    doc = {
+        "checkpoint": str(checkpoint),
+        "hash_layer": g.hash_layer,
+        "flops": cost.flops,
+        "params": cost.params,
+        "nodes": len(g.nodes),
+        "pruned": bool(ckpt.get("pruning")),
+        "groups": [
+            {k: v for k, v in row.items() if k != "modules"} | {"modules": row["modules"]} for row in g.summary()
+        ],
+    }
     if as_json:
         typer.echo(json.dumps(doc))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{checkpoint}: {len(g.groups)} prunable groups, {cost.flops:,} MACs, {cost.params:,} params, "
-                    f"hash layer {g.hash_layer}")
+    t = Table(
+        title=f"{checkpoint}: {len(g.groups)} prunable groups, {cost.flops:,} MACs, {cost.params:,} params, "
+        f"hash layer {g.hash_layer}"
+    )
     for col in ("group", "channels", "divisor", "FLOPs share", "params share", "modules"):
         # group names must stay whole (users copy them into strategies); module lists may fold
-        t.add_column(col, justify="right" if col not in ("group", "modules") else "left",
-                     no_wrap=col != "modules", overflow="fold")
+        t.add_column(
+            col,
+            justify="right" if col not in ("group", "modules") else "left",
+            no_wrap=col != "modules",
+            overflow="fold",
+        )
     for row in g.summary():
         mods = ", ".join(row["modules"][:4]) + (" ..." if len(row["modules"]) > 4 else "")
-        t.add_row(row["name"], str(row["channels"]), str(row["divisor"]), f"{row['flops_share']:.3f}",
-                  f"{row['params_share']:.3f}", mods)
+        t.add_row(
+            row["name"],
+            str(row["channels"]),
+            str(row["divisor"]),
+            f"{row['flops_share']:.3f}",
+            f"{row['params_share']:.3f}",
+            mods,
+        )
     Console().print(t)
 
 
@@ -68,19 +87,23 @@ def prune_cmd(
     keep: float = typer.Option(..., "--keep", help="keep ratio for every group, in (0, 1]"),
     criterion: str = typer.Option("l1", "--criterion", help="l1 | l2 | bn_scale | fpgm | random"),
     round_to: int = typer.Option(4, "--round-to", help="kept channels are multiples of this"),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1,
-                             help=f"seed of the random criterion, in [0, {SEED_LIMIT})"),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=SEED_LIMIT - 1, help=f"seed of the random criterion, in [0, {SEED_LIMIT})"
+    ),
     out: Path = typer.Option(..., "--out", help="pruned checkpoint to write"),
-    fmt: str = typer.Option("acpsearch", "--format", help="acpsearch (a checkpoint load_model reloads) | "
-                            "torchscript | onnx | pt2 (for deployment without acpsearch; see `acpsearch export`)"),
+    fmt: str = typer.Option(
+        "acpsearch",
+        "--format",
+        help="acpsearch (a checkpoint load_model reloads) | "
+        "torchscript | onnx | pt2 (for deployment without acpsearch; see `acpsearch export`)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Prune every channel group uniformly; print the cost before/after and write a checkpoint."""
     from acpsearch.graph import ChannelGraph
-    from acpsearch.pruning import PruningStrategy, measure_cost, prune, save_pruned
-
     from acpsearch.outputs import atomic_out, check_out
+    from acpsearch.pruning import PruningStrategy, measure_cost, prune, save_pruned
 
     if criterion == "taylor":
         raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")
@@ -96,8 +119,14 @@ def prune_cmd(
     pruned = prune(model, s, example)
     before, after = g.cost(), measure_cost(pruned, example)
     meta = dict(ckpt.get("meta") or {})
-    meta.update({"pruned_from": str(checkpoint), "strategy": s.to_dict(), "base_cost": before.to_dict(),
-                 "cost": after.to_dict()})
+    meta.update(
+        {
+            "pruned_from": str(checkpoint),
+            "strategy": s.to_dict(),
+            "base_cost": before.to_dict(),
+            "cost": after.to_dict(),
+        }
+    )
     exported = None
     if fmt == "acpsearch":
         with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
@@ -107,18 +136,27 @@ def prune_cmd(
         record = getattr(pruned, "acp_pruning_record", None)
         emeta = metadata_from_checkpoint({**ckpt, "meta": meta, "pruning": record}, source)
         exported = export_model(pruned, out, fmt, example, emeta)
-    doc = {"out": str(out), "format": fmt, "before": before.to_dict(), "after": after.to_dict(),
-           "flops_ratio": after.flops / max(before.flops, 1), "params_ratio": after.params / max(before.params, 1)}
+    doc = {
+        "out": str(out),
+        "format": fmt,
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "flops_ratio": after.flops / max(before.flops, 1),
+        "params_ratio": after.params / max(before.params, 1),
+    }
     if exported is not None:
         doc.update({"exporter": exported["exporter"], "verification": exported["verification"]})
     if as_json:
         typer.echo(json.dumps(doc))
         return
     typer.echo(f"before: {before.flops:,} MACs, {before.params:,} params")
-    typer.echo(f"after:  {after.flops:,} MACs ({doc['flops_ratio']:.3f}), {after.params:,} params "
-               f"({doc['params_ratio']:.3f})")
+    typer.echo(
+        f"after:  {after.flops:,} MACs ({doc['flops_ratio']:.3f}), {after.params:,} params ({doc['params_ratio']:.3f})"
+    )
     typer.echo(f"wrote {out}" + (f" ({fmt})" if fmt != "acpsearch" else ""))
     if exported is not None:
         v = exported["verification"]
-        typer.echo(f"exporter: {exported['exporter']}; verified against PyTorch: max abs diff "
-                   f"{v['max_abs_diff']:.3g} (allowed {v['atol']:g}), {v['code_bits_compared']} code bits identical")
+        typer.echo(
+            f"exporter: {exported['exporter']}; verified against PyTorch: max abs diff "
+            f"{v['max_abs_diff']:.3g} (allowed {v['atol']:g}), {v['code_bits_compared']} code bits identical"
+        )

@@ -4,6 +4,7 @@ Tables by default, `--json` prints one JSON document on stdout (progress goes to
 Bad input (spec, model, data, budget, storage URL, checkpoint, Ray address) is an AcpError:
 one line on stderr, exit 2, and the stored studies are untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,13 +21,17 @@ from rich.table import Table
 
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
-from acpsearch.search.storage import redact
-from acpsearch.spec import MAX_WORKERS
+from acpsearch.service.spec import MAX_WORKERS
+from acpsearch.service.storage import redact
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
 
-STORAGE_HELP = "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
-DEVICE_HELP = ("where the base network is trained: auto, cpu, cuda, cuda:N (default: the spec's train.device); "
-               "Ray workers use finetune/search.resources")
+STORAGE_HELP = (
+    "Optuna storage URL (default $ACPSEARCH_STORAGE or sqlite:///acpsearch.db); journal:///file.log for a journal file"
+)
+DEVICE_HELP = (
+    "where the base network is trained: auto, cpu, cuda, cuda:N (default: the spec's train.device); "
+    "Ray workers use finetune/search.resources"
+)
 ADDRESS_HELP = "Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray with --workers CPUs)"
 ARTIFACTS_HELP = "artifact directory (default: next to the storage file, or $ACPSEARCH_ARTIFACTS)"
 
@@ -54,8 +59,13 @@ def _dur(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-_UNITS = {"search": "candidates", "rerank": "candidates", "finetune": "finalists", "base": "epochs",
-          "encoder": "epochs"}
+_UNITS = {
+    "search": "candidates",
+    "rerank": "candidates",
+    "finetune": "finalists",
+    "base": "epochs",
+    "encoder": "epochs",
+}
 
 
 class PlainReporter:
@@ -64,8 +74,9 @@ class PlainReporter:
     e.g. ``[  123s] search: 40/300 candidates, ETA 6m10s``, and each phase's end with its duration.
     Lines are flushed at once, so a log file shows them as they happen."""
 
-    def __init__(self, stream: Any = None, every_s: float = 30.0, every_frac: float = 0.1,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, stream: Any = None, every_s: float = 30.0, every_frac: float = 0.1, clock: Any = time.monotonic
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.every_s, self.every_frac, self.clock = every_s, every_frac, clock
         self.t0 = clock()
@@ -101,8 +112,11 @@ class PlainReporter:
             while self.next_count <= self.count:
                 self.next_count += max(1.0, self.total * self.every_frac)
         self.last_line = now
-        text = f"{self._short()}: {self.count}" + (f"/{self.total}" if self.total else "") \
+        text = (
+            f"{self._short()}: {self.count}"
+            + (f"/{self.total}" if self.total else "")
             + f" {_UNITS.get(self._short(), 'steps')}"
+        )
         if self.total and self.count and not finished:
             eta = (now - self.phase_t0) / self.count * (self.total - self.count)
             text += f", ETA {_dur(eta)}"
@@ -110,8 +124,11 @@ class PlainReporter:
         self._line(text + (f"  {extra}" if extra else ""))
 
     def done(self, name: str, seconds: float, skipped: bool = False) -> None:
-        self._line(f"{name}: already done ({_dur(seconds)} when it ran), skipped" if skipped
-                   else f"{name}: done in {_dur(seconds)}")
+        self._line(
+            f"{name}: already done ({_dur(seconds)} when it ran), skipped"
+            if skipped
+            else f"{name}: done in {_dur(seconds)}"
+        )
         self.name = None
 
     def log(self, msg: str) -> None:
@@ -131,9 +148,16 @@ class RichReporter:
         self.quiet = quiet
         tty = err.is_terminal if stream is None else bool(getattr(stream, "isatty", lambda: False)())
         self.plain = PlainReporter(stream) if not quiet and not tty else None
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
-                                 transient=False, disable=quiet or not tty)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err,
+            transient=False,
+            disable=quiet or not tty,
+        )
         self.task: Any = None
         self.started = False
         self.t0 = time.perf_counter()
@@ -163,7 +187,11 @@ class RichReporter:
         if self.plain is not None:
             return self.plain.done(name, seconds, skipped)
         if not self.quiet:
-            msg = f"{name}: already done ({seconds:.1f} s when it ran), skipped" if skipped else f"{name}: done in {seconds:.1f} s"
+            msg = (
+                f"{name}: already done ({seconds:.1f} s when it ran), skipped"
+                if skipped
+                else f"{name}: done in {seconds:.1f} s"
+            )
             if self.started:
                 self.progress.console.print(msg)
             else:
@@ -189,7 +217,7 @@ def _storage(url: str | None) -> tuple[str, Any]:
 
     import optuna
 
-    from acpsearch.search.storage import is_memory, open_storage, resolve_url
+    from acpsearch.service.storage import is_memory, open_storage, resolve_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own progress
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -198,8 +226,10 @@ def _storage(url: str | None) -> tuple[str, Any]:
         raise SpecError("--storage: empty; leave it out for the default ($ACPSEARCH_STORAGE or sqlite:///acpsearch.db)")
     url = resolve_url(url)
     if is_memory(url):
-        raise StorageError(f"storage {redact(url)!r}: in-memory database, a study stored there vanishes when this "
-                           "command exits; give a file (sqlite:///studies.db) or a server database")
+        raise StorageError(
+            f"storage {redact(url)!r}: in-memory database, a study stored there vanishes when this "
+            "command exits; give a file (sqlite:///studies.db) or a server database"
+        )
     return url, open_storage(url)
 
 
@@ -207,14 +237,15 @@ def _is_spec_path(arg: str) -> bool:
     return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
 
 
-def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, reuse: bool = False,
-            allow_factories: Any = None) -> str:
+def _submit(
+    spec_path: str, storage: Any, name: str | None, check: bool = True, reuse: bool = False, allow_factories: Any = None
+) -> str:
     """Validate the spec and its inputs, then create the study. With `reuse`, a study of the same
     name and the same spec is taken as is (so `run SPEC.yaml` resumes). The spec's own factory is
     the user's code; a factory its model.checkpoint names needs `allow_factories`."""
-    from acpsearch.search import study as st
-    from acpsearch.search.pipeline import preflight
-    from acpsearch.spec import check_name, load_spec
+    from acpsearch.service import study as st
+    from acpsearch.service.pipeline import preflight
+    from acpsearch.service.spec import check_name, load_spec
 
     if name is not None:  # '' is refused, not taken as "no --name"
         check_name(name)
@@ -235,7 +266,7 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
             return final_name
     if check:
         preflight(spec, allow_factories=allow_factories)
-    from acpsearch.search.storage import url_of, writes
+    from acpsearch.service.storage import url_of, writes
 
     with writes(url_of(storage)):  # a read-only or full storage is one line; st.submit leaves no half study
         return st.submit(storage, spec, name)
@@ -245,10 +276,10 @@ def _submit(spec_path: str, storage: Any, name: str | None, check: bool = True, 
 @app.command()
 def submit(
     spec: str = typer.Argument(..., help="study spec (YAML)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-    name: Optional[str] = typer.Option(None, "--name", help="study name (overrides the spec's name)"),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    name: str | None = typer.Option(None, "--name", help="study name (overrides the spec's name)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Validate a spec (data, model, budget) and store it as a submitted study; prints its name.
     All or nothing: if storing fails part-way (read-only or full storage, Ctrl-C), no study is left."""
@@ -266,17 +297,21 @@ def submit(
 @app.command()
 def run(
     target: str = typer.Argument(..., help="study NAME, or a SPEC.yaml to submit and run"),
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
-                                          help="Ray workers (default: spec search.workers)"),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
-    name: Optional[str] = typer.Option(None, "--name", help="study name when TARGET is a spec"),
-    force: bool = typer.Option(False, "--force", help="if another runner holds the study, wait for its lease to "
-                               "expire (its holder died) and take over"),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, max=MAX_WORKERS, help="Ray workers (default: spec search.workers)"
+    ),
+    artifacts: str | None = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    name: str | None = typer.Option(None, "--name", help="study name when TARGET is a spec"),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="if another runner holds the study, wait for its lease to expire (its holder died) and take over",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Run a study to the end; an interrupted study resumes where the storage says it stopped.
     A study another runner holds is exit 2 (with --force: taken over once that runner's lease expired).
@@ -285,11 +320,11 @@ def run(
     Running a study runs its spec's model.factory (you chose to run it: on a shared storage, check
     `acpsearch show NAME` first); a factory named by its checkpoint needs --allow-factory."""
     from acpsearch.cli import on_interrupt
-    from acpsearch.search import crash
-    from acpsearch.search import study as st
-    from acpsearch.search.cluster import connect, shutdown_if_owned
-    from acpsearch.search.pipeline import run_study
-    from acpsearch.search.storage import artifact_dir
+    from acpsearch.service import crash
+    from acpsearch.service import study as st
+    from acpsearch.service.cluster import connect, shutdown_if_owned
+    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.storage import artifact_dir
     from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
@@ -299,12 +334,11 @@ def run(
         resolve_device(device, "--device")
     url, st_obj = _storage(storage)
     if address is not None:
-        from acpsearch.search.cluster import _check_reachable, ray_env
+        from acpsearch.service.cluster import _check_reachable, ray_env
 
         ray_env()
         _check_reachable(address)  # before touching the study: a bad address leaves it untouched
-    study_name = (_submit(target, st_obj, name, reuse=True, allow_factories=policy) if _is_spec_path(target)
-                  else target)
+    study_name = _submit(target, st_obj, name, reuse=True, allow_factories=policy) if _is_spec_path(target) else target
     frozen = st.load_search_study(st_obj, study_name)  # a missing study is exit 2 before anything is created
     on_interrupt(f"interrupted: resume with acpsearch run {study_name}")
     rep = RichReporter(quiet=json_out)
@@ -315,8 +349,17 @@ def run(
                 if address is not None and frozen.user_attrs.get("state") != "done":
                     # join the cluster before the study is touched (run_study reuses this connection)
                     conn = connect(address)
-                summary = run_study(url, study_name, address=address, workers=workers, artifacts=artifacts,
-                                    reporter=rep, force=force, allow_factories=policy, device=device)
+                summary = run_study(
+                    url,
+                    study_name,
+                    address=address,
+                    workers=workers,
+                    artifacts=artifacts,
+                    reporter=rep,
+                    force=force,
+                    allow_factories=policy,
+                    device=device,
+                )
             finally:
                 if conn:
                     shutdown_if_owned(conn)
@@ -331,16 +374,21 @@ def run(
 
 @app.command()
 def worker(
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
-                                          help="Ray workers per study (default: each spec's); without --address "
-                                               "also the local Ray's CPUs (default: this machine's)"),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=MAX_WORKERS,
+        help="Ray workers per study (default: each spec's); without --address "
+        "also the local Ray's CPUs (default: this machine's)",
+    ),
+    artifacts: str | None = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
     wait: float = typer.Option(0.0, "--wait", min=0.0, help="keep polling this many seconds after the queue is empty"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Run submitted studies one after another until none is left (a study is claimed through a
     lease in the storage, so several workers never run the same study).
@@ -353,11 +401,11 @@ def worker(
     (named by a study's spec or by its checkpoint) only from modules allowed with --allow-factory or
     $ACPSEARCH_ALLOW_FACTORIES. Any other study is skipped before it is claimed, left untouched for
     a worker that allows it, and reported as "refused"."""
-    from acpsearch.search import crash
-    from acpsearch.search import study as st
-    from acpsearch.search.cluster import connect, inits, shutdown_if_owned
-    from acpsearch.search.pipeline import StudyBlocked, StudyBusy, claimable, run_study
-    from acpsearch.search.storage import artifact_dir
+    from acpsearch.service import crash
+    from acpsearch.service import study as st
+    from acpsearch.service.cluster import connect, inits, shutdown_if_owned
+    from acpsearch.service.pipeline import StudyBlocked, StudyBusy, claimable, run_study
+    from acpsearch.service.storage import artifact_dir
     from acpsearch.trust import FactoryNotAllowed, FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
@@ -367,7 +415,7 @@ def worker(
         resolve_device(device, "--device")
     url, st_obj = _storage(storage)
     if address is not None:
-        from acpsearch.search.cluster import _check_reachable, ray_env
+        from acpsearch.service.cluster import _check_reachable, ray_env
 
         ray_env()
         _check_reachable(address)
@@ -393,8 +441,13 @@ def worker(
                         continue
                     why = _factory_refusal(frozen, policy)
                     if why is not None:  # before the claim and before Ray: the study stays as it is
-                        skip(frozen.study_name, "refused", str(why), f"factory module {why.module!r} is not "
-                             f"allowed (--allow-factory {why.module} or {ALLOW_ENV})")
+                        skip(
+                            frozen.study_name,
+                            "refused",
+                            str(why),
+                            f"factory module {why.module!r} is not "
+                            f"allowed (--allow-factory {why.module} or {ALLOW_ENV})",
+                        )
                         continue
                     try:  # a foreign NAME.finetune blocks the study: found before Ray starts
                         st.check_companion(st_obj, frozen.study_name)
@@ -407,8 +460,17 @@ def worker(
                     if not json_out:
                         err.print(f"worker: running study {frozen.study_name!r}")
                     try:
-                        run_study(url, frozen.study_name, address=address, workers=workers, artifacts=artifacts,
-                                  reporter=rep, allow_factories=policy, trust_spec_factory=False, device=device)
+                        run_study(
+                            url,
+                            frozen.study_name,
+                            address=address,
+                            workers=workers,
+                            artifacts=artifacts,
+                            reporter=rep,
+                            allow_factories=policy,
+                            trust_spec_factory=False,
+                            device=device,
+                        )
                         ran.append({"name": frozen.study_name, "state": "done"})
                     except StudyBlocked as exc:  # nothing written; retrying would fail the same way
                         skip(frozen.study_name, "blocked", str(exc), str(exc), quiet=json_out)
@@ -421,8 +483,13 @@ def worker(
                     except st.LeaseLost as exc:
                         ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
                     except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
-                        ran.append({"name": frozen.study_name, "state": "failed",
-                                    "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"})
+                        ran.append(
+                            {
+                                "name": frozen.study_name,
+                                "state": "failed",
+                                "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
+                            }
+                        )
                         if not json_out:
                             err.print(f"worker: study {frozen.study_name!r} failed: {ran[-1]['error']}")
                     finally:
@@ -442,15 +509,18 @@ def worker(
         out({"ran": ran, "ray_inits": inits(), "ray_job": conn.get("job")})
     else:
         done = [r for r in ran if r["state"] not in ("refused", "blocked")]
-        err.print(f"worker: no study left to run ({len(done)} run by this worker"
-                  + (f", {len(ran) - len(done)} refused or blocked" if len(done) < len(ran) else "") + ")")
+        err.print(
+            f"worker: no study left to run ({len(done)} run by this worker"
+            + (f", {len(ran) - len(done)} refused or blocked" if len(done) < len(ran) else "")
+            + ")"
+        )
 
 
 def _factory_refusal(frozen: Any, policy: Any) -> Any:
     """FactoryNotAllowed when a stored study's spec (or its checkpoint) names a factory the worker's
     policy does not allow, else None. A stored spec that does not parse is left to run_study."""
     from acpsearch.errors import AcpError
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
 
     try:
         spec = st.study_spec(frozen)
@@ -460,14 +530,14 @@ def _factory_refusal(frozen: Any, policy: Any) -> Any:
 
 
 def _status_rows(st_obj: Any) -> list[dict[str, Any]]:
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
 
     return [st.summarize(s, st_obj) for s in st.list_search_studies(st_obj)]
 
 
 @app.command()
 def status(
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """All studies in the storage: state, progress, winner."""
@@ -480,36 +550,50 @@ def status(
     for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test mAP", "FLOPs"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["state"] + (f" ({r['lease']})" if r["lease"] != "free" else ""), str(r["model"]),
-                      str(r["dataset"]), ", ".join(f"{k}={v}" for k, v in r["budget"].items()),
-                      f"{r['candidates']}/{r['candidates_target']}", ",".join(r["phases_done"]) or "–",
-                      f"{r['winner_test_map']:.4f}" if r["winner_test_map"] is not None else "–",
-                      f"{r['winner_flops_ratio']:.3f}" if r["winner_flops_ratio"] is not None else "–")
+        table.add_row(
+            r["name"],
+            r["state"] + (f" ({r['lease']})" if r["lease"] != "free" else ""),
+            str(r["model"]),
+            str(r["dataset"]),
+            ", ".join(f"{k}={v}" for k, v in r["budget"].items()),
+            f"{r['candidates']}/{r['candidates_target']}",
+            ",".join(r["phases_done"]) or "–",
+            f"{r['winner_test_map']:.4f}" if r["winner_test_map"] is not None else "–",
+            f"{r['winner_flops_ratio']:.3f}" if r["winner_flops_ratio"] is not None else "–",
+        )
     console().print(table)
 
 
 def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
-    from acpsearch.search import study as st
-    from acpsearch.search.report import build_report
+    from acpsearch.service import study as st
+    from acpsearch.service.report import build_report
 
     study = st.load_search_study(st_obj, name)
     rep = build_report(study, st_obj)
     rep["summary"] = st.summarize(study, st_obj)
-    rep["phases"] = {p: {k: v for k, v in (study.user_attrs.get(f"phase.{p}") or {}).items()
-                         if k not in ("pr_curve", "space", "losses", "scores")}
-                     for p in st.PHASES if study.user_attrs.get(f"phase.{p}")}
+    rep["phases"] = {
+        p: {
+            k: v
+            for k, v in (study.user_attrs.get(f"phase.{p}") or {}).items()
+            if k not in ("pr_curve", "space", "losses", "scores")
+        }
+        for p in st.PHASES
+        if study.user_attrs.get(f"phase.{p}")
+    }
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
     rep["storage"] = redact(url)
     return rep
 
 
 def _print_show(rep: dict[str, Any]) -> None:
-    from acpsearch.search.report import markdown
+    from acpsearch.service.report import markdown
 
     c = console()
     s = rep["summary"]
-    c.print(f"[bold]{rep['study']}[/bold]  state={s['state']}  candidates={s['candidates']}/{s['candidates_target']}  "
-            f"lease={s['lease']}")
+    c.print(
+        f"[bold]{rep['study']}[/bold]  state={s['state']}  candidates={s['candidates']}/{s['candidates_target']}  "
+        f"lease={s['lease']}"
+    )
     if s.get("error"):
         c.print(f"error: {s['error']}")
     table = Table(title="phases")
@@ -517,9 +601,23 @@ def _print_show(rep: dict[str, Any]) -> None:
     table.add_column("seconds")
     table.add_column("details")
     for p, rec in rep["phases"].items():
-        details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
-                            if k not in ("done", "seconds", "at", "path", "artifact_id", "history", "training",
-                                         "finalists", "artifacts", "rounds"))
+        details = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in rec.items()
+            if k
+            not in (
+                "done",
+                "seconds",
+                "at",
+                "path",
+                "artifact_id",
+                "history",
+                "training",
+                "finalists",
+                "artifacts",
+                "rounds",
+            )
+        )
         table.add_row(p, f"{rec.get('seconds', 0):.1f}", details[:120])
     c.print(table)
     if rep.get("winner"):
@@ -531,7 +629,7 @@ def _print_show(rep: dict[str, Any]) -> None:
 @app.command()
 def show(
     name: str = typer.Argument(..., help="study name"),
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """One study: phases, base vs winner, finalists."""
@@ -547,16 +645,25 @@ def show(
 def export(
     name: str = typer.Argument(..., help="study name"),
     out_path: Path = typer.Option(..., "--out", help="where to write the exported model"),
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-    trial: Optional[int] = typer.Option(None, "--trial", help="a finalist trial number of NAME.finetune (default: the winner)"),
-    fmt: str = typer.Option("acpsearch", "--format",
-                            help="acpsearch (checkpoint for acpsearch.load_model) | torchscript | onnx | pt2 "
-                                 "(the last three load without acpsearch; verified against PyTorch after writing)"),
-    benchmark: bool = typer.Option(False, "--benchmark", help="also report the written file's latency in its own "
-                                   "runtime next to the eager PyTorch model (median, 1 thread)"),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    trial: int | None = typer.Option(
+        None, "--trial", help="a finalist trial number of NAME.finetune (default: the winner)"
+    ),
+    fmt: str = typer.Option(
+        "acpsearch",
+        "--format",
+        help="acpsearch (checkpoint for acpsearch.load_model) | torchscript | onnx | pt2 "
+        "(the last three load without acpsearch; verified against PyTorch after writing)",
+    ),
+    benchmark: bool = typer.Option(
+        False,
+        "--benchmark",
+        help="also report the written file's latency in its own "
+        "runtime next to the eager PyTorch model (median, 1 thread)",
+    ),
     batch: int = typer.Option(1, "--batch", min=1, max=4096, help="batch size of --benchmark"),
     rounds: int = typer.Option(50, "--rounds", min=1, max=100000, help="timed rounds of --benchmark"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Write the winner (or a chosen fine-tuned finalist) as an acpsearch checkpoint, or for deployment
@@ -566,7 +673,7 @@ def export(
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.export import bench_file, check_format, export_model, metadata_from_checkpoint
     from acpsearch.outputs import atomic_out, check_out
-    from acpsearch.search import study as st
+    from acpsearch.service import study as st
     from acpsearch.trust import FactoryPolicy
 
     fmt = check_format(fmt)  # a bad --format is refused before anything is opened
@@ -606,24 +713,33 @@ def export(
     if benchmark:
         if model is None:
             model = model_from_checkpoint(ckpt, source=f"checkpoint {str(src)!r}", allow_factories=policy)
-        res["benchmark"] = bench_file(out_path, eager=model if fmt != "acpsearch" else None, batch=batch,
-                                      rounds=rounds, input_shape=list(ckpt["input_shape"]))
+        res["benchmark"] = bench_file(
+            out_path,
+            eager=model if fmt != "acpsearch" else None,
+            batch=batch,
+            rounds=rounds,
+            input_shape=list(ckpt["input_shape"]),
+        )
     if json_out:
         out(res)
         return
     print(f"wrote {out_path} (study {name}, finalist trial {number}, format {fmt})")
     if fmt != "acpsearch":
         v = res["verification"]
-        print(f"exporter: {res['exporter']}; verified against PyTorch: max abs diff {v['max_abs_diff']:.3g} "
-              f"(allowed {v['atol']:g}), {v['code_bits_compared']} code bits identical")
+        print(
+            f"exporter: {res['exporter']}; verified against PyTorch: max abs diff {v['max_abs_diff']:.3g} "
+            f"(allowed {v['atol']:g}), {v['code_bits_compared']} code bits identical"
+        )
     if benchmark:
         _print_bench(res["benchmark"])
 
 
 def _print_bench(b: dict[str, Any]) -> None:
     lat = b["latency"]
-    print(f"latency, batch {b['batch']}, 1 thread, median of {b['rounds']} interleaved rounds "
-          f"after {b['warmup']} warm-up calls:")
+    print(
+        f"latency, batch {b['batch']}, 1 thread, median of {b['rounds']} interleaved rounds "
+        f"after {b['warmup']} warm-up calls:"
+    )
     for key, v in lat.items():
         label = "eager PyTorch" if key == "eager" else f"{key} in {b['runtime']}"
         print(f"  {label}: {v['median_ms']:.3f} ms (min {v['min_ms']:.3f}, max {v['max_ms']:.3f})")
@@ -635,13 +751,17 @@ def _print_bench(b: dict[str, Any]) -> None:
 @app.command()
 def bench(
     file: Path = typer.Argument(..., help="a file written by export / prune (torchscript, onnx, pt2 or acpsearch)"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="acpsearch checkpoint of the same network: "
-                                              "also time it as eager PyTorch (default: the source checkpoint named "
-                                              "in the file's metadata, when it still exists)"),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="acpsearch checkpoint of the same network: "
+        "also time it as eager PyTorch (default: the source checkpoint named "
+        "in the file's metadata, when it still exists)",
+    ),
     batch: int = typer.Option(1, "--batch", min=1, max=4096, help="batch size"),
     rounds: int = typer.Option(50, "--rounds", min=1, max=100000, help="timed rounds"),
     warmup: int = typer.Option(5, "--warmup", min=0, max=10000, help="untimed warm-up calls per runtime"),
-    allow_factory: Optional[List[str]] = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
+    allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Latency of an exported model in the runtime that will run it (TorchScript, onnxruntime, torch.export),
@@ -669,8 +789,10 @@ def bench(
     if json_out:
         out(res)
         return
-    print(f"{file}: {res['format']}" + (f", eager reference {src}" if src is not None else
-                                        " (no eager reference: give --checkpoint)"))
+    print(
+        f"{file}: {res['format']}"
+        + (f", eager reference {src}" if src is not None else " (no eager reference: give --checkpoint)")
+    )
     _print_bench(res)
 
 
@@ -678,10 +800,13 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
     """dashboards/dashboard.yaml (or --config): storage, artifacts, host, port defaults."""
     import yaml
 
-    from acpsearch.spec import safe_yaml_load
+    from acpsearch.service.spec import safe_yaml_load
 
-    candidates = [Path(path)] if path else [Path("dashboards/dashboard.yaml"),
-                                            Path(__file__).resolve().parents[2] / "dashboards" / "dashboard.yaml"]
+    candidates = (
+        [Path(path)]
+        if path
+        else [Path("dashboards/dashboard.yaml"), Path(__file__).resolve().parents[2] / "dashboards" / "dashboard.yaml"]
+    )
     for p in candidates:
         if p.is_file():
             try:  # the spec's loader: duplicate keys and alias bombs are refused here too
@@ -693,16 +818,20 @@ def dashboard_config(path: str | None) -> dict[str, Any]:
                 raise SpecError(f"dashboard config {str(p)!r}: must be a mapping")
             unknown = set(cfg) - {"storage", "artifacts", "host", "port"}
             if unknown:
-                raise SpecError(f"dashboard config {str(p)!r}: unknown key {sorted(str(k) for k in unknown)[0]!r} "
-                                "(allowed: storage, artifacts, host, port)")
+                raise SpecError(
+                    f"dashboard config {str(p)!r}: unknown key {sorted(str(k) for k in unknown)[0]!r} "
+                    "(allowed: storage, artifacts, host, port)"
+                )
             for key in ("storage", "artifacts", "host"):  # null = the default
                 if cfg.get(key) is not None and (not isinstance(cfg[key], str) or not cfg[key].strip()):
-                    raise SpecError(f"dashboard config {str(p)!r}: {key}: must be a non-empty string, "
-                                    f"got {_short(cfg[key])}")
+                    raise SpecError(
+                        f"dashboard config {str(p)!r}: {key}: must be a non-empty string, got {_short(cfg[key])}"
+                    )
             port = cfg.get("port")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
-                raise SpecError(f"dashboard config {str(p)!r}: port: must be an integer in 1..65535, "
-                                f"got {_short(port)}")
+                raise SpecError(
+                    f"dashboard config {str(p)!r}: port: must be an integer in 1..65535, got {_short(port)}"
+                )
             return {**cfg, "_path": str(p)}
         if path:
             raise SpecError(f"--config: {path!r} not found")
@@ -753,7 +882,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def dashboard_bind(host: str | None, port: int | None, cfg: dict[str, Any] | None = None) -> tuple[str, int, str | None]:
+def dashboard_bind(
+    host: str | None, port: int | None, cfg: dict[str, Any] | None = None
+) -> tuple[str, int, str | None]:
     """Where the dashboard listens: the flag, else the config, else 127.0.0.1:8080; plus the note
     to print when that address is reachable from other machines (None for a loopback address)."""
     cfg = cfg or {}
@@ -761,25 +892,27 @@ def dashboard_bind(host: str | None, port: int | None, cfg: dict[str, Any] | Non
     port = int(port or cfg.get("port") or DEFAULT_PORT)
     note = None
     if not _is_loopback(host):
-        note = (f"note: serving on {host}, not {DEFAULT_HOST}: the dashboard has no authentication and anyone who "
-                f"can reach {host}:{port} can read and edit the studies")
+        note = (
+            f"note: serving on {host}, not {DEFAULT_HOST}: the dashboard has no authentication and anyone who "
+            f"can reach {host}:{port} can read and edit the studies"
+        )
     return host, port, note
 
 
 @app.command()
 def dashboard(
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-    host: Optional[str] = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="port (default 8080)"),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
-    config: Optional[str] = typer.Option(None, "--config", help="dashboard config (default dashboards/dashboard.yaml)"),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    host: str | None = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="port (default 8080)"),
+    artifacts: str | None = typer.Option(None, "--artifacts", help=ARTIFACTS_HELP),
+    config: str | None = typer.Option(None, "--config", help="dashboard config (default dashboards/dashboard.yaml)"),
 ) -> None:
     """Serve optuna-dashboard over the storage with the study artifacts."""
+    import errno
+
     from optuna_dashboard import run_server
 
-    from acpsearch.search.storage import artifact_dir, artifact_store
-
-    import errno
+    from acpsearch.service.storage import artifact_dir, artifact_store
 
     cfg = dashboard_config(config)
     cfg_name = f"dashboard config {cfg.get('_path')!r}"
@@ -791,8 +924,9 @@ def dashboard(
     art = artifact_dir(url, artifacts or cfg.get("artifacts"))
     if note:  # one unwrapped line each (log files, grep), no rich markup in URLs or paths
         err.print(note, soft_wrap=True, markup=False)
-    err.print(f"optuna-dashboard: http://{host}:{port}/  storage={redact(url)}  artifacts={art}", soft_wrap=True,
-              markup=False)
+    err.print(
+        f"optuna-dashboard: http://{host}:{port}/  storage={redact(url)}  artifacts={art}", soft_wrap=True, markup=False
+    )
     try:
         run_server(st_obj, host=host, port=port, artifact_store=artifact_store(art))
     except OSError as exc:  # taken between the check and the server's bind

@@ -7,6 +7,7 @@
   signal, so cosine similarity learns to ORDER strategies by their effect rather than to
   separate two hand-made classes. With a one-hot target it reduces to InfoNCE.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,11 +13,13 @@ hundreds of strategies.
 Persistence is weights-only: `state()` is a plain dict (config + tensors) that
 ``torch.load(weights_only=True)`` reads back; no pickled classes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +49,11 @@ class StructureEncoder(nn.Module):
         if in_dim <= 0 or hidden <= 0 or embed_dim <= 0 or layers <= 0:
             raise ValueError("StructureEncoder: in_dim, hidden, embed_dim and layers must be positive")
         self.config: dict[str, Any] = {
-            "in_dim": int(in_dim), "hidden": int(hidden), "embed_dim": int(embed_dim),
-            "layers": int(layers), "dropout": float(dropout),
+            "in_dim": int(in_dim),
+            "hidden": int(hidden),
+            "embed_dim": int(embed_dim),
+            "layers": int(layers),
+            "dropout": float(dropout),
         }
         # Feature standardisation, fitted on training graphs (`fit_normalizer`); node features
         # mix one-hots, log channel counts and ratios, whose scales differ by orders of magnitude.
@@ -57,8 +62,9 @@ class StructureEncoder(nn.Module):
         self.inp = nn.Linear(in_dim, hidden)
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.att = AttentionalAggregation(gate_nn=nn.Sequential(nn.Linear(hidden, hidden // 2), nn.Tanh(),
-                                                                nn.Linear(hidden // 2, 1)))
+        self.att = AttentionalAggregation(
+            gate_nn=nn.Sequential(nn.Linear(hidden, hidden // 2), nn.Tanh(), nn.Linear(hidden // 2, 1))
+        )
         self.head = nn.Sequential(
             nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, embed_dim)
         )
@@ -75,8 +81,11 @@ class StructureEncoder(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             h = h + torch.relu(norm(conv(h, edge_index)))
         pooled = torch.cat(
-            [global_mean_pool(h, batch, num_graphs), global_max_pool(h, batch, num_graphs),
-             self.att(h, batch, dim_size=num_graphs)],
+            [
+                global_mean_pool(h, batch, num_graphs),
+                global_max_pool(h, batch, num_graphs),
+                self.att(h, batch, dim_size=num_graphs),
+            ],
             dim=1,
         )
         return nn.functional.normalize(self.head(pooled), dim=1)
@@ -112,12 +121,14 @@ class StructureEncoder(nn.Module):
     def state(self) -> dict[str, Any]:
         """Plain dict (config + state dict) that loads with torch.load(weights_only=True)."""
         return {
-            "format": FORMAT, "version": VERSION, "config": dict(self.config),
+            "format": FORMAT,
+            "version": VERSION,
+            "config": dict(self.config),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "StructureEncoder":
+    def from_state(cls, state: dict[str, Any]) -> StructureEncoder:
         """Rebuild an encoder from `state()`; a foreign or damaged dict is a CheckpointError."""
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError("encoder: not an acpsearch encoder state (missing format tag)")
@@ -136,7 +147,7 @@ class StructureEncoder(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "StructureEncoder":
+    def load(cls, path: str | Path) -> StructureEncoder:
         try:
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -210,7 +221,7 @@ class GraphBatcher:
         strategies = list(strategies)
         with torch_threads(self.threads):
             for i in range(0, len(strategies), batch_size):
-                out.append(self.forward(encoder, self.features(strategies[i:i + batch_size])))
+                out.append(self.forward(encoder, self.features(strategies[i : i + batch_size])))
         encoder.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, encoder.config["embed_dim"])
 
@@ -221,7 +232,6 @@ class GraphBatcher:
         anchor = self.forward(encoder, self.unpruned_x.unsqueeze(0))
         encoder.train(was_training)
         return self.embed(encoder, strategies, batch_size) @ anchor[0]
-
 
 
 def gcn_dense_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:

@@ -9,11 +9,13 @@ longer match the activations, which makes raw pruned accuracy a poor predictor),
   the EagleEye adaptive-BN score.
 The `effect` encoder objective learns from `agreement`; rankers use both directly.
 """
+
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ def model_codes(model: nn.Module, X: Tensor, batch_size: int = 512) -> Tensor:
     device; the codes come back on the CPU."""
     model.eval()
     dev = _device_of(model)
-    outs = [output_code(model(X[i:i + batch_size].to(dev))).cpu() for i in range(0, len(X), batch_size)]
+    outs = [output_code(model(X[i : i + batch_size].to(dev))).cpu() for i in range(0, len(X), batch_size)]
     out = torch.cat(outs)
     return torch.where(out >= 0, 1.0, -1.0)
 
@@ -62,7 +64,7 @@ def recalibrate_bn(model: nn.Module, X: Tensor, batch_size: int = 128, batches: 
     dev = _device_of(model)
     n = len(X) if batches is None else min(len(X), batches * batch_size)
     for i in range(0, n, batch_size):
-        model(X[i:i + batch_size].to(dev))
+        model(X[i : i + batch_size].to(dev))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.eval()

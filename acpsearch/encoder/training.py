@@ -10,12 +10,14 @@ Two objectives (DESIGN.md, "Encoder"):
   listwise soft-InfoNCE plus a pairwise term make cos(z(s), z(unpruned)) order the strategies
   by that signal, so the encoder generalises the signal to strategies it never ran.
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,12 +99,46 @@ def train_encoder(
     if objective not in OBJECTIVES:
         raise SpecError(f"encoder.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
     with torch_threads(threads):
-        return _train(graph, objective, strategies, signal, n_strategies, epochs, batch_size, lr, temperature,
-                      criterion, min_keep, step, seed, encoder, encoder_config, pairwise_weight, progress)
+        return _train(
+            graph,
+            objective,
+            strategies,
+            signal,
+            n_strategies,
+            epochs,
+            batch_size,
+            lr,
+            temperature,
+            criterion,
+            min_keep,
+            step,
+            seed,
+            encoder,
+            encoder_config,
+            pairwise_weight,
+            progress,
+        )
 
 
-def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_size, lr, temperature, criterion,
-           min_keep, step, seed, encoder, encoder_config, pairwise_weight, progress) -> EncoderTrainResult:
+def _train(
+    graph,
+    objective,
+    strategies,
+    signal,
+    n_strategies,
+    epochs,
+    batch_size,
+    lr,
+    temperature,
+    criterion,
+    min_keep,
+    step,
+    seed,
+    encoder,
+    encoder_config,
+    pairwise_weight,
+    progress,
+) -> EncoderTrainResult:
     from acpsearch.pruning import PruningStrategy
 
     t0 = time.perf_counter()
@@ -114,13 +150,21 @@ def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_siz
     anchor_x = batcher.unpruned_x.unsqueeze(0)
 
     if objective == "sacp":
-        ratio_list = [_as_ratios(s) for s in strategies] if strategies else [
-            random_ratios(graph, rng, min_keep, step) for _ in range(n_strategies)]
+        ratio_list = (
+            [_as_ratios(s) for s in strategies]
+            if strategies
+            else [random_ratios(graph, rng, min_keep, step) for _ in range(n_strategies)]
+        )
         pos = batcher.features(PruningStrategy(graph, r, criterion=criterion) for r in ratio_list)
-        same = batcher.features(PruningStrategy(graph, r, criterion="random", seed=rng.randrange(1 << 30))
-                                for r in ratio_list)
-        other = batcher.features(PruningStrategy(graph, random_ratios(graph, rng, min_keep, step), criterion="random",
-                                                 seed=rng.randrange(1 << 30)) for _ in ratio_list)
+        same = batcher.features(
+            PruningStrategy(graph, r, criterion="random", seed=rng.randrange(1 << 30)) for r in ratio_list
+        )
+        other = batcher.features(
+            PruningStrategy(
+                graph, random_ratios(graph, rng, min_keep, step), criterion="random", seed=rng.randrange(1 << 30)
+            )
+            for _ in ratio_list
+        )
         # Negatives carry the positives' criterion one-hot: otherwise InfoNCE is solved by that
         # one feature (loss ~0 within a few epochs) and the encoder learns nothing about which
         # channels are kept; with it masked, it must read the retained-importance features.
@@ -146,14 +190,14 @@ def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_siz
         perm = torch.randperm(n)
         total, count = 0.0, 0
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
             if objective == "sacp":
                 stack = torch.cat([anchor_x, pos[idx], same[idx], other[idx]])
                 z = batcher.forward(encoder, stack)
                 b = len(idx)
-                loss = info_nce(z[0], z[1:1 + b], z[1 + b:], temperature)
+                loss = info_nce(z[0], z[1 : 1 + b], z[1 + b :], temperature)
             else:
                 stack = torch.cat([anchor_x, feats[idx]])
                 z = batcher.forward(encoder, stack)
@@ -170,5 +214,6 @@ def _train(graph, objective, strategies, signal, n_strategies, epochs, batch_siz
         if progress is not None:
             progress(epoch, losses[-1])
     encoder.eval()
-    return EncoderTrainResult(encoder=encoder, objective=objective, losses=losses,
-                              seconds=time.perf_counter() - t0, strategies=n)
+    return EncoderTrainResult(
+        encoder=encoder, objective=objective, losses=losses, seconds=time.perf_counter() - t0, strategies=n
+    )

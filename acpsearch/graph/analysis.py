@@ -19,13 +19,15 @@ torch-pruning's DependencyGraph is not used: it crashes on grouped convs fed by 
 FLOPs counter ignores functional ops (FACTS.md); a descriptor analysis over torch.fx handles
 those cases and gives the closed-form cost terms the search needs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -41,55 +43,242 @@ from acpsearch.errors import UnsupportedModelError
 LEAF_TYPES: tuple[type, ...] = (_ConvNd, nn.Linear, _BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
 
 PASS_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
-    nn.Threshold, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Threshold,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
 )
 POOL_MODULES: tuple[type, ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad2d,
 )
 
 _BINARY = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
-    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.maximum,
-    torch.minimum, torch.subtract, torch.multiply,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.true_divide,
+    torch.maximum,
+    torch.minimum,
+    torch.subtract,
+    torch.multiply,
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
-_MERGE_NAMES = {"add": "add", "iadd": "add", "add_": "add", "sub": "add", "isub": "add", "sub_": "add",
-                "subtract": "add", "mul": "mul", "imul": "mul", "mul_": "mul", "multiply": "mul",
-                "truediv": "mul", "itruediv": "mul", "div": "mul", "div_": "mul", "true_divide": "mul",
-                "maximum": "add", "minimum": "add"}
+_MERGE_NAMES = {
+    "add": "add",
+    "iadd": "add",
+    "add_": "add",
+    "sub": "add",
+    "isub": "add",
+    "sub_": "add",
+    "subtract": "add",
+    "mul": "mul",
+    "imul": "mul",
+    "mul_": "mul",
+    "multiply": "mul",
+    "truediv": "mul",
+    "itruediv": "mul",
+    "div": "mul",
+    "div_": "mul",
+    "true_divide": "mul",
+    "maximum": "add",
+    "minimum": "add",
+}
 _UNARY_FUNCS = {
-    F.relu, F.relu_, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.mish, F.elu, F.selu, F.celu,
-    F.leaky_relu, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, F.logsigmoid, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.sign, torch.abs,
-    torch.exp, torch.neg, torch.clamp, torch.clip, torch.sqrt, torch.square, torch.erf, torch.sin, torch.cos,
-    operator.neg, operator.pos, torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
-    torch.randn_like, torch.full_like, torch.nn.functional.hardshrink, torch.nn.functional.threshold,
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.hardswish,
+    F.hardsigmoid,
+    F.silu,
+    F.gelu,
+    F.mish,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.leaky_relu,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.logsigmoid,
+    torch.relu,
+    torch.relu_,
+    torch.sigmoid,
+    torch.tanh,
+    torch.sign,
+    torch.abs,
+    torch.exp,
+    torch.neg,
+    torch.clamp,
+    torch.clip,
+    torch.sqrt,
+    torch.square,
+    torch.erf,
+    torch.sin,
+    torch.cos,
+    operator.neg,
+    operator.pos,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.rand_like,
+    torch.randn_like,
+    torch.full_like,
+    torch.nn.functional.hardshrink,
+    torch.nn.functional.threshold,
 }
 _UNARY_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "sign", "sign_", "abs", "exp", "neg", "clamp",
-    "clamp_", "clip", "clip_", "contiguous", "clone", "float", "double", "half", "to", "type_as", "detach",
-    "sqrt", "square", "pow", "erf", "requires_grad_", "cpu", "cuda", "bfloat16", "hardswish", "zero_",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "sign",
+    "sign_",
+    "abs",
+    "exp",
+    "neg",
+    "clamp",
+    "clamp_",
+    "clip",
+    "clip_",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "detach",
+    "sqrt",
+    "square",
+    "pow",
+    "erf",
+    "requires_grad_",
+    "cpu",
+    "cuda",
+    "bfloat16",
+    "hardswish",
+    "zero_",
 }
-_META_METHODS = {"size", "dim", "numel", "ndimension", "new_zeros", "new_ones", "new_empty", "new_full",
-                 "new_tensor", "type", "get_device", "is_contiguous", "element_size", "nelement", "stride"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as",
-                    "squeeze_", "unsqueeze_"}
+_META_METHODS = {
+    "size",
+    "dim",
+    "numel",
+    "ndimension",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "new_tensor",
+    "type",
+    "get_device",
+    "is_contiguous",
+    "element_size",
+    "nelement",
+    "stride",
+}
+_RESHAPE_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
+    "unflatten",
+    "view_as",
+    "reshape_as",
+    "squeeze_",
+    "unsqueeze_",
+}
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
 _PERMUTE_METHODS = {"permute", "transpose", "movedim", "swapaxes", "swapdims", "t", "transpose_"}
 _PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.movedim, torch.swapaxes, torch.swapdims, torch.t}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm"}
-_REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.std, torch.var,
-                 torch.prod, torch.logsumexp}
+_REDUCE_FUNCS = {
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.max,
+    torch.min,
+    torch.std,
+    torch.var,
+    torch.prod,
+    torch.logsumexp,
+}
 _POOL_FUNCS = {
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d,
-    F.max_pool2d, F.max_pool3d, F.interpolate, F.upsample, F.lp_pool2d, torch.avg_pool1d,
-    torch.nn.functional.upsample_nearest, torch.nn.functional.upsample_bilinear,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.interpolate,
+    F.upsample,
+    F.lp_pool2d,
+    torch.avg_pool1d,
+    torch.nn.functional.upsample_nearest,
+    torch.nn.functional.upsample_bilinear,
 }
 _DIM_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.cumsum, F.normalize}
 _DIM_METHODS = {"softmax", "log_softmax", "cumsum"}
@@ -331,7 +520,8 @@ class _Analyzer:
             axes[axis] = segs
             return
         if len(old) == len(segs) and all(
-            self.V.size[self.V.find(a)] == self.V.size[self.V.find(b)] and ra == rb for (a, ra), (b, rb) in zip(old, segs)
+            self.V.size[self.V.find(a)] == self.V.size[self.V.find(b)] and ra == rb
+            for (a, ra), (b, rb) in zip(old, segs)
         ):
             for (a, _), (b, _) in zip(old, segs):
                 self.V.union(a, b)
@@ -423,7 +613,13 @@ class _Analyzer:
         xv = self.val(x)
         dx = self.d(x)
         has_params = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.parameters())
-        if isinstance(m, _ConvNd) and not m.transposed and isinstance(xv, torch.Tensor) and len(node.args) == 1 and not node.kwargs:
+        if (
+            isinstance(m, _ConvNd)
+            and not m.transposed
+            and isinstance(xv, torch.Tensor)
+            and len(node.args) == 1
+            and not node.kwargs
+        ):
             self.conv(node, name, m, xv, value)
         elif isinstance(m, nn.Linear) and isinstance(xv, torch.Tensor) and len(node.args) == 1:
             segs_in = self.in_segs(node, x, -1, name, allow_repeat=True)
@@ -435,13 +631,26 @@ class _Analyzer:
                 self.bind(f"{name}.bias", 0, segs_out)
             self.modules.setdefault(name, ModuleInfo("linear", segs_in, segs_out))
             tokens = xv.numel() // (self.batch * m.in_features)
-            idx = self.add_layer(node, LayerInfo(name, "linear", "linear", name, segs_in, segs_out,
-                                                 in_shape=tuple(xv.shape), out_shape=tuple(value.shape),
-                                                 params=self.own_tensors(name, m)))
+            idx = self.add_layer(
+                node,
+                LayerInfo(
+                    name,
+                    "linear",
+                    "linear",
+                    name,
+                    segs_in,
+                    segs_out,
+                    in_shape=tuple(xv.shape),
+                    out_shape=tuple(value.shape),
+                    params=self.own_tensors(name, m),
+                ),
+            )
             self.flop_terms.append(FlopTerm(tokens, 1, segs_out, segs_in, idx))
             self.layers[idx].flops_terms.append(len(self.flop_terms) - 1)
             self.desc[node] = Desc(value.dim() - 1, segs_out)
-        elif isinstance(m, (_BatchNorm, _InstanceNorm, nn.GroupNorm)) and isinstance(xv, torch.Tensor) and xv.dim() >= 2:
+        elif (
+            isinstance(m, (_BatchNorm, _InstanceNorm, nn.GroupNorm)) and isinstance(xv, torch.Tensor) and xv.dim() >= 2
+        ):
             segs = self.in_segs(node, x, 1, name)
             if isinstance(m, nn.GroupNorm):
                 if len(segs) == 1:
@@ -450,13 +659,28 @@ class _Analyzer:
                     for v, _ in segs:
                         self.V.freeze(v)
             for t in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(m, t, None) is not None and isinstance(getattr(m, t), torch.Tensor) and getattr(m, t).dim() == 1:
+                if (
+                    getattr(m, t, None) is not None
+                    and isinstance(getattr(m, t), torch.Tensor)
+                    and getattr(m, t).dim() == 1
+                ):
                     self.bind(f"{name}.{t}", 0, segs)
             kind = "groupnorm" if isinstance(m, nn.GroupNorm) else "norm"
             self.modules.setdefault(name, ModuleInfo(kind, segs, segs, getattr(m, "num_groups", 1)))
-            self.add_layer(node, LayerInfo(name, "norm", type(m).__name__, name, segs, segs,
-                                           in_shape=tuple(xv.shape), out_shape=tuple(value.shape),
-                                           params=self.own_tensors(name, m)))
+            self.add_layer(
+                node,
+                LayerInfo(
+                    name,
+                    "norm",
+                    type(m).__name__,
+                    name,
+                    segs,
+                    segs,
+                    in_shape=tuple(xv.shape),
+                    out_shape=tuple(value.shape),
+                    params=self.own_tensors(name, m),
+                ),
+            )
             self.desc[node] = Desc(1, segs) if isinstance(dx, Desc) and dx.axis == 1 else None
             if self.desc[node] is None:
                 self.desc[node] = Desc(1, segs)
@@ -478,8 +702,20 @@ class _Analyzer:
                     self.desc[node] = dx if isinstance(dx, Desc) else None
                 segs = dx.segs if isinstance(dx, Desc) else ()
                 self.modules.setdefault(name, ModuleInfo("frozen"))
-            self.add_layer(node, LayerInfo(name, "norm", "LayerNorm", name, segs, segs, in_shape=tuple(xv.shape),
-                                           out_shape=tuple(value.shape), params=self.own_tensors(name, m)))
+            self.add_layer(
+                node,
+                LayerInfo(
+                    name,
+                    "norm",
+                    "LayerNorm",
+                    name,
+                    segs,
+                    segs,
+                    in_shape=tuple(xv.shape),
+                    out_shape=tuple(value.shape),
+                    params=self.own_tensors(name, m),
+                ),
+            )
         elif isinstance(m, nn.PReLU) and isinstance(xv, torch.Tensor):
             if m.num_parameters > 1:
                 segs = self.in_segs(node, x, 1, name)
@@ -489,8 +725,20 @@ class _Analyzer:
             else:
                 segs = dx.segs if isinstance(dx, Desc) else ()
                 self.desc[node] = dx
-            self.add_layer(node, LayerInfo(name, "act", "PReLU", name, segs, segs, in_shape=tuple(xv.shape),
-                                           out_shape=tuple(value.shape), params=self.own_tensors(name, m)))
+            self.add_layer(
+                node,
+                LayerInfo(
+                    name,
+                    "act",
+                    "PReLU",
+                    name,
+                    segs,
+                    segs,
+                    in_shape=tuple(xv.shape),
+                    out_shape=tuple(value.shape),
+                    params=self.own_tensors(name, m),
+                ),
+            )
         elif isinstance(m, PASS_MODULES) and not has_params:
             self.desc[node] = dx
         elif isinstance(m, POOL_MODULES) and not has_params:
@@ -507,10 +755,18 @@ class _Analyzer:
             self.desc[node] = self.none_like(value)
             if has_params:
                 self.modules.setdefault(name, ModuleInfo("frozen"))
-                idx = self.add_layer(node, LayerInfo(name, "other", type(m).__name__, name,
-                                                     in_shape=tuple(xv.shape) if isinstance(xv, torch.Tensor) else (),
-                                                     out_shape=tuple(value.shape) if isinstance(value, torch.Tensor) else (),
-                                                     params=self.own_tensors(name, m)))
+                idx = self.add_layer(
+                    node,
+                    LayerInfo(
+                        name,
+                        "other",
+                        type(m).__name__,
+                        name,
+                        in_shape=tuple(xv.shape) if isinstance(xv, torch.Tensor) else (),
+                        out_shape=tuple(value.shape) if isinstance(value, torch.Tensor) else (),
+                        params=self.own_tensors(name, m),
+                    ),
+                )
                 if isinstance(m, _ConvNd) and isinstance(xv, torch.Tensor) and isinstance(value, torch.Tensor):
                     macs = conv_macs(m, xv, value) // self.batch
                     self.flop_terms.append(FlopTerm(macs, 1, None, None, idx))
@@ -530,8 +786,14 @@ class _Analyzer:
         hw = value.numel() // (self.batch * cout)
         kv = _kvol(m)
         stride = int(m.stride[0]) if isinstance(m.stride, tuple) else int(m.stride)
-        common = dict(kernel=int(m.kernel_size[0]), stride=stride, groups=g, in_shape=tuple(xv.shape),
-                      out_shape=tuple(value.shape), params=self.own_tensors(name, m))
+        common = dict(
+            kernel=int(m.kernel_size[0]),
+            stride=stride,
+            groups=g,
+            in_shape=tuple(xv.shape),
+            out_shape=tuple(value.shape),
+            params=self.own_tensors(name, m),
+        )
         if g == 1:
             segs_out = ((self.V.new(cout, name), 1),)
             self.bind(f"{name}.weight", 0, segs_out)
@@ -633,8 +895,11 @@ class _Analyzer:
             self.desc[node] = self.none_like(value)
             return
         nd = value.dim()
-        ops = [(a, self.values[a], self.desc.get(a)) for a in _flatten_nodes((node.args, node.kwargs))
-               if isinstance(self.values.get(a), torch.Tensor)]
+        ops = [
+            (a, self.values[a], self.desc.get(a))
+            for a in _flatten_nodes((node.args, node.kwargs))
+            if isinstance(self.values.get(a), torch.Tensor)
+        ]
         axes = {d.axis + nd - t.dim() for _, t, d in ops if isinstance(d, Desc)}
         if len(axes) != 1:
             if len(axes) > 1:
@@ -682,11 +947,26 @@ class _Analyzer:
         name = str(node.target) if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         kind = _MERGE_NAMES.get(name, "add")
         if len(real) >= 2:
-            self.add_layer(node, LayerInfo(node.name, kind, name, None, ref.segs, ref.segs,
-                                           in_shape=tuple(self.values[real[0]].shape), out_shape=tuple(value.shape)))
+            self.add_layer(
+                node,
+                LayerInfo(
+                    node.name,
+                    kind,
+                    name,
+                    None,
+                    ref.segs,
+                    ref.segs,
+                    in_shape=tuple(self.values[real[0]].shape),
+                    out_shape=tuple(value.shape),
+                ),
+            )
         elif pnames:
-            self.add_layer(node, LayerInfo(node.name, "scale", name, None, ref.segs, ref.segs,
-                                           out_shape=tuple(value.shape), params=pnames))
+            self.add_layer(
+                node,
+                LayerInfo(
+                    node.name, "scale", name, None, ref.segs, ref.segs, out_shape=tuple(value.shape), params=pnames
+                ),
+            )
 
     def cat(self, node: fx.Node, value: Any) -> None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -702,20 +982,28 @@ class _Analyzer:
                         segs.extend(d.segs)
                     else:
                         segs.append((self.V.new(t.shape[dim], node.name + ":in", frozen=True), 1))
-                self.add_layer(node, LayerInfo(node.name, "cat", "cat", None, tuple(segs), tuple(segs),
-                                               out_shape=tuple(value.shape)))
+                self.add_layer(
+                    node,
+                    LayerInfo(node.name, "cat", "cat", None, tuple(segs), tuple(segs), out_shape=tuple(value.shape)),
+                )
                 self.desc[node] = Desc(dim, tuple(segs))
                 return
             if tracked and all(isinstance(d, Desc) for _, _, d in items) and len({d.axis for d in tracked}) == 1:
                 ref = tracked[0]
-                if all(len(d.segs) == len(ref.segs) and all(
+                if all(
+                    len(d.segs) == len(ref.segs)
+                    and all(
                         self.V.size[self.V.find(a)] == self.V.size[self.V.find(b)] and ra == rb
-                        for (a, ra), (b, rb) in zip(d.segs, ref.segs)) for d in tracked):
+                        for (a, ra), (b, rb) in zip(d.segs, ref.segs)
+                    )
+                    for d in tracked
+                ):
                     for d in tracked:
                         for (a, _), (b, _) in zip(d.segs, ref.segs):
                             self.V.union(a, b)
-                    self.add_layer(node, LayerInfo(node.name, "cat", "cat", None, ref.segs, ref.segs,
-                                                   out_shape=tuple(value.shape)))
+                    self.add_layer(
+                        node, LayerInfo(node.name, "cat", "cat", None, ref.segs, ref.segs, out_shape=tuple(value.shape))
+                    )
                     self.desc[node] = Desc(ref.axis, ref.segs)
                     return
         self.freeze_args(node)
@@ -771,7 +1059,11 @@ class _Analyzer:
                 out_d += 1
             elif isinstance(it, slice):
                 if in_d == dx.axis:
-                    full = it.step in (None, 1) and it.start in (None, 0) and (it.stop is None or it.stop >= xv.shape[in_d])
+                    full = (
+                        it.step in (None, 1)
+                        and it.start in (None, 0)
+                        and (it.stop is None or it.stop >= xv.shape[in_d])
+                    )
                     if not full:
                         self.freeze_desc(dx)
                         self.desc[node] = None
@@ -801,8 +1093,12 @@ class _Analyzer:
         """Pooling / resizing: channels pass through when axis 1 is kept whole."""
         if not isinstance(dx, Desc):
             return None
-        if (isinstance(value, torch.Tensor) and dx.axis == 1 and value.dim() == xv.dim()
-                and value.shape[1] == xv.shape[1]):
+        if (
+            isinstance(value, torch.Tensor)
+            and dx.axis == 1
+            and value.dim() == xv.dim()
+            and value.shape[1] == xv.shape[1]
+        ):
             return dx
         self.freeze_desc(dx)
         return self.none_like(value)
@@ -859,7 +1155,11 @@ class _Analyzer:
         probe = torch.empty(probe_shape)
         args = [probe] + [self.val(a) for a in node.args[1:]]
         kwargs = {k: self.val(v) for k, v in node.kwargs.items()}
-        out = getattr(probe, node.target)(*args[1:], **kwargs) if node.op == "call_method" else node.target(*args, **kwargs)
+        out = (
+            getattr(probe, node.target)(*args[1:], **kwargs)
+            if node.op == "call_method"
+            else node.target(*args, **kwargs)
+        )
         return Desc(list(out.shape).index(2), dx.segs)
 
     def reduce_op(self, node: fx.Node, dx: Any, xv: Any, value: Any) -> Any:
@@ -871,7 +1171,11 @@ class _Analyzer:
         args = [self.val(a) for a in node.args[1:]]
         kwargs = {k: self.val(v) for k, v in node.kwargs.items()}
         try:
-            out = getattr(probe, node.target)(*args, **kwargs) if node.op == "call_method" else node.target(probe, *args, **kwargs)
+            out = (
+                getattr(probe, node.target)(*args, **kwargs)
+                if node.op == "call_method"
+                else node.target(probe, *args, **kwargs)
+            )
         except Exception:  # noqa: BLE001 - an unexpected signature: be conservative
             self.freeze_desc(dx)
             return self.none_like(value)
@@ -902,8 +1206,11 @@ def _user_frame(tb: Any) -> str:
     import os
     import traceback
 
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            os.path.dirname(os.__file__))
+    skip = (
+        os.path.dirname(torch.__file__),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.path.dirname(os.__file__),
+    )
     found = ""
     for frame in traceback.extract_tb(tb):
         path = os.path.abspath(frame.filename)
@@ -970,8 +1277,17 @@ def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None)
     for lay in an.layers:
         if lay.module == hash_layer:
             lay.type = "hash" if lay.type in ("linear", "conv") else lay.type
-    return Analysis(an.V, an.layers, an.flop_terms, an.bindings, an.grouped_in, an.modules, hash_layer,
-                    [tuple(t.shape) for t in out_tensors], batch), gm
+    return Analysis(
+        an.V,
+        an.layers,
+        an.flop_terms,
+        an.bindings,
+        an.grouped_in,
+        an.modules,
+        hash_layer,
+        [tuple(t.shape) for t in out_tensors],
+        batch,
+    ), gm
 
 
 @contextlib.contextmanager
@@ -986,7 +1302,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _record_shapes(rec: "_Recorder", inputs: tuple) -> Any:
+def _record_shapes(rec: _Recorder, inputs: tuple) -> Any:
     """Run the traced graph once (no grad) to get every value's shape. (Meta tensors were tried:
     their Python decompositions import torch._dynamo on first use, ~4 s.)"""
     with one_thread(), torch.no_grad():

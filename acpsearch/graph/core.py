@@ -15,11 +15,13 @@ Each conv/linear call contributes ``num * L_a * L_b // den`` MACs and each param
 (a linear form of the groups' kept counts). So ``cost`` and ``cost_batch`` are a small matrix
 product plus a gather, exact in integers.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,14 +44,14 @@ class Cost:
     flops: int
     params: int
 
-    def ratio(self, base: "Cost") -> tuple[float, float]:
+    def ratio(self, base: Cost) -> tuple[float, float]:
         """(flops ratio, params ratio) relative to `base`."""
         return self.flops / max(base.flops, 1), self.params / max(base.params, 1)
 
-    def flops_ratio(self, base: "Cost") -> float:
+    def flops_ratio(self, base: Cost) -> float:
         return self.flops / max(base.flops, 1)
 
-    def params_ratio(self, base: "Cost") -> float:
+    def params_ratio(self, base: Cost) -> float:
         return self.params / max(base.params, 1)
 
     def to_dict(self) -> dict[str, int]:
@@ -100,7 +102,9 @@ class ChannelGraph:
         self.model = model
         self.analysis = analysis
         self.hash_layer = analysis.hash_layer
-        self.example_shape = [int(s) for s in (example_input[0] if isinstance(example_input, (tuple, list)) else example_input).shape]
+        self.example_shape = [
+            int(s) for s in (example_input[0] if isinstance(example_input, (tuple, list)) else example_input).shape
+        ]
         self._check_bindings()
         self._build_groups()
         self._build_forms()
@@ -112,7 +116,7 @@ class ChannelGraph:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: nn.Module, example_input: Any, hash_layer: str | None = None) -> "ChannelGraph":
+    def from_model(cls, model: nn.Module, example_input: Any, hash_layer: str | None = None) -> ChannelGraph:
         """Trace `model` on `example_input` (one forward, no grad) and find its channel groups."""
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -263,8 +267,10 @@ class ChannelGraph:
         nf = len(self._forms)
         if self._P is None or self._P[0] != nf:
             out: list[Any] = [nf]
-            for ta, tb, num, den in ((self.ft_a, self.ft_b, self.ft_num, self.ft_den),
-                                     (self.pt_a, self.pt_b, self.pt_num, self.pt_den)):
+            for ta, tb, num, den in (
+                (self.ft_a, self.ft_b, self.ft_num, self.ft_den),
+                (self.pt_a, self.pt_b, self.pt_num, self.pt_den),
+            ):
                 Q = np.zeros((nf, nf))
                 np.add.at(Q, (ta, tb), num / den)
                 ia, ib = np.nonzero(Q)
@@ -288,7 +294,9 @@ class ChannelGraph:
         base_L = self._eval_forms(self.channels[None, :])[0]
         node_flops = np.zeros(len(an.layers), dtype=np.int64)
         for i in range(len(self.ft_num)):
-            node_flops[self.ft_node[i]] += base_L[self.ft_a[i]] * base_L[self.ft_b[i]] * self.ft_num[i] // self.ft_den[i]
+            node_flops[self.ft_node[i]] += (
+                base_L[self.ft_a[i]] * base_L[self.ft_b[i]] * self.ft_num[i] // self.ft_den[i]
+            )
         self.nodes: list[NodeRecord] = []
         self.node_in_form = np.zeros(len(an.layers), dtype=np.int64)
         self.node_out_form = np.zeros(len(an.layers), dtype=np.int64)
@@ -304,14 +312,28 @@ class ChannelGraph:
         for i, lay in enumerate(an.layers):
             self.node_in_form[i] = self.form_of(lay.in_segs) if lay.in_segs else 0
             self.node_out_form[i] = self.form_of(lay.out_segs) if lay.out_segs else 0
-            self.nodes.append(NodeRecord(
-                name=lay.name, type=lay.type, op=lay.op, module=lay.module, kernel=lay.kernel, stride=lay.stride,
-                groups=lay.groups, in_shape=lay.in_shape, out_shape=lay.out_shape,
-                in_channels=sum(V.size[v] * r for v, r in lay.in_segs),
-                out_channels=sum(V.size[v] * r for v, r in lay.out_segs),
-                flops=int(node_flops[i]), params=int(sum(params[p].numel() for p in lay.params if p in params)),
-                in_groups=gnames(lay.in_segs), out_groups=gnames(lay.out_segs), depth=lay.depth,
-                preds=sorted(lay.preds), index=i))
+            self.nodes.append(
+                NodeRecord(
+                    name=lay.name,
+                    type=lay.type,
+                    op=lay.op,
+                    module=lay.module,
+                    kernel=lay.kernel,
+                    stride=lay.stride,
+                    groups=lay.groups,
+                    in_shape=lay.in_shape,
+                    out_shape=lay.out_shape,
+                    in_channels=sum(V.size[v] * r for v, r in lay.in_segs),
+                    out_channels=sum(V.size[v] * r for v, r in lay.out_segs),
+                    flops=int(node_flops[i]),
+                    params=int(sum(params[p].numel() for p in lay.params if p in params)),
+                    in_groups=gnames(lay.in_segs),
+                    out_groups=gnames(lay.out_segs),
+                    depth=lay.depth,
+                    preds=sorted(lay.preds),
+                    index=i,
+                )
+            )
         # forms may have grown (node forms): rebuild the matrix
         nf = len(self._forms)
         if nf != self.form_matrix.shape[0]:
@@ -351,7 +373,7 @@ class ChannelGraph:
         r[g.index] = ratio
         return int(self.kept_counts(r, round_to)[g.index])
 
-    def cost(self, strategy: "PruningStrategy | None" = None) -> Cost:
+    def cost(self, strategy: PruningStrategy | None = None) -> Cost:
         """Cost of the model pruned by `strategy` (unpruned when None); closed form, exact."""
         if strategy is None:
             return self._base
@@ -398,17 +420,31 @@ class ChannelGraph:
 
         G = nx.DiGraph()
         for n in self.nodes:
-            G.add_node(n.name, type=n.type, op=n.op, module=n.module, in_channels=n.in_channels,
-                       channels=n.out_channels, kernel=n.kernel, stride=n.stride, groups=n.groups,
-                       flops=n.flops, params=n.params, in_groups=list(n.in_groups), out_groups=list(n.out_groups),
-                       depth=n.depth, in_shape=list(n.in_shape), out_shape=list(n.out_shape),
-                       is_hash=n.module == self.hash_layer)
+            G.add_node(
+                n.name,
+                type=n.type,
+                op=n.op,
+                module=n.module,
+                in_channels=n.in_channels,
+                channels=n.out_channels,
+                kernel=n.kernel,
+                stride=n.stride,
+                groups=n.groups,
+                flops=n.flops,
+                params=n.params,
+                in_groups=list(n.in_groups),
+                out_groups=list(n.out_groups),
+                depth=n.depth,
+                in_shape=list(n.in_shape),
+                out_shape=list(n.out_shape),
+                is_hash=n.module == self.hash_layer,
+            )
         for n in self.nodes:
             for p in n.preds:
                 G.add_edge(self.nodes[p].name, n.name)
         return G
 
-    def to_pyg(self, strategy: "PruningStrategy | None" = None) -> Any:
+    def to_pyg(self, strategy: PruningStrategy | None = None) -> Any:
         """torch_geometric Data: x = static descriptors + strategy descriptors (see features.py)."""
         from acpsearch.graph.features import to_pyg
 
@@ -416,10 +452,21 @@ class ChannelGraph:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per group: name, channels, divisor, flops/params share (for `acpsearch inspect`)."""
-        return [{"name": g.name, "channels": g.channels, "divisor": g.divisor, "flops_share": g.flops_share,
-                 "params_share": g.params_share, "modules": list(g.modules)} for g in self.groups]
+        return [
+            {
+                "name": g.name,
+                "channels": g.channels,
+                "divisor": g.divisor,
+                "flops_share": g.flops_share,
+                "params_share": g.params_share,
+                "modules": list(g.modules),
+            }
+            for g in self.groups
+        ]
 
     def __repr__(self) -> str:
         c = self.cost()
-        return (f"ChannelGraph({len(self.nodes)} nodes, {len(self.groups)} groups, flops={c.flops}, "
-                f"params={c.params}, hash_layer={self.hash_layer!r})")
+        return (
+            f"ChannelGraph({len(self.nodes)} nodes, {len(self.groups)} groups, flops={c.flops}, "
+            f"params={c.params}, hash_layer={self.hash_layer!r})"
+        )

@@ -8,6 +8,7 @@ retains on the node's output and input groups (L1 mass of the kept channels / to
 L1 itself at ratio 1, lower for random choices), and the criterion one-hot. Everything per
 strategy is a few numpy gathers over precomputed index arrays (target <= 5 ms for ResNet-56).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -22,15 +23,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from acpsearch.pruning.strategy import PruningStrategy
 
 STATIC_FEATURES = [f"type_{t}" for t in NODE_TYPES] + [
-    "log_in_channels", "log_out_channels", "kernel", "stride", "log_groups", "depth", "flops_share",
-    "params_share", "is_hash"]
+    "log_in_channels",
+    "log_out_channels",
+    "kernel",
+    "stride",
+    "log_groups",
+    "depth",
+    "flops_share",
+    "params_share",
+    "is_hash",
+]
 STRATEGY_FEATURES = ["keep_out", "keep_in", "flops_kept", "importance_out", "importance_in"] + [
-    f"criterion_{c}" for c in CRITERIA]
+    f"criterion_{c}" for c in CRITERIA
+]
 FEATURE_NAMES = STATIC_FEATURES + STRATEGY_FEATURES
 
 
 class _Static:
-    def __init__(self, g: "ChannelGraph") -> None:
+    def __init__(self, g: ChannelGraph) -> None:
         n = len(g.nodes)
         total = g.cost()
         x = np.zeros((n, len(STATIC_FEATURES)), dtype=np.float32)
@@ -39,9 +49,17 @@ class _Static:
             t = "hash" if nd.module == g.hash_layer and nd.type in ("conv", "linear", "hash") else nd.type
             x[i, NODE_TYPES.index(t if t in NODE_TYPES else "other")] = 1.0
             k = len(NODE_TYPES)
-            x[i, k:k + 9] = [np.log1p(nd.in_channels), np.log1p(nd.out_channels), nd.kernel, nd.stride,
-                             np.log1p(nd.groups), nd.depth / maxd, nd.flops / max(total.flops, 1),
-                             nd.params / max(total.params, 1), float(nd.module == g.hash_layer)]
+            x[i, k : k + 9] = [
+                np.log1p(nd.in_channels),
+                np.log1p(nd.out_channels),
+                nd.kernel,
+                nd.stride,
+                np.log1p(nd.groups),
+                nd.depth / maxd,
+                nd.flops / max(total.flops, 1),
+                nd.params / max(total.params, 1),
+                float(nd.module == g.hash_layer),
+            ]
         self.x = x
         src = [p for nd in g.nodes for p in nd.preds]
         dst = [nd.index for nd in g.nodes for _ in nd.preds]
@@ -60,7 +78,7 @@ class _Static:
         self.C = C
 
 
-def _retained(g: "ChannelGraph", strategy: "PruningStrategy", kept: np.ndarray) -> np.ndarray:
+def _retained(g: ChannelGraph, strategy: PruningStrategy, kept: np.ndarray) -> np.ndarray:
     """Per group: L1 mass of the channels the criterion keeps / total L1 mass."""
     key = (strategy.criterion, strategy.seed if strategy.criterion == "random" else 0)
     cache = g._order_cache.get(key)
@@ -82,7 +100,7 @@ def _retained(g: "ChannelGraph", strategy: "PruningStrategy", kept: np.ndarray) 
     return out
 
 
-def strategy_features(g: "ChannelGraph", strategy: "PruningStrategy | None") -> np.ndarray:
+def strategy_features(g: ChannelGraph, strategy: PruningStrategy | None) -> np.ndarray:
     st: _Static = g._pyg_static
     n = st.x.shape[0]
     crit = "l1" if strategy is None else strategy.criterion
@@ -107,7 +125,7 @@ def strategy_features(g: "ChannelGraph", strategy: "PruningStrategy | None") -> 
     return s
 
 
-def to_pyg(g: "ChannelGraph", strategy: "PruningStrategy | None" = None) -> Any:
+def to_pyg(g: ChannelGraph, strategy: PruningStrategy | None = None) -> Any:
     """Build a torch_geometric Data(x, edge_index) for (graph, strategy); None = unpruned."""
     from torch_geometric.data import Data
 

@@ -13,9 +13,11 @@ the scores by their mean (so layers of different scale weigh the same) and sums 
   batches passed to ``ChannelGraph.set_taylor_importance`` (Molchanov et al. 2019);
 * ``random``: seeded uniform scores (the random baseline).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from acpsearch.graph.core import ChannelGraph, ChannelGroup
 
 
-def group_slices(graph: "ChannelGraph", group: "ChannelGroup") -> list[tuple[str, int, int, int, int]]:
+def group_slices(graph: ChannelGraph, group: ChannelGroup) -> list[tuple[str, int, int, int, int]]:
     """(tensor name, axis, offset, channels, repeat) for every place the group's channels live."""
     an = graph.analysis
     V = an.vars
@@ -55,8 +57,9 @@ def _norm(scores: torch.Tensor) -> np.ndarray:
     return (scores / m).numpy().astype(np.float64) if m > 0 else np.zeros(len(scores))
 
 
-def group_importance(graph: "ChannelGraph", group: "ChannelGroup", criterion: str, seed: int,
-                     model: nn.Module) -> np.ndarray:
+def group_importance(
+    graph: ChannelGraph, group: ChannelGroup, criterion: str, seed: int, model: nn.Module
+) -> np.ndarray:
     """Per-channel importance (higher = keep) of `group` under `criterion`."""
     C = group.channels
     if criterion == "random":
@@ -69,15 +72,22 @@ def group_importance(graph: "ChannelGraph", group: "ChannelGroup", criterion: st
     if criterion == "taylor":
         prods = graph._taylor
         if prods is None:
-            raise SpecError("criterion 'taylor': needs data, call ChannelGraph.set_taylor_importance(model, batches) first")
+            raise SpecError(
+                "criterion 'taylor': needs data, call ChannelGraph.set_taylor_importance(model, batches) first"
+            )
         for tname, axis, off, size, rep in slices:
             if tname in prods:
                 total += _norm(_channel_rows(prods[tname], axis, off, size, rep).sum(dim=1).abs())
         return total
     if criterion == "bn_scale":
-        norms = [s for s in slices if s[0].endswith(".weight") and tensors[s[0]].dim() == 1
-                 and mods.get(s[0].rsplit(".", 1)[0]) is not None
-                 and mods[s[0].rsplit(".", 1)[0]].kind in ("norm", "groupnorm", "layernorm")]
+        norms = [
+            s
+            for s in slices
+            if s[0].endswith(".weight")
+            and tensors[s[0]].dim() == 1
+            and mods.get(s[0].rsplit(".", 1)[0]) is not None
+            and mods[s[0].rsplit(".", 1)[0]].kind in ("norm", "groupnorm", "layernorm")
+        ]
         if norms:
             for tname, axis, off, size, rep in norms:
                 total += _norm(_channel_rows(tensors[tname], axis, off, size, rep).abs().sum(dim=1))
@@ -103,7 +113,7 @@ def keep_order(imp: np.ndarray, blocks: int) -> list[np.ndarray]:
     """Channels of each block, most important first (ties: lower index first)."""
     C = len(imp)
     size = C // blocks
-    return [b * size + np.argsort(-imp[b * size:(b + 1) * size], kind="stable") for b in range(blocks)]
+    return [b * size + np.argsort(-imp[b * size : (b + 1) * size], kind="stable") for b in range(blocks)]
 
 
 def kept_indices(imp: np.ndarray, kept: int, blocks: int) -> np.ndarray:
@@ -119,8 +129,9 @@ def default_taylor_loss(output: Any, batch: Any) -> torch.Tensor:
     return (h - torch.sign(h).detach()).pow(2).mean()
 
 
-def taylor_products(model: nn.Module, batches: Iterable[Any],
-                    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def taylor_products(
+    model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Sum over batches of w * dL/dw for every parameter (eval mode, model unchanged)."""
     loss_fn = loss_fn or default_taylor_loss
     params = dict(model.named_parameters())

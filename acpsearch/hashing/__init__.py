@@ -1,4 +1,5 @@
 """The downstream side: hash-net zoo, hashing losses, data sets + retrieval protocol, metrics, training."""
+
 from __future__ import annotations
 
 from acpsearch.hashing.data import DATASET_NAMES, Dataset, Splits, load_dataset, make_splits
@@ -21,10 +22,30 @@ from acpsearch.hashing.train import (
 )
 
 __all__ = [
-    "DATASET_NAMES", "Dataset", "Splits", "load_dataset", "make_splits",
-    "LOSS_NAMES", "CSQLoss", "DPSHLoss", "HashNetLoss", "get_loss", "hash_centers",
-    "hamming_distance", "mean_average_precision", "precision_at_n", "precision_recall_curve",
-    "MODEL_NAMES", "HashHead", "create_model", "with_hash_head",
-    "TrainResult", "checkpoint_meta", "encode", "evaluate", "save_zoo_checkpoint", "train_hash_net",
+    "DATASET_NAMES",
+    "Dataset",
+    "Splits",
+    "load_dataset",
+    "make_splits",
+    "LOSS_NAMES",
+    "CSQLoss",
+    "DPSHLoss",
+    "HashNetLoss",
+    "get_loss",
+    "hash_centers",
+    "hamming_distance",
+    "mean_average_precision",
+    "precision_at_n",
+    "precision_recall_curve",
+    "MODEL_NAMES",
+    "HashHead",
+    "create_model",
+    "with_hash_head",
+    "TrainResult",
+    "checkpoint_meta",
+    "encode",
+    "evaluate",
+    "save_zoo_checkpoint",
+    "train_hash_net",
     "validation_map",
 ]

@@ -28,31 +28,43 @@ or a silently broken data set:
   np.load (numeric dtype, an image's shape, as many bytes as that shape needs), Pillow's
   decompression-bomb warning and error are errors here, and no image may have a side above MAX_SIDE.
 """
+
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import pickle
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from acpsearch.errors import DataError
-from acpsearch.spec import PROTOCOL_DEFAULTS  # per-class counts when the user gives none
 
+# per-class (query, train, val) counts of each data set when the spec / CLI gives none: each fits its
+# data set (digits: >= 174 images per class, mnist5k: 500, fashion-mnist and cifar10: 6,000, the
+# CIFAR-10 hashing protocol there); a list-file data set with three lists is split by the lists
+PROTOCOL_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "digits": (10, 60, 15),
+    "mnist5k": (50, 300, 50),
+    "fashion-mnist": (100, 500, 100),
+    "cifar10": (100, 500, 100),
+    "folder": (100, 500, 100),
+    "npz": (100, 500, 100),
+    "listfile": (100, 500, 100),
+}
 DATASET_NAMES = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz", "listfile")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_SIDE = 4096  # pixels per image side (hash networks here take small images; bigger ones are resized first)
 MAX_CHANNELS = 64
-MAX_VALUES = 2 ** 31  # values in a data set: 8 GiB as float32, and normalising makes copies of it
+MAX_VALUES = 2**31  # values in a data set: 8 GiB as float32, and normalising makes copies of it
 
 
 @dataclass
@@ -131,17 +143,31 @@ def _dtype_problem(dtype: np.dtype, labels: bool = False) -> str | None:
     kinds = "biu" if labels else "biuf"
     if dtype.kind in kinds:
         return None
-    words = {"O": "Python objects", "U": "strings", "S": "bytes", "c": "complex numbers", "V": "records",
-             "M": "dates", "m": "time deltas", "f": "floats"}
+    words = {
+        "O": "Python objects",
+        "U": "strings",
+        "S": "bytes",
+        "c": "complex numbers",
+        "V": "records",
+        "M": "dates",
+        "m": "time deltas",
+        "f": "floats",
+    }
     what = words.get(dtype.kind, f"dtype {dtype}")
     need = "integer class ids" if labels else "numbers (bool, integer or float)"
     return f"holds {what} ({dtype}), not {need}"
 
 
-def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW",
-                  arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None,
-                  class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[int] | None,
-                                                                 list[str] | None]:
+def _check_arrays(
+    images: Any,
+    labels: Any,
+    source: str,
+    *,
+    layout: str = "NCHW",
+    arrays: tuple[str, str] = ("images", "labels"),
+    where: Callable[[int], str] | None = None,
+    class_names: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int] | None, list[str] | None]:
     """The one gate between a loader and the rest: check a data set's arrays, return them as
     (images (N, C, H, W), labels, class_ids, class_names).
 
@@ -174,21 +200,26 @@ def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW"
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise DataError(f"{source}: {xname} images are {h}x{w}, each side must be 1 to {MAX_SIDE} pixels")
     if n * c * h * w > MAX_VALUES:
-        raise DataError(f"{source}: {xname} has {n * c * h * w} values (shape {x.shape}), more than {MAX_VALUES} "
-                        "fit in memory here; use fewer or smaller images")
+        raise DataError(
+            f"{source}: {xname} has {n * c * h * w} values (shape {x.shape}), more than {MAX_VALUES} "
+            "fit in memory here; use fewer or smaller images"
+        )
     if x.dtype.kind == "f":
         finite = np.isfinite(x)
         if not finite.all():
             flat = int(np.argmin(finite.reshape(-1)))
             idx = tuple(int(v) for v in np.unravel_index(flat, x.shape))
-            raise DataError(f"{source}: {xname}[{idx[0]}]{at(idx[0])} has a non-finite value ({x[idx]}) at "
-                            f"index {idx[1:]} (channel, row, column); every pixel must be a finite number")
+            raise DataError(
+                f"{source}: {xname}[{idx[0]}]{at(idx[0])} has a non-finite value ({x[idx]}) at "
+                f"index {idx[1:]} (channel, row, column); every pixel must be a finite number"
+            )
         del finite
 
     problem = _dtype_problem(y.dtype, labels=y.ndim == 1)
     if y.ndim not in (1, 2) or len(y) != n:
-        raise DataError(f"{source}: {yname} must be (N,) class ids or (N, C) multi-hot for N={n} images, "
-                        f"got shape {y.shape}")
+        raise DataError(
+            f"{source}: {yname} must be (N,) class ids or (N, C) multi-hot for N={n} images, got shape {y.shape}"
+        )
     if problem and y.ndim == 1 and y.dtype.kind == "f":
         raise DataError(f"{source}: {yname} {problem}; store the class ids as integers")
     if problem:
@@ -198,8 +229,9 @@ def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW"
             row = int(np.argmin(np.isfinite(y).all(axis=1)))
             raise DataError(f"{source}: {yname}[{row}]{at(row)} has a non-finite value")
         if y.shape[1] < 2:
-            raise DataError(f"{source}: {yname} is multi-hot with {y.shape[1]} class column(s); retrieval needs "
-                            "at least 2 classes")
+            raise DataError(
+                f"{source}: {yname} is multi-hot with {y.shape[1]} class column(s); retrieval needs at least 2 classes"
+            )
         return x, (y > 0).astype(np.int64), None, None
     if y.dtype.kind == "i" and y.size and y.min() < 0:
         i = int(np.argmax(y < 0))
@@ -213,13 +245,24 @@ def _check_arrays(images: Any, labels: Any, source: str, *, layout: str = "NCHW"
     return x, inverse.reshape(-1).astype(np.int64), class_ids, names
 
 
-def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] | None = None,
-            shuffle_seed: int | None = None, *, source: str | None = None, layout: str = "NCHW",
-            arrays: tuple[str, str] = ("images", "labels"), where: Callable[[int], str] | None = None,
-            divide_by: float | None = None) -> Dataset:
+def _finish(
+    x: Any,
+    y: Any,
+    name: str,
+    path: str | None,
+    class_names: list[str] | None = None,
+    shuffle_seed: int | None = None,
+    *,
+    source: str | None = None,
+    layout: str = "NCHW",
+    arrays: tuple[str, str] = ("images", "labels"),
+    where: Callable[[int], str] | None = None,
+    divide_by: float | None = None,
+) -> Dataset:
     source = source or (f"dataset {name}: {path!r}" if path else f"dataset {name}")
-    x, y, class_ids, class_names = _check_arrays(x, y, source, layout=layout, arrays=arrays, where=where,
-                                                 class_names=class_names)
+    x, y, class_ids, class_names = _check_arrays(
+        x, y, source, layout=layout, arrays=arrays, where=where, class_names=class_names
+    )
     if shuffle_seed is not None:
         perm = np.random.default_rng(shuffle_seed).permutation(len(x))
         x, y = x[perm], y[perm]
@@ -231,10 +274,20 @@ def _finish(x: Any, y: Any, name: str, path: str | None, class_names: list[str] 
     squares = images.square().sum((0, 2, 3), dtype=torch.float64)
     if not bool(torch.isfinite(images).all()) or not bool(torch.isfinite(squares).all()):
         biggest = max(abs(float(x.min())), abs(float(x.max())))
-        raise DataError(f"{source}: pixel values too large to normalise (largest magnitude {biggest}); "
-                        "store pixels as 0..255 or 0..1")
-    return Dataset(images, labels, name, num_classes, path, class_names, class_ids,
-                   divide_by=float(divide_by if divide_by is not None else scale))
+        raise DataError(
+            f"{source}: pixel values too large to normalise (largest magnitude {biggest}); "
+            "store pixels as 0..255 or 0..1"
+        )
+    return Dataset(
+        images,
+        labels,
+        name,
+        num_classes,
+        path,
+        class_names,
+        class_ids,
+        divide_by=float(divide_by if divide_by is not None else scale),
+    )
 
 
 # ---------------------------------------------------------------------------------------- loaders
@@ -269,11 +322,13 @@ def _read_idx(path: Path, ndim: int, what: str) -> np.ndarray:
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
                 raise DataError(f"{where} is not an unsigned-byte IDX file")
             raw_dims = f.read(4 * head[3])
-            dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
+            dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
             if head[3] != ndim or len(dims) != ndim:
                 shape = "(N, H, W)" if ndim == 3 else "(N,)"
-                raise DataError(f"{where} holds {head[3]}-dimensional data {tuple(dims)}, an IDX file of {what} "
-                                f"must be {ndim}-dimensional {shape}")
+                raise DataError(
+                    f"{where} holds {head[3]}-dimensional data {tuple(dims)}, an IDX file of {what} "
+                    f"must be {ndim}-dimensional {shape}"
+                )
             count = math.prod(dims)
             if count > MAX_VALUES:
                 raise DataError(f"{where} declares {count} values {tuple(dims)}, more than {MAX_VALUES}")
@@ -310,8 +365,10 @@ def _load_fashion_mnist(path: str | None) -> Dataset:
     for img_file, lab_file in (files[:2], files[2:]):
         x, y = _read_idx(img_file, 3, "images"), _read_idx(lab_file, 1, "labels")  # type: ignore[arg-type]
         if len(x) != len(y):
-            raise DataError(f"dataset fashion-mnist: {str(img_file)!r} has {len(x)} images but "
-                            f"{str(lab_file)!r} has {len(y)} labels")
+            raise DataError(
+                f"dataset fashion-mnist: {str(img_file)!r} has {len(x)} images but "
+                f"{str(lab_file)!r} has {len(y)} labels"
+            )
         xs.append(x)
         ys.append(y)
     n_train = len(xs[0])
@@ -320,8 +377,9 @@ def _load_fashion_mnist(path: str | None) -> Dataset:
         first, second = files[0], files[2]
         return f"{first.name} item {i}" if i < n_train else f"{second.name} item {i - n_train}"  # type: ignore[union-attr]
 
-    return _finish(np.concatenate(xs)[:, None], np.concatenate(ys).astype(np.int64), "fashion-mnist", str(root),
-                   where=where)
+    return _finish(
+        np.concatenate(xs)[:, None], np.concatenate(ys).astype(np.int64), "fashion-mnist", str(root), where=where
+    )
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -329,9 +387,14 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     crafted file cannot run code."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("builtins", "list"), ("builtins", "dict"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "list"),
+        ("builtins", "dict"),
         ("_codecs", "encode"),
     }
 
@@ -342,8 +405,10 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def _load_cifar10(path: str | None) -> Dataset:
-    hint = ("download the CIFAR-10 'python version' elsewhere, unpack it and pass its "
-            "cifar-10-batches-py directory with --data-dir")
+    hint = (
+        "download the CIFAR-10 'python version' elsewhere, unpack it and pass its "
+        "cifar-10-batches-py directory with --data-dir"
+    )
     if not path:
         raise DataError(f"dataset cifar10: no path given; {hint}")
     root = Path(path)
@@ -360,24 +425,38 @@ def _load_cifar10(path: str | None) -> Dataset:
             with open(root / n, "rb") as f:
                 batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
             if not isinstance(batch, dict):
-                raise DataError(f"dataset cifar10: {file} is not a CIFAR-10 batch (a {type(batch).__name__}, "
-                                "not a dict with 'data' and 'labels')")
+                raise DataError(
+                    f"dataset cifar10: {file} is not a CIFAR-10 batch (a {type(batch).__name__}, "
+                    "not a dict with 'data' and 'labels')"
+                )
             raw_data = batch[b"data"] if b"data" in batch else batch["data"]
             raw_labels = batch[b"labels"] if b"labels" in batch else batch["labels"]
             if not isinstance(raw_labels, (list, tuple, np.ndarray)):
-                raise DataError(f"dataset cifar10: {file}: 'labels' is of type {type(raw_labels).__name__}, "
-                                "not a list of class ids")
+                raise DataError(
+                    f"dataset cifar10: {file}: 'labels' is of type {type(raw_labels).__name__}, not a list of class ids"
+                )
             data, labels = np.asarray(raw_data), np.asarray(raw_labels)
         except DataError:
             raise
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OverflowError, OSError,
-                AttributeError, IndexError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            KeyError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            OSError,
+            AttributeError,
+            IndexError,
+        ) as exc:
             raise DataError(f"dataset cifar10: {file} is not a CIFAR-10 batch ({_first_line(exc)})") from None
         if data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"dataset cifar10: {file} has data of shape {data.shape}, expected (N, 3072)")
         if labels.ndim != 1 or len(labels) != len(data):
-            raise DataError(f"dataset cifar10: {file} has labels of shape {labels.shape} for {len(data)} images, "
-                            "expected one class id per image")
+            raise DataError(
+                f"dataset cifar10: {file} has labels of shape {labels.shape} for {len(data)} images, "
+                "expected one class id per image"
+            )
         starts.append(sum(len(v) for v in xs))
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
@@ -401,8 +480,9 @@ def _read_npy(file: Path) -> np.ndarray:
     try:
         with open(file, "rb") as f:
             if f.read(6) != np.lib.format.MAGIC_PREFIX:  # else np.load would try it as a pickle (or a zip archive)
-                raise DataError(f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write "
-                                "images with numpy.save")
+                raise DataError(
+                    f"dataset folder: {str(file)!r} is not an .npy file (no NumPy header); write images with numpy.save"
+                )
             f.seek(0)
             shape, dtype = _npy_array_header(f)
             have = _remaining(f)
@@ -414,15 +494,19 @@ def _read_npy(file: Path) -> np.ndarray:
     if problem:
         raise DataError(f"dataset folder: {str(file)!r} {problem}")
     if len(shape) not in (2, 3):
-        raise DataError(f"dataset folder: {str(file)!r} is a {len(shape)}-D array of shape {shape}; an .npy "
-                        "image must be (H, W), (C, H, W) or (H, W, C)")
+        raise DataError(
+            f"dataset folder: {str(file)!r} is a {len(shape)}-D array of shape {shape}; an .npy "
+            "image must be (H, W), (C, H, W) or (H, W, C)"
+        )
     chw = (1, *shape) if len(shape) == 2 else shape
     if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
         chw = (shape[2], shape[0], shape[1])
     c, h, w = chw
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE and 1 <= c <= MAX_CHANNELS):
-        raise DataError(f"dataset folder: {str(file)!r} has shape {shape}; an image needs 1 to {MAX_CHANNELS} "
-                        f"channels and sides of 1 to {MAX_SIDE} pixels")
+        raise DataError(
+            f"dataset folder: {str(file)!r} has shape {shape}; an image needs 1 to {MAX_CHANNELS} "
+            f"channels and sides of 1 to {MAX_SIDE} pixels"
+        )
     need = math.prod(shape) * dtype.itemsize
     if have < need:
         raise DataError(f"dataset folder: {str(file)!r} is truncated ({have} of {need} bytes of data)")
@@ -450,8 +534,9 @@ def _read_image(file: Path, size: tuple[int, int] | None):
     try:
         from PIL import Image
     except ImportError:  # Pillow is optional: only .npy images without it
-        raise DataError(f"dataset folder: {file.name} needs Pillow to decode (pip install pillow) "
-                        "or store images as .npy") from None
+        raise DataError(
+            f"dataset folder: {file.name} needs Pillow to decode (pip install pillow) or store images as .npy"
+        ) from None
     try:
         with warnings.catch_warnings():
             # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that: both are errors here
@@ -459,16 +544,25 @@ def _read_image(file: Path, size: tuple[int, int] | None):
             with Image.open(file) as im:
                 w, h = im.size
                 if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
-                    raise DataError(f"dataset folder: image {str(file)!r} is {w}x{h} pixels, each side must be "
-                                    f"1 to {MAX_SIDE} (resize it first)")
+                    raise DataError(
+                        f"dataset folder: image {str(file)!r} is {w}x{h} pixels, each side must be "
+                        f"1 to {MAX_SIDE} (resize it first)"
+                    )
                 im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
                 if size is not None and im.size != size[::-1]:
                     im = im.resize(size[::-1])
                 arr = np.asarray(im)
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, zlib.error,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        zlib.error,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise DataError(f"dataset folder: cannot read image {str(file)!r} ({_first_line(exc)})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -485,15 +579,18 @@ def _load_folder(path: str | None, image_size: int | None = None) -> Dataset:
     images, labels, paths = [], [], []
     size: tuple[int, int] | None = (int(image_size), int(image_size)) if image_size else None
     for ci, cname in enumerate(classes):
-        files = sorted(f for f in (root / cname).iterdir()
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+        files = sorted(
+            f for f in (root / cname).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",)
+        )
         for f in files:
             arr = _read_image(f, size)
             if size is None:
                 size = (int(arr.shape[1]), int(arr.shape[2]))
             elif arr.shape[1:] != size:
-                raise DataError(f"dataset folder: {str(f)!r} is {arr.shape[1]}x{arr.shape[2]}, "
-                                f"others are {size[0]}x{size[1]} (.npy images are not resized)")
+                raise DataError(
+                    f"dataset folder: {str(f)!r} is {arr.shape[1]}x{arr.shape[2]}, "
+                    f"others are {size[0]}x{size[1]} (.npy images are not resized)"
+                )
             images.append(arr)
             labels.append(ci)
             paths.append(f)
@@ -501,16 +598,26 @@ def _load_folder(path: str | None, image_size: int | None = None) -> Dataset:
         raise DataError(f"dataset folder: no images ({', '.join(IMAGE_SUFFIXES)}, .npy) under {str(root)!r}")
     channels = max(a.shape[0] for a in images)
     if size is not None and len(images) * channels * size[0] * size[1] > MAX_VALUES:
-        raise DataError(f"dataset folder: {str(root)!r} holds {len(images)} images of {channels}x{size[0]}x{size[1]}, "
-                        f"more than {MAX_VALUES} values; use fewer or smaller images")
+        raise DataError(
+            f"dataset folder: {str(root)!r} holds {len(images)} images of {channels}x{size[0]}x{size[1]}, "
+            f"more than {MAX_VALUES} values; use fewer or smaller images"
+        )
     if any(a.shape[0] not in (1, channels) for a in images):
         odd = next(i for i, a in enumerate(images) if a.shape[0] not in (1, channels))
-        raise DataError(f"dataset folder: {str(paths[odd])!r} has {images[odd].shape[0]} channels, others have "
-                        f"{channels} (only 1-channel images are repeated to match)")
+        raise DataError(
+            f"dataset folder: {str(paths[odd])!r} has {images[odd].shape[0]} channels, others have "
+            f"{channels} (only 1-channel images are repeated to match)"
+        )
     images = [np.repeat(a, channels, 0) if a.shape[0] != channels else a for a in images]
     x = np.stack(images).astype(np.float32)
-    return _finish(x, np.asarray(labels, dtype=np.int64), "folder", str(root), class_names=classes,
-                   where=lambda i: repr(str(paths[i])))
+    return _finish(
+        x,
+        np.asarray(labels, dtype=np.int64),
+        "folder",
+        str(root),
+        class_names=classes,
+        where=lambda i: repr(str(paths[i])),
+    )
 
 
 def _npy_array_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -529,7 +636,7 @@ def _npy_array_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an .npy member of an .npz archive, from its header alone."""
     if member not in archive.namelist():  # np.savez writes KEY.npy; NpzFile also reads a member named KEY
-        member = member[:-len(".npy")]
+        member = member[: -len(".npy")]
     with archive.open(member) as f:
         try:
             shape, dtype = _npy_array_header(f)
@@ -543,11 +650,15 @@ def _load_npz(path: str | None) -> Dataset:
         raise DataError("dataset npz: no path given; pass --data-dir FILE.npz with arrays X and y")
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"dataset npz: {str(p)!r} not found (an .npz file with arrays X and y: "
-                        "write one with numpy.savez(FILE, X=images, y=labels))")
+        raise DataError(
+            f"dataset npz: {str(p)!r} not found (an .npz file with arrays X and y: "
+            "write one with numpy.savez(FILE, X=images, y=labels))"
+        )
     if not zipfile.is_zipfile(p):  # np.load would try it as a pickle and talk about allow_pickle
-        raise DataError(f"dataset npz: cannot read {str(p)!r} (not an .npz archive; write one with "
-                        "numpy.savez(FILE, X=images, y=labels))")
+        raise DataError(
+            f"dataset npz: cannot read {str(p)!r} (not an .npz archive; write one with "
+            "numpy.savez(FILE, X=images, y=labels))"
+        )
     try:
         with np.load(p, allow_pickle=False) as z:
             if "X" not in z or "y" not in z:
@@ -557,8 +668,10 @@ def _load_npz(path: str | None) -> Dataset:
                 if dtype.hasobject:
                     raise DataError(f"dataset npz: {str(p)!r}: {key} {_dtype_problem(dtype)}")
                 if math.prod(shape) > MAX_VALUES:
-                    raise DataError(f"dataset npz: {str(p)!r}: {key} has shape {shape}, more than {MAX_VALUES} "
-                                    "values; use fewer or smaller images")
+                    raise DataError(
+                        f"dataset npz: {str(p)!r}: {key} has shape {shape}, more than {MAX_VALUES} "
+                        "values; use fewer or smaller images"
+                    )
             x, y = np.asarray(z["X"]), np.asarray(z["y"])
     except DataError:
         raise
@@ -567,10 +680,20 @@ def _load_npz(path: str | None) -> Dataset:
     return _finish(x, y, "npz", str(p), layout="auto", arrays=("X", "y"))
 
 
-def load_dataset(name: str, path: str | None = None, *, train_list: str | None = None,
-                 database_list: str | None = None, test_list: str | None = None, val_list: str | None = None,
-                 root: str | None = None, image_size: int | None = None, stream: bool = True,
-                 workers: int = 0, seed: int = 0) -> Dataset:
+def load_dataset(
+    name: str,
+    path: str | None = None,
+    *,
+    train_list: str | None = None,
+    database_list: str | None = None,
+    test_list: str | None = None,
+    val_list: str | None = None,
+    root: str | None = None,
+    image_size: int | None = None,
+    stream: bool = True,
+    workers: int = 0,
+    seed: int = 0,
+) -> Dataset:
     """Load a data set by name (digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile).
 
     listfile: `path` is one list file (split by the protocol), or `train_list` + `database_list` +
@@ -592,9 +715,18 @@ def load_dataset(name: str, path: str | None = None, *, train_list: str | None =
     if key == "npz":
         return _load_npz(path)
     if key == "listfile":
-        return _load_listfile(path, train_list=train_list, database_list=database_list, test_list=test_list,
-                              val_list=val_list, root=root, image_size=image_size, stream=stream,
-                              workers=workers, seed=seed)
+        return _load_listfile(
+            path,
+            train_list=train_list,
+            database_list=database_list,
+            test_list=test_list,
+            val_list=val_list,
+            root=root,
+            image_size=image_size,
+            stream=stream,
+            workers=workers,
+            seed=seed,
+        )
     raise DataError(f"dataset: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 
@@ -635,8 +767,15 @@ def _decode(file: str, size: tuple[int, int], mode: str, image_size: int | None,
                 return _decode_pil(im, size, mode, image_size)
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, zlib.error,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        zlib.error,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise DataError(f"{where}: cannot read image {file!r} ({_first_line(exc)})") from None
 
 
@@ -660,9 +799,17 @@ class ImageSource(torch.utils.data.Dataset):
 
     ndim = 4
 
-    def __init__(self, files: list[str], where: list[str], size: tuple[int, int], mode: str,
-                 image_size: int | None = None, workers: int = 0, mean: list[float] | None = None,
-                 std: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        files: list[str],
+        where: list[str],
+        size: tuple[int, int],
+        mode: str,
+        image_size: int | None = None,
+        workers: int = 0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
         self.files, self.where = files, where
         self.size, self.mode, self.image_size, self.workers = size, mode, image_size, int(workers)
         self.mean, self.std = mean, std
@@ -683,8 +830,9 @@ class ImageSource(torch.utils.data.Dataset):
         arr = _decode(self.files[i], self.size, self.mode, self.image_size, self.where[i])
         x = torch.from_numpy(np.ascontiguousarray(arr)).float() / self.divide_by
         if self.mean is not None and self.std is not None:
-            x = (x - torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)) \
-                / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+            x = (x - torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)) / torch.tensor(
+                self.std, dtype=torch.float32
+            ).view(-1, 1, 1)
         return x
 
     def __getitem__(self, key: Any) -> torch.Tensor:
@@ -695,20 +843,33 @@ class ImageSource(torch.utils.data.Dataset):
             return torch.zeros((0, *self.shape[1:]))
         return next(iter(self.loader([rows.tolist()])))
 
-    def subset(self, rows: Any) -> "ImageSource":
+    def subset(self, rows: Any) -> ImageSource:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        return ImageSource([self.files[i] for i in rows], [self.where[i] for i in rows], self.size, self.mode,
-                           self.image_size, self.workers, self.mean, self.std)
+        return ImageSource(
+            [self.files[i] for i in rows],
+            [self.where[i] for i in rows],
+            self.size,
+            self.mode,
+            self.image_size,
+            self.workers,
+            self.mean,
+            self.std,
+        )
 
-    def normalized(self, mean: list[float] | None, std: list[float] | None) -> "ImageSource":
+    def normalized(self, mean: list[float] | None, std: list[float] | None) -> ImageSource:
         return ImageSource(self.files, self.where, self.size, self.mode, self.image_size, self.workers, mean, std)
 
     def loader(self, chunks: list[list[int]]) -> Any:
         """Decoded batches, one per chunk of rows, in order (a generator over a DataLoader)."""
         from torch.utils.data import DataLoader
 
-        dl = DataLoader(self, batch_sampler=chunks, num_workers=self.workers,
-                        persistent_workers=False, prefetch_factor=2 if self.workers else None)
+        dl = DataLoader(
+            self,
+            batch_sampler=chunks,
+            num_workers=self.workers,
+            persistent_workers=False,
+            prefetch_factor=2 if self.workers else None,
+        )
         try:
             yield from dl
         except DataError as exc:
@@ -772,22 +933,38 @@ def _parse_list(file: Path, root: Path | None, what: str) -> tuple[list[str], li
     return files, where, np.asarray(rows, dtype=np.int64)
 
 
-def _load_listfile(path: str | None, *, train_list: str | None, database_list: str | None, test_list: str | None,
-                   val_list: str | None, root: str | None, image_size: int | None, stream: bool, workers: int,
-                   seed: int = 0) -> Dataset:
+def _load_listfile(
+    path: str | None,
+    *,
+    train_list: str | None,
+    database_list: str | None,
+    test_list: str | None,
+    val_list: str | None,
+    root: str | None,
+    image_size: int | None,
+    stream: bool,
+    workers: int,
+    seed: int = 0,
+) -> Dataset:
     lists = {"train_list": train_list, "database_list": database_list, "test_list": test_list, "val_list": val_list}
     given = {k: v for k, v in lists.items() if v}
     if path and given:
-        raise DataError("dataset listfile: give either one list file (path, split by the protocol) or "
-                        "train_list + database_list + test_list, not both")
+        raise DataError(
+            "dataset listfile: give either one list file (path, split by the protocol) or "
+            "train_list + database_list + test_list, not both"
+        )
     if not path and not given:
-        raise DataError("dataset listfile: no list file; set data.path (one list) or data.train_list, "
-                        "data.database_list and data.test_list")
+        raise DataError(
+            "dataset listfile: no list file; set data.path (one list) or data.train_list, "
+            "data.database_list and data.test_list"
+        )
     if given:
         for k in ("train_list", "database_list", "test_list"):
             if k not in given:
-                raise DataError(f"dataset listfile: {k} missing; the lists are train_list, database_list, "
-                                "test_list (and optional val_list)")
+                raise DataError(
+                    f"dataset listfile: {k} missing; the lists are train_list, database_list, "
+                    "test_list (and optional val_list)"
+                )
     if image_size is not None and not (isinstance(image_size, int) and 1 <= image_size <= MAX_SIDE):
         raise DataError(f"data.image_size: must be an integer in [1, {MAX_SIDE}], got {image_size!r}")
     base = Path(root) if root else None
@@ -797,11 +974,13 @@ def _load_listfile(path: str | None, *, train_list: str | None, database_list: s
     where: list[str] = []
     labels: list[np.ndarray] = []
     ranges: dict[str, np.ndarray] = {}
-    for key, file in ([("list", path)] if path else [(k, v) for k, v in given.items()]):
+    for key, file in [("list", path)] if path else [(k, v) for k, v in given.items()]:
         f, w, y = _parse_list(Path(str(file)), base, "list" if key == "list" else key)
         if labels and y.shape[1] != labels[0].shape[1]:
-            raise DataError(f"dataset listfile: {key} {str(file)!r} has {y.shape[1]} label columns, "
-                            f"the other lists have {labels[0].shape[1]}")
+            raise DataError(
+                f"dataset listfile: {key} {str(file)!r} has {y.shape[1]} label columns, "
+                f"the other lists have {labels[0].shape[1]}"
+            )
         ranges[key] = np.arange(len(files), len(files) + len(f))
         files += f
         where += w
@@ -818,8 +997,10 @@ def _load_listfile(path: str | None, *, train_list: str | None, database_list: s
         raise DataError(f"{where[0]}: cannot read image {files[0]!r} ({_first_line(exc)})") from None
     size = (image_size, image_size) if image_size else (h0, w0)
     if not (1 <= size[0] <= MAX_SIDE and 1 <= size[1] <= MAX_SIDE):
-        raise DataError(f"{where[0]}: image {files[0]!r} is {w0}x{h0} pixels, each side must be 1 to {MAX_SIDE}; "
-                        "set data.image_size")
+        raise DataError(
+            f"{where[0]}: image {files[0]!r} is {w0}x{h0} pixels, each side must be 1 to {MAX_SIDE}; "
+            "set data.image_size"
+        )
     src = ImageSource(files, where, size, mode, image_size, workers)
     parts = None
     if given:
@@ -835,16 +1016,26 @@ def _load_listfile(path: str | None, *, train_list: str | None, database_list: s
         images: Any = src
     else:
         if len(files) * src.channels * size[0] * size[1] > MAX_VALUES:
-            raise DataError(f"dataset listfile: {len(files)} images of {src.channels}x{size[0]}x{size[1]} are more "
-                            f"than {MAX_VALUES} values; stream them (data.stream: true)")
+            raise DataError(
+                f"dataset listfile: {len(files)} images of {src.channels}x{size[0]}x{size[1]} are more "
+                f"than {MAX_VALUES} values; stream them (data.stream: true)"
+            )
         images = torch.empty(tuple(src.shape))  # filled in place: no list of per-image tensors beside it
         chunks = [list(range(i, min(len(src), i + STATS_BATCH))) for i in range(0, len(src), STATS_BATCH)]
         for rows, xb in zip(chunks, src.loader(chunks)):
-            images[rows[0]:rows[0] + len(rows)] = xb
+            images[rows[0] : rows[0] + len(rows)] = xb
     if y.shape[1] < 2:
         raise DataError(f"dataset listfile: {name_path!r}: label vectors need at least 2 classes")
-    return Dataset(images, torch.from_numpy(y).long(), "listfile", int(y.shape[1]), name_path,
-                   divide_by=255.0, parts=parts, image_size=image_size)
+    return Dataset(
+        images,
+        torch.from_numpy(y).long(),
+        "listfile",
+        int(y.shape[1]),
+        name_path,
+        divide_by=255.0,
+        parts=parts,
+        image_size=image_size,
+    )
 
 
 # ---------------------------------------------------------------------------------------- protocol
@@ -889,7 +1080,9 @@ def channel_stats(X: Any) -> tuple[list[float], list[float]]:
     return [float(v) for v in mean], [float(v) + STD_EPS for v in var.sqrt()]
 
 
-def resolve_normalize(normalize: Any, train_images: Any, channels: int) -> tuple[list[float] | None, list[float] | None, str]:
+def resolve_normalize(
+    normalize: Any, train_images: Any, channels: int
+) -> tuple[list[float] | None, list[float] | None, str]:
     """(mean, std, kind) for `data.normalize`: "train" (statistics of the training split), "none"
     (images stay in [0, 1]) or {mean: [...], std: [...]} (one value per channel, or one for all)."""
     if normalize is None or normalize == "train":
@@ -900,13 +1093,16 @@ def resolve_normalize(normalize: Any, train_images: Any, channels: int) -> tuple
     if isinstance(normalize, dict):
         extra = sorted(set(normalize) - {"mean", "std"})
         if extra or "mean" not in normalize or "std" not in normalize:
-            raise DataError(f"data.normalize: a mapping needs exactly 'mean' and 'std' lists, got keys {sorted(normalize)}")
+            raise DataError(
+                f"data.normalize: a mapping needs exactly 'mean' and 'std' lists, got keys {sorted(normalize)}"
+            )
         out = []
         for key in ("mean", "std"):
             v = normalize[key]
             v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            if not isinstance(v, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
-                                                          and math.isfinite(a) for a in v):
+            if not isinstance(v, (list, tuple)) or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in v
+            ):
                 raise DataError(f"data.normalize.{key}: must be a list of finite numbers, got {v!r}"[:200])
             if len(v) == 1:
                 v = list(v) * channels
@@ -933,8 +1129,15 @@ def _take_rows(images: Any, t: torch.Tensor) -> Any:
     return images.subset(t.numpy()) if is_source(images) else images[t]
 
 
-def make_splits(ds: Dataset, query_per_class: int | None = None, train_per_class: int | None = None,
-                val_per_class: int | None = None, seed: int = 0, *, normalize: Any = "train") -> Splits:
+def make_splits(
+    ds: Dataset,
+    query_per_class: int | None = None,
+    train_per_class: int | None = None,
+    val_per_class: int | None = None,
+    seed: int = 0,
+    *,
+    normalize: Any = "train",
+) -> Splits:
     """Seeded query / train / val / database split by per-class counts; the rest is the database.
 
     Counts left out (None) take the data set's defaults (`PROTOCOL_DEFAULTS`). Multi-label data
@@ -974,14 +1177,20 @@ def make_splits(ds: Dataset, query_per_class: int | None = None, train_per_class
     elif ds.multi_label:
         total = need * ds.num_classes
         if total >= len(ds):
-            raise DataError(f"protocol: query/train/val_per_class x {ds.num_classes} classes = {total} "
-                            f"items, the data set has only {len(ds)}; lower train_per_class")
+            raise DataError(
+                f"protocol: query/train/val_per_class x {ds.num_classes} classes = {total} "
+                f"items, the data set has only {len(ds)}; lower train_per_class"
+            )
         idx = rng.permutation(len(ds))
-        n_q, n_t, n_v = (query_per_class * ds.num_classes, train_per_class * ds.num_classes, val_per_class * ds.num_classes)
+        n_q, n_t, n_v = (
+            query_per_class * ds.num_classes,
+            train_per_class * ds.num_classes,
+            val_per_class * ds.num_classes,
+        )
         parts["query"].append(idx[:n_q])
-        parts["train"].append(idx[n_q:n_q + n_t])
-        parts["val"].append(idx[n_q + n_t:n_q + n_t + n_v])
-        parts["database"].append(idx[n_q + n_t + n_v:])
+        parts["train"].append(idx[n_q : n_q + n_t])
+        parts["val"].append(idx[n_q + n_t : n_q + n_t + n_v])
+        parts["database"].append(idx[n_q + n_t + n_v :])
     else:
         labels = ds.labels.numpy()
         # the classes that have images, in increasing order: the same as range(num_classes) with the
@@ -1016,23 +1225,45 @@ def make_splits(ds: Dataset, query_per_class: int | None = None, train_per_class
     mean, std, kind = resolve_normalize(normalize, train[0], channels)
     query, train, val, database = ((_apply(x, mean, std), y) for x, y in (query, train, val, database))
     shape = [int(v) for v in ds.images.shape[1:]]
-    preprocess = {"mean": mean if mean is not None else [0.0] * channels,
-                  "std": std if std is not None else [1.0] * channels,
-                  "input_shape": shape, "divide_by": float(ds.divide_by), "normalize": kind,
-                  "image_size": ds.image_size, "resize": "shorter-side-center-crop" if ds.image_size else None}
+    preprocess = {
+        "mean": mean if mean is not None else [0.0] * channels,
+        "std": std if std is not None else [1.0] * channels,
+        "input_shape": shape,
+        "divide_by": float(ds.divide_by),
+        "normalize": kind,
+        "image_size": ds.image_size,
+        "resize": "shorter-side-center-crop" if ds.image_size else None,
+    }
     protocol = {**{k: int(v) for k, v in counts.items()}, "seed": int(seed)}
     if ds.parts is not None:
         protocol["from_lists"] = 1
-    return Splits(query=query, train=train, val=val, database=database, num_classes=ds.num_classes,
-                  dataset=ds.name, protocol=protocol, indices=indices, preprocess=preprocess)
+    return Splits(
+        query=query,
+        train=train,
+        val=val,
+        database=database,
+        num_classes=ds.num_classes,
+        dataset=ds.name,
+        protocol=protocol,
+        indices=indices,
+        preprocess=preprocess,
+    )
 
 
 def splits_from_data(data: dict[str, Any]) -> Splits:
     """The splits of a spec's `data` section (a dict, as `StudySpec.to_dict()` writes it)."""
-    ds = load_dataset(data["dataset"], data.get("path"), train_list=data.get("train_list"),
-                      database_list=data.get("database_list"), test_list=data.get("test_list"),
-                      val_list=data.get("val_list"), root=data.get("root"), image_size=data.get("image_size"),
-                      stream=data.get("stream", True), workers=int(data.get("workers") or 0),
-                      seed=int((data.get("protocol") or {}).get("seed") or 0))
+    ds = load_dataset(
+        data["dataset"],
+        data.get("path"),
+        train_list=data.get("train_list"),
+        database_list=data.get("database_list"),
+        test_list=data.get("test_list"),
+        val_list=data.get("val_list"),
+        root=data.get("root"),
+        image_size=data.get("image_size"),
+        stream=data.get("stream", True),
+        workers=int(data.get("workers") or 0),
+        seed=int((data.get("protocol") or {}).get("seed") or 0),
+    )
     proto = {k: v for k, v in (data.get("protocol") or {}).items() if v is not None}
     return make_splits(ds, **proto, normalize=data.get("normalize", "train"))

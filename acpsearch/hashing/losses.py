@@ -15,6 +15,7 @@
 
 All pair-based losses derive similarity from labels: share at least one label.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -94,8 +95,9 @@ class CSQLoss(nn.Module):
 class HashNetLoss(nn.Module):
     """HashNet weighted pairwise loss with a growing tanh scale (continuation)."""
 
-    def __init__(self, bits: int, num_classes: int, alpha: float | None = None, gamma: float = 0.005,
-                 power: float = 0.5) -> None:
+    def __init__(
+        self, bits: int, num_classes: int, alpha: float | None = None, gamma: float = 0.005, power: float = 0.5
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.alpha = 10.0 / bits if alpha is None else alpha
@@ -146,4 +148,3 @@ def get_loss(name: str, bits: int, num_classes: int, **kwargs) -> nn.Module:
         return classes[key](bits, num_classes, **kwargs)
     except TypeError as exc:
         raise SpecError(f"loss: {name}: {exc}") from None
-

@@ -9,9 +9,10 @@ and ``forward`` has no data-dependent Python control flow, so ``torch.fx`` can t
 channel graph. Pooling that would shrink a feature map below 1x1 is dropped at construction time
 (a static decision from ``image_size``), and the heads use adaptive average pooling.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -140,7 +141,13 @@ class SmallAlexNet(nn.Module):
         super().__init__()
         size = image_size
         layers: list[nn.Module] = []
-        spec: list[tuple[int, int, bool]] = [(64, 5, True), (192, 5, True), (384, 3, False), (256, 3, False), (256, 3, True)]
+        spec: list[tuple[int, int, bool]] = [
+            (64, 5, True),
+            (192, 5, True),
+            (384, 3, False),
+            (256, 3, False),
+            (256, 3, True),
+        ]
         cin = in_channels
         for cout, k, pool in spec:
             layers += [*_conv_bn(cin, cout, kernel=k), nn.ReLU(inplace=True)]
@@ -193,10 +200,19 @@ class MobileNetV2(nn.Module):
 
     Channel counts go through `_make_divisible(c * width_mult, 8)`, so all are multiples of 8."""
 
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
-    def __init__(self, bits: int, in_channels: int = 3, image_size: int = 32, width_mult: float = 1.0,
-                 last_channels: int = 1280) -> None:
+    def __init__(
+        self, bits: int, in_channels: int = 3, image_size: int = 32, width_mult: float = 1.0, last_channels: int = 1280
+    ) -> None:
         super().__init__()
         cin = _make_divisible(32 * width_mult)
         last = _make_divisible(last_channels * max(1.0, width_mult))
@@ -237,8 +253,9 @@ class HashHead(nn.Module):
         return self.hash_layer(self.flatten(self.backbone(x)))
 
 
-def with_hash_head(backbone: nn.Module, bits: int, example_input: torch.Tensor | None = None,
-                   feature_dim: int | None = None) -> HashHead:
+def with_hash_head(
+    backbone: nn.Module, bits: int, example_input: torch.Tensor | None = None, feature_dim: int | None = None
+) -> HashHead:
     """Put a hash head on any backbone; `feature_dim` is inferred from one forward of `example_input`."""
     if feature_dim is None:
         if example_input is None:

@@ -9,14 +9,16 @@ the CPU for the numpy metrics. The best epoch by validation mAP (val queries vs 
 database: cheap) is kept and restored at the end; a per-epoch callback can stop early (Ray Tune /
 ASHA hook in there), and `max_batches` / `time_budget_s` bound the cost of a fine-tune.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +86,11 @@ def encode(model: nn.Module, X: Any, batch_size: int = 512, channels_last: bool 
     dev = model_device(model)
     outs = []
     n = int(X.shape[0])
-    chunks: list[Any] = ([list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)] if is_source(X)
-                         else [slice(i, i + batch_size) for i in range(0, n, batch_size)])
+    chunks: list[Any] = (
+        [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
+        if is_source(X)
+        else [slice(i, i + batch_size) for i in range(0, n, batch_size)]
+    )
     try:
         for xb in iter_batches(X, chunks):
             h = _output(model(_to_input(xb, channels_last, dev)))
@@ -106,8 +111,14 @@ def validation_map(model: nn.Module, splits: Splits, batch_size: int = 512, chan
     return mean_average_precision(qv, dt, splits.val[1], splits.train[1])
 
 
-def evaluate(model: nn.Module, splits: Splits, topk: int | None = None, precision_n: int = 1000,
-             batch_size: int = 512, channels_last: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    splits: Splits,
+    topk: int | None = None,
+    precision_n: int = 1000,
+    batch_size: int = 512,
+    channels_last: bool = True,
+) -> dict[str, Any]:
     """Test mAP@all and mAP@topk (queries vs database), precision@N, validation mAP.
 
     `topk=None` uses min(1000, database size), the usual mAP@1000."""
@@ -248,8 +259,8 @@ def train_hash_net(
             perm = torch.randperm(n, generator=gen)
             total_loss, batches = 0.0, 0
             # BatchNorm and pair losses need 2+ items: a last batch of one is skipped
-            chunks = [c for c in (perm[i:i + batch_size] for i in range(0, n, batch_size)) if c.numel() >= 2]
-            chunks = chunks[:max(0, total_steps - step)]
+            chunks = [c for c in (perm[i : i + batch_size] for i in range(0, n, batch_size)) if c.numel() >= 2]
+            chunks = chunks[: max(0, total_steps - step)]
             for idx, xb in zip(chunks, iter_batches(X, chunks)):
                 yb = y[idx]
                 if augment and xb.ndim == 4:
@@ -271,9 +282,19 @@ def train_hash_net(
                 bar.batch(epoch, batches, steps_per_epoch)
             train_seconds = time.perf_counter() - t_ep
             last = epoch == epochs or step >= total_steps
-            val = validation_map(model, splits, channels_last=channels_last) if (epoch % eval_every == 0 or last) else float("nan")
-            rec = {"epoch": epoch, "loss": total_loss / max(1, batches), "val_map": val,
-                   "train_seconds": train_seconds, "seconds": time.perf_counter() - t_ep, "lr": opt.param_groups[0]["lr"]}
+            val = (
+                validation_map(model, splits, channels_last=channels_last)
+                if (epoch % eval_every == 0 or last)
+                else float("nan")
+            )
+            rec = {
+                "epoch": epoch,
+                "loss": total_loss / max(1, batches),
+                "val_map": val,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - t_ep,
+                "lr": opt.param_groups[0]["lr"],
+            }
             history.append(rec)
             if not math.isnan(val) and val > best_map:
                 best_map, best_epoch = val, epoch
@@ -294,9 +315,15 @@ def train_hash_net(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model=model, best_epoch=best_epoch, best_val_map=max(best_map, 0.0) if best_state else float("nan"),
-                       epochs_run=len(history), history=history, seconds=time.perf_counter() - t_start,
-                       stopped_early=stopped)
+    return TrainResult(
+        model=model,
+        best_epoch=best_epoch,
+        best_val_map=max(best_map, 0.0) if best_state else float("nan"),
+        epochs_run=len(history),
+        history=history,
+        seconds=time.perf_counter() - t_start,
+        stopped_early=stopped,
+    )
 
 
 @torch.no_grad()
@@ -320,9 +347,15 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         # stderr, so `--json` output on stdout stays one clean document
-        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 transient=False, console=Console(stderr=True))
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            transient=False,
+            console=Console(stderr=True),
+        )
         self.progress.start()
         self.task = self.progress.add_task("train", total=1, epoch=0, epochs=epochs, info="")
         self.epochs = epochs
@@ -342,19 +375,28 @@ class _Progress:
             self.progress.stop()
 
 
-def checkpoint_meta(splits: Splits, loss: str, result: TrainResult, metrics: dict[str, Any] | None = None,
-                    **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    splits: Splits, loss: str, result: TrainResult, metrics: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     """The `meta` entry of a trained hash-net checkpoint (dataset, protocol, preprocess, loss, metrics,
     epochs); `preprocess` is how images become the network's input (`acpsearch.preprocess`)."""
     return {
-        "dataset": splits.dataset, "protocol": dict(splits.protocol), "preprocess": dict(splits.preprocess), "loss": loss,
-        "epochs": result.epochs_run, "best_epoch": result.best_epoch, "val_map": result.best_val_map,
-        "seconds_per_epoch": round(result.seconds_per_epoch, 3), "metrics": metrics or {}, **extra,
+        "dataset": splits.dataset,
+        "protocol": dict(splits.protocol),
+        "preprocess": dict(splits.preprocess),
+        "loss": loss,
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "val_map": result.best_val_map,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "metrics": metrics or {},
+        **extra,
     }
 
 
-def save_zoo_checkpoint(path: str | Path, model: nn.Module, name: str, bits: int, in_channels: int, image_size: int,
-                        meta: dict[str, Any]) -> Path:
+def save_zoo_checkpoint(
+    path: str | Path, model: nn.Module, name: str, bits: int, in_channels: int, image_size: int, meta: dict[str, Any]
+) -> Path:
     """Save a zoo hash net with the shared checkpoint format (reloads with acpsearch.load_model)."""
     from acpsearch.checkpoint import save_checkpoint
 

@@ -1,4 +1,5 @@
 """Pruning: strategies, criteria, physical pruning, measured cost, save/load records."""
+
 from acpsearch.pruning.prune import apply_indices, apply_record, make_record, measure_cost, prune, save_pruned
 from acpsearch.pruning.strategy import PruningStrategy
 

@@ -5,6 +5,7 @@ analysis bound to groups, updates the layers' size attributes, then VERIFIES the
 (forward on the example input, output shapes unchanged, measured cost == predicted cost) and
 raises ``UnsupportedModelError`` instead of ever returning a wrong model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,11 +76,18 @@ def _check_same_arch(model: nn.Module, g: ChannelGraph) -> None:
     if mine != ref:
         diff = sorted(set(mine.items()) ^ set(ref.items()))
         raise UnsupportedModelError(
-            f"model does not match the graph's architecture (first difference: {diff[0][0] if diff else '?'})")
+            f"model does not match the graph's architecture (first difference: {diff[0][0] if diff else '?'})"
+        )
 
 
-def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarray], example_input: Any,
-                  expected: Cost | None = None, verify: bool = True) -> nn.Module:
+def apply_indices(
+    model: nn.Module,
+    g: ChannelGraph,
+    indices: dict[str, np.ndarray],
+    example_input: Any,
+    expected: Cost | None = None,
+    verify: bool = True,
+) -> nn.Module:
     """Return a pruned deep copy of `model` keeping `indices[group]` (sorted) of each group."""
     _check_same_arch(model, g)
     an = g.analysis
@@ -88,13 +96,21 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
     for r, gi in g.group_of_root.items():
         grp = g.groups[gi]
         idx = np.asarray(indices.get(grp.name, np.arange(grp.channels)), dtype=np.int64)
-        if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= grp.channels or len(np.unique(idx)) != len(idx):
+        if (
+            idx.ndim != 1
+            or len(idx) == 0
+            or idx.min() < 0
+            or idx.max() >= grp.channels
+            or len(np.unique(idx)) != len(idx)
+        ):
             raise UnsupportedModelError(f"group {grp.name!r}: invalid kept indices")
         if grp.divisor > 1:
             per = grp.channels // grp.divisor
             counts = np.bincount(idx // per, minlength=grp.divisor)
             if len(set(counts.tolist())) != 1:
-                raise UnsupportedModelError(f"group {grp.name!r}: kept channels must be balanced over {grp.divisor} groups")
+                raise UnsupportedModelError(
+                    f"group {grp.name!r}: kept channels must be balanced over {grp.divisor} groups"
+                )
         keep_root[r] = torch.from_numpy(np.sort(idx))
 
     def seg_index(segs: tuple) -> tuple[torch.Tensor, int, int]:
@@ -142,7 +158,7 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
                     blocks = []
                     for b in range(grp_n):
                         local = idx[(idx >= b * per_in) & (idx < (b + 1) * per_in)] - b * per_in
-                        blocks.append(t2[b * out_per:(b + 1) * out_per].index_select(1, local))
+                        blocks.append(t2[b * out_per : (b + 1) * out_per].index_select(1, local))
                     t2 = torch.cat(blocks, 0)
             if t2 is t:
                 continue
@@ -181,18 +197,22 @@ def apply_indices(model: nn.Module, g: ChannelGraph, indices: dict[str, np.ndarr
             first = (str(exc).splitlines() or [""])[0]
             raise UnsupportedModelError(
                 f"pruned {type(model).__name__} fails on the example input ({type(exc).__name__}: {first[:160]}); "
-                "an op in its forward hard-codes channel sizes") from None
+                "an op in its forward hard-codes channel sizes"
+            ) from None
         finally:
             new.train(was)
         _check_train_mode(new, model, inputs)
         shapes = _out_shapes(out)
         if shapes != an.output_shapes:
-            raise UnsupportedModelError(f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}")
+            raise UnsupportedModelError(
+                f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}"
+            )
         if expected is not None:
             measured = measure_cost(new, example_input)
             if measured != expected:
                 raise UnsupportedModelError(
-                    f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it")
+                    f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it"
+                )
     return new
 
 
@@ -200,8 +220,9 @@ def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple) -> None:
     """The graph is traced in eval mode; a forward that differs in training mode (auxiliary
     heads, ...) could reach layers the analysis never saw. Run the pruned copy once in training
     mode (norm statistics restored afterwards) and refuse it if that fails."""
-    xs = tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t
-               for t in inputs)  # batch norm in training mode needs more than one value per channel
+    xs = tuple(
+        torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t for t in inputs
+    )  # batch norm in training mode needs more than one value per channel
     saved = {n: b.detach().clone() for n, b in new.named_buffers()}
     was = new.training
     new.train()
@@ -212,7 +233,8 @@ def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple) -> None:
         first = (str(exc).splitlines() or [""])[0]
         raise UnsupportedModelError(
             f"pruned {type(model).__name__} fails in training mode ({type(exc).__name__}: {first[:160]}); its "
-            "training-mode forward uses layers the eval-mode trace does not (e.g. auxiliary heads)") from None
+            "training-mode forward uses layers the eval-mode trace does not (e.g. auxiliary heads)"
+        ) from None
     finally:
         with torch.no_grad():
             for n, b in new.named_buffers():
@@ -243,9 +265,13 @@ def _record(g: ChannelGraph, strategy: PruningStrategy | None, indices: dict[str
         "version": 1,
         "hash_layer": g.hash_layer,
         "strategy": strategy.to_dict() if strategy is not None else None,
-        "groups": {gr.name: {"channels": int(gr.channels),
-                             "kept": [int(i) for i in indices.get(gr.name, np.arange(gr.channels))]}
-                   for gr in g.groups},
+        "groups": {
+            gr.name: {
+                "channels": int(gr.channels),
+                "kept": [int(i) for i in indices.get(gr.name, np.arange(gr.channels))],
+            }
+            for gr in g.groups
+        },
         "cost": {"flops": int(f[0]), "params": int(p[0])},
         "base_cost": g.cost().to_dict(),
     }
@@ -276,9 +302,14 @@ def apply_record(model: nn.Module, record: dict[str, Any], example_input: Any) -
     return pruned
 
 
-def save_pruned(path: str | Path, pruned_model: nn.Module, strategy: PruningStrategy | dict[str, Any] | None,
-                model_cfg: dict[str, Any], input_shape: list[int] | tuple[int, ...],
-                meta: dict[str, Any] | None = None) -> Path:
+def save_pruned(
+    path: str | Path,
+    pruned_model: nn.Module,
+    strategy: PruningStrategy | dict[str, Any] | None,
+    model_cfg: dict[str, Any],
+    input_shape: list[int] | tuple[int, ...],
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write a weights-only checkpoint of a pruned model that ``acpsearch.load_model`` reloads.
 
     `strategy` may be the PruningStrategy used, or a record; by default the record attached by

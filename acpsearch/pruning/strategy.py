@@ -1,8 +1,10 @@
 """PruningStrategy: a keep ratio per channel group plus the criterion that picks the channels."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +30,15 @@ class PruningStrategy:
     Kept counts are ``graph.kept_counts``: multiples of ``round_to`` (and of the group's
     divisor), at least one unit, all channels at ratio 1.0 — odd counts waste the savings."""
 
-    def __init__(self, graph: ChannelGraph, ratios: dict[str, float] | None = None, criterion: str = "l1",
-                 round_to: int = 4, seed: int = 0, taylor_batches: Any = None) -> None:
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        ratios: dict[str, float] | None = None,
+        criterion: str = "l1",
+        round_to: int = 4,
+        seed: int = 0,
+        taylor_batches: Any = None,
+    ) -> None:
         if not isinstance(graph, ChannelGraph):
             raise SpecError(f"graph: expected a ChannelGraph, got {type(graph).__name__}")
         if criterion not in CRITERIA:
@@ -52,15 +61,17 @@ class PruningStrategy:
         self._kept = graph.kept_counts(self._vec, self.round_to) if graph.groups else np.zeros(0, dtype=np.int64)
 
     @classmethod
-    def uniform(cls, graph: ChannelGraph, keep: float, criterion: str = "l1", round_to: int = 4,
-                seed: int = 0) -> "PruningStrategy":
+    def uniform(
+        cls, graph: ChannelGraph, keep: float, criterion: str = "l1", round_to: int = 4, seed: int = 0
+    ) -> PruningStrategy:
         """The same keep ratio for every group."""
         keep = _check_ratio("*", keep)
         return cls(graph, {g.name: keep for g in graph.groups}, criterion, round_to, seed)
 
     @classmethod
-    def from_vector(cls, graph: ChannelGraph, ratios: np.ndarray, criterion: str = "l1", round_to: int = 4,
-                    seed: int = 0) -> "PruningStrategy":
+    def from_vector(
+        cls, graph: ChannelGraph, ratios: np.ndarray, criterion: str = "l1", round_to: int = 4, seed: int = 0
+    ) -> PruningStrategy:
         """From a ratio array ordered like ``graph.groups``."""
         r = np.asarray(ratios, dtype=np.float64).ravel()
         if len(r) != len(graph.groups):
@@ -68,9 +79,16 @@ class PruningStrategy:
         return cls(graph, {g.name: float(v) for g, v in zip(graph.groups, r)}, criterion, round_to, seed)
 
     @classmethod
-    def global_magnitude(cls, graph: ChannelGraph, fits: Callable[["PruningStrategy"], bool], criterion: str = "l1",
-                         min_keep: float = 0.0, round_to: int = 1, iterations: int = 40,
-                         bounds: dict[str, tuple[float, float]] | None = None) -> "PruningStrategy | None":
+    def global_magnitude(
+        cls,
+        graph: ChannelGraph,
+        fits: Callable[[PruningStrategy], bool],
+        criterion: str = "l1",
+        min_keep: float = 0.0,
+        round_to: int = 1,
+        iterations: int = 40,
+        bounds: dict[str, tuple[float, float]] | None = None,
+    ) -> PruningStrategy | None:
         """Global magnitude allocation: one threshold on every group's importance divided by its
         group mean (Torch-Pruning's global pruning with its mean normaliser), bisected to the
         largest network that `fits` (the budget). None when even the smallest one does not fit.
@@ -87,7 +105,7 @@ class PruningStrategy:
             imp = np.asarray(graph.importance(grp.name, criterion), dtype=np.float64)
             norm[grp.name] = imp / max(float(imp.mean()), 1e-12)
 
-        def at(t: float) -> "PruningStrategy":
+        def at(t: float) -> PruningStrategy:
             ratios = {}
             for grp in graph.groups:
                 lo, hi = bounds.get(grp.name, (min_keep, 1.0))
@@ -145,18 +163,21 @@ class PruningStrategy:
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (ratios of every group, criterion, round_to, seed)."""
-        return {"ratios": {k: float(v) for k, v in self.ratios.items()}, "criterion": self.criterion,
-                "round_to": self.round_to, "seed": self.seed}
+        return {
+            "ratios": {k: float(v) for k, v in self.ratios.items()},
+            "criterion": self.criterion,
+            "round_to": self.round_to,
+            "seed": self.seed,
+        }
 
     @classmethod
-    def from_dict(cls, graph: ChannelGraph, d: dict[str, Any]) -> "PruningStrategy":
+    def from_dict(cls, graph: ChannelGraph, d: dict[str, Any]) -> PruningStrategy:
         if not isinstance(d, dict) or "ratios" not in d:
             raise SpecError("strategy: expected a dict with 'ratios'")
         return cls(graph, d["ratios"], d.get("criterion", "l1"), d.get("round_to", 4), d.get("seed", 0))
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, PruningStrategy) and other.graph is self.graph
-                and other.to_dict() == self.to_dict())
+        return isinstance(other, PruningStrategy) and other.graph is self.graph and other.to_dict() == self.to_dict()
 
     def __hash__(self) -> int:
         return hash((tuple(self._vec.tolist()), self.criterion, self.round_to, self.seed))
@@ -164,8 +185,10 @@ class PruningStrategy:
     def __repr__(self) -> str:
         c = self.graph.cost(self)
         b = self.graph.cost()
-        return (f"PruningStrategy({len(self.ratios)} groups, criterion={self.criterion!r}, "
-                f"flops={c.flops / max(b.flops, 1):.3f}, params={c.params / max(b.params, 1):.3f})")
+        return (
+            f"PruningStrategy({len(self.ratios)} groups, criterion={self.criterion!r}, "
+            f"flops={c.flops / max(b.flops, 1):.3f}, params={c.params / max(b.params, 1):.3f})"
+        )
 
 
 def strategy_tensor(strategy: PruningStrategy) -> torch.Tensor:

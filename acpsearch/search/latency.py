@@ -20,6 +20,7 @@ created or written is bad input (SpecError naming ACPSEARCH_CACHE, exit 2), foun
 measurement starts: the user chose that place, so acpsearch does not silently measure every time.
 Entries are written to a temporary file and renamed, so a reader never sees half an entry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,10 @@ def cache_dir() -> Path:
 
 
 def _cache_error(where: Path, exc: OSError) -> SpecError:
-    return SpecError(f"ACPSEARCH_CACHE: cannot write the latency cache in {str(where)!r} "
-                     f"({exc.strerror or exc}); set ACPSEARCH_CACHE to a writable directory")
+    return SpecError(
+        f"ACPSEARCH_CACHE: cannot write the latency cache in {str(where)!r} "
+        f"({exc.strerror or exc}); set ACPSEARCH_CACHE to a writable directory"
+    )
 
 
 def _writable_cache_dir() -> Path:
@@ -97,8 +100,15 @@ def _time(fn: Any, repeats: int, warmup: int = 2) -> float:
 class LatencyTable:
     """Measured per-layer latencies of one ChannelGraph; `predict_batch(g, ratios)` in ms."""
 
-    def __init__(self, nodes: list[int], fractions: list[float], tables: list[list[list[float]]],
-                 full_ms: float, batch_size: int, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        nodes: list[int],
+        fractions: list[float],
+        tables: list[list[list[float]]],
+        full_ms: float,
+        batch_size: int,
+        meta: dict[str, Any],
+    ) -> None:
         self.nodes = nodes
         self.fractions = np.asarray(fractions, dtype=np.float64)
         t = np.asarray(tables, dtype=np.float64).reshape(len(nodes), len(fractions), len(fractions))
@@ -115,8 +125,14 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ measurement
     @classmethod
-    def build(cls, g: Any, batch_size: int = 32, fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
-              repeats: int = 5, cache: bool = True) -> "LatencyTable":
+    def build(
+        cls,
+        g: Any,
+        batch_size: int = 32,
+        fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+        repeats: int = 5,
+        cache: bool = True,
+    ) -> LatencyTable:
         """Measure (or read from the cache) the table for graph `g` at `batch_size`."""
         nodes = [nd for nd in g.nodes if nd.type in TIMED_TYPES and nd.module is not None]
         key = cls._key(g, nodes, batch_size, fractions)
@@ -141,8 +157,13 @@ class LatencyTable:
             model = g.model.eval()
             x = _example(g, batch_size)
             full_ms = _time(lambda: model(x), repeats)
-        meta = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "build_seconds": round(time.perf_counter() - t_start, 2), "key": key}
+        meta = {
+            "cpu": _cpu_model(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "build_seconds": round(time.perf_counter() - t_start, 2),
+            "key": key,
+        }
         tab = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
         if cache:
             _writable_cache_dir()
@@ -150,17 +171,22 @@ class LatencyTable:
         return tab
 
     @classmethod
-    def _read_entry(cls, path: Path, nodes: list[int], fractions: tuple[float, ...],
-                    batch_size: int) -> "LatencyTable | None":
+    def _read_entry(
+        cls, path: Path, nodes: list[int], fractions: tuple[float, ...], batch_size: int
+    ) -> LatencyTable | None:
         """The cached table at `path`, or None when there is none or it is damaged (then it is re-measured):
         unreadable, not JSON, or JSON of another shape (a list, missing keys, other nodes or sizes)."""
         try:
             doc = json.loads(path.read_text())
             tab = cls.from_dict(doc)
-            if (list(tab.nodes) != list(nodes) or tab.batch_size != int(batch_size)
-                    or not np.allclose(tab.fractions, np.asarray(fractions, dtype=np.float64))
-                    or not np.all(np.isfinite(tab.tables)) or not np.isfinite(tab.full_ms)
-                    or not isinstance(tab.meta, dict)):
+            if (
+                list(tab.nodes) != list(nodes)
+                or tab.batch_size != int(batch_size)
+                or not np.allclose(tab.fractions, np.asarray(fractions, dtype=np.float64))
+                or not np.all(np.isfinite(tab.tables))
+                or not np.isfinite(tab.full_ms)
+                or not isinstance(tab.meta, dict)
+            ):
                 return None
             return tab
         except FileNotFoundError:
@@ -170,17 +196,34 @@ class LatencyTable:
 
     @staticmethod
     def _key(g: Any, nodes: list[Any], batch_size: int, fractions: tuple[float, ...]) -> str:
-        sig = [(nd.type, nd.kernel, nd.stride, nd.groups, nd.in_channels, nd.out_channels, list(nd.in_shape),
-                list(nd.out_shape)) for nd in nodes]
+        sig = [
+            (
+                nd.type,
+                nd.kernel,
+                nd.stride,
+                nd.groups,
+                nd.in_channels,
+                nd.out_channels,
+                list(nd.in_shape),
+                list(nd.out_shape),
+            )
+            for nd in nodes
+        ]
         blob = json.dumps([sig, batch_size, list(fractions), torch.get_num_threads(), torch.__version__, _cpu_model()])
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": self.nodes, "fractions": self.fractions.tolist(), "tables": self.tables.tolist(),
-                "full_ms": self.full_ms, "batch_size": self.batch_size, "meta": self.meta}
+        return {
+            "nodes": self.nodes,
+            "fractions": self.fractions.tolist(),
+            "tables": self.tables.tolist(),
+            "full_ms": self.full_ms,
+            "batch_size": self.batch_size,
+            "meta": self.meta,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
+    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
         return cls(d["nodes"], d["fractions"], d["tables"], d["full_ms"], d["batch_size"], d["meta"])
 
     # ------------------------------------------------------------------ prediction
@@ -209,8 +252,12 @@ class LatencyTable:
         wj = (kout - f[j]) / (f[j + 1] - f[j])
         node = np.arange(len(self.nodes))[None, :]
         T = self.tables
-        lat = ((1 - wi) * (1 - wj) * T[node, i, j] + wi * (1 - wj) * T[node, i + 1, j]
-               + (1 - wi) * wj * T[node, i, j + 1] + wi * wj * T[node, i + 1, j + 1])
+        lat = (
+            (1 - wi) * (1 - wj) * T[node, i, j]
+            + wi * (1 - wj) * T[node, i + 1, j]
+            + (1 - wi) * wj * T[node, i, j + 1]
+            + wi * wj * T[node, i + 1, j + 1]
+        )
         return self.scale * lat.sum(axis=1) + self.offset_ms
 
     def predict(self, g: Any, strategy: Any) -> float:
@@ -241,10 +288,19 @@ def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int)
         else:
             cin = max(groups, round(m.in_channels * fin / groups) * groups) if nd.in_groups else m.in_channels
             cout = max(groups, round(m.out_channels * fout / groups) * groups) if nd.out_groups else m.out_channels
-        kw = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups,
-                  bias=m.bias is not None)
-        layer = type(m)(cin, cout, **kw) if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else \
-            {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)](cin, cout, **kw)
+        kw = dict(
+            kernel_size=m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            dilation=m.dilation,
+            groups=groups,
+            bias=m.bias is not None,
+        )
+        layer = (
+            type(m)(cin, cout, **kw)
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)](cin, cout, **kw)
+        )
         layer = layer.eval()
         x = torch.randn([batch_size, cin, *nd.in_shape[2:]])
         if x.ndim == 4:
@@ -255,8 +311,15 @@ def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int)
 
 
 # --- comparing whole networks --------------------------------------------------------------------
-def compare_latency(models: dict[str, nn.Module], input_shape: list[int] | tuple[int, ...], batch: int = 32,
-                    rounds: int = 7, repeats: int = 5, warmup: int = 3, threads: int = 1) -> dict[str, Any]:
+def compare_latency(
+    models: dict[str, nn.Module],
+    input_shape: list[int] | tuple[int, ...],
+    batch: int = 32,
+    rounds: int = 7,
+    repeats: int = 5,
+    warmup: int = 3,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Latency of several networks measured INTERLEAVED, so that machine noise (another process,
     frequency scaling) hits all of them alike instead of deciding which one looks faster.
 
@@ -299,7 +362,12 @@ def compare_latency(models: dict[str, nn.Module], input_shape: list[int] | tuple
     stats = {}
     for name, ms in per_round.items():
         a = np.asarray(ms)
-        stats[name] = {"median_ms": round(float(np.median(a)), 3), "min_ms": round(float(a.min()), 3),
-                       "max_ms": round(float(a.max()), 3), "q1_ms": round(float(np.percentile(a, 25)), 3),
-                       "q3_ms": round(float(np.percentile(a, 75)), 3), "rounds_ms": [round(v, 3) for v in ms]}
+        stats[name] = {
+            "median_ms": round(float(np.median(a)), 3),
+            "min_ms": round(float(a.min()), 3),
+            "max_ms": round(float(a.max()), 3),
+            "q1_ms": round(float(np.percentile(a, 25)), 3),
+            "q3_ms": round(float(np.percentile(a, 75)), 3),
+            "rounds_ms": [round(v, 3) for v in ms],
+        }
     return {"batch": int(batch), "threads": int(threads), "rounds": rounds, "order": order, "models": stats}

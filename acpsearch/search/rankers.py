@@ -10,11 +10,13 @@
 - `random`       seeded uniform scores (the floor every ranker must beat).
 Every ranker records the wall time of its last `score` call in `last_seconds`.
 """
+
 from __future__ import annotations
 
 import random as _random
 import time
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,19 +70,29 @@ class AdaptiveBNRanker(_Timed):
 
     name = "adaptive_bn"
 
-    def __init__(self, model: nn.Module, splits: Any, example_input: torch.Tensor, calib_batches: int = 20,
-                 batch_size: int = 128, topk: int | None = None, seed: int = 0, threads: int | None = None,
-                 device: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: Any,
+        example_input: torch.Tensor,
+        calib_batches: int = 20,
+        batch_size: int = 128,
+        topk: int | None = None,
+        seed: int = 0,
+        threads: int | None = None,
+        device: Any = None,
+    ) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
         Xtr, self.ytr = splits.train
         self.Xval, self.yval = splits.val
         gen = torch.Generator().manual_seed(seed)
-        calib = Xtr[torch.randperm(len(Xtr), generator=gen)[:calib_batches * batch_size]]
+        calib = Xtr[torch.randperm(len(Xtr), generator=gen)[: calib_batches * batch_size]]
         self.Xtr = Xtr
         self.topk = topk
-        self.probe = FunctionalProbe(model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size,
-                                     threads=threads, device=device)
+        self.probe = FunctionalProbe(
+            model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size, threads=threads, device=device
+        )
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         from acpsearch.encoder.signals import model_codes
@@ -101,13 +113,21 @@ class CodeAgreementRanker(_Timed):
 
     name = "code_agreement"
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, calib_X: torch.Tensor,
-                 probe_X: torch.Tensor, calib_batch_size: int = 128, threads: int | None = None,
-                 device: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        calib_X: torch.Tensor,
+        probe_X: torch.Tensor,
+        calib_batch_size: int = 128,
+        threads: int | None = None,
+        device: Any = None,
+    ) -> None:
         from acpsearch.encoder.signals import FunctionalProbe
 
-        self.probe = FunctionalProbe(model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size,
-                                     threads=threads, device=device)
+        self.probe = FunctionalProbe(
+            model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size, threads=threads, device=device
+        )
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         return self.probe.agreement(strategies)
@@ -120,8 +140,10 @@ class L1RetainedRanker(_Timed):
 
     def __init__(self, graph: Any, criterion: str = "l1") -> None:
         self.graph = graph
-        self.imp = {grp.name: np.sort(np.asarray(graph.importance(grp.name, criterion), dtype=np.float64))[::-1]
-                    for grp in graph.groups}
+        self.imp = {
+            grp.name: np.sort(np.asarray(graph.importance(grp.name, criterion), dtype=np.float64))[::-1]
+            for grp in graph.groups
+        }
         self.csum = {n: np.concatenate([[0.0], np.cumsum(v)]) for n, v in self.imp.items()}
         self.total = sum(float(v.sum()) for v in self.imp.values())
 
@@ -150,12 +172,23 @@ def make_ranker(name: str, **ctx: Any) -> Ranker:
     if name == "similarity":
         return SimilarityRanker(ctx["encoder"], ctx["graph"])
     if name == "adaptive_bn":
-        return AdaptiveBNRanker(ctx["model"], ctx["splits"], ctx["example_input"],
-                                calib_batches=ctx.get("calib_batches", 20), threads=ctx.get("threads"),
-                                device=ctx.get("device"))
+        return AdaptiveBNRanker(
+            ctx["model"],
+            ctx["splits"],
+            ctx["example_input"],
+            calib_batches=ctx.get("calib_batches", 20),
+            threads=ctx.get("threads"),
+            device=ctx.get("device"),
+        )
     if name == "code_agreement":
-        return CodeAgreementRanker(ctx["model"], ctx["example_input"], ctx["calib_X"], ctx["probe_X"],
-                                   threads=ctx.get("threads"), device=ctx.get("device"))
+        return CodeAgreementRanker(
+            ctx["model"],
+            ctx["example_input"],
+            ctx["calib_X"],
+            ctx["probe_X"],
+            threads=ctx.get("threads"),
+            device=ctx.get("device"),
+        )
     if name == "l1_retained":
         return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))
     if name == "random":

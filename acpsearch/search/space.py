@@ -18,14 +18,16 @@ at 1.0; `narrow(elite)` returns a new space whose per-group ranges shrink around
 candidates with a refined grid; a new budget is a new space. All cost checks go through
 `g.cost_batch` (one vectorised call per group step) or a latency table (`acpsearch.search.latency`).
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import math
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +109,11 @@ class DynamicSpace:
         full = g.cost()
         self.full = {"flops": float(full.flops), "params": float(full.params)}
         self.kinds: list[str] = [k for k in ("flops", "params") if getattr(budget, k) is not None]
-        self.limits = np.array([getattr(budget, k) * self.full[k] for k in self.kinds]
-                               + ([budget.latency_ms] if budget.latency_ms is not None else []), dtype=np.float64)
+        self.limits = np.array(
+            [getattr(budget, k) * self.full[k] for k in self.kinds]
+            + ([budget.latency_ms] if budget.latency_ms is not None else []),
+            dtype=np.float64,
+        )
         if budget.latency_ms is not None:
             self.kinds.append("latency_ms")
 
@@ -119,8 +124,10 @@ class DynamicSpace:
             if n not in self._col:
                 raise SpecError(f"space.bounds: {n!r}: no such channel group")
             if not (0.0 < blo <= bhi <= 1.0):
-                raise SpecError(f"space.bounds.{n}: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, "
-                                f"got [{blo}, {bhi}]")
+                raise SpecError(
+                    f"space.bounds.{n}: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, "
+                    f"got [{blo}, {bhi}]"
+                )
         self.fixed = [n for n in self.names if n in set(fixed or ()) or self.bounds.get(n, (0, 0))[0] >= 1.0]
         # Freeze groups whose pruning saves a negligible share of every budgeted cost (not those the
         # bounds must prune).
@@ -138,14 +145,16 @@ class DynamicSpace:
             base_lo, base_hi = self.bounds.get(n, (self.min_keep, 1.0))
             base = _grid(base_lo, base_hi, self.step)
             if base.size == 0:
-                raise SpecError(f"space.bounds.{n}: [{base_lo}, {base_hi}] holds no keep ratio of the grid 1.0, "
-                                f"{round(1 - self.step, 6)}, ... (space.step {self.step}); widen it or make the "
-                                "step finer")
+                raise SpecError(
+                    f"space.bounds.{n}: [{base_lo}, {base_hi}] holds no keep ratio of the grid 1.0, "
+                    f"{round(1 - self.step, 6)}, ... (space.step {self.step}); widen it or make the "
+                    "step finer"
+                )
             lo, hi = ranges.get(n, (base_lo, base_hi))
             lo, hi = max(lo, base_lo), min(hi, base_hi)
             grid = _grid(lo, hi, self.step)
             if grid.size == 0:
-                grid = base[np.argmin(np.abs(base - hi)):][:1]
+                grid = base[np.argmin(np.abs(base - hi)) :][:1]
             self.grids[n] = grid
             self.ranges[n] = (float(grid[0]), float(grid[-1]))
         self._act_cols = np.array([self._col[n] for n in self.active], dtype=np.int64)
@@ -156,9 +165,9 @@ class DynamicSpace:
         self._gvalid = np.zeros((len(self.active), m), dtype=bool)
         for i, n in enumerate(self.active):
             gr = self.grids[n]
-            self._gm[i, :len(gr)] = gr
-            self._gm[i, len(gr):] = gr[0]
-            self._gvalid[i, :len(gr)] = True
+            self._gm[i, : len(gr)] = gr
+            self._gm[i, len(gr) :] = gr[0]
+            self._gvalid[i, : len(gr)] = True
         self._check_reachable()
 
     # ------------------------------------------------------------------ costs
@@ -208,11 +217,15 @@ class DynamicSpace:
         for i, kind in enumerate(self.kinds):
             if cost[i] > self.limits[i] * (1 + 1e-12):
                 if kind == "latency_ms":
-                    raise BudgetError(f"budget.latency_ms={self.budget.latency_ms} is below the smallest reachable "
-                                      f"latency {cost[i]:.3f} ms")
+                    raise BudgetError(
+                        f"budget.latency_ms={self.budget.latency_ms} is below the smallest reachable "
+                        f"latency {cost[i]:.3f} ms"
+                    )
                 ratio = cost[i] / self.full[kind]
-                raise BudgetError(f"budget.{kind}={getattr(self.budget, kind)} is below the smallest reachable "
-                                  f"{_KIND_LABEL[kind]} ratio {math.ceil(ratio * 1000) / 1000:.3f}")
+                raise BudgetError(
+                    f"budget.{kind}={getattr(self.budget, kind)} is below the smallest reachable "
+                    f"{_KIND_LABEL[kind]} ratio {math.ceil(ratio * 1000) / 1000:.3f}"
+                )
 
     def smallest_reachable(self) -> dict[str, float]:
         """Cost ratios (latency in ms) of the cheapest strategy in this space."""
@@ -240,8 +253,8 @@ class DynamicSpace:
         rows_max[ar, :, slots] = cand
         both = np.concatenate([rows_min.reshape(n * m, -1), rows_max.reshape(n * m, -1)])
         use = self.usage(self._full_matrix(both))
-        use_min = use[:n * m].reshape(n, m, -1)
-        use_max = use[n * m:].reshape(n, m, -1)
+        use_min = use[: n * m].reshape(n, m, -1)
+        use_max = use[n * m :].reshape(n, m, -1)
         feasible = valid & np.all(use_min <= 1.0 + 1e-12, axis=2)
         reach = np.max(use_max, axis=2) >= 1.0 - self.slack
         offered = feasible & reach
@@ -270,8 +283,9 @@ class DynamicSpace:
             cand, offered = self._offered(cur, decided, slots)
             counts = offered.sum(axis=1)
             if (counts == 0).any():  # cannot happen once _check_reachable passed; guard the invariant
-                raise BudgetError("budget: no feasible ratio left for group "
-                                  f"{self.active[int(slots[np.argmax(counts == 0)])]!r}")
+                raise BudgetError(
+                    f"budget: no feasible ratio left for group {self.active[int(slots[np.argmax(counts == 0)])]!r}"
+                )
             pick = np.minimum((u[:, j] * counts).astype(np.int64), counts - 1)
             # index of the pick-th offered entry in each row
             csum = np.cumsum(offered, axis=1)
@@ -332,7 +346,7 @@ class DynamicSpace:
         return self.to_strategy(self._full_matrix(cur)[0])
 
     # ------------------------------------------------------------------ dynamics
-    def narrow(self, elite: Sequence[Any], margin: float | None = None, min_step: float = 0.025) -> "DynamicSpace":
+    def narrow(self, elite: Sequence[Any], margin: float | None = None, min_step: float = 0.025) -> DynamicSpace:
         """A new space whose per-group ranges span the elite's ratios +- margin (default one old
         step) on a grid of half the step (not below `min_step`). Elite: strategies or ratio dicts."""
         if not elite:
@@ -346,16 +360,38 @@ class DynamicSpace:
             lo = max(self.bounds.get(n, (self.min_keep, 1.0))[0], min(vals) - margin)
             hi = min(1.0, max(vals) + margin)
             ranges[n] = (round(lo, 6), round(hi, 6))
-        return DynamicSpace(self.g, self.budget, step=new_step, criterion=self.criterion, min_keep=self.min_keep,
-                            slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
-                            latency=self.latency, ranges=ranges, frozen=self.frozen, bounds=self.bounds,
-                            fixed=self.fixed)
+        return DynamicSpace(
+            self.g,
+            self.budget,
+            step=new_step,
+            criterion=self.criterion,
+            min_keep=self.min_keep,
+            slack=self.slack,
+            freeze_below=self.freeze_below,
+            round_to=self.round_to,
+            latency=self.latency,
+            ranges=ranges,
+            frozen=self.frozen,
+            bounds=self.bounds,
+            fixed=self.fixed,
+        )
 
-    def with_budget(self, budget: Budget) -> "DynamicSpace":
+    def with_budget(self, budget: Budget) -> DynamicSpace:
         """A new space for another budget (same graph, grid and frozen groups)."""
-        return DynamicSpace(self.g, budget, step=self.step, criterion=self.criterion, min_keep=self.min_keep,
-                            slack=self.slack, freeze_below=self.freeze_below, round_to=self.round_to,
-                            latency=self.latency, frozen=self.frozen, bounds=self.bounds, fixed=self.fixed)
+        return DynamicSpace(
+            self.g,
+            budget,
+            step=self.step,
+            criterion=self.criterion,
+            min_keep=self.min_keep,
+            slack=self.slack,
+            freeze_below=self.freeze_below,
+            round_to=self.round_to,
+            latency=self.latency,
+            frozen=self.frozen,
+            bounds=self.bounds,
+            fixed=self.fixed,
+        )
 
     # ------------------------------------------------------------------ inspection
     def feasible(self, strategy: Any) -> bool:
@@ -384,10 +420,16 @@ class DynamicSpace:
             extra["bounds"] = {n: list(b) for n, b in self.bounds.items()}
         if self.round_to is not None:
             extra["round_to"] = int(self.round_to)
-        return {**extra, 
-            "budget": self.budget.to_dict(), "step": self.step, "criterion": self.criterion,
-            "min_keep": self.min_keep, "slack": self.slack, "frozen": list(self.frozen),
-            "ranges": {n: list(r) for n, r in self.ranges.items()}, "log10_size": round(self.log10_size(), 3),
+        return {
+            **extra,
+            "budget": self.budget.to_dict(),
+            "step": self.step,
+            "criterion": self.criterion,
+            "min_keep": self.min_keep,
+            "slack": self.slack,
+            "frozen": list(self.frozen),
+            "ranges": {n: list(r) for n, r in self.ranges.items()},
+            "log10_size": round(self.log10_size(), 3),
             "smallest_reachable": self.smallest_reachable(),
         }
 
@@ -415,7 +457,7 @@ def output_groups(g: Any, module: str) -> list[str]:
     info = g.analysis.modules.get(module)
     V = g.analysis.vars
     out: list[str] = []
-    for v, _ in (getattr(info, "out_segs", ()) or ()):
+    for v, _ in getattr(info, "out_segs", ()) or ():
         gi = g.group_of_root.get(V.find(v))
         if gi is not None and g.groups[gi].name not in out:
             out.append(g.groups[gi].name)

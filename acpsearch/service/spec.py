@@ -4,12 +4,12 @@ Why pydantic in strict mode: YAML already yields typed values, so a quoted numbe
 where an int belongs is a mistake we want to report, not coerce. Every problem becomes ONE line
 that names the field, e.g. ``spec: budget.flops: must be in (0, 1], got 1.5`` (SpecError, exit 2).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
-import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,15 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from acpsearch.errors import SpecError
+from acpsearch.errors import echo as _fmt
+from acpsearch.hashing.data import PROTOCOL_DEFAULTS
 
 DATASETS = ("digits", "mnist5k", "fashion-mnist", "cifar10", "folder", "npz", "listfile")
-# per-class (query, train, val) counts of each data set when the spec / CLI gives none: each fits its
-# data set (digits: >= 174 images per class, mnist5k: 500, fashion-mnist and cifar10: 6,000, the
-# CIFAR-10 hashing protocol there); a list-file data set with three lists is split by the lists
-PROTOCOL_DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "digits": (10, 60, 15), "mnist5k": (50, 300, 50), "fashion-mnist": (100, 500, 100), "cifar10": (100, 500, 100),
-    "folder": (100, 500, 100), "npz": (100, 500, 100), "listfile": (100, 500, 100),
-}
 LIST_KEYS = ("train_list", "database_list", "test_list", "val_list")
 DATASETS_WITH_PATH = ("cifar10", "folder", "npz")
 CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
@@ -54,23 +49,6 @@ MIN_STEP = 0.01  # space.step: the grid of keep ratios has at most 1 / step valu
 
 # Error lines echo the offending value at most this long (a YAML alias bomb or a 50 MB string
 # must not become a 50 MB "one line").
-ECHO_LIMIT = 200
-_ECHO = reprlib.Repr()
-_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 2, ECHO_LIMIT, ECHO_LIMIT, 60
-_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 6
-
-
-def _fmt(value: Any) -> str:
-    """A value as echoed in an error line: strings quoted, None/bools as YAML-JSON words, the rest as
-    Python prints it; never longer than about ECHO_LIMIT characters, whatever the value."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    try:
-        text = _ECHO.repr(value) if isinstance(value, (str, list, tuple, dict, set, frozenset)) else str(value)
-    except ValueError:  # an int beyond Python's 4300-digit str() limit (or a container holding one)
-        text = (f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits" if isinstance(value, int)
-                else f"a {type(value).__name__} holding an integer of more than 4300 digits")
-    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + " ..."
 
 
 def valid_name(name: Any) -> bool:
@@ -114,8 +92,14 @@ LossWeight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 def _field_error(loc: tuple[str, ...], value: Any, message: str) -> ValidationError:
     """A validation error of the sub-field `loc` raised from a model validator (so the error line
     names e.g. model.kwargs.bits, not just model)."""
-    return ValidationError.from_exception_data("spec", [InitErrorDetails(
-        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=value)])
+    return ValidationError.from_exception_data(
+        "spec",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=value
+            )
+        ],
+    )
 
 
 def _not_empty(v: str | None, hint: str) -> str | None:
@@ -159,16 +143,19 @@ class ModelSpec(_Section):
         return _not_empty(v, "leave it out to train a base network")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
+    def _one_source(self) -> ModelSpec:
         if (self.zoo is None) == (self.factory is None):
             raise ValueError("give exactly one of 'zoo' or 'factory'")
         # kwargs.bits would silently win over model.bits (the zoo / factory gets both), while the
         # stored spec, the checkpoint checks and the reports go by model.bits
         if "bits" in self.kwargs and self.kwargs["bits"] != self.bits:
             given = "" if "bits" in self.model_fields_set else " (the default)"
-            raise _field_error(("kwargs", "bits"), self.kwargs["bits"],
-                               f"{_fmt(self.kwargs['bits'])} contradicts model.bits = {self.bits}{given}; "
-                               "give the code length once, as model.bits")
+            raise _field_error(
+                ("kwargs", "bits"),
+                self.kwargs["bits"],
+                f"{_fmt(self.kwargs['bits'])} contradicts model.bits = {self.bits}{given}; "
+                "give the code length once, as model.bits",
+            )
         return self
 
 
@@ -229,28 +216,33 @@ class DataSpec(_Section):
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"])
-                msg = err['msg'][:1].lower() + err['msg'][1:]
+                msg = err["msg"][:1].lower() + err["msg"][1:]
                 raise ValueError(f"{where}: {msg}, got {_fmt(err.get('input'))}") from None
         raise ValueError(f"must be 'train', 'none' or {{mean: [...], std: [...]}}, got {_fmt(v)}")
 
     @model_validator(mode="after")
-    def _needs_path(self) -> "DataSpec":
+    def _needs_path(self) -> DataSpec:
         if self.dataset in DATASETS_WITH_PATH and not self.path:
             raise ValueError(f"dataset {self.dataset!r} is user-supplied: set data.path")
         lists = [k for k in LIST_KEYS if getattr(self, k)]
         if self.dataset != "listfile":
             extra = lists + (["root"] if self.root else [])
             if extra:
-                raise _field_error((extra[0],), getattr(self, extra[0]),
-                                   "only for dataset 'listfile'")
+                raise _field_error((extra[0],), getattr(self, extra[0]), "only for dataset 'listfile'")
         elif self.path and lists:
-            raise _field_error((lists[0],), getattr(self, lists[0]),
-                               "give either data.path (one list, split by the protocol) or the lists, not both")
+            raise _field_error(
+                (lists[0],),
+                getattr(self, lists[0]),
+                "give either data.path (one list, split by the protocol) or the lists, not both",
+            )
         elif not self.path:
             missing = [k for k in LIST_KEYS[:3] if not getattr(self, k)]
             if missing:
-                raise _field_error((missing[0],), None, "dataset 'listfile' needs data.path (one list) or "
-                                   "train_list, database_list and test_list")
+                raise _field_error(
+                    (missing[0],),
+                    None,
+                    "dataset 'listfile' needs data.path (one list) or train_list, database_list and test_list",
+                )
         q, t, v = PROTOCOL_DEFAULTS[self.dataset]
         p = self.protocol
         p.query_per_class = q if p.query_per_class is None else p.query_per_class
@@ -288,7 +280,7 @@ class TrainSpec(_Augmentation):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from acpsearch.devices import DEVICE_CHOICES, _DEVICE_RE
+        from acpsearch.devices import _DEVICE_RE, DEVICE_CHOICES
 
         if _DEVICE_RE.fullmatch(v) is None:
             raise ValueError(f"must be one of {DEVICE_CHOICES}, got {_fmt(v)}")
@@ -317,7 +309,7 @@ class BudgetSpec(_Section):
     latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
-    def _some(self) -> "BudgetSpec":
+    def _some(self) -> BudgetSpec:
         if self.flops is None and self.params is None and self.latency_ms is None:
             raise ValueError("set at least one of flops, params, latency_ms")
         return self
@@ -344,20 +336,28 @@ class SpaceSpec(_Section):
     def _exclude(cls, v: list[str]) -> list[str]:
         for name in v:
             if not name.strip():
-                raise ValueError("empty module name: give module names like 'layer1.0.conv1' or patterns "
-                                 "like 'layer1.*'")
+                raise ValueError(
+                    "empty module name: give module names like 'layer1.0.conv1' or patterns like 'layer1.*'"
+                )
         return v
 
     @model_validator(mode="after")
-    def _bounds(self) -> "SpaceSpec":
+    def _bounds(self) -> SpaceSpec:
         for key, pair in self.bounds.items():
             if not key.strip():
                 raise _field_error(("bounds",), key, "empty group name")
-            ok = (len(pair) == 2 and not any(isinstance(x, bool) for x in pair)
-                  and all(math.isfinite(x) for x in pair) and 0 < pair[0] <= pair[1] <= 1)
+            ok = (
+                len(pair) == 2
+                and not any(isinstance(x, bool) for x in pair)
+                and all(math.isfinite(x) for x in pair)
+                and 0 < pair[0] <= pair[1] <= 1
+            )
             if not ok:
-                raise _field_error(("bounds", key), pair, "must be [min_keep, max_keep] with 0 < min_keep <= "
-                                   f"max_keep <= 1, got {_fmt(pair)}")
+                raise _field_error(
+                    ("bounds", key),
+                    pair,
+                    f"must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, got {_fmt(pair)}",
+                )
         return self
 
 
@@ -423,7 +423,7 @@ class StudySpec(_Section):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StudySpec":
+    def _consistent(self) -> StudySpec:
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
@@ -509,7 +509,7 @@ def _one_line(exc: ValidationError, data: Any) -> str:
     kind = err["type"]
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "extra_forbidden":
         model = _model_at(err["loc"][:-1])
         allowed = ", ".join(model.model_fields) if model is not None else ""
@@ -598,16 +598,20 @@ def _check_expansion(root: yaml.Node) -> None:
             size[key] = 1 + sum(size[id(c)] for c in children)
             depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
             if size[key] > MAX_YAML_VALUES:
-                raise YamlRefused("too many YAML aliases", f"they expand the document to more than {MAX_YAML_VALUES:,} "
-                                  "values", node.start_mark)
+                raise YamlRefused(
+                    "too many YAML aliases",
+                    f"they expand the document to more than {MAX_YAML_VALUES:,} values",
+                    node.start_mark,
+                )
             if depth[key] > MAX_YAML_DEPTH:
                 raise YamlRefused("YAML nested too deeply", f"more than {MAX_YAML_DEPTH} levels", node.start_mark)
             continue
         if key in size:  # a node met again: an alias
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
-                raise YamlRefused("too many YAML aliases", f"more than {MAX_YAML_ALIASES:,} uses of anchors",
-                                  node.start_mark)
+                raise YamlRefused(
+                    "too many YAML aliases", f"more than {MAX_YAML_ALIASES:,} uses of anchors", node.start_mark
+                )
             continue
         if key in visiting:
             raise YamlRefused("recursive YAML alias", "an anchor is used inside itself", node.start_mark)
@@ -641,7 +645,8 @@ class SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore
                     continue
                 if seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {_fmt(key)}, first at line {first[key] + 1}", key_node.start_mark)
+                        None, None, f"duplicate key {_fmt(key)}, first at line {first[key] + 1}", key_node.start_mark
+                    )
                 first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -649,8 +654,9 @@ class SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore
         try:
             return super().construct_yaml_int(node)
         except ValueError:  # more than 4300 digits
-            raise yaml.constructor.ConstructorError(None, None, "integer with too many digits",
-                                                    node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                None, None, "integer with too many digits", node.start_mark
+            ) from None
 
 
 SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)

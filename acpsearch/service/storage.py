@@ -6,13 +6,15 @@ Any URL Optuna accepts: ``sqlite:///file.db`` (default ``sqlite:///acpsearch.db`
 Artifacts (base network, encoder, exported winner, plots) live in a directory next to the
 storage file, or in ``$ACPSEARCH_ARTIFACTS`` / the ``--artifacts`` flag.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from acpsearch.errors import AcpError, StorageError
 
@@ -71,7 +73,7 @@ def is_memory(url: str) -> bool:
 
 
 def _journal_path(url: str) -> Path:
-    rest = url[len(JOURNAL_PREFIX):]
+    rest = url[len(JOURNAL_PREFIX) :]
     # journal:///abs/path.log -> /abs/path.log ; journal://rel/path.log -> rel/path.log
     return Path(rest[1:] if rest.startswith("//") else rest) if not rest.startswith("/") else Path(rest)
 
@@ -86,7 +88,7 @@ def _sqlite_path(url: str) -> Path | None:
         return None
     rest, _, query = rest[1:].partition("?")
     if rest.startswith("file:") and "uri=true" in query.split("&"):
-        rest = rest[len("file:"):]
+        rest = rest[len("file:") :]
         if rest.startswith("///"):  # file:///abs/path
             rest = rest[2:]
     if rest in ("", ":memory:"):
@@ -100,9 +102,12 @@ def _driver_url(url: str) -> str:
     import importlib.util
 
     for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None \
-                and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len(prefix):]
+        if (
+            url.startswith(prefix)
+            and importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None
+        ):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
@@ -129,8 +134,10 @@ def _check_not_foreign(url: str, engine_kwargs: dict[str, Any], sqlite_path: Pat
         if not ours:
             names = sorted(tables)
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-            raise StorageError(f"storage {redact(url)!r}: not an Optuna/acpsearch database (has tables {shown}); "
-                               "refusing to add tables")
+            raise StorageError(
+                f"storage {redact(url)!r}: not an Optuna/acpsearch database (has tables {shown}); "
+                "refusing to add tables"
+            )
     finally:
         engine.dispose()
 
@@ -159,9 +166,7 @@ def open_storage(url: str | None = None) -> Any:
             if url.startswith("sqlite"):
                 engine_kwargs["connect_args"] = {"timeout": 60}
                 if sqlite_path is not None and not sqlite_path.parent.is_dir():
-                    raise StorageError(
-                        f"storage {redact(url)!r}: directory {str(sqlite_path.parent)!r} does not exist"
-                    )
+                    raise StorageError(f"storage {redact(url)!r}: directory {str(sqlite_path.parent)!r} does not exist")
                 if sqlite_path is not None and sqlite_path.exists() and sqlite_path.is_dir():
                     raise StorageError(f"storage {redact(url)!r}: {str(sqlite_path)!r} is a directory")
             else:
@@ -201,10 +206,22 @@ def _write_failure(exc: BaseException) -> str | None:
         e = e.__cause__ or e.__context__
     text = " ".join(str(c) for c in chain).lower()
     if "readonly database" in text or "read-only" in text or "read only" in text:
-        return ("read-only (attempt to write a readonly database); `status` and `show` can read it, "
-                "writing needs a writable copy")
-    if not any(isinstance(c, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
-                              sqlalchemy.exc.DatabaseError, OSError)) for c in chain):
+        return (
+            "read-only (attempt to write a readonly database); `status` and `show` can read it, "
+            "writing needs a writable copy"
+        )
+    if not any(
+        isinstance(
+            c,
+            (
+                optuna.exceptions.StorageInternalError,
+                sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.DatabaseError,
+                OSError,
+            ),
+        )
+        for c in chain
+    ):
         return None
     root = next((c for c in reversed(chain) if isinstance(c, (sqlalchemy.exc.DBAPIError, OSError))), exc)
     first = (str(getattr(root, "orig", None) or root).strip().splitlines() or [type(root).__name__])[0]

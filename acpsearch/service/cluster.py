@@ -8,6 +8,7 @@ process, with background threads alive, is a known way to crash Ray's core worke
 shuts down after its last one. `run_study` reuses an open connection and never closes one it did
 not open. `inits()` counts this process's `ray.init` calls; the worker reports it.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,7 @@ def _speaks_http2(sock: socket.socket, timeout: float) -> str | None:
             if not chunk:
                 return "it closed the connection" if not head else "it answered something else than gRPC"
             head += chunk
-    except socket.timeout:
+    except TimeoutError:
         return f"no gRPC answer within {timeout:g} s"
     except OSError as exc:
         return f"the connection failed: {exc.strerror or exc}"
@@ -94,13 +95,18 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
     global _INITS
     import ray
 
-    from acpsearch.search import crash
+    from acpsearch.service import crash
 
     ray_env()
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
-        return {"address": ctx.gcs_address, "cpus": ray.cluster_resources().get("CPU", 0), "local": address is None,
-                "job": ctx.get_job_id(), "reused": True}
+        return {
+            "address": ctx.gcs_address,
+            "cpus": ray.cluster_resources().get("CPU", 0),
+            "local": address is None,
+            "job": ctx.get_job_id(),
+            "reused": True,
+        }
     _INITS += 1
     if address:
         _check_reachable(address)
@@ -113,13 +119,24 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
     else:
         # address="local": always a new local instance. Without it ray.init() joins a cluster that
         # `ray start` left on this machine (and then refuses num_cpus): no --address means local.
-        ray.init(address="local", num_cpus=int(workers), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
+        ray.init(
+            address="local",
+            num_cpus=int(workers),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            configure_logging=True,
+        )
         local = True
     crash.rearm()  # faulthandler stays the outermost handler of fatal signals
     ctx = ray.get_runtime_context()
-    return {"address": ctx.gcs_address, "cpus": ray.cluster_resources().get("CPU", 0), "local": local,
-            "job": ctx.get_job_id(), "reused": False}
+    return {
+        "address": ctx.gcs_address,
+        "cpus": ray.cluster_resources().get("CPU", 0),
+        "local": local,
+        "job": ctx.get_job_id(),
+        "reused": False,
+    }
 
 
 def shutdown_if_owned(info: dict[str, Any]) -> None:

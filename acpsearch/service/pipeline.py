@@ -12,23 +12,24 @@
 The driver is the only writer of the study (workers return values). State = storage + artifact
 directory: phase records hold artifact paths, candidate/finalist progress is the trials.
 """
+
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from acpsearch.errors import AcpError, CheckpointError, DataError, SpecError, StorageError
-from acpsearch.search import study as st
-from acpsearch.spec import StudySpec
+from acpsearch.service import study as st
+from acpsearch.service.spec import StudySpec
 
 
 # --- reporting -----------------------------------------------------------------------------------
@@ -106,13 +107,17 @@ class Context:
         if mimetype is None and path.suffix == ".pt":
             mimetype = "application/octet-stream"  # mimetypes guesses a SNES page table for .pt
         kw = {"mimetype": mimetype} if mimetype else {}
-        return upload_artifact(artifact_store=self.store, file_path=str(path),
-                               study_or_trial=target if target is not None else self.study, **kw)
+        return upload_artifact(
+            artifact_store=self.store,
+            file_path=str(path),
+            study_or_trial=target if target is not None else self.study,
+            **kw,
+        )
 
 
 # --- data / model helpers ------------------------------------------------------------------------
 def load_data(spec: StudySpec) -> Any:
-    from acpsearch.search.tasks import load_splits
+    from acpsearch.service.tasks import load_splits
 
     return load_splits(spec.to_dict())
 
@@ -128,16 +133,19 @@ def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: boo
     return policy.with_spec(spec).searching(spec.model.path) if trust_spec else policy
 
 
-def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
-                allow_factories: Any = None) -> tuple[Any, dict[str, Any]]:
+def build_model(
+    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None
+) -> tuple[Any, dict[str, Any]]:
     """An untrained base network for the data's input shape, and its checkpoint model config
     (allow_factories None: the spec's own factory is trusted, the user wrote it)."""
     from acpsearch.checkpoint import build_from_config
 
     c, h, w = input_shape
     if spec.model.zoo is not None:
-        cfg = {"zoo": spec.model.zoo,
-               "kwargs": {"bits": spec.model.bits, "in_channels": c, "image_size": h, **spec.model.kwargs}}
+        cfg = {
+            "zoo": spec.model.zoo,
+            "kwargs": {"bits": spec.model.bits, "in_channels": c, "image_size": h, **spec.model.kwargs},
+        }
     else:
         cfg = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
     try:
@@ -149,11 +157,20 @@ def build_model(spec: StudySpec, input_shape: tuple[int, int, int],
         raise SpecError(f"model: cannot build the network ({type(exc).__name__}: {str(exc)[:160]})") from None
 
 
-def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None) -> dict[str, Any]:
+def read_base_checkpoint(
+    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None
+) -> dict[str, Any]:
     """The user's trained base network, checked against the data it will be pruned on (a factory the
     checkpoint names must be allowed: `allow_factories`, the environment, or the spec's own factory)."""
-    from acpsearch.checkpoint import (FORMAT, VERSION, load_state_dict_strict, model_from_checkpoint, read_weights,
-                                      spec_contradictions, validate_checkpoint)
+    from acpsearch.checkpoint import (
+        FORMAT,
+        VERSION,
+        load_state_dict_strict,
+        model_from_checkpoint,
+        read_weights,
+        spec_contradictions,
+        validate_checkpoint,
+    )
 
     assert spec.model.checkpoint
     kind, ckpt = read_weights(spec.model.checkpoint)
@@ -162,15 +179,22 @@ def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], all
     if kind == "state_dict":  # a plain state dict: the spec's model (zoo or factory) for the data's input
         net, cfg = build_model(spec, input_shape, allow_factories=policy)
         load_state_dict_strict(net, ckpt, where)
-        ckpt = {"format": FORMAT, "version": VERSION, "model": cfg, "input_shape": [1, *input_shape], "pruning": None,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                "meta": {"dataset": spec.data.dataset, "bits": spec.model.bits}}
+        ckpt = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": cfg,
+            "input_shape": [1, *input_shape],
+            "pruning": None,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "meta": {"dataset": spec.data.dataset, "bits": spec.model.bits},
+        }
         validate_checkpoint(ckpt, where)
     shape = [int(v) for v in ckpt["input_shape"]]
     if tuple(shape[1:]) != tuple(input_shape):
         raise CheckpointError(
             f"model.checkpoint: {spec.model.checkpoint!r} expects input {tuple(shape[1:])}, "
-            f"the data set {spec.data.dataset!r} has {tuple(input_shape)}")
+            f"the data set {spec.data.dataset!r} has {tuple(input_shape)}"
+        )
     model = model_from_checkpoint(ckpt, source=where, allow_factories=policy)
     if kind == "acpsearch":  # the spec's zoo / factory / kwargs / bits must not contradict the checkpoint's
         spec_contradictions(ckpt["model"], spec.model, where)
@@ -180,8 +204,9 @@ def read_base_checkpoint(spec: StudySpec, input_shape: tuple[int, int, int], all
         out = model(torch.zeros(*shape))
     out = out[-1] if isinstance(out, (tuple, list)) else out
     if int(out.shape[-1]) != spec.model.bits:
-        raise CheckpointError(f"model.checkpoint: the network outputs {int(out.shape[-1])} bits, "
-                              f"model.bits is {spec.model.bits}")
+        raise CheckpointError(
+            f"model.checkpoint: the network outputs {int(out.shape[-1])} bits, model.bits is {spec.model.bits}"
+        )
     return ckpt
 
 
@@ -198,8 +223,17 @@ def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = No
     if spec.budget.latency_ms is not None:
         latency = _latency_table(graph, model, example)
     budget = Budget(flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms)
-    return DynamicSpace(graph, budget, step=sp.step, criterion=sp.criterion, min_keep=sp.min_keep, latency=latency,
-                        round_to=sp.round_to, bounds=bounds, fixed=fixed)
+    return DynamicSpace(
+        graph,
+        budget,
+        step=sp.step,
+        criterion=sp.criterion,
+        min_keep=sp.min_keep,
+        latency=latency,
+        round_to=sp.round_to,
+        bounds=bounds,
+        fixed=fixed,
+    )
 
 
 def _latency_table(graph: Any, model: Any, example: Any) -> Any:
@@ -208,7 +242,7 @@ def _latency_table(graph: Any, model: Any, example: Any) -> Any:
     import torch
 
     from acpsearch.search.latency import LatencyTable
-    from acpsearch.search.tasks import LATENCY_BATCH
+    from acpsearch.service.tasks import LATENCY_BATCH
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -239,9 +273,14 @@ def preflight(spec: StudySpec, allow_factories: Any = None) -> dict[str, Any]:
     graph = ChannelGraph.from_model(model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer)
     space = make_space(spec, graph, model, torch.zeros(1, *shape))
     cost = graph.cost()
-    return {"input_shape": list(shape), "groups": len(graph.groups), "flops": int(cost.flops),
-            "params": int(cost.params), "space": space.describe() if space is not None else None,
-            "splits": splits.sizes()}
+    return {
+        "input_shape": list(shape),
+        "groups": len(graph.groups),
+        "flops": int(cost.flops),
+        "params": int(cost.params),
+        "space": space.describe() if space is not None else None,
+        "splits": splits.sizes(),
+    }
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -268,8 +307,14 @@ def phase_base(ctx: Context) -> None:
 
             model = model_from_checkpoint(ckpt, allow_factories=ctx.allow)
             # meta.preprocess: the normalisation this run feeds the network (data.normalize)
-            save_checkpoint(path, model, ckpt["model"], ckpt["input_shape"], pruning=ckpt.get("pruning"),
-                            meta={**(ckpt.get("meta") or {}), "preprocess": dict(ctx.splits.preprocess)})
+            save_checkpoint(
+                path,
+                model,
+                ckpt["model"],
+                ckpt["input_shape"],
+                pruning=ckpt.get("pruning"),
+                meta={**(ckpt.get("meta") or {}), "preprocess": dict(ctx.splits.preprocess)},
+            )
             trained = None
         else:
             from acpsearch.devices import resolve_device, seed_everything
@@ -288,33 +333,65 @@ def phase_base(ctx: Context) -> None:
                 ctx.check()
                 return False
 
-            res = train_hash_net(model, ctx.splits, loss=tr.loss, epochs=tr.epochs, lr=tr.lr,
-                                 batch_size=tr.batch_size, seed=ctx.spec.data.protocol.seed, progress=False,
-                                 augment=tr.augment, hflip=tr.hflip, callback=on_epoch)
+            res = train_hash_net(
+                model,
+                ctx.splits,
+                loss=tr.loss,
+                epochs=tr.epochs,
+                lr=tr.lr,
+                batch_size=tr.batch_size,
+                seed=ctx.spec.data.protocol.seed,
+                progress=False,
+                augment=tr.augment,
+                hflip=tr.hflip,
+                callback=on_epoch,
+            )
             model = res.model.to("cpu")  # the graph, the checkpoint and the search work on the CPU copy
-            trained = {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 2),
-                       "device": str(device),
-                       "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history]}
-            save_checkpoint(path, model, cfg, [1, *shape], meta={"dataset": ctx.spec.data.dataset, "bits": ctx.spec.model.bits,
-                                                                 "loss": tr.loss, "trained_by": ctx.name,
-                                                                 "preprocess": dict(ctx.splits.preprocess)})
+            trained = {
+                "epochs": res.epochs_run,
+                "best_epoch": res.best_epoch,
+                "seconds": round(res.seconds, 2),
+                "device": str(device),
+                "history": [round(h["val_map"], 4) if math.isfinite(h["val_map"]) else None for h in res.history],
+            }
+            save_checkpoint(
+                path,
+                model,
+                cfg,
+                [1, *shape],
+                meta={
+                    "dataset": ctx.spec.data.dataset,
+                    "bits": ctx.spec.model.bits,
+                    "loss": tr.loss,
+                    "trained_by": ctx.name,
+                    "preprocess": dict(ctx.splits.preprocess),
+                },
+            )
         ckpt = read_checkpoint(path)
         g = ChannelGraph.from_model(model, torch.zeros(*ckpt["input_shape"]), hash_layer=ctx.spec.model.hash_layer)
         cost = g.cost()
         art = ctx.upload(path)
         ctx.reporter.phase("base: test evaluation")
-        from acpsearch.search.tasks import evaluate_checkpoint
+        from acpsearch.service.tasks import evaluate_checkpoint
 
         ev = evaluate_checkpoint(str(path), ctx.spec_dict, threads=None, allow_factories=ctx.allow)
-        st.mark_phase(ctx.study, "base", time.perf_counter() - t0, path=str(path), artifact_id=art,
-                      flops=int(cost.flops), params=int(cost.params), groups=len(g.groups),
-                      source="checkpoint" if ctx.spec.model.checkpoint else "trained", training=trained,
-                      **clean({k: ev.get(k) for k in ("val_map", "test_map", "test_map_topk", "topk", "latency_ms",
-                                                      "pr_curve")}))
+        st.mark_phase(
+            ctx.study,
+            "base",
+            time.perf_counter() - t0,
+            path=str(path),
+            artifact_id=art,
+            flops=int(cost.flops),
+            params=int(cost.params),
+            groups=len(g.groups),
+            source="checkpoint" if ctx.spec.model.checkpoint else "trained",
+            training=trained,
+            **clean({k: ev.get(k) for k in ("val_map", "test_map", "test_map_topk", "topk", "latency_ms", "pr_curve")}),
+        )
         ctx.base_ckpt = ckpt
         ctx.reporter.done("base", time.perf_counter() - t0)
     from acpsearch.checkpoint import model_from_checkpoint
-    from acpsearch.search.tasks import example_input
+    from acpsearch.service.tasks import example_input
 
     base_model = model_from_checkpoint(ctx.base_ckpt, allow_factories=ctx.allow)
     ex = example_input(ctx.base_ckpt)
@@ -341,33 +418,56 @@ def phase_encoder(ctx: Context, ray_mod: Any) -> None:
         return
     t0 = time.perf_counter()
     if not needs_encoder(ctx.spec):
-        st.mark_phase(ctx.study, "encoder", 0.0, path=None, reason=f"ranker {ctx.spec.search.ranker!r} needs no encoder")
+        st.mark_phase(
+            ctx.study, "encoder", 0.0, path=None, reason=f"ranker {ctx.spec.search.ranker!r} needs no encoder"
+        )
         ctx.reporter.done("encoder", 0.0, skipped=True)
         return
     enc = ctx.spec.encoder
     sp = ctx.spec.space
     rng = random.Random(ctx.spec.search.seed)
-    kwargs: dict[str, Any] = dict(criterion=sp.criterion, min_keep=sp.min_keep, step=sp.step,
-                                  seed=ctx.spec.search.seed, epochs=enc.epochs)
+    kwargs: dict[str, Any] = dict(
+        criterion=sp.criterion, min_keep=sp.min_keep, step=sp.step, seed=ctx.spec.search.seed, epochs=enc.epochs
+    )
     ctx.reporter.phase(f"encoder: {enc.objective}", total=enc.epochs)
     if enc.objective == "sacp":
         # strategies from the budget's own space (positives / negatives near where we search)
         strategies = ctx.space.sample_many(enc.strategies, rng)
-        result = train_encoder(ctx.graph, "sacp", strategies=strategies, n_strategies=enc.strategies,
-                               progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
+        result = train_encoder(
+            ctx.graph,
+            "sacp",
+            strategies=strategies,
+            n_strategies=enc.strategies,
+            progress=lambda e, loss: ctx.reporter.advance(1, loss=loss),
+            **kwargs,
+        )
     else:
         strategies = ctx.space.sample_many(enc.strategies, rng)
-        signal = score_on_ray(ctx, ray_mod, "code_agreement", [dict(s.ratios) for s in strategies],
-                              round_to=ctx.space._rt)
-        result = train_encoder(ctx.graph, "effect", strategies=strategies, signal=signal,
-                               progress=lambda e, loss: ctx.reporter.advance(1, loss=loss), **kwargs)
+        signal = score_on_ray(
+            ctx, ray_mod, "code_agreement", [dict(s.ratios) for s in strategies], round_to=ctx.space._rt
+        )
+        result = train_encoder(
+            ctx.graph,
+            "effect",
+            strategies=strategies,
+            signal=signal,
+            progress=lambda e, loss: ctx.reporter.advance(1, loss=loss),
+            **kwargs,
+        )
     path = ctx.dir() / "encoder.pt"
     result.encoder.save(path)
     ctx.encoder_state = result.encoder.state()
     art = ctx.upload(path)
-    st.mark_phase(ctx.study, "encoder", time.perf_counter() - t0, path=str(path), artifact_id=art,
-                  objective=enc.objective, strategies=len(strategies),
-                  losses=[round(float(x), 4) for x in result.losses])
+    st.mark_phase(
+        ctx.study,
+        "encoder",
+        time.perf_counter() - t0,
+        path=str(path),
+        artifact_id=art,
+        objective=enc.objective,
+        strategies=len(strategies),
+        losses=[round(float(x), 4) for x in result.losses],
+    )
     ctx.reporter.done("encoder", time.perf_counter() - t0)
     del torch
 
@@ -383,7 +483,7 @@ class RankerPool:
 
     def __init__(self, ctx: Context, ray_mod: Any, name: str, n: int) -> None:
         from acpsearch.devices import actor_options, check_cluster_fits, resources_of
-        from acpsearch.search.tasks import RankerWorker, light_splits
+        from acpsearch.service.tasks import RankerWorker, light_splits
 
         need_data = name in ("adaptive_bn", "code_agreement")
         splits = light_splits(ctx.splits) if need_data else None
@@ -395,9 +495,19 @@ class RankerPool:
         splits_ref = ray_mod.put(splits)
         self.ray = ray_mod
         self.ctx, self.name = ctx, name
-        self.actors = [actor.remote(name, ckpt_ref, ctx.spec_dict, enc_ref, splits_ref, threads=res["cpu"],
-                                    allow_factories=ctx.allow, gpu=res["gpu"])
-                       for _ in range(max(1, n))]
+        self.actors = [
+            actor.remote(
+                name,
+                ckpt_ref,
+                ctx.spec_dict,
+                enc_ref,
+                splits_ref,
+                threads=res["cpu"],
+                allow_factories=ctx.allow,
+                gpu=res["gpu"],
+            )
+            for _ in range(max(1, n))
+        ]
         self.nodes: list[str] = ray_mod.get([a.node_id.remote() for a in self.actors])
 
     def score(self, ratios: list[dict[str, float]], round_to: int = 4) -> list[float]:
@@ -416,7 +526,7 @@ class RankerPool:
         """The node that scored item i of the last batch."""
         return self.nodes[i % len(self.nodes)]
 
-    def replace(self, crashes: int, exc: BaseException, what: str) -> "RankerPool":
+    def replace(self, crashes: int, exc: BaseException, what: str) -> RankerPool:
         """After a worker failure (the `crashes`-th of the phase): a fresh pool, or RuntimeError
         once more than MAX_POOL_CRASHES failures say the cause is not a passing one."""
         if crashes > MAX_POOL_CRASHES:
@@ -436,8 +546,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
-def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16,
-                 round_to: int = 4) -> list[float]:
+def score_on_ray(
+    ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, float]], chunk: int = 16, round_to: int = 4
+) -> list[float]:
     """Scores of many strategies (encoder signal, re-ranking). A chunk whose worker died is
     scored again by a fresh pool, at most MAX_POOL_CRASHES times in all."""
     pool = RankerPool(ctx, ray_mod, name, ctx.workers)
@@ -446,7 +557,7 @@ def score_on_ray(ctx: Context, ray_mod: Any, name: str, ratios: list[dict[str, f
         out: list[float] = []
         i = 0
         while i < len(ratios):
-            part = ratios[i:i + chunk * len(pool.actors)]
+            part = ratios[i : i + chunk * len(pool.actors)]
             try:
                 out += pool.score(part, round_to)
             except ray_mod.exceptions.RayError as exc:
@@ -523,10 +634,17 @@ def candidate_attrs(ctx: Context, strategies: list[Any], round_to: int = 4) -> l
             cons["flops"] = round(fr - b.flops, 6)
         if b.params is not None:
             cons["params"] = round(pr - b.params, 6)
-        out.append({"flops": int(flops[i]), "params": int(params[i]), "flops_ratio": round(fr, 6),
-                    "params_ratio": round(pr, 6), "constraints": cons,
-                    # Optuna's stepped floats carry float noise (0.6000000000000001): shown rounded
-                    "keep": st.round_ratios(s.ratios)})
+        out.append(
+            {
+                "flops": int(flops[i]),
+                "params": int(params[i]),
+                "flops_ratio": round(fr, 6),
+                "params_ratio": round(pr, 6),
+                "constraints": cons,
+                # Optuna's stepped floats carry float noise (0.6000000000000001): shown rounded
+                "keep": st.round_ratios(s.ratios),
+            }
+        )
     if ctx.space is not None and ctx.space.latency is not None:
         lat = ctx.space.latency.predict_batch(ctx.graph, rows, round_to)
         for i, rec in enumerate(out):
@@ -605,10 +723,18 @@ def phase_search(ctx: Context, ray_mod: Any) -> None:
             ctx.reporter.advance(k, best=study.best_value)
     finally:
         pool.close()
-    st.mark_phase(ctx.study, "search", time.perf_counter() - t0, candidates=done, ranker=ranker,
-                  space=clean(ctx.space.describe()),
-                  rounds={str(r): clean({k: v for k, v in sp.describe().items() if k in ("step", "ranges", "log10_size")})
-                          for r, sp in sorted(spaces.items())})
+    st.mark_phase(
+        ctx.study,
+        "search",
+        time.perf_counter() - t0,
+        candidates=done,
+        ranker=ranker,
+        space=clean(ctx.space.describe()),
+        rounds={
+            str(r): clean({k: v for k, v in sp.describe().items() if k in ("step", "ranges", "log10_size")})
+            for r, sp in sorted(spaces.items())
+        },
+    )
     ctx.reporter.done("search", time.perf_counter() - t0)
 
 
@@ -646,7 +772,7 @@ def _ranked_candidates(ctx: Context, limit: int | None = None) -> list[Any]:
 
 def _ratios_of(ctx: Context, trial: Any) -> dict[str, float]:
     prefix = "keep/"
-    return {k[len(prefix):]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
 
 
 def _round_to(trial: Any) -> int:
@@ -657,8 +783,9 @@ def _round_to(trial: Any) -> int:
 def _strategy_of(ctx: Context, trial: Any) -> Any:
     from acpsearch.pruning import PruningStrategy
 
-    return PruningStrategy(ctx.graph, _ratios_of(ctx, trial), criterion=ctx.spec.space.criterion,
-                           round_to=_round_to(trial))
+    return PruningStrategy(
+        ctx.graph, _ratios_of(ctx, trial), criterion=ctx.spec.space.criterion, round_to=_round_to(trial)
+    )
 
 
 def _is_anchor(trial: Any) -> bool:
@@ -691,14 +818,22 @@ def phase_anchor(ctx: Context, ray_mod: Any) -> None:
     added = [t for t in ctx.study.get_trials(deepcopy=False) if _is_anchor(t)]
     if added:  # the runner stopped after adding it but before marking the phase: keep that one
         t = added[0]
-        st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=ctx.spec.search.anchor, trial=t.number,
-                      kept={k: int(v) for k, v in _strategy_of(ctx, t).kept.items()})
+        st.mark_phase(
+            ctx.study,
+            "anchor",
+            time.perf_counter() - t0,
+            anchor=ctx.spec.search.anchor,
+            trial=t.number,
+            kept={k: int(v) for k, v in _strategy_of(ctx, t).kept.items()},
+        )
         return
     b, full = ctx.spec.budget, ctx.graph.cost()
 
     def fits(s: Any) -> bool:
         c = ctx.graph.cost(s)
-        ok = (b.flops is None or c.flops <= b.flops * full.flops) and (b.params is None or c.params <= b.params * full.params)
+        ok = (b.flops is None or c.flops <= b.flops * full.flops) and (
+            b.params is None or c.params <= b.params * full.params
+        )
         if ok and b.latency_ms is not None and ctx.space.latency is not None:
             ok = ctx.space.latency.predict(ctx.graph, s) <= b.latency_ms
         return bool(ok)
@@ -707,8 +842,14 @@ def phase_anchor(ctx: Context, ray_mod: Any) -> None:
     rt = ctx.spec.space.round_to or 1
     limits = dict(ctx.space.bounds)
     limits.update({n: (1.0, 1.0) for n in ctx.space.fixed})
-    strategy = PruningStrategy.global_magnitude(ctx.graph, fits, criterion=ctx.spec.space.criterion,
-                                                min_keep=ctx.spec.space.min_keep, round_to=rt, bounds=limits)
+    strategy = PruningStrategy.global_magnitude(
+        ctx.graph,
+        fits,
+        criterion=ctx.spec.space.criterion,
+        min_keep=ctx.spec.space.min_keep,
+        round_to=rt,
+        bounds=limits,
+    )
     if strategy is None:
         ctx.reporter.log("anchor: no magnitude allocation meets the budget; finalists come from the search only")
         st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=None)
@@ -716,20 +857,31 @@ def phase_anchor(ctx: Context, ray_mod: Any) -> None:
     ratios = {n: float(r) for n, r in strategy.ratios.items()}
     score = score_on_ray(ctx, ray_mod, ctx.spec.search.ranker, [ratios], round_to=rt)[0]
     a = candidate_attrs(ctx, [strategy], round_to=rt)[0]
-    attrs: dict[str, Any] = {"source": f"anchor:{ctx.spec.search.anchor}", "round_to": rt,
-                             ctx.spec.search.ranker: round(float(score), 6),
-                             "feasible": all(v <= 1e-9 for v in a["constraints"].values())}
+    attrs: dict[str, Any] = {
+        "source": f"anchor:{ctx.spec.search.anchor}",
+        "round_to": rt,
+        ctx.spec.search.ranker: round(float(score), 6),
+        "feasible": all(v <= 1e-9 for v in a["constraints"].values()),
+    }
     attrs.update({k: a[k] for k in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms") if k in a})
     attrs.update({f"constraint.{k}": v for k, v in a["constraints"].items()})
     trial = optuna.trial.create_trial(
         params={f"keep/{n}": r for n, r in ratios.items()},
         distributions={f"keep/{n}": optuna.distributions.FloatDistribution(0.0, 1.0) for n in ratios},
-        value=float(score), user_attrs=clean(attrs),
-        system_attrs={f"constraints:{k}": float(v) for k, v in a["constraints"].items()})  # as Trial.set_constraint
+        value=float(score),
+        user_attrs=clean(attrs),
+        system_attrs={f"constraints:{k}": float(v) for k, v in a["constraints"].items()},
+    )  # as Trial.set_constraint
     ctx.study.add_trial(trial)
     number = ctx.study.get_trials(deepcopy=False)[-1].number
-    st.mark_phase(ctx.study, "anchor", time.perf_counter() - t0, anchor=ctx.spec.search.anchor, trial=number,
-                  kept={k: int(v) for k, v in strategy.kept.items()})
+    st.mark_phase(
+        ctx.study,
+        "anchor",
+        time.perf_counter() - t0,
+        anchor=ctx.spec.search.anchor,
+        trial=number,
+        kept={k: int(v) for k, v in strategy.kept.items()},
+    )
     ctx.reporter.done("anchor", time.perf_counter() - t0)
 
 
@@ -746,11 +898,17 @@ def phase_rerank(ctx: Context, ray_mod: Any) -> None:
     t0 = time.perf_counter()
     top = [t for t in _ranked_candidates(ctx) if not _is_anchor(t)][: ctx.spec.search.rerank_top]
     ctx.reporter.phase(f"rerank: {name}", total=len(top))
-    scores = score_on_ray(ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4,
-                          round_to=ctx.spec.space.round_to or 4)
+    scores = score_on_ray(
+        ctx, ray_mod, name, [_ratios_of(ctx, t) for t in top], chunk=4, round_to=ctx.spec.space.round_to or 4
+    )
     ctx.reporter.advance(len(top))
-    st.mark_phase(ctx.study, "rerank", time.perf_counter() - t0, ranker=name,
-                  scores={str(t.number): round(float(s), 6) for t, s in zip(top, scores)})
+    st.mark_phase(
+        ctx.study,
+        "rerank",
+        time.perf_counter() - t0,
+        ranker=name,
+        scores={str(t.number): round(float(s), 6) for t, s in zip(top, scores)},
+    )
     ctx.reporter.done("rerank", time.perf_counter() - t0)
 
 
@@ -765,7 +923,9 @@ def finalists(ctx: Context) -> list[Any]:
     rerank = st.phase_done(ctx.study, "rerank") or {}
     scores = rerank.get("scores") or {}
     if scores:
-        ranked = sorted([t for t in ranked if str(t.number) in scores], key=lambda t: (-scores[str(t.number)], t.number))
+        ranked = sorted(
+            [t for t in ranked if str(t.number) in scores], key=lambda t: (-scores[str(t.number)], t.number)
+        )
     return anchors + ranked[: ctx.spec.finetune.top - len(anchors)]
 
 
@@ -846,7 +1006,7 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
     from ray import tune
 
     from acpsearch.checkpoint import load_model
-    from acpsearch.search.tasks import evaluate_checkpoint, finetune_trainable, light_splits, measure_latency_ms
+    from acpsearch.service.tasks import evaluate_checkpoint, finetune_trainable, light_splits, measure_latency_ms
 
     rec = st.phase_done(ctx.study, "finetune")
     if rec:
@@ -856,8 +1016,12 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
     ft_study = st.finetune_study(ctx.storage, ctx.study)
     ctx.study.set_user_attr("finetune_study", ft_study.study_name)
     fail_leftovers(ft_study, "runner stopped during fine-tuning")
-    finished = {t.user_attrs.get("candidate") for t in ft_study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))}
+    finished = {
+        t.user_attrs.get("candidate")
+        for t in ft_study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+    }
     chosen = finalists(ctx)
     todo = [t for t in chosen if t.number not in finished]
     ft = ctx.spec.finetune
@@ -867,11 +1031,21 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
     trial_ids: dict[int, int] = {}
     for cand in todo:
         frozen = optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING, params=dict(cand.params), distributions=dict(cand.distributions),
-            user_attrs=clean({"candidate": cand.number, "score": cand.value,
-                              "source": st.source(cand),
-                              **{k: cand.user_attrs.get(k) for k in ("flops", "params", "flops_ratio", "params_ratio",
-                                                                     ctx.spec.search.ranker)}}))
+            state=optuna.trial.TrialState.RUNNING,
+            params=dict(cand.params),
+            distributions=dict(cand.distributions),
+            user_attrs=clean(
+                {
+                    "candidate": cand.number,
+                    "score": cand.value,
+                    "source": st.source(cand),
+                    **{
+                        k: cand.user_attrs.get(k)
+                        for k in ("flops", "params", "flops_ratio", "params_ratio", ctx.spec.search.ranker)
+                    },
+                }
+            ),
+        )
         ft_study.add_trial(frozen)
         trial_ids[cand.number] = ft_study.get_trials(deepcopy=False)[-1]._trial_id
     if todo:
@@ -879,8 +1053,14 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
         if ft.early_stop == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler: Any = ASHAScheduler(time_attr="training_iteration", metric="val_map", mode="max",
-                                           max_t=ft.epochs + 1, grace_period=min(2, ft.epochs + 1), reduction_factor=2)
+            scheduler: Any = ASHAScheduler(
+                time_attr="training_iteration",
+                metric="val_map",
+                mode="max",
+                max_t=ft.epochs + 1,
+                grace_period=min(2, ft.epochs + 1),
+                reduction_factor=2,
+            )
         else:
             from ray.tune.schedulers import FIFOScheduler
 
@@ -891,20 +1071,36 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
         # cuda, on the GPU share Ray gives it); a request no node can meet would wait forever
         check_cluster_fits(ray_mod.cluster_resources(), resources_of(ctx.spec, "finetune"), "finetune.resources")
         trainable = tune.with_resources(
-            tune.with_parameters(finetune_trainable, ckpt=ctx.base_ckpt, spec=ctx.spec_dict,
-                                 splits=light_splits(ctx.splits), out_dir=str(out_dir), allow_factories=ctx.allow),
-            trial_resources(ctx.spec))
-        space = {"finalist": tune.grid_search([{"number": t.number, "ratios": _ratios_of(ctx, t),
-                                                 "round_to": _round_to(t)} for t in todo])}
+            tune.with_parameters(
+                finetune_trainable,
+                ckpt=ctx.base_ckpt,
+                spec=ctx.spec_dict,
+                splits=light_splits(ctx.splits),
+                out_dir=str(out_dir),
+                allow_factories=ctx.allow,
+            ),
+            trial_resources(ctx.spec),
+        )
+        space = {
+            "finalist": tune.grid_search(
+                [{"number": t.number, "ratios": _ratios_of(ctx, t), "round_to": _round_to(t)} for t in todo]
+            )
+        }
         tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max(1, ctx.workers),
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
-                                      storage_path=str(ctx.artifacts / "ray-results"), callbacks=[recorder.callback],
-                                      verbose=0, log_to_file=True,
-                                      # a finalist whose worker dies is started again, boundedly
-                                      failure_config=tune.FailureConfig(max_failures=MAX_ATTEMPTS - 1)),
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler, max_concurrent_trials=max(1, ctx.workers), reuse_actors=False
+            ),
+            run_config=tune.RunConfig(
+                name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
+                storage_path=str(ctx.artifacts / "ray-results"),
+                callbacks=[recorder.callback],
+                verbose=0,
+                log_to_file=True,
+                # a finalist whose worker dies is started again, boundedly
+                failure_config=tune.FailureConfig(max_failures=MAX_ATTEMPTS - 1),
+            ),
         )
         import contextlib
         import sys
@@ -937,11 +1133,22 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
             epochs_run = max(curve)
             stopped = epochs_run < ft.epochs
             best_val = max(curve.values())
-            attrs = {"val_map": best_val, "test_map": ev["test_map"], "test_map_topk": ev["test_map_topk"],
-                     "topk": ev["topk"], "measured_flops": ev["flops"], "measured_params": ev["params"],
-                     "measured_flops_ratio": ev["flops"] / full.flops, "measured_params_ratio": ev["params"] / full.params,
-                     "latency_ms": ev.get("latency_ms"), "epochs_run": epochs_run, "stopped_early": stopped,
-                     "val_map_before_finetune": curve.get(0), "path": str(path), "pr_curve": ev.get("pr_curve")}
+            attrs = {
+                "val_map": best_val,
+                "test_map": ev["test_map"],
+                "test_map_topk": ev["test_map_topk"],
+                "topk": ev["topk"],
+                "measured_flops": ev["flops"],
+                "measured_params": ev["params"],
+                "measured_flops_ratio": ev["flops"] / full.flops,
+                "measured_params_ratio": ev["params"] / full.params,
+                "latency_ms": ev.get("latency_ms"),
+                "epochs_run": epochs_run,
+                "stopped_early": stopped,
+                "val_map_before_finetune": curve.get(0),
+                "path": str(path),
+                "pr_curve": ev.get("pr_curve"),
+            }
             for key, val in clean(attrs).items():
                 ctx.storage.set_trial_user_attr(tid, key, val)
             if stopped:  # ASHA stopped it: PRUNED, not COMPLETE (FACTS.md: Tune would call it complete)
@@ -953,8 +1160,13 @@ def phase_finetune(ctx: Context, ray_mod: Any) -> None:
     n_ok = len(ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     if n_ok == 0:
         raise RuntimeError("finetune: no finalist finished its fine-tuning (see the FAIL trials' fail_reason)")
-    st.mark_phase(ctx.study, "finetune", time.perf_counter() - t0, finalists=[t.number for t in chosen],
-                  finetune_study=ft_study.study_name)
+    st.mark_phase(
+        ctx.study,
+        "finetune",
+        time.perf_counter() - t0,
+        finalists=[t.number for t in chosen],
+        finetune_study=ft_study.study_name,
+    )
     ctx.reporter.done("finetune", time.perf_counter() - t0)
 
 
@@ -971,8 +1183,11 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
 
     t0 = time.perf_counter()
     ft_study = st.finetune_study(ctx.storage, ctx.study)
-    complete = [t for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.user_attrs.get("val_map") is not None]
+    complete = [
+        t
+        for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("val_map") is not None
+    ]
     if not complete:
         raise RuntimeError("select: no COMPLETE finalist to choose from")
     best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
@@ -983,26 +1198,50 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     except ValueError:
         optuna_best = None
     if optuna_best is not None and optuna_best.number != best.number:
-        tied = [t for t in complete if t.number == optuna_best.number
-                and t.user_attrs["val_map"] == best.user_attrs["val_map"]]
+        tied = [
+            t
+            for t in complete
+            if t.number == optuna_best.number and t.user_attrs["val_map"] == best.user_attrs["val_map"]
+        ]
         if tied:
             best = tied[0]
         else:
-            ctx.reporter.log(f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
-                             f"but not the best val_map; the winner is trial {best.number} (by val_map)")
+            ctx.reporter.log(
+                f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
+                f"but not the best val_map; the winner is trial {best.number} (by val_map)"
+            )
     winner_path = ctx.dir() / "winner.pt"
     ck = read_checkpoint(best.user_attrs["path"])
-    save_checkpoint(winner_path, model_from_checkpoint(ck, allow_factories=ctx.allow), ck["model"], ck["input_shape"], pruning=ck["pruning"],
-                    meta={**(ck.get("meta") or {}), "study": ctx.name, "finetune_trial": best.number,
-                          "val_map": best.user_attrs["val_map"], "test_map": best.user_attrs.get("test_map")})
+    save_checkpoint(
+        winner_path,
+        model_from_checkpoint(ck, allow_factories=ctx.allow),
+        ck["model"],
+        ck["input_shape"],
+        pruning=ck["pruning"],
+        meta={
+            **(ck.get("meta") or {}),
+            "study": ctx.name,
+            "finetune_trial": best.number,
+            "val_map": best.user_attrs["val_map"],
+            "test_map": best.user_attrs.get("test_map"),
+        },
+    )
     art = ctx.upload(winner_path)
     cand = ctx.study.trials[int(best.user_attrs["candidate"])]
     winner = {k: v for k, v in best.user_attrs.items() if k != "pr_curve"}
-    winner.update({"finetune_trial": best.number, "path": str(winner_path), "artifact_id": art,
-                   "ratios": st.round_ratios(_ratios_of(ctx, cand)), "score": cand.value,
-                   "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
-                   "source": st.source(cand), "round_to": _round_to(cand),
-                   "kept": {k: int(v) for k, v in _strategy_of(ctx, cand).kept.items()}})
+    winner.update(
+        {
+            "finetune_trial": best.number,
+            "path": str(winner_path),
+            "artifact_id": art,
+            "ratios": st.round_ratios(_ratios_of(ctx, cand)),
+            "score": cand.value,
+            "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
+            "source": st.source(cand),
+            "round_to": _round_to(cand),
+            "kept": {k: int(v) for k, v in _strategy_of(ctx, cand).kept.items()},
+        }
+    )
     base_rec = st.phase_done(ctx.study, "base") or {}
     ctx.reporter.phase("select: latency, base vs winner (interleaved)")
     cmp = _compare_base_winner(ctx, base_rec, winner_path)
@@ -1011,20 +1250,38 @@ def phase_select(ctx: Context, ray_mod: Any) -> None:
     ctx.study.set_user_attr("winner", clean(winner))
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
     # in its tables, so the nested dicts alone would be unreadable there.
-    for key in ("test_map", "test_map_topk", "val_map", "flops_ratio", "params_ratio", "latency_ms",
-                "measured_flops", "measured_params", "finetune_trial", "candidate"):
+    for key in (
+        "test_map",
+        "test_map_topk",
+        "val_map",
+        "flops_ratio",
+        "params_ratio",
+        "latency_ms",
+        "measured_flops",
+        "measured_params",
+        "finetune_trial",
+        "candidate",
+    ):
         ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
     for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
         ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
     if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
-        from acpsearch.search.report import latency_row
+        from acpsearch.service.report import latency_row
 
         lb, lw, speed = latency_row({}, {"latency_compare": cmp})
-        ctx.study.set_user_attr("latency.base_vs_winner", f"{speed}: base {lb} ms, winner {lw} ms "
-                                f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)")
+        ctx.study.set_user_attr(
+            "latency.base_vs_winner",
+            f"{speed}: base {lb} ms, winner {lw} ms "
+            f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)",
+        )
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
-    st.mark_phase(ctx.study, "select", time.perf_counter() - t0, winner=best.number,
-                  finalists={str(t.number): t.user_attrs.get("val_map") for t in complete})
+    st.mark_phase(
+        ctx.study,
+        "select",
+        time.perf_counter() - t0,
+        winner=best.number,
+        finalists={str(t.number): t.user_attrs.get("val_map") for t in complete},
+    )
     ctx.reporter.done("select", time.perf_counter() - t0)
 
 
@@ -1034,30 +1291,45 @@ def _compare_base_winner(ctx: Context, base_rec: dict[str, Any], winner_path: Pa
     spread. Separate timings minutes apart let machine noise decide which one looks faster."""
     from acpsearch.checkpoint import load_model, read_checkpoint
     from acpsearch.search.latency import compare_latency
-    from acpsearch.search.tasks import LATENCY_BATCH
+    from acpsearch.service.tasks import LATENCY_BATCH
 
     if not base_rec.get("path") or not Path(base_rec["path"]).is_file():
         return None
     ckpt = read_checkpoint(base_rec["path"])
-    models = {"base": load_model(base_rec["path"], allow_factories=ctx.allow),
-              "winner": load_model(winner_path, allow_factories=ctx.allow)}
+    models = {
+        "base": load_model(base_rec["path"], allow_factories=ctx.allow),
+        "winner": load_model(winner_path, allow_factories=ctx.allow),
+    }
     res = compare_latency(models, list(ckpt["input_shape"]), batch=LATENCY_BATCH, rounds=7, repeats=5, threads=1)
-    return {"batch": res["batch"], "threads": res["threads"], "rounds": res["rounds"],
-            **{f"{name}_{k}": v for name, m in res["models"].items() for k, v in m.items() if k != "rounds_ms"}}
+    return {
+        "batch": res["batch"],
+        "threads": res["threads"],
+        "rounds": res["rounds"],
+        **{f"{name}_{k}": v for name, m in res["models"].items() for k, v in m.items() if k != "rounds_ms"},
+    }
 
 
 def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
     """The note of the winning fine-tune trial (markdown, short lines: the dashboard's note box
     does not wrap long ones): it is the winner, and why."""
     u = best.user_attrs
-    lines = ["## Winner", "",
-             f"This finalist is the **winner** of `{ft_name[:-len(st.FINETUNE_SUFFIX)]}`.", "",
-             f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists"]
-    lines += [f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number]
-    lines += [f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
-              f"- pruned structure: candidate trial {cand.number} of the search study",
-              f"  (ranker score {_f4(cand.value)}, not mAP)",
-              f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}", ""]
+    lines = [
+        "## Winner",
+        "",
+        f"This finalist is the **winner** of `{ft_name[: -len(st.FINETUNE_SUFFIX)]}`.",
+        "",
+        f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists",
+    ]
+    lines += [
+        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number
+    ]
+    lines += [
+        f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+        f"- pruned structure: candidate trial {cand.number} of the search study",
+        f"  (ranker score {_f4(cand.value)}, not mAP)",
+        f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -1065,8 +1337,9 @@ def _f4(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
-def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any],
-                ratios: dict[str, float] | None = None) -> None:
+def mark_winner(
+    study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any], ratios: dict[str, float] | None = None
+) -> None:
     """Mark the winner where optuna-dashboard shows it: user attr `winner: true` + a note on the
     winning trial of NAME.finetune and on the candidate trial of the search study it came from,
     a note on the fine-tune study, and the search study's objective named as a ranker score (its
@@ -1081,20 +1354,29 @@ def mark_winner(study: Any, ft_study: Any, best: Any, cand: Any, complete: list[
     if ratios and "keep" not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
         st.set_finished_trial_user_attr(storage, cand._trial_id, "keep", st.round_ratios(ratios))
     st.save_trial_note(ft_study, best._trial_id, winner_note(ft_study.study_name, best, cand, complete))
-    st.save_trial_note(study, cand._trial_id, (
-        f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
-        f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
-        f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
-        f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"))
+    st.save_trial_note(
+        study,
+        cand._trial_id,
+        (
+            f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
+            f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
+            f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+            f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"
+        ),
+    )
     st.set_objective_names(study, [st.objective_name(ranker)])
     from optuna_dashboard import save_note
 
-    save_note(ft_study, (
-        f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; objective: validation mAP.\n\n"
-        f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
-        f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
-        "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
-        "their partial curves never make them best.\n"))
+    save_note(
+        ft_study,
+        (
+            f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; objective: validation mAP.\n\n"
+            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
+            f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+            "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
+            "their partial curves never make them best.\n"
+        ),
+    )
 
 
 def run_phases(ctx: Context, ray_mod: Any) -> None:
@@ -1112,7 +1394,7 @@ def run_phases(ctx: Context, ray_mod: Any) -> None:
     ctx.check()
     phase_select(ctx, ray_mod)
     ctx.check()
-    from acpsearch.search.report import phase_report
+    from acpsearch.service.report import phase_report
 
     phase_report(ctx)
 
@@ -1129,11 +1411,20 @@ class StudyBlocked(StudyBusy):
     claimable)."""
 
 
-def run_study(url: str | None, name: str, *, address: str | None = None, workers: int | None = None,
-              artifacts: str | Path | None = None, reporter: Reporter | None = None,
-              on_lease: Callable[[st.Lease], None] | None = None, force: bool = False,
-              allow_factories: Any = None, trust_spec_factory: bool = True,
-              device: str | None = None) -> dict[str, Any]:
+def run_study(
+    url: str | None,
+    name: str,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    artifacts: str | Path | None = None,
+    reporter: Reporter | None = None,
+    on_lease: Callable[[st.Lease], None] | None = None,
+    force: bool = False,
+    allow_factories: Any = None,
+    trust_spec_factory: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Run (or resume) study `name` to the end under a lease; returns its summary.
 
     `device` (`--device`) overrides the spec's train.device for this run (not stored). A device this
@@ -1143,8 +1434,8 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     Model factories: `allow_factories` (module names or a FactoryPolicy) plus $ACPSEARCH_ALLOW_FACTORIES,
     plus the stored spec's own factory when `trust_spec_factory` (`acpsearch run`; a worker passes
     False). A factory that is not allowed is refused before the lease is taken: the study is untouched."""
-    from acpsearch.search.cluster import connect, shutdown_if_owned
-    from acpsearch.search.storage import artifact_dir, artifact_store, open_storage, resolve_url, writes
+    from acpsearch.service.cluster import connect, shutdown_if_owned
+    from acpsearch.service.storage import artifact_dir, artifact_store, open_storage, resolve_url, writes
 
     url = resolve_url(url)
     storage = open_storage(url)
@@ -1176,13 +1467,17 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     if not acquired:
         held = st.lease_state(storage.get_study_user_attrs(study._study_id))
         if not force:
-            raise StudyBusy(f"study {name!r}: {held}; another runner works on it (if that runner is gone, "
-                            f"`acpsearch run {name} --force` waits for its lease to expire and takes over)")
+            raise StudyBusy(
+                f"study {name!r}: {held}; another runner works on it (if that runner is gone, "
+                f"`acpsearch run {name} --force` waits for its lease to expire and takes over)"
+            )
         if reporter is not None:
             reporter.log(f"study {name!r}: {held}; --force: waiting for the lease to expire")
         if not st.wait_for_lease(lease, lease.ttl + 15.0):
-            raise StudyBusy(f"study {name!r}: {st.lease_state(storage.get_study_user_attrs(study._study_id))} "
-                            "and its holder keeps renewing it: that runner is alive; stop it first")
+            raise StudyBusy(
+                f"study {name!r}: {st.lease_state(storage.get_study_user_attrs(study._study_id))} "
+                "and its holder keeps renewing it: that runner is alive; stop it first"
+            )
     if on_lease is not None:
         on_lease(lease)
     # Who ran the study when (several runners share a storage; `acpsearch show` lists them).
@@ -1191,8 +1486,18 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
     outcome = "killed"
     n_workers = int(workers or spec.search.workers)
     art = artifact_dir(url, artifacts)
-    ctx = Context(storage=storage, url=url, study=study, spec=spec, artifacts=art, store=artifact_store(art),
-                  reporter=reporter or Reporter(), workers=n_workers, lease=lease, allow=policy)
+    ctx = Context(
+        storage=storage,
+        url=url,
+        study=study,
+        spec=spec,
+        artifacts=art,
+        store=artifact_store(art),
+        reporter=reporter or Reporter(),
+        workers=n_workers,
+        lease=lease,
+        allow=policy,
+    )
     info: dict[str, Any] = {}
     try:
         info = connect(address, n_workers)
@@ -1208,12 +1513,16 @@ def run_study(url: str | None, name: str, *, address: str | None = None, workers
 
         if info["reused"] and info["local"] and 0 < int(info["cpus"]) < ctx.workers:
             # a worker's one local Ray is smaller than this spec asks: more actors than CPUs would wait
-            ctx.reporter.log(f"search.workers {ctx.workers} > the local Ray's {int(info['cpus'])} CPUs: "
-                             f"using {int(info['cpus'])}")
+            ctx.reporter.log(
+                f"search.workers {ctx.workers} > the local Ray's {int(info['cpus'])} CPUs: using {int(info['cpus'])}"
+            )
             ctx.workers = int(info["cpus"])
-        st.set_state(study, "running", started_at=study.user_attrs.get("started_at") or st.now_iso(),
-                     ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"],
-                          "job": info["job"]})
+        st.set_state(
+            study,
+            "running",
+            started_at=study.user_attrs.get("started_at") or st.now_iso(),
+            ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"], "job": info["job"]},
+        )
         run_phases(ctx, ray)
         st.set_state(study, "done", finished_at=st.now_iso(), error=None)
         outcome = "done"

@@ -1,6 +1,7 @@
 """The study report: markdown note (optuna-dashboard shows it on the study page), a JSON report,
 and plots (similarity vs FLOPs of all candidates, keep ratio per group of the winner,
 precision-recall of base vs winner) both as dashboard graph objects and as one HTML artifact."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from acpsearch.search import study as st
+from acpsearch.service import study as st
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -54,8 +55,12 @@ def latency_row(b: dict[str, Any], w: dict[str, Any]) -> tuple[str, str, str]:
         cells = []
         for who in ("base", "winner"):
             cells.append(f"{cmp[f'{who}_median_ms']:.2f} (IQR {cmp[f'{who}_q1_ms']:.2f}–{cmp[f'{who}_q3_ms']:.2f})")
-        change = speedup(cmp["base_median_ms"], cmp["winner_median_ms"],
-                         (cmp["base_q1_ms"], cmp["base_q3_ms"]), (cmp["winner_q1_ms"], cmp["winner_q3_ms"]))
+        change = speedup(
+            cmp["base_median_ms"],
+            cmp["winner_median_ms"],
+            (cmp["base_q1_ms"], cmp["base_q3_ms"]),
+            (cmp["winner_q1_ms"], cmp["winner_q3_ms"]),
+        )
         return cells[0], cells[1], change
     bl, wl = b.get("latency_ms"), w.get("latency_ms")
     return _fmt(bl, 2), _fmt(wl, 2), speedup(bl, wl)
@@ -77,19 +82,33 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         ft = optuna.load_study(study_name=ft_name, storage=storage)
         for t in ft.get_trials(deepcopy=False):
             u = t.user_attrs
-            finalists.append({"trial": t.number, "candidate": u.get("candidate"), "source": st.source(t),
-                              "state": t.state.name,
-                              "score": u.get("score"), "val_map": u.get("val_map"), "test_map": u.get("test_map"),
-                              "flops_ratio": u.get("flops_ratio"), "winner": bool(u.get("winner")), "params_ratio": u.get("params_ratio"),
-                              "latency_ms": u.get("latency_ms"), "epochs_run": u.get("epochs_run")})
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if st.is_searched(t)]
+            finalists.append(
+                {
+                    "trial": t.number,
+                    "candidate": u.get("candidate"),
+                    "source": st.source(t),
+                    "state": t.state.name,
+                    "score": u.get("score"),
+                    "val_map": u.get("val_map"),
+                    "test_map": u.get("test_map"),
+                    "flops_ratio": u.get("flops_ratio"),
+                    "winner": bool(u.get("winner")),
+                    "params_ratio": u.get("params_ratio"),
+                    "latency_ms": u.get("latency_ms"),
+                    "epochs_run": u.get("epochs_run"),
+                }
+            )
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if st.is_searched(t)
+    ]
     return {
         "study": study.study_name,
         "finetune_study": ft_name,
         "spec": attrs.get("spec"),
-        "base": {k: base.get(k) for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params",
-                                          "latency_ms", "source", "path")},
+        "base": {
+            k: base.get(k)
+            for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params", "latency_ms", "source", "path")
+        },
         "winner": winner,
         "finalists": finalists,
         "candidates": len(complete),
@@ -105,27 +124,41 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     spec = rep.get("spec") or {}
     model = (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory")
     budget = {k: v for k, v in (spec.get("budget") or {}).items() if v is not None}
-    lines = [f"# {rep['study']}", "",
-             f"**{model}** ({(spec.get('model') or {}).get('bits')} bits) on **{(spec.get('data') or {}).get('dataset')}**, "
-             f"budget {budget}, {rep['candidates']} candidates ranked by "
-             f"`{(spec.get('search') or {}).get('ranker')}`"
-             + (f", re-ranked by `{spec['search']['rerank']}`" if (spec.get("search") or {}).get("rerank") else "")
-             + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned"
-             + (f" (one of them the `{spec['search']['anchor']}` anchor: the budget's global-magnitude allocation)"
-                if (spec.get("search") or {}).get("anchor") else "") + ".", "",
-             ]
+    lines = [
+        f"# {rep['study']}",
+        "",
+        f"**{model}** ({(spec.get('model') or {}).get('bits')} bits) on **{(spec.get('data') or {}).get('dataset')}**, "
+        f"budget {budget}, {rep['candidates']} candidates ranked by "
+        f"`{(spec.get('search') or {}).get('ranker')}`"
+        + (f", re-ranked by `{spec['search']['rerank']}`" if (spec.get("search") or {}).get("rerank") else "")
+        + f", top {(spec.get('finetune') or {}).get('top')} fine-tuned"
+        + (
+            f" (one of them the `{spec['search']['anchor']}` anchor: the budget's global-magnitude allocation)"
+            if (spec.get("search") or {}).get("anchor")
+            else ""
+        )
+        + ".",
+        "",
+    ]
     if w.get("finetune_trial") is not None:
         ft_name = rep.get("finetune_study") or f"{rep['study']}{st.FINETUNE_SUFFIX}"
         ranker = (spec.get("search") or {}).get("ranker")
-        lines += [f"**Winner: trial {w['finetune_trial']} of `{ft_name}`** (fine-tuned candidate {w.get('candidate')}), "
-                  f"chosen by validation mAP {_fmt(w.get('val_map'))}; test mAP {_fmt(w.get('test_map'))} is reported, "
-                  "never used to choose.", "",
-                  f"_Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial "
-                  f"{w['finetune_trial']} of {ft_name}._", ""]
+        lines += [
+            f"**Winner: trial {w['finetune_trial']} of `{ft_name}`** (fine-tuned candidate {w.get('candidate')}), "
+            f"chosen by validation mAP {_fmt(w.get('val_map'))}; test mAP {_fmt(w.get('test_map'))} is reported, "
+            "never used to choose.",
+            "",
+            f"_Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial "
+            f"{w['finetune_trial']} of {ft_name}._",
+            "",
+        ]
     lines += ["| | base | winner | change |", "|---|---|---|---|"]
     topk = b.get("topk") or w.get("topk")
-    rows = [("test mAP@all", "test_map", False, 4), (f"test mAP@{topk}", "test_map_topk", False, 4),
-            ("val mAP", "val_map", False, 4)]
+    rows = [
+        ("test mAP@all", "test_map", False, 4),
+        (f"test mAP@{topk}", "test_map_topk", False, 4),
+        ("val mAP", "val_map", False, 4),
+    ]
     for label, key, _, d in rows:
         lines.append(f"| {label} | {_fmt(b.get(key), d)} | {_fmt(w.get(key), d)} | {_change(b.get(key), w.get(key))} |")
     wf, wp = w.get("measured_flops"), w.get("measured_params")
@@ -135,31 +168,48 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     rounds = (w.get("latency_compare") or {}).get("rounds")
     how = f"; median of {rounds} interleaved rounds, IQR" if rounds else ""
     lines.append(f"| latency (ms, batch 32, 1 thread{how}) | {lb} | {lw} | {speed} |")
-    lines += ["", "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
-              "the best validation mAP.", ""]
+    lines += [
+        "",
+        "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
+        "the best validation mAP.",
+        "",
+    ]
     ratios = w.get("ratios") or {}
     kept = w.get("kept") or {}
     if ratios:
-        lines += ["## Keep ratio per channel group (winner)", "", "| group | channels | kept | ratio |", "|---|---|---|---|"]
+        lines += [
+            "## Keep ratio per channel group (winner)",
+            "",
+            "| group | channels | kept | ratio |",
+            "|---|---|---|---|",
+        ]
         for name, r in ratios.items():
             ch = (groups or w.get("channels") or {}).get(name, "–")
             lines.append(f"| `{name}` | {ch} | {kept.get(name, '–')} | {st.round_ratio(float(r)):g} |")
         lines.append("")
     if rep["finalists"]:
-        lines += ["## Finalists (fine-tuned)", "",
-                  "| trial | candidate | from | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Finalists (fine-tuned)",
+            "",
+            "| trial | candidate | from | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for f in rep["finalists"]:
-            lines.append(f"| {f['trial']}{' (winner)' if f.get('winner') or f['trial'] == w.get('finetune_trial') else ''} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
-                         f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
-                         f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |")
+            lines.append(
+                f"| {f['trial']}{' (winner)' if f.get('winner') or f['trial'] == w.get('finetune_trial') else ''} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
+                f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
+                f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |"
+            )
         lines.append("")
     lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
     for p, sec in rep["phase_seconds"].items():
         if sec is not None:
             lines.append(f"| {p} | {sec:.1f} |")
-    lines += ["", "Artifacts: `winner.pt` (load with `acpsearch.load_model`), `base.pt`, `encoder.pt`, "
-              "`report.json`, `report.html` (plots)."]
+    lines += [
+        "",
+        "Artifacts: `winner.pt` (load with `acpsearch.load_model`), `base.pt`, `encoder.pt`, "
+        "`report.json`, `report.html` (plots).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -175,30 +225,61 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     figs = []
     fig = go.Figure()
     xs = [t.user_attrs.get("flops_ratio") for t in trials]
-    fig.add_trace(go.Scatter(x=xs, y=[t.value for t in trials], mode="markers", name="candidates",
-                             text=[f"trial {t.number}" for t in trials], marker={"size": 5, "opacity": 0.6}))
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=[t.value for t in trials],
+            mode="markers",
+            name="candidates",
+            text=[f"trial {t.number}" for t in trials],
+            marker={"size": 5, "opacity": 0.6},
+        )
+    )
     fin = [t for t in trials if t.number in fin_cands]
-    fig.add_trace(go.Scatter(x=[t.user_attrs.get("flops_ratio") for t in fin], y=[t.value for t in fin],
-                             mode="markers", name="finalists", marker={"size": 10, "symbol": "diamond"}))
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs.get("flops_ratio") for t in fin],
+            y=[t.value for t in fin],
+            mode="markers",
+            name="finalists",
+            marker={"size": 10, "symbol": "diamond"},
+        )
+    )
     win = [t for t in trials if t.number == win_cand]
-    fig.add_trace(go.Scatter(x=[t.user_attrs.get("flops_ratio") for t in win], y=[t.value for t in win],
-                             mode="markers", name="winner", marker={"size": 16, "symbol": "star"}))
-    fig.update_layout(title=f"{ranker} vs FLOPs ratio of all candidates", xaxis_title="FLOPs ratio",
-                      yaxis_title=ranker)
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs.get("flops_ratio") for t in win],
+            y=[t.value for t in win],
+            mode="markers",
+            name="winner",
+            marker={"size": 16, "symbol": "star"},
+        )
+    )
+    fig.update_layout(title=f"{ranker} vs FLOPs ratio of all candidates", xaxis_title="FLOPs ratio", yaxis_title=ranker)
     figs.append(fig)
     ratios = (rep["winner"] or {}).get("ratios") or {}
     fig = go.Figure(go.Bar(x=list(ratios), y=list(ratios.values())))
     fig.update_layout(title="keep ratio per channel group (winner)", yaxis_title="keep ratio", yaxis_range=[0, 1.05])
     figs.append(fig)
-    curves = {"base": (study.user_attrs.get("phase.base") or {}).get("pr_curve"),
-              "winner": (rep["winner"] or {}).get("pr_curve") or _winner_curve(study, rep)}
+    curves = {
+        "base": (study.user_attrs.get("phase.base") or {}).get("pr_curve"),
+        "winner": (rep["winner"] or {}).get("pr_curve") or _winner_curve(study, rep),
+    }
     fig = go.Figure()
     for label, c in curves.items():
         if c:
-            fig.add_trace(go.Scatter(x=c["recall"], y=c["precision"], mode="lines+markers", name=label,
-                                     text=[f"radius {r}" for r in c.get("radius", [])]))
-    fig.update_layout(title="precision-recall (Hamming radius), test queries", xaxis_title="recall",
-                      yaxis_title="precision")
+            fig.add_trace(
+                go.Scatter(
+                    x=c["recall"],
+                    y=c["precision"],
+                    mode="lines+markers",
+                    name=label,
+                    text=[f"radius {r}" for r in c.get("radius", [])],
+                )
+            )
+    fig.update_layout(
+        title="precision-recall (Hamming radius), test queries", xaxis_title="recall", yaxis_title="precision"
+    )
     figs.append(fig)
     return figs
 
@@ -237,10 +318,15 @@ def phase_report(ctx: Any) -> None:
         save_plotly_graph_object(ctx.study, fig, graph_object_id=f"acpsearch-{i}")
     html = out / "report.html"
     parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    html.write_text(f"<html><head><meta charset='utf-8'><title>{rep['study']}</title></head><body>"
-                    + "\n".join(parts) + "</body></html>")
-    arts = {p.name: ctx.upload(p, mimetype=m) for p, m in
-            ((rep_path, "application/json"), (html, "text/html"), (out / "report.md", "text/markdown"))}
+    html.write_text(
+        f"<html><head><meta charset='utf-8'><title>{rep['study']}</title></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    arts = {
+        p.name: ctx.upload(p, mimetype=m)
+        for p, m in ((rep_path, "application/json"), (html, "text/html"), (out / "report.md", "text/markdown"))
+    }
     st.mark_phase(ctx.study, "report", time.perf_counter() - t0, artifacts=arts, path=str(rep_path))
     ctx.reporter.done("report", time.perf_counter() - t0)
 

@@ -19,6 +19,7 @@ exit, lets the helper go and puts faulthandler back as it was. `rearm()` install
 after `ray.init`, so faulthandler stays the outermost handler even if a native library installed
 its own after `arm`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO
 
 # The helper: read the pipe to EOF; if anything came, write it to stderr and append it to the log.
 # It runs with -S -I (no site, isolated): it starts in ~20 ms and imports nothing of ours.
@@ -48,8 +50,8 @@ if data:
         fh.write(head + data)
 """
 
-_helper: Optional[subprocess.Popen[bytes]] = None
-_log: Optional[Path] = None
+_helper: subprocess.Popen[bytes] | None = None
+_log: Path | None = None
 
 
 def log_path(directory: str | Path, pid: int | None = None) -> Path:
@@ -68,14 +70,18 @@ def arm(directory: str | Path) -> Path:
         rearm()
         return path
     disarm()
-    _helper = subprocess.Popen([sys.executable, "-S", "-I", "-c", _HELPER, str(path), str(os.getpid())],
-                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+    _helper = subprocess.Popen(
+        [sys.executable, "-S", "-I", "-c", _HELPER, str(path), str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+    )
     _log = path
     rearm()
     return path
 
 
-def _pipe() -> Optional[IO[bytes]]:
+def _pipe() -> IO[bytes] | None:
     return _helper.stdin if _helper is not None and _helper.poll() is None else None
 
 

@@ -5,6 +5,7 @@ the driver is the one writer of a study (FACTS.md: one writer per study), worker
 Models travel as acpsearch checkpoint dicts (tensors + config, no pickled modules); data sets
 are loaded on the worker from the spec (deterministic splits), so nothing large is shipped.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,9 +42,16 @@ def light_splits(splits: Any) -> Any:
     from acpsearch.hashing import Splits
 
     empty = (splits.train[0][:0], splits.train[1][:0])
-    return Splits(query=empty, train=splits.train, val=splits.val, database=empty,
-                  num_classes=splits.num_classes, dataset=splits.dataset, protocol=dict(splits.protocol),
-                  preprocess=dict(splits.preprocess))
+    return Splits(
+        query=empty,
+        train=splits.train,
+        val=splits.val,
+        database=empty,
+        num_classes=splits.num_classes,
+        dataset=splits.dataset,
+        protocol=dict(splits.protocol),
+        preprocess=dict(splits.preprocess),
+    )
 
 
 def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
@@ -53,8 +61,9 @@ def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
 LATENCY_BATCH = 32  # the batch size of every reported latency (and of the latency table)
 
 
-def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: int = LATENCY_BATCH, repeats: int = 10,
-                       warmup: int = 3) -> float:
+def measure_latency_ms(
+    model: torch.nn.Module, input_shape: list[int], batch: int = LATENCY_BATCH, repeats: int = 10, warmup: int = 3
+) -> float:
     """Median wall time of one forward of `batch` images (ms), one thread, channels_last.
 
     Our own few lines: torch.utils.benchmark adds nothing for a median of plain forwards."""
@@ -76,8 +85,15 @@ def measure_latency_ms(model: torch.nn.Module, input_shape: list[int], batch: in
     return float(np.median(times) * 1000.0)
 
 
-def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None, allow_factories: Any = None, device: Any = None) -> tuple[Any, Any]:
+def build_ranker(
+    name: str,
+    ckpt: dict[str, Any],
+    spec: dict[str, Any],
+    encoder_state: dict[str, Any] | None,
+    splits: Any | None,
+    allow_factories: Any = None,
+    device: Any = None,
+) -> tuple[Any, Any]:
     """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side).
 
     `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement) run the
@@ -89,8 +105,14 @@ def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_
     model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(model, ex, hash_layer=spec["model"].get("hash_layer"))
-    ctx: dict[str, Any] = {"graph": graph, "model": model, "example_input": ex, "criterion": spec["space"]["criterion"],
-                           "seed": spec["search"]["seed"], "splits": splits}
+    ctx: dict[str, Any] = {
+        "graph": graph,
+        "model": model,
+        "example_input": ex,
+        "criterion": spec["space"]["criterion"],
+        "seed": spec["search"]["seed"],
+        "splits": splits,
+    }
     if name == "similarity":
         from acpsearch.encoder import StructureEncoder
 
@@ -98,7 +120,7 @@ def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_
     if name == "code_agreement" and splits is not None:
         gen = torch.Generator().manual_seed(int(spec["search"]["seed"]))
         X = splits.train[0]
-        ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[:20 * 128]]
+        ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[: 20 * 128]]
         ctx["probe_X"] = splits.val[0][:1000]
     if device is not None and torch.device(device).type != "cpu" and name in ("adaptive_bn", "code_agreement"):
         ctx["device"] = device
@@ -108,15 +130,25 @@ def build_ranker(name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_
 class RankerWorker:
     """Ray actor: holds the graph and a ranker, scores batches of keep-ratio dicts."""
 
-    def __init__(self, name: str, ckpt: dict[str, Any], spec: dict[str, Any], encoder_state: dict[str, Any] | None,
-                 splits: Any | None = None, threads: int = 1, allow_factories: Any = None, gpu: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        ckpt: dict[str, Any],
+        spec: dict[str, Any],
+        encoder_state: dict[str, Any] | None,
+        splits: Any | None = None,
+        threads: int = 1,
+        allow_factories: Any = None,
+        gpu: float = 0.0,
+    ) -> None:
         from acpsearch.devices import worker_device
 
         worker_threads(threads)
         self.spec = spec
         self.device = worker_device(gpu)  # cuda when Ray gave this actor a GPU (search.resources.gpu > 0)
-        self.graph, self.ranker = build_ranker(name, ckpt, spec, encoder_state, splits, allow_factories,
-                                               device=self.device)
+        self.graph, self.ranker = build_ranker(
+            name, ckpt, spec, encoder_state, splits, allow_factories, device=self.device
+        )
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (short hex), recorded on the trials it scores."""
@@ -132,19 +164,24 @@ class RankerWorker:
         return [float(v) for v in self.ranker.score(strategies)]
 
 
-def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-                       splits: Any | None = None, out_dir: str = "", allow_factories: Any = None) -> None:
+def finetune_trainable(
+    config: dict[str, Any],
+    ckpt: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    splits: Any | None = None,
+    out_dir: str = "",
+    allow_factories: Any = None,
+) -> None:
     """Ray Tune function trainable: prune the base net to one finalist, fine-tune it with the hash
     loss, report val mAP every epoch (ASHA may stop it there). The best epoch is written to
     `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
     from ray import tune
 
     from acpsearch.checkpoint import model_from_checkpoint, save_checkpoint
+    from acpsearch.devices import resources_of, worker_device
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import train_hash_net, validation_map
     from acpsearch.pruning import PruningStrategy, make_record, prune
-
-    from acpsearch.devices import resources_of, worker_device
 
     assert ckpt is not None and spec is not None and splits is not None
     res = resources_of(spec, "finetune")  # what this trial asked Ray for (trial_resources)
@@ -155,8 +192,9 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
-    strategy = PruningStrategy(graph, fin["ratios"], criterion=spec["space"]["criterion"],
-                               round_to=int(fin.get("round_to", 4)))
+    strategy = PruningStrategy(
+        graph, fin["ratios"], criterion=spec["space"]["criterion"], round_to=int(fin.get("round_to", 4))
+    )
     net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
@@ -164,28 +202,49 @@ def finetune_trainable(config: dict[str, Any], ckpt: dict[str, Any] | None = Non
     v0 = validation_map(net, splits)  # step 0: the pruned net before fine-tuning
 
     def save(val: float, epoch: int) -> None:
-        save_checkpoint(path, net, ckpt["model"], ckpt["input_shape"], pruning=record,
-                        meta={**(ckpt.get("meta") or {}), "candidate": fin["number"], "val_map": val,
-                              "epoch": epoch, "finetune": ft})
+        save_checkpoint(
+            path,
+            net,
+            ckpt["model"],
+            ckpt["input_shape"],
+            pruning=record,
+            meta={
+                **(ckpt.get("meta") or {}),
+                "candidate": fin["number"],
+                "val_map": val,
+                "epoch": epoch,
+                "finetune": ft,
+            },
+        )
 
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:12]
     save(v0, 0)
     best["val"] = v0
-    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node,
-                 "device": device.type})
+    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node, "device": device.type})
 
     def on_epoch(epoch: int, val: float) -> bool:
         if not math.isnan(val) and val > best["val"]:
             best["val"] = val
             save(val, epoch)
-        tune.report({"val_map": float(val), "epoch": epoch, "best_val_map": float(best["val"]), "node": node,
-                     "device": device.type})
+        tune.report(
+            {
+                "val_map": float(val),
+                "epoch": epoch,
+                "best_val_map": float(best["val"]),
+                "node": node,
+                "device": device.type,
+            }
+        )
         return False
 
     recipe = finetune_recipe(spec)
-    teacher = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories) if recipe["distill"] > 0 else None
+    teacher = (
+        model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
+        if recipe["distill"] > 0
+        else None
+    )
     train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **recipe)
 
 
@@ -194,14 +253,26 @@ def finetune_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     stored before `finetune.augment` / `finetune.distill` existed lack them: they fine-tune
     without augmentation and without distillation)."""
     ft = spec["finetune"]
-    return {"loss": spec["train"]["loss"], "epochs": int(ft["epochs"]), "lr": float(ft["lr"]),
-            "batch_size": int(ft["batch_size"]), "seed": int(spec["search"]["seed"]),
-            "augment": bool(ft.get("augment", False)), "hflip": bool(ft.get("hflip", False)),
-            "distill": float(ft.get("distill", 0.0))}
+    return {
+        "loss": spec["train"]["loss"],
+        "epochs": int(ft["epochs"]),
+        "lr": float(ft["lr"]),
+        "batch_size": int(ft["batch_size"]),
+        "seed": int(spec["search"]["seed"]),
+        "augment": bool(ft.get("augment", False)),
+        "hflip": bool(ft.get("hflip", False)),
+        "distill": float(ft.get("distill", 0.0)),
+    }
 
 
-def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, latency: bool = True,
-                        threads: int | None = 1, allow_factories: Any = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str,
+    spec: dict[str, Any],
+    pr_curve: bool = True,
+    latency: bool = True,
+    threads: int | None = 1,
+    allow_factories: Any = None,
+) -> dict[str, Any]:
     """Test metrics of a stored model: test mAP@all / @1000 (query vs database), val mAP, measured
     cost, latency, and the precision-recall curve by Hamming radius (for the report's plot)."""
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
@@ -220,10 +291,14 @@ def evaluate_checkpoint(path: str, spec: dict[str, Any], pr_curve: bool = True, 
     ql, dl = splits.query[1], splits.database[1]
     k = min(1000, int(db.shape[0]))
     cost = measure_cost(model, example_input(ckpt))
-    out: dict[str, Any] = {"test_map": float(mean_average_precision(q, db, ql, dl)),
-                           "test_map_topk": float(mean_average_precision(q, db, ql, dl, topk=k)), "topk": k,
-                           "val_map": float(validation_map(model, splits)),
-                           "flops": int(cost.flops), "params": int(cost.params)}
+    out: dict[str, Any] = {
+        "test_map": float(mean_average_precision(q, db, ql, dl)),
+        "test_map_topk": float(mean_average_precision(q, db, ql, dl, topk=k)),
+        "topk": k,
+        "val_map": float(validation_map(model, splits)),
+        "flops": int(cost.flops),
+        "params": int(cost.params),
+    }
     if pr_curve:
         out["pr_curve"] = _pr_to_lists(precision_recall_curve(q, db, ql, dl))
     if latency:

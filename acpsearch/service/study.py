@@ -3,6 +3,7 @@
 Everything a runner needs to resume lives in the storage (study user attributes + artifacts),
 never in the runner's memory: a SIGKILLed runner leaves a study that the next runner continues.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from acpsearch.errors import SpecError, StorageError
-from acpsearch.spec import StudySpec, spec_from_json
+from acpsearch.service.spec import StudySpec, spec_from_json
 
 KIND = "acpsearch-search"
 FINETUNE_KIND = "acpsearch-finetune"
@@ -48,7 +49,7 @@ def round_ratios(ratios: dict[str, Any], digits: int = RATIO_DIGITS) -> dict[str
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # --- studies -------------------------------------------------------------------------------------
@@ -76,12 +77,14 @@ def study_spec(study: Any) -> StudySpec:
 def check_name(name: str, field: str = "--name") -> None:
     """A name a user may give a study: NAME_RE, and not ending in '.finetune' (the suffix of the
     companion study acpsearch makes for every study; a user's study of that name would collide)."""
-    from acpsearch import spec as _spec
+    from acpsearch.service import spec as _spec
 
     _spec.check_name(name, field)  # the whole name (no trailing newline), not empty
     if name.endswith(FINETUNE_SUFFIX):
-        raise SpecError(f"{field}: {name!r} ends in {FINETUNE_SUFFIX!r}, which is reserved for the companion study "
-                        f"acpsearch makes for {name[:-len(FINETUNE_SUFFIX)]!r}; choose another name")
+        raise SpecError(
+            f"{field}: {name!r} ends in {FINETUNE_SUFFIX!r}, which is reserved for the companion study "
+            f"acpsearch makes for {name[: -len(FINETUNE_SUFFIX)]!r}; choose another name"
+        )
 
 
 def _write_attrs(put: Any, attrs: dict[str, Any], objectives: list[str]) -> None:
@@ -119,8 +122,10 @@ def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objective
     if rdb is not None:
         session = rdb.scoped_session()
         try:
-            row = models.StudyModel(study_name=name, directions=[
-                models.StudyDirectionModel(objective=0, direction=optuna.study.StudyDirection.MAXIMIZE)])
+            row = models.StudyModel(
+                study_name=name,
+                directions=[models.StudyDirectionModel(objective=0, direction=optuna.study.StudyDirection.MAXIMIZE)],
+            )
             session.add(row)
             session.flush()  # the study id; still inside the transaction
 
@@ -142,9 +147,13 @@ def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objective
 
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     try:
-        _write_attrs(lambda key, value, system=False: (storage.set_study_system_attr if system else
-                                                        storage.set_study_user_attr)(study._study_id, key, value),
-                     attrs, objectives)
+        _write_attrs(
+            lambda key, value, system=False: (storage.set_study_system_attr if system else storage.set_study_user_attr)(
+                study._study_id, key, value
+            ),
+            attrs,
+            objectives,
+        )
     except BaseException:
         try:
             optuna.delete_study(study_name=name, storage=storage)
@@ -160,7 +169,7 @@ def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
     import optuna
 
     given = name
-    name = name or spec.name or f"study-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    name = name or spec.name or f"study-{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     check_name(name, "--name" if given else "spec: name")
     spec = spec.model_copy(update={"name": name})
     attrs = {"kind": KIND, "spec": spec.to_dict(), "state": "submitted", "submitted_at": now_iso()}
@@ -201,9 +210,12 @@ def set_finished_trial_user_attr(storage: Any, trial_id: int, key: str, value: A
 
     session = rdb.scoped_session()
     try:
-        row = (session.query(models.TrialUserAttributeModel)
-               .filter(models.TrialUserAttributeModel.trial_id == trial_id)
-               .filter(models.TrialUserAttributeModel.key == key).one_or_none())
+        row = (
+            session.query(models.TrialUserAttributeModel)
+            .filter(models.TrialUserAttributeModel.trial_id == trial_id)
+            .filter(models.TrialUserAttributeModel.key == key)
+            .one_or_none()
+        )
         if row is None:
             session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
         else:
@@ -237,10 +249,15 @@ def _companion_problem(storage: Any, parent_name: str) -> str | None:
     attrs = storage.get_study_user_attrs(sid)
     if attrs.get("kind") == FINETUNE_KIND and attrs.get("parent") == parent_name:
         return None
-    what = (f"kind {attrs.get('kind')!r}, parent {attrs.get('parent')!r}" if attrs.get("kind")
-            else "no acpsearch attributes")
-    return (f"study {name!r}: exists but is not the fine-tuning study of {parent_name!r} ({what}); "
-            f"acpsearch leaves it alone: rename or delete it, or run {parent_name!r} in another storage")
+    what = (
+        f"kind {attrs.get('kind')!r}, parent {attrs.get('parent')!r}"
+        if attrs.get("kind")
+        else "no acpsearch attributes"
+    )
+    return (
+        f"study {name!r}: exists but is not the fine-tuning study of {parent_name!r} ({what}); "
+        f"acpsearch leaves it alone: rename or delete it, or run {parent_name!r} in another storage"
+    )
 
 
 def check_companion(storage: Any, parent_name: str) -> None:
@@ -260,8 +277,9 @@ def finetune_study(storage: Any, parent: Any) -> Any:
 
     name = parent.study_name + FINETUNE_SUFFIX
     try:
-        return _create_with_attrs(storage, name, {"kind": FINETUNE_KIND, "parent": parent.study_name},
-                                  [FINETUNE_OBJECTIVE])
+        return _create_with_attrs(
+            storage, name, {"kind": FINETUNE_KIND, "parent": parent.study_name}, [FINETUNE_OBJECTIVE]
+        )
     except optuna.exceptions.DuplicatedStudyError:
         pass
     check_companion(storage, parent.study_name)
@@ -282,7 +300,9 @@ def phase_done(study: Any, phase: str) -> dict[str, Any] | None:
 
 
 def mark_phase(study: Any, phase: str, seconds: float, **details: Any) -> None:
-    study.set_user_attr(f"phase.{phase}", {"done": True, "seconds": round(float(seconds), 3), "at": now_iso(), **details})
+    study.set_user_attr(
+        f"phase.{phase}", {"done": True, "seconds": round(float(seconds), 3), "at": now_iso(), **details}
+    )
 
 
 def set_state(study: Any, state: str, **extra: Any) -> None:
@@ -359,8 +379,10 @@ class Lease:
         from sqlalchemy import text
 
         with self._engine().connect() as conn:
-            row = conn.execute(text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'lease'"),
-                               {"s": self.study_id}).first()
+            row = conn.execute(
+                text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'lease'"),
+                {"s": self.study_id},
+            ).first()
         return None if row is None else str(row[0])
 
     def _swap(self, old: str | None, new: dict[str, Any]) -> bool:
@@ -374,15 +396,21 @@ class Lease:
         if old is None:
             try:
                 with self._engine().begin() as conn:
-                    conn.execute(text("INSERT INTO study_user_attributes (study_id, key, value_json) "
-                                      "VALUES (:s, 'lease', :v)"), {"s": self.study_id, "v": raw})
+                    conn.execute(
+                        text("INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:s, 'lease', :v)"),
+                        {"s": self.study_id, "v": raw},
+                    )
             except IntegrityError:  # someone else created the row first
                 return False
         else:
             with self._engine().begin() as conn:
-                n = conn.execute(text("UPDATE study_user_attributes SET value_json = :v "
-                                      "WHERE study_id = :s AND key = 'lease' AND value_json = :old"),
-                                 {"s": self.study_id, "v": raw, "old": old}).rowcount
+                n = conn.execute(
+                    text(
+                        "UPDATE study_user_attributes SET value_json = :v "
+                        "WHERE study_id = :s AND key = 'lease' AND value_json = :old"
+                    ),
+                    {"s": self.study_id, "v": raw, "old": old},
+                ).rowcount
                 if n != 1:
                     return False
         self._raw = raw
@@ -477,8 +505,12 @@ def wait_for_lease(lease: Lease, timeout_s: float, poll_s: float = 2.0) -> bool:
 def lease_state(attrs: dict[str, Any], now: float | None = None) -> str:
     lease = attrs.get("lease")
     now = time.time() if now is None else now
-    if isinstance(lease, dict) and lease.get("holder") and float(lease.get("expires", 0)) >= now \
-            and not _holder_dead(lease["holder"]):
+    if (
+        isinstance(lease, dict)
+        and lease.get("holder")
+        and float(lease.get("expires", 0)) >= now
+        and not _holder_dead(lease["holder"])
+    ):
         return f"held by {lease['holder']} (lease expires in {max(0.0, float(lease['expires']) - now):.0f} s)"
     return "free"
 
