@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import AcpError, CheckpointError, SpecError
+from acpsearch.pruning import PruningStrategy, make_record
 
 FORMAT = "acpsearch"
 VERSION = 1
@@ -599,3 +600,25 @@ def load_model(path: str | Path, allow_factories: Any = None) -> nn.Module:
     (e.g. ``["mypkg"]``) or $ACPSEARCH_ALLOW_FACTORIES; otherwise CheckpointError, nothing imported."""
     ckpt = read_checkpoint(path)
     return model_from_checkpoint(ckpt, source=f"checkpoint {str(path)!r}", allow_factories=allow_factories)
+
+
+def save_pruned(
+    path: str | Path,
+    pruned_model: nn.Module,
+    strategy: PruningStrategy | dict[str, Any] | None,
+    model_cfg: dict[str, Any],
+    input_shape: list[int] | tuple[int, ...],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a weights-only checkpoint of a pruned model that ``acpsearch.load_model`` reloads.
+
+    `strategy` may be the PruningStrategy used, or a record; by default the record attached by
+    ``prune`` is used (it holds the indices actually kept)."""
+    record = getattr(pruned_model, "acp_pruning_record", None)
+    if isinstance(strategy, dict):
+        record = strategy
+    elif record is None and strategy is not None:
+        record = make_record(strategy)
+    if record is None:
+        raise CheckpointError("save_pruned: no pruning record (pass the strategy or a record)")
+    return save_checkpoint(path, pruned_model, model_cfg, input_shape, pruning=record, meta=meta)

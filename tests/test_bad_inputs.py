@@ -248,7 +248,8 @@ def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
         save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
         if kind in ("missing-kept", "groups-str"):
             from acpsearch.graph import ChannelGraph
-            from acpsearch.pruning import PruningStrategy, prune, save_pruned
+            from acpsearch.checkpoint import save_pruned
+            from acpsearch.pruning import PruningStrategy, prune
 
             example = torch.zeros(1, 1, 8, 8)
             s = PruningStrategy.uniform(ChannelGraph.from_model(model, example), 0.5)

@@ -12,7 +12,8 @@ from torch import nn
 
 import acpsearch as acp
 from acpsearch.errors import AcpError, CheckpointError, SpecError, UnsupportedModelError
-from acpsearch.pruning import apply_record, make_record, save_pruned
+from acpsearch.checkpoint import save_pruned
+from acpsearch.pruning import apply_record, make_record
 
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(1))
 

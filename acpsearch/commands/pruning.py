@@ -103,7 +103,8 @@ def prune_cmd(
     """Prune every channel group uniformly; print the cost before/after and write a checkpoint."""
     from acpsearch.graph import ChannelGraph
     from acpsearch.outputs import atomic_out, check_out
-    from acpsearch.pruning import PruningStrategy, measure_cost, prune, save_pruned
+    from acpsearch.checkpoint import save_pruned
+    from acpsearch.pruning import PruningStrategy, measure_cost, prune
 
     if criterion == "taylor":
         raise SpecError("--criterion: taylor needs data; use the library (ChannelGraph.set_taylor_importance)")

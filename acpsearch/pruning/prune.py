@@ -300,27 +300,3 @@ def apply_record(model: nn.Module, record: dict[str, Any], example_input: Any) -
     pruned = apply_indices(model, g, indices, example_input, expected=expected)
     pruned.acp_pruning_record = record
     return pruned
-
-
-def save_pruned(
-    path: str | Path,
-    pruned_model: nn.Module,
-    strategy: PruningStrategy | dict[str, Any] | None,
-    model_cfg: dict[str, Any],
-    input_shape: list[int] | tuple[int, ...],
-    meta: dict[str, Any] | None = None,
-) -> Path:
-    """Write a weights-only checkpoint of a pruned model that ``acpsearch.load_model`` reloads.
-
-    `strategy` may be the PruningStrategy used, or a record; by default the record attached by
-    ``prune`` is used (it holds the indices actually kept)."""
-    from acpsearch.checkpoint import save_checkpoint
-
-    record = getattr(pruned_model, "acp_pruning_record", None)
-    if isinstance(strategy, dict):
-        record = strategy
-    elif record is None and isinstance(strategy, PruningStrategy):
-        record = make_record(strategy)
-    if record is None:
-        raise CheckpointError("save_pruned: no pruning record (pass the strategy or a record)")
-    return save_checkpoint(path, pruned_model, model_cfg, input_shape, pruning=record, meta=meta)
