@@ -16,9 +16,10 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 # the extras the tests need: export (onnx, onnxruntime, onnxscript) and postgres (psycopg2) are in
 # `test` too; named here as well so an older pip that does not resolve self-referencing extras gets them
-if ! .venv/bin/python -c "import acpsearch, optuna, ray, torch_geometric, pytest, onnx, onnxruntime, onnxscript, PIL, psycopg2" 2>/dev/null \
+if ! .venv/bin/python -c "import acpsearch, optuna, ray, torch_geometric, pytest, onnx, onnxruntime, onnxscript, PIL, psycopg2, mypy" 2>/dev/null \
+   || [ ! -x .venv/bin/ruff ] \
    || [ pyproject.toml -nt .venv/.acpsearch-installed ]; then
-  .venv/bin/pip install -q -e ".[test,export,postgres]"
+  .venv/bin/pip install -q -e ".[test,export,postgres,dev]"
   touch .venv/.acpsearch-installed
 fi
 # Fashion-MNIST ships as a Debian package; install it when apt is usable, else the demo falls back
