@@ -15,7 +15,7 @@ ratios, latency (batch 32, 1 thread), fine-tuning epochs spent, wall seconds.
 Each method's final network is also fine-tuned with --seeds seeds from the same pruned weights: the
 spread is the fine-tuning seed noise the issue's margins are judged against.
 Results: benchmarks/results/search_quality.json, one block per net@budget, merged and rewritten
-after every method, plus search_quality.md (the README table).
+after every method, plus search_quality.md (the table of docs/results/search_quality.md).
 
 Full run (CPU, about 15 minutes per net and budget on 2 quiet cores; by hand):
     nice -n 5 .venv/bin/python -m benchmarks.search_quality --base benchmarks/cache/resnet20_csq32_fmnist.pt \
@@ -192,7 +192,7 @@ def run_acpsearch(
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
-    """README table: one block per (model, budget), methods as rows."""
+    """The docs/results/search_quality.md table: one block per (model, budget), methods as rows."""
     lines = [
         "| net | budget (FLOPs) | method | test mAP@all (seed 0) | mean +- std over seeds | val mAP | FLOPs ratio | "
         "params ratio | latency ms | fine-tune epochs spent | wall s |",

@@ -14,7 +14,7 @@
 
 Results of the session that added the anchor: benchmarks/results/anchor_neighbourhood.jsonl
 (kinds region4, region1, whole1) and structure_sweep_anchor.jsonl (criteria, folder .gpu/xc);
-README, "The magnitude anchor".
+docs/results/journal.md (2026-11-26) and docs/results/magnitude_anchor.md.
 
     .venv/bin/python -m benchmarks.experiments.anchor_neighbourhood --kind region4 --dir .gpu/x50
     python3 -m benchmarks.structure_sweep run --dir .gpu/x50 --data .gpu/fmnist --recipes ft4 --seeds 5 \\
