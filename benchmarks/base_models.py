@@ -7,8 +7,8 @@ mAP@all and mAP@1000 (queries vs database) are measured. Rows: resnet20 / vgg11 
 
 Run by hand (not part of the tests), e.g.
 
-    nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 --only resnet20-csq32 --epochs 40
-    nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1   # the whole table
+    nice -n 10 .venv/bin/python -m benchmarks.base_models --threads 1 --only resnet20-csq32 --epochs 40
+    nice -n 10 .venv/bin/python -m benchmarks.base_models --threads 1   # the whole table
 
 (--threads 1: on 2 shared cores two OpenMP threads spent 3x the CPU time per batch waiting for
 each other, measured 1.6 vs 0.49 CPU-s per ResNet-20 batch of 128.)
@@ -21,20 +21,15 @@ benchmarks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from acpsearch.hashing import (  # noqa: E402
+from acpsearch.hashing import (
     checkpoint_meta,
     create_model,
     evaluate,
@@ -43,10 +38,7 @@ from acpsearch.hashing import (  # noqa: E402
     save_zoo_checkpoint,
     train_hash_net,
 )
-
-RESULTS = ROOT / "benchmarks" / "results"
-CACHE = ROOT / "benchmarks" / "cache"
-PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
+from benchmarks.common import CACHE, PROTOCOL, RESULTS, ROOT, parser, set_threads, write_json
 
 # row id -> (model, loss, bits, default epochs). 40 epochs for the reference row, fewer elsewhere:
 # 2 CPU cores are shared by four workers, the whole table must fit in about an hour.
@@ -130,11 +122,13 @@ def write_markdown(results: dict, env: dict) -> None:
         "Protocol: 100 query / 500 train / 100 val images per class, database = the other 63,000; seed 0. "
         "Model chosen by validation mAP (val vs train); test = 1,000 queries vs 63,000 database images, "
         "Hamming ranking with ties in (shuffled) database order.",
-        f"Recipe: Adam lr {RECIPE['lr']}, batch {RECIPE['batch_size']} (rows with another batch ran the earlier recipe), "
+        f"Recipe: Adam lr {RECIPE['lr']}, batch {RECIPE['batch_size']} "
+        "(rows with another batch ran the earlier recipe), "
         "1 warm-up epoch + cosine to 0, weight decay "
         f"{RECIPE['weight_decay']}, random crop (pad 3) + horizontal flip. Machine: {env.get('machine', '')}.",
         "",
-        "| model | loss | bits | batch | epochs (best) | params | val mAP | test mAP@all | test mAP@1000 | P@1000 | s/epoch (train) |",
+        "| model | loss | bits | batch | epochs (best) | params | val mAP | test mAP@all | test mAP@1000 | P@1000 "
+        "| s/epoch (train) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in ROWS:
@@ -151,14 +145,14 @@ def write_markdown(results: dict, env: dict) -> None:
         "",
         f"s/epoch is wall time with {env.get('threads')} torch thread(s) on 2 CPU cores shared with "
         "other jobs (load average 3-12 during the runs), so it is an upper bound, not a speed measurement.",
-        "Command: `nice -n 10 .venv/bin/python benchmarks/base_models.py --threads 1 [--only ROW,...] [--epochs N]`",
+        "Command: `nice -n 10 .venv/bin/python -m benchmarks.base_models --threads 1 [--only ROW,...] [--epochs N]`",
         "",
     ]
     (RESULTS / "base_models.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, full=False)
     ap.add_argument("--only", default="", help=f"comma-separated row ids: {', '.join(ROWS)} (or e.g. resnet20-32)")
     ap.add_argument("--epochs", type=int, default=None, help="override the epochs of the selected rows")
     ap.add_argument("--data-dir", default=None)
@@ -182,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown row(s) {unknown}; known: {', '.join(ROWS)}")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     ds = load_dataset("fashion-mnist", args.data_dir)
     splits = make_splits(ds, **PROTOCOL)
     print(f"splits {splits.sizes()}", flush=True)
@@ -192,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, "
+        f"torch {torch.__version__}",
     }
     mine: dict[str, dict] = {}
     for row in rows:
@@ -213,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(json_path.read_text()) if json_path.exists() else {}
         doc.setdefault("results", {}).update(mine)
         doc.update(protocol=PROTOCOL, dataset="fashion-mnist", env=env)
-        tmp = json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(json_path)
+        write_json(json_path, doc, indent=1)
         write_markdown(doc["results"], env)
     return 0
 

@@ -1,6 +1,6 @@
 """Converter benchmark: graph build time, closed-form cost / to_pyg speed, pruned-model latency.
 
-    nice -n 10 .venv/bin/python benchmarks/converter.py [--reps 15] [--quick]
+    nice -n 10 .venv/bin/python -m benchmarks.converter [--reps 15] [--quick]
 
 Measures
 * ChannelGraph.from_model time for the zoo ResNet-56 hash net (1x28x28) and a ResNet-50-size
@@ -13,12 +13,9 @@ Writes benchmarks/results/converter.json and converter.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,11 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import acpsearch as acp  # noqa: E402
-from acpsearch.pruning import PruningStrategy, measure_cost, prune  # noqa: E402
+import acpsearch as acp
+from acpsearch.pruning import PruningStrategy, measure_cost, prune
+from benchmarks.common import RESULTS, parser, set_threads, write_json
 
 TARGETS = {
     "build_resnet50_s": 2.0,
@@ -126,7 +121,7 @@ def uniform_for_flops(g, target: float, round_to: int = 4) -> PruningStrategy:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, full=False)
     ap.add_argument("--reps", type=int, default=15, help="interleaved latency repeats")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
@@ -137,12 +132,12 @@ def main() -> None:
         help="intra-op threads for the latency runs (1: this 2-core box is shared and "
         "multi-threaded OpenMP spin-waits under load)",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     reps = 3 if args.quick else args.reps
     torch.manual_seed(0)
     res: dict = {
-        "command": "nice -n 10 .venv/bin/python benchmarks/converter.py"
+        "command": "nice -n 10 .venv/bin/python -m benchmarks.converter"
         + (" --quick" if args.quick else "")
         + (f" --threads {args.threads}" if args.threads != 1 else ""),
         "machine": {
@@ -218,9 +213,9 @@ def main() -> None:
             name = f"flops_{int(target * 100)}" + ("" if rt == 4 else f"_round{rt}")
             models[name] = (p, measure_cost(p, x56), float(next(iter(s.ratios.values()))))
             kept_sets[name] = sorted(set(s.kept.values()))
-    for name, (m, _, _) in models.items():
+    for m, _, _ in models.values():
         m.eval().to(memory_format=torch.channels_last)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     res["machine"]["latency_threads"] = args.threads
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.no_grad():
@@ -228,11 +223,11 @@ def main() -> None:
             m(xb)
         for _ in range(reps):
             for name, (m, _, _) in models.items():
-                times[name].append(timed(lambda: m(xb)))
+                times[name].append(timed(lambda m=m: m(xb)))
     t0 = statistics.median(times["unpruned"])
     m0 = min(times["unpruned"])
     lat = {}
-    for name, (m, c, keep) in models.items():
+    for name, (_m, c, keep) in models.items():
         t = statistics.median(times[name])
         flops_red = base.flops / c.flops
         lat[name] = {
@@ -267,7 +262,7 @@ def main() -> None:
         >= TARGETS["latency_efficiency_at_50"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "converter.json").write_text(json.dumps(res, indent=2))
+    write_json(args.out / "converter.json", res)
     (args.out / "converter.md").write_text(markdown(res))
     print(markdown(res))
 
@@ -295,7 +290,8 @@ def markdown(r: dict) -> str:
         )
     lines += [
         f"| g.cost(s) ResNet-56 | {p['cost_ms']:.4f} ms | <= 1 ms | {r['targets_met']['cost_ms']} |",
-        f"| g.cost_batch(10 rows) ResNet-56 | {p['cost_batch10_ms']:.4f} ms | < 1 ms | {r['targets_met']['cost_batch10_ms']} |",
+        f"| g.cost_batch(10 rows) ResNet-56 | {p['cost_batch10_ms']:.4f} ms | < 1 ms "
+        f"| {r['targets_met']['cost_batch10_ms']} |",
         f"| g.cost_batch(1000 rows) ResNet-56 | {p['cost_batch1000_ms']:.3f} ms | | |",
         f"| g.to_pyg(s) ResNet-56 ({p['pyg_nodes']} nodes x {p['pyg_features']} features) | {p['to_pyg_ms']:.3f} ms | "
         f"<= 5 ms | {r['targets_met']['to_pyg_ms']} |",
@@ -320,7 +316,8 @@ def markdown(r: dict) -> str:
         "Paired = median over repeats of (unpruned time / pruned time) measured back to back. "
         "Target: speed-up >= 0.7 x MACs reduction at 50% MACs (flops_50, default round_to 4, paired): "
         f"{r['targets_met']['latency_efficiency_at_50']}; with round_to 8 (flops_50_round8): "
-        f"{r['targets_met']['latency_efficiency_at_50_round8']}. The box is shared with other jobs (load average above), "
+        f"{r['targets_met']['latency_efficiency_at_50_round8']}. "
+        "The box is shared with other jobs (load average above), "
         "so single timings vary by 2x; min is the least-disturbed run.",
         "",
     ]

@@ -2,7 +2,7 @@
 
 Real data, run by hand (CPU, ~1 h):
 
-    nice -n 10 .venv/bin/python benchmarks/ranking.py > benchmarks/cache/ranking.log 2>&1 &
+    nice -n 10 .venv/bin/python -m benchmarks.ranking > benchmarks/cache/ranking.log 2>&1 &
 
 Protocol: Fashion-MNIST, CIFAR-style splits (100 queries + 500 train + 100 val per class, the
 rest as database), the trained ResNet-20 32-bit CSQ hash net (benchmarks/cache/
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,29 +33,26 @@ import numpy as np
 import torch
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import acpsearch as acp  # noqa: E402
-from acpsearch.checkpoint import read_checkpoint  # noqa: E402
-from acpsearch.encoder import FunctionalProbe, train_encoder  # noqa: E402
-from acpsearch.hashing import encode, evaluate, load_dataset, make_splits, mean_average_precision, train_hash_net  # noqa: E402
-from acpsearch.search.rankers import (  # noqa: E402
+import acpsearch as acp
+from acpsearch.checkpoint import read_checkpoint
+from acpsearch.encoder import FunctionalProbe, train_encoder
+from acpsearch.hashing import encode, evaluate, load_dataset, make_splits, mean_average_precision, train_hash_net
+from acpsearch.search.rankers import (
     AdaptiveBNRanker,
     CodeAgreementRanker,
     L1RetainedRanker,
     RandomRanker,
     SimilarityRanker,
 )
-from acpsearch.search.space import Budget, DynamicSpace  # noqa: E402
+from acpsearch.search.space import Budget, DynamicSpace
+from benchmarks import common
 
-CACHE = ROOT / "benchmarks" / "cache"
-RESULTS = ROOT / "benchmarks" / "results"
-COMMAND = "nice -n 10 .venv/bin/python benchmarks/ranking.py"
+CACHE = common.CACHE
+RESULTS = common.RESULTS
+COMMAND = "nice -n 10 .venv/bin/python -m benchmarks.ranking"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = common.log
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -91,7 +87,7 @@ def claim(name: str) -> bool:
 
 
 def setup(args: argparse.Namespace):
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     ckpt = read_checkpoint(args.base)
     model = acp.load_model(args.base).eval()
     meta = ckpt.get("meta", {})
@@ -295,7 +291,7 @@ def test_priority(scores: dict[str, Any], done: list[dict[str, Any]]) -> list[in
     fine-tuned validation mAP, then all the rest (so best_test_map covers every candidate in the end)."""
     idx = [d["idx"] for d in done]
     order: list[int] = []
-    for name, sc in (scores or {}).get("scores", {}).items():
+    for sc in (scores or {}).get("scores", {}).values():
         top = sorted(idx, key=lambda i: -sc[i])[:3]
         order += [i for i in top if i not in order]
     by_val = sorted(done, key=lambda d: -d["val_map"])
@@ -407,7 +403,8 @@ def markdown(out: dict[str, Any]) -> str:
             f"best test mAP {e.get('best_test_map')} (over the test-evaluated candidates), "
             f"FLOPs ratio range {e['flops_ratio_range']}",
             "",
-            "| ranker | Spearman | Kendall | top-1 test mAP | best test mAP in top 3 | s / candidate | candidates / s (batch) |",
+            "| ranker | Spearman | Kendall | top-1 test mAP | best test mAP in top 3 | s / candidate "
+            "| candidates / s (batch) |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, r in e["rankers"].items():
@@ -430,10 +427,57 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def base_eval(model: Any, splits: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The base network's test / val mAP: cached, from the checkpoint's meta, or measured."""
+    base_path = CACHE / "ranking_base_eval.json"
+    m = meta.get("metrics") or {}
+    if base_path.exists():
+        return json.loads(base_path.read_text())
+    if "map_all" in m and "val_map" in m:  # measured by benchmarks.base_models on the same protocol
+        base = {"map_all": m["map_all"], "val_map": m["val_map"], "source": "checkpoint meta"}
+    else:
+        base = evaluate(model, splits)
+    base_path.write_text(json.dumps(base))
+    return base
+
+
+def test_passes(
+    args: argparse.Namespace, model: Any, splits: Any, example: Any, b: str, cands: list[Any], base: dict[str, Any]
+) -> None:
+    """Test passes of one budget's fine-tuned candidates, by ranker priority, until every ranker's top 3
+    is tested (and --min-tested are), or all are with --test-all."""
+    while True:
+        sc = load_scores(b, args.candidates, args.scores_version)
+        m = merged(b, args.epochs)
+        untested = {d["idx"] for d in m if d["test_map"] is None}
+        order = [
+            i for i in test_priority(sc, m) if i in untested and not (CACHE / f"ranking_test_{b}_{i}.lock").exists()
+        ]
+        if not order:
+            break
+        i = order[0]
+        if not claim(f"ranking_test_{b}_{i}"):
+            continue
+        rec = test_one(args, model, splits, example, b, i, cands[i])
+        with (CACHE / "ranking_test.jsonl").open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        log(f"[{b}] candidate {i}: test {rec['test_map']:.4f} ({rec['eval_seconds']:.0f}s)")
+        write_results(args, base)
+        res = json.loads((RESULTS / "ranking.json").read_text())["budgets"][b].get("rankers", {})
+        if (
+            not args.test_all
+            and sc is not None
+            and len(res) >= 7
+            and all(r["top3_best_test_map"] is not None for r in res.values())
+            and sum(d["test_map"] is not None for d in merged(b, args.epochs)) >= args.min_tested
+        ):
+            break
+
+
 def main(argv: list[str] | None = None) -> int:
     global CACHE, RESULTS
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base", default=str(ROOT / "benchmarks" / "cache" / "resnet20_csq32_fmnist.pt"))
+    p = common.parser(__doc__, full=False)
+    p.add_argument("--base", default=str(common.BASE))
     p.add_argument("--budgets", nargs="+", default=["0.5", "0.25"])
     p.add_argument("--candidates", type=int, default=24)
     p.add_argument("--epochs", type=int, default=4)
@@ -469,26 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=["all", "scores", "finetune", "test", "report"],
         help="test: test passes of the candidates fine-tuned so far (by ranker priority), no waiting",
     )
-    p.add_argument(
-        "--cache", default=str(ROOT / "benchmarks" / "cache"), help="cache folder (a dry run can point elsewhere)"
-    )
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--cache", default=str(common.CACHE), help="cache folder (a dry run can point elsewhere)")
+    p.add_argument("--results", default=str(common.RESULTS))
     p.add_argument("--ft-threads", type=int, default=None, help="torch threads while fine-tuning (default --threads)")
     args = p.parse_args(argv)
     CACHE, RESULTS = Path(args.cache), Path(args.results)
     CACHE.mkdir(parents=True, exist_ok=True)
 
     model, splits, example, g, meta = setup(args)
-    base_path = CACHE / "ranking_base_eval.json"
-    m = meta.get("metrics") or {}
-    if base_path.exists():
-        base = json.loads(base_path.read_text())
-    elif "map_all" in m and "val_map" in m:  # measured by benchmarks/base_models.py on the same protocol
-        base = {"map_all": m["map_all"], "val_map": m["val_map"], "source": "checkpoint meta"}
-        base_path.write_text(json.dumps(base))
-    else:
-        base = evaluate(model, splits)
-        base_path.write_text(json.dumps(base))
+    base = base_eval(model, splits, meta)
     log(f"base test mAP {base['map_all']:.4f} val mAP {base['val_map']:.4f}")
 
     cands = {
@@ -520,32 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             not any(d["idx"] == i for d in merged(b, args.epochs)) for i in range(len(cands[b]))
         ):
             time.sleep(10)  # another process is finishing a claimed fine-tune
-        while True:
-            sc = load_scores(b, args.candidates, args.scores_version)
-            m = merged(b, args.epochs)
-            untested = {d["idx"] for d in m if d["test_map"] is None}
-            order = [
-                i for i in test_priority(sc, m) if i in untested and not (CACHE / f"ranking_test_{b}_{i}.lock").exists()
-            ]
-            if not order:
-                break
-            i = order[0]
-            if not claim(f"ranking_test_{b}_{i}"):
-                continue
-            rec = test_one(args, model, splits, example, b, i, cands[b][i])
-            with (CACHE / "ranking_test.jsonl").open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            log(f"[{b}] candidate {i}: test {rec['test_map']:.4f} ({rec['eval_seconds']:.0f}s)")
-            write_results(args, base)
-            res = json.loads((RESULTS / "ranking.json").read_text())["budgets"][b].get("rankers", {})
-            if (
-                not args.test_all
-                and sc is not None
-                and len(res) >= 7
-                and all(r["top3_best_test_map"] is not None for r in res.values())
-                and sum(d["test_map"] is not None for d in merged(b, args.epochs)) >= args.min_tested
-            ):
-                break
+        test_passes(args, model, splits, example, b, cands[b], base)
     if args.phase == "all":  # then the remaining test passes, so best_test_map covers every candidate
         for b in args.budgets:
             for d in merged(b, args.epochs):

@@ -15,13 +15,13 @@ ratios, latency (batch 32, 1 thread), fine-tuning epochs spent, wall seconds.
 Each method's final network is also fine-tuned with --seeds seeds from the same pruned weights: the
 spread is the fine-tuning seed noise the issue's margins are judged against.
 Results: benchmarks/results/search_quality.json, one block per net@budget, merged and rewritten
-after every method, plus search_quality.md (the README table).
+after every method, plus search_quality.md (the table of docs/results/search_quality.md).
 
 Full run (CPU, about 15 minutes per net and budget on 2 quiet cores; by hand):
-    nice -n 5 .venv/bin/python benchmarks/search_quality.py --base benchmarks/cache/resnet20_csq32_fmnist.pt \
+    nice -n 5 .venv/bin/python -m benchmarks.search_quality --base benchmarks/cache/resnet20_csq32_fmnist.pt \
         --model resnet20 --budgets 0.5,0.25 --epochs 4 --top 4 --candidates 500 --seeds 3
 Smoke test (digits, ~3 min):
-    .venv/bin/python benchmarks/search_quality.py --smoke
+    .venv/bin/python -m benchmarks.search_quality --smoke
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
-from acpsearch.graph import ChannelGraph  # noqa: E402
-from acpsearch.hashing import create_model, evaluate, load_dataset, make_splits, train_hash_net  # noqa: E402
-from acpsearch.pruning import PruningStrategy, measure_cost, prune  # noqa: E402
-from acpsearch.service.tasks import measure_latency_ms  # noqa: E402
+from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from acpsearch.graph import ChannelGraph
+from acpsearch.hashing import create_model, evaluate, load_dataset, make_splits, train_hash_net
+from acpsearch.pruning import PruningStrategy, measure_cost, prune
+from acpsearch.service.tasks import measure_latency_ms
+from benchmarks.common import RESULTS, load_base, parser, set_threads
 
 
 def finetune_and_eval(
@@ -67,7 +65,7 @@ def finetune_and_eval(
         augment=args.augment,
         hflip=args.augment,
         distill=args.distill,
-        teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
+        teacher=load_base(args.base) if args.distill else None,
     )
     ev = evaluate(res.model, splits)
     cost = measure_cost(res.model, torch.zeros(*shape))
@@ -194,13 +192,13 @@ def run_acpsearch(
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
-    """README table: one block per (model, budget), methods as rows."""
+    """The docs/results/search_quality.md table: one block per (model, budget), methods as rows."""
     lines = [
         "| net | budget (FLOPs) | method | test mAP@all (seed 0) | mean +- std over seeds | val mAP | FLOPs ratio | "
         "params ratio | latency ms | fine-tune epochs spent | wall s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, block in doc.get("runs", {}).items():
+    for block in doc.get("runs", {}).values():
         b = block["base"]
         lines.append(
             f"| {block['model']} | unpruned | base | {b['test_map']:.4f} | | {b['val_map']:.4f} | 1.000 | "
@@ -344,7 +342,7 @@ def run_budget(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--base", type=Path, help="trained base checkpoint (default: train one with --base-epochs)")
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--bits", type=int, default=32)
@@ -390,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default="acpsearch,uniform_l1,tp_global_mag,random_best_m,adaptive_bn")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search_quality.json")
+    ap.add_argument("--results", type=Path, default=RESULTS / "search_quality.json")
     ap.add_argument("--smoke", action="store_true", help="digits, tiny budgets: checks the script end to end")
     args = ap.parse_args(argv)
     args.protocol = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": args.seed}
@@ -401,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         args.protocol = {"query_per_class": 10, "train_per_class": 60, "val_per_class": 15, "seed": args.seed}
         if args.results == ap.get_default("results"):
             args.results = Path(tempfile.gettempdir()) / "search_quality_smoke.json"
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="search-quality-"))
     splits = make_splits(load_dataset(args.dataset), **args.protocol)
     c, h, _ = splits.input_shape

@@ -9,18 +9,21 @@ float32 tensor (data.stream: false); `stream` keeps them on disk and decodes per
 peak RSS (resource.getrusage ru_maxrss), its RSS after the imports (the baseline) and the growth
 above it, and the ratios memory / stream. Results: docs/results/stream_memory.md.
 
-    PYTHONPATH=. python benchmarks/stream_memory.py --images 5000 --side 64 --out /tmp/stream-mem
+    PYTHONPATH=. python -m benchmarks.stream_memory --images 5000 --side 64 --out /tmp/stream-mem
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import ROOT, parser, set_threads
 
 
 def _rss_mib() -> float:
@@ -37,7 +40,7 @@ def child(mode: str, lists: dict[str, str], batch: int) -> dict[str, float]:
 
     from acpsearch.hashing import encode, load_dataset, make_splits
 
-    torch.set_num_threads(1)
+    set_threads(1)
     base = _rss_mib()
     t0 = time.perf_counter()
     ds = load_dataset("listfile", **lists, stream=mode == "stream", workers=0)
@@ -100,7 +103,7 @@ def generate(out: Path, n: int, side: int) -> dict[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, full=False)
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--side", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
@@ -117,7 +120,9 @@ def main() -> None:
     rows = {}
     for mode in ("memory", "stream"):
         res = subprocess.run(
-            [sys.executable, __file__, "--child", mode, "--lists", json.dumps(lists), "--batch", str(args.batch)],
+            [sys.executable, "-m", "benchmarks.stream_memory", "--child", mode, "--lists", json.dumps(lists)]
+            + ["--batch", str(args.batch)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
             check=True,
             capture_output=True,
             text=True,

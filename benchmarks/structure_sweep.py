@@ -27,13 +27,13 @@ few seconds, so every candidate of every method can be fine-tuned with several s
 Honest selection: the test column never chooses anything. A recipe is not chosen by test either:
 all recipes run are reported.
 
-    .venv/bin/python benchmarks/structure_sweep.py prepare --base benchmarks/cache/resnet20_csq32_fmnist.pt \
+    .venv/bin/python -m benchmarks.structure_sweep prepare --base benchmarks/cache/resnet20_csq32_fmnist.pt \
         --budget 0.5 --dir .gpu/r20-50
-    python3 benchmarks/structure_sweep.py run --dir .gpu/r20-50 --recipes ft4,kd16 --seeds 5 \
+    python3 -m benchmarks.structure_sweep run --dir .gpu/r20-50 --recipes ft4,kd16 --seeds 5 \
         --jobs 12 --deadline 420 --out $OUT/structure_sweep.jsonl     # on the device machine
-    .venv/bin/python benchmarks/structure_sweep.py report benchmarks/results/structure_sweep.jsonl
+    .venv/bin/python -m benchmarks.structure_sweep report benchmarks/results/structure_sweep.jsonl
 
-README.md ("Five seeds per method on a GPU") has the exact commands behind its table.
+docs/results/structure_sweep.md and docs/results/magnitude_anchor.md have the exact commands behind their tables.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import PROTOCOL, load_base, parser, set_threads
 
 # name -> train_hash_net keyword arguments. ft4 is search_quality.py's budget (4 epochs, batch 128);
 # kd16 a longer fine-tune with the base's augmentation and code distillation from the base;
@@ -67,7 +65,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "base40": {"epochs": 40, "lr": 2e-3, "batch_size": 32, "augment": True, "hflip": True, "warmup_epochs": 1},
     "kd8": {"epochs": 8, "lr": 1e-3, "batch_size": 32, "augment": True, "hflip": True, "distill": 1.0},
 }
-PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
 
 
 # --- prepare ---------------------------------------------------------------------------------------
@@ -123,12 +120,11 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
 
 def _load_base(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, torch.Tensor, Any, dict[str, Any]]:
     """Base network, Fashion-MNIST splits, example input, channel graph, and the base's evaluation."""
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import evaluate, load_dataset, make_splits
 
-    torch.set_num_threads(args.threads)
-    base = model_from_checkpoint(read_checkpoint(args.base))
+    set_threads(args.threads)
+    base = load_base(args.base)
     splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
     ex = torch.zeros(1, *splits.input_shape)
     bev = evaluate(base, splits)
@@ -164,12 +160,11 @@ def _write_folder(out: Path, base_path: Path, nets: dict[str, torch.nn.Module], 
 
 
 def prepare(args: argparse.Namespace) -> int:
-    import search_quality as sq
-
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
     from acpsearch.search.rankers import make_ranker
     from acpsearch.service.pipeline import make_space
     from acpsearch.service.spec import parse_spec
+    from benchmarks import search_quality as sq
 
     base, splits, ex, g, base_eval = _load_base(args)
     space = make_space(
@@ -247,9 +242,8 @@ def prepare(args: argparse.Namespace) -> int:
 def prepare_tp_counts(args: argparse.Namespace) -> int:
     """One network: Torch-Pruning global magnitude's kept channel counts per group, pruned by our
     pruner (round_to=1) with our `l1` channel choice: does TP win by its counts or by its channels?"""
-    import search_quality as sq
-
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
+    from benchmarks import search_quality as sq
 
     base, _splits, ex, g, base_eval = _load_base(args)
     tp_modules = dict(sq.tp_global_magnitude(base, ex, args.budget).named_modules())
@@ -297,10 +291,9 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     """One fine-tune + evaluation in a worker process (splits, structures and teacher cached per process)."""
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net
 
-    torch.set_num_threads(1)
+    set_threads(1)
     d = job["dir"]
     if d not in _CACHE:
         data = job.get("data") or str(Path(d) / "fmnist")
@@ -308,7 +301,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         _CACHE[d] = (
             splits,
             torch.load(Path(d) / "structures.pt", weights_only=False),
-            model_from_checkpoint(read_checkpoint(Path(d) / "base.pt")),
+            load_base(Path(d) / "base.pt"),
         )
     splits, nets, teacher = _CACHE[d]
     dev = torch.device(job["device"])
@@ -358,6 +351,58 @@ def _chosen(seed0: dict[str, dict[str, Any]]) -> str:
     return max(seed0, key=lambda c: (seed0[c]["val_map"], c))
 
 
+def _done_jobs(out: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """Jobs already in the results file (resume: they are not run again)."""
+    results: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            if "error" not in r:
+                results[(r["dir"], r["recipe"], r["candidate"], r["seed"])] = r
+    return results
+
+
+def _keep_methods(metas: dict[str, dict[str, Any]], keep: set[str]) -> None:
+    """Drop the candidates of every method not in keep."""
+    for meta in metas.values():
+        meta["methods"] = {m: c for m, c in meta["methods"].items() if m in keep}
+        meta["candidates"] = {n: c for n, c in meta["candidates"].items() if c["method"] in keep}
+
+
+class _Plan:
+    """The job queue of `run`: a heap ordered by (stage, seed, candidate), each job queued once."""
+
+    def __init__(
+        self,
+        stages: list[tuple[str, str]],
+        metas: dict[str, dict[str, Any]],
+        results: dict[tuple[str, str, str, int], dict[str, Any]],
+        seeds: int,
+    ) -> None:
+        self.stages, self.metas, self.results, self.seeds = stages, metas, results, seeds
+        self.heap: list[tuple[int, int, int, str]] = []
+        self.queued: set[tuple[str, str, str, int]] = set()
+
+    def push(self, stage: int, cand: str, seed: int) -> None:
+        import heapq
+
+        d, rc = self.stages[stage]
+        key = (d, rc, cand, seed)
+        if key not in self.results and key not in self.queued:
+            self.queued.add(key)
+            heapq.heappush(self.heap, (stage, seed, list(self.metas[d]["candidates"]).index(cand), cand))
+
+    def extras(self, stage: int) -> None:
+        """Queue the extra seeds of every method whose seed-0 runs are all in."""
+        d, rc = self.stages[stage]
+        for cands in self.metas[d]["methods"].values():
+            seed0 = {c: self.results.get((d, rc, c, 0)) for c in cands}
+            if len(cands) == 1 or all(seed0.values()):
+                best = cands[0] if len(cands) == 1 else _chosen(seed0)
+                for seed in range(1, self.seeds):
+                    self.push(stage, best, seed)
+
+
 def run(args: argparse.Namespace) -> int:
     """Seed 0 of every candidate, then --seeds seeds of each method's val-chosen candidate: the
     extra seeds are spent where the report reads them. Stages (recipe x folder) run in order."""
@@ -367,41 +412,15 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     recipes = args.recipes.split(",")
     metas = {str(d): json.loads((Path(d) / "meta.json").read_text()) for d in args.dir}
-    results: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-    if args.out.exists():  # resume: jobs already in the results file are not run again
-        for line in args.out.read_text().splitlines():
-            r = json.loads(line)
-            if "error" not in r:
-                results[(r["dir"], r["recipe"], r["candidate"], r["seed"])] = r
+    results = _done_jobs(args.out)
     stages = [(d, rc) for rc in recipes for d in metas]  # recipe-major: each recipe covers every budget
-    heap: list[tuple[int, int, int, str]] = []
-    queued: set[tuple[str, str, str, int]] = set()
-
-    def push(stage: int, cand: str, seed: int) -> None:
-        d, rc = stages[stage]
-        key = (d, rc, cand, seed)
-        if key not in results and key not in queued:
-            queued.add(key)
-            heapq.heappush(heap, (stage, seed, list(metas[d]["candidates"]).index(cand), cand))
-
-    def extras(stage: int) -> None:
-        """Queue the extra seeds of every method whose seed-0 runs are all in."""
-        d, rc = stages[stage]
-        for method, cands in metas[d]["methods"].items():
-            seed0 = {c: results.get((d, rc, c, 0)) for c in cands}
-            if len(cands) == 1 or all(seed0.values()):
-                best = cands[0] if len(cands) == 1 else _chosen(seed0)
-                for seed in range(1, args.seeds):
-                    push(stage, best, seed)
-
     if args.methods:  # run only these methods' candidates
-        keep = set(args.methods.split(","))
-        for meta in metas.values():
-            meta["methods"] = {m: c for m, c in meta["methods"].items() if m in keep}
-            meta["candidates"] = {n: c for n, c in meta["candidates"].items() if c["method"] in keep}
+        _keep_methods(metas, set(args.methods.split(",")))
+    plan = _Plan(stages, metas, results, args.seeds)
+    heap, extras = plan.heap, plan.extras
     for i, (d, _rc) in enumerate(stages):
         for cand in metas[d]["candidates"]:
-            push(i, cand, 0)
+            plan.push(i, cand, 0)
         extras(i)
     print(f"{len(heap)} jobs to start with on {device}, {args.jobs} processes, deadline {args.deadline} s", flush=True)
     ctx = mp.get_context("spawn")
@@ -565,7 +584,6 @@ def report(args: argparse.Namespace) -> int:
 def latency(args: argparse.Namespace) -> int:
     """CPU latency (batch 32, 1 thread, the service's measure) of the base and of prepared
     candidates, in interleaved rounds so that machine drift hits every network alike."""
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.service.tasks import measure_latency_ms
 
     nets: dict[str, torch.nn.Module] = {}
@@ -575,7 +593,7 @@ def latency(args: argparse.Namespace) -> int:
             folder, cand = spec, ""
         found = torch.load(Path(folder) / "structures.pt", weights_only=False)
         if "base" not in nets:
-            nets["base"] = model_from_checkpoint(read_checkpoint(Path(folder) / "base.pt"))
+            nets["base"] = load_base(Path(folder) / "base.pt")
         for name in [cand] if cand else list(found):
             nets[f"{Path(folder).name}:{name}"] = found[name]
     shape = (
@@ -597,7 +615,7 @@ def latency(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--base", type=Path, required=True)

@@ -7,7 +7,7 @@ workers exit 0, every study is done exactly once, and no crash log was written. 
 a signal (exit -11 is SIGSEGV) is a crash: its stderr and crash log (the Python stack of every
 thread, written by acpsearch's faulthandler set-up) are printed and kept in --out.
 
-    .venv/bin/python benchmarks/worker_stress.py --runs 20 --out benchmarks/results/worker_stress.json
+    .venv/bin/python -m benchmarks.worker_stress --runs 20 --out benchmarks/results/worker_stress.json
 
 Progress goes to stderr, one line per run with elapsed time and ETA. Exit status 1 if any run failed.
 Not part of the test suite: 20 runs take ~25 min on 2 cores.
@@ -15,7 +15,6 @@ Not part of the test suite: 20 runs take ~25 min on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from benchmarks.common import parser, write_json
 
 ACPSEARCH = [sys.executable, "-c", "from acpsearch.cli import main; main()"]
 ENV = {
@@ -113,7 +114,7 @@ def one_run(root: Path, base: Path, address: str, studies: int) -> dict[str, Any
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, full=False)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--studies", type=int, default=3, help="studies per run (the two workers share them)")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: start a two-node one)")
@@ -165,7 +166,7 @@ def main() -> int:
     print(f"{len(results)} runs, {failed} failed, {summary['seconds']:.0f} s", file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1))
+        write_json(args.out, summary, indent=1)
     return 1 if failed else 0
 
 

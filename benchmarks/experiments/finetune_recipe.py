@@ -5,12 +5,11 @@ test mAP: `acp` (acpsearch's 50% winner from benchmarks/results/search_quality.j
 (Torch-Pruning global magnitude at the same budget) or `uniform` (uniform L1). The recipe is
 chosen on VALIDATION mAP, the test column only reports.
 
-    .venv/bin/python benchmarks/finetune_recipe.py --structure acp --batch-size 32 --epochs 4 [--augment]
+    .venv/bin/python -m benchmarks.experiments.finetune_recipe --structure acp --batch-size 32 --epochs 4 [--augment]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,22 +17,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import search_quality as sq  # noqa: E402
-
-from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint  # noqa: E402
-from acpsearch.graph import ChannelGraph  # noqa: E402
-from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net  # noqa: E402
-from acpsearch.pruning import PruningStrategy, prune  # noqa: E402
+from acpsearch.graph import ChannelGraph
+from acpsearch.hashing import evaluate, load_dataset, make_splits, train_hash_net
+from acpsearch.pruning import PruningStrategy, prune
+from benchmarks import search_quality as sq
+from benchmarks.common import BASE, RESULTS, load_base, parser, set_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", type=Path, default=ROOT / "benchmarks" / "cache" / "resnet20_csq32_fmnist.pt")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search_quality.json")
+    ap = parser(__doc__)
+    ap.add_argument("--base", type=Path, default=BASE)
+    ap.add_argument("--results", type=Path, default=RESULTS / "search_quality.json")
     ap.add_argument("--key", default="resnet20@0.5", help="net@budget block of the search-quality results")
     ap.add_argument("--structure", choices=["acp", "tp", "uniform"], required=True)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -43,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distill", type=float, default=0.0, help="weight of the code distillation from the base")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    base = model_from_checkpoint(read_checkpoint(args.base))
+    set_threads(1)
+    base = load_base(args.base)
     block = json.loads(args.results.read_text())["runs"][args.key]
     budget = float(block["budget"])
     splits = make_splits(load_dataset("fashion-mnist"))
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         num_threads=1,
         augment=args.augment,
         hflip=args.augment,
-        teacher=model_from_checkpoint(read_checkpoint(args.base)) if args.distill else None,
+        teacher=load_base(args.base) if args.distill else None,
         distill=args.distill,
     )
     ev = evaluate(res.model, splits)

@@ -14,16 +14,15 @@
 
 Results of the session that added the anchor: benchmarks/results/anchor_neighbourhood.jsonl
 (kinds region4, region1, whole1) and structure_sweep_anchor.jsonl (criteria, folder .gpu/xc);
-README, "The magnitude anchor".
+docs/results/journal.md (2026-11-26) and docs/results/magnitude_anchor.md.
 
-    .venv/bin/python benchmarks/anchor_neighbourhood.py --kind region4 --dir .gpu/x50
-    python3 benchmarks/structure_sweep.py run --dir .gpu/x50 --data .gpu/fmnist --recipes ft4 --seeds 5 \\
+    .venv/bin/python -m benchmarks.experiments.anchor_neighbourhood --kind region4 --dir .gpu/x50
+    python3 -m benchmarks.structure_sweep run --dir .gpu/x50 --data .gpu/fmnist --recipes ft4 --seeds 5 \\
         --jobs 12 --out $OUT/x50.jsonl     # every candidate is its own method
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import sys
@@ -34,32 +33,28 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import BASE, PROTOCOL, load_base, parser, set_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    import structure_sweep as ss
-
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.encoder.signals import FunctionalProbe
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
     from acpsearch.search.space import Budget, DynamicSpace
+    from benchmarks import structure_sweep as ss
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--kind", required=True, choices=["region4", "region1", "whole1", "criteria"])
-    ap.add_argument("--base", type=Path, default=ROOT / "benchmarks/cache/resnet20_csq32_fmnist.pt")
+    ap.add_argument("--base", type=Path, default=BASE)
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    base = model_from_checkpoint(read_checkpoint(args.base))
-    splits = make_splits(load_dataset("fashion-mnist"), **ss.PROTOCOL)
+    set_threads(args.threads)
+    base = load_base(args.base)
+    splits = make_splits(load_dataset("fashion-mnist"), **PROTOCOL)
     ex = torch.zeros(1, *splits.input_shape)
     g = ChannelGraph.from_model(base, ex)
     full = g.cost()

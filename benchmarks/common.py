@@ -1,0 +1,90 @@
+"""Setup shared by the benchmark scripts: paths, argument parsing, threads and seeds, the base
+networks, results files and progress lines.
+
+Run a benchmark from the repository root as a module, e.g. ``python -m benchmarks.converter --help``
+(with the package importable: an installed checkout, or ``PYTHONPATH=.``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / "cache"
+# the ResNet-20 / CSQ / 32-bit Fashion-MNIST base written by `python -m benchmarks.base_models`
+BASE = CACHE / "resnet20_csq32_fmnist.pt"
+# the CIFAR-10-style protocol of every Fashion-MNIST benchmark: per class 100 queries, 500 training and
+# 100 validation images, the rest is the retrieval database
+PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
+
+
+def parser(doc: str | None, *, full: bool = True) -> argparse.ArgumentParser:
+    """An argument parser described by a script's docstring (all of it, or its first line)."""
+    text = doc or ""
+    if full:
+        return argparse.ArgumentParser(description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(description=text.strip().splitlines()[0] if text.strip() else None)
+
+
+def set_threads(n: int | None) -> None:
+    """Torch's intra-op threads (None: leave torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def seed_all(seed: int) -> None:
+    """Seed python's random, numpy and torch."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_base(path: Path | str) -> nn.Module:
+    """A base network from an acpsearch checkpoint (zoo networks only)."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+
+    return model_from_checkpoint(read_checkpoint(path))
+
+
+def fmnist_splits(protocol: dict[str, int] | None = None, data_dir: str | None = None) -> Any:
+    """Fashion-MNIST split by the benchmarks' protocol (PROTOCOL unless given)."""
+    from acpsearch.hashing import load_dataset, make_splits
+
+    return make_splits(load_dataset("fashion-mnist", data_dir), **(protocol or PROTOCOL))
+
+
+def write_json(path: Path, doc: Any, indent: int | None = 2) -> Path:
+    """Write a results document atomically (temporary file + rename), creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=indent) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def log(msg: str, *, err: bool = False) -> None:
+    """One progress line with the wall-clock time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def eta(done: int, total: int, t0: float) -> str:
+    """'elapsed Ns, ETA Ms' for a loop that started at time.perf_counter() == t0."""
+    elapsed = time.perf_counter() - t0
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"elapsed {elapsed:.0f}s, ETA {left:.0f}s"
