@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     import structure_sweep as ss
 
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
-    from acpsearch.encoder.signals import FunctionalProbe
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
+    from acpsearch.pruning.probe import FunctionalProbe
     from acpsearch.search.space import Budget, DynamicSpace
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

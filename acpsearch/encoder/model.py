@@ -16,8 +16,7 @@ Persistence is weights-only: `state()` is a plain dict (config + tensors) that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_undirected
 
 from acpsearch.errors import CheckpointError
+from acpsearch.pruning.probe import torch_threads
 
 FORMAT = "acpsearch-encoder"
 VERSION = 1
@@ -155,22 +155,6 @@ class StructureEncoder(nn.Module):
         except Exception as exc:  # noqa: BLE001 - unpicklable / corrupt file is a user problem
             raise CheckpointError(f"encoder: cannot read {str(path)!r} weights-only ({type(exc).__name__})") from None
         return cls.from_state(state)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with `n` intra-op threads, then restore. The encoder's ops are small: on a
-    shared 2-core machine one thread was 14x faster than two (fwd+bwd of 193 graphs: 29 ms vs
-    415 ms under load), because spinning worker threads fight other processes for the cores."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class GraphBatcher:

@@ -1,6 +1,6 @@
 """Contrastive training of the StructureEncoder without fine-tuned accuracies.
 
-Two objectives (DESIGN.md, "Encoder"):
+Two objectives:
 - ``sacp`` (faithful to SACP / ACP-SSE): anchor = unpruned graph; positives = strategies whose
   channels the importance criterion picks (e.g. L1) at sampled ratios; negatives = the same
   ratios with random channels, plus random strategies (random ratios, random channels); InfoNCE.
@@ -23,8 +23,11 @@ import numpy as np
 import torch
 
 from acpsearch.encoder.losses import info_nce, pairwise_rank_loss, soft_info_nce
-from acpsearch.encoder.model import GraphBatcher, StructureEncoder, torch_threads
+from acpsearch.encoder.model import GraphBatcher, StructureEncoder
 from acpsearch.errors import SpecError
+from acpsearch.graph.features import FEATURE_NAMES
+from acpsearch.pruning import PruningStrategy
+from acpsearch.pruning.probe import torch_threads
 
 OBJECTIVES = ("sacp", "effect")
 
@@ -54,10 +57,6 @@ def grid_values(min_keep: float, step: float) -> list[float]:
 
 def _criterion_columns(in_dim: int) -> list[int]:
     """Indices of the criterion one-hot node features (graph.features.FEATURE_NAMES), if known."""
-    try:
-        from acpsearch.graph.features import FEATURE_NAMES
-    except ImportError:  # pragma: no cover - older graph layer without named features
-        return []
     if len(FEATURE_NAMES) != in_dim:
         return []
     return [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("criterion_")]
@@ -139,8 +138,6 @@ def _train(
     pairwise_weight,
     progress,
 ) -> EncoderTrainResult:
-    from acpsearch.pruning import PruningStrategy
-
     t0 = time.perf_counter()
     rng = random.Random(seed)
     torch.manual_seed(seed)
