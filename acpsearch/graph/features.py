@@ -118,7 +118,7 @@ def _node_flops(g: NodeGraph, kept: I64, n: int) -> F64:
     """MACs per node with `kept` channels per group (the graph's FLOP terms, summed per node)."""
     L = g.form_matrix @ kept + g.form_const
     t = L[g.ft_a] * L[g.ft_b] * g.ft_num // g.ft_den
-    return np.bincount(g.ft_node, weights=t, minlength=n)
+    return np.bincount(g.ft_node, weights=t, minlength=n).astype(np.float64)
 
 
 class NodeDescriptors:

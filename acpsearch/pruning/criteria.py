@@ -20,7 +20,7 @@ Taylor products; the graph itself holds no pruning state.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -91,7 +91,7 @@ class ScoringInput:
 
     graph: ChannelGraph
     group: ChannelGroup
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     slices: list[Slice]
     seed: int
     state: ImportanceCache

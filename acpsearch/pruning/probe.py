@@ -16,7 +16,7 @@ import copy
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,16 +43,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 def output_code(out: Any) -> Tensor:
     """The code tensor of a hash net's forward output ((N, K) or a tuple ending with it)."""
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
-    return out
+    return cast(Tensor, out[-1] if isinstance(out, (tuple, list)) else out)
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
