@@ -312,3 +312,50 @@ def test_criteria_registry_and_feature_slots():
     with pytest.raises(SpecError, match="criterion 'l3'"):
         acp.PruningStrategy.uniform(g, 0.5, criterion="l3")
     assert not hasattr(g, "importance") and not hasattr(g, "set_taylor_importance")
+
+
+def test_graph_reads_strategies_through_its_protocols():
+    """cost / to_pyg take any object with kept counts (+ criterion and retained importance): the
+    graph layer needs nothing from pruning, and a PruningStrategy is one such object."""
+
+    class Plain:
+        def __init__(self, s):
+            self.criterion, self._s = s.criterion, s
+
+        def kept_vector(self):
+            return self._s.kept_vector()
+
+        def retained_importance(self):
+            return self._s.retained_importance()
+
+    m = Chain().eval()
+    g = acp.ChannelGraph.from_model(m, X)
+    s = acp.PruningStrategy.uniform(g, 0.5, criterion="random", seed=3)
+    assert g.cost(Plain(s)) == g.cost(s)
+    assert torch.equal(g.to_pyg(Plain(s)).x, g.to_pyg(s).x)
+
+
+def test_taylor_state_is_per_graph():
+    m = Chain().eval()
+    g1, g2 = acp.ChannelGraph.from_model(m, X), acp.ChannelGraph.from_model(m, X)
+    set_taylor_importance(g1, None, [X])
+    assert channel_importance(g1, "conv1", "taylor").sum() > 0
+    with pytest.raises(SpecError, match="taylor"):
+        channel_importance(g2, "conv1", "taylor")
+
+
+def test_graph_layer_imports_nothing_above_it():
+    """graph/ imports (top-level, function-local or TYPE_CHECKING) only itself and acpsearch.errors."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(acp.__file__).parent / "graph"
+    found = set()
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(("." * node.level) + node.module if node.level else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+    ours = {m for m in found if m.startswith("acpsearch") or m.startswith(".")}
+    assert ours and all(m == "acpsearch.errors" or m.startswith("acpsearch.graph") for m in ours), ours
