@@ -202,7 +202,7 @@ def _probe_setup():
 
 
 def test_functional_probe_device_cpu_is_the_default():
-    from acpsearch.encoder.signals import FunctionalProbe
+    from acpsearch.pruning.probe import FunctionalProbe
 
     model, ex, X, strategies = _probe_setup()
     default = FunctionalProbe(model, ex, X[:64], X[64:], calib_batch_size=32).agreement(strategies)
@@ -212,7 +212,7 @@ def test_functional_probe_device_cpu_is_the_default():
 
 @needs_cuda
 def test_functional_probe_on_cuda_matches_cpu():
-    from acpsearch.encoder.signals import FunctionalProbe
+    from acpsearch.pruning.probe import FunctionalProbe
 
     model, ex, X, strategies = _probe_setup()
     cpu = FunctionalProbe(model, ex, X[:64], X[64:], calib_batch_size=32).agreement(strategies)

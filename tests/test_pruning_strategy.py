@@ -11,9 +11,16 @@ import torch
 from torch import nn
 
 import acpsearch as acp
-from acpsearch.errors import AcpError, CheckpointError, SpecError, UnsupportedModelError
 from acpsearch.checkpoint import save_pruned
-from acpsearch.pruning import apply_record, make_record
+from acpsearch.errors import AcpError, CheckpointError, SpecError, UnsupportedModelError
+from acpsearch.pruning import (
+    CRITERIA,
+    apply_record,
+    channel_importance,
+    get_criterion,
+    make_record,
+    set_taylor_importance,
+)
 
 X = torch.randn(*archs.INPUT, generator=torch.Generator().manual_seed(1))
 
@@ -82,7 +89,7 @@ def test_criterion_keeps_the_top_channels():
     for crit, expect in (("l1", strong), ("l2", strong), ("bn_scale", [2, 3, 7, 9])):
         s = acp.PruningStrategy(g, {name: 0.25}, criterion=crit)
         assert s.kept_indices()[name].tolist() == expect, crit
-        imp = g.importance(name, crit)
+        imp = channel_importance(g, name, crit)
         assert set(np.argsort(-imp)[:4].tolist()) == set(expect)
     # fpgm keeps filters far from the geometric median: the 4 scaled-up ones are far from the rest
     s = acp.PruningStrategy(g, {name: 0.25}, criterion="fpgm")
@@ -99,8 +106,8 @@ def test_taylor_needs_data_then_works():
     s = acp.PruningStrategy.uniform(g, 0.5, criterion="taylor")
     with pytest.raises(SpecError, match="taylor"):
         s.kept_indices()
-    g.set_taylor_importance(m, [X[:1], X[1:]])
-    imp = g.importance("conv1", "taylor")
+    set_taylor_importance(g, m, [X[:1], X[1:]])
+    imp = channel_importance(g, "conv1", "taylor")
     assert imp.shape == (16,) and np.all(imp >= 0) and imp.sum() > 0
     pruned = acp.prune(m, s, X)
     assert acp.measure_cost(pruned, X) == g.cost(s)
@@ -271,7 +278,7 @@ def test_global_magnitude_is_one_threshold_bisected_to_the_budget(resnet):
     assert 0.45 < flops <= 0.5
     kept_min, dropped_max = np.inf, -np.inf
     for grp in g.groups:
-        imp = np.asarray(g.importance(grp.name, "l1"))
+        imp = np.asarray(channel_importance(g, grp.name, "l1"))
         norm = imp / imp.mean()
         idx = s.kept_indices()[grp.name]
         assert len(idx) == s.kept[grp.name]
@@ -289,3 +296,66 @@ def test_global_magnitude_is_one_threshold_bisected_to_the_budget(resnet):
     assert acp.PruningStrategy.global_magnitude(g, under(0.01), min_keep=0.5) is None
     everything = acp.PruningStrategy.global_magnitude(g, under(1.0))
     assert all(k == grp.channels for grp, k in zip(g.groups, everything.kept.values()))
+
+
+def test_criteria_registry_and_feature_slots():
+    """Criteria are objects in a registry; a wrong name lists the choices; the encoder input's
+    criterion one-hot covers every registered criterion in the registry's order."""
+    from acpsearch.graph.features import CRITERION_SLOTS
+
+    assert CRITERIA == ("l1", "l2", "bn_scale", "fpgm", "taylor", "random") == CRITERION_SLOTS
+    assert all(get_criterion(c).name == c for c in CRITERIA)
+    with pytest.raises(SpecError, match="expected one of l1, l2, bn_scale, fpgm, taylor, random"):
+        get_criterion("l3")
+    m = Chain().eval()
+    g = acp.ChannelGraph.from_model(m, X)
+    with pytest.raises(SpecError, match="criterion 'l3'"):
+        acp.PruningStrategy.uniform(g, 0.5, criterion="l3")
+    assert not hasattr(g, "importance") and not hasattr(g, "set_taylor_importance")
+
+
+def test_graph_reads_strategies_through_its_protocols():
+    """cost / to_pyg take any object with kept counts (+ criterion and retained importance): the
+    graph layer needs nothing from pruning, and a PruningStrategy is one such object."""
+
+    class Plain:
+        def __init__(self, s):
+            self.criterion, self._s = s.criterion, s
+
+        def kept_vector(self):
+            return self._s.kept_vector()
+
+        def retained_importance(self):
+            return self._s.retained_importance()
+
+    m = Chain().eval()
+    g = acp.ChannelGraph.from_model(m, X)
+    s = acp.PruningStrategy.uniform(g, 0.5, criterion="random", seed=3)
+    assert g.cost(Plain(s)) == g.cost(s)
+    assert torch.equal(g.to_pyg(Plain(s)).x, g.to_pyg(s).x)
+
+
+def test_taylor_state_is_per_graph():
+    m = Chain().eval()
+    g1, g2 = acp.ChannelGraph.from_model(m, X), acp.ChannelGraph.from_model(m, X)
+    set_taylor_importance(g1, None, [X])
+    assert channel_importance(g1, "conv1", "taylor").sum() > 0
+    with pytest.raises(SpecError, match="taylor"):
+        channel_importance(g2, "conv1", "taylor")
+
+
+def test_graph_layer_imports_nothing_above_it():
+    """graph/ imports (top-level, function-local or TYPE_CHECKING) only itself and acpsearch.errors."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(acp.__file__).parent / "graph"
+    found = set()
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(("." * node.level) + node.module if node.level else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+    ours = {m for m in found if m.startswith("acpsearch") or m.startswith(".")}
+    assert ours and all(m == "acpsearch.errors" or m.startswith("acpsearch.graph") for m in ours), ours

@@ -3,8 +3,8 @@ contrastively without fine-tuned accuracies. Plain library: no Optuna, no Ray.""
 
 from acpsearch.encoder.losses import info_nce, pairwise_rank_loss, soft_info_nce
 from acpsearch.encoder.model import GraphBatcher, StructureEncoder
-from acpsearch.encoder.signals import FunctionalProbe, model_codes, recalibrate_bn
 from acpsearch.encoder.training import OBJECTIVES, EncoderTrainResult, grid_values, random_ratios, train_encoder
+from acpsearch.pruning.probe import FunctionalProbe, model_codes, recalibrate_bn
 
 __all__ = [
     "StructureEncoder",

@@ -16,8 +16,7 @@ Persistence is weights-only: `state()` is a plain dict (config + tensors) that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_undirected
 
 from acpsearch.errors import CheckpointError
+from acpsearch.graph import ChannelGraph, DescribedStrategy
+from acpsearch.pruning.probe import torch_threads
 
 FORMAT = "acpsearch-encoder"
 VERSION = 1
@@ -36,6 +37,9 @@ VERSION = 1
 
 class StructureEncoder(nn.Module):
     """Residual GCN over a channel graph, pooled (mean | max | attention) and projected."""
+
+    feat_mean: Tensor
+    feat_std: Tensor
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class StructureEncoder(nn.Module):
         """
         h = torch.relu(self.inp((x - self.feat_mean) / self.feat_std))
         for conv, norm in zip(self.convs, self.norms):
+            assert isinstance(conv, GCNConv)
             out = adj @ conv.lin(h)
             if conv.bias is not None:
                 out = out + conv.bias
@@ -109,11 +114,11 @@ class StructureEncoder(nn.Module):
         return nn.functional.normalize(self.head(pooled), dim=1)
 
     # ----------------------------------------------------------------- convenience on a graph
-    def embed(self, graph: Any, strategies: Sequence[Any], batch_size: int = 512) -> Tensor:
+    def embed(self, graph: ChannelGraph, strategies: Sequence[DescribedStrategy], batch_size: int = 512) -> Tensor:
         """Embeddings (n, embed_dim) of many strategies of one ChannelGraph, in eval mode."""
         return GraphBatcher(graph).embed(self, strategies, batch_size=batch_size)
 
-    def similarity(self, graph: Any, strategies: Sequence[Any], batch_size: int = 512) -> Tensor:
+    def similarity(self, graph: ChannelGraph, strategies: Sequence[DescribedStrategy], batch_size: int = 512) -> Tensor:
         """Cosine similarity of each strategy's embedding to the unpruned network's (the ACP-SSE score)."""
         return GraphBatcher(graph).similarity(self, strategies, batch_size=batch_size)
 
@@ -157,22 +162,6 @@ class StructureEncoder(nn.Module):
         return cls.from_state(state)
 
 
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with `n` intra-op threads, then restore. The encoder's ops are small: on a
-    shared 2-core machine one thread was 14x faster than two (fwd+bwd of 193 graphs: 29 ms vs
-    415 ms under load), because spinning worker threads fight other processes for the cores."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class GraphBatcher:
     """Stacks node features of many strategies of ONE graph into a PyG-style batch.
 
@@ -181,7 +170,7 @@ class GraphBatcher:
     collating Data objects one by one.
     """
 
-    def __init__(self, graph: Any, threads: int | None = 1) -> None:
+    def __init__(self, graph: ChannelGraph, threads: int | None = 1) -> None:
         self.graph = graph
         self.threads = threads
         data = graph.to_pyg(None)  # None = the unpruned network
@@ -192,7 +181,7 @@ class GraphBatcher:
         self.unpruned_x = data.x.float()
         self.adj = gcn_dense_adjacency(self.edge_index, self.num_nodes)
 
-    def features(self, strategies: Iterable[Any]) -> Tensor:
+    def features(self, strategies: Iterable[DescribedStrategy]) -> Tensor:
         """(n, num_nodes, in_dim) node features of the strategies."""
         xs = [self.graph.to_pyg(s).x.float() for s in strategies]
         if not xs:
@@ -214,7 +203,9 @@ class GraphBatcher:
         return encoder.forward_dense(feats, self.adj)
 
     @torch.no_grad()
-    def embed(self, encoder: StructureEncoder, strategies: Sequence[Any], batch_size: int = 512) -> Tensor:
+    def embed(
+        self, encoder: StructureEncoder, strategies: Sequence[DescribedStrategy], batch_size: int = 512
+    ) -> Tensor:
         was_training = encoder.training
         encoder.eval()
         out = []
@@ -226,7 +217,9 @@ class GraphBatcher:
         return torch.cat(out) if out else torch.zeros(0, encoder.config["embed_dim"])
 
     @torch.no_grad()
-    def similarity(self, encoder: StructureEncoder, strategies: Sequence[Any], batch_size: int = 512) -> Tensor:
+    def similarity(
+        self, encoder: StructureEncoder, strategies: Sequence[DescribedStrategy], batch_size: int = 512
+    ) -> Tensor:
         was_training = encoder.training
         encoder.eval()
         anchor = self.forward(encoder, self.unpruned_x.unsqueeze(0))

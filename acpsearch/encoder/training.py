@@ -1,6 +1,6 @@
 """Contrastive training of the StructureEncoder without fine-tuned accuracies.
 
-Two objectives (DESIGN.md, "Encoder"):
+Two objectives:
 - ``sacp`` (faithful to SACP / ACP-SSE): anchor = unpruned graph; positives = strategies whose
   channels the importance criterion picks (e.g. L1) at sampled ratios; negatives = the same
   ratios with random channels, plus random strategies (random ratios, random channels); InfoNCE.
@@ -23,8 +23,12 @@ import numpy as np
 import torch
 
 from acpsearch.encoder.losses import info_nce, pairwise_rank_loss, soft_info_nce
-from acpsearch.encoder.model import GraphBatcher, StructureEncoder, torch_threads
+from acpsearch.encoder.model import GraphBatcher, StructureEncoder
 from acpsearch.errors import SpecError
+from acpsearch.graph import ChannelGraph
+from acpsearch.graph.features import FEATURE_NAMES
+from acpsearch.pruning import PruningStrategy
+from acpsearch.pruning.probe import torch_threads
 
 OBJECTIVES = ("sacp", "effect")
 
@@ -40,7 +44,9 @@ class EncoderTrainResult:
     strategies: int = 0
 
 
-def random_ratios(graph: Any, rng: random.Random, min_keep: float = 0.2, step: float = 0.1) -> dict[str, float]:
+def random_ratios(
+    graph: ChannelGraph, rng: random.Random, min_keep: float = 0.2, step: float = 0.1
+) -> dict[str, float]:
     """Keep ratio per group drawn uniformly from the grid {1.0, 1.0-step, ...} >= min_keep."""
     grid = grid_values(min_keep, step)
     return {g.name: rng.choice(grid) for g in graph.groups}
@@ -54,10 +60,6 @@ def grid_values(min_keep: float, step: float) -> list[float]:
 
 def _criterion_columns(in_dim: int) -> list[int]:
     """Indices of the criterion one-hot node features (graph.features.FEATURE_NAMES), if known."""
-    try:
-        from acpsearch.graph.features import FEATURE_NAMES
-    except ImportError:  # pragma: no cover - older graph layer without named features
-        return []
     if len(FEATURE_NAMES) != in_dim:
         return []
     return [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("criterion_")]
@@ -68,7 +70,7 @@ def _as_ratios(s: Any) -> dict[str, float]:
 
 
 def train_encoder(
-    graph: Any,
+    graph: ChannelGraph,
     objective: str = "effect",
     *,
     strategies: Sequence[Any] | None = None,
@@ -121,26 +123,24 @@ def train_encoder(
 
 
 def _train(
-    graph,
-    objective,
-    strategies,
-    signal,
-    n_strategies,
-    epochs,
-    batch_size,
-    lr,
-    temperature,
-    criterion,
-    min_keep,
-    step,
-    seed,
-    encoder,
-    encoder_config,
-    pairwise_weight,
-    progress,
+    graph: ChannelGraph,
+    objective: str,
+    strategies: Sequence[Any] | None,
+    signal: Sequence[float] | np.ndarray | None,
+    n_strategies: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    temperature: float,
+    criterion: str,
+    min_keep: float,
+    step: float,
+    seed: int,
+    encoder: StructureEncoder | None,
+    encoder_config: dict[str, Any] | None,
+    pairwise_weight: float,
+    progress: Callable[[int, float], None] | None,
 ) -> EncoderTrainResult:
-    from acpsearch.pruning import PruningStrategy
-
     t0 = time.perf_counter()
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -205,7 +205,7 @@ def _train(
                 if pairwise_weight:
                     loss = loss + pairwise_weight * pairwise_rank_loss(z[0], z[1:], y[idx], temperature)
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)

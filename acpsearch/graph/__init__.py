@@ -1,5 +1,6 @@
 """Model -> ChannelGraph: tracing, coupled channel groups, closed-form cost, networkx / pyg exports."""
 
-from acpsearch.graph.core import CRITERIA, ChannelGraph, ChannelGroup, Cost, NodeRecord
+from acpsearch.graph.core import ChannelGraph, ChannelGroup, Cost, NodeRecord
+from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
 
-__all__ = ["ChannelGraph", "ChannelGroup", "Cost", "NodeRecord", "CRITERIA"]
+__all__ = ["ChannelGraph", "ChannelGroup", "Cost", "NodeRecord", "KeptCounts", "DescribedStrategy"]

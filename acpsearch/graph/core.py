@@ -21,20 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from acpsearch.errors import SpecError, UnsupportedModelError
 from acpsearch.graph.analysis import Analysis, Seg, analyse
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.pruning.strategy import PruningStrategy
-
-CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
-NODE_TYPES = ("conv", "conv_dw", "linear", "hash", "norm", "act", "add", "mul", "cat", "scale", "other")
+from acpsearch.graph.features import NodeDescriptors, to_pyg
+from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
 
 
 @dataclass(frozen=True)
@@ -109,10 +104,7 @@ class ChannelGraph:
         self._build_groups()
         self._build_forms()
         self._build_nodes()
-        self._importance: dict[tuple[str, str, int], np.ndarray] = {}
-        self._taylor: dict[str, torch.Tensor] | None = None
-        self._pyg_static: Any = None
-        self._order_cache: dict[tuple[str, int], Any] = {}
+        self._pyg_static: NodeDescriptors | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -373,7 +365,7 @@ class ChannelGraph:
         r[g.index] = ratio
         return int(self.kept_counts(r, round_to)[g.index])
 
-    def cost(self, strategy: PruningStrategy | None = None) -> Cost:
+    def cost(self, strategy: KeptCounts | None = None) -> Cost:
         """Cost of the model pruned by `strategy` (unpruned when None); closed form, exact."""
         if strategy is None:
             return self._base
@@ -391,27 +383,6 @@ class ChannelGraph:
     def cost_kept(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flops, params) for explicit kept-count rows [n, n_groups]."""
         return self._eval_terms(np.asarray(kept, dtype=np.int64).reshape(-1, len(self.groups)))
-
-    # ------------------------------------------------------------------ importance
-    def importance(self, group: str, criterion: str = "l1", seed: int = 0) -> np.ndarray:
-        """Per-channel importance of a group (sum of per-layer normalised scores; cached)."""
-        from acpsearch.graph.importance import group_importance
-
-        if criterion not in CRITERIA:
-            raise SpecError(f"criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
-        g = self.group(group)
-        key = (g.name, criterion, seed if criterion == "random" else 0)
-        if key not in self._importance:
-            self._importance[key] = group_importance(self, g, criterion, seed, self.model)
-        return self._importance[key]
-
-    def set_taylor_importance(self, model: nn.Module | None, batches: Iterable[Any], loss_fn: Any = None) -> None:
-        """Accumulate first-order Taylor scores |sum w*dL/dw| per channel from a few batches."""
-        from acpsearch.graph.importance import taylor_products
-
-        self._taylor = taylor_products(model if model is not None else self.model, batches, loss_fn)
-        self._importance = {k: v for k, v in self._importance.items() if k[1] != "taylor"}
-        self._order_cache = {k: v for k, v in self._order_cache.items() if k[0] != "taylor"}
 
     # ------------------------------------------------------------------ exports
     def to_networkx(self) -> Any:
@@ -444,11 +415,11 @@ class ChannelGraph:
                 G.add_edge(self.nodes[p].name, n.name)
         return G
 
-    def to_pyg(self, strategy: PruningStrategy | None = None) -> Any:
+    def to_pyg(self, strategy: DescribedStrategy | None = None) -> Any:
         """torch_geometric Data: x = static descriptors + strategy descriptors (see features.py)."""
-        from acpsearch.graph.features import to_pyg
-
-        return to_pyg(self, strategy)
+        if self._pyg_static is None:
+            self._pyg_static = NodeDescriptors(self)
+        return to_pyg(self, self._pyg_static, strategy)
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per group: name, channels, divisor, flops/params share (for `acpsearch inspect`)."""

@@ -216,7 +216,7 @@ def apply_indices(
     return new
 
 
-def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple) -> None:
+def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple[Any, ...] | list[Any]) -> None:
     """The graph is traced in eval mode; a forward that differs in training mode (auxiliary
     heads, ...) could reach layers the analysis never saw. Run the pruned copy once in training
     mode (norm statistics restored afterwards) and refuse it if that fails."""
@@ -253,7 +253,7 @@ def prune(model: nn.Module, strategy: PruningStrategy, example_input: Any, verif
     _check_same_arch(model, g)
     indices = strategy.kept_indices(model)
     pruned = apply_indices(model, g, indices, example_input, expected=g.cost(strategy), verify=verify)
-    pruned.acp_pruning_record = _record(g, strategy, indices)
+    object.__setattr__(pruned, "acp_pruning_record", _record(g, strategy, indices))
     return pruned
 
 
@@ -298,5 +298,5 @@ def apply_record(model: nn.Module, record: dict[str, Any], example_input: Any) -
     if "cost" in record and Cost(int(record["cost"]["flops"]), int(record["cost"]["params"])) != expected:
         raise CheckpointError("pruning record: its cost does not match the replayed architecture")
     pruned = apply_indices(model, g, indices, example_input, expected=expected)
-    pruned.acp_pruning_record = record
+    object.__setattr__(pruned, "acp_pruning_record", record)
     return pruned

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from acpsearch.errors import SpecError
-from acpsearch.graph.core import CRITERIA, ChannelGraph
+from acpsearch.graph import ChannelGraph, Cost
+from acpsearch.pruning.criteria import (
+    channel_importance,
+    get_criterion,
+    kept_indices,
+    retained_share,
+    score_group,
+    set_taylor_importance,
+)
 
 
 def _check_ratio(name: str, r: Any) -> float:
@@ -37,12 +46,11 @@ class PruningStrategy:
         criterion: str = "l1",
         round_to: int = 4,
         seed: int = 0,
-        taylor_batches: Any = None,
+        taylor_batches: Iterable[Any] | None = None,
     ) -> None:
         if not isinstance(graph, ChannelGraph):
             raise SpecError(f"graph: expected a ChannelGraph, got {type(graph).__name__}")
-        if criterion not in CRITERIA:
-            raise SpecError(f"criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        get_criterion(criterion)
         if not isinstance(round_to, (int, np.integer)) or isinstance(round_to, bool) or round_to < 1:
             raise SpecError(f"round_to: {round_to!r} must be a positive integer")
         self.graph = graph
@@ -56,7 +64,7 @@ class PruningStrategy:
             full[name] = _check_ratio(name, r)
         self.ratios = full
         if taylor_batches is not None:  # taylor needs data: score the graph's model on these batches
-            graph.set_taylor_importance(graph.model, taylor_batches)
+            set_taylor_importance(graph, graph.model, taylor_batches)
         self._vec = np.array([full[g.name] for g in graph.groups], dtype=np.float64)
         self._kept = graph.kept_counts(self._vec, self.round_to) if graph.groups else np.zeros(0, dtype=np.int64)
 
@@ -102,7 +110,7 @@ class PruningStrategy:
         bounds = dict(bounds or {})
         norm = {}
         for grp in graph.groups:
-            imp = np.asarray(graph.importance(grp.name, criterion), dtype=np.float64)
+            imp = np.asarray(channel_importance(graph, grp.name, criterion), dtype=np.float64)
             norm[grp.name] = imp / max(float(imp.mean()), 1e-12)
 
         def at(t: float) -> PruningStrategy:
@@ -133,30 +141,32 @@ class PruningStrategy:
         """Kept channel count per group."""
         return {g.name: int(k) for g, k in zip(self.graph.groups, self._kept)}
 
-    def kept_vector(self) -> np.ndarray:
+    def kept_vector(self) -> NDArray[np.int64]:
         return self._kept
 
-    def ratio_vector(self) -> np.ndarray:
+    def ratio_vector(self) -> NDArray[np.float64]:
         return self._vec.copy()
 
-    def cost(self) -> Any:
+    def retained_importance(self) -> NDArray[np.float64]:
+        """Per group: share of the L1 importance mass held by the channels the criterion keeps."""
+        return retained_share(self.graph, self.criterion, self.seed, self._kept)
+
+    def cost(self) -> Cost:
         return self.graph.cost(self)
 
-    def kept_indices(self, model: nn.Module | None = None) -> dict[str, np.ndarray]:
+    def kept_indices(self, model: nn.Module | None = None) -> dict[str, NDArray[np.intp]]:
         """Sorted kept channel indices per group, chosen by the criterion on `model`'s weights
         (the graph's model by default; a same-architecture model, e.g. fine-tuned, may be passed)."""
-        from acpsearch.graph.importance import group_importance, kept_indices
-
         g = self.graph
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, NDArray[np.intp]] = {}
         for grp, k in zip(g.groups, self._kept):
             if k >= grp.channels:
                 out[grp.name] = np.arange(grp.channels)
                 continue
             if model is None or model is g.model:
-                imp = g.importance(grp.name, self.criterion, self.seed)
+                imp = channel_importance(g, grp.name, self.criterion, self.seed)
             else:
-                imp = group_importance(g, grp, self.criterion, self.seed, model)
+                imp = score_group(g, grp, self.criterion, self.seed, model)
             out[grp.name] = kept_indices(imp, int(k), grp.divisor)
         return out
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from acpsearch.encoder.model import torch_threads
 from acpsearch.errors import SpecError
+from acpsearch.pruning.probe import torch_threads
 
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
 
@@ -82,7 +82,7 @@ class AdaptiveBNRanker(_Timed):
         threads: int | None = None,
         device: Any = None,
     ) -> None:
-        from acpsearch.encoder.signals import FunctionalProbe
+        from acpsearch.pruning.probe import FunctionalProbe
 
         Xtr, self.ytr = splits.train
         self.Xval, self.yval = splits.val
@@ -95,8 +95,8 @@ class AdaptiveBNRanker(_Timed):
         )
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
-        from acpsearch.encoder.signals import model_codes
         from acpsearch.hashing import mean_average_precision
+        from acpsearch.pruning.probe import model_codes
 
         out = np.empty(len(strategies))
         with torch_threads(self.probe.threads):
@@ -123,7 +123,7 @@ class CodeAgreementRanker(_Timed):
         threads: int | None = None,
         device: Any = None,
     ) -> None:
-        from acpsearch.encoder.signals import FunctionalProbe
+        from acpsearch.pruning.probe import FunctionalProbe
 
         self.probe = FunctionalProbe(
             model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size, threads=threads, device=device
@@ -139,9 +139,11 @@ class L1RetainedRanker(_Timed):
     name = "l1_retained"
 
     def __init__(self, graph: Any, criterion: str = "l1") -> None:
+        from acpsearch.pruning import channel_importance
+
         self.graph = graph
         self.imp = {
-            grp.name: np.sort(np.asarray(graph.importance(grp.name, criterion), dtype=np.float64))[::-1]
+            grp.name: np.sort(np.asarray(channel_importance(graph, grp.name, criterion), dtype=np.float64))[::-1]
             for grp in graph.groups
         }
         self.csum = {n: np.concatenate([[0.0], np.cumsum(v)]) for n, v in self.imp.items()}

@@ -300,8 +300,9 @@ class DynamicSpace:
 
         if not isinstance(ratios, dict):
             ratios = {n: float(r) for n, r in zip(self.names, ratios)}
-        kw = {} if self.round_to is None else {"round_to": self.round_to}
-        return PruningStrategy(self.g, ratios, criterion=self.criterion, **kw)
+        if self.round_to is None:
+            return PruningStrategy(self.g, ratios, criterion=self.criterion)
+        return PruningStrategy(self.g, ratios, criterion=self.criterion, round_to=self.round_to)
 
     def sample(self, rng: random.Random | None = None) -> Any:
         """One PruningStrategy that meets the budget (define-by-run, random group order)."""

@@ -37,10 +37,10 @@ from benchmarks.common import BASE, PROTOCOL, load_base, parser, set_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    from acpsearch.encoder.signals import FunctionalProbe
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
+    from acpsearch.pruning.probe import FunctionalProbe
     from acpsearch.search.space import Budget, DynamicSpace
     from benchmarks import structure_sweep as ss
 
