@@ -9,42 +9,35 @@ raises ``UnsupportedModelError`` instead of ever returning a wrong model.
 from __future__ import annotations
 
 import copy
-import math
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
 from acpsearch.errors import CheckpointError, UnsupportedModelError
-from acpsearch.graph.analysis import one_thread
+from acpsearch.graph.analysis import Analysis, Seg, one_thread
 from acpsearch.graph.core import ChannelGraph, Cost
+from acpsearch.graph.cost import count_params, counts_macs, layer_macs
+from acpsearch.graph.rules import module_rule, set_size_attr
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"
 
 
 def measure_cost(model: nn.Module, example_input: Any) -> Cost:
-    """Cost measured on the real module: MACs per sample of every conv / linear call (hooks,
-    same definition as ``acpsearch.graph.core``) and the number of parameters."""
+    """Cost measured on the real module: MACs per sample of every call of a layer whose rule has
+    a MAC formula (conv / linear; hooks, the same per-layer formula as the closed form in
+    ``acpsearch.graph.core``, see ``acpsearch.graph.cost``) and the number of parameters."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
     total = [0]
 
-    def hook(m: nn.Module, args: tuple, out: Any) -> None:
-        x = args[0]
-        if isinstance(m, _ConvNd):
-            kv = int(math.prod(m.kernel_size))
-            if m.transposed:
-                total[0] += x.numel() * (m.out_channels // m.groups) * kv
-            else:
-                total[0] += out.numel() * (m.in_channels // m.groups) * kv
-        else:
-            total[0] += out.numel() * m.in_features
+    def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        total[0] += layer_macs(m, args[0], out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if counts_macs(m)]
     was = model.training
     model.eval()
     try:
@@ -54,8 +47,7 @@ def measure_cost(model: nn.Module, example_input: Any) -> Cost:
         model.train(was)
         for h in handles:
             h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return Cost(int(total[0] // batch), int(params))
+    return Cost(int(total[0] // batch), count_params(model))
 
 
 def _out_shapes(out: Any) -> list[tuple[int, ...]]:
@@ -167,25 +159,7 @@ def apply_indices(
                     mod._parameters[leaf] = nn.Parameter(t2.clone().contiguous(), requires_grad=t.requires_grad)
                 else:
                     mod._buffers[leaf] = t2.clone().contiguous()
-    # size attributes
-    for name, info in an.modules.items():
-        m = new.get_submodule(name)
-        n_in = seg_index(info.in_segs)[1] if info.in_segs else None
-        n_out = seg_index(info.out_segs)[1] if info.out_segs else None
-        if info.kind in ("conv", "conv_grouped"):
-            m.out_channels, m.in_channels = n_out, n_in
-        elif info.kind == "conv_dw":
-            m.out_channels = m.in_channels = m.groups = n_out
-        elif info.kind == "linear":
-            m.out_features, m.in_features = n_out, n_in
-        elif info.kind == "norm":
-            m.num_features = n_out
-        elif info.kind == "groupnorm":
-            m.num_channels = n_out
-        elif info.kind == "layernorm":
-            m.normalized_shape = (n_out,)
-        elif info.kind == "prelu":
-            m.num_parameters = n_out
+    _resize(new, an, seg_index)
     if verify:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
         was = new.training
@@ -214,6 +188,21 @@ def apply_indices(
                     f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it"
                 )
     return new
+
+
+def _resize(new: nn.Module, an: Analysis, seg_index: Callable[[tuple[Seg, ...]], tuple[Any, int, int]]) -> None:
+    """Size attributes after slicing: each module's rule resizes it; attributes holding channel
+    counts a forward reads (split sizes, ...) get the kept counts."""
+    for name, info in an.modules.items():
+        m = new.get_submodule(name)
+        rule = module_rule(m)
+        if rule is None or info.kind == "frozen":
+            continue
+        n_in = seg_index(info.in_segs)[1] if info.in_segs else None
+        n_out = seg_index(info.out_segs)[1] if info.out_segs else None
+        rule.resize(m, info, n_in, n_out)
+    for sa in an.size_attrs:
+        set_size_attr(new.get_submodule(sa.module), sa, [seg_index(p)[1] for p in sa.parts])
 
 
 def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple) -> None:

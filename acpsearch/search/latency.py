@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError
+from acpsearch.graph.rules import module_rule
 
 TIMED_TYPES = ("conv", "conv_dw", "linear", "hash")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -273,41 +274,23 @@ def _example(g: Any, batch_size: int) -> torch.Tensor:
 
 
 def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh layer like `m` with the kept channel fractions, and an input of its real size."""
-    if isinstance(m, nn.Linear):
-        cin = max(1, round(m.in_features * fin)) if nd.in_groups else m.in_features
-        cout = max(1, round(m.out_features * fout)) if nd.out_groups else m.out_features
-        layer = nn.Linear(cin, cout, bias=m.bias is not None).eval()
-        lead = list(nd.in_shape[1:-1]) if len(nd.in_shape) > 2 else []
-        return layer, torch.randn([batch_size, *lead, cin])
-    if isinstance(m, nn.modules.conv._ConvNd):
-        groups = m.groups
-        if groups == m.in_channels == m.out_channels and groups > 1:  # depthwise: in = out = groups
-            c = max(1, round(m.out_channels * fout)) if nd.out_groups else m.out_channels
-            cin, cout, groups = c, c, c
-        else:
-            cin = max(groups, round(m.in_channels * fin / groups) * groups) if nd.in_groups else m.in_channels
-            cout = max(groups, round(m.out_channels * fout / groups) * groups) if nd.out_groups else m.out_channels
-        kw = dict(
-            kernel_size=m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            dilation=m.dilation,
-            groups=groups,
-            bias=m.bias is not None,
-        )
-        layer = (
-            type(m)(cin, cout, **kw)
-            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-            else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)](cin, cout, **kw)
-        )
-        layer = layer.eval()
-        x = torch.randn([batch_size, cin, *nd.in_shape[2:]])
-        if x.ndim == 4:
-            layer = layer.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return layer, x
-    raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
+    """A fresh layer like `m` with the kept channel fractions (its rule's rebuild), and an input of its real size."""
+    rule = module_rule(m)
+    c_in = int(nd.in_shape[rule.in_axis]) if rule is not None else 0
+    c_out = int(nd.out_shape[rule.out_axis]) if rule is not None else 0
+    if rule is not None:
+        cin, cout = rule.timed_channels(m, fin, fout, bool(nd.in_groups), bool(nd.out_groups), c_in, c_out)
+        layer = rule.rebuild(m, cin, cout)
+    if rule is None or layer is None:
+        raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
+    layer = layer.eval()
+    shape = [batch_size, *nd.in_shape[1:]]
+    shape[rule.in_axis] = cin
+    x = torch.randn(shape)
+    if x.ndim == 4 and rule.in_axis == 1:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return layer, x
 
 
 # --- comparing whole networks --------------------------------------------------------------------

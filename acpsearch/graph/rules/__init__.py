@@ -1,0 +1,17 @@
+"""Layer rules: one module per family of layers; importing this package registers them all.
+
+Later registrations win, so the families load from the most general to the most specific."""
+
+from acpsearch.graph.rules import conv, norm, shape  # noqa: F401 - registers the rules
+from acpsearch.graph.rules import elementwise  # noqa: F401 - registers the rules (after shape)
+from acpsearch.graph.rules.base import (
+    FunctionRule,
+    LayerRule,
+    function_rule,
+    is_leaf,
+    module_rule,
+    register_rule,
+    set_size_attr,
+)
+
+__all__ = ["FunctionRule", "LayerRule", "function_rule", "is_leaf", "module_rule", "register_rule", "set_size_attr"]
