@@ -34,12 +34,12 @@ from acpsearch.errors import UnsupportedModelError
 from acpsearch.graph import rules
 from acpsearch.graph.channels import Analysis, Desc, FlopTerm, LayerInfo, ModuleInfo, Seg, SizeAttr, Vars
 from acpsearch.graph.cost import MacTerm
+from acpsearch.graph.rules.base import flatten_nodes
 from acpsearch.graph.tracing import (
     Recorder,
     Tracer,
     find_hash_layer,
     flat_values,
-    flatten_nodes,
     one_thread,
     record_shapes,
     user_frame,
@@ -349,8 +349,9 @@ def _trace(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[fx.GraphModule, R
             out = record_shapes(rec, inputs)
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).splitlines() or [""])[0]
+            what = f"{type(exc).__name__}: {first[:200]}"
             raise UnsupportedModelError(
-                f"model {type(model).__name__}: forward on the example input failed ({type(exc).__name__}: {first[:200]})"
+                f"model {type(model).__name__}: forward on the example input failed ({what})"
             ) from None
     finally:
         model.train(was_training)

@@ -126,7 +126,7 @@ class ChannelGraph:
     def _check_bindings(self) -> None:
         """Every bound axis must match its tensor's size; a mismatch freezes (never mis-slices)."""
         V = self.analysis.vars
-        tensors = dict(self.model.named_parameters(remove_duplicate=False))
+        tensors: dict[str, torch.Tensor] = dict(self.model.named_parameters(remove_duplicate=False))
         tensors.update(dict(self.model.named_buffers(remove_duplicate=False)))
         for tname, axes in self.analysis.bindings.items():
             t = tensors.get(tname)
@@ -203,11 +203,11 @@ class ChannelGraph:
 
     def _build_forms(self) -> None:
         self._forms: list[tuple[tuple[tuple[int, int], ...], int]] = [((), 1)]
-        self._form_key = {((), 1): 0}
+        self._form_key: dict[tuple[tuple[tuple[int, int], ...], int], int] = {((), 1): 0}
         an = self.analysis
         ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms]
         # Parameters: one term per tensor; bound axes are forms, the rest constants.
-        pt = []
+        pt: list[tuple[int, int, int, int]] = []
         self._param_term_of: dict[str, int] = {}
         for pname, p in self.model.named_parameters():
             axes = an.bindings.get(pname, {})
@@ -253,10 +253,10 @@ class ChannelGraph:
         if G:
             probe = np.repeat(self.channels[None, :], G, axis=0)
             probe[np.arange(G), np.arange(G)] = 0
-            f, p = self._eval_terms(probe)
+            fl, pa = self._eval_terms(probe)
             for gi, grp in enumerate(self.groups):
-                grp.flops_share = float((base.flops - f[gi]) / max(base.flops, 1))
-                grp.params_share = float((base.params - p[gi]) / max(base.params, 1))
+                grp.flops_share = float((base.flops - fl[gi]) / max(base.flops, 1))
+                grp.params_share = float((base.params - pa[gi]) / max(base.params, 1))
 
     def _eval_forms(self, kept: np.ndarray) -> np.ndarray:
         # numpy's integer matmul: no BLAS threads (multi-threaded BLAS spin-waits on a busy box)

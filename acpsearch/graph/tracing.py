@@ -63,7 +63,6 @@ class Recorder(fx.Interpreter):
         return out
 
 
-
 def user_frame(tb: Any) -> str:
     """`file.py:line` of the innermost traceback frame outside torch and acpsearch (the user's code)."""
     skip = (
@@ -79,8 +78,6 @@ def user_frame(tb: Any) -> str:
     return found
 
 
-
-
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """One intra-op thread for single small forwards (shape recording, verification): on a
@@ -93,7 +90,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def record_shapes(rec: Recorder, inputs: tuple) -> Any:
+def record_shapes(rec: Recorder, inputs: tuple[Any, ...]) -> Any:
     """Run the traced graph once (no grad) to get every value's shape. (Meta tensors were tried:
     their Python decompositions import torch._dynamo on first use, ~4 s.)"""
     with one_thread(), torch.no_grad():

@@ -153,7 +153,7 @@ class LatencyTable:
                 for i, fi in enumerate(fractions):
                     for j, fo in enumerate(fractions):
                         layer, x = _standalone(m, nd, fi, fo, batch_size)
-                        tab[i, j] = _time(lambda: layer(x), repeats)
+                        tab[i, j] = _time(lambda layer=layer, x=x: layer(x), repeats)
                 tables.append(tab.tolist())
             model = g.model.eval()
             x = _example(g, batch_size)
@@ -165,11 +165,11 @@ class LatencyTable:
             "build_seconds": round(time.perf_counter() - t_start, 2),
             "key": key,
         }
-        tab = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
+        table = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
         if cache:
             _writable_cache_dir()
-            _write_entry(path, tab.to_dict())
-        return tab
+            _write_entry(path, table.to_dict())
+        return table
 
     @classmethod
     def _read_entry(
@@ -259,7 +259,7 @@ class LatencyTable:
             + (1 - wi) * wj * T[node, i, j + 1]
             + wi * wj * T[node, i + 1, j + 1]
         )
-        return self.scale * lat.sum(axis=1) + self.offset_ms
+        return np.asarray(self.scale * lat.sum(axis=1) + self.offset_ms, dtype=np.float64)
 
     def predict(self, g: Any, strategy: Any) -> float:
         row = np.array([[strategy.ratios.get(grp.name, 1.0) for grp in g.groups]])
@@ -288,7 +288,7 @@ def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int)
     shape[rule.in_axis] = cin
     x = torch.randn(shape)
     if x.ndim == 4 and rule.in_axis == 1:
-        layer = layer.to(memory_format=torch.channels_last)
+        layer = layer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
     return layer, x
 
@@ -319,7 +319,10 @@ def compare_latency(
     rounds = max(1, int(rounds))
     shape = [int(batch), *[int(v) for v in list(input_shape)[1:]]]
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-    nets = {name: m.eval().to(memory_format=torch.channels_last) for name, m in models.items()}
+    nets = {
+        name: m.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        for name, m in models.items()
+    }
     names = list(nets)
     per_round: dict[str, list[float]] = {n: [] for n in names}
     order: list[list[str]] = []

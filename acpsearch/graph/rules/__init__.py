@@ -2,8 +2,12 @@
 
 Later registrations win, so the families load from the most general to the most specific."""
 
-from acpsearch.graph.rules import conv, norm, shape  # noqa: F401 - registers the rules
-from acpsearch.graph.rules import elementwise  # noqa: F401 - registers the rules (after shape)
+from acpsearch.graph.rules import (  # noqa: F401 - registers the rules
+    conv,
+    elementwise,  # noqa: F401 - registers the rules (after shape)
+    norm,
+    shape,
+)
 from acpsearch.graph.rules.base import (
     FunctionRule,
     LayerRule,

@@ -34,7 +34,12 @@ F = TypeVar("F", bound=FunctionRule)
 def flatten_nodes(a: Any) -> list[fx.Node]:
     """The fx nodes inside a (nested) argument."""
     out: list[fx.Node] = []
-    fx.node.map_arg(a, lambda n: out.append(n) or n)
+
+    def note(n: fx.Node) -> fx.Node:
+        out.append(n)
+        return n
+
+    fx.node.map_arg(a, note)
     return out
 
 
@@ -89,7 +94,9 @@ class LayerRule:
         self, m: nn.Module, fin: float, fout: float, in_pruned: bool, out_pruned: bool, c_in: int, c_out: int
     ) -> tuple[int, int]:
         """Input / output widths of a latency probe at kept fractions fin / fout."""
-        return (max(1, round(c_in * fin)) if in_pruned else c_in), (max(1, round(c_out * fout)) if out_pruned else c_out)
+        return (max(1, round(c_in * fin)) if in_pruned else c_in), (
+            max(1, round(c_out * fout)) if out_pruned else c_out
+        )
 
     def rebuild(self, m: nn.Module, c_in: int, c_out: int) -> nn.Module | None:
         """A fresh layer like `m` with c_in / c_out channels, for latency timing (None: cannot)."""

@@ -63,9 +63,11 @@ class ConvRule(LayerRule):
 
     def resize(self, m: nn.Module, info: ModuleInfo, n_in: int | None, n_out: int | None) -> None:
         if info.kind == "conv_dw":
-            m.out_channels = m.in_channels = m.groups = n_out
+            for attr in ("out_channels", "in_channels", "groups"):
+                setattr(m, attr, n_out)
         else:
-            m.out_channels, m.in_channels = n_out, n_in
+            setattr(m, "out_channels", n_out)  # noqa: B010 - the module's attributes, not typed
+            setattr(m, "in_channels", n_in)  # noqa: B010
 
     def mac_term(self, m: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> MacTerm | None:
         assert isinstance(m, _ConvNd)
@@ -94,7 +96,9 @@ class ConvRule(LayerRule):
             groups=groups,
             bias=m.bias is not None,
         )
-        cls: Any = type(m) if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+        cls: Any = (
+            type(m) if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+        )
         if isinstance(cls, dict):
             cls = cls[len(m.kernel_size)]
         layer: nn.Module = cls(c_in, c_out, **kw)
@@ -128,7 +132,8 @@ class LinearRule(LayerRule):
         return True
 
     def resize(self, m: nn.Module, info: ModuleInfo, n_in: int | None, n_out: int | None) -> None:
-        m.out_features, m.in_features = n_out, n_in
+        setattr(m, "out_features", n_out)  # noqa: B010 - the module's attributes, not typed
+        setattr(m, "in_features", n_in)  # noqa: B010
 
     def mac_term(self, m: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> MacTerm | None:
         assert isinstance(m, nn.Linear)

@@ -54,10 +54,7 @@ class ChannelNormRule(LayerRule):
         return True
 
     def resize(self, m: nn.Module, info: ModuleInfo, n_in: int | None, n_out: int | None) -> None:
-        if info.kind == "groupnorm":
-            m.num_channels = n_out
-        else:
-            m.num_features = n_out
+        setattr(m, "num_channels" if info.kind == "groupnorm" else "num_features", n_out)
 
 
 class LayerNormRule(LayerRule):
@@ -96,7 +93,7 @@ class LayerNormRule(LayerRule):
         return True
 
     def resize(self, m: nn.Module, info: ModuleInfo, n_in: int | None, n_out: int | None) -> None:
-        m.normalized_shape = (n_out,)
+        setattr(m, "normalized_shape", (n_out,))  # noqa: B010 - the module's attributes, not typed
 
 
 @functions(F.layer_norm)
@@ -151,7 +148,7 @@ class PReLURule(LayerRule):
         return True
 
     def resize(self, m: nn.Module, info: ModuleInfo, n_in: int | None, n_out: int | None) -> None:
-        m.num_parameters = n_out
+        setattr(m, "num_parameters", n_out)  # noqa: B010 - the module's attributes, not typed
 
 
 add_module_rule((_BatchNorm, _InstanceNorm, nn.GroupNorm), ChannelNormRule())

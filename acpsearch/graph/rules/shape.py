@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo, Seg
-from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions, methods
+from acpsearch.graph.rules.base import LayerRule, add_module_rule, flatten_nodes, functions, methods
 
 if TYPE_CHECKING:  # pragma: no cover
     from acpsearch.graph.analysis import Analyzer
@@ -176,7 +176,7 @@ def cat(an: Analyzer, node: fx.Node, value: Any) -> None:
     tensors = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     dim = _axis(int(an.val(dim)), value.dim())
-    items = [(a, an.values[a], an.desc.get(a)) for a in tensors]  # type: ignore[union-attr]
+    items = [(a, an.values[a], an.desc.get(a)) for a in flatten_nodes(tensors)]
     tracked = [d for _, _, d in items if isinstance(d, Desc)]
     if all(t.dim() == value.dim() for _, t, _ in items) and tracked:
         if all(d.axis == dim for d in tracked):
