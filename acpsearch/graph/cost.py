@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -54,28 +52,6 @@ def linear_term(m: nn.Linear, x_shape: Sequence[int], y_shape: Sequence[int]) ->
     return MacTerm(_per_channel(y_shape, len(y_shape) - 1))
 
 
-def counts_macs(m: nn.Module) -> bool:
-    """Whether calls of `m` are counted (its rule has a MAC formula: conv, linear, registered layers)."""
-    rule = module_rule(m)
-    return rule is not None and type(rule).mac_term is not LayerRule.mac_term
-
-
-def layer_macs(m: nn.Module, x: Any, y: Any) -> int:
-    """MACs of one measured call of `m` (whole batch): its rule's term over the real channel counts."""
-    rule = module_rule(m)
-    if rule is None or not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        return 0
-    term = rule.mac_term(m, tuple(x.shape), tuple(y.shape))
-    if term is None:
-        return 0
-    c_in = x.shape[rule.in_axis] if x.dim() else 1
-    c_out = y.shape[rule.out_axis] if y.dim() else 1
-    return term.value(int(c_out), int(c_in))
-
-
 def count_params(model: nn.Module) -> int:
     """Every parameter of the model, shared ones once (buffers are not counted)."""
     return sum(p.numel() for p in model.parameters())
-
-
-from acpsearch.graph.rules.base import LayerRule, module_rule  # noqa: E402 - the rules use MacTerm above

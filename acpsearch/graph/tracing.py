@@ -12,8 +12,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from acpsearch.graph.rules import base as rules
-from acpsearch.graph.rules.base import flatten_nodes
+from acpsearch.graph.rules import is_leaf, module_rule
+from acpsearch.graph.state import flatten_nodes
 
 
 class Tracer(fx.Tracer):
@@ -28,7 +28,7 @@ class Tracer(fx.Tracer):
         self.failed_in: tuple[str, str] | None = None  # the innermost module whose forward failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if rules.is_leaf(m):
+        if is_leaf(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -117,7 +117,7 @@ def find_hash_layer(gm: fx.GraphModule, output_node: fx.Node) -> str | None:
             continue
         seen.add(n)
         if n.op == "call_module":
-            rule = rules.module_rule(gm.get_submodule(str(n.target)))
+            rule = module_rule(gm.get_submodule(str(n.target)))
             if rule is not None and rule.kind in ("conv", "linear"):
                 return str(n.target)
         frontier.extend(flatten_nodes((n.args, n.kwargs)))

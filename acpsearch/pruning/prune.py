@@ -18,8 +18,8 @@ from torch import nn
 from acpsearch.errors import CheckpointError, UnsupportedModelError
 from acpsearch.graph.analysis import Analysis, Seg, one_thread
 from acpsearch.graph.core import ChannelGraph, Cost
-from acpsearch.graph.cost import count_params, counts_macs, layer_macs
-from acpsearch.graph.rules import module_rule, set_size_attr
+from acpsearch.graph.cost import count_params
+from acpsearch.graph.rules import counts_macs, layer_macs, module_rule, set_size_attr
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"

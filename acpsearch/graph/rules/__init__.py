@@ -11,11 +11,23 @@ from acpsearch.graph.rules import (  # noqa: F401 - registers the rules
 from acpsearch.graph.rules.base import (
     FunctionRule,
     LayerRule,
+    counts_macs,
     function_rule,
     is_leaf,
+    layer_macs,
     module_rule,
     register_rule,
     set_size_attr,
 )
 
-__all__ = ["FunctionRule", "LayerRule", "function_rule", "is_leaf", "module_rule", "register_rule", "set_size_attr"]
+__all__ = [
+    "counts_macs",
+    "layer_macs",
+    "FunctionRule",
+    "LayerRule",
+    "function_rule",
+    "is_leaf",
+    "module_rule",
+    "register_rule",
+    "set_size_attr",
+]

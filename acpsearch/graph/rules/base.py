@@ -15,32 +15,20 @@ by the function (``call_function`` nodes) or the method name (``call_method`` no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, SizeAttr
+from acpsearch.graph.cost import MacTerm
+from acpsearch.graph.state import Analyzer, flatten_nodes
 
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.graph.analysis import Analyzer
-    from acpsearch.graph.cost import MacTerm
+__all__ = ["Analyzer", "FunctionRule", "LayerRule", "MacTerm", "flatten_nodes", "register_rule"]
 
-FunctionRule = Callable[["Analyzer", fx.Node, Any], None]
+FunctionRule = Callable[[Analyzer, fx.Node, Any], None]
 F = TypeVar("F", bound=FunctionRule)
-
-
-def flatten_nodes(a: Any) -> list[fx.Node]:
-    """The fx nodes inside a (nested) argument."""
-    out: list[fx.Node] = []
-
-    def note(n: fx.Node) -> fx.Node:
-        out.append(n)
-        return n
-
-    fx.node.map_arg(a, note)
-    return out
 
 
 class LayerRule:
@@ -173,6 +161,25 @@ def register_rule(target: type[nn.Module] | Callable[..., Any] | str, rule: Laye
         _METHOD_RULES[target] = rule
     else:
         _FUNCTION_RULES[target] = rule
+
+
+def counts_macs(m: nn.Module) -> bool:
+    """Whether calls of `m` are counted (its rule has a MAC formula: conv, linear, registered layers)."""
+    rule = module_rule(m)
+    return rule is not None and type(rule).mac_term is not LayerRule.mac_term
+
+
+def layer_macs(m: nn.Module, x: Any, y: Any) -> int:
+    """MACs of one measured call of `m` (whole batch): its rule's term over the real channel counts."""
+    rule = module_rule(m)
+    if rule is None or not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return 0
+    term = rule.mac_term(m, tuple(x.shape), tuple(y.shape))
+    if term is None:
+        return 0
+    c_in = x.shape[rule.in_axis] if x.dim() else 1
+    c_out = y.shape[rule.out_axis] if y.dim() else 1
+    return term.value(int(c_out), int(c_in))
 
 
 def set_size_attr(m: nn.Module, sa: SizeAttr, counts: list[int]) -> None:

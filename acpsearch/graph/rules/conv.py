@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -11,10 +11,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, Seg
 from acpsearch.graph.cost import MacTerm, conv_term, linear_term
-from acpsearch.graph.rules.base import LayerRule, add_module_rule
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.graph.analysis import Analyzer
+from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule
 
 
 class ConvRule(LayerRule):

@@ -8,7 +8,7 @@ the descriptor through; softmax-like ops over the channel axis freeze it.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -16,10 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo
-from acpsearch.graph.rules.base import LayerRule, add_module_rule, flatten_nodes, functions, methods
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.graph.analysis import Analyzer
+from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, flatten_nodes, functions, methods
 
 PASS_MODULES: tuple[type, ...] = (
     nn.ReLU,

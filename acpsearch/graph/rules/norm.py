@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -12,10 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, Seg
-from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.graph.analysis import Analyzer
+from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, functions
 
 
 def _norm_layer(an: Analyzer, node: fx.Node, name: str, m: nn.Module, segs: tuple[Seg, ...], op: str, xv: Any) -> None:

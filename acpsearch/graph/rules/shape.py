@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo, Seg
-from acpsearch.graph.rules.base import LayerRule, add_module_rule, flatten_nodes, functions, methods
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acpsearch.graph.analysis import Analyzer
+from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, flatten_nodes, functions, methods
 
 _RESHAPE_METHODS = {
     "view",
