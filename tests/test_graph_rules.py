@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,16 @@ def test_register_rule_makes_a_custom_layer_prunable() -> None:
     assert g.cost(s).flops < 0.5 * g.cost().flops
     with pytest.raises(TypeError):
         register_rule(StdConv2d, lambda an, node, value: None)  # type: ignore[arg-type]
+
+
+def test_registered_rule_rebuilds_for_latency() -> None:
+    from acpsearch.search.latency import LatencyTable
+
+    register_rule(StdConv2d, StdConvRule())
+    g = acp.ChannelGraph.from_model(StdNet().eval(), X)
+    tab = LatencyTable.build(g, batch_size=2, fractions=(0.5, 1.0), repeats=1, cache=False)
+    assert {g.nodes[i].module for i in tab.nodes} >= {"c1", "c2"}
+    assert tab.predict_batch(g, np.full((1, len(g.groups)), 0.5))[0] > 0
 
 
 def test_register_rule_is_public() -> None:

@@ -10,7 +10,9 @@ What the cost model counts (and `acpsearch.pruning.measure_cost` measures the sa
 * ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
   norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
 
-Each conv/linear call contributes ``num * L_a * L_b // den`` MACs and each parameter tensor
+The per-layer MAC formula is the layer rule's ``MacTerm`` (``acpsearch.graph.cost``), the one
+``measure_cost`` evaluates on the real module. Each conv/linear call contributes
+``num * L_a * L_b // den`` MACs and each parameter tensor
 ``const * L_a * L_b // den`` entries, where ``L`` is the kept channel count of a segment list
 (a linear form of the groups' kept counts). So ``cost`` and ``cost_batch`` are a small matrix
 product plus a gather, exact in integers.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -132,9 +133,11 @@ def _probe(an: Analyzer, node: fx.Node, dx: Desc, xv: torch.Tensor) -> Any:
     probe = torch.zeros(shape)
     args = [an.val(a) for a in node.args[1:]]
     kwargs = {k: an.val(v) for k, v in node.kwargs.items()}
-    if node.op == "call_method":
-        return getattr(probe, str(node.target))(*args, **kwargs)
-    return node.target(probe, *args, **kwargs)  # type: ignore[operator]
+    with warnings.catch_warnings():  # e.g. std() over one element: only the output shape matters
+        warnings.simplefilter("ignore")
+        if node.op == "call_method":
+            return getattr(probe, str(node.target))(*args, **kwargs)
+        return node.target(probe, *args, **kwargs)  # type: ignore[operator]
 
 
 @functions(*_PERMUTE_FUNCS)
