@@ -1,7 +1,7 @@
 """Per-layer latency table, measured once on this machine and cached, for latency budgets.
 
 Why a table and not FLOPs: on CPUs latency is not proportional to MACs (odd channel counts,
-memory-bound small layers; FACTS.md: candidates at equal MACs ran 65-120 ms). Measuring every
+memory-bound small layers: candidates at equal MACs were measured at 65-120 ms). Measuring every
 candidate is too slow for a search, so each conv / linear layer of the graph is timed alone on
 a grid of (kept input fraction, kept output fraction) with its real kernel, stride, padding,
 groups and input size, at the deployment batch size. A candidate's latency = sum over layers of
