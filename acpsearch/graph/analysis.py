@@ -31,7 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from acpsearch.errors import UnsupportedModelError
-from acpsearch.graph.channels import Analysis, Desc, LayerInfo, ModuleInfo, Seg
+from acpsearch.graph.channels import Analysis, Desc, LayerInfo, ModuleInfo
 from acpsearch.graph.cost import MacTerm
 from acpsearch.graph.rules import function_rule, module_rule
 from acpsearch.graph.state import Analyzer, flatten_nodes, norm_axis
@@ -40,12 +40,11 @@ from acpsearch.graph.tracing import (
     Tracer,
     find_hash_layer,
     flat_values,
-    one_thread,
     record_shapes,
     user_frame,
 )
 
-__all__ = ["Analysis", "Analyzer", "Desc", "Engine", "Seg", "analyse", "norm_axis", "one_thread"]
+__all__ = ["Engine", "analyse"]
 
 
 class Engine(Analyzer):

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError, UnsupportedModelError
-from acpsearch.graph.analysis import Analysis, Seg, analyse
+from acpsearch.graph.analysis import analyse
+from acpsearch.graph.channels import Analysis, Seg
 
 if TYPE_CHECKING:  # pragma: no cover
     from acpsearch.pruning.strategy import PruningStrategy

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from acpsearch.errors import CheckpointError, UnsupportedModelError
-from acpsearch.graph.analysis import Analysis, Seg, one_thread
+from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.core import ChannelGraph, Cost
 from acpsearch.graph.cost import count_params
 from acpsearch.graph.rules import counts_macs, layer_macs, module_rule, set_size_attr
+from acpsearch.graph.tracing import one_thread
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"

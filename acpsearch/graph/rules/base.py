@@ -23,9 +23,7 @@ from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, SizeAttr
 from acpsearch.graph.cost import MacTerm
-from acpsearch.graph.state import Analyzer, flatten_nodes
-
-__all__ = ["Analyzer", "FunctionRule", "LayerRule", "MacTerm", "flatten_nodes", "register_rule"]
+from acpsearch.graph.state import Analyzer
 
 FunctionRule = Callable[[Analyzer, fx.Node, Any], None]
 F = TypeVar("F", bound=FunctionRule)

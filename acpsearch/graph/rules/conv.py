@@ -11,7 +11,8 @@ from torch.nn.modules.conv import _ConvNd
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, Seg
 from acpsearch.graph.cost import MacTerm, conv_term, linear_term
-from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule
+from acpsearch.graph.rules.base import LayerRule, add_module_rule
+from acpsearch.graph.state import Analyzer
 
 
 class ConvRule(LayerRule):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo
-from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, flatten_nodes, functions, methods
+from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions, methods
+from acpsearch.graph.state import Analyzer, flatten_nodes
 
 PASS_MODULES: tuple[type, ...] = (
     nn.ReLU,

@@ -12,7 +12,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from acpsearch.graph.channels import Desc, LayerInfo, ModuleInfo, Seg
-from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, functions
+from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions
+from acpsearch.graph.state import Analyzer
 
 
 def _norm_layer(an: Analyzer, node: fx.Node, name: str, m: nn.Module, segs: tuple[Seg, ...], op: str, xv: Any) -> None:

@@ -13,7 +13,8 @@ import torch.fx as fx
 from torch import nn
 
 from acpsearch.graph.channels import Desc, LayerInfo, Seg
-from acpsearch.graph.rules.base import Analyzer, LayerRule, add_module_rule, flatten_nodes, functions, methods
+from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions, methods
+from acpsearch.graph.state import Analyzer, flatten_nodes
 
 _RESHAPE_METHODS = {
     "view",
