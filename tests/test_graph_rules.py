@@ -224,3 +224,40 @@ def test_unknown_module_without_rule_still_refused_or_frozen() -> None:
 
     with pytest.raises(UnsupportedModelError):
         acp.ChannelGraph.from_model(Untraceable(), X)
+
+
+class ConvNeXtLN(nn.Module):
+    """The original ConvNeXt LayerNorm: a plain module, F.layer_norm when channels-last, an
+    explicit mean / variance over axis 1 when channels-first."""
+
+    def __init__(self, c: int, data_format: str = "channels_first") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.eps, self.data_format, self.normalized_shape = 1e-6, data_format, (c,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_format == "channels_last":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def test_convnext_original_layernorm_module() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.n1 = nn.Conv2d(3, 16, 4, stride=4), ConvNeXtLN(16)
+            self.dw, self.n2 = nn.Conv2d(16, 16, 7, padding=3, groups=16), ConvNeXtLN(16, "channels_last")
+            self.pw, self.head = nn.Linear(16, 32), nn.Linear(32, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.n1(self.stem(x))
+            y = self.pw(self.n2(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+            return self.head(y.mean((2, 3)))
+
+    g, pruned, _ = _prunes(Net().eval())
+    assert {"stem", "pw"} <= {gr.name for gr in g.groups}
+    assert pruned.n2.normalized_shape == (8,) and pruned.n1.weight.shape == (8,)
