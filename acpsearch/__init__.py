@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ChannelGraph": "acpsearch.graph",
     "Cost": "acpsearch.graph",
+    "register_rule": "acpsearch.graph",
     "PruningStrategy": "acpsearch.pruning",
     "prune": "acpsearch.pruning",
     "measure_cost": "acpsearch.pruning",

@@ -142,7 +142,7 @@ def test_grouped_conv_sets_divisor_and_concat_fed_grouped_conv_is_frozen():
     grp = group_with(g, "body.1.conv2")
     assert grp.divisor == 4
 
-    class CatGrouped(nn.Module):  # torch-pruning crashes on this pattern (FACTS.md)
+    class CatGrouped(nn.Module):  # torch-pruning crashes on this pattern
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 8, 1)

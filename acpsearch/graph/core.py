@@ -10,7 +10,9 @@ What the cost model counts (and `acpsearch.pruning.measure_cost` measures the sa
 * ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
   norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
 
-Each conv/linear call contributes ``num * L_a * L_b // den`` MACs and each parameter tensor
+The per-layer MAC formula is the layer rule's ``MacTerm`` (``acpsearch.graph.cost``), the one
+``measure_cost`` evaluates on the real module. Each conv/linear call contributes
+``num * L_a * L_b // den`` MACs and each parameter tensor
 ``const * L_a * L_b // den`` entries, where ``L`` is the kept channel count of a segment list
 (a linear form of the groups' kept counts). So ``cost`` and ``cost_batch`` are a small matrix
 product plus a gather, exact in integers.
@@ -27,7 +29,8 @@ import numpy as np
 from torch import nn
 
 from acpsearch.errors import SpecError, UnsupportedModelError
-from acpsearch.graph.analysis import Analysis, Seg, analyse
+from acpsearch.graph.analysis import analyse
+from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.features import NodeDescriptors, to_pyg
 from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
 
@@ -118,7 +121,7 @@ class ChannelGraph:
     def _check_bindings(self) -> None:
         """Every bound axis must match its tensor's size; a mismatch freezes (never mis-slices)."""
         V = self.analysis.vars
-        tensors = dict(self.model.named_parameters(remove_duplicate=False))
+        tensors: dict[str, torch.Tensor] = dict(self.model.named_parameters(remove_duplicate=False))
         tensors.update(dict(self.model.named_buffers(remove_duplicate=False)))
         for tname, axes in self.analysis.bindings.items():
             t = tensors.get(tname)
@@ -195,11 +198,11 @@ class ChannelGraph:
 
     def _build_forms(self) -> None:
         self._forms: list[tuple[tuple[tuple[int, int], ...], int]] = [((), 1)]
-        self._form_key = {((), 1): 0}
+        self._form_key: dict[tuple[tuple[tuple[int, int], ...], int], int] = {((), 1): 0}
         an = self.analysis
         ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms]
         # Parameters: one term per tensor; bound axes are forms, the rest constants.
-        pt = []
+        pt: list[tuple[int, int, int, int]] = []
         self._param_term_of: dict[str, int] = {}
         for pname, p in self.model.named_parameters():
             axes = an.bindings.get(pname, {})
@@ -245,10 +248,10 @@ class ChannelGraph:
         if G:
             probe = np.repeat(self.channels[None, :], G, axis=0)
             probe[np.arange(G), np.arange(G)] = 0
-            f, p = self._eval_terms(probe)
+            fl, pa = self._eval_terms(probe)
             for gi, grp in enumerate(self.groups):
-                grp.flops_share = float((base.flops - f[gi]) / max(base.flops, 1))
-                grp.params_share = float((base.params - p[gi]) / max(base.params, 1))
+                grp.flops_share = float((base.flops - fl[gi]) / max(base.flops, 1))
+                grp.params_share = float((base.params - pa[gi]) / max(base.params, 1))
 
     def _eval_forms(self, kept: np.ndarray) -> np.ndarray:
         # numpy's integer matmul: no BLAS threads (multi-threaded BLAS spin-waits on a busy box)

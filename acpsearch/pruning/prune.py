@@ -9,42 +9,35 @@ raises ``UnsupportedModelError`` instead of ever returning a wrong model.
 from __future__ import annotations
 
 import copy
-import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
 from acpsearch.errors import CheckpointError, UnsupportedModelError
-from acpsearch.graph.analysis import one_thread
+from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.core import ChannelGraph, Cost
+from acpsearch.graph.cost import count_params
+from acpsearch.graph.rules import counts_macs, layer_macs, module_rule, set_size_attr
+from acpsearch.graph.tracing import one_thread
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"
 
 
 def measure_cost(model: nn.Module, example_input: Any) -> Cost:
-    """Cost measured on the real module: MACs per sample of every conv / linear call (hooks,
-    same definition as ``acpsearch.graph.core``) and the number of parameters."""
+    """Cost measured on the real module: MACs per sample of every call of a layer whose rule has
+    a MAC formula (conv / linear; hooks, the same per-layer formula as the closed form in
+    ``acpsearch.graph.core``, see ``acpsearch.graph.cost``) and the number of parameters."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
     total = [0]
 
-    def hook(m: nn.Module, args: tuple, out: Any) -> None:
-        x = args[0]
-        if isinstance(m, _ConvNd):
-            kv = int(math.prod(m.kernel_size))
-            if m.transposed:
-                total[0] += x.numel() * (m.out_channels // m.groups) * kv
-            else:
-                total[0] += out.numel() * (m.in_channels // m.groups) * kv
-        else:
-            total[0] += out.numel() * m.in_features
+    def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        total[0] += layer_macs(m, args[0], out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if counts_macs(m)]
     was = model.training
     model.eval()
     try:
@@ -54,8 +47,7 @@ def measure_cost(model: nn.Module, example_input: Any) -> Cost:
         model.train(was)
         for h in handles:
             h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return Cost(int(total[0] // batch), int(params))
+    return Cost(int(total[0] // batch), count_params(model))
 
 
 def _out_shapes(out: Any) -> list[tuple[int, ...]]:
@@ -91,34 +83,48 @@ def apply_indices(
     """Return a pruned deep copy of `model` keeping `indices[group]` (sorted) of each group."""
     _check_same_arch(model, g)
     an = g.analysis
-    V = an.vars
-    keep_root: dict[int, torch.Tensor] = {}
-    for r, gi in g.group_of_root.items():
-        grp = g.groups[gi]
-        idx = np.asarray(indices.get(grp.name, np.arange(grp.channels)), dtype=np.int64)
-        if (
-            idx.ndim != 1
-            or len(idx) == 0
-            or idx.min() < 0
-            or idx.max() >= grp.channels
-            or len(np.unique(idx)) != len(idx)
-        ):
-            raise UnsupportedModelError(f"group {grp.name!r}: invalid kept indices")
-        if grp.divisor > 1:
-            per = grp.channels // grp.divisor
-            counts = np.bincount(idx // per, minlength=grp.divisor)
-            if len(set(counts.tolist())) != 1:
-                raise UnsupportedModelError(
-                    f"group {grp.name!r}: kept channels must be balanced over {grp.divisor} groups"
-                )
-        keep_root[r] = torch.from_numpy(np.sort(idx))
+    kept = _Kept(g, indices)
+    new = copy.deepcopy(model)
+    _slice_tensors(new, an, kept)
+    _resize(new, an, kept)
+    if verify:
+        _verify(new, model, an, example_input, expected)
+    return new
 
-    def seg_index(segs: tuple) -> tuple[torch.Tensor, int, int]:
-        parts, off, full = [], 0, 0
+
+class _Kept:
+    """Kept channel indices per variable root, and the kept positions of a segment list."""
+
+    def __init__(self, g: ChannelGraph, indices: dict[str, np.ndarray]) -> None:
+        self.V = g.analysis.vars
+        self.keep_root: dict[int, torch.Tensor] = {}
+        for r, gi in g.group_of_root.items():
+            grp = g.groups[gi]
+            idx = np.asarray(indices.get(grp.name, np.arange(grp.channels)), dtype=np.int64)
+            if (
+                idx.ndim != 1
+                or len(idx) == 0
+                or idx.min() < 0
+                or idx.max() >= grp.channels
+                or len(np.unique(idx)) != len(idx)
+            ):
+                raise UnsupportedModelError(f"group {grp.name!r}: invalid kept indices")
+            if grp.divisor > 1:
+                per = grp.channels // grp.divisor
+                counts = np.bincount(idx // per, minlength=grp.divisor)
+                if len(set(counts.tolist())) != 1:
+                    raise UnsupportedModelError(
+                        f"group {grp.name!r}: kept channels must be balanced over {grp.divisor} groups"
+                    )
+            self.keep_root[r] = torch.from_numpy(np.sort(idx))
+
+    def __call__(self, segs: tuple[Seg, ...]) -> tuple[torch.Tensor, int, int]:
+        """(kept positions, their count, the full length) of the channel axis made of `segs`."""
+        parts, off = [], 0
         for v, rep in segs:
-            r = V.find(v)
-            size = V.size[r]
-            k = keep_root.get(r)
+            r = self.V.find(v)
+            size = self.V.size[r]
+            k = self.keep_root.get(r)
             if k is None:
                 k = torch.arange(size)
             parts.append((off + (k[:, None] * rep + torch.arange(rep)[None, :])).reshape(-1))
@@ -126,7 +132,9 @@ def apply_indices(
         idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
         return idx, len(idx), off
 
-    new = copy.deepcopy(model)
+
+def _slice_tensors(new: nn.Module, an: Analysis, kept: _Kept) -> None:
+    """Slice every bound parameter / buffer of `new` (shared tensors once, every owner updated)."""
     owners: dict[int, list[tuple[nn.Module, str, bool]]] = {}
     for mod in new.modules():
         for leaf, p in mod._parameters.items():
@@ -135,31 +143,14 @@ def apply_indices(
         for leaf, b in mod._buffers.items():
             if b is not None:
                 owners.setdefault(id(b), []).append((mod, leaf, False))
-    tensors = dict(new.named_parameters(remove_duplicate=False))
+    tensors: dict[str, torch.Tensor] = dict(new.named_parameters(remove_duplicate=False))
     tensors.update(dict(new.named_buffers(remove_duplicate=False)))
     with torch.no_grad():
         for tname, axes in an.bindings.items():
             t = tensors.get(tname)
             if t is None:
                 continue
-            t2 = t.detach()
-            for axis, segs in axes.items():
-                if axis == -1:
-                    continue
-                idx, n, full = seg_index(segs)
-                if n != full:
-                    t2 = t2.index_select(axis, idx)
-            if -1 in axes:
-                grp_n = an.grouped_in[tname]
-                idx, n, full = seg_index(axes[-1])
-                if n != full:
-                    per_in = full // grp_n
-                    out_per = t2.shape[0] // grp_n
-                    blocks = []
-                    for b in range(grp_n):
-                        local = idx[(idx >= b * per_in) & (idx < (b + 1) * per_in)] - b * per_in
-                        blocks.append(t2[b * out_per : (b + 1) * out_per].index_select(1, local))
-                    t2 = torch.cat(blocks, 0)
+            t2 = _sliced(t.detach(), axes, an.grouped_in.get(tname, 1), kept)
             if t2 is t:
                 continue
             for mod, leaf, is_param in owners.get(id(t), []):
@@ -167,53 +158,71 @@ def apply_indices(
                     mod._parameters[leaf] = nn.Parameter(t2.clone().contiguous(), requires_grad=t.requires_grad)
                 else:
                     mod._buffers[leaf] = t2.clone().contiguous()
-    # size attributes
+
+
+def _sliced(t2: torch.Tensor, axes: dict[int, tuple[Seg, ...]], grp_n: int, kept: _Kept) -> torch.Tensor:
+    for axis, segs in axes.items():
+        if axis == -1:
+            continue
+        idx, n, full = kept(segs)
+        if n != full:
+            t2 = t2.index_select(axis, idx)
+    if -1 in axes:  # grouped conv: the per-group input axis 1, block by block
+        idx, n, full = kept(axes[-1])
+        if n != full:
+            per_in = full // grp_n
+            out_per = t2.shape[0] // grp_n
+            blocks = []
+            for b in range(grp_n):
+                local = idx[(idx >= b * per_in) & (idx < (b + 1) * per_in)] - b * per_in
+                blocks.append(t2[b * out_per : (b + 1) * out_per].index_select(1, local))
+            t2 = torch.cat(blocks, 0)
+    return t2
+
+
+def _verify(new: nn.Module, model: nn.Module, an: Analysis, example_input: Any, expected: Cost | None) -> None:
+    """Forward on the example input (eval and training mode), same output shapes, cost as predicted."""
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    was = new.training
+    new.eval()
+    try:
+        with one_thread(), torch.no_grad():
+            out = new(*inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot prune this model safely
+        first = (str(exc).splitlines() or [""])[0]
+        raise UnsupportedModelError(
+            f"pruned {type(model).__name__} fails on the example input ({type(exc).__name__}: {first[:160]}); "
+            "an op in its forward hard-codes channel sizes"
+        ) from None
+    finally:
+        new.train(was)
+    _check_train_mode(new, model, tuple(inputs))
+    shapes = _out_shapes(out)
+    if shapes != an.output_shapes:
+        raise UnsupportedModelError(
+            f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}"
+        )
+    if expected is not None:
+        measured = measure_cost(new, example_input)
+        if measured != expected:
+            raise UnsupportedModelError(
+                f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it"
+            )
+
+
+def _resize(new: nn.Module, an: Analysis, seg_index: _Kept) -> None:
+    """Size attributes after slicing: each module's rule resizes it; attributes holding channel
+    counts a forward reads (split sizes, ...) get the kept counts."""
     for name, info in an.modules.items():
         m = new.get_submodule(name)
+        rule = module_rule(m)
+        if rule is None or info.kind == "frozen":
+            continue
         n_in = seg_index(info.in_segs)[1] if info.in_segs else None
         n_out = seg_index(info.out_segs)[1] if info.out_segs else None
-        if info.kind in ("conv", "conv_grouped"):
-            m.out_channels, m.in_channels = n_out, n_in
-        elif info.kind == "conv_dw":
-            m.out_channels = m.in_channels = m.groups = n_out
-        elif info.kind == "linear":
-            m.out_features, m.in_features = n_out, n_in
-        elif info.kind == "norm":
-            m.num_features = n_out
-        elif info.kind == "groupnorm":
-            m.num_channels = n_out
-        elif info.kind == "layernorm":
-            m.normalized_shape = (n_out,)
-        elif info.kind == "prelu":
-            m.num_parameters = n_out
-    if verify:
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-        was = new.training
-        new.eval()
-        try:
-            with one_thread(), torch.no_grad():
-                out = new(*inputs)
-        except Exception as exc:  # noqa: BLE001 - any failure means we cannot prune this model safely
-            first = (str(exc).splitlines() or [""])[0]
-            raise UnsupportedModelError(
-                f"pruned {type(model).__name__} fails on the example input ({type(exc).__name__}: {first[:160]}); "
-                "an op in its forward hard-codes channel sizes"
-            ) from None
-        finally:
-            new.train(was)
-        _check_train_mode(new, model, inputs)
-        shapes = _out_shapes(out)
-        if shapes != an.output_shapes:
-            raise UnsupportedModelError(
-                f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}"
-            )
-        if expected is not None:
-            measured = measure_cost(new, example_input)
-            if measured != expected:
-                raise UnsupportedModelError(
-                    f"pruned {type(model).__name__}: measured cost {measured} != predicted {expected}; refusing it"
-                )
-    return new
+        rule.resize(m, info, n_in, n_out)
+    for sa in an.size_attrs:
+        set_size_attr(new.get_submodule(sa.module), sa, [seg_index(p)[1] for p in sa.parts])
 
 
 def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple[Any, ...] | list[Any]) -> None:

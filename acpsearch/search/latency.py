@@ -1,7 +1,7 @@
 """Per-layer latency table, measured once on this machine and cached, for latency budgets.
 
 Why a table and not FLOPs: on CPUs latency is not proportional to MACs (odd channel counts,
-memory-bound small layers; FACTS.md: candidates at equal MACs ran 65-120 ms). Measuring every
+memory-bound small layers: candidates at equal MACs were measured at 65-120 ms). Measuring every
 candidate is too slow for a search, so each conv / linear layer of the graph is timed alone on
 a grid of (kept input fraction, kept output fraction) with its real kernel, stride, padding,
 groups and input size, at the deployment batch size. A candidate's latency = sum over layers of
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError
+from acpsearch.graph.rules import module_rule
 
 TIMED_TYPES = ("conv", "conv_dw", "linear", "hash")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -152,7 +153,7 @@ class LatencyTable:
                 for i, fi in enumerate(fractions):
                     for j, fo in enumerate(fractions):
                         layer, x = _standalone(m, nd, fi, fo, batch_size)
-                        tab[i, j] = _time(lambda: layer(x), repeats)
+                        tab[i, j] = _time(lambda layer=layer, x=x: layer(x), repeats)
                 tables.append(tab.tolist())
             model = g.model.eval()
             x = _example(g, batch_size)
@@ -164,11 +165,11 @@ class LatencyTable:
             "build_seconds": round(time.perf_counter() - t_start, 2),
             "key": key,
         }
-        tab = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
+        table = cls([nd.index for nd in nodes], list(fractions), tables, full_ms, batch_size, meta)
         if cache:
             _writable_cache_dir()
-            _write_entry(path, tab.to_dict())
-        return tab
+            _write_entry(path, table.to_dict())
+        return table
 
     @classmethod
     def _read_entry(
@@ -258,7 +259,7 @@ class LatencyTable:
             + (1 - wi) * wj * T[node, i, j + 1]
             + wi * wj * T[node, i + 1, j + 1]
         )
-        return self.scale * lat.sum(axis=1) + self.offset_ms
+        return np.asarray(self.scale * lat.sum(axis=1) + self.offset_ms, dtype=np.float64)
 
     def predict(self, g: Any, strategy: Any) -> float:
         row = np.array([[strategy.ratios.get(grp.name, 1.0) for grp in g.groups]])
@@ -273,41 +274,23 @@ def _example(g: Any, batch_size: int) -> torch.Tensor:
 
 
 def _standalone(m: nn.Module, nd: Any, fin: float, fout: float, batch_size: int) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh layer like `m` with the kept channel fractions, and an input of its real size."""
-    if isinstance(m, nn.Linear):
-        cin = max(1, round(m.in_features * fin)) if nd.in_groups else m.in_features
-        cout = max(1, round(m.out_features * fout)) if nd.out_groups else m.out_features
-        layer = nn.Linear(cin, cout, bias=m.bias is not None).eval()
-        lead = list(nd.in_shape[1:-1]) if len(nd.in_shape) > 2 else []
-        return layer, torch.randn([batch_size, *lead, cin])
-    if isinstance(m, nn.modules.conv._ConvNd):
-        groups = m.groups
-        if groups == m.in_channels == m.out_channels and groups > 1:  # depthwise: in = out = groups
-            c = max(1, round(m.out_channels * fout)) if nd.out_groups else m.out_channels
-            cin, cout, groups = c, c, c
-        else:
-            cin = max(groups, round(m.in_channels * fin / groups) * groups) if nd.in_groups else m.in_channels
-            cout = max(groups, round(m.out_channels * fout / groups) * groups) if nd.out_groups else m.out_channels
-        kw = dict(
-            kernel_size=m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            dilation=m.dilation,
-            groups=groups,
-            bias=m.bias is not None,
-        )
-        layer = (
-            type(m)(cin, cout, **kw)
-            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-            else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)](cin, cout, **kw)
-        )
-        layer = layer.eval()
-        x = torch.randn([batch_size, cin, *nd.in_shape[2:]])
-        if x.ndim == 4:
-            layer = layer.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return layer, x
-    raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
+    """A fresh layer like `m` with the kept channel fractions (its rule's rebuild), and an input of its real size."""
+    rule = module_rule(m)
+    c_in = int(nd.in_shape[rule.in_axis]) if rule is not None else 0
+    c_out = int(nd.out_shape[rule.out_axis]) if rule is not None else 0
+    if rule is not None:
+        cin, cout = rule.timed_channels(m, fin, fout, bool(nd.in_groups), bool(nd.out_groups), c_in, c_out)
+        layer = rule.rebuild(m, cin, cout)
+    if rule is None or layer is None:
+        raise TypeError(f"latency: cannot time module type {type(m).__name__} ({nd.module})")
+    layer = layer.eval()
+    shape = [batch_size, *nd.in_shape[1:]]
+    shape[rule.in_axis] = cin
+    x = torch.randn(shape)
+    if x.ndim == 4 and rule.in_axis == 1:
+        layer = layer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
+    return layer, x
 
 
 # --- comparing whole networks --------------------------------------------------------------------
@@ -336,7 +319,10 @@ def compare_latency(
     rounds = max(1, int(rounds))
     shape = [int(batch), *[int(v) for v in list(input_shape)[1:]]]
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-    nets = {name: m.eval().to(memory_format=torch.channels_last) for name, m in models.items()}
+    nets = {
+        name: m.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        for name, m in models.items()
+    }
     names = list(nets)
     per_round: dict[str, list[float]] = {n: [] for n in names}
     order: list[list[str]] = []

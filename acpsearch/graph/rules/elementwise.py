@@ -1,0 +1,404 @@
+"""Elementwise ops, activations, pooling and other ops that keep the channel axis.
+
+Binary ops unify the channel variables of their operands (broadcasting and free parameters such
+as layer-scale gammas included); unary ops, activations, pooling and padding of other axes pass
+the descriptor through; softmax-like ops over the channel axis freeze it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from acpsearch.graph.channels import Desc, LayerInfo
+from acpsearch.graph.rules.base import LayerRule, add_module_rule, functions, methods
+from acpsearch.graph.state import Analyzer, flatten_nodes
+
+PASS_MODULES: tuple[type, ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Threshold,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+)
+POOL_MODULES: tuple[type, ...] = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad2d,
+)
+
+_BINARY = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.true_divide,
+    torch.maximum,
+    torch.minimum,
+    torch.subtract,
+    torch.multiply,
+}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
+_MERGE_NAMES = {
+    "add": "add",
+    "iadd": "add",
+    "add_": "add",
+    "sub": "add",
+    "isub": "add",
+    "sub_": "add",
+    "subtract": "add",
+    "mul": "mul",
+    "imul": "mul",
+    "mul_": "mul",
+    "multiply": "mul",
+    "truediv": "mul",
+    "itruediv": "mul",
+    "div": "mul",
+    "div_": "mul",
+    "true_divide": "mul",
+    "maximum": "add",
+    "minimum": "add",
+}
+_UNARY_FUNCS = {
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.hardswish,
+    F.hardsigmoid,
+    F.silu,
+    F.gelu,
+    F.mish,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.leaky_relu,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.logsigmoid,
+    torch.relu,
+    torch.relu_,
+    torch.sigmoid,
+    torch.tanh,
+    torch.sign,
+    torch.abs,
+    torch.exp,
+    torch.neg,
+    torch.clamp,
+    torch.clip,
+    torch.sqrt,
+    torch.square,
+    torch.erf,
+    torch.sin,
+    torch.cos,
+    operator.neg,
+    operator.pos,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.rand_like,
+    torch.randn_like,
+    torch.full_like,
+    torch.nn.functional.hardshrink,
+    torch.nn.functional.threshold,
+}
+_UNARY_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "sign",
+    "sign_",
+    "abs",
+    "exp",
+    "neg",
+    "clamp",
+    "clamp_",
+    "clip",
+    "clip_",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "detach",
+    "sqrt",
+    "square",
+    "pow",
+    "erf",
+    "requires_grad_",
+    "cpu",
+    "cuda",
+    "bfloat16",
+    "hardswish",
+    "zero_",
+}
+_META_METHODS = {
+    "size",
+    "dim",
+    "numel",
+    "ndimension",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "new_tensor",
+    "type",
+    "get_device",
+    "is_contiguous",
+    "element_size",
+    "nelement",
+    "stride",
+}
+_POOL_FUNCS = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.interpolate,
+    F.upsample,
+    F.lp_pool2d,
+    torch.avg_pool1d,
+    torch.nn.functional.upsample_nearest,
+    torch.nn.functional.upsample_bilinear,
+}
+_DIM_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.cumsum, F.normalize}
+_DIM_METHODS = {"softmax", "log_softmax", "cumsum"}
+
+
+def _axis(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+class PassRule(LayerRule):
+    """Parameter-free activations / dropout / identity: the descriptor passes through."""
+
+    leaf = False  # standard torch.nn modules are fx leaves anyway; subclasses are traced through
+
+    def analyse(self, an: Analyzer, node: fx.Node, name: str, m: nn.Module, value: Any) -> bool:
+        if any(True for _ in m.parameters()):
+            return False
+        an.desc[node] = an.d(node.args[0] if node.args else None)
+        return True
+
+
+class PoolRule(LayerRule):
+    """Parameter-free pooling / resizing / padding modules: channels pass when axis 1 stays whole."""
+
+    leaf = False
+
+    def analyse(self, an: Analyzer, node: fx.Node, name: str, m: nn.Module, value: Any) -> bool:
+        if any(True for _ in m.parameters()):
+            return False
+        x = node.args[0] if node.args else None
+        an.desc[node] = spatial(an, an.d(x), an.val(x), value)
+        return True
+
+
+class SoftmaxRule(LayerRule):
+    leaf = False
+
+    def analyse(self, an: Analyzer, node: fx.Node, name: str, m: nn.Module, value: Any) -> bool:
+        assert isinstance(m, (nn.Softmax, nn.LogSoftmax))
+        x = node.args[0] if node.args else None
+        dx, xv = an.d(x), an.val(x)
+        if not isinstance(dx, Desc):
+            return False
+        if _axis(m.dim if m.dim is not None else 1, xv.dim()) == dx.axis:
+            an.freeze_desc(dx)
+        an.desc[node] = dx
+        return True
+
+
+def spatial(an: Analyzer, dx: Any, xv: Any, value: Any) -> Any:
+    """Pooling / resizing: channels pass through when axis 1 is kept whole."""
+    if not isinstance(dx, Desc):
+        return None
+    if isinstance(value, torch.Tensor) and dx.axis == 1 and value.dim() == xv.dim() and value.shape[1] == xv.shape[1]:
+        return dx
+    an.freeze_desc(dx)
+    return an.none_like(value)
+
+
+@functions(*_POOL_FUNCS)
+def pool(an: Analyzer, node: fx.Node, value: Any) -> None:
+    x = node.args[0] if node.args else None
+    an.desc[node] = spatial(an, an.d(x), an.val(x), value)
+
+
+@functions(F.pad)
+def pad(an: Analyzer, node: fx.Node, value: Any) -> None:
+    x = node.args[0]
+    dx, xv = an.d(x), an.val(x)
+    widths = an.val(node.args[1]) if len(node.args) > 1 else an.val(node.kwargs.get("pad"))
+    padded = {xv.dim() - 1 - i // 2 for i, p in enumerate(widths) if p}
+    if isinstance(dx, Desc) and dx.axis in padded:
+        an.freeze_desc(dx)
+        an.desc[node] = None
+    else:
+        an.desc[node] = dx
+
+
+@functions(*_DIM_FUNCS)
+@methods(*_DIM_METHODS)
+def along_dim(an: Analyzer, node: fx.Node, value: Any) -> None:
+    """softmax / cumsum / normalize: freeze when taken over the channel axis."""
+    x = node.args[0]
+    dx, xv = an.d(x), an.val(x)
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else (1 if node.target is F.normalize else None))
+    dim = an.val(dim)
+    if isinstance(dx, Desc) and (dim is None or _axis(int(dim), xv.dim()) == dx.axis):
+        an.freeze_desc(dx)
+    an.desc[node] = dx if isinstance(value, torch.Tensor) and value.shape == xv.shape else None
+
+
+@functions(getattr, len)
+@methods(*_META_METHODS)
+def meta(an: Analyzer, node: fx.Node, value: Any) -> None:
+    an.desc[node] = an.none_like(value)
+
+
+@functions(*_UNARY_FUNCS)
+@methods(*_UNARY_METHODS)
+def unary(an: Analyzer, node: fx.Node, value: Any) -> None:
+    x = node.args[0] if node.args else None
+    xv = an.val(x)
+    if node.target == "pow" and len(node.args) > 1 and isinstance(an.val(node.args[1]), torch.Tensor):
+        binary(an, node, value)
+    elif not isinstance(value, torch.Tensor) or not isinstance(xv, torch.Tensor) or value.shape != xv.shape:
+        an.freeze_args(node)
+        an.desc[node] = an.none_like(value)
+    else:
+        an.desc[node] = an.d(x)
+
+
+@functions(*_BINARY)
+@methods(*_BINARY_METHODS)
+def binary(an: Analyzer, node: fx.Node, value: Any) -> None:
+    """Unify the channel variables of all operands that have a channel axis of size > 1."""
+    if not isinstance(value, torch.Tensor):
+        an.freeze_args(node)
+        an.desc[node] = an.none_like(value)
+        return
+    nd = value.dim()
+    args = flatten_nodes((node.args, node.kwargs))
+    ops = [(a, an.values[a], an.desc.get(a)) for a in args if isinstance(an.values.get(a), torch.Tensor)]
+    axes = {d.axis + nd - t.dim() for _, t, d in ops if isinstance(d, Desc)}
+    if len(axes) != 1:
+        if len(axes) > 1:
+            for _, _, d in ops:
+                an.freeze_desc(d)
+        an.desc[node] = None
+        return
+    A = axes.pop()
+    tracked, ok = [], True
+    for _, t, d in ops:
+        off = nd - t.dim()
+        if (t.shape[A - off] if A - off >= 0 else 1) == 1:
+            continue
+        if not isinstance(d, Desc):
+            ok = False
+            continue
+        tracked.append(d)
+    if not tracked:
+        an.desc[node] = None
+        return
+    ref = tracked[0]
+    exp = [an.V.expand(d.segs) for d in tracked]
+    ok = ok and all(an.same_layout(e, exp[0]) for e in exp)
+    if not ok:
+        for _, _, d in ops:
+            an.freeze_desc(d)
+    else:
+        for d in tracked[1:]:
+            an.unify(d.segs, ref.segs)
+    an.desc[node] = Desc(A, ref.segs)
+    _merge_layer(an, node, value, ops, ref)
+
+
+def _merge_layer(an: Analyzer, node: fx.Node, value: torch.Tensor, ops: list[Any], ref: Desc) -> None:
+    """A graph node for a merge of two activations (add / mul) or a free-parameter op (scale)."""
+    real = [a for a, _, _ in ops if a not in an.param_src]
+    pnames = sorted({p for a, _, _ in ops for p in an.param_src.get(a, ()) if p in an.param_names})
+    tgt = node.target
+    name = tgt if isinstance(tgt, str) else getattr(tgt, "__name__", str(tgt))
+    if len(real) >= 2:
+        lay = LayerInfo(node.name, _MERGE_NAMES.get(name, "add"), name, None, ref.segs, ref.segs)
+        lay.in_shape, lay.out_shape = tuple(an.values[real[0]].shape), tuple(value.shape)
+        an.add_layer(node, lay)
+    elif pnames:
+        lay = LayerInfo(node.name, "scale", name, None, ref.segs, ref.segs, params=pnames)
+        lay.out_shape = tuple(value.shape)
+        an.add_layer(node, lay)
+
+
+add_module_rule(PASS_MODULES, PassRule())
+add_module_rule(POOL_MODULES, PoolRule())
+add_module_rule((nn.Softmax, nn.LogSoftmax), SoftmaxRule())
