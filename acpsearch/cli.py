@@ -1,4 +1,5 @@
-"""The `acpsearch` command. Commands live in acpsearch/commands/*.py and register on `app`.
+"""The `acpsearch` command. Commands live in acpsearch/commands/*.py and register on `app`
+(acpsearch/commands/common.py); importing this module registers all of them.
 
 Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 internal error,
 130 interrupted (Ctrl-C: one line "interrupted" on stderr, or the command's own line, see `on_interrupt`)."""
@@ -6,41 +7,28 @@ Exit status: 0 success, 2 bad input (any AcpError, one line on stderr), 1 intern
 from __future__ import annotations
 
 import sys
+import types
 
 import typer
 
-app = typer.Typer(
-    name="acpsearch",
-    help="Automatic channel pruning of deep hash networks (ACP-SSE) as a search service.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+# Importing a command module registers its commands on `app`, in this order in `acpsearch --help`.
+# isort: off
+from acpsearch.commands import hashing  # noqa: F401  train, evaluate
+from acpsearch.commands import pruning  # noqa: F401  inspect, prune
+from acpsearch.commands import submit_run  # noqa: F401  submit, run, worker
+from acpsearch.commands import inspect_studies  # noqa: F401  status, show
+from acpsearch.commands import export  # noqa: F401  export, bench
+from acpsearch.commands import dashboard  # noqa: F401  dashboard
+from acpsearch.commands import demo  # noqa: F401  demo
 
+# isort: on
+from acpsearch.commands.common import app, interrupt_line, reset_interrupt
 
-def _register() -> None:
-    # Importing a command module registers its commands on `app`.
-    from acpsearch.commands import hashing  # noqa: F401
-
-    for optional in ("pruning", "service"):
-        try:
-            __import__(f"acpsearch.commands.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"acpsearch.commands.{optional}":
-                raise
-
-
-INTERRUPTED = "interrupted"
-_interrupt_line = [INTERRUPTED]
-
-
-def on_interrupt(line: str) -> None:
-    """The line `run` prints on stderr if this command is interrupted (Ctrl-C), e.g. how to resume."""
-    _interrupt_line[0] = line
+__all__ = ["app", "main", "run"]
 
 
 def _interrupted() -> int:
-    print(_interrupt_line[0], file=sys.stderr)
+    print(interrupt_line(), file=sys.stderr)
     return 130
 
 
@@ -76,9 +64,8 @@ def run(argv: list[str]) -> int:
     (with --json also one JSON object {"error", "exit"} on stdout)."""
     from acpsearch.errors import AcpError
 
-    _register()
     json_out = _wants_json(list(argv))
-    _interrupt_line[0] = INTERRUPTED
+    reset_interrupt()
     try:
         # Non-standalone typer *returns* the exit status of a typer.Exit, and turns Ctrl-C
         # (KeyboardInterrupt) into Exit(130): an int returned here is the exit status.
@@ -94,6 +81,7 @@ def run(argv: list[str]) -> int:
     except Exception as exc:  # click usage errors carry their own exit code (2)
         import click
 
+        _tclick: types.ModuleType
         try:  # typer >= 0.29 vendors its own click: its usage errors are not click's classes
             from typer._click import exceptions as _tclick
         except ImportError:

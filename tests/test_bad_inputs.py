@@ -32,14 +32,13 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from conftest import TINY_SPEC
 from datagen import write_bad_list
 
 from acpsearch.cli import run
 from acpsearch.trust import ALLOW_ENV
 
 pytestmark = [
-    pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
@@ -2342,7 +2341,7 @@ def test_long_values_are_echoed_short(case_id, stored, tmp_path, monkeypatch, ca
 
 # --- dashboard: local by default -----------------------------------------------------------------
 def test_dashboard_bind_defaults_to_localhost_and_warns_otherwise():
-    from acpsearch.commands.service import dashboard_bind
+    from acpsearch.commands.dashboard import dashboard_bind
 
     assert dashboard_bind(None, None) == ("127.0.0.1", 8080, None)
     assert dashboard_bind(None, None, {"host": None, "port": None}) == ("127.0.0.1", 8080, None)

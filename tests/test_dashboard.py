@@ -227,7 +227,7 @@ def test_acpsearch_dashboard_serves_the_study(finished_studies, tmp_path):
 
 
 def test_dashboard_config_validation(tmp_path):
-    from acpsearch.commands.service import dashboard_config
+    from acpsearch.commands.dashboard import dashboard_config
     from acpsearch.errors import SpecError
 
     p = tmp_path / "d.yaml"

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from conftest import TINY_SPEC
 from torch import nn
 
 from acpsearch.errors import AcpError, CheckpointError, SpecError
 
 pytestmark = [
-    pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 

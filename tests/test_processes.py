@@ -21,13 +21,12 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from conftest import TINY_SPEC
 from test_bad_inputs import STORED, bare_listener, checkpoint, snapshot, stored  # noqa: F401 - `stored` is a fixture
 
 from acpsearch.cli import run
 
 pytestmark = [
-    pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS))),
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
@@ -160,7 +159,7 @@ def test_ctrl_c_on_run_exits_130_and_says_how_to_resume(tmp_path):
 def test_interrupt_exit_status_in_process(stored, monkeypatch, capsys):
     """cli.run returns the status typer returns: Ctrl-C (KeyboardInterrupt) in any command is 130 and
     one line; in `run` the line says how to resume. The study is untouched."""
-    import acpsearch.commands.service as service
+    import acpsearch.commands.inspect_studies as inspect_studies
     import acpsearch.service.pipeline as pipeline
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -170,7 +169,7 @@ def test_interrupt_exit_status_in_process(stored, monkeypatch, capsys):
     capsys.readouterr()
     assert run(["run", STORED, "--storage", stored.url]) == 130
     assert capsys.readouterr().err.splitlines() == [f"interrupted: resume with acpsearch run {STORED}"]
-    monkeypatch.setattr(service, "_status_rows", interrupted)
+    monkeypatch.setattr(inspect_studies, "_status_rows", interrupted)
     assert run(["status", "--storage", stored.url]) == 130
     assert capsys.readouterr().err.splitlines() == ["interrupted"]
     assert snapshot(stored.url) == stored.before

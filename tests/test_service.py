@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import PIPELINE_LAYERS, TINY_SPEC, layers_missing
+from conftest import TINY_SPEC
 
 from acpsearch.cli import run
 from acpsearch.errors import StorageError
@@ -351,7 +351,6 @@ def test_unreachable_address_is_exit_2_and_study_untouched(tmp_path, capsys):
     assert s["studies"][0]["state"] == "submitted" and s["studies"][0]["phases_done"] == []
 
 
-@pytest.mark.skipif(bool(layers_missing(*PIPELINE_LAYERS)), reason=str(layers_missing(*PIPELINE_LAYERS)))
 def test_run_on_a_ray_head_started_by_the_test(tmp_path, finished_studies):
     """`ray start --head` in a subprocess, then `acpsearch run --address HOST:PORT` in another
     process: the study runs on that cluster (recorded in the study), not on a local Ray."""

@@ -139,7 +139,7 @@ class _Clock:
 
 
 def test_plain_reporter_prints_start_progress_eta_and_done():
-    from acpsearch.commands.service import PlainReporter
+    from acpsearch.commands.progress import PlainReporter
 
     buf, clock = io.StringIO(), _Clock()
     rep = PlainReporter(buf, clock=clock)
@@ -170,14 +170,14 @@ def test_plain_reporter_prints_start_progress_eta_and_done():
 
 
 def test_rich_reporter_on_a_non_tty_stream_prints_plain_lines(monkeypatch):
-    from acpsearch.commands import service
+    from acpsearch.commands import progress
 
     class Stream(io.StringIO):
         def isatty(self) -> bool:
             return False
 
     buf = Stream()
-    rep = service.RichReporter(stream=buf)
+    rep = progress.RichReporter(stream=buf)
     assert rep.plain is not None
     rep.plain.stream = buf
     rep.phase("base: training", total=2)
@@ -190,7 +190,7 @@ def test_rich_reporter_on_a_non_tty_stream_prints_plain_lines(monkeypatch):
     assert lines[1].endswith("base: 1/2 epochs, ETA 0s  val_map=0.5000") or "base: 1/2 epochs, ETA" in lines[1]
     assert lines[2].endswith("base: 2/2 epochs  val_map=0.6000")
     assert lines[3].endswith("base: done in 1m05s")
-    assert service.RichReporter(quiet=True, stream=buf).plain is None  # --json: silent
+    assert progress.RichReporter(quiet=True, stream=buf).plain is None  # --json: silent
 
 
 # --- errors as JSON under --json -----------------------------------------------------------------------

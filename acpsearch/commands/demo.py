@@ -14,7 +14,9 @@ from typing import Any
 import typer
 import yaml
 
-from acpsearch.cli import app
+from acpsearch.commands.common import _storage, _submit, app, err
+from acpsearch.commands.progress import RichReporter
+from acpsearch.commands.study_report import _print_show, _show
 from acpsearch.service.spec import MAX_WORKERS
 
 
@@ -41,21 +43,6 @@ def demo_spec(dataset: str, name: str, checkpoint: str | None, quick: bool = Fal
     }
 
 
-def _layers_missing() -> list[str]:
-    missing = []
-    for mod in ("acpsearch.graph", "acpsearch.pruning", "acpsearch.encoder", "acpsearch.search.space"):
-        try:
-            m = __import__(mod, fromlist=["_"])
-        except ImportError:
-            missing.append(mod)
-            continue
-        if mod == "acpsearch.graph" and not hasattr(m, "ChannelGraph"):
-            missing.append(mod)
-        if mod == "acpsearch.pruning" and not hasattr(m, "prune"):
-            missing.append(mod)
-    return missing
-
-
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), "--dir", help="where the demo keeps its storage, artifacts, cache"),
@@ -64,7 +51,6 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh", help="train the base network again instead of the cached one"),
 ) -> None:
     """A complete study on Fashion-MNIST with local Ray + SQLite, then the base vs winner table."""
-    from acpsearch.commands.service import RichReporter, _print_show, _show, err
     from acpsearch.hashing.data import FASHION_MNIST_DIR
 
     t0 = time.perf_counter()
@@ -83,10 +69,6 @@ def demo(
     url = f"sqlite:///{workdir / 'demo.db'}"
     artifacts = workdir / "demo-artifacts"
     cache = workdir / f"base-resnet20-{dataset}{'-quick' if quick else ''}.pt"
-    missing = _layers_missing()
-    if missing:
-        _base_only(dataset, cache, quick, missing)
-        return
     name = f"demo-{dataset}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     reuse = cache.is_file() and not fresh
     spec = demo_spec(dataset, name, str(cache) if reuse else None, quick)
@@ -96,7 +78,6 @@ def demo(
         f"demo: study {name!r} ({dataset}, ResNet-20 32 bits, budget 50% FLOPs), storage {url}"
         + (f", cached base network {cache}" if reuse else ", training the base network first")
     )
-    from acpsearch.commands.service import _storage, _submit
     from acpsearch.service.pipeline import run_study
 
     url, storage = _storage(url)
@@ -119,30 +100,3 @@ def demo(
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     print(f"open the dashboard:  acpsearch dashboard --storage {url} --artifacts {artifacts}")
     print(f"export the winner:   acpsearch export {name} --storage {url} --out pruned.pt")
-
-
-def _base_only(dataset: str, cache: Path, quick: bool, missing: list[str]) -> None:
-    """What exists before the pruning layers land: train (or reuse) and evaluate the base network."""
-    from acpsearch.checkpoint import load_model, save_checkpoint
-    from acpsearch.commands.service import err
-    from acpsearch.hashing import create_model, evaluate, load_dataset, make_splits, train_hash_net
-
-    err.print(
-        f"note: {', '.join(missing)} not available in this build: the demo only trains and evaluates the "
-        "base network (no search yet)"
-    )
-    spec = demo_spec(dataset, "demo", None, quick)
-    splits = make_splits(load_dataset(dataset), **spec["data"]["protocol"])
-    c, h, _ = splits.input_shape
-    if cache.is_file():
-        model = load_model(cache)
-    else:
-        kw = {"bits": 32, "in_channels": c, "image_size": h}
-        model = create_model("resnet20", **kw)
-        model = train_hash_net(model, splits, epochs=spec["train"]["epochs"], lr=spec["train"]["lr"]).model
-        save_checkpoint(cache, model, {"zoo": "resnet20", "kwargs": kw}, [1, c, h, h], meta={"dataset": dataset})
-    res = evaluate(model, splits)
-    print(
-        f"base network resnet20 on {dataset}: test mAP@all {res['map_all']:.4f}, mAP@{res['topk']} "
-        f"{res['map_topk']:.4f}, val mAP {res['val_map']:.4f} ({cache})"
-    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from acpsearch.cli import app
+from acpsearch.commands.common import app
 from acpsearch.errors import DataError, SpecError
 from acpsearch.service.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
 from acpsearch.trust import ALLOW_HELP
@@ -122,7 +122,7 @@ def train(
         create_model(model, bits=bits)
     if normalize not in ("train", "none"):
         raise SpecError(f"--normalize: must be 'train' or 'none', got {normalize!r}")
-    data_opts = {
+    data_opts: dict[str, Any] = {
         k: v
         for k, v in (
             ("train_list", train_list),
@@ -247,7 +247,9 @@ def evaluate(
         seed if seed is not None else int(stored.get("seed", 0)),
     )
     model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
-    stored_opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
+    stored_opts = meta.get("data_options") if same else None
+    if not isinstance(stored_opts, dict):
+        stored_opts = {}
     opts = {k: v for k, v in stored_opts.items() if k in ("train_list", "database_list", "test_list", "image_size")}
     given = {
         k: v

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
 
-from acpsearch.cli import app
+from acpsearch.commands.common import app
 from acpsearch.errors import CheckpointError, SpecError
 from acpsearch.service.spec import SEED_LIMIT
 from acpsearch.trust import ALLOW_HELP
 
 
-def _load(checkpoint: Path, allow_factory: list[str] | None = None):
+def _load(
+    checkpoint: Path, allow_factory: list[str] | None = None
+) -> tuple[dict[str, Any], torch.nn.Module, torch.Tensor]:
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.trust import FactoryPolicy
 
@@ -101,9 +104,9 @@ def prune_cmd(
     allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
 ) -> None:
     """Prune every channel group uniformly; print the cost before/after and write a checkpoint."""
+    from acpsearch.checkpoint import save_pruned
     from acpsearch.graph import ChannelGraph
     from acpsearch.outputs import atomic_out, check_out
-    from acpsearch.checkpoint import save_pruned
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
 
     if criterion == "taylor":
