@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from acpsearch.cli import app
+from acpsearch.service import keys
 from acpsearch.service.spec import MAX_WORKERS
 
 
@@ -112,7 +113,7 @@ def demo(
     from acpsearch.service import study as st
 
     study = st.load_search_study(storage, name)
-    base_path = (study.user_attrs.get("phase.base") or {}).get("path")
+    base_path = (study.user_attrs.get(keys.phase("base")) or {}).get("path")
     if base_path and not reuse:
         shutil.copyfile(base_path, cache)
     _print_show(_show(url, storage, name))

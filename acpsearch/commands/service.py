@@ -21,6 +21,7 @@ from rich.table import Table
 
 from acpsearch.cli import app
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.service import keys
 from acpsearch.service.spec import MAX_WORKERS
 from acpsearch.service.storage import redact
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
@@ -259,7 +260,7 @@ def _submit(
         except StorageError:
             existing = None
         if existing is not None:
-            stored = existing.user_attrs.get("spec") or {}
+            stored = existing.user_attrs.get(keys.SPEC) or {}
             mine = spec.model_copy(update={"name": final_name}).to_dict()
             if stored != mine:
                 raise SpecError(f"name: study {final_name!r} exists with a different spec (use --name for a new study)")
@@ -346,7 +347,7 @@ def run(
     try:
         with crash.armed(artifact_dir(url, artifacts)):
             try:
-                if address is not None and frozen.user_attrs.get("state") != "done":
+                if address is not None and frozen.user_attrs.get(keys.STATE) != keys.DONE:
                     # join the cluster before the study is touched (run_study reuses this connection)
                     conn = connect(address)
                 summary = run_study(
@@ -402,6 +403,7 @@ def worker(
     $ACPSEARCH_ALLOW_FACTORIES. Any other study is skipped before it is claimed, left untouched for
     a worker that allows it, and reported as "refused"."""
     from acpsearch.service import crash
+    from acpsearch.service import lease as ls
     from acpsearch.service import study as st
     from acpsearch.service.cluster import connect, inits, shutdown_if_owned
     from acpsearch.service.pipeline import StudyBlocked, StudyBusy, claimable, run_study
@@ -480,7 +482,7 @@ def worker(
                     except FactoryNotAllowed as exc:  # its spec changed since the check: still untouched
                         skip(frozen.study_name, "refused", str(exc), str(exc), quiet=json_out)
                         continue
-                    except st.LeaseLost as exc:
+                    except ls.LeaseLost as exc:
                         ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
                     except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
                         ran.append(
@@ -574,11 +576,11 @@ def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
     rep["phases"] = {
         p: {
             k: v
-            for k, v in (study.user_attrs.get(f"phase.{p}") or {}).items()
+            for k, v in (study.user_attrs.get(keys.phase(p)) or {}).items()
             if k not in ("pr_curve", "space", "losses", "scores")
         }
         for p in st.PHASES
-        if study.user_attrs.get(f"phase.{p}")
+        if study.user_attrs.get(keys.phase(p))
     }
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
     rep["storage"] = redact(url)
@@ -682,19 +684,19 @@ def export(
     url, st_obj = _storage(storage)
     study = st.load_search_study(st_obj, name)
     if trial is None:
-        winner = study.user_attrs.get("winner")
+        winner = study.user_attrs.get(keys.WINNER)
         if not winner:
-            raise StorageError(f"study {name!r}: has no winner yet (state {study.user_attrs.get('state')!r})")
+            raise StorageError(f"study {name!r}: has no winner yet (state {study.user_attrs.get(keys.STATE)!r})")
         src, number = winner["path"], winner.get("finetune_trial")
     else:
-        ft_name = study.user_attrs.get("finetune_study")
+        ft_name = study.user_attrs.get(keys.FINETUNE_STUDY)
         if not ft_name:
             raise StorageError(f"study {name!r}: has no fine-tuned finalists yet")
         ft = optuna.load_study(study_name=ft_name, storage=st_obj)
         match = [t for t in ft.get_trials(deepcopy=False) if t.number == trial]
-        if not match or not match[0].user_attrs.get("path"):
+        if not match or not match[0].user_attrs.get(keys.T_PATH):
             raise SpecError(f"--trial: study {ft_name!r} has no finished finalist trial {trial}")
-        src, number = match[0].user_attrs["path"], trial
+        src, number = match[0].user_attrs[keys.T_PATH], trial
     if not Path(src).is_file():
         raise StorageError(f"study {name!r}: artifact {src!r} is missing (artifact directory moved?)")
     ckpt = read_checkpoint(src)  # validate before copying / converting
