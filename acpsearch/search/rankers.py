@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from acpsearch.encoder.model import torch_threads
 from acpsearch.errors import SpecError
 
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
@@ -95,6 +94,7 @@ class AdaptiveBNRanker(_Timed):
         )
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
+        from acpsearch.encoder.model import torch_threads
         from acpsearch.encoder.signals import model_codes
         from acpsearch.hashing import mean_average_precision
 

@@ -79,7 +79,7 @@ class Lease:
         return getattr(self.storage, "engine", None)
 
     def _attrs(self) -> dict[str, Any]:
-        return self.storage.get_study_user_attrs(self.study_id)
+        return dict(self.storage.get_study_user_attrs(self.study_id))
 
     def _value(self) -> dict[str, Any]:
         return {"holder": self.holder, "expires": time.time() + self.ttl}
