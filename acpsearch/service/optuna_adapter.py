@@ -8,6 +8,7 @@ and tests/test_stored_studies.py exercise every function here).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 # The table of study user attributes in Optuna's SQL schema (optuna/storages/_rdb/models.py,
@@ -53,10 +54,14 @@ def rdb(storage: Any) -> Any:
     return backend if isinstance(backend, RDBStorage) else None
 
 
-def create_rdb_study(storage: Any, name: str, user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
-    """Create a maximising study with its attributes in ONE transaction on a SQL storage (Optuna
-    creates a study and writes each attribute in separate commits, which a full disk can interrupt
-    half-way). Raises sqlalchemy's IntegrityError when the name exists; rolls back on any error."""
+Put = Callable[..., None]  # put(key, value) writes a user attribute, put(key, value, system=True) a system one
+
+
+def create_rdb_study(storage: Any, name: str, write: Callable[[Put], None]) -> None:
+    """Create a maximising study and `write(put)` its attributes in ONE transaction on a SQL storage
+    (Optuna creates a study and writes each attribute in separate commits, which a full disk can
+    interrupt half-way). Raises sqlalchemy's IntegrityError when the name exists; rolls back on any
+    error."""
     import optuna
     from optuna.storages._rdb import models  # Optuna's ORM: no public way to batch the writes
 
@@ -68,12 +73,12 @@ def create_rdb_study(storage: Any, name: str, user_attrs: dict[str, Any], system
         )
         session.add(row)
         session.flush()  # the study id; still inside the transaction
-        for attrs, model in (
-            (user_attrs, models.StudyUserAttributeModel),
-            (system_attrs, models.StudySystemAttributeModel),
-        ):
-            for key, value in attrs.items():
-                session.add(model(study_id=row.study_id, key=key, value_json=json.dumps(value)))
+
+        def put(key: str, value: Any, system: bool = False) -> None:
+            model = models.StudySystemAttributeModel if system else models.StudyUserAttributeModel
+            session.add(model(study_id=row.study_id, key=key, value_json=json.dumps(value)))
+
+        write(put)
         session.commit()
     except BaseException:
         session.rollback()

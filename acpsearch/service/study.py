@@ -93,6 +93,14 @@ def check_name(name: str, field: str = "--name") -> None:
         )
 
 
+def _write_attrs(put: adapter.Put, attrs: dict[str, Any], objectives: list[str]) -> None:
+    """The attributes that make a fresh Optuna study an acpsearch study, written in one place:
+    `put(key, value)` writes a user attribute, `put(key, value, system=True)` a system one."""
+    for key, value in attrs.items():
+        put(key, value)
+    put(adapter.metric_names_attr(), list(objectives), system=True)  # what study.set_metric_names writes
+
+
 def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objectives: list[str]) -> Any:
     """create_study + its attributes, all or nothing; raises DuplicatedStudyError.
 
@@ -104,21 +112,23 @@ def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objective
     import optuna
     from sqlalchemy.exc import IntegrityError
 
-    system = {adapter.metric_names_attr(): list(objectives)}  # what study.set_metric_names writes
     if adapter.rdb(storage) is not None:
         try:
-            adapter.create_rdb_study(storage, name, attrs, system)
+            adapter.create_rdb_study(storage, name, lambda put: _write_attrs(put, attrs, objectives))
         except IntegrityError:
             raise optuna.exceptions.DuplicatedStudyError(f"study {name!r} exists") from None
         return optuna.load_study(study_name=name, storage=storage)
 
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    sid = adapter.study_id(study)
     try:
-        sid = adapter.study_id(study)
-        for key, value in attrs.items():
-            storage.set_study_user_attr(sid, key, value)
-        for key, value in system.items():
-            storage.set_study_system_attr(sid, key, value)
+        _write_attrs(
+            lambda key, value, system=False: (storage.set_study_system_attr if system else storage.set_study_user_attr)(
+                sid, key, value
+            ),
+            attrs,
+            objectives,
+        )
     except BaseException:
         try:
             optuna.delete_study(study_name=name, storage=storage)
