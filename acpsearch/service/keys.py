@@ -94,7 +94,9 @@ T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
 
 # --- study system attributes ---------------------------------------------------------------------
-# The objective names (Optuna's study.set_metric_names key; see optuna_adapter.METRIC_NAMES_ATTR).
+# Only the objective names, under Optuna's own key (what study.set_metric_names writes, which
+# optuna-dashboard reads): optuna_adapter.metric_names_attr(). optuna-dashboard keeps its notes
+# and plots as system attributes too, under keys of its own.
 
 
 # --- the version ---------------------------------------------------------------------------------
