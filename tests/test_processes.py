@@ -116,7 +116,7 @@ def test_ctrl_c_on_run_exits_130_and_says_how_to_resume(tmp_path):
     """SIGINT to the process group of `acpsearch run NAME` (what Ctrl-C in a terminal does) while the
     study runs: exit 130, the last stderr line says how to resume, the study is 'interrupted' and
     its lease free. (typer returns 130 for a KeyboardInterrupt; the old cli.run ignored it: exit 0.)"""
-    from acpsearch.service import study as st
+    from acpsearch.service import lease as ls
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = tmp_path / "tiny.yaml"
@@ -153,7 +153,7 @@ def test_ctrl_c_on_run_exits_130_and_says_how_to_resume(tmp_path):
     assert err.splitlines()[-1] == "interrupted: resume with acpsearch run tiny", err[-3000:]
     attrs = _user_attrs(url, "tiny")
     assert attrs["state"] == "interrupted"
-    assert st.lease_state(attrs) == "free"
+    assert ls.lease_state(attrs) == "free"
 
 
 def test_interrupt_exit_status_in_process(stored, monkeypatch, capsys):

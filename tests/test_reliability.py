@@ -461,14 +461,14 @@ def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, c
     """`acpsearch run NAME` on a study another runner holds says who holds it and exits 2; with
     --force it waits for the lease to expire (here: a holder that stopped renewing)."""
     from acpsearch.cli import run
-    from acpsearch.service import study as st
+    from acpsearch.service import lease as ls
     from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'held.db'}"
     name = _submit(tmp_path, url, _spec("held"))
     storage = open_storage(url)
     sid = _study(url, name)._study_id
-    other = st.Lease(storage, sid, "otherhost:4242:abcd", ttl=3.0)
+    other = ls.Lease(storage, sid, "otherhost:4242:abcd", ttl=3.0)
     assert other.try_acquire()
     before = storage.get_study_user_attrs(sid)
     assert run(["run", name, "--storage", url]) == 2
@@ -478,22 +478,22 @@ def test_run_on_a_held_study_is_exit_2_and_force_waits_for_the_lease(tmp_path, c
         k: v for k, v in before.items() if k != "lease"
     }
     # --force while the holder is alive and renewing: still refused, after waiting out one ttl
-    other_lease = st.Lease(storage, sid, "me", ttl=3.0)
+    other_lease = ls.Lease(storage, sid, "me", ttl=3.0)
     t0 = time.time()
-    assert not st.wait_for_lease(other_lease, 4.0, poll_s=0.5)
+    assert not ls.wait_for_lease(other_lease, 4.0, poll_s=0.5)
     assert time.time() - t0 >= 4.0
     # the holder dies (stops renewing): --force takes over once its lease expired
     other._stop.set()
     other._thread.join()
-    assert st.wait_for_lease(other_lease, 8.0, poll_s=0.5)
-    assert st.lease_state(storage.get_study_user_attrs(sid)).startswith("held by me")
+    assert ls.wait_for_lease(other_lease, 8.0, poll_s=0.5)
+    assert ls.lease_state(storage.get_study_user_attrs(sid)).startswith("held by me")
     other_lease.release()
 
 
 def test_lease_claim_is_atomic_among_many_racers(tmp_path):
     """Eight threads with their own connections claim one free lease at the same instant: the SQL
     compare-and-swap lets exactly one win."""
-    from acpsearch.service import study as st
+    from acpsearch.service import lease as ls
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     name = _submit(tmp_path, url, _spec("race"))
@@ -502,7 +502,7 @@ def test_lease_claim_is_atomic_among_many_racers(tmp_path):
     go = threading.Event()
     won: list[str] = []
 
-    def claim(lease: st.Lease) -> None:
+    def claim(lease: ls.Lease) -> None:
         go.wait()
         if lease.try_acquire():
             won.append(lease.holder)
@@ -510,7 +510,7 @@ def test_lease_claim_is_atomic_among_many_racers(tmp_path):
     # round 1: nobody has created the lease row yet (INSERT race);
     # round 2: the row exists and is free (UPDATE ... WHERE value_json = <read> race)
     for rnd in (1, 2):
-        leases = [st.Lease(s, sid, f"racer{rnd}-{i}", ttl=30.0) for i, s in enumerate(storages)]
+        leases = [ls.Lease(s, sid, f"racer{rnd}-{i}", ttl=30.0) for i, s in enumerate(storages)]
         go.clear()
         won.clear()
         threads = [threading.Thread(target=claim, args=(le,)) for le in leases]

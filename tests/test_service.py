@@ -83,6 +83,7 @@ def test_bad_spec_is_exit_2_and_storage_untouched(tmp_path, capsys):
 
 # --- lease ---------------------------------------------------------------------------------------
 def test_lease_is_exclusive_renewed_and_expires(tmp_path):
+    from acpsearch.service import lease as ls
     from acpsearch.service import study as st
     from acpsearch.service.spec import parse_spec
     from acpsearch.service.storage import open_storage
@@ -90,8 +91,8 @@ def test_lease_is_exclusive_renewed_and_expires(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'l.db'}")
     name = st.submit(storage, parse_spec(copy.deepcopy(TINY_SPEC)), "leased")
     sid = optuna.load_study(study_name=name, storage=storage)._study_id
-    a = st.Lease(storage, sid, "A", ttl=2.0)
-    b = st.Lease(storage, sid, "B", ttl=2.0)
+    a = ls.Lease(storage, sid, "A", ttl=2.0)
+    b = ls.Lease(storage, sid, "B", ttl=2.0)
     assert a.try_acquire(settle_s=0.05)
     assert not b.try_acquire(settle_s=0.05)
     time.sleep(1.0)  # A's thread renews every ttl/4: still held after the first expiry time
@@ -101,22 +102,22 @@ def test_lease_is_exclusive_renewed_and_expires(tmp_path):
     # a holder that dies stops renewing: its lease expires and another runner takes over
     b._stop.set()
     b._thread.join()
-    c = st.Lease(storage, sid, "C", ttl=2.0)
+    c = ls.Lease(storage, sid, "C", ttl=2.0)
     assert not c.try_acquire(settle_s=0.05)
     time.sleep(2.2)
     assert c.try_acquire(settle_s=0.05)
     # the old holder notices on its next renewal that the study was taken over
-    d = st.Lease(storage, sid, "D", ttl=0.4)
+    d = ls.Lease(storage, sid, "D", ttl=0.4)
     d.holder = "B"
     d._stop = __import__("threading").Event()
     d._thread = __import__("threading").Thread(target=d._renew, daemon=True)
     d._thread.start()
     time.sleep(0.3)
-    with pytest.raises(st.LeaseLost, match="taken over by C"):
+    with pytest.raises(ls.LeaseLost, match="taken over by C"):
         d.check()
     d.release()
     c.release()
-    assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
+    assert ls.lease_state(storage.get_study_user_attrs(sid)) == "free"
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
     runs, other users): every name is new (uuid) and only this test's study is looked at."""
     import uuid
 
-    from acpsearch.service import study as st
+    from acpsearch.service import lease as ls
     from acpsearch.service.storage import open_storage
 
     storage = open_storage(pg_url)
@@ -439,11 +440,11 @@ def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
         assert run(["submit", str(spec), "--storage", pg_url, "--name", name]) == 2
         assert f"a study named {name!r} already exists" in capsys.readouterr().err
         assert storage.get_study_user_attrs(sid) == attrs
-        lease = st.Lease(storage, sid, "pg", ttl=5)
+        lease = ls.Lease(storage, sid, "pg", ttl=5)
         assert lease.try_acquire(settle_s=0.05)
-        assert not st.Lease(storage, sid, "other", ttl=5).try_acquire(settle_s=0.05)
+        assert not ls.Lease(storage, sid, "other", ttl=5).try_acquire(settle_s=0.05)
         lease.release()
-        assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
+        assert ls.lease_state(storage.get_study_user_attrs(sid)) == "free"
     finally:
         if name in {s.study_name for s in storage.get_all_studies()}:
             optuna.delete_study(study_name=name, storage=storage)
@@ -453,6 +454,7 @@ def test_postgresql_storage_submit_status_lease(pg_url, tmp_path, capsys):
 def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
     """A runner SIGKILLed on this host leaves a lease that has not expired; its pid is gone, so the
     next runner need not wait the ttl out (resume right after a crash)."""
+    from acpsearch.service import lease as ls
     from acpsearch.service import study as st
     from acpsearch.service.spec import parse_spec
     from acpsearch.service.storage import open_storage
@@ -466,7 +468,7 @@ def test_lease_of_a_killed_local_runner_is_free_at_once(tmp_path):
     storage.set_study_user_attr(
         sid, "lease", {"holder": f"{socket.gethostname()}:{proc.pid}:dead", "expires": time.time() + 60}
     )
-    assert st.lease_state(storage.get_study_user_attrs(sid)) == "free"
+    assert ls.lease_state(storage.get_study_user_attrs(sid)) == "free"
     storage.set_study_user_attr(sid, "lease", {"holder": f"otherhost:{proc.pid}:x", "expires": time.time() + 60})
-    assert st.lease_state(storage.get_study_user_attrs(sid)).startswith("held by otherhost")
-    assert not st.Lease(storage, sid, "me", ttl=5).try_acquire(settle_s=0.05)
+    assert ls.lease_state(storage.get_study_user_attrs(sid)).startswith("held by otherhost")
+    assert not ls.Lease(storage, sid, "me", ttl=5).try_acquire(settle_s=0.05)

@@ -364,3 +364,32 @@ def test_made_up_keys_are_echoed_on_one_short_line(key, shown):
         parse_spec(d)
     msg = str(exc.value)
     assert msg.startswith(shown) and "unknown key" in msg and "\n" not in msg and len(msg) < 400, msg[:500]
+
+
+@pytest.mark.parametrize(
+    "path,owner",
+    [
+        ("train.loss", "acpsearch.hashing.losses:LOSS_NAMES"),
+        ("data.dataset", "acpsearch.hashing.data:DATASET_NAMES"),
+        ("search.ranker", "acpsearch.search.rankers:RANKERS"),
+        ("search.rerank", "acpsearch.search.rankers:RANKERS"),
+        ("space.criterion", "acpsearch.service.spec:CRITERIA"),
+        ("search.sampler", "acpsearch.service.spec:SAMPLERS"),
+    ],
+)
+def test_choice_errors_list_every_choice_of_the_owning_registry(path, owner):
+    """A choice field accepts exactly its registry's names, and its error line lists all of them."""
+    import importlib
+
+    module, name = owner.split(":")
+    names = getattr(importlib.import_module(module), name)
+    for value in names:  # accepted (a data set may still need data.path: another field's error)
+        try:
+            parse_spec(_with(path, value))
+        except SpecError as exc:
+            assert not str(exc).startswith(f"spec: {path}:"), exc
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with(path, "no-such-choice"))
+    msg = str(info.value)
+    assert msg.startswith(f"spec: {path}: input should be ") and "\n" not in msg
+    assert all(f"'{n}'" in msg for n in names), msg

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.service import keys
 from acpsearch.service.storage import redact
 
 app = typer.Typer(
@@ -120,7 +121,7 @@ def _submit(
         except StorageError:
             existing = None
         if existing is not None:
-            stored = existing.user_attrs.get("spec") or {}
+            stored = existing.user_attrs.get(keys.SPEC) or {}
             mine = spec.model_copy(update={"name": final_name}).to_dict()
             if stored != mine:
                 raise SpecError(f"name: study {final_name!r} exists with a different spec (use --name for a new study)")

@@ -17,6 +17,7 @@ import yaml
 from acpsearch.commands.common import _storage, _submit, app, err
 from acpsearch.commands.progress import RichReporter
 from acpsearch.commands.study_report import _print_show, _show
+from acpsearch.service import keys
 from acpsearch.service.spec import MAX_WORKERS
 
 
@@ -93,7 +94,7 @@ def demo(
     from acpsearch.service import study as st
 
     study = st.load_search_study(storage, name)
-    base_path = (study.user_attrs.get("phase.base") or {}).get("path")
+    base_path = (study.user_attrs.get(keys.phase("base")) or {}).get("path")
     if base_path and not reuse:
         shutil.copyfile(base_path, cache)
     _print_show(_show(url, storage, name))

@@ -11,6 +11,7 @@ import typer
 
 from acpsearch.commands.common import STORAGE_HELP, _storage, app, out
 from acpsearch.errors import SpecError, StorageError
+from acpsearch.service import keys
 from acpsearch.trust import ALLOW_HELP
 
 
@@ -55,19 +56,19 @@ def export(
     url, st_obj = _storage(storage)
     study = st.load_search_study(st_obj, name)
     if trial is None:
-        winner = study.user_attrs.get("winner")
+        winner = study.user_attrs.get(keys.WINNER)
         if not winner:
-            raise StorageError(f"study {name!r}: has no winner yet (state {study.user_attrs.get('state')!r})")
+            raise StorageError(f"study {name!r}: has no winner yet (state {study.user_attrs.get(keys.STATE)!r})")
         src, number = winner["path"], winner.get("finetune_trial")
     else:
-        ft_name = study.user_attrs.get("finetune_study")
+        ft_name = study.user_attrs.get(keys.FINETUNE_STUDY)
         if not ft_name:
             raise StorageError(f"study {name!r}: has no fine-tuned finalists yet")
         ft = optuna.load_study(study_name=ft_name, storage=st_obj)
         match = [t for t in ft.get_trials(deepcopy=False) if t.number == trial]
-        if not match or not match[0].user_attrs.get("path"):
+        if not match or not match[0].user_attrs.get(keys.T_PATH):
             raise SpecError(f"--trial: study {ft_name!r} has no finished finalist trial {trial}")
-        src, number = match[0].user_attrs["path"], trial
+        src, number = match[0].user_attrs[keys.T_PATH], trial
     if not Path(src).is_file():
         raise StorageError(f"study {name!r}: artifact {src!r} is missing (artifact directory moved?)")
     ckpt = read_checkpoint(src)  # validate before copying / converting

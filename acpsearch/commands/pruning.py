@@ -110,7 +110,10 @@ def prune_cmd(
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
 
     if criterion == "taylor":
-        raise SpecError("--criterion: taylor needs data; use the library (acpsearch.pruning.set_taylor_importance(graph, model, batches))")
+        raise SpecError(
+            "--criterion: taylor needs data; use the library "
+            "(acpsearch.pruning.set_taylor_importance(graph, model, batches))"
+        )
     from acpsearch.export import check_format, export_model, metadata_from_checkpoint
 
     fmt = check_format(fmt)

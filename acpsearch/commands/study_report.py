@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from acpsearch.commands.common import console
+from acpsearch.service import keys
 from acpsearch.service.storage import redact
 
 
@@ -21,11 +22,11 @@ def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
     rep["phases"] = {
         p: {
             k: v
-            for k, v in (study.user_attrs.get(f"phase.{p}") or {}).items()
+            for k, v in (study.user_attrs.get(keys.phase(p)) or {}).items()
             if k not in ("pr_curve", "space", "losses", "scores")
         }
         for p in st.PHASES
-        if study.user_attrs.get(f"phase.{p}")
+        if study.user_attrs.get(keys.phase(p))
     }
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
     rep["storage"] = redact(url)

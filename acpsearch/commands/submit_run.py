@@ -23,6 +23,7 @@ from acpsearch.commands.common import (
 from acpsearch.commands.progress import RichReporter
 from acpsearch.commands.study_report import _print_show, _show
 from acpsearch.errors import StorageError
+from acpsearch.service import keys
 from acpsearch.service.spec import MAX_WORKERS
 from acpsearch.service.storage import redact
 from acpsearch.trust import ALLOW_ENV, ALLOW_HELP
@@ -101,7 +102,7 @@ def run(
     try:
         with crash.armed(artifact_dir(url, artifacts)):
             try:
-                if address is not None and frozen.user_attrs.get("state") != "done":
+                if address is not None and frozen.user_attrs.get(keys.STATE) != keys.DONE:
                     # join the cluster before the study is touched (run_study reuses this connection)
                     conn = connect(address)
                 summary = run_study(
@@ -255,6 +256,7 @@ class _WorkerLoop:
     def run_one(self, frozen: Any) -> bool:
         """Run the stored study `frozen` unless it is refused, blocked or busy; True when it ran
         (to the end, or until it failed or lost its lease)."""
+        from acpsearch.service import lease as ls
         from acpsearch.service import study as st
         from acpsearch.service.cluster import connect
         from acpsearch.service.pipeline import StudyBlocked, StudyBusy, run_study
@@ -302,7 +304,7 @@ class _WorkerLoop:
         except FactoryNotAllowed as exc:  # its spec changed since the check: still untouched
             self.skip(frozen.study_name, "refused", str(exc), str(exc), quiet=self.json_out)
             return False
-        except st.LeaseLost as exc:
+        except ls.LeaseLost as exc:
             self.ran.append({"name": frozen.study_name, "state": "lease lost", "error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - one failed study must not stop the worker
             self.ran.append(

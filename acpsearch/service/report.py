@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
 
 
@@ -71,12 +73,12 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
     import optuna
 
     attrs = study.user_attrs
-    base = attrs.get("phase.base") or {}
-    winner = dict(attrs.get("winner") or {})
+    base = attrs.get(keys.phase("base")) or {}
+    winner = dict(attrs.get(keys.WINNER) or {})
     if isinstance(winner.get("ratios"), dict):  # studies stored before ratios were rounded
         winner["ratios"] = st.round_ratios(winner["ratios"])
-    phases = {p: (attrs.get(f"phase.{p}") or {}).get("seconds") for p in st.PHASES}
-    ft_name = attrs.get("finetune_study")
+    phases = {p: (attrs.get(keys.phase(p)) or {}).get("seconds") for p in st.PHASES}
+    ft_name = attrs.get(keys.FINETUNE_STUDY)
     finalists: list[dict[str, Any]] = []
     if ft_name:
         ft = optuna.load_study(study_name=ft_name, storage=storage)
@@ -85,17 +87,17 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
             finalists.append(
                 {
                     "trial": t.number,
-                    "candidate": u.get("candidate"),
+                    "candidate": u.get(keys.T_CANDIDATE),
                     "source": st.source(t),
                     "state": t.state.name,
-                    "score": u.get("score"),
-                    "val_map": u.get("val_map"),
-                    "test_map": u.get("test_map"),
-                    "flops_ratio": u.get("flops_ratio"),
-                    "winner": bool(u.get("winner")),
-                    "params_ratio": u.get("params_ratio"),
-                    "latency_ms": u.get("latency_ms"),
-                    "epochs_run": u.get("epochs_run"),
+                    "score": u.get(keys.T_SCORE),
+                    "val_map": u.get(keys.T_VAL_MAP),
+                    "test_map": u.get(keys.T_TEST_MAP),
+                    "flops_ratio": u.get(keys.T_FLOPS_RATIO),
+                    "winner": bool(u.get(keys.T_WINNER)),
+                    "params_ratio": u.get(keys.T_PARAMS_RATIO),
+                    "latency_ms": u.get(keys.T_LATENCY_MS),
+                    "epochs_run": u.get(keys.T_EPOCHS_RUN),
                 }
             )
     complete = [
@@ -104,7 +106,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
     return {
         "study": study.study_name,
         "finetune_study": ft_name,
-        "spec": attrs.get("spec"),
+        "spec": attrs.get(keys.SPEC),
         "base": {
             k: base.get(k)
             for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params", "latency_ms", "source", "path")
@@ -113,8 +115,8 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         "finalists": finalists,
         "candidates": len(complete),
         "phase_seconds": phases,
-        "space": (attrs.get("phase.search") or {}).get("space"),
-        "ray": attrs.get("ray"),
+        "space": (attrs.get(keys.phase("search")) or {}).get("space"),
+        "ray": attrs.get(keys.RAY),
     }
 
 
@@ -195,8 +197,10 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for f in rep["finalists"]:
+            won = " (winner)" if f.get("winner") or f["trial"] == w.get("finetune_trial") else ""
             lines.append(
-                f"| {f['trial']}{' (winner)' if f.get('winner') or f['trial'] == w.get('finetune_trial') else ''} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} | {_fmt(f['score'])} | {_fmt(f['val_map'])} "
+                f"| {f['trial']}{won} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} "
+                f"| {_fmt(f['score'])} | {_fmt(f['val_map'])} "
                 f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
                 f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |"
             )
@@ -224,7 +228,7 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     win_cand = (rep["winner"] or {}).get("candidate")
     figs = []
     fig = go.Figure()
-    xs = [t.user_attrs.get("flops_ratio") for t in trials]
+    xs = [t.user_attrs.get(keys.T_FLOPS_RATIO) for t in trials]
     fig.add_trace(
         go.Scatter(
             x=xs,
@@ -238,7 +242,7 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     fin = [t for t in trials if t.number in fin_cands]
     fig.add_trace(
         go.Scatter(
-            x=[t.user_attrs.get("flops_ratio") for t in fin],
+            x=[t.user_attrs.get(keys.T_FLOPS_RATIO) for t in fin],
             y=[t.value for t in fin],
             mode="markers",
             name="finalists",
@@ -248,7 +252,7 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     win = [t for t in trials if t.number == win_cand]
     fig.add_trace(
         go.Scatter(
-            x=[t.user_attrs.get("flops_ratio") for t in win],
+            x=[t.user_attrs.get(keys.T_FLOPS_RATIO) for t in win],
             y=[t.value for t in win],
             mode="markers",
             name="winner",
@@ -262,7 +266,7 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     fig.update_layout(title="keep ratio per channel group (winner)", yaxis_title="keep ratio", yaxis_range=[0, 1.05])
     figs.append(fig)
     curves = {
-        "base": (study.user_attrs.get("phase.base") or {}).get("pr_curve"),
+        "base": (study.user_attrs.get(keys.phase("base")) or {}).get("pr_curve"),
         "winner": (rep["winner"] or {}).get("pr_curve") or _winner_curve(study, rep),
     }
     fig = go.Figure()
@@ -287,12 +291,12 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
 def _winner_curve(study: Any, rep: dict[str, Any]) -> Any:
     import optuna
 
-    ft_name = study.user_attrs.get("finetune_study")
+    ft_name = study.user_attrs.get(keys.FINETUNE_STUDY)
     trial_no = (rep["winner"] or {}).get("finetune_trial")
     if not ft_name or trial_no is None:
         return None
-    ft = optuna.load_study(study_name=ft_name, storage=study._storage)
-    return ft.trials[int(trial_no)].user_attrs.get("pr_curve")
+    ft = optuna.load_study(study_name=ft_name, storage=adapter.storage_of(study))
+    return ft.trials[int(trial_no)].user_attrs.get(keys.T_PR_CURVE)
 
 
 def phase_report(ctx: Any) -> None:

@@ -1,0 +1,116 @@
+"""Every key acpsearch stores in Optuna storage, and the version of that layout.
+
+A study is Optuna's study plus acpsearch's attributes: study user attributes (its spec, state,
+lease, phase records, winner, ...), trial user attributes (a candidate's score, a finalist's
+mAP, ...) and one system attribute (the objective names optuna-dashboard shows). Their names
+live here and nowhere else, so that a change of the layout is one change and one version bump.
+
+SCHEMA_VERSION is the layout a release writes. `submit` stores it in every study it creates;
+a study without it was written before the key existed and is version 1. A study written by a
+newer release (a higher version) is refused with one line instead of being misread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from acpsearch.errors import StorageError
+
+SCHEMA_VERSION = 1
+UNVERSIONED = 1  # a study stored without SCHEMA (every study of release 0.1.0) has this layout
+
+# --- study user attributes -----------------------------------------------------------------------
+SCHEMA = "schema_version"
+KIND = "kind"  # SEARCH_KIND or FINETUNE_KIND
+SPEC = "spec"  # the validated spec, StudySpec.to_dict()
+STATE = "state"  # one of STATES
+SUBMITTED_AT = "submitted_at"
+STARTED_AT = "started_at"
+FINISHED_AT = "finished_at"
+ERROR = "error"  # the first line of what stopped the study
+TRACEBACK = "traceback"
+LEASE = "lease"  # {holder, expires}: which runner works on the study (service/lease.py)
+RUNS = "runs"  # [{holder, started, ended, outcome}]: who ran the study when
+RAY = "ray"  # {address, cpus, local, job} of the Ray cluster of the last run
+WINNER = "winner"  # the winner's record (val/test mAP, ratios, costs, latency, ...)
+FINETUNE_STUDY = "finetune_study"  # the name of the companion study holding the finalists
+PARENT = "parent"  # on the companion study: the name of its search study
+
+# values of KIND
+SEARCH_KIND = "acpsearch-search"
+FINETUNE_KIND = "acpsearch-finetune"
+
+# values of STATE
+SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED = "submitted", "running", "done", "failed", "interrupted"
+STATES = (SUBMITTED, RUNNING, DONE, FAILED, INTERRUPTED)
+
+_PHASE_PREFIX = "phase."
+_WINNER_PREFIX = "winner."
+_BASE_PREFIX = "base."
+_CONSTRAINT_PREFIX = "constraint."
+
+
+def phase(name: str) -> str:
+    """The record of a finished phase: {done, seconds, at, ...details}."""
+    return _PHASE_PREFIX + name
+
+
+def winner(key: str) -> str:
+    """One flat value of the winner, shown as its own column by optuna-dashboard."""
+    return _WINNER_PREFIX + key
+
+
+def base(key: str) -> str:
+    """One flat value of the base network, shown as its own column by optuna-dashboard."""
+    return _BASE_PREFIX + key
+
+
+def constraint(key: str) -> str:
+    """One budget constraint of the search study (the budget the dashboard shows)."""
+    return _CONSTRAINT_PREFIX + key
+
+
+# --- trial user attributes -----------------------------------------------------------------------
+T_SOURCE = "source"  # "search" or "anchor:<kind>" (candidate trials)
+T_CANDIDATE = "candidate"  # a finalist's candidate trial number
+T_SCORE = "score"
+T_VAL_MAP = "val_map"
+T_TEST_MAP = "test_map"
+T_FLOPS_RATIO = "flops_ratio"
+T_PARAMS_RATIO = "params_ratio"
+T_LATENCY_MS = "latency_ms"
+T_EPOCHS_RUN = "epochs_run"
+T_WINNER = "winner"
+T_PATH = "path"  # a finalist's checkpoint
+T_PR_CURVE = "pr_curve"
+T_FEASIBLE = "feasible"
+T_ROUND = "round"
+T_ROUND_TO = "round_to"
+T_ATTEMPT = "attempt"
+T_FAIL_REASON = "fail_reason"
+T_FAILED_ATTEMPTS = "failed_attempts"
+T_RAY_NODE = "ray_node"
+T_DEVICE = "device"
+
+# --- study system attributes ---------------------------------------------------------------------
+# Only the objective names, under Optuna's own key (what study.set_metric_names writes, which
+# optuna-dashboard reads): optuna_adapter.metric_names_attr(). optuna-dashboard keeps its notes
+# and plots as system attributes too, under keys of its own.
+
+
+# --- the version ---------------------------------------------------------------------------------
+def schema_version(attrs: Mapping[str, Any]) -> int:
+    """The layout version of a study from its user attributes (no key: UNVERSIONED)."""
+    value = attrs.get(SCHEMA, UNVERSIONED)
+    return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED
+
+
+def check_schema(name: str, attrs: Mapping[str, Any]) -> None:
+    """Refuse a study written by a newer release: its keys may mean something this one misreads."""
+    found = schema_version(attrs)
+    if found > SCHEMA_VERSION:
+        raise StorageError(
+            f"study {name!r}: stored with storage schema version {found}, this acpsearch reads up to "
+            f"version {SCHEMA_VERSION}; upgrade acpsearch to open it"
+        )
