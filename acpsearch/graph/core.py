@@ -10,12 +10,8 @@ What the cost model counts (and `acpsearch.pruning.measure_cost` measures the sa
 * ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
   norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
 
-The per-layer MAC formula is the layer rule's ``MacTerm`` (``acpsearch.graph.cost``), the one
-``measure_cost`` evaluates on the real module. Each conv/linear call contributes
-``num * L_a * L_b // den`` MACs and each parameter tensor
-``const * L_a * L_b // den`` entries, where ``L`` is the kept channel count of a segment list
-(a linear form of the groups' kept counts). So ``cost`` and ``cost_batch`` are a small matrix
-product plus a gather, exact in integers.
+How the closed form evaluates these counts (linear forms of the groups' kept counts, one term
+per conv/linear call and per parameter tensor) is `acpsearch.graph.forms`.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from acpsearch.errors import SpecError, UnsupportedModelError
 from acpsearch.graph.analysis import analyse
 from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.features import NodeDescriptors, to_pyg
+from acpsearch.graph.forms import CostForms
 from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
 
 
@@ -94,7 +91,7 @@ class NodeRecord:
     index: int = 0
 
 
-class ChannelGraph:
+class ChannelGraph(CostForms):
     """A traced model's channel structure; see the module docstring for the cost definition."""
 
     def __init__(self, model: nn.Module, analysis: Analysis, example_input: Any) -> None:
@@ -175,73 +172,10 @@ class ChannelGraph:
         self.channels = np.array([g.channels for g in self.groups], dtype=np.int64)
         self.divisors = np.array([g.divisor for g in self.groups], dtype=np.int64)
 
-    def form_of(self, segs: tuple[Seg, ...] | None) -> int:
-        """Index of the linear form 'kept channels of `segs`' (0 = the constant 1)."""
-        if segs is None:
-            return 0
-        V = self.analysis.vars
-        coef: dict[int, int] = {}
-        const = 0
-        for v, r in segs:
-            root = V.find(v)
-            gi = self.group_of_root.get(root)
-            if gi is None:
-                const += V.size[root] * r
-            else:
-                coef[gi] = coef.get(gi, 0) + r
-        key = (tuple(sorted(coef.items())), const)
-        idx = self._form_key.get(key)
-        if idx is None:
-            idx = len(self._forms)
-            self._form_key[key] = idx
-            self._forms.append(key)
-        return idx
-
     def _build_forms(self) -> None:
-        self._forms: list[tuple[tuple[tuple[int, int], ...], int]] = [((), 1)]
-        self._form_key: dict[tuple[tuple[tuple[int, int], ...], int], int] = {((), 1): 0}
-        an = self.analysis
-        ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms]
-        # Parameters: one term per tensor; bound axes are forms, the rest constants.
-        pt: list[tuple[int, int, int, int]] = []
-        self._param_term_of: dict[str, int] = {}
-        for pname, p in self.model.named_parameters():
-            axes = an.bindings.get(pname, {})
-            const, den, forms = 1, 1, []
-            for ax, s in enumerate(p.shape):
-                if ax in axes:
-                    forms.append(self.form_of(axes[ax]))
-                elif ax == 1 and -1 in axes:
-                    forms.append(self.form_of(axes[-1]))
-                    den = an.grouped_in[pname]
-                else:
-                    const *= int(s)
-            forms = [f for f in forms if f != 0]
-            if len(forms) > 2:
-                raise UnsupportedModelError(f"parameter {pname!r}: more than two prunable axes")
-            while len(forms) < 2:
-                forms.append(0)
-            self._param_term_of[pname] = len(pt)
-            pt.append((const, den, forms[0], forms[1]))
+        """Cost terms (`CostForms`), the unpruned cost and each group's cost shares."""
+        self._build_terms()
         G = len(self.groups)
-        nf = len(self._forms)
-        self.form_matrix = np.zeros((nf, G), dtype=np.int64)
-        self.form_const = np.zeros(nf, dtype=np.int64)
-        for i, (coef, const) in enumerate(self._forms):
-            for gi, c in coef:
-                self.form_matrix[i, gi] = c
-            self.form_const[i] = const
-        self._fmT = self.form_matrix.T.copy()
-        self._P: tuple[Any, ...] | None = None
-        self.ft_num = np.array([t[0] for t in ft], dtype=np.int64)
-        self.ft_den = np.array([t[1] for t in ft], dtype=np.int64)
-        self.ft_a = np.array([t[2] for t in ft], dtype=np.int64)
-        self.ft_b = np.array([t[3] for t in ft], dtype=np.int64)
-        self.ft_node = np.array([t[4] for t in ft], dtype=np.int64)
-        self.pt_num = np.array([t[0] for t in pt], dtype=np.int64)
-        self.pt_den = np.array([t[1] for t in pt], dtype=np.int64)
-        self.pt_a = np.array([t[2] for t in pt], dtype=np.int64)
-        self.pt_b = np.array([t[3] for t in pt], dtype=np.int64)
         self._base_cost = self._eval_terms(self.channels[None, :])
         base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]))
         self._base = base
@@ -253,35 +187,6 @@ class ChannelGraph:
             for gi, grp in enumerate(self.groups):
                 grp.flops_share = float((base.flops - fl[gi]) / max(base.flops, 1))
                 grp.params_share = float((base.params - pa[gi]) / max(base.params, 1))
-
-    def _eval_forms(self, kept: np.ndarray) -> np.ndarray:
-        # numpy's integer matmul: no BLAS threads (multi-threaded BLAS spin-waits on a busy box)
-        return np.asarray(kept, dtype=np.int64) @ self._fmT + self.form_const
-
-    def _pairs(self) -> tuple[np.ndarray, ...]:
-        """Terms merged per (form a, form b) pair: cost = sum_p q_p * L_a * L_b (far fewer pairs than terms)."""
-        nf = len(self._forms)
-        if self._P is None or self._P[0] != nf:
-            out: list[Any] = [nf]
-            for ta, tb, num, den in (
-                (self.ft_a, self.ft_b, self.ft_num, self.ft_den),
-                (self.pt_a, self.pt_b, self.pt_num, self.pt_den),
-            ):
-                Q = np.zeros((nf, nf))
-                np.add.at(Q, (ta, tb), num / den)
-                ia, ib = np.nonzero(Q)
-                out += [ia, ib, Q[ia, ib]]
-            self._P = tuple(out)
-        return self._P
-
-    def _eval_terms(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Exact: every term is an integer (grouped convs keep multiples of their groups) and the
-        # float64 sums stay far below 2**53, so rounding recovers the integer totals.
-        L = self._eval_forms(kept).astype(np.float64)
-        _, fa, fb, fq, pa, pb, pq = self._pairs()
-        f = np.rint((L[:, fa] * L[:, fb] * fq).sum(axis=1)).astype(np.int64)
-        p = np.rint((L[:, pa] * L[:, pb] * pq).sum(axis=1)).astype(np.int64)
-        return f, p
 
     def _build_nodes(self) -> None:
         an = self.analysis
@@ -331,15 +236,8 @@ class ChannelGraph:
                 )
             )
         # forms may have grown (node forms): rebuild the matrix
-        nf = len(self._forms)
-        if nf != self.form_matrix.shape[0]:
-            fm = np.zeros((nf, len(self.groups)), dtype=np.int64)
-            fc = np.zeros(nf, dtype=np.int64)
-            for i, (coef, const) in enumerate(self._forms):
-                for gi, c in coef:
-                    fm[i, gi] = c
-                fc[i] = const
-            self.form_matrix, self.form_const, self._fmT = fm, fc, fm.T.copy()
+        if len(self._forms) != self.form_matrix.shape[0]:
+            self._set_form_matrix()
 
     # ------------------------------------------------------------------ strategy arithmetic
     def group(self, name: str) -> ChannelGroup:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from acpsearch.errors import BudgetError, SpecError
+from acpsearch.search.sampling import GridSampler
 
 _KIND_LABEL = {"flops": "FLOPs", "params": "params"}
 
@@ -59,7 +59,26 @@ def _grid(lo: float, hi: float, step: float) -> np.ndarray:
     return np.array(sorted(vals), dtype=np.float64)
 
 
-class DynamicSpace:
+def _check_arguments(budget: Budget, step: float, min_keep: float, slack: float, latency: Any) -> None:
+    """SpecError / BudgetError for arguments no space can be built from."""
+    if not (0.01 <= step <= 0.5):  # below 0.01 the grid of keep ratios explodes (memory)
+        raise SpecError(f"space.step={step} must be in [0.01, 0.5]")
+    if not (0.0 < min_keep <= 1.0):
+        raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
+    if not (0.0 <= slack < 1.0):
+        raise SpecError(f"space.slack={slack} must be in [0, 1)")
+    for kind in ("flops", "params"):
+        v = getattr(budget, kind)
+        if v is not None and not (0.0 < v <= 1.0):
+            raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
+    if budget.latency_ms is not None:
+        if not (budget.latency_ms > 0 and math.isfinite(budget.latency_ms)):
+            raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be a positive finite number")
+        if latency is None:
+            raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
+
+
+class DynamicSpace(GridSampler):
     """Budget-feasible, define-by-run space of keep ratios for the groups of a ChannelGraph."""
 
     def __init__(
@@ -79,21 +98,7 @@ class DynamicSpace:
         fixed: Iterable[str] | None = None,
     ) -> None:
         budget = budget if budget is not None else Budget()
-        if not (0.01 <= step <= 0.5):  # below 0.01 the grid of keep ratios explodes (memory)
-            raise SpecError(f"space.step={step} must be in [0.01, 0.5]")
-        if not (0.0 < min_keep <= 1.0):
-            raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
-        if not (0.0 <= slack < 1.0):
-            raise SpecError(f"space.slack={slack} must be in [0, 1)")
-        for kind in ("flops", "params"):
-            v = getattr(budget, kind)
-            if v is not None and not (0.0 < v <= 1.0):
-                raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
-        if budget.latency_ms is not None:
-            if not (budget.latency_ms > 0 and math.isfinite(budget.latency_ms)):
-                raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be a positive finite number")
-            if latency is None:
-                raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
+        _check_arguments(budget, step, min_keep, slack, latency)
         self.g = g
         self.budget = budget
         self.step = float(step)
@@ -119,8 +124,17 @@ class DynamicSpace:
 
         # Per-group [min_keep, max_keep] (spec space.bounds) and groups never pruned (space.exclude,
         # or bounds [1, 1]).
-        self.bounds: dict[str, tuple[float, float]] = {n: (float(b[0]), float(b[1])) for n, b in (bounds or {}).items()}
-        for n, (blo, bhi) in self.bounds.items():
+        self.bounds = self._checked_bounds(bounds)
+        self.fixed = [n for n in self.names if n in set(fixed or ()) or self.bounds.get(n, (0, 0))[0] >= 1.0]
+        self.frozen = self._frozen_groups(frozen)
+        self.active = [n for n in self.names if n not in set(self.frozen)]
+        self._build_grids(dict(ranges or {}))
+        self._check_reachable()
+
+    def _checked_bounds(self, bounds: dict[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+        """Spec space.bounds as floats; a group that does not exist or an empty range is a SpecError."""
+        out: dict[str, tuple[float, float]] = {n: (float(b[0]), float(b[1])) for n, b in (bounds or {}).items()}
+        for n, (blo, bhi) in out.items():
             if n not in self._col:
                 raise SpecError(f"space.bounds: {n!r}: no such channel group")
             if not (0.0 < blo <= bhi <= 1.0):
@@ -128,17 +142,19 @@ class DynamicSpace:
                     f"space.bounds.{n}: must be [min_keep, max_keep] with 0 < min_keep <= max_keep <= 1, "
                     f"got [{blo}, {bhi}]"
                 )
-        self.fixed = [n for n in self.names if n in set(fixed or ()) or self.bounds.get(n, (0, 0))[0] >= 1.0]
-        # Freeze groups whose pruning saves a negligible share of every budgeted cost (not those the
-        # bounds must prune).
+        return out
+
+    def _frozen_groups(self, frozen: Iterable[str] | None) -> list[str]:
+        """The given frozen groups, else those whose pruning saves a negligible share of every
+        budgeted cost (not those the bounds must prune); the fixed groups in both cases."""
         if frozen is not None:
-            self.frozen = [n for n in self.names if n in set(frozen) or n in self.fixed]
-        else:
-            must_prune = {n for n, (_, bhi) in self.bounds.items() if bhi < 1.0}
-            negligible = set(self._negligible_groups()) - must_prune
-            self.frozen = [n for n in self.names if n in negligible or n in self.fixed]
-        self.active = [n for n in self.names if n not in set(self.frozen)]
-        ranges = dict(ranges or {})
+            return [n for n in self.names if n in set(frozen) or n in self.fixed]
+        must_prune = {n for n, (_, bhi) in self.bounds.items() if bhi < 1.0}
+        negligible = set(self._negligible_groups()) - must_prune
+        return [n for n in self.names if n in negligible or n in self.fixed]
+
+    def _build_grids(self, ranges: dict[str, tuple[float, float]]) -> None:
+        """Each active group's grid of keep ratios: its bounds (or [min_keep, 1]), narrowed to `ranges`."""
         self.ranges: dict[str, tuple[float, float]] = {}
         self.grids: dict[str, np.ndarray] = {}
         for n in self.active:
@@ -168,35 +184,6 @@ class DynamicSpace:
             self._gm[i, : len(gr)] = gr
             self._gm[i, len(gr) :] = gr[0]
             self._gvalid[i, : len(gr)] = True
-        self._check_reachable()
-
-    # ------------------------------------------------------------------ costs
-    def _full_matrix(self, act: np.ndarray) -> np.ndarray:
-        """Ratios of active groups (n, A) -> ratios of all groups (n, G), frozen at 1.0."""
-        out = np.ones((act.shape[0], len(self.names)))
-        out[:, self._act_cols] = act
-        return out
-
-    def costs(self, ratios: np.ndarray) -> np.ndarray:
-        """Absolute costs (n, len(kinds)) in the order of `self.kinds` for full ratio rows (n, G)."""
-        cols = []
-        if any(k in ("flops", "params") for k in self.kinds):
-            flops, params = self.g.cost_batch(ratios, round_to=self._rt)
-            if "flops" in self.kinds:
-                cols.append(np.asarray(flops, dtype=np.float64))
-            if "params" in self.kinds:
-                cols.append(np.asarray(params, dtype=np.float64))
-        if "latency_ms" in self.kinds:
-            cols.append(np.asarray(self.latency.predict_batch(self.g, ratios, self._rt), dtype=np.float64))
-        if not cols:
-            return np.zeros((ratios.shape[0], 0))
-        return np.stack(cols, axis=1)
-
-    def usage(self, ratios: np.ndarray) -> np.ndarray:
-        """Cost / limit per budget kind, (n, len(kinds)); a row is feasible when all <= 1."""
-        if not self.kinds:
-            return np.zeros((ratios.shape[0], 0))
-        return self.costs(ratios) / self.limits
 
     def _negligible_groups(self) -> list[str]:
         kinds = [k for k in ("flops", "params") if k in self.kinds] or ["flops", "params"]
@@ -235,116 +222,6 @@ class DynamicSpace:
         if self.latency is not None:
             out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest, self._rt)[0])
         return out
-
-    # ------------------------------------------------------------------ define-by-run core
-    def _offered(self, cur: np.ndarray, decided: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For n partial assignments (cur, decided: (n, A)) and the active slot each decides next,
-        return (values (n, M), offered mask (n, M)) — the define-by-run choice set."""
-        n = cur.shape[0]
-        cand = self._gm[slots]  # (n, M)
-        valid = self._gvalid[slots]
-        m = cand.shape[1]
-        if not self.kinds:
-            return cand, valid
-        rows_min = np.where(decided, cur, self._lo[None, :])[:, None, :].repeat(m, axis=1)
-        rows_max = np.where(decided, cur, self._hi[None, :])[:, None, :].repeat(m, axis=1)
-        ar = np.arange(n)
-        rows_min[ar, :, slots] = cand
-        rows_max[ar, :, slots] = cand
-        both = np.concatenate([rows_min.reshape(n * m, -1), rows_max.reshape(n * m, -1)])
-        use = self.usage(self._full_matrix(both))
-        use_min = use[: n * m].reshape(n, m, -1)
-        use_max = use[n * m :].reshape(n, m, -1)
-        feasible = valid & np.all(use_min <= 1.0 + 1e-12, axis=2)
-        reach = np.max(use_max, axis=2) >= 1.0 - self.slack
-        offered = feasible & reach
-        # Where nothing can reach (1 - slack) any more, offer the largest feasible ratio alone.
-        none = ~offered.any(axis=1)
-        if none.any():
-            idx = np.where(none)[0]
-            last = m - 1 - np.argmax(feasible[idx, ::-1], axis=1)
-            offered[idx, last] = feasible[idx, last]
-        return cand, offered
-
-    def sample_ratios(self, n: int, rng: random.Random, order: str = "random") -> np.ndarray:
-        """n feasible ratio rows (n, G) over all groups. order="random" visits the groups in a fresh
-        random order per sample (no group is systematically squeezed last); "fixed" uses graph order."""
-        a = len(self.active)
-        cur = np.zeros((n, a))
-        decided = np.zeros((n, a), dtype=bool)
-        if order == "random":
-            perms = np.array([rng.sample(range(a), a) for _ in range(n)], dtype=np.int64).reshape(n, a)
-        else:
-            perms = np.tile(np.arange(a), (n, 1))
-        u = np.array([[rng.random() for _ in range(a)] for _ in range(n)]).reshape(n, a)
-        ar = np.arange(n)
-        for j in range(a):
-            slots = perms[:, j]
-            cand, offered = self._offered(cur, decided, slots)
-            counts = offered.sum(axis=1)
-            if (counts == 0).any():  # cannot happen once _check_reachable passed; guard the invariant
-                raise BudgetError(
-                    f"budget: no feasible ratio left for group {self.active[int(slots[np.argmax(counts == 0)])]!r}"
-                )
-            pick = np.minimum((u[:, j] * counts).astype(np.int64), counts - 1)
-            # index of the pick-th offered entry in each row
-            csum = np.cumsum(offered, axis=1)
-            col = np.argmax(csum > pick[:, None], axis=1)
-            cur[ar, slots] = cand[ar, col]
-            decided[ar, slots] = True
-        return self._full_matrix(cur)
-
-    def to_strategy(self, ratios: np.ndarray | dict[str, float]) -> Any:
-        """PruningStrategy for one ratio row (G,) or dict, with this space's criterion."""
-        from acpsearch.pruning import PruningStrategy
-
-        if not isinstance(ratios, dict):
-            ratios = {n: float(r) for n, r in zip(self.names, ratios)}
-        if self.round_to is None:
-            return PruningStrategy(self.g, ratios, criterion=self.criterion)
-        return PruningStrategy(self.g, ratios, criterion=self.criterion, round_to=self.round_to)
-
-    def sample(self, rng: random.Random | None = None) -> Any:
-        """One PruningStrategy that meets the budget (define-by-run, random group order)."""
-        rng = rng if rng is not None else random.Random()
-        return self.to_strategy(self.sample_ratios(1, rng)[0])
-
-    def sample_many(self, n: int, rng: random.Random | None = None) -> list[Any]:
-        """n strategies sampled at once (vectorised over samples)."""
-        rng = rng if rng is not None else random.Random()
-        return [self.to_strategy(r) for r in self.sample_ratios(n, rng)]
-
-    def suggest(self, trial: Any, prefix: str = "keep/", mode: str = "range") -> Any:
-        """Define-by-run sampling through an Optuna trial, one parameter per active group.
-
-        mode="range": `trial.suggest_float(prefix+group, lo, hi, step=step)` where [lo, hi] is the
-        interval offered given the earlier groups (conditional ranges; TPE models them).
-        mode="index": `trial.suggest_float(prefix+group, 0, 1)` mapped onto the offered interval,
-        for samplers that need one fixed distribution per parameter name.
-        """
-        if mode not in ("range", "index"):
-            raise SpecError(f"space.suggest mode={mode!r} must be 'range' or 'index'")
-        a = len(self.active)
-        cur = np.zeros((1, a))
-        decided = np.zeros((1, a), dtype=bool)
-        for j in range(a):
-            slots = np.array([j])
-            cand, offered = self._offered(cur, decided, slots)
-            vals = cand[0][offered[0]]
-            name = prefix + self.active[j]
-            if mode == "range":
-                lo, hi = float(vals[0]), float(vals[-1])
-                if hi - lo < 1e-9:
-                    v = trial.suggest_float(name, lo, lo)
-                else:
-                    v = trial.suggest_float(name, lo, hi, step=self.step)
-                v = float(vals[np.argmin(np.abs(vals - v))])
-            else:
-                u = trial.suggest_float(name, 0.0, 1.0)
-                v = float(vals[min(int(u * len(vals)), len(vals) - 1)])
-            cur[0, j] = v
-            decided[0, j] = True
-        return self.to_strategy(self._full_matrix(cur)[0])
 
     # ------------------------------------------------------------------ dynamics
     def narrow(self, elite: Sequence[Any], margin: float | None = None, min_step: float = 0.025) -> DynamicSpace:

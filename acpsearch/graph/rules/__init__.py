@@ -6,6 +6,7 @@ from acpsearch.graph.rules import (  # noqa: F401 - registers the rules
     conv,
     elementwise,  # noqa: F401 - registers the rules (after shape)
     norm,
+    pool,
     shape,
 )
 from acpsearch.graph.rules.base import (
