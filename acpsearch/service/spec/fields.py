@@ -18,6 +18,7 @@ from acpsearch.errors import SpecError
 from acpsearch.errors import echo as _fmt
 from acpsearch.hashing.data import DATASET_NAMES
 from acpsearch.hashing.losses import LOSS_NAMES
+from acpsearch.pruning.criteria import CRITERIA as PRUNING_CRITERIA
 from acpsearch.search.rankers import RANKERS as RANKERS  # the spec's ranker choices
 
 DATASETS = DATASET_NAMES
@@ -25,7 +26,7 @@ LIST_KEYS = ("train_list", "database_list", "test_list", "val_list")
 DATASETS_WITH_PATH = ("cifar10", "folder", "npz")
 LOSSES = LOSS_NAMES
 # local until the pruning criteria and the samplers have registries of their own
-CRITERIA = ("l1", "l2", "bn_scale", "fpgm", "taylor", "random")
+CRITERIA = PRUNING_CRITERIA  # owned by acpsearch.pruning.criteria
 SAMPLERS = ("tpe", "random", "nsga2", "gp", "qmc")
 
 
