@@ -1,7 +1,7 @@
 """The layout is the architecture: import rules between acpsearch's packages, checked on the source.
 
 Layers (lower never imports higher):  errors <- graph <- pruning <- encoder <- search  (plain libraries)
-                                       errors <- hashing  (beside them)
+                                       errors <- hashing <- classification  (beside them)
 checkpoint / export / devices / ... above the libraries, then `service` (the only package that may
 import optuna, optuna_dashboard, ray or sqlalchemy), then `commands` and `cli` on top.
 
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "acpsearch"
 SERVICE_ONLY = {"optuna", "optuna_dashboard", "ray", "sqlalchemy"}
-LIBRARIES = ("graph", "pruning", "encoder", "search", "hashing")
+LIBRARIES = ("graph", "pruning", "encoder", "search", "hashing", "classification")
 MAX_LINES = 400
 # what each library package may import from acpsearch (besides itself)
 ALLOWED = {
@@ -26,6 +26,7 @@ ALLOWED = {
     "pruning": {"errors", "graph"},
     "encoder": {"errors", "graph", "pruning"},
     "hashing": {"errors"},
+    "classification": {"errors", "hashing"},
     "search": {"errors", "graph", "pruning", "encoder", "hashing"},
 }
 
