@@ -77,7 +77,7 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
     """The m finalists of a real acpsearch study (the service's own search, with its anchor unless
     --no-anchor), best score first: each {ratios, round_to, source}."""
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
     from acpsearch.service.spec import parse_spec
     from acpsearch.service.storage import open_storage
 
@@ -168,7 +168,7 @@ def prepare(args: argparse.Namespace) -> int:
 
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
     from acpsearch.search.rankers import make_ranker
-    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.inputs import make_space
     from acpsearch.service.spec import parse_spec
 
     base, splits, ex, g, base_eval = _load_base(args)

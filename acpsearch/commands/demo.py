@@ -97,7 +97,7 @@ def demo(
         + (f", cached base network {cache}" if reuse else ", training the base network first")
     )
     from acpsearch.commands.service import _storage, _submit
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
 
     url, storage = _storage(url)
     _submit(str(spec_path), storage, None)

@@ -244,7 +244,7 @@ def _submit(
     name and the same spec is taken as is (so `run SPEC.yaml` resumes). The spec's own factory is
     the user's code; a factory its model.checkpoint names needs `allow_factories`."""
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import preflight
+    from acpsearch.service.inputs import preflight
     from acpsearch.service.spec import check_name, load_spec
 
     if name is not None:  # '' is refused, not taken as "no --name"
@@ -323,7 +323,7 @@ def run(
     from acpsearch.service import crash
     from acpsearch.service import study as st
     from acpsearch.service.cluster import connect, shutdown_if_owned
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
     from acpsearch.service.storage import artifact_dir
     from acpsearch.trust import FactoryPolicy
 
@@ -404,7 +404,7 @@ def worker(
     from acpsearch.service import crash
     from acpsearch.service import study as st
     from acpsearch.service.cluster import connect, inits, shutdown_if_owned
-    from acpsearch.service.pipeline import StudyBlocked, StudyBusy, claimable, run_study
+    from acpsearch.service.runner import StudyBlocked, StudyBusy, claimable, run_study
     from acpsearch.service.storage import artifact_dir
     from acpsearch.trust import FactoryNotAllowed, FactoryPolicy
 
