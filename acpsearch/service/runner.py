@@ -91,7 +91,7 @@ def run_study(
     Model factories: `allow_factories` (module names or a FactoryPolicy) plus $ACPSEARCH_ALLOW_FACTORIES,
     plus the stored spec's own factory when `trust_spec_factory` (`acpsearch run`; a worker passes
     False). A factory that is not allowed is refused before the lease is taken: the study is untouched."""
-    from acpsearch.service.storage import open_storage, resolve_url
+    from acpsearch.service.storage import artifact_dir, open_storage, resolve_url
 
     url = resolve_url(url)
     storage = open_storage(url)
@@ -112,13 +112,14 @@ def run_study(
     runs = list(study.user_attrs.get("runs") or []) + [{"holder": lease.holder, "started": st.now_iso()}]
     study.set_user_attr("runs", runs)
     outcome = "killed"
+    art = artifact_dir(url, artifacts)
     info: dict[str, Any] = {}
     try:
         from acpsearch.service.cluster import connect
 
         n_workers = int(workers or spec.search.workers)
         info = connect(address, n_workers)
-        ctx = _start(storage, url, study, spec, lease, policy, artifacts, reporter or Reporter(), n_workers, info)
+        ctx = _start(storage, url, study, spec, lease, policy, art, reporter or Reporter(), n_workers, info)
         import ray
 
         run_phases(ctx, ray)
@@ -182,7 +183,7 @@ def _start(
     spec: StudySpec,
     lease: st.Lease,
     policy: Any,
-    artifacts: str | Path | None,
+    art: Path,
     reporter: Reporter,
     workers: int,
     info: dict[str, Any],
@@ -192,7 +193,7 @@ def _start(
     import ray
 
     from acpsearch.devices import check_cluster_fits, resources_of
-    from acpsearch.service.storage import artifact_dir, artifact_store
+    from acpsearch.service.storage import artifact_store
 
     cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
     for field, section in (("search", spec.search), ("finetune", spec.finetune)):  # else it waits forever
@@ -210,7 +211,6 @@ def _start(
         started_at=study.user_attrs.get("started_at") or st.now_iso(),
         ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"], "job": info["job"]},
     )
-    art = artifact_dir(url, artifacts)
     return StudyRun(
         storage=storage,
         url=url,
