@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from acpsearch.errors import SpecError, echo
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 _DEVICE_RE = re.compile(r"(auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3}))\Z")
-DEFAULT_RESOURCES = {"cpu": 1, "gpu": 0.0}
 
 
 def check_device(value: Any, field: str = "--device") -> str:
@@ -70,24 +69,33 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def resources_of(spec: Any, section: str) -> dict[str, Any]:
-    """{"cpu": int, "gpu": float} of `section` ("finetune" or "search") of a StudySpec or of a stored
-    spec dict; a spec stored before the key existed gets DEFAULT_RESOURCES (1 CPU, no GPU)."""
-    if isinstance(spec, dict):
-        res = (spec.get(section) or {}).get("resources") or {}
-    else:
-        obj = getattr(getattr(spec, section), "resources", None)
-        res = obj.model_dump() if obj is not None else {}
-    return {
-        "cpu": int(res.get("cpu", DEFAULT_RESOURCES["cpu"])),
-        "gpu": float(res.get("gpu", DEFAULT_RESOURCES["gpu"])),
-    }
+class _Resources(Protocol):  # acpsearch.service.spec.ResourcesSpec
+    @property
+    def cpu(self) -> int: ...
+    @property
+    def gpu(self) -> float: ...
 
 
-def trial_resources(spec: Any) -> dict[str, float]:
+class _WithResources(Protocol):  # the spec's search and finetune sections
+    @property
+    def resources(self) -> _Resources: ...
+
+
+class _WithFinetune(Protocol):  # a StudySpec
+    @property
+    def finetune(self) -> _WithResources: ...
+
+
+def resources_of(section: _WithResources) -> dict[str, Any]:
+    """{"cpu": int, "gpu": float} of a spec's `search` or `finetune` section (a spec stored before
+    `resources` existed was parsed back with the section's default: 1 CPU, no GPU)."""
+    return {"cpu": int(section.resources.cpu), "gpu": float(section.resources.gpu)}
+
+
+def trial_resources(spec: _WithFinetune) -> dict[str, float]:
     """What every finalist fine-tuning trial asks Ray Tune for (`tune.with_resources`): the spec's
     finetune.resources as {"cpu": N, "gpu": F}; "gpu" is left out when it is 0 (as before)."""
-    res = resources_of(spec, "finetune")
+    res = resources_of(spec.finetune)
     out: dict[str, float] = {"cpu": res["cpu"]}
     if res["gpu"] > 0:
         out["gpu"] = res["gpu"]
@@ -96,7 +104,7 @@ def trial_resources(spec: Any) -> dict[str, float]:
 
 def actor_options(spec: Any, section: str = "search") -> dict[str, float]:
     """Ray `.options` / `ray.remote` keywords of a ranker actor: num_cpus, and num_gpus when > 0."""
-    res = resources_of(spec, section)
+    res = resources_of(getattr(spec, section))
     out: dict[str, float] = {"num_cpus": res["cpu"]}
     if res["gpu"] > 0:
         out["num_gpus"] = res["gpu"]

@@ -128,7 +128,7 @@ def run_acpsearch(
     args: argparse.Namespace, base_path: Path, workdir: Path, rerank: str | None = None
 ) -> dict[str, Any]:
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
     from acpsearch.service.spec import parse_spec
     from acpsearch.service.storage import open_storage
 
@@ -275,7 +275,7 @@ def run_budget(
             flush=True,
         )
 
-    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.inputs import make_space
     from acpsearch.service.spec import parse_spec
 
     space_spec = parse_spec(

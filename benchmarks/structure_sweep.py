@@ -74,7 +74,7 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
     """The m finalists of a real acpsearch study (the service's own search, with its anchor unless
     --no-anchor), best score first: each {ratios, round_to, source}."""
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
     from acpsearch.service.spec import parse_spec
     from acpsearch.service.storage import open_storage
 
@@ -162,7 +162,7 @@ def _write_folder(out: Path, base_path: Path, nets: dict[str, torch.nn.Module], 
 def prepare(args: argparse.Namespace) -> int:
     from acpsearch.pruning import PruningStrategy, measure_cost, prune
     from acpsearch.search.rankers import make_ranker
-    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.inputs import make_space
     from acpsearch.service.spec import parse_spec
     from benchmarks import search_quality as sq
 

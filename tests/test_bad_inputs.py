@@ -246,8 +246,8 @@ def crafted(kind: str) -> Callable[[Any], dict[str, str]]:
         model = create_model("resnet20", **kw)
         save_checkpoint(path, model, {"zoo": "resnet20", "kwargs": kw}, [1, 1, 8, 8], meta={"dataset": "digits"})
         if kind in ("missing-kept", "groups-str"):
-            from acpsearch.graph import ChannelGraph
             from acpsearch.checkpoint import save_pruned
+            from acpsearch.graph import ChannelGraph
             from acpsearch.pruning import PruningStrategy, prune
 
             example = torch.zeros(1, 1, 8, 8)
@@ -2647,7 +2647,8 @@ def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, 
     """run_study (what `run` and `worker` call) refuses a foreign NAME.finetune before it takes the
     lease or starts Ray, as a StudyBlocked, which is a StudyBusy: a worker skips such a study
     instead of retrying it forever (nothing was written, so it stays claimable)."""
-    from acpsearch.service import cluster, pipeline
+    from acpsearch.service import cluster
+    from acpsearch.service import runner as pipeline
 
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])

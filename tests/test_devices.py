@@ -22,7 +22,7 @@ from acpsearch.devices import (
     worker_device,
 )
 from acpsearch.errors import SpecError
-from acpsearch.service.spec import parse_spec
+from acpsearch.service.spec import parse_spec, spec_from_json
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none on this machine)")
@@ -56,8 +56,8 @@ def test_stored_spec_without_the_keys_loads_with_defaults():
     del stored["train"]["device"]
     again = parse_spec(stored)
     assert again.train.device == "cpu" and trial_resources(again) == {"cpu": 1}
-    assert resources_of(stored, "finetune") == {"cpu": 1, "gpu": 0.0}  # the trainable reads the dict
-    assert resources_of({"finetune": {}}, "finetune") == {"cpu": 1, "gpu": 0.0}
+    assert resources_of(again.finetune) == {"cpu": 1, "gpu": 0.0}  # what the trainable reads
+    assert resources_of(again.search) == {"cpu": 1, "gpu": 0.0}
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
@@ -69,7 +69,7 @@ def test_fractional_gpu_and_cpus_become_the_trial_request():
     spec = _spec(finetune={"resources": {"cpu": 2, "gpu": 0.25}}, search={"resources": {"gpu": 0.5}})
     assert trial_resources(spec) == {"cpu": 2, "gpu": 0.25}
     assert actor_options(spec, "search") == {"num_cpus": 1, "num_gpus": 0.5}
-    assert trial_resources(spec.to_dict()) == {"cpu": 2, "gpu": 0.25}  # the stored dict says the same
+    assert trial_resources(spec_from_json(spec.to_dict())) == {"cpu": 2, "gpu": 0.25}  # stored: the same
     assert trial_resources(_spec(finetune={"resources": {"gpu": 1}})) == {"cpu": 1, "gpu": 1.0}
 
 
@@ -132,7 +132,7 @@ def test_cluster_must_offer_what_a_worker_asks():
 # --- seeds ---------------------------------------------------------------------------------------
 def test_seed_fixes_the_service_base_network_init():
     """phase_base seeds before build_model: the same protocol seed, the same initial weights."""
-    from acpsearch.service.pipeline import build_model
+    from acpsearch.service.inputs import build_model
 
     spec = _spec()
 
@@ -150,7 +150,11 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
     """Run the real phase_base of a fresh study (1 epoch on tiny digits) and return base.pt's weights."""
     from acpsearch.checkpoint import read_checkpoint
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import Context, Reporter, phase_base
+    from acpsearch.service.context import StudyRun
+    from acpsearch.service.inputs import factory_policy, load_data
+    from acpsearch.service.phases import base
+    from acpsearch.service.progress import Reporter
+    from acpsearch.service.runner import run_phase
     from acpsearch.service.storage import artifact_store, open_storage
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -160,7 +164,7 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
     study = st.load_search_study(storage, name)
     art = tmp_path / "artifacts"
     art.mkdir(exist_ok=True)
-    ctx = Context(
+    ctx = StudyRun(
         storage=storage,
         url=url,
         study=study,
@@ -169,9 +173,11 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
         store=artifact_store(art),
         reporter=Reporter(),
         workers=1,
+        allow=factory_policy(spec),
+        splits=load_data(spec),
     )
     torch.randn(11)  # global RNG state differs between the two runs
-    phase_base(ctx)
+    run_phase(ctx, base, {}, None)
     rec = st.phase_done(st.load_search_study(storage, name), "base")
     assert rec["training"]["device"] == "cpu"
     return read_checkpoint(rec["path"])["state_dict"]
@@ -235,7 +241,7 @@ def test_one_finalist_finetunes_on_cuda(tmp_path, ray_session):
 
     if ray_session.cluster_resources().get("GPU", 0) < 0.5:
         pytest.skip("the test Ray session has no GPU")
-    spec = _spec(finetune={"epochs": 1, "resources": {"cpu": 1, "gpu": 0.5}}).to_dict()
+    spec = _spec(finetune={"epochs": 1, "resources": {"cpu": 1, "gpu": 0.5}})
     splits = make_splits(load_dataset("digits"), **TINY_SPEC["data"]["protocol"])
     kw = {"bits": 16, "in_channels": 1, "image_size": 8}
     base = create_model("resnet20", **kw)
@@ -263,7 +269,7 @@ def test_run_study_device_is_checked_before_the_study_is_touched(tmp_path):
     """run_study(device=...) overrides train.device; one this machine lacks blocks the study before the
     lease and before Ray (a worker skips it), and the study's attributes stay as they were."""
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import StudyBlocked, run_study
+    from acpsearch.service.runner import StudyBlocked, run_study
     from acpsearch.service.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"

@@ -183,7 +183,7 @@ def _spec(tmp_path: Path, model: dict[str, Any], space: dict[str, Any] | None = 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "checkpoint_dict"])
 def test_plain_state_dict_variants_load(wrap, tmp_path, own_module):
-    from acpsearch.service.pipeline import read_base_checkpoint
+    from acpsearch.service.inputs import read_base_checkpoint
 
     net = own_module.make(bits=16, width=8)
     sd = net.state_dict()
@@ -207,7 +207,7 @@ def test_plain_state_dict_variants_load(wrap, tmp_path, own_module):
 
 def test_plain_state_dict_of_a_zoo_network(tmp_path):
     from acpsearch.hashing import create_model
-    from acpsearch.service.pipeline import read_base_checkpoint
+    from acpsearch.service.inputs import read_base_checkpoint
 
     net = create_model("resnet20", bits=16, in_channels=1, image_size=8)
     torch.save(net.state_dict(), tmp_path / "r.pt")
@@ -225,7 +225,7 @@ def test_plain_state_dict_of_a_zoo_network(tmp_path):
     ],
 )
 def test_state_dict_mismatch_is_one_line_naming_the_key(change, expect, tmp_path, own_module):
-    from acpsearch.service.pipeline import read_base_checkpoint
+    from acpsearch.service.inputs import read_base_checkpoint
 
     sd = own_module.make(bits=16, width=8).state_dict()
     if change == "drop":
@@ -286,7 +286,7 @@ def zoo_checkpoint(tmp_path_factory):
     ],
 )
 def test_spec_checked_against_the_checkpoint(model, expect, zoo_checkpoint, tmp_path):
-    from acpsearch.service.pipeline import read_base_checkpoint
+    from acpsearch.service.inputs import read_base_checkpoint
 
     spec = _spec(tmp_path, {**model, "checkpoint": str(zoo_checkpoint)})
     if expect is None:
@@ -299,7 +299,7 @@ def test_spec_checked_against_the_checkpoint(model, expect, zoo_checkpoint, tmp_
 
 # --- factory import path -------------------------------------------------------------------------
 def test_factory_found_in_spec_dir_cwd_and_model_path(tmp_path, monkeypatch):
-    from acpsearch.service.pipeline import build_model
+    from acpsearch.service.inputs import build_model
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards
     write_module(tmp_path / "spec_dir_mod", "own_in_spec_dir")
@@ -322,7 +322,7 @@ def test_model_path_is_where_to_look_not_what_to_trust(tmp_path, monkeypatch):
     """submit / run look in the spec's model.path; a worker (trust_spec=False) does not take it from
     a stored spec; found modules never shadow installed ones (the directories end up last)."""
     from acpsearch.checkpoint import import_factory
-    from acpsearch.service.pipeline import factory_policy
+    from acpsearch.service.inputs import factory_policy
 
     monkeypatch.setattr(sys, "path", list(sys.path))
     write_module(tmp_path / "libs", "own_path_trust")
@@ -337,7 +337,7 @@ def test_model_path_is_where_to_look_not_what_to_trust(tmp_path, monkeypatch):
 
 
 def test_factory_not_found_says_where_it_looked(tmp_path, monkeypatch):
-    from acpsearch.service.pipeline import build_model
+    from acpsearch.service.inputs import build_model
 
     monkeypatch.setattr(sys, "path", list(sys.path))
     spec = _spec(tmp_path, {"factory": "not_here_mod:make", "bits": 16})
@@ -429,7 +429,7 @@ def test_round_to_and_anchor_respect_the_space(own_graph):
 
 
 def test_make_space_reads_the_spec(tmp_path, own_module, own_graph):
-    from acpsearch.service.pipeline import make_space
+    from acpsearch.service.inputs import make_space
 
     names = [g.name for g in own_graph.groups]
     spec = _spec(

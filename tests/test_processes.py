@@ -160,12 +160,12 @@ def test_interrupt_exit_status_in_process(stored, monkeypatch, capsys):
     """cli.run returns the status typer returns: Ctrl-C (KeyboardInterrupt) in any command is 130 and
     one line; in `run` the line says how to resume. The study is untouched."""
     import acpsearch.commands.inspect_studies as inspect_studies
-    import acpsearch.service.pipeline as pipeline
+    import acpsearch.service.runner as runner
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_study", interrupted)
+    monkeypatch.setattr(runner, "run_study", interrupted)
     capsys.readouterr()
     assert run(["run", STORED, "--storage", stored.url]) == 130
     assert capsys.readouterr().err.splitlines() == [f"interrupted: resume with acpsearch run {STORED}"]

@@ -205,9 +205,7 @@ def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
     existed (no augment / hflip keys) fine-tunes without it instead of failing."""
     from acpsearch.service.tasks import finetune_recipe
 
-    spec = parse_spec(
-        _with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True, "distill": 2.5})
-    ).to_dict()
+    spec = parse_spec(_with("finetune", {"epochs": 3, "lr": 0.002, "augment": True, "hflip": True, "distill": 2.5}))
     assert finetune_recipe(spec) == {
         "loss": "csq",
         "epochs": 3,
@@ -218,9 +216,10 @@ def test_finetune_recipe_follows_the_spec_and_reads_older_stored_specs():
         "hflip": True,
         "distill": 2.5,
     }
+    stored = spec.to_dict()
     for key in ("augment", "hflip", "distill"):
-        del spec["finetune"][key]
-    old = finetune_recipe(spec)
+        del stored["finetune"][key]
+    old = finetune_recipe(spec_from_json(stored))  # a stored spec is parsed back with the defaults
     assert old["augment"] is False and old["hflip"] is False and old["distill"] == 0.0 and old["epochs"] == 3
 
 

@@ -91,7 +91,7 @@ def test_policy_reads_the_environment_and_refuses_malformed_names(monkeypatch):
 def test_spec_factory_is_trusted_only_where_the_user_gave_the_spec(monkeypatch):
     from conftest import TINY_SPEC
 
-    from acpsearch.service.pipeline import factory_policy
+    from acpsearch.service.inputs import factory_policy
     from acpsearch.service.spec import parse_spec
 
     monkeypatch.delenv(ALLOW_ENV, raising=False)

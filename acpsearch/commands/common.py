@@ -106,7 +106,7 @@ def _submit(
     name and the same spec is taken as is (so `run SPEC.yaml` resumes). The spec's own factory is
     the user's code; a factory its model.checkpoint names needs `allow_factories`."""
     from acpsearch.service import study as st
-    from acpsearch.service.pipeline import preflight
+    from acpsearch.service.inputs import preflight
     from acpsearch.service.spec import check_name, load_spec
 
     if name is not None:  # '' is refused, not taken as "no --name"

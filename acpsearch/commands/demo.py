@@ -79,7 +79,7 @@ def demo(
         f"demo: study {name!r} ({dataset}, ResNet-20 32 bits, budget 50% FLOPs), storage {url}"
         + (f", cached base network {cache}" if reuse else ", training the base network first")
     )
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
 
     url, storage = _storage(url)
     _submit(str(spec_path), storage, None)

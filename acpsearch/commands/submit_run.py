@@ -79,7 +79,7 @@ def run(
     from acpsearch.service import crash
     from acpsearch.service import study as st
     from acpsearch.service.cluster import connect, shutdown_if_owned
-    from acpsearch.service.pipeline import run_study
+    from acpsearch.service.runner import run_study
     from acpsearch.service.storage import artifact_dir
     from acpsearch.trust import FactoryPolicy
 
@@ -236,7 +236,7 @@ class _WorkerLoop:
     def serve(self, wait: float) -> None:
         """Run claimable studies one at a time until none is left for `wait` seconds."""
         from acpsearch.service import study as st
-        from acpsearch.service.pipeline import claimable
+        from acpsearch.service.runner import claimable
 
         idle_since = time.monotonic()
         while True:
@@ -259,7 +259,7 @@ class _WorkerLoop:
         from acpsearch.service import lease as ls
         from acpsearch.service import study as st
         from acpsearch.service.cluster import connect
-        from acpsearch.service.pipeline import StudyBlocked, StudyBusy, run_study
+        from acpsearch.service.runner import StudyBlocked, StudyBusy, run_study
         from acpsearch.trust import FactoryNotAllowed
 
         if frozen.study_name in self.refused:

@@ -1,9 +1,11 @@
 """Work that runs on Ray workers: candidate ranking (actors), finalist fine-tuning (a Ray Tune
 function trainable) and test evaluation (tasks). Workers never write to the Optuna storage:
-the driver is the one writer of a study (FACTS.md: one writer per study), workers return values.
+the driver is the one writer of a study, workers return values.
 
-Models travel as acpsearch checkpoint dicts (tensors + config, no pickled modules); data sets
-are loaded on the worker from the spec (deterministic splits), so nothing large is shipped.
+Models travel as acpsearch checkpoint dicts (tensors + config, no pickled modules); the spec travels
+as the StudySpec model (a stored spec was parsed back into one, so keys added after it was stored
+have their defaults); data sets are loaded on the worker from the spec (deterministic splits), so
+nothing large is shipped.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from acpsearch.service.spec import StudySpec
+
 
 def worker_threads(n: int | None = None) -> None:
     """One torch thread per Ray CPU slot: oversubscribing 2 cores with N threads each is slower."""
-    torch.set_num_threads(int(n or os.environ.get("ACPSEARCH_TORCH_THREADS", 1)))
+    torch.set_num_threads(int(n or os.environ.get("ACPSEARCH_TORCH_THREADS") or 1))
 
 
 @functools.lru_cache(maxsize=2)
@@ -32,9 +36,9 @@ def _splits_cached(data_json: str) -> Any:
     return splits_from_data(json.loads(data_json))
 
 
-def load_splits(spec: dict[str, Any]) -> Any:
+def load_splits(spec: StudySpec) -> Any:
     """The protocol splits of a spec (cached per process)."""
-    return _splits_cached(json.dumps(spec["data"], sort_keys=True))
+    return _splits_cached(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
 
 
 def light_splits(splits: Any) -> Any:
@@ -69,7 +73,7 @@ def measure_latency_ms(
     Our own few lines: torch.utils.benchmark adds nothing for a median of plain forwards."""
     shape = [batch, *[int(v) for v in input_shape[1:]]]
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model = model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     times = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same setting for base and finalists, wherever they are measured
@@ -88,7 +92,7 @@ def measure_latency_ms(
 def build_ranker(
     name: str,
     ckpt: dict[str, Any],
-    spec: dict[str, Any],
+    spec: StudySpec,
     encoder_state: dict[str, Any] | None,
     splits: Any | None,
     allow_factories: Any = None,
@@ -104,21 +108,22 @@ def build_ranker(
 
     model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(model, ex, hash_layer=spec["model"].get("hash_layer"))
+    graph = ChannelGraph.from_model(model, ex, hash_layer=spec.model.hash_layer)
     ctx: dict[str, Any] = {
         "graph": graph,
         "model": model,
         "example_input": ex,
-        "criterion": spec["space"]["criterion"],
-        "seed": spec["search"]["seed"],
+        "criterion": spec.space.criterion,
+        "seed": spec.search.seed,
         "splits": splits,
     }
     if name == "similarity":
         from acpsearch.encoder import StructureEncoder
 
+        assert encoder_state is not None, "the similarity ranker needs the trained structure encoder"
         ctx["encoder"] = StructureEncoder.from_state(encoder_state)
     if name == "code_agreement" and splits is not None:
-        gen = torch.Generator().manual_seed(int(spec["search"]["seed"]))
+        gen = torch.Generator().manual_seed(int(spec.search.seed))
         X = splits.train[0]
         ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[: 20 * 128]]
         ctx["probe_X"] = splits.val[0][:1000]
@@ -134,7 +139,7 @@ class RankerWorker:
         self,
         name: str,
         ckpt: dict[str, Any],
-        spec: dict[str, Any],
+        spec: StudySpec,
         encoder_state: dict[str, Any] | None,
         splits: Any | None = None,
         threads: int = 1,
@@ -159,7 +164,7 @@ class RankerWorker:
     def score(self, ratios: list[dict[str, float]], round_to: int = 4) -> list[float]:
         from acpsearch.pruning import PruningStrategy
 
-        crit = self.spec["space"]["criterion"]
+        crit = self.spec.space.criterion
         strategies = [PruningStrategy(self.graph, r, criterion=crit, round_to=round_to) for r in ratios]
         return [float(v) for v in self.ranker.score(strategies)]
 
@@ -167,7 +172,7 @@ class RankerWorker:
 def finetune_trainable(
     config: dict[str, Any],
     ckpt: dict[str, Any] | None = None,
-    spec: dict[str, Any] | None = None,
+    spec: StudySpec | None = None,
     splits: Any | None = None,
     out_dir: str = "",
     allow_factories: Any = None,
@@ -184,17 +189,14 @@ def finetune_trainable(
     from acpsearch.pruning import PruningStrategy, make_record, prune
 
     assert ckpt is not None and spec is not None and splits is not None
-    res = resources_of(spec, "finetune")  # what this trial asked Ray for (trial_resources)
+    res = resources_of(spec.finetune)  # what this trial asked Ray for (trial_resources)
     worker_threads(config.get("threads", res["cpu"]))
     device = worker_device(res["gpu"])  # cuda when Ray gave the trial a GPU share
     fin = config["finalist"]
-    ft = spec["finetune"]
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(base, ex, hash_layer=spec["model"].get("hash_layer"))
-    strategy = PruningStrategy(
-        graph, fin["ratios"], criterion=spec["space"]["criterion"], round_to=int(fin.get("round_to", 4))
-    )
+    graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer)
+    strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
     net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
@@ -213,7 +215,7 @@ def finetune_trainable(
                 "candidate": fin["number"],
                 "val_map": val,
                 "epoch": epoch,
-                "finetune": ft,
+                "finetune": spec.finetune.model_dump(mode="json"),
             },
         )
 
@@ -248,26 +250,26 @@ def finetune_trainable(
     train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **recipe)
 
 
-def finetune_recipe(spec: dict[str, Any]) -> dict[str, Any]:
-    """train_hash_net keyword arguments of a finalist's fine-tune, from a stored spec dict (specs
-    stored before `finetune.augment` / `finetune.distill` existed lack them: they fine-tune
-    without augmentation and without distillation)."""
-    ft = spec["finetune"]
+def finetune_recipe(spec: StudySpec) -> dict[str, Any]:
+    """train_hash_net keyword arguments of a finalist's fine-tune (a spec stored before
+    `finetune.augment` / `finetune.distill` existed was parsed with their defaults: no
+    augmentation, no distillation)."""
+    ft = spec.finetune
     return {
-        "loss": spec["train"]["loss"],
-        "epochs": int(ft["epochs"]),
-        "lr": float(ft["lr"]),
-        "batch_size": int(ft["batch_size"]),
-        "seed": int(spec["search"]["seed"]),
-        "augment": bool(ft.get("augment", False)),
-        "hflip": bool(ft.get("hflip", False)),
-        "distill": float(ft.get("distill", 0.0)),
+        "loss": spec.train.loss,
+        "epochs": int(ft.epochs),
+        "lr": float(ft.lr),
+        "batch_size": int(ft.batch_size),
+        "seed": int(spec.search.seed),
+        "augment": bool(ft.augment),
+        "hflip": bool(ft.hflip),
+        "distill": float(ft.distill),
     }
 
 
 def evaluate_checkpoint(
     path: str,
-    spec: dict[str, Any],
+    spec: StudySpec,
     pr_curve: bool = True,
     latency: bool = True,
     threads: int | None = 1,

@@ -1,0 +1,230 @@
+"""Phase select: the winner is the finalist with the best validation mAP (never the test queries),
+exported as winner.pt, compared with the base network (interleaved latency) and marked where
+optuna-dashboard shows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from acpsearch.service import study as st
+from acpsearch.service.candidates import ratios_of, round_to_of, strategy_of
+from acpsearch.service.context import Record, StudyRun
+from acpsearch.service.progress import clean
+
+NAME = "select"
+
+
+def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
+    """Winner = best validation mAP among fully fine-tuned finalists (never the test queries);
+    exported as winner.pt (pruning record + weights) and stored as the study's `winner`."""
+    import optuna
+
+    ft_study = st.finetune_study(ctx.storage, ctx.study)
+    complete = [
+        t
+        for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("val_map") is not None
+    ]
+    if not complete:
+        raise RuntimeError("select: no COMPLETE finalist to choose from")
+    best = _choose(ctx, ft_study, complete)
+    winner_path = _export(ctx, best)
+    art = ctx.upload(winner_path)
+    cand = ctx.study.trials[int(best.user_attrs["candidate"])]
+    winner = {k: v for k, v in best.user_attrs.items() if k != "pr_curve"}
+    winner.update(
+        {
+            "finetune_trial": best.number,
+            "path": str(winner_path),
+            "artifact_id": art,
+            "ratios": st.round_ratios(ratios_of(cand)),
+            "score": cand.value,
+            "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
+            "source": st.source(cand),
+            "round_to": round_to_of(cand),
+            "kept": {k: int(v) for k, v in strategy_of(ctx, cand).kept.items()},
+        }
+    )
+    base_rec = records.get("base") or {}
+    ctx.reporter.phase("select: latency, base vs winner (interleaved)")
+    cmp = _compare_base_winner(ctx, base_rec, winner_path)
+    if cmp is not None:
+        winner["latency_compare"] = cmp
+    _store_winner(ctx, winner, base_rec, cmp)
+    mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
+    return Record({"winner": best.number, "finalists": {str(t.number): t.user_attrs.get("val_map") for t in complete}})
+
+
+def _choose(ctx: StudyRun, ft_study: Any, complete: list[Any]) -> Any:
+    """The finalist with the best val mAP; of those tied, the one Optuna names best."""
+    best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
+    # optuna-dashboard's "Best Trial" of NAME.finetune is Optuna's best trial (COMPLETE, value = val mAP):
+    # among finalists tied on val mAP, take the one Optuna names, so that the two are the same trial
+    try:
+        optuna_best = ft_study.best_trial
+    except ValueError:
+        optuna_best = None
+    if optuna_best is not None and optuna_best.number != best.number:
+        tied = [
+            t
+            for t in complete
+            if t.number == optuna_best.number and t.user_attrs["val_map"] == best.user_attrs["val_map"]
+        ]
+        if tied:
+            best = tied[0]
+        else:
+            ctx.reporter.log(
+                f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
+                f"but not the best val_map; the winner is trial {best.number} (by val_map)"
+            )
+    return best
+
+
+def _export(ctx: StudyRun, best: Any) -> Path:
+    """winner.pt: the winning finalist's weights, pruning record and where it came from."""
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+
+    winner_path = ctx.dir() / "winner.pt"
+    ck = read_checkpoint(best.user_attrs["path"])
+    save_checkpoint(
+        winner_path,
+        model_from_checkpoint(ck, allow_factories=ctx.allow),
+        ck["model"],
+        ck["input_shape"],
+        pruning=ck["pruning"],
+        meta={
+            **(ck.get("meta") or {}),
+            "study": ctx.name,
+            "finetune_trial": best.number,
+            "val_map": best.user_attrs["val_map"],
+            "test_map": best.user_attrs.get("test_map"),
+        },
+    )
+    return winner_path
+
+
+def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any], cmp: dict[str, Any] | None) -> None:
+    """The study's `winner`, its flat headline copies and the base's, and the latency comparison."""
+    ctx.study.set_user_attr("winner", clean(winner))
+    # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
+    # in its tables, so the nested dicts alone would be unreadable there.
+    for key in (
+        "test_map",
+        "test_map_topk",
+        "val_map",
+        "flops_ratio",
+        "params_ratio",
+        "latency_ms",
+        "measured_flops",
+        "measured_params",
+        "finetune_trial",
+        "candidate",
+    ):
+        ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
+    for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
+        ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
+    if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
+        from acpsearch.service.report import latency_row
+
+        lb, lw, speed = latency_row({}, {"latency_compare": cmp})
+        ctx.study.set_user_attr(
+            "latency.base_vs_winner",
+            f"{speed}: base {lb} ms, winner {lw} ms "
+            f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)",
+        )
+
+
+def _compare_base_winner(ctx: StudyRun, base_rec: dict[str, Any], winner_path: Path) -> dict[str, Any] | None:
+    """Base and winner timed INTERLEAVED on the driver (latency.compare_latency: alternating
+    rounds, same input, batch and one thread): the two numbers the report compares, with their
+    spread. Separate timings minutes apart let machine noise decide which one looks faster."""
+    from acpsearch.checkpoint import load_model, read_checkpoint
+    from acpsearch.search.latency import compare_latency
+    from acpsearch.service.tasks import LATENCY_BATCH
+
+    if not base_rec.get("path") or not Path(base_rec["path"]).is_file():
+        return None
+    ckpt = read_checkpoint(base_rec["path"])
+    models = {
+        "base": load_model(base_rec["path"], allow_factories=ctx.allow),
+        "winner": load_model(winner_path, allow_factories=ctx.allow),
+    }
+    res = compare_latency(models, list(ckpt["input_shape"]), batch=LATENCY_BATCH, rounds=7, repeats=5, threads=1)
+    return {
+        "batch": res["batch"],
+        "threads": res["threads"],
+        "rounds": res["rounds"],
+        **{f"{name}_{k}": v for name, m in res["models"].items() for k, v in m.items() if k != "rounds_ms"},
+    }
+
+
+def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
+    """The note of the winning fine-tune trial (markdown, short lines: the dashboard's note box
+    does not wrap long ones): it is the winner, and why."""
+    u = best.user_attrs
+    lines = [
+        "## Winner",
+        "",
+        f"This finalist is the **winner** of `{ft_name[: -len(st.FINETUNE_SUFFIX)]}`.",
+        "",
+        f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists",
+    ]
+    lines += [
+        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number
+    ]
+    lines += [
+        f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+        f"- pruned structure: candidate trial {cand.number} of the search study",
+        f"  (ranker score {_f4(cand.value)}, not mAP)",
+        f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _f4(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def mark_winner(
+    study: Any, ft_study: Any, best: Any, cand: Any, complete: list[Any], ratios: dict[str, float] | None = None
+) -> None:
+    """Mark the winner where optuna-dashboard shows it: user attr `winner: true` + a note on the
+    winning trial of NAME.finetune and on the candidate trial of the search study it came from,
+    a note on the fine-tune study, and the search study's objective named as a ranker score (its
+    "Best Trial" is the best-scored candidate, not the winner). The fine-tune study's objective is
+    val mAP and only fully fine-tuned finalists (COMPLETE) carry a value, so its best trial is the
+    winner (ties: the lowest trial number, as in the select phase)."""
+    ranker = st.study_spec(study).search.ranker
+    storage = study._storage
+    u = best.user_attrs
+    st.set_finished_trial_user_attr(storage, best._trial_id, "winner", True)
+    st.set_finished_trial_user_attr(storage, cand._trial_id, "winner", True)
+    if ratios and "keep" not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
+        st.set_finished_trial_user_attr(storage, cand._trial_id, "keep", st.round_ratios(ratios))
+    st.save_trial_note(ft_study, best._trial_id, winner_note(ft_study.study_name, best, cand, complete))
+    st.save_trial_note(
+        study,
+        cand._trial_id,
+        (
+            f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
+            f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
+            f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+            f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"
+        ),
+    )
+    st.set_objective_names(study, [st.objective_name(ranker)])
+    from optuna_dashboard import save_note
+
+    save_note(
+        ft_study,
+        (
+            f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; "
+            "objective: validation mAP.\n\n"
+            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
+            f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+            "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
+            "their partial curves never make them best.\n"
+        ),
+    )
