@@ -194,7 +194,7 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
     for phase, cond in when.items():
         proc = _start(run_args, log)
         try:
-            _wait(lambda: bool(cond(attrs())), proc, f"the {phase} phase")
+            _wait(lambda: bool(cond(attrs())), proc, f"the {phase} phase")  # noqa: B023 - called within this iteration
             if phase == "base":
                 time.sleep(1.0)  # into the training loop
         finally:

@@ -144,7 +144,7 @@ def test_plain_reporter_prints_start_progress_eta_and_done():
     buf, clock = io.StringIO(), _Clock()
     rep = PlainReporter(buf, clock=clock)
     rep.phase("search: similarity", total=300)
-    for i in range(40):
+    for _i in range(40):
         clock.t += 3.075  # 123 s for 40 candidates
         rep.advance(1, best=0.9123)
     rep.log("a note")
