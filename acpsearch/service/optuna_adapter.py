@@ -1,8 +1,8 @@
 """The one place acpsearch reaches into Optuna's internals.
 
 Optuna's public API lacks a few things acpsearch needs; each private use below says why. When
-Optuna changes one of them, this module is the only one to fix (tests/test_storage_schema.py
-and tests/test_stored_studies.py exercise every function here).
+Optuna changes one of them, this module is the only one to fix (tests/service/test_storage_schema.py
+and tests/e2e/test_stored_studies.py exercise every function here).
 """
 
 from __future__ import annotations

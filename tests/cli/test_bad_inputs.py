@@ -2286,7 +2286,7 @@ def test_bad_input_in_a_real_process(case_id, tmp_path, stored, request):
     pythonpath = os.pathsep.join(
         [
             str(tmp_path / "usercode"),
-            str(Path(__file__).resolve().parents[1]),
+            str(Path(__file__).resolve().parents[2]),
             *filter(None, [os.environ.get("PYTHONPATH")]),
         ]
     )
@@ -2713,7 +2713,7 @@ def test_worker_skips_a_study_whose_companion_name_is_taken(stored, tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+            [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
     }
     res = subprocess.run(

@@ -234,6 +234,6 @@ def test_dashboard_config_validation(tmp_path):
     p.write_text("storage: sqlite:///x.db\nprot: 1\n")
     with pytest.raises(SpecError, match="unknown key 'prot'"):
         dashboard_config(str(p))
-    root_cfg = Path(__file__).resolve().parents[1] / "dashboards" / "dashboard.yaml"
+    root_cfg = Path(__file__).resolve().parents[2] / "dashboards" / "dashboard.yaml"
     cfg = dashboard_config(str(root_cfg))
     assert cfg["host"] == "127.0.0.1" and int(cfg["port"]) == 8080

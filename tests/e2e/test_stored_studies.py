@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).parent / "fixtures" / "stored-0.1.0"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stored-0.1.0"
 
 
 def _attrs(db: Path, name: str) -> dict[str, object]:

@@ -11,7 +11,7 @@ import yaml
 from acpsearch.errors import SpecError
 from acpsearch.service.spec import StudySpec, load_spec, parse_spec, spec_from_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"model": {"zoo": "resnet20"}, "data": {"dataset": "digits"}, "budget": {"flops": 0.5}}
 
 

@@ -396,7 +396,7 @@ def test_write_failure_is_one_line_naming_out_and_leaves_nothing(exported, env, 
         resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))  # the files are ~360-530 KB
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env_vars = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     for fmt in FORMATS:
         assert exported[fmt][0].stat().st_size > 200 * 1024

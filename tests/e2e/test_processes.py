@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ACPSEARCH = Path(sys.executable).parent / "acpsearch"
 
 
