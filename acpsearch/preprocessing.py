@@ -50,10 +50,10 @@ def preprocess_of(checkpoint_or_meta: Any) -> dict[str, Any]:
 
 
 def _from_pil(images: list[Any], pre: dict[str, Any]) -> np.ndarray:
-    from acpsearch.hashing.data import _decode_pil
+    from acpsearch.hashing.data.stream import decode_pil
 
     c, h, w = (int(v) for v in pre["input_shape"])
-    return np.stack([_decode_pil(im, (h, w), "L" if c == 1 else "RGB", pre.get("image_size")) for im in images])
+    return np.stack([decode_pil(im, (h, w), "L" if c == 1 else "RGB", pre.get("image_size")) for im in images])
 
 
 def preprocess(images: Any, checkpoint_or_meta: Any) -> torch.Tensor:
