@@ -34,13 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from acpsearch.checkpoint import save_zoo_checkpoint  # noqa: E402
 from acpsearch.hashing import (  # noqa: E402
     checkpoint_meta,
     create_model,
     evaluate,
     load_dataset,
     make_splits,
-    save_zoo_checkpoint,
     train_hash_net,
 )
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import acpsearch
+from acpsearch.checkpoint import save_zoo_checkpoint
 from acpsearch.errors import SpecError
 from acpsearch.hashing import (
     checkpoint_meta,
@@ -15,7 +16,6 @@ from acpsearch.hashing import (
     evaluate,
     load_dataset,
     make_splits,
-    save_zoo_checkpoint,
     train_hash_net,
     validation_map,
 )

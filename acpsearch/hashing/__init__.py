@@ -16,7 +16,6 @@ from acpsearch.hashing.train import (
     checkpoint_meta,
     encode,
     evaluate,
-    save_zoo_checkpoint,
     train_hash_net,
     validation_map,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "checkpoint_meta",
     "encode",
     "evaluate",
-    "save_zoo_checkpoint",
     "train_hash_net",
     "validation_map",
 ]

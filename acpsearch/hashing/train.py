@@ -17,7 +17,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -392,14 +391,3 @@ def checkpoint_meta(
         "metrics": metrics or {},
         **extra,
     }
-
-
-def save_zoo_checkpoint(
-    path: str | Path, model: nn.Module, name: str, bits: int, in_channels: int, image_size: int, meta: dict[str, Any]
-) -> Path:
-    """Save a zoo hash net with the shared checkpoint format (reloads with acpsearch.load_model)."""
-    from acpsearch.checkpoint import save_checkpoint
-
-    model = model.to(memory_format=torch.contiguous_format)
-    cfg = {"zoo": name, "kwargs": {"bits": int(bits), "in_channels": int(in_channels), "image_size": int(image_size)}}
-    return save_checkpoint(path, model, cfg, [1, int(in_channels), int(image_size), int(image_size)], meta=meta)

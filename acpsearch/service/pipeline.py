@@ -1444,7 +1444,9 @@ def run_study(
     if study.user_attrs.get("state") == "done":
         return st.summarize(study, storage)
     policy = factory_policy(spec, allow_factories, trust_spec=trust_spec_factory)
-    refusal = policy.study_refusal(spec)
+    from acpsearch.checkpoint import study_refusal
+
+    refusal = study_refusal(policy, spec)
     if refusal is not None:
         raise refusal
     from acpsearch.devices import check_device, resolve_device
