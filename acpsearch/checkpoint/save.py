@@ -73,6 +73,7 @@ def save_zoo_checkpoint(
 ) -> Path:
     """Save a zoo hash net (`acpsearch.hashing.create_model(name, bits=, in_channels=, image_size=)`)
     as a checkpoint that acpsearch.load_model reloads."""
-    model = model.to(memory_format=torch.contiguous_format)
+    contiguous: dict[str, Any] = {"memory_format": torch.contiguous_format}  # torch's stubs lack the keyword
+    model = model.to(**contiguous)
     cfg = {"zoo": name, "kwargs": {"bits": int(bits), "in_channels": int(in_channels), "image_size": int(image_size)}}
     return save_checkpoint(path, model, cfg, [1, int(in_channels), int(image_size), int(image_size)], meta=meta)

@@ -9,6 +9,7 @@ import math
 import pickle
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):  # noqa: D401
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
@@ -143,7 +144,9 @@ def load_cifar10(path: str | None) -> Dataset:
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise DataError(f"dataset cifar10: {missing[0]} not found in {str(root)!r}; {hint}")
-    xs, ys, starts = [], [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    starts: list[int] = []
     for n in names:
         file = f"{n} in {str(root)!r}"
         try:

@@ -71,9 +71,10 @@ def _read_npy(file: Path) -> np.ndarray:
         arr = np.load(file, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"dataset folder: cannot read {str(file)!r} as an .npy array ({first_line(exc)})") from None
-    if arr.ndim == 2:
-        return arr[None]
-    return arr.transpose(2, 0, 1) if tuple(chw) != tuple(shape) else arr  # (H, W, C) -> (C, H, W)
+    image: np.ndarray = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim == 3 and tuple(chw) != tuple(shape):  # (H, W, C) -> (C, H, W)
+        image = arr.transpose(2, 0, 1)
+    return image
 
 
 def _remaining(f: Any) -> int:
@@ -81,10 +82,10 @@ def _remaining(f: Any) -> int:
     here = f.tell()
     end = f.seek(0, 2)
     f.seek(here)
-    return end - here
+    return int(end - here)
 
 
-def _read_image(file: Path, size: tuple[int, int] | None):
+def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
     """One image as (C, H, W) uint8/float array. .npy always works; other formats need Pillow."""
     if file.suffix.lower() == ".npy":
         return _read_npy(file)
@@ -99,10 +100,10 @@ def _read_image(file: Path, size: tuple[int, int] | None):
                         f"dataset folder: image {str(file)!r} is {w}x{h} pixels, each side must be "
                         f"1 to {MAX_SIDE} (resize it first)"
                     )
-                im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
-                if size is not None and im.size != size[::-1]:
-                    im = im.resize(size[::-1])
-                arr = np.asarray(im)
+                pixels = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
+                if size is not None and pixels.size != size[::-1]:
+                    pixels = pixels.resize(size[::-1])
+                arr = np.asarray(pixels)
     except DataError:
         raise
     except (

@@ -24,12 +24,12 @@ def decode_pil(im: Any, size: tuple[int, int], mode: str, image_size: int | None
         r = image_size / min(w, h)
         nw, nh = max(image_size, round(w * r)), max(image_size, round(h * r))
         if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.BILINEAR)
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = (nw - image_size) // 2, (nh - image_size) // 2
         if (nw, nh) != (image_size, image_size):
             im = im.crop((left, top, left + image_size, top + image_size))
     elif im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -69,7 +69,7 @@ def _reraise_worker(exc: DataError) -> DataError:
     return DataError(lines[-1] if lines else "data error")
 
 
-class ImageSource(torch.utils.data.Dataset):
+class ImageSource(torch.utils.data.Dataset[torch.Tensor]):
     """Images that stay on disk: decoded, resized, scaled to [0, 1] and normalised per item.
 
     It answers the tensor questions the training code asks (`shape`, `ndim`, `len`, `X[i:j]`,
@@ -121,7 +121,8 @@ class ImageSource(torch.utils.data.Dataset):
         rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64).reshape(-1)
         if len(rows) == 0:
             return torch.zeros((0, *self.shape[1:]))
-        return next(iter(self.loader([rows.tolist()])))
+        batch: torch.Tensor = next(iter(self.loader([rows.tolist()])))
+        return batch
 
     def subset(self, rows: Any) -> ImageSource:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
