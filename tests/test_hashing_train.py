@@ -70,7 +70,7 @@ def test_encode_gives_pm1_codes(splits):
     ],
 )
 def test_training_runs_on_the_models_device(splits, device):
-    from acpsearch.hashing.train import model_device
+    from acpsearch.hashing.encoding import model_device
 
     assert model_device(nn.ReLU()) == torch.device("cpu")  # parameterless: the CPU
     net = _mlp(16).to(device)
