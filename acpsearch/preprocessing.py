@@ -37,6 +37,7 @@ def preprocess_of(checkpoint_or_meta: Any) -> dict[str, Any]:
         src = read_checkpoint(src)
     if not isinstance(src, dict):
         raise CheckpointError(f"preprocess: expected a checkpoint path or dict, got {type(src).__name__}")
+    pre: Any
     if "mean" in src and "std" in src:
         pre = src
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: 
     raise CheckpointError(f"{source}: 'model' entry names neither 'zoo' nor 'factory'")
 
 
-def import_factory(path: str, search: Any = ()):
+def import_factory(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
     """Resolve "package.module:function" to a callable; a failing import is a user error.
     The module is looked for in `search` (the spec's model.path, by default the spec file's
     directory), the current working directory, then sys.path (PYTHONPATH); afterwards those
@@ -91,7 +92,7 @@ def import_factory(path: str, search: Any = ()):
         for d in dirs:
             sys.path.remove(d)  # the first occurrence: the one inserted above
         sys.path.extend(added)
-    fn = getattr(mod, fn_name, None)
+    fn: Callable[..., Any] | None = getattr(mod, fn_name, None)
     if not callable(fn):
         raise SpecError(f"model.factory: module {mod_name!r} has no callable {fn_name!r}")
     return fn
@@ -107,7 +108,7 @@ def _zoo_elements(zoo: Any, kwargs: dict[str, Any]) -> int | None:
             meta_model = create_model(zoo, **kwargs)
     except Exception:  # noqa: BLE001 - the real build reports bad kwargs in its own words
         return None
-    return sum(t.numel() for t in meta_model.state_dict().values())
+    return int(sum(t.numel() for t in meta_model.state_dict().values()))
 
 
 def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
@@ -130,23 +131,26 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(v) for v in t.shape)
 
 
+def _more(n: int) -> str:
+    return f" (and {n - 1} more)" if n > 1 else ""
+
+
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
     """model.load_state_dict(sd, strict=True), a mismatch as one line naming the first missing or
     unexpected key, or the first tensor whose shape differs."""
     want = model.state_dict()
     missing = [k for k in want if k not in sd]
     unexpected = [k for k in sd if k not in want]
-    more = lambda n: f" (and {n - 1} more)" if n > 1 else ""  # noqa: E731
     if missing:
         raise CheckpointError(
             f"{where}: the state dict does not match the network: missing key {missing[0]!r}"
-            f"{more(len(missing))}"
-            + (f"; unexpected key {unexpected[0]!r}{more(len(unexpected))}" if unexpected else "")
+            f"{_more(len(missing))}"
+            + (f"; unexpected key {unexpected[0]!r}{_more(len(unexpected))}" if unexpected else "")
         )
     if unexpected:
         raise CheckpointError(
             f"{where}: the state dict does not match the network: unexpected key "
-            f"{unexpected[0]!r}{more(len(unexpected))}"
+            f"{unexpected[0]!r}{_more(len(unexpected))}"
         )
     for k, t in want.items():
         if _shape(sd[k]) != _shape(t):

@@ -54,7 +54,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 def write_error(exc: BaseException) -> OSError | None:
     """The OSError (EFBIG, ENOSPC, ...) behind an exporter's failure, if the failure was a write."""
-    seen, cur = set(), exc
+    seen: set[int] = set()
+    cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, OSError) and cur.errno is not None:
             return cur
@@ -126,7 +127,8 @@ def metadata_from_checkpoint(ckpt: dict[str, Any], source: dict[str, Any] | None
             doc[key] = cmeta[key]
     doc["pruned"] = bool(ckpt.get("pruning"))
     doc["checkpoint_input_shape"] = list(ckpt.get("input_shape") or [])
-    return json.loads(json.dumps(doc, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    return plain
 
 
 @contextlib.contextmanager

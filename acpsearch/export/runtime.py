@@ -70,12 +70,13 @@ def _load_exported(
         extra = {META_KEY: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            m = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            m = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)  # type: ignore[no-untyped-call]
         m.eval()
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return m(x)
+                out: torch.Tensor = m(x)
+            return out
 
         return run, json.loads(extra[META_KEY] or "{}"), fmt
     if fmt == "pt2":
@@ -86,7 +87,8 @@ def _load_exported(
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return mod(x)
+                out: torch.Tensor = mod(x)
+            return out
 
         return run, json.loads(extra[META_KEY] or "{}"), fmt
     if fmt == "onnx":
@@ -102,7 +104,8 @@ def _load_exported(
         meta = sess.get_modelmeta().custom_metadata_map.get(META_KEY, "{}")
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
+            out: torch.Tensor = torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
+            return out
 
         return run, json.loads(meta), fmt
     if fmt == "acpsearch":
@@ -111,7 +114,8 @@ def _load_exported(
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return model(x)
+                out: torch.Tensor = model(x)
+            return out
 
         return run, {"format": "acpsearch", **metadata_from_checkpoint(ckpt)}, fmt
     raise SpecError(f"file {str(path)!r}: unknown format {fmt!r}")

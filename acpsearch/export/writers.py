@@ -51,7 +51,7 @@ def write_torchscript(model: nn.Module, tmp: Path, example: torch.Tensor, doc: d
             errors.append(f"script: {first_line(exc, 120)}")
         if scripted is None:
             try:
-                scripted, how = torch.jit.trace(model, (batch_of(example, 2),), check_trace=False), "torch.jit.trace"
+                scripted, how = torch.jit.trace(model, (batch_of(example, 2),), check_trace=False), "torch.jit.trace"  # type: ignore[no-untyped-call]
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"trace: {first_line(exc, 120)}")
     if scripted is None:
@@ -90,8 +90,9 @@ def write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str
                 )
             how = f"torch.onnx.export(dynamo=True, opset {ONNX_OPSET})"
         except Exception as exc:  # noqa: BLE001 - dynamo cannot capture every model: try the legacy path
-            if write_error(exc) is not None:
-                raise write_error(exc) from None  # a full disk is not a reason to try another exporter
+            err = write_error(exc)
+            if err is not None:  # a failed write (EFBIG, ENOSPC, a full disk): not the exporter's failure
+                raise err from None
             errors.append(f"dynamo: {first_line(exc, 120)}")
     if how is None and exporter in ("auto", "legacy"):
         try:
@@ -108,8 +109,9 @@ def write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor, doc: dict[str
                 )
             how = "torch.onnx.export(dynamo=False, opset 17)"
         except Exception as exc:  # noqa: BLE001
-            if write_error(exc) is not None:
-                raise write_error(exc) from None
+            err = write_error(exc)
+            if err is not None:  # a failed write (EFBIG, ENOSPC, a full disk): not the exporter's failure
+                raise err from None
             errors.append(f"legacy: {first_line(exc, 120)}")
     if how is None:
         raise SpecError(f"--format onnx: cannot export the model ({'; '.join(errors)})")
@@ -178,11 +180,12 @@ def export_model(
             save_checkpoint(tmp, model, model_cfg, [1, *example.shape[1:]], pruning=pruning, meta=meta)
             reloaded = model_from_checkpoint(read_checkpoint(tmp), source=f"--format acpsearch: {str(path)!r}")
 
-            def run(x: torch.Tensor) -> torch.Tensor:
+            def run_reloaded(x: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
-                    return reloaded(x)
+                    out: torch.Tensor = reloaded(x)
+                return out
 
-            check = verify(run, model, example, fmt, atol)
+            check = verify(run_reloaded, model, example, fmt, atol)
         return {
             "format": fmt,
             "out": str(path),
@@ -205,8 +208,9 @@ def export_model(
         except (OSError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - an exporter's own failure: name the format, not --out
-            if write_error(exc) is not None:  # a failed write (EFBIG, ENOSPC): atomic_out names --out
-                raise write_error(exc) from None
+            err = write_error(exc)
+            if err is not None:  # a failed write (EFBIG, ENOSPC, a full disk): not the exporter's failure
+                raise err from None
             raise SpecError(f"--format {fmt}: export failed ({type(exc).__name__}: {first_line(exc, 160)})") from None
         if stored != json.loads(json.dumps(doc)):
             raise SpecError(f"--format {fmt}: the metadata read back differs from what was written")
