@@ -21,7 +21,9 @@ from acpsearch.pruning import apply_record
 from acpsearch.trust import FactoryNotAllowed, FactoryPolicy, factory_module
 
 
-def build_from_config(cfg: dict[str, Any], allow_factories: Any = None, source: str = "model") -> nn.Module:
+def build_from_config(
+    cfg: dict[str, Any], allow_factories: FactoryPolicy | Iterable[str] | str | None = None, source: str = "model"
+) -> nn.Module:
     """Build an (unpruned) architecture from a checkpoint's "model" entry.
 
     A zoo name is always built; a factory only when its module is allowed (`allow_factories`: a
@@ -197,7 +199,9 @@ def spec_contradictions(cfg: dict[str, Any], model_spec: Any, where: str) -> Non
         )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint", allow_factories: Any = None) -> nn.Module:
+def model_from_checkpoint(
+    ckpt: dict[str, Any], source: str = "checkpoint", allow_factories: FactoryPolicy | Iterable[str] | str | None = None
+) -> nn.Module:
     """Rebuild the module a checkpoint dict describes (architecture, pruning replay, weights).
 
     The dict is validated first; a "factory" it names is imported only if `allow_factories` (module
@@ -231,7 +235,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint", allo
     return model
 
 
-def load_model(path: str | Path, allow_factories: Any = None) -> nn.Module:
+def load_model(path: str | Path, allow_factories: FactoryPolicy | Iterable[str] | str | None = None) -> nn.Module:
     """Load any checkpoint written by train / prune / export as a ready module (eval mode).
 
     A checkpoint naming a model factory loads only if its module is allowed: `allow_factories`
