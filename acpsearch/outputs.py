@@ -22,7 +22,8 @@ from acpsearch.errors import AcpError, SpecError
 def _why(exc: BaseException) -> str:
     """The reason in a few words: the OSError behind it when there is one (torch.save raises a
     RuntimeError whose context is the OSError of the failed write), else the exception's first line."""
-    seen, cur = set(), exc
+    seen: set[int] = set()
+    cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, OSError) and cur.strerror:
             return cur.strerror

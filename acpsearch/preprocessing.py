@@ -23,19 +23,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from acpsearch.checkpoint import read_checkpoint
 from acpsearch.errors import CheckpointError, DataError
+from acpsearch.hashing.data.stream import decode_pil
 
 
 def preprocess_of(checkpoint_or_meta: Any) -> dict[str, Any]:
     """The `meta.preprocess` dict of a checkpoint path, checkpoint dict, meta dict or the dict itself."""
     src = checkpoint_or_meta
     if isinstance(src, (str, Path)):
-        from acpsearch.checkpoint import read_checkpoint
-
         src = read_checkpoint(src)
     if not isinstance(src, dict):
         raise CheckpointError(f"preprocess: expected a checkpoint path or dict, got {type(src).__name__}")
+    pre: Any
     if "mean" in src and "std" in src:
         pre = src
     else:
@@ -50,24 +52,17 @@ def preprocess_of(checkpoint_or_meta: Any) -> dict[str, Any]:
 
 
 def _from_pil(images: list[Any], pre: dict[str, Any]) -> np.ndarray:
-    from acpsearch.hashing.data import _decode_pil
-
     c, h, w = (int(v) for v in pre["input_shape"])
-    return np.stack([_decode_pil(im, (h, w), "L" if c == 1 else "RGB", pre.get("image_size")) for im in images])
+    return np.stack([decode_pil(im, (h, w), "L" if c == 1 else "RGB", pre.get("image_size")) for im in images])
 
 
 def preprocess(images: Any, checkpoint_or_meta: Any) -> torch.Tensor:
     """Raw images -> the float32 (N, C, H, W) network input of the checkpoint (see the module doc)."""
     pre = preprocess_of(checkpoint_or_meta)
     c = int(pre["input_shape"][0])
-    try:
-        from PIL import Image
-
-        pil = isinstance(images, Image.Image) or (
-            isinstance(images, (list, tuple)) and images and all(isinstance(i, Image.Image) for i in images)
-        )
-    except ImportError:
-        pil = False
+    pil = isinstance(images, Image.Image) or (
+        isinstance(images, (list, tuple)) and images and all(isinstance(i, Image.Image) for i in images)
+    )
     if pil:
         x = torch.from_numpy(_from_pil([images] if not isinstance(images, (list, tuple)) else list(images), pre))
     else:

@@ -108,24 +108,3 @@ class FactoryPolicy:
         """Raise FactoryNotAllowed (before anything is imported) unless the factory's module is allowed."""
         if not self.allows(factory):
             raise FactoryNotAllowed(where, str(factory), factory_module(factory))
-
-    def study_refusal(self, spec: Any) -> FactoryNotAllowed | None:
-        """Why a study may not run under this policy: its spec's factory, or the factory named by its
-        model.checkpoint, is not allowed (None: it may run). Reading the checkpoint is weights-only;
-        a checkpoint that cannot be read is left to the run, which reports it."""
-        factory = spec.model.factory
-        if factory and not self.allows(factory):
-            return FactoryNotAllowed("spec", factory, factory_module(factory))
-        if spec.model.checkpoint:
-            from acpsearch.checkpoint import read_checkpoint
-            from acpsearch.errors import AcpError
-
-            try:
-                cfg = read_checkpoint(spec.model.checkpoint)["model"]
-            except AcpError:
-                return None
-            if cfg.get("factory") and not self.allows(cfg["factory"]):
-                return FactoryNotAllowed(
-                    f"checkpoint {spec.model.checkpoint!r}", cfg["factory"], factory_module(cfg["factory"])
-                )
-        return None

@@ -29,13 +29,13 @@ import time
 
 import torch
 
+from acpsearch.checkpoint import save_zoo_checkpoint
 from acpsearch.hashing import (
     checkpoint_meta,
     create_model,
     evaluate,
     load_dataset,
     make_splits,
-    save_zoo_checkpoint,
     train_hash_net,
 )
 from benchmarks.common import CACHE, PROTOCOL, RESULTS, ROOT, parser, set_threads, write_json

@@ -86,6 +86,7 @@ def train(
     --seed fixes the data split, the initial weights (python, numpy and torch are seeded before the
     model is built), the batch order and the augmentation: the same command gives the same weights
     on the same machine and device."""
+    from acpsearch.checkpoint import save_zoo_checkpoint
     from acpsearch.hashing import (
         LOSS_NAMES,
         MODEL_NAMES,
@@ -94,7 +95,6 @@ def train(
         evaluate,
         load_dataset,
         make_splits,
-        save_zoo_checkpoint,
         train_hash_net,
     )
 

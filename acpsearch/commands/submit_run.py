@@ -195,6 +195,7 @@ def worker(
 def _factory_refusal(frozen: Any, policy: Any) -> Any:
     """FactoryNotAllowed when a stored study's spec (or its checkpoint) names a factory the worker's
     policy does not allow, else None. A stored spec that does not parse is left to run_study."""
+    from acpsearch.checkpoint import study_refusal
     from acpsearch.errors import AcpError
     from acpsearch.service import study as st
 
@@ -202,7 +203,7 @@ def _factory_refusal(frozen: Any, policy: Any) -> Any:
         spec = st.study_spec(frozen)
     except (AcpError, KeyError, TypeError, ValueError):
         return None
-    return policy.study_refusal(spec)
+    return study_refusal(policy, spec)
 
 
 class _WorkerLoop:

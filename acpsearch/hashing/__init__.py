@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from acpsearch.hashing.data import DATASET_NAMES, Dataset, Splits, load_dataset, make_splits
+from acpsearch.hashing.encoding import encode, evaluate, validation_map
 from acpsearch.hashing.losses import LOSS_NAMES, CSQLoss, DPSHLoss, HashNetLoss, get_loss, hash_centers
 from acpsearch.hashing.metrics import (
     hamming_distance,
@@ -11,15 +12,7 @@ from acpsearch.hashing.metrics import (
     precision_recall_curve,
 )
 from acpsearch.hashing.models import MODEL_NAMES, HashHead, create_model, with_hash_head
-from acpsearch.hashing.train import (
-    TrainResult,
-    checkpoint_meta,
-    encode,
-    evaluate,
-    save_zoo_checkpoint,
-    train_hash_net,
-    validation_map,
-)
+from acpsearch.hashing.train import TrainResult, checkpoint_meta, train_hash_net
 
 __all__ = [
     "DATASET_NAMES",
@@ -45,7 +38,6 @@ __all__ = [
     "checkpoint_meta",
     "encode",
     "evaluate",
-    "save_zoo_checkpoint",
     "train_hash_net",
     "validation_map",
 ]

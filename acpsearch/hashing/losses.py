@@ -10,13 +10,15 @@
   positive and negative pairs re-weighted to balance, and the tanh scale grows with the number
   of steps ((1 + 0.005 * step) ** 0.5) so outputs approach +-1 ("continuation").
 - ``dpsh`` DPSH (Li et al., IJCAI 2016): pairwise likelihood on theta = u.u / 2 of the raw outputs
-  plus eta * ||u - sign(u)||^2. Pairs are formed inside the batch. Note: from scratch it can
-  collapse to one code (FACTS.md); prefer csq / hashnet for base training.
+  plus eta * ||u - sign(u)||^2. Pairs are formed inside the batch. Note: trained from scratch it can
+  collapse to one code for every input; prefer csq / hashnet for base training.
 
 All pair-based losses derive similarity from labels: share at least one label.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +70,8 @@ def hash_centers(num_classes: int, bits: int, seed: int = 0) -> torch.Tensor:
 class CSQLoss(nn.Module):
     """Central Similarity Quantization loss on tanh(raw output); see module docstring."""
 
+    centers: torch.Tensor  # a buffer: (num_classes, bits) +-1 hash centres
+
     def __init__(self, bits: int, num_classes: int, lambda_q: float = 1e-4, seed: int = 0) -> None:
         super().__init__()
         self.bits, self.num_classes, self.lambda_q = bits, num_classes, lambda_q
@@ -106,7 +110,7 @@ class HashNetLoss(nn.Module):
 
     @property
     def scale(self) -> float:
-        return (1.0 + self.gamma * self.steps) ** self.power
+        return float((1.0 + self.gamma * self.steps) ** self.power)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -138,10 +142,10 @@ class DPSHLoss(nn.Module):
         return likelihood + self.eta * quant
 
 
-def get_loss(name: str, bits: int, num_classes: int, **kwargs) -> nn.Module:
+def get_loss(name: str, bits: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a hashing loss by name (csq, hashnet, dpsh); kwargs go to the loss class."""
     key = str(name).lower()
-    classes = {"csq": CSQLoss, "hashnet": HashNetLoss, "dpsh": DPSHLoss}
+    classes: dict[str, type[nn.Module]] = {"csq": CSQLoss, "hashnet": HashNetLoss, "dpsh": DPSHLoss}
     if key not in classes:
         raise SpecError(f"loss: unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
     try:

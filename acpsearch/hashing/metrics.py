@@ -18,6 +18,7 @@ Queries are processed in chunks so the (chunk x database) distance matrix stays 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def _as_labels(labels: ArrayLike, n: int, name: str) -> torch.Tensor:
     return t
 
 
-def _relevance_fn(query_labels: torch.Tensor, db_labels: torch.Tensor):
+def _relevance_fn(query_labels: torch.Tensor, db_labels: torch.Tensor) -> Callable[[slice, np.ndarray], np.ndarray]:
     """Return f(q_slice, order) -> bool numpy (chunk, m) relevance of the ranked database items."""
     if query_labels.ndim != db_labels.ndim:
         raise DataError("labels: query and database labels must both be class ids or both multi-hot")
@@ -62,7 +63,8 @@ def _relevance_fn(query_labels: torch.Tensor, db_labels: torch.Tensor):
             ql, dl = ql.astype(np.uint8), dl.astype(np.uint8)  # 8x less memory traffic in the gather
 
         def rel(qs: slice, order: np.ndarray) -> np.ndarray:
-            return dl[order] == ql[qs, None]
+            same: np.ndarray = dl[order] == ql[qs, None]
+            return same
 
         return rel
     if query_labels.shape[1] != db_labels.shape[1]:
@@ -77,7 +79,9 @@ def _relevance_fn(query_labels: torch.Tensor, db_labels: torch.Tensor):
     return rel_multi
 
 
-def _prepare(query_codes, db_codes, query_labels, db_labels):
+def _prepare(
+    query_codes: ArrayLike, db_codes: ArrayLike, query_labels: ArrayLike, db_labels: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q = _as_codes(query_codes, "query_codes")
     d = _as_codes(db_codes, "db_codes")
     if q.shape[1] != d.shape[1]:
@@ -87,7 +91,7 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
     return q, d, ql, dl
 
 
-def _chunks(n_query: int, n_db: int):
+def _chunks(n_query: int, n_db: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(1, n_db))
     for start in range(0, n_query, step):
         yield slice(start, min(n_query, start + step))

@@ -13,6 +13,7 @@ channel graph. Pooling that would shrink a feature map below 1x1 is dropped at c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        y: torch.Tensor = self.relu2(out + self.shortcut(x))
+        return y
 
 
 class CifarResNet(nn.Module):
@@ -89,7 +91,8 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.hash_layer(self.flatten(self.pool(x)))
+        out: torch.Tensor = self.hash_layer(self.flatten(self.pool(x)))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ VGG
@@ -126,7 +129,8 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(self.pool(self.features(x)))
-        return self.hash_layer(self.fc_relu(self.fc(x)))
+        out: torch.Tensor = self.hash_layer(self.fc_relu(self.fc(x)))
+        return out
 
 
 # -------------------------------------------------------------------------------------------- AlexNet
@@ -169,7 +173,8 @@ class SmallAlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(self.pool(self.features(x)))
         x = self.relu2(self.fc2(self.drop1(self.relu1(self.fc1(x)))))
-        return self.hash_layer(x)
+        out: torch.Tensor = self.hash_layer(x)
+        return out
 
 
 # ---------------------------------------------------------------------------------------- MobileNetV2
@@ -191,8 +196,10 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_res:
-            return x + self.conv(x)
-        return self.conv(x)
+            res: torch.Tensor = x + self.conv(x)
+            return res
+        out: torch.Tensor = self.conv(x)
+        return out
 
 
 class MobileNetV2(nn.Module):
@@ -234,7 +241,8 @@ class MobileNetV2(nn.Module):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash_layer(self.flatten(self.pool(self.features(x))))
+        out: torch.Tensor = self.hash_layer(self.flatten(self.pool(self.features(x))))
+        return out
 
 
 # --------------------------------------------------------------------------------------- any backbone
@@ -250,7 +258,8 @@ class HashHead(nn.Module):
         nn.init.zeros_(self.hash_layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash_layer(self.flatten(self.backbone(x)))
+        out: torch.Tensor = self.hash_layer(self.flatten(self.backbone(x)))
+        return out
 
 
 def with_hash_head(
@@ -294,7 +303,7 @@ _ZOO: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
 
 
-def create_model(name: str, bits: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
+def create_model(name: str, bits: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any) -> nn.Module:
     """Build a zoo hash network; `forward` returns the raw (N, bits) output whose sign is the code."""
     key = str(name).lower()
     if key not in _ZOO:

@@ -1,9 +1,10 @@
-"""Training, encoding and evaluation of hash networks (base training and fine-tuning of pruned nets).
+"""Training of hash networks (base training and fine-tuning of pruned nets); encoding and evaluation
+are in acpsearch.hashing.encoding.
 
 `train_hash_net` accepts any nn.Module whose forward returns the (N, K) raw hash output, or a
 tuple whose last element is it. Adam + cosine schedule, optional light augmentation (random crop
-with padding, optional horizontal flip), channels_last memory format (1.6x faster for these convs
-on our CPUs, FACTS.md). Work runs on the device the model's parameters are on (CPU, or a GPU when
+with padding, optional horizontal flip), channels_last memory format (about 1.6x faster for these convs
+on the CPUs we measured). Work runs on the device the model's parameters are on (CPU, or a GPU when
 the caller moved the model there): batches, the loss and the teacher follow it, codes come back on
 the CPU for the numpy metrics. The best epoch by validation mAP (val queries vs the train set as the
 database: cheap) is kept and restored at the end; a per-epoch callback can stop early (Ray Tune /
@@ -17,7 +18,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from acpsearch.errors import SpecError
-from acpsearch.hashing.data import Splits, is_source, iter_batches
+from acpsearch.hashing.data import Splits, iter_batches
+from acpsearch.hashing.encoding import model_device, probe, raw_output, to_input, to_memory_format, validation_map
 from acpsearch.hashing.losses import get_loss
-from acpsearch.hashing.metrics import mean_average_precision, precision_at_n
 
 EpochCallback = Callable[[int, float], bool]
 
@@ -47,106 +47,6 @@ class TrainResult:
     @property
     def seconds_per_epoch(self) -> float:
         return self.seconds / max(1, self.epochs_run)
-
-
-def _output(out: Any) -> torch.Tensor:
-    """The hash output of a forward: the tensor itself or the last element of a tuple/list."""
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise SpecError("model: forward must return an (N, K) tensor or a tuple ending in one")
-    return out
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a parameterless module)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _to_input(x: torch.Tensor, channels_last: bool, device: torch.device | None = None) -> torch.Tensor:
-    if device is not None and x.device != device:
-        x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@torch.no_grad()
-def encode(model: nn.Module, X: Any, batch_size: int = 512, channels_last: bool = True) -> torch.Tensor:
-    """Binary codes (+1/-1 float, (n, K)) of images X in eval mode; sign(0) counts as +1.
-
-    X is a tensor (N, C, H, W) or an ImageSource (decoded per batch by a DataLoader: memory holds
-    the codes and a batch, not the images)."""
-    was_training = model.training
-    model.eval()
-    dev = model_device(model)
-    outs = []
-    n = int(X.shape[0])
-    chunks: list[Any] = (
-        [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
-        if is_source(X)
-        else [slice(i, i + batch_size) for i in range(0, n, batch_size)]
-    )
-    try:
-        for xb in iter_batches(X, chunks):
-            h = _output(model(_to_input(xb, channels_last, dev)))
-            outs.append(torch.where(h >= 0, 1.0, -1.0).cpu())
-    finally:
-        model.train(was_training)
-    if not outs:
-        return torch.zeros(0, 0)
-    return torch.cat(outs)
-
-
-def validation_map(model: nn.Module, splits: Splits, batch_size: int = 512, channels_last: bool = True) -> float:
-    """mAP of the val queries against the training set as the database (model selection)."""
-    if splits.val[0].shape[0] == 0:
-        return float("nan")
-    qv = encode(model, splits.val[0], batch_size, channels_last)
-    dt = encode(model, splits.train[0], batch_size, channels_last)
-    return mean_average_precision(qv, dt, splits.val[1], splits.train[1])
-
-
-def evaluate(
-    model: nn.Module,
-    splits: Splits,
-    topk: int | None = None,
-    precision_n: int = 1000,
-    batch_size: int = 512,
-    channels_last: bool = True,
-) -> dict[str, Any]:
-    """Test mAP@all and mAP@topk (queries vs database), precision@N, validation mAP.
-
-    `topk=None` uses min(1000, database size), the usual mAP@1000."""
-    n_db = int(splits.database[0].shape[0])
-    k = min(1000, n_db) if topk is None else int(topk)
-    if k < 1:
-        raise SpecError(f"topk: must be >= 1, got {topk}")
-    model_mode = model.training
-    t0 = time.perf_counter()
-    q = encode(model, splits.query[0], batch_size, channels_last)
-    db = encode(model, splits.database[0], batch_size, channels_last)
-    t_enc = time.perf_counter() - t0
-    ql, dl = splits.query[1], splits.database[1]
-    res = {
-        "map_all": mean_average_precision(q, db, ql, dl),
-        "map_topk": mean_average_precision(q, db, ql, dl, topk=k),
-        "topk": k,
-        "precision_at_n": precision_at_n(q, db, ql, dl, n=precision_n),
-        "precision_n": int(min(precision_n, n_db)),
-        "val_map": validation_map(model, splits, batch_size, channels_last),
-        "bits": int(q.shape[1]),
-        "n_query": int(q.shape[0]),
-        "n_database": n_db,
-        "encode_seconds": round(t_enc, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    model.train(model_mode)
-    return res
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: bool) -> torch.Tensor:
@@ -197,16 +97,7 @@ def train_hash_net(
     teacher + distill > 0 adds distill * MSE(tanh(student), tanh(teacher)) on the same (augmented)
     batch: a pruned network fine-tuned on a small training set keeps the unpruned network's codes
     instead of only chasing the hash centres (the teacher is frozen, in eval mode)."""
-    if epochs < 1:
-        raise SpecError(f"train.epochs: must be >= 1, got {epochs}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise SpecError(f"train.lr: must be a positive number, got {lr}")
-    if batch_size < 1:
-        raise SpecError(f"train.batch_size: must be >= 1, got {batch_size}")
-    if distill < 0 or not math.isfinite(distill):
-        raise SpecError(f"finetune.distill: must be a number >= 0, got {distill}")
-    if distill > 0 and teacher is None:
-        raise SpecError("finetune.distill: needs the unpruned network as teacher")
+    _check_train_args(epochs, lr, batch_size, distill, teacher)
     if num_threads:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
@@ -214,36 +105,33 @@ def train_hash_net(
     X, y = splits.train
     n = X.shape[0]
     dev = model_device(model)
-    bits = int(_output(_probe(model, X[:2], channels_last)).shape[1])
+    bits = int(raw_output(probe(model, X[:2], channels_last)).shape[1])
     criterion = get_loss(loss, bits, splits.num_classes, **(loss_kwargs or {})) if isinstance(loss, str) else loss
     criterion.to(dev)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if teacher is not None and distill > 0:
-        teacher.to(dev)
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
-    else:
-        teacher = None
+        to_memory_format(model, torch.channels_last)
+    teacher = _frozen_teacher(teacher, dev, channels_last) if distill > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if max_batches is not None:
         total_steps = min(total_steps, int(max_batches))
-    warm = warmup_epochs * steps_per_epoch
-
-    def lr_at(step: int) -> float:  # linear warm-up then cosine to 0 over the whole run
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    pad = (X.shape[-1] // 8) if pad is None else pad
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(warmup_epochs * steps_per_epoch, total_steps))
+    run = _Stepper(
+        model,
+        criterion,
+        opt,
+        sched,
+        teacher,
+        distill,
+        augment,
+        hflip,
+        (X.shape[-1] // 8) if pad is None else pad,
+        gen,
+        channels_last,
+        dev,
+    )
 
     best_state, best_map, best_epoch = None, -1.0, 0
     history: list[dict[str, float]] = []
@@ -262,22 +150,8 @@ def train_hash_net(
             chunks = [c for c in (perm[i : i + batch_size] for i in range(0, n, batch_size)) if c.numel() >= 2]
             chunks = chunks[: max(0, total_steps - step)]
             for idx, xb in zip(chunks, iter_batches(X, chunks)):
-                yb = y[idx]
-                if augment and xb.ndim == 4:
-                    xb = augment_batch(xb, gen, pad, hflip)
-                xin = _to_input(xb, channels_last, dev)
-                out = _output(model(xin))
-                lval = criterion(out, yb.to(dev))
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = torch.tanh(_output(teacher(xin)))
-                    lval = lval + distill * F.mse_loss(torch.tanh(out), target)
-                opt.zero_grad(set_to_none=True)
-                lval.backward()
-                opt.step()
-                sched.step()
+                total_loss += run.step(xb, y[idx])
                 step += 1
-                total_loss += float(lval.detach())
                 batches += 1
                 bar.batch(epoch, batches, steps_per_epoch)
             train_seconds = time.perf_counter() - t_ep
@@ -326,14 +200,78 @@ def train_hash_net(
     )
 
 
-@torch.no_grad()
-def _probe(model: nn.Module, x: torch.Tensor, channels_last: bool) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        return model(_to_input(x, channels_last, model_device(model)))
-    finally:
-        model.train(was)
+def _check_train_args(epochs: int, lr: float, batch_size: int, distill: float, teacher: nn.Module | None) -> None:
+    if epochs < 1:
+        raise SpecError(f"train.epochs: must be >= 1, got {epochs}")
+    if lr <= 0 or not math.isfinite(lr):
+        raise SpecError(f"train.lr: must be a positive number, got {lr}")
+    if batch_size < 1:
+        raise SpecError(f"train.batch_size: must be >= 1, got {batch_size}")
+    if distill < 0 or not math.isfinite(distill):
+        raise SpecError(f"finetune.distill: must be a number >= 0, got {distill}")
+    if distill > 0 and teacher is None:
+        raise SpecError("finetune.distill: needs the unpruned network as teacher")
+
+
+def _frozen_teacher(teacher: nn.Module | None, device: torch.device, channels_last: bool) -> nn.Module | None:
+    """The distillation teacher on `device`, in eval mode, its parameters frozen."""
+    if teacher is None:
+        return None
+    teacher.to(device)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        to_memory_format(teacher, torch.channels_last)
+    return teacher
+
+
+def _warmup_cosine(warm: int, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor per step: linear warm-up over `warm` steps, then cosine to 0."""
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return lr_at
+
+
+@dataclass
+class _Stepper:
+    """One optimisation step of `train_hash_net` on a batch: augmentation, the hash loss (plus the
+    distillation term with a teacher), backward, optimizer and schedule step."""
+
+    model: nn.Module
+    criterion: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    teacher: nn.Module | None
+    distill: float
+    augment: bool
+    hflip: bool
+    pad: int
+    gen: torch.Generator
+    channels_last: bool
+    device: torch.device
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """Train on one batch; returns its loss."""
+        if self.augment and xb.ndim == 4:
+            xb = augment_batch(xb, self.gen, self.pad, self.hflip)
+        xin = to_input(xb, self.channels_last, self.device)
+        out = raw_output(self.model(xin))
+        lval = self.criterion(out, yb.to(self.device))
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = torch.tanh(raw_output(self.teacher(xin)))
+            lval = lval + self.distill * F.mse_loss(torch.tanh(out), target)
+        self.opt.zero_grad(set_to_none=True)
+        lval.backward()
+        self.opt.step()
+        self.sched.step()
+        return float(lval.detach())
 
 
 class _Progress:
@@ -392,14 +330,3 @@ def checkpoint_meta(
         "metrics": metrics or {},
         **extra,
     }
-
-
-def save_zoo_checkpoint(
-    path: str | Path, model: nn.Module, name: str, bits: int, in_channels: int, image_size: int, meta: dict[str, Any]
-) -> Path:
-    """Save a zoo hash net with the shared checkpoint format (reloads with acpsearch.load_model)."""
-    from acpsearch.checkpoint import save_checkpoint
-
-    model = model.to(memory_format=torch.contiguous_format)
-    cfg = {"zoo": name, "kwargs": {"bits": int(bits), "in_channels": int(in_channels), "image_size": int(image_size)}}
-    return save_checkpoint(path, model, cfg, [1, int(in_channels), int(image_size), int(image_size)], meta=meta)

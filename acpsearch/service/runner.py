@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from acpsearch.checkpoint import study_refusal
 from acpsearch.errors import AcpError, SpecError, StorageError
 from acpsearch.service import study as st
 from acpsearch.service.context import StudyRun
@@ -100,7 +101,7 @@ def run_study(
     if study.user_attrs.get("state") == "done":
         return st.summarize(study, storage)
     policy = factory_policy(spec, allow_factories, trust_spec=trust_spec_factory)
-    refusal = policy.study_refusal(spec)
+    refusal = study_refusal(policy, spec)
     if refusal is not None:
         raise refusal
     _check_device(study, spec, device)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import acpsearch
-from acpsearch.checkpoint import read_checkpoint, save_checkpoint
+from acpsearch.checkpoint import read_checkpoint, save_checkpoint, study_refusal
 from acpsearch.errors import CheckpointError, SpecError
 from acpsearch.trust import ALLOW_ENV, FactoryNotAllowed, FactoryPolicy
 
@@ -101,9 +101,9 @@ def test_spec_factory_is_trusted_only_where_the_user_gave_the_spec(monkeypatch):
     assert factory_policy(spec).allows("mypkg.nets:other")  # submit / run: the user wrote it
     assert not factory_policy(spec).allows("os:system")
     worker = factory_policy(spec, None, trust_spec=False)  # a worker: only its own allow-list
-    refusal = worker.study_refusal(spec)
+    refusal = study_refusal(worker, spec)
     assert isinstance(refusal, FactoryNotAllowed) and refusal.module == "mypkg.nets"
-    assert factory_policy(spec, ["mypkg"], trust_spec=False).study_refusal(spec) is None
+    assert study_refusal(factory_policy(spec, ["mypkg"], trust_spec=False), spec) is None
 
 
 # --- load_model ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from datagen import write_cifar_batches, write_list, write_listfile_set, write_p
 from torch import nn
 
 import acpsearch
+from acpsearch.checkpoint import save_zoo_checkpoint
 from acpsearch.errors import DataError, SpecError
 from acpsearch.hashing import (
     Dataset,
@@ -22,7 +23,6 @@ from acpsearch.hashing import (
     evaluate,
     load_dataset,
     make_splits,
-    save_zoo_checkpoint,
     train_hash_net,
 )
 from acpsearch.hashing.data import ImageSource, channel_stats, splits_from_data

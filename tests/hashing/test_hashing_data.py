@@ -194,33 +194,35 @@ def test_splits_too_large_names_the_field():
         make_splits(ds, 10, 10, -1)
 
 
-# --- the loaders' gate: _check_arrays ------------------------------------------------------------
-from acpsearch.hashing import data as data_mod  # noqa: E402
-from acpsearch.hashing.data import Dataset, _check_arrays  # noqa: E402
+# --- the loaders' gate: check_arrays ------------------------------------------------------------
+from acpsearch.hashing.data import Dataset  # noqa: E402
+from acpsearch.hashing.data import files as files_mod  # noqa: E402
+from acpsearch.hashing.data import gate as gate_mod  # noqa: E402
+from acpsearch.hashing.data.gate import check_arrays  # noqa: E402
 
 SRC = "dataset test: 'src.npz'"
 
 
-def test_check_arrays_passes_good_arrays_unchanged():
+def testcheck_arrays_passes_good_arrays_unchanged():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (12, 3, 5, 6), dtype=np.uint8)
     y = np.arange(12) % 3
-    cx, cy, ids, names = _check_arrays(x, y, SRC)
+    cx, cy, ids, names = check_arrays(x, y, SRC)
     assert cx is x or np.shares_memory(cx, x)
     assert np.array_equal(cx, x) and np.array_equal(cy, y) and cy.dtype == np.int64
     assert ids == [0, 1, 2] and names is None
     # (N, H, W) gets a channel axis; "auto" reads (N, H, W, C); bool and float images are fine
     fx = rng.random((12, 5, 6)).astype(np.float32)
-    assert _check_arrays(fx, y, SRC)[0].shape == (12, 1, 5, 6)
+    assert check_arrays(fx, y, SRC)[0].shape == (12, 1, 5, 6)
     nhwc = rng.random((12, 5, 6, 3))
-    assert np.array_equal(_check_arrays(nhwc, y, SRC, layout="auto")[0], nhwc.transpose(0, 3, 1, 2))
-    assert _check_arrays(fx > 0.5, y.astype(np.uint8), SRC)[0].dtype == np.bool_
+    assert np.array_equal(check_arrays(nhwc, y, SRC, layout="auto")[0], nhwc.transpose(0, 3, 1, 2))
+    assert check_arrays(fx > 0.5, y.astype(np.uint8), SRC)[0].dtype == np.bool_
     # folder class names follow the classes that have images
-    _, cy, ids, names = _check_arrays(x, np.array([0, 2] * 6), SRC, class_names=["a", "b", "c"])
+    _, cy, ids, names = check_arrays(x, np.array([0, 2] * 6), SRC, class_names=["a", "b", "c"])
     assert ids == [0, 2] and names == ["a", "c"] and cy.tolist() == [0, 1] * 6
     # multi-hot stays multi-hot
     mh = rng.integers(0, 2, (12, 4))
-    _, cy, ids, _ = _check_arrays(x, mh, SRC)
+    _, cy, ids, _ = check_arrays(x, mh, SRC)
     assert np.array_equal(cy, mh > 0) and ids is None
 
 
@@ -251,31 +253,31 @@ def test_check_arrays_passes_good_arrays_unchanged():
         (np.zeros((4, 8, 8)), np.array([[0, 1], [1, np.nan], [0, 1], [1, 0]]), "labels[1] has a non-finite value"),
     ],
 )
-def test_check_arrays_refuses_bad_arrays_naming_the_source(images, labels, message):
+def testcheck_arrays_refuses_bad_arrays_naming_the_source(images, labels, message):
     with pytest.raises(DataError) as exc:
-        _check_arrays(images, labels, SRC)
+        check_arrays(images, labels, SRC)
     msg = str(exc.value)
     assert msg.startswith(SRC + ": ") and message in msg and "\n" not in msg, msg
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_check_arrays_names_the_first_non_finite_pixel_and_its_file(bad):
+def testcheck_arrays_names_the_first_non_finite_pixel_and_its_file(bad):
     x = np.zeros((6, 1, 4, 5), np.float32)
     x[4, 0, 2, 3] = bad
     x[5, 0, 0, 0] = np.nan  # a later one is not the one reported
     with pytest.raises(DataError) as exc:
-        _check_arrays(x, np.arange(6) % 2, SRC, where=lambda i: f"'img{i}.npy'")
+        check_arrays(x, np.arange(6) % 2, SRC, where=lambda i: f"'img{i}.npy'")
     assert str(exc.value) == (
         f"{SRC}: images[4] ('img4.npy') has a non-finite value ({np.float32(bad)}) at index "
         "(0, 2, 3) (channel, row, column); every pixel must be a finite number"
     )
 
 
-def test_check_arrays_size_cap(monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_VALUES", 100)
-    _check_arrays(np.zeros((4, 5, 5)), np.arange(4) % 2, SRC)  # 100 values: at the cap
+def testcheck_arrays_size_cap(monkeypatch):
+    monkeypatch.setattr(gate_mod, "MAX_VALUES", 100)
+    check_arrays(np.zeros((4, 5, 5)), np.arange(4) % 2, SRC)  # 100 values: at the cap
     with pytest.raises(DataError, match=r"has 125 values \(shape \(5, 1, 5, 5\)\), more than 100"):
-        _check_arrays(np.zeros((5, 5, 5)), np.arange(5) % 2, SRC)
+        check_arrays(np.zeros((5, 5, 5)), np.arange(5) % 2, SRC)
 
 
 def test_sparse_label_ids_are_remapped_and_split_like_dense_ones(tmp_path):
@@ -374,7 +376,7 @@ def test_folder_bad_files_name_the_file(tmp_path):
         (img.astype(np.float16), img.transpose(2, 0, 1)),
     ):
         np.save(bad, stored)
-        got = data_mod._read_image(bad, None)
+        got = files_mod._read_image(bad, None)
         assert got.shape == expected.shape and np.array_equal(got, expected)
     bad.unlink()
     # PNG headers: above Pillow's bomb limit, and above ours

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import acpsearch
+from acpsearch.checkpoint import save_zoo_checkpoint
 from acpsearch.errors import SpecError
 from acpsearch.hashing import (
     checkpoint_meta,
@@ -15,7 +16,6 @@ from acpsearch.hashing import (
     evaluate,
     load_dataset,
     make_splits,
-    save_zoo_checkpoint,
     train_hash_net,
     validation_map,
 )
@@ -70,7 +70,7 @@ def test_encode_gives_pm1_codes(splits):
     ],
 )
 def test_training_runs_on_the_models_device(splits, device):
-    from acpsearch.hashing.train import model_device
+    from acpsearch.hashing.encoding import model_device
 
     assert model_device(nn.ReLU()) == torch.device("cpu")  # parameterless: the CPU
     net = _mlp(16).to(device)
