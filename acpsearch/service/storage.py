@@ -146,7 +146,7 @@ def open_storage(url: str | None = None) -> Any:
     """Open (and cache per process) an Optuna storage; any failure is a StorageError (exit 2).
 
     SQLite gets ``timeout=60`` so a second process waits for the lock instead of failing with
-    "database is locked" (FACTS.md: seen with 24 writers)."""
+    "database is locked" (we saw it with 24 concurrent writers)."""
     import optuna
 
     url = resolve_url(url)

@@ -13,7 +13,7 @@ import pytest
 from acpsearch._imports import try_import
 from acpsearch.errors import SpecError
 
-PKG = Path(__file__).resolve().parents[1] / "acpsearch"
+PKG = Path(__file__).resolve().parents[2] / "acpsearch"
 
 
 def _acpsearch_imports(path: Path) -> set[str]:
