@@ -4,6 +4,7 @@ from acpsearch.graph.core import ChannelGraph, ChannelGroup, Cost, NodeRecord
 from acpsearch.graph.cost import MacTerm
 from acpsearch.graph.rules import LayerRule, register_rule
 from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
+from acpsearch.graph.tracing import ExampleInput
 
 __all__ = [
     "ChannelGraph",
@@ -15,4 +16,5 @@ __all__ = [
     "LayerRule",
     "MacTerm",
     "register_rule",
+    "ExampleInput",
 ]

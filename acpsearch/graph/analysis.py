@@ -36,6 +36,7 @@ from acpsearch.graph.cost import MacTerm
 from acpsearch.graph.rules import function_rule, module_rule
 from acpsearch.graph.state import Analyzer, flatten_nodes, norm_axis
 from acpsearch.graph.tracing import (
+    ExampleInput,
     Recorder,
     Tracer,
     find_hash_layer,
@@ -145,7 +146,9 @@ def _has_tensor(v: Any) -> bool:
     return isinstance(v, torch.Tensor) or (isinstance(v, (tuple, list)) and any(_has_tensor(x) for x in v))
 
 
-def analyse(model: nn.Module, example_input: Any, hash_layer: str | None = None) -> tuple[Analysis, fx.GraphModule]:
+def analyse(
+    model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None
+) -> tuple[Analysis, fx.GraphModule]:
     """Trace `model` and run the channel analysis (model left in its original train/eval mode)."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     if not inputs or not isinstance(inputs[0], torch.Tensor):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,11 @@ from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.features import NodeDescriptors, to_pyg
 from acpsearch.graph.forms import CostForms
 from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
+from acpsearch.graph.tracing import ExampleInput
+
+if TYPE_CHECKING:
+    import networkx as nx
+    from torch_geometric.data import Data
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class NodeRecord:
 class ChannelGraph(CostForms):
     """A traced model's channel structure; see the module docstring for the cost definition."""
 
-    def __init__(self, model: nn.Module, analysis: Analysis, example_input: Any) -> None:
+    def __init__(self, model: nn.Module, analysis: Analysis, example_input: ExampleInput) -> None:
         self.model = model
         self.analysis = analysis
         self.hash_layer = analysis.hash_layer
@@ -109,7 +114,7 @@ class ChannelGraph(CostForms):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: nn.Module, example_input: Any, hash_layer: str | None = None) -> ChannelGraph:
+    def from_model(cls, model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None) -> ChannelGraph:
         """Trace `model` on `example_input` (one forward, no grad) and find its channel groups."""
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -287,7 +292,7 @@ class ChannelGraph(CostForms):
         return self._eval_terms(np.asarray(kept, dtype=np.int64).reshape(-1, len(self.groups)))
 
     # ------------------------------------------------------------------ exports
-    def to_networkx(self) -> Any:
+    def to_networkx(self) -> nx.DiGraph:
         """networkx.DiGraph: node attributes type, channels, kernel, stride, groups, flops, params, groups."""
         import networkx as nx
 
@@ -317,7 +322,7 @@ class ChannelGraph(CostForms):
                 G.add_edge(self.nodes[p].name, n.name)
         return G
 
-    def to_pyg(self, strategy: DescribedStrategy | None = None) -> Any:
+    def to_pyg(self, strategy: DescribedStrategy | None = None) -> Data:
         """torch_geometric Data: x = static descriptors + strategy descriptors (see features.py)."""
         if self._pyg_static is None:
             self._pyg_static = NodeDescriptors(self)

@@ -15,6 +15,10 @@ from torch import nn
 from acpsearch.graph.rules import is_leaf, module_rule
 from acpsearch.graph.state import flatten_nodes
 
+# what the converter, the pruner and the cost meter run the network on: one tensor, or the
+# positional inputs as a tuple / list of tensors (checked at run time with a one-line error)
+ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+
 
 class Tracer(fx.Tracer):
     """Leaves: standard torch.nn modules plus the module types whose rule is a leaf (subclasses of

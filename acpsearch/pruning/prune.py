@@ -20,13 +20,13 @@ from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.core import ChannelGraph, Cost
 from acpsearch.graph.cost import count_params
 from acpsearch.graph.rules import counts_macs, layer_macs, module_rule, set_size_attr
-from acpsearch.graph.tracing import one_thread
+from acpsearch.graph.tracing import ExampleInput, one_thread
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"
 
 
-def measure_cost(model: nn.Module, example_input: Any) -> Cost:
+def measure_cost(model: nn.Module, example_input: ExampleInput) -> Cost:
     """Cost measured on the real module: MACs per sample of every call of a layer whose rule has
     a MAC formula (conv / linear; hooks, the same per-layer formula as the closed form in
     ``acpsearch.graph.core``, see ``acpsearch.graph.cost``) and the number of parameters."""
@@ -251,7 +251,7 @@ def _check_train_mode(new: nn.Module, model: nn.Module, inputs: tuple[Any, ...] 
         new.train(was)
 
 
-def prune(model: nn.Module, strategy: PruningStrategy, example_input: Any, verify: bool = True) -> nn.Module:
+def prune(model: nn.Module, strategy: PruningStrategy, example_input: ExampleInput, verify: bool = True) -> nn.Module:
     """A new, physically smaller copy of `model` pruned by `strategy`; `model` is unchanged.
 
     Channels are chosen by the strategy's criterion on `model`'s own weights. The returned module
@@ -291,7 +291,7 @@ def make_record(strategy: PruningStrategy, model: nn.Module | None = None) -> di
     return _record(strategy.graph, strategy, strategy.kept_indices(model))
 
 
-def apply_record(model: nn.Module, record: dict[str, Any], example_input: Any) -> nn.Module:
+def apply_record(model: nn.Module, record: dict[str, Any], example_input: ExampleInput) -> nn.Module:
     """Replay a pruning record on a fresh (unpruned) `model` of the same architecture."""
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise CheckpointError("pruning record: not an acpsearch pruning record")

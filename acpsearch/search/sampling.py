@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acpsearch.errors import BudgetError, SpecError
+from acpsearch.pruning import PruningStrategy
 
 
 class GridSampler:
@@ -121,22 +122,20 @@ class GridSampler:
             decided[ar, slots] = True
         return self._full_matrix(cur)
 
-    def to_strategy(self, ratios: np.ndarray | dict[str, float]) -> Any:
+    def to_strategy(self, ratios: np.ndarray | dict[str, float]) -> PruningStrategy:
         """PruningStrategy for one ratio row (G,) or dict, with this space's criterion."""
-        from acpsearch.pruning import PruningStrategy
-
         if not isinstance(ratios, dict):
             ratios = {n: float(r) for n, r in zip(self.names, ratios)}
         if self.round_to is None:
             return PruningStrategy(self.g, ratios, criterion=self.criterion)
         return PruningStrategy(self.g, ratios, criterion=self.criterion, round_to=self.round_to)
 
-    def sample(self, rng: random.Random | None = None) -> Any:
+    def sample(self, rng: random.Random | None = None) -> PruningStrategy:
         """One PruningStrategy that meets the budget (define-by-run, random group order)."""
         rng = rng if rng is not None else random.Random()
         return self.to_strategy(self.sample_ratios(1, rng)[0])
 
-    def sample_many(self, n: int, rng: random.Random | None = None) -> list[Any]:
+    def sample_many(self, n: int, rng: random.Random | None = None) -> list[PruningStrategy]:
         """n strategies sampled at once (vectorised over samples)."""
         rng = rng if rng is not None else random.Random()
         return [self.to_strategy(r) for r in self.sample_ratios(n, rng)]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from acpsearch.errors import BudgetError, SpecError
+from acpsearch.graph import ChannelGraph
 from acpsearch.search.sampling import GridSampler
 
 _KIND_LABEL = {"flops": "FLOPs", "params": "params"}
@@ -83,7 +84,7 @@ class DynamicSpace(GridSampler):
 
     def __init__(
         self,
-        g: Any,
+        g: ChannelGraph,
         budget: Budget | None = None,
         step: float = 0.1,
         criterion: str = "l1",
