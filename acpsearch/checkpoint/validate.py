@@ -110,7 +110,7 @@ def _validate_task(cfg: dict[str, Any], has_zoo: bool, where: str) -> None:
             f"{where}: model.kwargs.{unknown[0]}: not a classifier argument; known: {', '.join(CLASSIFIER_KWARGS)}"
         )
     classes = kwargs.get("classes")
-    if not (is_int(classes) and 2 <= classes <= MAX_KWARG):
+    if not (isinstance(classes, int) and is_int(classes) and 2 <= classes <= MAX_KWARG):
         raise CheckpointError(f"{where}: model.kwargs.classes: must be an integer in [2, {MAX_KWARG}], got {classes!r}")
 
 

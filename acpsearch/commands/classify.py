@@ -16,9 +16,10 @@ from typing import Any
 
 import typer
 
-from acpsearch.errors import DataError, SpecError
+from acpsearch.errors import CheckpointError, DataError, SpecError
 
 CLASSIFICATION_LOSSES = ("cross-entropy",)
+DATA_KEYS = ("train_list", "database_list", "test_list", "image_size")  # data options a checkpoint may store
 SPLIT_KEYS = ("val_fraction", "test_fraction", "train_per_class", "val_per_class", "test_per_class", "seed")
 
 
@@ -114,7 +115,7 @@ def train_classifier_run(opts: ClassifyOptions) -> None:
     check_out(opts.out)
     create_classifier(opts.model, 2)  # an unknown model fails before the data is loaded
     ds = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed, stream=False, **opts.data_options)
-    split_args = {"val_fraction": 0.1, "test_fraction": 0.2, **opts.caps, "seed": opts.seed}
+    split_args: dict[str, Any] = {"val_fraction": 0.1, "test_fraction": 0.2, **opts.caps, "seed": opts.seed}
     splits = classification_splits(ds, **split_args, normalize=opts.normalize)
     c, h, _w = splits.input_shape
     seed_everything(opts.seed)  # before the model is built: the seed fixes the initial weights
@@ -179,7 +180,12 @@ def _stored_splits(meta: dict[str, Any], same: bool, caps: dict[str, int | None]
     stored = meta.get("splits") if same else None
     args: dict[str, Any] = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
     if isinstance(stored, dict):
-        args.update({k: v for k, v in stored.items() if k in SPLIT_KEYS})
+        for key, value in stored.items():
+            if key not in SPLIT_KEYS:
+                continue
+            if not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+                raise CheckpointError(f"meta.splits.{key}: must be a number, got {value!r}"[:200])
+            args[key] = value
     args.update({k: v for k, v in caps.items() if v is not None})
     if seed is not None:
         args["seed"] = seed
@@ -210,15 +216,16 @@ def evaluate_classifier_run(
         raise SpecError("--dataset: the checkpoint stores no data set; pass --dataset")
     same = name == meta.get("dataset")
     directory = data_dir if data_dir is not None else (meta.get("data_dir") if same else None)
-    stored_opts = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
-    ds = load_dataset(name, directory, stream=False, **stored_opts)
+    stored_opts = meta.get("data_options") if same else None
+    opts = {k: v for k, v in (stored_opts or {}).items() if k in DATA_KEYS} if isinstance(stored_opts, dict) else {}
+    ds = load_dataset(name, directory, stream=False, **opts)
     args = _stored_splits(meta, same, caps, seed)
     pre = meta.get("preprocess")
-    own_stats = isinstance(pre, dict) and "mean" in pre and "std" in pre
-    splits = classification_splits(ds, **args, normalize=not own_stats)
-    if own_stats:  # the statistics its network was trained with
-        m = torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    stats = (pre["mean"], pre["std"]) if isinstance(pre, dict) and "mean" in pre and "std" in pre else None
+    splits = classification_splits(ds, **args, normalize=stats is None)
+    if stats is not None:  # the statistics its network was trained with
+        m = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
         splits.val = ((splits.val[0] - m) / s, splits.val[1])
         splits.test = ((splits.test[0] - m) / s, splits.test[1])
     want = int(ckpt["input_shape"][1])
