@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from acpsearch.checkpoint.read import read_checkpoint
-from acpsearch.checkpoint.validate import MAX_BITS, MAX_KWARG, MAX_MODEL_ELEMENTS, is_int, validate_checkpoint
+from acpsearch.checkpoint.validate import (
+    MAX_BITS,
+    MAX_KWARG,
+    MAX_MODEL_ELEMENTS,
+    is_int,
+    model_task,
+    validate_checkpoint,
+)
 from acpsearch.errors import AcpError, CheckpointError, SpecError
 from acpsearch.pruning import apply_record
 from acpsearch.trust import FactoryNotAllowed, FactoryPolicy, factory_module
@@ -33,11 +40,10 @@ def build_from_config(
         raise CheckpointError(f"{source}: entry 'model' must be a mapping, got {type(cfg).__name__}")
     kwargs = dict(cfg.get("kwargs") or {})
     if "zoo" in cfg:
-        from acpsearch.hashing import create_model
-
-        _check_zoo_size(cfg["zoo"], kwargs, source)
+        task = model_task(cfg)
+        _check_zoo_size(cfg["zoo"], kwargs, source, task)
         try:
-            return create_model(cfg["zoo"], **kwargs)
+            return _zoo_builder(task)(cfg["zoo"], **kwargs)
         except AcpError:
             raise
         except Exception as exc:  # noqa: BLE001 - kwargs the zoo network rejects are bad input
@@ -100,20 +106,30 @@ def import_factory(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
     return fn
 
 
-def _zoo_elements(zoo: Any, kwargs: dict[str, Any]) -> int | None:
-    """Elements of the zoo model's state dict, counted on the meta device (nothing allocated);
-    None when it cannot be built (the real build reports why)."""
+def _zoo_builder(task: str = "retrieval") -> Callable[..., nn.Module]:
+    """The zoo's constructor for a task: a hash network (`acpsearch.hashing.create_model`) or a
+    classifier on the same backbone (`acpsearch.classification.create_classifier`)."""
+    if task == "classification":
+        from acpsearch.classification import create_classifier
+
+        return create_classifier
     from acpsearch.hashing import create_model
 
+    return create_model
+
+
+def _zoo_elements(zoo: Any, kwargs: dict[str, Any], task: str = "retrieval") -> int | None:
+    """Elements of the zoo model's state dict, counted on the meta device (nothing allocated);
+    None when it cannot be built (the real build reports why)."""
     try:
         with torch.device("meta"):
-            meta_model = create_model(zoo, **kwargs)
+            meta_model = _zoo_builder(task)(zoo, **kwargs)
     except Exception:  # noqa: BLE001 - the real build reports bad kwargs in its own words
         return None
     return int(sum(t.numel() for t in meta_model.state_dict().values()))
 
 
-def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
+def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str, task: str = "retrieval") -> None:
     """Count the zoo model's elements on the meta device (nothing allocated) and refuse absurd sizes."""
     bits = kwargs.get("bits")
     if isinstance(bits, int) and not isinstance(bits, bool) and not 1 <= bits <= MAX_BITS:
@@ -121,7 +137,7 @@ def _check_zoo_size(zoo: Any, kwargs: dict[str, Any], source: str) -> None:
     for key, value in kwargs.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_KWARG:
             raise CheckpointError(f"{source}: model.kwargs.{key}: {value!r} is out of range (|value| <= {MAX_KWARG})")
-    n = _zoo_elements(zoo, kwargs)
+    n = _zoo_elements(zoo, kwargs, task)
     if n is not None and n > MAX_MODEL_ELEMENTS:
         raise CheckpointError(
             f"{source}: model {zoo!r} with kwargs {kwargs} would have {n:,} parameters "
@@ -209,8 +225,8 @@ def model_from_checkpoint(
     validate_checkpoint(ckpt, source)
     cfg = ckpt["model"]
     if cfg.get("zoo") is not None and not ckpt.get("pruning"):  # unpruned: the sizes must agree exactly
-        _check_zoo_size(cfg["zoo"], dict(cfg.get("kwargs") or {}), source)
-        want = _zoo_elements(cfg["zoo"], dict(cfg.get("kwargs") or {}))
+        _check_zoo_size(cfg["zoo"], dict(cfg.get("kwargs") or {}), source, model_task(cfg))
+        want = _zoo_elements(cfg["zoo"], dict(cfg.get("kwargs") or {}), model_task(cfg))
         have = sum(t.numel() for t in ckpt["state_dict"].values())
         if want is not None and want != have:
             raise CheckpointError(

@@ -77,3 +77,27 @@ def save_zoo_checkpoint(
     model = model.to(**contiguous)
     cfg = {"zoo": name, "kwargs": {"bits": int(bits), "in_channels": int(in_channels), "image_size": int(image_size)}}
     return save_checkpoint(path, model, cfg, [1, int(in_channels), int(image_size), int(image_size)], meta=meta)
+
+
+def classifier_config(name: str, classes: int, in_channels: int, image_size: int) -> dict[str, Any]:
+    """The "model" entry of a zoo classifier's checkpoint (`acpsearch.classification.create_classifier`)."""
+    kwargs = {"classes": int(classes), "in_channels": int(in_channels), "image_size": int(image_size)}
+    return {"zoo": name, "task": "classification", "kwargs": kwargs}
+
+
+def save_classifier_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    name: str,
+    classes: int,
+    in_channels: int,
+    image_size: int,
+    meta: dict[str, Any],
+) -> Path:
+    """Save a zoo classifier (`create_classifier(name, classes, in_channels=, image_size=)`) as a
+    checkpoint that acpsearch.load_model reloads; its meta says ``task: classification``."""
+    contiguous: dict[str, Any] = {"memory_format": torch.contiguous_format}  # torch's stubs lack the keyword
+    model = model.to(**contiguous)
+    cfg = classifier_config(name, classes, in_channels, image_size)
+    shape = [1, int(in_channels), int(image_size), int(image_size)]
+    return save_checkpoint(path, model, cfg, shape, meta={**meta, "task": "classification"})

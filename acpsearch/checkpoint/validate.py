@@ -22,6 +22,8 @@ MAX_KWARG = 100_000  # |int| / |float| of a model kwarg
 MAX_DIM = 4096  # channels / height / width of input_shape
 MAX_INPUT_ELEMENTS = 1 << 24  # elements of the example input
 MAX_MODEL_ELEMENTS = 1 << 28  # parameters + buffers of a zoo model (1 GiB of float32)
+TASKS = ("retrieval", "classification")  # model.task: a zoo hash network (the default) or a zoo classifier
+CLASSIFIER_KWARGS = ("classes", "in_channels", "image_size")  # what create_classifier takes
 _FACTORY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -83,6 +85,33 @@ def _validate_model_cfg(cfg: Any, where: str) -> None:
     bits = (kwargs or {}).get("bits")
     if has_zoo and bits is not None and not (is_int(bits) and 1 <= bits <= MAX_BITS):
         raise CheckpointError(f"{where}: model.kwargs.bits: must be an integer in [1, {MAX_BITS}], got {bits!r}")
+    _validate_task(cfg, has_zoo, where)
+
+
+def model_task(cfg: dict[str, Any]) -> str:
+    """The task of a checkpoint's (validated) model entry: "classification" or "retrieval"."""
+    return "classification" if cfg.get("task") == "classification" else "retrieval"
+
+
+def _validate_task(cfg: dict[str, Any], has_zoo: bool, where: str) -> None:
+    """model.task: "retrieval" (a hash network, the default) or "classification": a zoo classifier
+    (`acpsearch.classification.create_classifier`) whose kwargs are classes / in_channels / image_size."""
+    task = cfg.get("task")
+    if task is None or task == "retrieval":
+        return
+    if task != "classification":
+        raise CheckpointError(f"{where}: model.task: must be one of {', '.join(TASKS)}, got {task!r}"[:300])
+    if not has_zoo:
+        raise CheckpointError(f"{where}: model.task: classification needs a zoo network ('zoo'), not a factory")
+    kwargs = cfg.get("kwargs") or {}
+    unknown = sorted(set(kwargs) - set(CLASSIFIER_KWARGS))
+    if unknown:
+        raise CheckpointError(
+            f"{where}: model.kwargs.{unknown[0]}: not a classifier argument; known: {', '.join(CLASSIFIER_KWARGS)}"
+        )
+    classes = kwargs.get("classes")
+    if not (isinstance(classes, int) and is_int(classes) and 2 <= classes <= MAX_KWARG):
+        raise CheckpointError(f"{where}: model.kwargs.classes: must be an integer in [2, {MAX_KWARG}], got {classes!r}")
 
 
 def _validate_input_shape(shape: Any, where: str) -> None:

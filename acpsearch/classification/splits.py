@@ -2,12 +2,11 @@
 
 `classification_splits(ds, ...)` takes a `Dataset` from `acpsearch.hashing.load_dataset(...)`:
 
-- **test**: the data set's standard test split where it has one: fashion-mnist (60k train + the
-  10k t10k images) and cifar10 (50k + the 10k test_batch) are loaded train-then-test, so the last
-  10,000 rows are the test set when the data set has its full size; a list-file data set's
-  ``test_list`` (its ``query`` part) is its test set and its ``train_list`` (+ ``val_list``) the
-  rest. Elsewhere (digits, mnist5k, folder, npz) a seeded stratified ``test_fraction`` of every
-  class is held out.
+- **test**: the data set's standard test split where it has one (`Dataset.standard_test`, set by
+  the loaders): fashion-mnist's t10k images and cifar10's test_batch (the rows from
+  ``Dataset.test_start`` on; the rest is the pool), a list-file data set's ``test_list`` (its
+  ``query`` part; the pool is its ``train_list`` + ``val_list``). Elsewhere (digits, mnist5k,
+  folder, npz) a seeded stratified ``test_fraction`` of every class is held out.
 - **validation**: a seeded stratified ``val_fraction`` of every class of the rest; **train** is
   what is left. Every class keeps at least one training item.
 - ``train_per_class`` / ``val_per_class`` / ``test_per_class`` cap each part per class (a seeded
@@ -31,8 +30,6 @@ from acpsearch.hashing import Dataset
 
 IndexArray = npt.NDArray[np.int64]
 Part = tuple[torch.Tensor, torch.Tensor]
-# rows at the end of a full-size data set that are its standard test split: {name: (total rows, test rows)}
-STANDARD_TEST: dict[str, tuple[int, int]] = {"fashion-mnist": (70_000, 10_000), "cifar10": (60_000, 10_000)}
 STD_EPS = 1e-6
 
 
@@ -111,13 +108,12 @@ def _test_and_pool(
 ) -> tuple[IndexArray, IndexArray, str]:
     """(test rows, the rest, where the test rows come from)."""
     every = np.arange(len(labels), dtype=np.int64)
-    standard = STANDARD_TEST.get(ds.name)
-    if standard is not None and len(labels) == standard[0]:
-        cut = standard[0] - standard[1]
-        return every[cut:], every[:cut], "standard"
-    if ds.parts is not None and len(ds.parts.get("query", ())) > 0:
+    standard = ds.standard_test()
+    if standard is not None and ds.parts is not None:  # list files: the train (+ val) lists are the pool
         lists = [np.asarray(ds.parts.get(k, ()), dtype=np.int64) for k in ("train", "val")]
-        return np.asarray(ds.parts["query"], dtype=np.int64), _join(lists), "standard"
+        return standard, _join(lists), "standard"
+    if standard is not None:
+        return standard, np.setdiff1d(every, standard).astype(np.int64), "standard"
     test, pool = _stratified(every, labels, test_fraction, rng)
     return test, pool, "held-out"
 

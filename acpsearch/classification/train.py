@@ -3,12 +3,12 @@
 `train_classifier` trains `model` in place on ``splits.train`` with Adam (weight decay 1e-4) and a
 cosine learning-rate schedule over all steps, cross-entropy with optional label smoothing, optional
 light augmentation (hashing's `augment_batch`: random crop after zero padding by 1/8 of the side,
-no flip) and optional knowledge distillation from a frozen `teacher` (``distill`` is the weight
-alpha of the KD term, see `acpsearch.classification.losses`). After every epoch the model is
-scored on ``splits.val``; the epoch with the best validation top-1 (the first one on ties) is
-restored at the end, so the returned model is the best-by-validation one, never chosen on test.
-Without a validation split the last epoch is kept. Training runs on `device`; the last batch of
-an epoch is skipped when it holds a single item (BatchNorm needs two).
+a random horizontal flip with ``hflip``) and optional knowledge distillation from a frozen
+`teacher` (``distill`` is the weight alpha of the KD term, see `acpsearch.classification.losses`).
+After every epoch the model is scored on ``splits.val``; the epoch with the best validation top-1
+(the first one on ties) is restored at the end, so the returned model is the best-by-validation
+one, never chosen on test. Without a validation split the last epoch is kept. Training runs on
+`device`; the last batch of an epoch is skipped when it holds a single item (BatchNorm needs two).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def _epoch(
     batch_size: int,
     augment: bool,
     dev: torch.device,
+    hflip: bool = False,
 ) -> float:
     """One pass over the training split; returns the mean loss."""
     X, y = splits.train
@@ -105,7 +106,7 @@ def _epoch(
     for idx in chunks:
         xb = X[idx]
         if augment and xb.ndim == 4:
-            xb = augment_batch(xb, gen, pad, False)
+            xb = augment_batch(xb, gen, pad, hflip)
         xb, yb = xb.to(dev), y[idx].to(dev)
         logits = model(xb)
         if teacher is not None:
@@ -136,6 +137,7 @@ def train_classifier(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = False,
+    hflip: bool = False,
 ) -> ClassifierTrainResult:
     """Train `model` in place; returns it with the best-by-validation-top-1 epoch's weights."""
     _check_args(epochs, lr, batch_size, distill, teacher)
@@ -159,7 +161,7 @@ def train_classifier(
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t_ep = time.perf_counter()
-        mean_loss = _epoch(model, splits, opt, sched, loss, teacher, gen, batch_size, augment, dev)
+        mean_loss = _epoch(model, splits, opt, sched, loss, teacher, gen, batch_size, augment, dev, hflip)
         val = evaluate_classifier(model, *splits.val)["top1"] if has_val else float("nan")
         rec = {"epoch": float(epoch), "loss": mean_loss, "val_top1": val, "seconds": time.perf_counter() - t_ep}
         history.append(rec)

@@ -1,4 +1,7 @@
-"""CLI commands of the hashing side: `acpsearch train` and `acpsearch evaluate`."""
+"""CLI commands of the hashing side: `acpsearch train` and `acpsearch evaluate`.
+
+`--task classification` (train) and a classifier checkpoint (evaluate) go to
+`acpsearch.commands.classify`."""
 
 from __future__ import annotations
 
@@ -47,6 +50,16 @@ def _metric_rows(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _check_numbers(epochs: int, batch_size: int, lr: float) -> None:
+    for flag, value, most in (("--epochs", epochs, MAX_EPOCHS), ("--batch-size", batch_size, MAX_BATCH_SIZE)):
+        if value < 1:
+            raise SpecError(f"{flag}: must be >= 1, got {value}")
+        if value > most:
+            raise SpecError(f"{flag}: must be in [1, {most}], got {value}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise SpecError(f"--lr: must be a positive number, got {lr}")
+
+
 @app.command()
 def train(
     model: str = typer.Option(
@@ -55,8 +68,14 @@ def train(
     dataset: str = typer.Option(
         "fashion-mnist", "--dataset", help="digits, mnist5k, fashion-mnist, cifar10, folder, npz, listfile"
     ),
-    bits: int = typer.Option(32, "--bits", help="code length K"),
-    loss: str = typer.Option("csq", "--loss", help="csq, hashnet, dpsh"),
+    task: str = typer.Option("retrieval", "--task", help="retrieval (a hash network) or classification"),
+    bits: int | None = typer.Option(None, "--bits", help="code length K (retrieval; default 32)"),
+    loss: str | None = typer.Option(
+        None, "--loss", help="retrieval: csq (default), hashnet, dpsh; classification: cross-entropy (default)"
+    ),
+    label_smoothing: float | None = typer.Option(
+        None, "--label-smoothing", help="classification: label smoothing of the cross-entropy, in [0, 1)"
+    ),
     epochs: int = typer.Option(20, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size"),
@@ -75,17 +94,57 @@ def train(
     normalize: str = typer.Option("train", "--normalize", help="train (training-split statistics) or none"),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="random crop with padding"),
     hflip: bool = typer.Option(False, "--hflip/--no-hflip", help="random horizontal flip (with --augment)"),
-    topk: int = typer.Option(1000, "--topk", help="k of the reported mAP@k"),
+    topk: int | None = typer.Option(None, "--topk", help="k of the reported mAP@k (retrieval; default 1000)"),
     out: Path = typer.Option(..., "--out", help="checkpoint to write (.pt)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
-    """Train a zoo hash network on a data set and save a checkpoint (then report test metrics).
+    """Train a zoo hash network (or, with --task classification, a classifier) on a data set and
+    save a checkpoint (then report test metrics: mAP, or top-1 accuracy for a classifier).
 
     --seed fixes the data split, the initial weights (python, numpy and torch are seeded before the
     model is built), the batch order and the augmentation: the same command gives the same weights
     on the same machine and device."""
+    if task not in ("retrieval", "classification"):
+        raise SpecError(f"--task: must be retrieval or classification, got {task!r}")
+    _check_numbers(epochs, batch_size, lr)
+    if task == "classification":
+        from acpsearch.commands.classify import ClassifyOptions, refuse_retrieval_flags, train_classifier_run
+
+        closs = refuse_retrieval_flags(bits, loss, topk)
+        if normalize not in ("train", "none"):
+            raise SpecError(f"--normalize: must be 'train' or 'none', got {normalize!r}")
+        caps = {"train_per_class": train_per_class, "val_per_class": val_per_class, "test_per_class": query_per_class}
+        lists = (("train_list", train_list), ("database_list", database_list), ("test_list", test_list))
+        opts = {k: v for k, v in (*lists, ("image_size", image_size)) if v is not None}
+        run = ClassifyOptions(
+            model=model,
+            dataset=dataset,
+            loss=closs,
+            label_smoothing=label_smoothing or 0.0,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            seed=seed,
+            caps=caps,
+            data_options=opts,
+            normalize=normalize == "train",
+            augment=augment,
+            hflip=hflip,
+            out=out,
+            json_out=json_out,
+            progress=progress,
+            device=device,
+        )
+        train_classifier_run(run)
+        return
+    if label_smoothing is not None:
+        raise SpecError("--label-smoothing: is for --task classification; hash losses take no label smoothing")
+    bits = 32 if bits is None else bits
+    loss = "csq" if loss is None else loss
+    topk = 1000 if topk is None else topk
     from acpsearch.checkpoint import save_zoo_checkpoint
     from acpsearch.hashing import (
         LOSS_NAMES,
@@ -100,18 +159,11 @@ def train(
 
     if loss.lower() not in LOSS_NAMES:
         raise SpecError(f"--loss: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
-    for flag, value, most in (
-        ("--epochs", epochs, MAX_EPOCHS),
-        ("--bits", bits, 4096),
-        ("--batch-size", batch_size, MAX_BATCH_SIZE),
-        ("--topk", topk, None),
-    ):
+    for flag, value, most in (("--bits", bits, 4096), ("--topk", topk, None)):
         if value < 1:
             raise SpecError(f"{flag}: must be >= 1, got {value}")
         if most is not None and value > most:
             raise SpecError(f"{flag}: must be in [1, {most}], got {value}")
-    if not lr > 0 or not math.isfinite(lr):
-        raise SpecError(f"--lr: must be a positive number, got {lr}")
     from acpsearch.devices import resolve_device, seed_everything
     from acpsearch.outputs import atomic_out, check_out
 
@@ -199,7 +251,7 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="checkpoint written by train / prune / export"),
     dataset: str | None = typer.Option(None, "--dataset", help="default: the data set stored in the checkpoint"),
     data_dir: str | None = typer.Option(None, "--data-dir"),
-    topk: int = typer.Option(1000, "--topk", help="k of mAP@k"),
+    topk: int | None = typer.Option(None, "--topk", help="k of mAP@k (hash networks; default 1000)"),
     query_per_class: int | None = typer.Option(None, "--query-per-class"),
     train_per_class: int | None = typer.Option(None, "--train-per-class"),
     val_per_class: int | None = typer.Option(None, "--val-per-class"),
@@ -214,18 +266,25 @@ def evaluate(
     allow_factory: list[str] | None = typer.Option(None, "--allow-factory", help=ALLOW_HELP),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
-    """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP."""
-    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
+    """Evaluate a checkpoint: test mAP@all / mAP@k / precision@N and validation mAP of a hash
+    network; validation and test top-1 accuracy (top-5 with 20 or more classes) of a classifier."""
+    from acpsearch.checkpoint import model_from_checkpoint, model_task, read_checkpoint, validate_checkpoint
     from acpsearch.devices import resolve_device
     from acpsearch.hashing import evaluate as evaluate_model
     from acpsearch.hashing import load_dataset, make_splits
     from acpsearch.trust import FactoryPolicy
 
     policy = FactoryPolicy.from_user(allow_factory)
-    if topk < 1:
+    if topk is not None and topk < 1:
         raise SpecError(f"--topk: must be >= 1, got {topk}")
     dev = resolve_device(device, "--device")
     ckpt = read_checkpoint(checkpoint)
+    validate_checkpoint(ckpt, f"checkpoint {str(checkpoint)!r}")
+    if model_task(ckpt["model"]) == "classification":
+        caps = {"train_per_class": train_per_class, "val_per_class": val_per_class, "test_per_class": query_per_class}
+        _evaluate_classifier(ckpt, checkpoint, policy, dataset, data_dir, topk, caps, seed, dev, json_out)
+        return
+    topk = 1000 if topk is None else topk
     meta = ckpt.get("meta") or {}
     name = dataset or meta.get("dataset")
     if not name:
@@ -284,3 +343,26 @@ def evaluate(
         )
         return
     _print_metrics(f"{checkpoint} on {splits.dataset}", _metric_rows(metrics))
+
+
+def _evaluate_classifier(
+    ckpt: dict[str, Any],
+    checkpoint: Path,
+    policy: Any,
+    dataset: str | None,
+    data_dir: str | None,
+    topk: int | None,
+    caps: dict[str, int | None],
+    seed: int | None,
+    dev: Any,
+    json_out: bool,
+) -> None:
+    from acpsearch.checkpoint import model_from_checkpoint
+    from acpsearch.commands.classify import evaluate_classifier_run
+
+    if topk is not None:
+        raise SpecError("--topk: mAP@k is a retrieval metric; this checkpoint is a classifier (top-1 accuracy)")
+    model = model_from_checkpoint(ckpt, source=f"checkpoint {str(checkpoint)!r}", allow_factories=policy)
+    evaluate_classifier_run(
+        ckpt, checkpoint, model, dataset=dataset, data_dir=data_dir, caps=caps, seed=seed, device=dev, json_out=json_out
+    )

@@ -6,7 +6,8 @@ Two objectives:
   ratios with random channels, plus random strategies (random ratios, random channels); InfoNCE.
   Negatives are shown with the positives' criterion one-hot, so only what is kept tells them apart.
 - ``effect`` (ours): every training strategy carries a cheap functional signal (e.g. code
-  agreement of the BN-recalibrated pruned net with the unpruned one, `FunctionalProbe`); a
+  agreement of the BN-recalibrated pruned net with the unpruned one, `FunctionalProbe`; for a
+  classifier, ``FunctionalProbe(..., task="classification")``'s agreement of top-1 predictions); a
   listwise soft-InfoNCE plus a pairwise term make cos(z(s), z(unpruned)) order the strategies
   by that signal, so the encoder generalises the signal to strategies it never ran.
 """

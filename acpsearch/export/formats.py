@@ -104,8 +104,11 @@ def export_metadata(
     }
     if fmt == "onnx":
         doc.update({"input_name": ONNX_INPUT, "output_name": ONNX_OUTPUT})
+    if (meta or {}).get("task") == "classification":  # a classifier's output is class logits, not a code
+        del doc["code_length"], doc["code"]
+        doc.update({"classes": int(out.shape[1]), "output": "class logits (the largest is the prediction)"})
     for key, value in (meta or {}).items():
-        if key not in ("format", "code_length", "input_shape"):  # computed fields are the truth
+        if key not in ("format", "code_length", "classes", "input_shape"):  # computed fields are the truth
             doc[key] = value
     try:
         json.dumps(doc)
@@ -122,7 +125,7 @@ def metadata_from_checkpoint(ckpt: dict[str, Any], source: dict[str, Any] | None
     doc: dict[str, Any] = {"source": dict(source or {})}
     if cmeta.get("preprocess") is not None:
         doc["preprocess"] = cmeta["preprocess"]
-    for key in ("dataset", "cost", "base_cost"):
+    for key in ("dataset", "cost", "base_cost", "task"):
         if cmeta.get(key) is not None:
             doc[key] = cmeta[key]
     doc["pruned"] = bool(ckpt.get("pruning"))

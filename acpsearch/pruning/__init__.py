@@ -8,7 +8,7 @@ from acpsearch.pruning.criteria import (
     get_criterion,
     set_taylor_importance,
 )
-from acpsearch.pruning.probe import FunctionalProbe, model_codes, recalibrate_bn
+from acpsearch.pruning.probe import TASKS, FunctionalProbe, model_codes, model_outputs, recalibrate_bn
 from acpsearch.pruning.prune import apply_indices, apply_record, make_record, measure_cost, prune
 from acpsearch.pruning.strategy import PruningStrategy
 
@@ -26,5 +26,7 @@ __all__ = [
     "set_taylor_importance",
     "FunctionalProbe",
     "model_codes",
+    "model_outputs",
+    "TASKS",
     "recalibrate_bn",
 ]

@@ -8,6 +8,13 @@ longer match the activations, which makes raw pruned accuracy a poor predictor),
 - `map`: validation mAP of the pruned net (val queries against the train set as database),
   the EagleEye adaptive-BN score.
 The `effect` encoder objective learns from `agreement`; rankers use both directly.
+
+`task` says what the network's output is. ``retrieval`` (the default): a hash layer's output,
+compared as +1/-1 codes (bit agreement). ``classification``: class logits, compared as top-1
+predictions: `agreement` is the fraction of probe items whose predicted class equals the unpruned
+net's (`prediction_agreement`). The alternative, ``exp(-KL)`` of the T-softened logits
+(`softened_kl_agreement`), ranked pruned digits classifiers by their fine-tuned accuracy no better
+in a 20-strategy check (see docs/classification.md), so agreement of predictions is the signal.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from acpsearch.errors import SpecError
 from acpsearch.pruning.prune import prune
+
+TASKS = ("retrieval", "classification")
 
 
 @contextmanager
@@ -66,6 +76,35 @@ def model_codes(model: nn.Module, X: Tensor, batch_size: int = 512) -> Tensor:
 
 
 @torch.no_grad()
+def model_outputs(model: nn.Module, X: Tensor, batch_size: int = 512) -> Tensor:
+    """Raw outputs of `model` on X (eval mode; a classifier's logits), on the CPU."""
+    model.eval()
+    dev = _device_of(model)
+    outs = [output_code(model(X[i : i + batch_size].to(dev))).float().cpu() for i in range(0, len(X), batch_size)]
+    return torch.cat(outs)
+
+
+def prediction_agreement(logits: Tensor, ref_logits: Tensor) -> float:
+    """Fraction of rows whose top-1 class equals the reference's."""
+    return float((logits.argmax(dim=1) == ref_logits.argmax(dim=1)).float().mean())
+
+
+def softened_kl_agreement(logits: Tensor, ref_logits: Tensor, temperature: float = 4.0) -> float:
+    """``exp(-mean KL(softmax(ref / T) || softmax(logits / T)))``: 1.0 for identical logits."""
+    log_p = torch.log_softmax(ref_logits / temperature, dim=1)
+    log_q = torch.log_softmax(logits / temperature, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    return float(torch.exp(-kl))
+
+
+def check_task(task: str) -> str:
+    """`task` if it is one of TASKS (retrieval, classification); otherwise a one-line SpecError."""
+    if task not in TASKS:
+        raise SpecError(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
+    return task
+
+
+@torch.no_grad()
 def recalibrate_bn(model: nn.Module, X: Tensor, batch_size: int = 128, batches: int | None = None) -> nn.Module:
     """Reset every batch-norm's running statistics and re-estimate them (cumulative average) on X."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -99,6 +138,7 @@ class FunctionalProbe:
         calib_batches: int | None = None,
         threads: int | None = None,
         device: Any = None,
+        task: str = "retrieval",
     ) -> None:
         # `device` (None: the CPU): where the pruned nets are recalibrated and run (a Ray actor's
         # GPU); the base net stays on the CPU, where pruning slices it
@@ -110,12 +150,21 @@ class FunctionalProbe:
         self.calib_batch_size = calib_batch_size
         self.calib_batches = calib_batches
         self.threads = threads
-        # Reference codes from the unpruned net recalibrated on the SAME batches, so that only
-        # the pruning differs (the unpruned strategy scores exactly 1.0).
+        self.task = check_task(task)
+        # Reference outputs (codes or logits) from the unpruned net recalibrated on the SAME
+        # batches, so that only the pruning differs (the unpruned strategy scores exactly 1.0).
         with torch_threads(threads):
             ref = recalibrate_bn(copy.deepcopy(self.model).to(self.device), calib_X, calib_batch_size, calib_batches)
-            self.base_codes = model_codes(ref, probe_X)
+            self.base_codes = self._outputs(ref)
         self.seconds: list[float] = []
+
+    def _outputs(self, net: nn.Module) -> Tensor:
+        return model_outputs(net, self.probe_X) if self.task == "classification" else model_codes(net, self.probe_X)
+
+    def _agree(self, out: Tensor) -> float:
+        if self.task == "classification":
+            return prediction_agreement(out, self.base_codes)
+        return float((out == self.base_codes).float().mean())
 
     def pruned(self, strategy: Any) -> nn.Module:
         """Physically pruned copy of the base net with recalibrated batch-norm statistics."""
@@ -123,12 +172,12 @@ class FunctionalProbe:
         return recalibrate_bn(net, self.calib_X, self.calib_batch_size, self.calib_batches)
 
     def agreement(self, strategies: Sequence[Any]) -> np.ndarray:
-        """Fraction of probe-set code bits equal to the unpruned net's, per strategy."""
+        """Per strategy: the fraction of probe-set code bits equal to the unpruned net's
+        (retrieval), or of probe items with the unpruned net's top-1 class (classification)."""
         out = np.empty(len(strategies))
         with torch_threads(self.threads):
             for i, s in enumerate(strategies):
                 t0 = time.perf_counter()
-                codes = model_codes(self.pruned(s), self.probe_X)
-                out[i] = float((codes == self.base_codes).float().mean())
+                out[i] = self._agree(self._outputs(self.pruned(s)))
                 self.seconds.append(time.perf_counter() - t0)
         return out

@@ -3,12 +3,15 @@
 - `similarity`   ACP-SSE: cosine of z(s) with z(unpruned) from the StructureEncoder. Graph
                  features and one batched GNN forward; no model forward at all.
 - `adaptive_bn`  EagleEye: prune, recalibrate batch norm on a few training batches, then the
-                 validation mAP (val queries against the train set as database).
+                 validation mAP (val queries against the train set as database); for a
+                 classifier (``task="classification"``) the validation top-1 accuracy.
 - `code_agreement` prune, recalibrate BN, fraction of hash bits equal to the unpruned net's on
-                 a probe set (the signal the `effect` encoder objective learns from).
+                 a probe set (the signal the `effect` encoder objective learns from); for a
+                 classifier the fraction of probe items with the unpruned net's top-1 class.
 - `l1_retained`  fraction of the total L1 channel-importance mass the strategy keeps.
 - `random`       seeded uniform scores (the floor every ranker must beat).
-Every ranker records the wall time of its last `score` call in `last_seconds`.
+Every ranker records the wall time of its last `score` call in `last_seconds`. `make_ranker`'s
+`task` ("retrieval", the default, or "classification") says what the network's output is.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError
-from acpsearch.pruning.probe import torch_threads
+from acpsearch.pruning.probe import check_task, torch_threads
 
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
 
@@ -66,7 +69,8 @@ class SimilarityRanker(_Timed):
 
 
 class AdaptiveBNRanker(_Timed):
-    """EagleEye adaptive-BN evaluation: validation mAP of the pruned, BN-recalibrated net."""
+    """EagleEye adaptive-BN evaluation: validation mAP (a classifier: validation top-1 accuracy)
+    of the pruned, BN-recalibrated net."""
 
     name = "adaptive_bn"
 
@@ -81,9 +85,11 @@ class AdaptiveBNRanker(_Timed):
         seed: int = 0,
         threads: int | None = None,
         device: Any = None,
+        task: str = "retrieval",
     ) -> None:
         from acpsearch.pruning.probe import FunctionalProbe
 
+        self.task = check_task(task)
         Xtr, self.ytr = splits.train
         self.Xval, self.yval = splits.val
         gen = torch.Generator().manual_seed(seed)
@@ -96,12 +102,16 @@ class AdaptiveBNRanker(_Timed):
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         from acpsearch.hashing import mean_average_precision
-        from acpsearch.pruning.probe import model_codes
+        from acpsearch.pruning.probe import model_codes, model_outputs
 
         out = np.empty(len(strategies))
         with torch_threads(self.probe.threads):
             for i, s in enumerate(strategies):
                 net = self.probe.pruned(s)
+                if self.task == "classification":  # validation top-1 accuracy
+                    pred = model_outputs(net, self.Xval).argmax(dim=1)
+                    out[i] = float((pred == self.yval.long()).float().mean()) if len(pred) else 0.0
+                    continue
                 q = model_codes(net, self.Xval)
                 db = model_codes(net, self.Xtr)
                 out[i] = mean_average_precision(q, db, self.yval, self.ytr, topk=self.topk)
@@ -109,7 +119,8 @@ class AdaptiveBNRanker(_Timed):
 
 
 class CodeAgreementRanker(_Timed):
-    """Fraction of hash bits the pruned, BN-recalibrated net shares with the unpruned net."""
+    """Fraction of hash bits the pruned, BN-recalibrated net shares with the unpruned net (a
+    classifier: fraction of probe items with the unpruned net's top-1 class)."""
 
     name = "code_agreement"
 
@@ -122,11 +133,19 @@ class CodeAgreementRanker(_Timed):
         calib_batch_size: int = 128,
         threads: int | None = None,
         device: Any = None,
+        task: str = "retrieval",
     ) -> None:
         from acpsearch.pruning.probe import FunctionalProbe
 
         self.probe = FunctionalProbe(
-            model, example_input, calib_X, probe_X, calib_batch_size=calib_batch_size, threads=threads, device=device
+            model,
+            example_input,
+            calib_X,
+            probe_X,
+            calib_batch_size=calib_batch_size,
+            threads=threads,
+            device=device,
+            task=task,
         )
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
@@ -169,8 +188,10 @@ class RandomRanker(_Timed):
         return np.array([self.rng.random() for _ in strategies])
 
 
-def make_ranker(name: str, **ctx: Any) -> Ranker:
-    """Build a ranker by name from context (encoder, graph, model, splits, example_input, ...)."""
+def make_ranker(name: str, task: str = "retrieval", **ctx: Any) -> Ranker:
+    """Build a ranker by name from context (encoder, graph, model, splits, example_input, ...);
+    `task` (retrieval or classification) is what the model's output is."""
+    check_task(task)
     if name == "similarity":
         return SimilarityRanker(ctx["encoder"], ctx["graph"])
     if name == "adaptive_bn":
@@ -181,6 +202,7 @@ def make_ranker(name: str, **ctx: Any) -> Ranker:
             calib_batches=ctx.get("calib_batches", 20),
             threads=ctx.get("threads"),
             device=ctx.get("device"),
+            task=task,
         )
     if name == "code_agreement":
         return CodeAgreementRanker(
@@ -190,6 +212,7 @@ def make_ranker(name: str, **ctx: Any) -> Ranker:
             ctx["probe_X"],
             threads=ctx.get("threads"),
             device=ctx.get("device"),
+            task=task,
         )
     if name == "l1_retained":
         return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))

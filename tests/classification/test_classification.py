@@ -157,13 +157,10 @@ def test_per_class_caps_and_bad_inputs(digits) -> None:
         classification_splits(digits, train_per_class=0)
 
 
-def test_a_standard_test_split_is_kept(digits, monkeypatch) -> None:
-    from acpsearch.classification import splits as splits_module
-
+def test_a_standard_test_split_is_kept(digits) -> None:
     n = len(digits)
-    # the loader puts cifar10's 10,000 test images last; here a digits-sized stand-in with 300
-    monkeypatch.setitem(splits_module.STANDARD_TEST, "cifar10", (n, 300))
-    s = classification_splits(replace(digits, name="cifar10"), seed=0)
+    # the loader records where cifar10's test_batch starts; here a digits-sized stand-in with 300
+    s = classification_splits(replace(digits, name="cifar10", test_start=n - 300), seed=0)
     assert s.test_source == "standard"
     assert s.indices["test"].tolist() == list(range(n - 300, n))
     assert int(s.indices["train"].max()) < n - 300
@@ -172,6 +169,28 @@ def test_a_standard_test_split_is_kept(digits, monkeypatch) -> None:
     s = classification_splits(replace(digits, name="listfile", parts=parts), seed=0)
     assert s.test_source == "standard" and s.indices["test"].tolist() == list(range(200))
     assert set(s.indices["train"].tolist()) | set(s.indices["val"].tolist()) == set(range(200, 1000))
+    # the size of a data set says nothing: a cut-down cifar10 without a recorded boundary holds out
+    s = classification_splits(replace(digits, name="cifar10"), seed=0)
+    assert s.test_source == "held-out"
+
+
+def test_the_builtin_loaders_record_the_test_boundary(tmp_path) -> None:
+    import pickle
+
+    from acpsearch.hashing import load_dataset
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        n = 4 if i < 5 else 6
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [j % 2 for j in range(n)]}
+        (root / name).write_bytes(pickle.dumps(batch))
+    ds = load_dataset("cifar10", str(tmp_path))
+    assert ds.test_start == 20 and ds.standard_test().tolist() == list(range(20, 26))
+    s = classification_splits(ds, val_fraction=0.25, seed=0)
+    assert s.test_source == "standard" and s.indices["test"].tolist() == list(range(20, 26))
+    assert load_dataset("digits").standard_test() is None
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -104,7 +104,12 @@ def load_fashion_mnist(path: str | None) -> Dataset:
         return f"{first.name} item {i}" if i < n_train else f"{second.name} item {i - n_train}"  # type: ignore[union-attr]
 
     return finish_dataset(
-        np.concatenate(xs)[:, None], np.concatenate(ys).astype(np.int64), "fashion-mnist", str(root), where=where
+        np.concatenate(xs)[:, None],
+        np.concatenate(ys).astype(np.int64),
+        "fashion-mnist",
+        str(root),
+        where=where,
+        test_start=n_train,  # the t10k files follow the training files
     )
 
 
@@ -198,4 +203,7 @@ def load_cifar10(path: str | None) -> Dataset:
             problem = dtype_problem(arr.dtype, labels=what == "labels")
             if problem:
                 raise DataError(f"dataset cifar10: {names[b]} in {str(root)!r}: {what} {problem}")
-    return finish_dataset(np.concatenate(xs), np.concatenate(ys), "cifar10", str(root), where=where)
+    test_start = starts[-1]  # test_batch is read last
+    return finish_dataset(
+        np.concatenate(xs), np.concatenate(ys), "cifar10", str(root), where=where, test_start=test_start
+    )

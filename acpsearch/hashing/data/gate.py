@@ -48,6 +48,7 @@ class Dataset:
     divide_by: float = 1.0  # the loader's pixels were divided by this to land in [0, 1]
     parts: dict[str, np.ndarray] | None = None  # fixed query/train/val/database rows (list files)
     image_size: int | None = None  # the configured size (shorter side resized to it, centre crop)
+    test_start: int | None = None  # rows from here on are the data set's standard test split (fashion-mnist, cifar10)
 
     @property
     def multi_label(self) -> bool:
@@ -60,6 +61,15 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def standard_test(self) -> np.ndarray | None:
+        """The rows of the data set's own test split: fashion-mnist's t10k images and cifar10's
+        test_batch (``test_start`` onwards), a list-file data set's test list; None when it has none."""
+        if self.test_start is not None:
+            return np.arange(self.test_start, len(self), dtype=np.int64)
+        if self.parts is not None and len(self.parts.get("query", ())) > 0:
+            return np.asarray(self.parts["query"], dtype=np.int64)
+        return None
 
 
 def _to_unit(x: np.ndarray) -> tuple[torch.Tensor, float]:
@@ -211,6 +221,7 @@ def finish_dataset(
     arrays: tuple[str, str] = ("images", "labels"),
     where: Callable[[int], str] | None = None,
     divide_by: float | None = None,
+    test_start: int | None = None,
 ) -> Dataset:
     source = source or (f"dataset {name}: {path!r}" if path else f"dataset {name}")
     x, y, class_ids, class_names = check_arrays(
@@ -240,4 +251,5 @@ def finish_dataset(
         class_names,
         class_ids,
         divide_by=float(divide_by if divide_by is not None else scale),
+        test_start=test_start,
     )
