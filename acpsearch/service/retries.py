@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
+
 MAX_ATTEMPTS = 3  # a candidate or finalist whose worker dies is tried at most this often
 
 
@@ -15,8 +18,9 @@ def fail_leftovers(study: Any, reason: str, waiting: bool = True) -> list[Any]:
     states = (optuna.trial.TrialState.RUNNING,) + ((optuna.trial.TrialState.WAITING,) if waiting else ())
     left = []
     for t in study.get_trials(deepcopy=False, states=states):
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        storage = adapter.storage_of(study)
+        storage.set_trial_user_attr(adapter.trial_id(t), keys.T_FAIL_REASON, reason)
+        storage.set_trial_state_values(adapter.trial_id(t), optuna.trial.TrialState.FAIL)
         left.append(t)
     return left
 
@@ -26,8 +30,8 @@ def requeue(study: Any, trials: list[Any]) -> int:
     proposes exactly them), each at most MAX_ATTEMPTS times in all. Returns how many."""
     n = 0
     for t in trials:
-        attempt = int(t.user_attrs.get("attempt", 1))
+        attempt = int(t.user_attrs.get(keys.T_ATTEMPT, 1))
         if t.params and attempt < MAX_ATTEMPTS:
-            study.enqueue_trial(dict(t.params), user_attrs={"attempt": attempt + 1, "retry_of": t.number})
+            study.enqueue_trial(dict(t.params), user_attrs={keys.T_ATTEMPT: attempt + 1, keys.T_RETRY_OF: t.number})
             n += 1
     return n

@@ -13,14 +13,7 @@ from typing import Any
 from acpsearch.errors import SpecError, StorageError
 from acpsearch.service import keys
 from acpsearch.service import optuna_adapter as adapter
-
-# The lease lives in service/lease.py. pipeline.py still reaches it as `study.Lease` etc.: these
-# names stay importable from here until its imports move to service.lease.
-from acpsearch.service.lease import Lease as Lease
-from acpsearch.service.lease import LeaseLost as LeaseLost
-from acpsearch.service.lease import holder_id as holder_id
 from acpsearch.service.lease import lease_state
-from acpsearch.service.lease import wait_for_lease as wait_for_lease
 from acpsearch.service.spec import StudySpec, spec_from_json
 
 KIND = keys.SEARCH_KIND
@@ -272,7 +265,7 @@ def set_state(study: Any, state: str, **extra: Any) -> None:
 
 # --- summaries -----------------------------------------------------------------------------------
 def source(trial: Any) -> str:
-    """Where a candidate trial came from: "search", or "anchor:<kind>" (pipeline.phase_anchor)."""
+    """Where a candidate trial came from: "search", or "anchor:<kind>" (service/phases/anchor.py)."""
     return str(trial.user_attrs.get(keys.T_SOURCE, "search"))
 
 
