@@ -172,16 +172,18 @@ def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
         "",
         f"This finalist is the **winner** of `{ft_name[: -len(st.FINETUNE_SUFFIX)]}`.",
         "",
-        f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists",
+        f"- chosen by **validation mAP {_f4(u.get(keys.T_VAL_MAP))}**, the best of the fully fine-tuned finalists",
     ]
     lines += [
-        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number
+        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get(keys.T_VAL_MAP))}"
+        for t in complete
+        if t.number != best.number
     ]
     lines += [
-        f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+        f"- **test mAP {_f4(u.get(keys.T_TEST_MAP))}**: reported, never used to choose",
         f"- pruned structure: candidate trial {cand.number} of the search study",
         f"  (ranker score {_f4(cand.value)}, not mAP)",
-        f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}",
+        f"- FLOPs ratio {_f4(u.get(keys.T_MEASURED_FLOPS_RATIO, u.get(keys.T_FLOPS_RATIO)))}",
         "",
     ]
     return "\n".join(lines)
@@ -214,7 +216,8 @@ def mark_winner(
         (
             f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
             f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
-            f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+            f"- chosen by validation mAP {_f4(u.get(keys.T_VAL_MAP))} "
+            f"(test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only)\n"
             f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"
         ),
     )
@@ -226,8 +229,8 @@ def mark_winner(
         (
             f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; "
             "objective: validation mAP.\n\n"
-            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
-            f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get(keys.T_VAL_MAP))}, "
+            f"test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only).\n\n"
             "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
             "their partial curves never make them best.\n"
         ),
