@@ -4,13 +4,18 @@ each search round, and the finalists."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from acpsearch.service import keys
 from acpsearch.service import study as st
 from acpsearch.service.context import StudyRun
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from acpsearch.pruning import PruningStrategy
 
 
 def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> list[dict[str, Any]]:
@@ -62,7 +67,7 @@ def round_space(run: StudyRun, rnd: int) -> Any:
     return space
 
 
-def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[Any]:
+def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[FrozenTrial]:
     """Feasible COMPLETE candidates, best ranker score first, one per distinct pruned network:
     different ratios can round to the same kept channel counts (round_to), and fine-tuning the
     same network twice would waste a finalist slot."""
@@ -82,27 +87,27 @@ def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[Any]:
     return unique
 
 
-def ratios_of(trial: Any) -> dict[str, float]:
+def ratios_of(trial: FrozenTrial) -> dict[str, float]:
     prefix = "keep/"
     return {k[len(prefix) :]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
 
 
-def round_to_of(trial: Any) -> int:
+def round_to_of(trial: FrozenTrial) -> int:
     """Kept-channel rounding unit of a candidate: the space's 4, or the anchor's own (1)."""
     return int(trial.user_attrs.get(keys.T_ROUND_TO, 4))
 
 
-def strategy_of(run: StudyRun, trial: Any) -> Any:
+def strategy_of(run: StudyRun, trial: FrozenTrial) -> PruningStrategy:
     from acpsearch.pruning import PruningStrategy
 
     return PruningStrategy(run.graph, ratios_of(trial), criterion=run.spec.space.criterion, round_to=round_to_of(trial))
 
 
-def is_anchor(trial: Any) -> bool:
+def is_anchor(trial: FrozenTrial) -> bool:
     return not st.is_searched(trial)
 
 
-def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[Any]:
+def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[FrozenTrial]:
     """The anchor (if any) plus the top (top - 1) searched candidates, in ranker order (or in the
     order of the scores of the rerank record)."""
     ranked = ranked_candidates(run)

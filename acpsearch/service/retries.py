@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from acpsearch.service import keys
 from acpsearch.service import optuna_adapter as adapter
 
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
 MAX_ATTEMPTS = 3  # a candidate or finalist whose worker dies is tried at most this often
 
 
-def fail_leftovers(study: Any, reason: str, waiting: bool = True) -> list[Any]:
+def fail_leftovers(study: Study, reason: str, waiting: bool = True) -> list[FrozenTrial]:
     """Trials a dead runner left RUNNING (and WAITING, unless `waiting=False`: queued retries
     that the next ask() picks up) become FAIL: Optuna cannot resume a trial. Returns them."""
     import optuna
@@ -25,7 +29,7 @@ def fail_leftovers(study: Any, reason: str, waiting: bool = True) -> list[Any]:
     return left
 
 
-def requeue(study: Any, trials: list[Any]) -> int:
+def requeue(study: Study, trials: list[FrozenTrial]) -> int:
     """Enqueue the keep ratios of failed candidates again (Optuna's enqueue_trial: the next ask()
     proposes exactly them), each at most MAX_ATTEMPTS times in all. Returns how many."""
     n = 0
