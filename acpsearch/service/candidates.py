@@ -4,12 +4,18 @@ each search round, and the finalists."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from acpsearch.service import keys
 from acpsearch.service import study as st
 from acpsearch.service.context import StudyRun
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from acpsearch.pruning import PruningStrategy
 
 
 def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> list[dict[str, Any]]:
@@ -29,19 +35,19 @@ def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> 
             cons["params"] = round(pr - b.params, 6)
         out.append(
             {
-                "flops": int(flops[i]),
-                "params": int(params[i]),
-                "flops_ratio": round(fr, 6),
-                "params_ratio": round(pr, 6),
+                keys.T_FLOPS: int(flops[i]),
+                keys.T_PARAMS: int(params[i]),
+                keys.T_FLOPS_RATIO: round(fr, 6),
+                keys.T_PARAMS_RATIO: round(pr, 6),
                 "constraints": cons,
                 # Optuna's stepped floats carry float noise (0.6000000000000001): shown rounded
-                "keep": st.round_ratios(s.ratios),
+                keys.T_KEEP: st.round_ratios(s.ratios),
             }
         )
     if run.space is not None and run.space.latency is not None:
         lat = run.space.latency.predict_batch(run.graph, rows, round_to)
         for i, rec in enumerate(out):
-            rec["latency_ms"] = round(float(lat[i]), 4)
+            rec[keys.T_LATENCY_MS] = round(float(lat[i]), 4)
             if b.latency_ms is not None:
                 rec["constraints"]["latency_ms"] = round(float(lat[i]) - b.latency_ms, 4)
     return out
@@ -53,20 +59,22 @@ def round_space(run: StudyRun, rnd: int) -> Any:
     Rebuilt from the stored trials, so a resumed search continues in the same space."""
     space = run.space
     for j in range(1, rnd + 1):
-        elite = [t for t in ranked_candidates(run) if int(t.user_attrs.get("round", 0)) < j][: run.spec.search.elite]
+        elite = [t for t in ranked_candidates(run) if int(t.user_attrs.get(keys.T_ROUND, 0)) < j][
+            : run.spec.search.elite
+        ]
         if elite:
             space = space.narrow([ratios_of(t) for t in elite])
     return space
 
 
-def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[Any]:
+def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[FrozenTrial]:
     """Feasible COMPLETE candidates, best ranker score first, one per distinct pruned network:
     different ratios can round to the same kept channel counts (round_to), and fine-tuning the
     same network twice would waste a finalist slot."""
     import optuna
 
     trials = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    trials = [t for t in trials if t.user_attrs.get("feasible", True) and t.value is not None]
+    trials = [t for t in trials if t.user_attrs.get(keys.T_FEASIBLE, True) and t.value is not None]
     seen: set[tuple[tuple[str, int], ...]] = set()
     unique = []
     for t in sorted(trials, key=lambda t: (-t.value, t.number)):
@@ -79,27 +87,27 @@ def ranked_candidates(run: StudyRun, limit: int | None = None) -> list[Any]:
     return unique
 
 
-def ratios_of(trial: Any) -> dict[str, float]:
+def ratios_of(trial: FrozenTrial) -> dict[str, float]:
     prefix = "keep/"
     return {k[len(prefix) :]: float(v) for k, v in trial.params.items() if k.startswith(prefix)}
 
 
-def round_to_of(trial: Any) -> int:
+def round_to_of(trial: FrozenTrial) -> int:
     """Kept-channel rounding unit of a candidate: the space's 4, or the anchor's own (1)."""
-    return int(trial.user_attrs.get("round_to", 4))
+    return int(trial.user_attrs.get(keys.T_ROUND_TO, 4))
 
 
-def strategy_of(run: StudyRun, trial: Any) -> Any:
+def strategy_of(run: StudyRun, trial: FrozenTrial) -> PruningStrategy:
     from acpsearch.pruning import PruningStrategy
 
     return PruningStrategy(run.graph, ratios_of(trial), criterion=run.spec.space.criterion, round_to=round_to_of(trial))
 
 
-def is_anchor(trial: Any) -> bool:
+def is_anchor(trial: FrozenTrial) -> bool:
     return not st.is_searched(trial)
 
 
-def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[Any]:
+def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[FrozenTrial]:
     """The anchor (if any) plus the top (top - 1) searched candidates, in ranker order (or in the
     order of the scores of the rerank record)."""
     ranked = ranked_candidates(run)

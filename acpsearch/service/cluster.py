@@ -11,6 +11,7 @@ not open. `inits()` counts this process's `ray.init` calls; the worker reports i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -102,7 +103,7 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {
             "address": ctx.gcs_address,
-            "cpus": ray.cluster_resources().get("CPU", 0),
+            "cpus": ray.cluster_resources().get("CPU", 0),  # type: ignore[no-untyped-call]
             "local": address is None,
             "job": ctx.get_job_id(),
             "reused": True,
@@ -111,7 +112,7 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise SpecError(f"--address: cannot connect to Ray at {address} ({first[:200]})") from None
@@ -124,7 +125,7 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
             num_cpus=int(workers),
             include_dashboard=False,
             log_to_driver=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             configure_logging=True,
         )
         local = True
@@ -132,7 +133,7 @@ def connect(address: str | None = None, workers: int = 2) -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     return {
         "address": ctx.gcs_address,
-        "cpus": ray.cluster_resources().get("CPU", 0),
+        "cpus": ray.cluster_resources().get("CPU", 0),  # type: ignore[no-untyped-call]
         "local": local,
         "job": ctx.get_job_id(),
         "reused": False,

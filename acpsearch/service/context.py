@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acpsearch.service import study as st
+from acpsearch.service.lease import Lease
 from acpsearch.service.progress import Reporter
 from acpsearch.service.spec import StudySpec
 
@@ -39,7 +39,7 @@ class StudyRun:
     workers: int
     allow: Any  # acpsearch.trust.FactoryPolicy: the factory modules this run may import
     splits: Any
-    lease: st.Lease | None = None
+    lease: Lease | None = None
     base_ckpt: dict[str, Any] | None = None  # from the base phase on
     graph: Any = None
     space: Any = None

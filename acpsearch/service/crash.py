@@ -112,6 +112,8 @@ def disarm(to_stderr: bool = True) -> None:
     faulthandler.disable()
     if to_stderr:
         for stream in (sys.stderr, sys.__stderr__):  # sys.stderr may be a capture without a file descriptor
+            if stream is None:  # sys.__stderr__ of a process started without one
+                continue
             try:
                 faulthandler.enable(file=stream, all_threads=True)
                 break

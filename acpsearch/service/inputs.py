@@ -4,19 +4,23 @@ of them before a study is stored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acpsearch.errors import AcpError, CheckpointError, SpecError
 from acpsearch.service.spec import StudySpec
 
+if TYPE_CHECKING:
+    from acpsearch.hashing import Splits
+    from acpsearch.trust import FactoryPolicy
 
-def load_data(spec: StudySpec) -> Any:
+
+def load_data(spec: StudySpec) -> Splits:
     from acpsearch.service.tasks import load_splits
 
     return load_splits(spec)
 
 
-def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: bool = True) -> Any:
+def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: bool = True) -> FactoryPolicy:
     """The FactoryPolicy of a run: the user's allow-list (option / keyword + environment), plus the
     spec's own model.factory module, and its model.path as the place to look for factory modules,
     when the user gave that spec (submit, run; not a worker: whoever can write the storage could

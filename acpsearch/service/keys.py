@@ -36,6 +36,7 @@ RAY = "ray"  # {address, cpus, local, job} of the Ray cluster of the last run
 WINNER = "winner"  # the winner's record (val/test mAP, ratios, costs, latency, ...)
 FINETUNE_STUDY = "finetune_study"  # the name of the companion study holding the finalists
 PARENT = "parent"  # on the companion study: the name of its search study
+LATENCY_COMPARE = "latency.base_vs_winner"  # one line: base vs winner latency, timed interleaved
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -67,7 +68,7 @@ def base(key: str) -> str:
 
 
 def constraint(key: str) -> str:
-    """One budget constraint of the search study (the budget the dashboard shows)."""
+    """One budget constraint (a candidate trial's margin to the budget, as the dashboard shows it)."""
     return _CONSTRAINT_PREFIX + key
 
 
@@ -76,18 +77,30 @@ T_SOURCE = "source"  # "search" or "anchor:<kind>" (candidate trials)
 T_CANDIDATE = "candidate"  # a finalist's candidate trial number
 T_SCORE = "score"
 T_VAL_MAP = "val_map"
+T_VAL_MAP_BEFORE = "val_map_before_finetune"
 T_TEST_MAP = "test_map"
+T_TEST_MAP_TOPK = "test_map_topk"
+T_TOPK = "topk"
+T_FLOPS = "flops"
+T_PARAMS = "params"
 T_FLOPS_RATIO = "flops_ratio"
 T_PARAMS_RATIO = "params_ratio"
+T_MEASURED_FLOPS = "measured_flops"
+T_MEASURED_PARAMS = "measured_params"
+T_MEASURED_FLOPS_RATIO = "measured_flops_ratio"
+T_MEASURED_PARAMS_RATIO = "measured_params_ratio"
 T_LATENCY_MS = "latency_ms"
 T_EPOCHS_RUN = "epochs_run"
+T_STOPPED_EARLY = "stopped_early"
 T_WINNER = "winner"
+T_KEEP = "keep"  # a candidate's rounded keep ratios {group: ratio}
 T_PATH = "path"  # a finalist's checkpoint
 T_PR_CURVE = "pr_curve"
 T_FEASIBLE = "feasible"
 T_ROUND = "round"
 T_ROUND_TO = "round_to"
 T_ATTEMPT = "attempt"
+T_RETRY_OF = "retry_of"  # a queued retry: the number of the failed trial it repeats
 T_FAIL_REASON = "fail_reason"
 T_FAILED_ATTEMPTS = "failed_attempts"
 T_RAY_NODE = "ray_node"

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # the type of storage.get_all_studies()'s records: documented as optuna.study.FrozenStudy, which
+    # Optuna does not export (for annotations only)
+    from optuna.study._frozen import FrozenStudy as FrozenStudy
 
 # The table of study user attributes in Optuna's SQL schema (optuna/storages/_rdb/models.py,
 # StudyUserAttributeModel). The lease swaps its row with one UPDATE ... WHERE (an atomic

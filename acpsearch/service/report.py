@@ -5,7 +5,6 @@ precision-recall of base vs winner) both as dashboard graph objects and as one H
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -297,42 +296,6 @@ def _winner_curve(study: Any, rep: dict[str, Any]) -> Any:
         return None
     ft = optuna.load_study(study_name=ft_name, storage=adapter.storage_of(study))
     return ft.trials[int(trial_no)].user_attrs.get(keys.T_PR_CURVE)
-
-
-def phase_report(ctx: Any) -> None:
-    """Write the note, the JSON report and the plots; upload them as study artifacts."""
-    from optuna_dashboard import save_note, save_plotly_graph_object
-
-    rec = st.phase_done(ctx.study, "report")
-    if rec:
-        ctx.reporter.done("report", rec["seconds"], skipped=True)
-        return
-    t0 = time.perf_counter()
-    ctx.reporter.phase("report")
-    rep = build_report(ctx.study, ctx.storage)
-    groups = {g.name: g.channels for g in ctx.graph.groups} if ctx.graph is not None else None
-    note = markdown(rep, groups)
-    save_note(ctx.study, note)
-    out = ctx.dir()
-    (out / "report.md").write_text(note)
-    rep_path = out / "report.json"
-    rep_path.write_text(json.dumps(rep, indent=2, default=str))
-    figs = figures(ctx.study, rep)
-    for i, fig in enumerate(figs):
-        save_plotly_graph_object(ctx.study, fig, graph_object_id=f"acpsearch-{i}")
-    html = out / "report.html"
-    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    html.write_text(
-        f"<html><head><meta charset='utf-8'><title>{rep['study']}</title></head><body>"
-        + "\n".join(parts)
-        + "</body></html>"
-    )
-    arts = {
-        p.name: ctx.upload(p, mimetype=m)
-        for p, m in ((rep_path, "application/json"), (html, "text/html"), (out / "report.md", "text/markdown"))
-    }
-    st.mark_phase(ctx.study, "report", time.perf_counter() - t0, artifacts=arts, path=str(rep_path))
-    ctx.reporter.done("report", time.perf_counter() - t0)
 
 
 def write_json(path: Path, obj: Any) -> None:

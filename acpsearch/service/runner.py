@@ -17,11 +17,14 @@ from typing import Any
 
 from acpsearch.checkpoint import study_refusal
 from acpsearch.errors import AcpError, SpecError, StorageError
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
 from acpsearch.service.context import StudyRun
 from acpsearch.service.inputs import factory_policy, load_data
+from acpsearch.service.lease import Lease, LeaseLost, holder_id, lease_state, wait_for_lease
 from acpsearch.service.phases import PHASES
-from acpsearch.service.progress import Reporter
+from acpsearch.service.progress import Reporter, SilentReporter
 from acpsearch.service.samplers import make_sampler
 from acpsearch.service.spec import StudySpec
 
@@ -77,7 +80,7 @@ def run_study(
     workers: int | None = None,
     artifacts: str | Path | None = None,
     reporter: Reporter | None = None,
-    on_lease: Callable[[st.Lease], None] | None = None,
+    on_lease: Callable[[Lease], None] | None = None,
     force: bool = False,
     allow_factories: Any = None,
     trust_spec_factory: bool = True,
@@ -98,7 +101,7 @@ def run_study(
     storage = open_storage(url)
     study = st.load_search_study(storage, name)
     spec = st.study_spec(study)
-    if study.user_attrs.get("state") == "done":
+    if study.user_attrs.get(keys.STATE) == keys.DONE:
         return st.summarize(study, storage)
     policy = factory_policy(spec, allow_factories, trust_spec=trust_spec_factory)
     refusal = study_refusal(policy, spec)
@@ -110,8 +113,8 @@ def run_study(
     if on_lease is not None:
         on_lease(lease)
     # Who ran the study when (several runners share a storage; `acpsearch show` lists them).
-    runs = list(study.user_attrs.get("runs") or []) + [{"holder": lease.holder, "started": st.now_iso()}]
-    study.set_user_attr("runs", runs)
+    runs = list(study.user_attrs.get(keys.RUNS) or []) + [{"holder": lease.holder, "started": st.now_iso()}]
+    study.set_user_attr(keys.RUNS, runs)
     outcome = "killed"
     art = artifact_dir(url, artifacts)
     info: dict[str, Any] = {}
@@ -120,11 +123,11 @@ def run_study(
 
         n_workers = int(workers or spec.search.workers)
         info = connect(address, n_workers)
-        ctx = _start(storage, url, study, spec, lease, policy, art, reporter or Reporter(), n_workers, info)
+        ctx = _start(storage, url, study, spec, lease, policy, art, reporter or SilentReporter(), n_workers, info)
         import ray
 
         run_phases(ctx, ray)
-        st.set_state(study, "done", finished_at=st.now_iso(), error=None)
+        st.set_state(study, keys.DONE, **{keys.FINISHED_AT: st.now_iso(), keys.ERROR: None})
         outcome = "done"
     except BaseException as exc:
         outcome = _failed(study, exc)
@@ -148,11 +151,11 @@ def _check_device(study: Any, spec: StudySpec, device: str | None) -> None:
             raise StudyBlocked(str(exc)) from None
 
 
-def _take_lease(storage: Any, study: Any, url: str, name: str, force: bool, reporter: Reporter | None) -> st.Lease:
+def _take_lease(storage: Any, study: Any, url: str, name: str, force: bool, reporter: Reporter | None) -> Lease:
     """The study's lease (with `force`: once the current holder's has expired), or StudyBusy."""
     from acpsearch.service.storage import writes
 
-    lease = st.Lease(storage, study._study_id, st.holder_id())
+    lease = Lease(storage, adapter.study_id(study), holder_id())
     try:
         st.check_companion(storage, name)  # a foreign NAME.finetune is refused before anything is written
         with writes(url):  # the first write: a read-only storage is one line here, the study untouched
@@ -161,7 +164,7 @@ def _take_lease(storage: Any, study: Any, url: str, name: str, force: bool, repo
         raise StudyBlocked(str(exc)) from None
     if acquired:
         return lease
-    held = st.lease_state(storage.get_study_user_attrs(study._study_id))
+    held = lease_state(storage.get_study_user_attrs(adapter.study_id(study)))
     if not force:
         raise StudyBusy(
             f"study {name!r}: {held}; another runner works on it (if that runner is gone, "
@@ -169,9 +172,9 @@ def _take_lease(storage: Any, study: Any, url: str, name: str, force: bool, repo
         )
     if reporter is not None:
         reporter.log(f"study {name!r}: {held}; --force: waiting for the lease to expire")
-    if not st.wait_for_lease(lease, lease.ttl + 15.0):
+    if not wait_for_lease(lease, lease.ttl + 15.0):
         raise StudyBusy(
-            f"study {name!r}: {st.lease_state(storage.get_study_user_attrs(study._study_id))} "
+            f"study {name!r}: {lease_state(storage.get_study_user_attrs(adapter.study_id(study)))} "
             "and its holder keeps renewing it: that runner is alive; stop it first"
         )
     return lease
@@ -182,7 +185,7 @@ def _start(
     url: str,
     study: Any,
     spec: StudySpec,
-    lease: st.Lease,
+    lease: Lease,
     policy: Any,
     art: Path,
     reporter: Reporter,
@@ -208,9 +211,11 @@ def _start(
         workers = int(info["cpus"])
     st.set_state(
         study,
-        "running",
-        started_at=study.user_attrs.get("started_at") or st.now_iso(),
-        ray={"address": info["address"], "cpus": info["cpus"], "local": info["local"], "job": info["job"]},
+        keys.RUNNING,
+        **{
+            keys.STARTED_AT: study.user_attrs.get(keys.STARTED_AT) or st.now_iso(),
+            keys.RAY: {"address": info["address"], "cpus": info["cpus"], "local": info["local"], "job": info["job"]},
+        },
     )
     return StudyRun(
         storage=storage,
@@ -230,29 +235,29 @@ def _start(
 def _failed(study: Any, exc: BaseException) -> str:
     """The run's outcome after `exc`, with the study's state set to match (a blocked study, or one
     whose lease was lost, is left as it was)."""
-    if isinstance(exc, st.LeaseLost):
+    if isinstance(exc, LeaseLost):
         return "lease lost"
     if isinstance(exc, StudyBlocked):  # the study is left as it was, for a runner whose machine fits it
         return "blocked"
     if isinstance(exc, AcpError):
-        st.set_state(study, "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        st.set_state(study, keys.FAILED, **{keys.ERROR: str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
         return "failed"
     msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or SIGTERM turned into SystemExit by Ray
-        st.set_state(study, "interrupted", error=msg)
+        st.set_state(study, keys.INTERRUPTED, **{keys.ERROR: msg})
         return "interrupted"
-    st.set_state(study, "failed", error=msg, traceback=traceback.format_exc()[-4000:])
+    st.set_state(study, keys.FAILED, **{keys.ERROR: msg, keys.TRACEBACK: traceback.format_exc()[-4000:]})
     return "failed"
 
 
-def _close(study: Any, lease: st.Lease, runs: list[dict[str, Any]], outcome: str, info: dict[str, Any]) -> None:
+def _close(study: Any, lease: Lease, runs: list[dict[str, Any]], outcome: str, info: dict[str, Any]) -> None:
     """The run's end and outcome in `runs`, the lease released, a Ray this run started shut down."""
     from acpsearch.service.cluster import shutdown_if_owned
 
     if not lease.lost:
         try:
             runs[-1].update(ended=st.now_iso(), outcome=outcome)
-            study.set_user_attr("runs", runs)
+            study.set_user_attr(keys.RUNS, runs)
         except Exception:  # noqa: BLE001 - bookkeeping must not hide the real error
             pass
     lease.release()
@@ -264,4 +269,4 @@ def claimable(frozen: Any) -> bool:
     """A worker may take a study that is submitted, or was left running/interrupted by a dead
     runner (its lease expired). Failed and done studies are left alone."""
     attrs = frozen.user_attrs
-    return attrs.get("state") in ("submitted", "running", "interrupted") and st.lease_state(attrs) == "free"
+    return attrs.get(keys.STATE) in (keys.SUBMITTED, keys.RUNNING, keys.INTERRUPTED) and lease_state(attrs) == "free"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from acpsearch.errors import SpecError
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "nsga2", "qmc", "gp")
 
 
-def make_sampler(name: str, seed: int | None = None) -> Any:
+def make_sampler(name: str, seed: int | None = None) -> BaseSampler:
     """The Optuna sampler `name` (one of SAMPLERS) seeded with `seed`; SpecError for any other name."""
     import warnings
 

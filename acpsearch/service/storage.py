@@ -14,14 +14,18 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acpsearch.errors import AcpError, StorageError
+
+if TYPE_CHECKING:
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.storages import BaseStorage
 
 DEFAULT_URL = "sqlite:///acpsearch.db"
 JOURNAL_PREFIX = "journal://"
 
-_CACHE: dict[str, Any] = {}
+_CACHE: dict[str, BaseStorage] = {}
 
 
 def resolve_url(url: str | None) -> str:
@@ -142,7 +146,7 @@ def _check_not_foreign(url: str, engine_kwargs: dict[str, Any], sqlite_path: Pat
         engine.dispose()
 
 
-def open_storage(url: str | None = None) -> Any:
+def open_storage(url: str | None = None) -> BaseStorage:
     """Open (and cache per process) an Optuna storage; any failure is a StorageError (exit 2).
 
     SQLite gets ``timeout=60`` so a second process waits for the lock instead of failing with
@@ -159,7 +163,7 @@ def open_storage(url: str | None = None) -> Any:
             path = _journal_path(url)
             if not path.parent.is_dir():
                 raise StorageError(f"storage {redact(url)!r}: directory {str(path.parent)!r} does not exist")
-            storage: Any = JournalStorage(JournalFileBackend(str(path)))
+            storage: BaseStorage = JournalStorage(JournalFileBackend(str(path)))
         else:
             engine_kwargs: dict[str, Any] = {}
             sqlite_path = _sqlite_path(url)
@@ -185,7 +189,7 @@ def open_storage(url: str | None = None) -> Any:
     return storage
 
 
-def url_of(storage: Any) -> str:
+def url_of(storage: object) -> str:
     """The URL `storage` was opened with by open_storage (for messages), or a placeholder."""
     for url, obj in _CACHE.items():
         if obj is storage:
@@ -259,7 +263,7 @@ def artifact_dir(url: str | None = None, override: str | Path | None = None) -> 
     return path
 
 
-def artifact_store(directory: Path) -> Any:
+def artifact_store(directory: Path) -> FileSystemArtifactStore:
     """optuna's FileSystemArtifactStore over `directory` (what optuna-dashboard serves)."""
     from optuna.artifacts import FileSystemArtifactStore
 

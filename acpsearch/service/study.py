@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acpsearch.errors import SpecError, StorageError
 from acpsearch.service import keys
 from acpsearch.service import optuna_adapter as adapter
-
-# The lease lives in service/lease.py. pipeline.py still reaches it as `study.Lease` etc.: these
-# names stay importable from here until its imports move to service.lease.
-from acpsearch.service.lease import Lease as Lease
-from acpsearch.service.lease import LeaseLost as LeaseLost
-from acpsearch.service.lease import holder_id as holder_id
 from acpsearch.service.lease import lease_state
-from acpsearch.service.lease import wait_for_lease as wait_for_lease
 from acpsearch.service.spec import StudySpec, spec_from_json
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.samplers import BaseSampler
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+    from acpsearch.service.optuna_adapter import FrozenStudy
 
 KIND = keys.SEARCH_KIND
 FINETUNE_KIND = keys.FINETUNE_KIND
@@ -57,7 +58,7 @@ def now_iso() -> str:
 
 
 # --- studies -------------------------------------------------------------------------------------
-def _get_study(storage: Any, name: str, sampler: Any = None) -> Any:
+def _get_study(storage: BaseStorage, name: str, sampler: BaseSampler | None = None) -> Study:
     import optuna
 
     try:
@@ -66,7 +67,7 @@ def _get_study(storage: Any, name: str, sampler: Any = None) -> Any:
         raise StorageError(f"study {name!r}: no such study in this storage") from None
 
 
-def load_search_study(storage: Any, name: str, sampler: Any = None) -> Any:
+def load_search_study(storage: BaseStorage, name: str, sampler: BaseSampler | None = None) -> Study:
     """The main (candidate) study of a search; refuses studies acpsearch did not create."""
     study = _get_study(storage, name, sampler)
     attrs = study.user_attrs
@@ -76,7 +77,7 @@ def load_search_study(storage: Any, name: str, sampler: Any = None) -> Any:
     return study
 
 
-def study_spec(study: Any) -> StudySpec:
+def study_spec(study: Study | FrozenStudy) -> StudySpec:
     return spec_from_json(study.user_attrs[keys.SPEC])
 
 
@@ -101,7 +102,7 @@ def _write_attrs(put: adapter.Put, attrs: dict[str, Any], objectives: list[str])
     put(adapter.metric_names_attr(), list(objectives), system=True)  # what study.set_metric_names writes
 
 
-def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objectives: list[str]) -> Any:
+def _create_with_attrs(storage: BaseStorage, name: str, attrs: dict[str, Any], objectives: list[str]) -> Study:
     """create_study + its attributes, all or nothing; raises DuplicatedStudyError.
 
     On a SQL storage the study, its direction and all its attributes are one transaction (one
@@ -138,7 +139,7 @@ def _create_with_attrs(storage: Any, name: str, attrs: dict[str, Any], objective
     return study
 
 
-def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
+def submit(storage: BaseStorage, spec: StudySpec, name: str | None = None) -> str:
     """Create the study for `spec` (state 'submitted'); the name must be new. Returns the name.
     All or nothing (see _create_with_attrs): a failure part-way leaves no study behind."""
     import optuna
@@ -161,7 +162,7 @@ def submit(storage: Any, spec: StudySpec, name: str | None = None) -> str:
     return name
 
 
-def set_objective_names(study: Any, names: list[str]) -> None:
+def set_objective_names(study: Study, names: list[str]) -> None:
     """Objective names shown by optuna-dashboard. optuna_dashboard.set_objective_names is deprecated
     in 0.21 in favour of Optuna's study.set_metric_names (which the dashboard reads)."""
     import warnings
@@ -171,7 +172,7 @@ def set_objective_names(study: Any, names: list[str]) -> None:
         study.set_metric_names(names)
 
 
-def set_finished_trial_user_attr(storage: Any, trial_id: int, key: str, value: Any) -> bool:
+def set_finished_trial_user_attr(storage: BaseStorage, trial_id: int, key: str, value: Any) -> bool:
     """A user attribute on a trial that may already be finished (the winner is known only after
     every finalist finished). Optuna refuses updates of finished trials through its API; on a SQL
     storage the row is written directly (upsert on trial_user_attributes). Other storages (journal)
@@ -188,7 +189,7 @@ def set_finished_trial_user_attr(storage: Any, trial_id: int, key: str, value: A
     return True
 
 
-def save_trial_note(study: Any, trial_id: int, body: str) -> None:
+def save_trial_note(study: Study, trial_id: int, body: str) -> None:
     """optuna-dashboard's note of one trial of `study` (optuna_dashboard.save_note; the dashboard
     keeps trial notes as study system attributes, so a finished trial can get one too)."""
     import optuna
@@ -219,14 +220,14 @@ def _companion_problem(storage: Any, parent_name: str) -> str | None:
     )
 
 
-def check_companion(storage: Any, parent_name: str) -> None:
+def check_companion(storage: BaseStorage, parent_name: str) -> None:
     """Before a run touches anything: refuse when NAME.finetune belongs to someone else."""
     problem = _companion_problem(storage, parent_name)
     if problem:
         raise StorageError(problem)
 
 
-def finetune_study(storage: Any, parent: Any) -> Any:
+def finetune_study(storage: BaseStorage, parent: Study) -> Study:
     """The companion study holding the finalists' fine-tuning trials (objective: val mAP).
 
     A separate study, because finalists have another objective than candidates and must not
@@ -245,43 +246,43 @@ def finetune_study(storage: Any, parent: Any) -> Any:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def list_search_studies(storage: Any) -> list[Any]:
+def list_search_studies(storage: BaseStorage) -> list[FrozenStudy]:
     """FrozenStudy records of all acpsearch search studies, oldest first."""
     studies = [s for s in storage.get_all_studies() if s.user_attrs.get(keys.KIND) == KIND]
     return sorted(studies, key=adapter.study_id)
 
 
 # --- phases --------------------------------------------------------------------------------------
-def phase_done(study: Any, phase: str) -> dict[str, Any] | None:
+def phase_done(study: Study | FrozenStudy, phase: str) -> dict[str, Any] | None:
     """The record of a finished phase, or None (attrs are re-read from storage every time)."""
     rec = study.user_attrs.get(keys.phase(phase))
     return rec if isinstance(rec, dict) and rec.get("done") else None
 
 
-def mark_phase(study: Any, phase: str, seconds: float, **details: Any) -> None:
+def mark_phase(study: Study, phase: str, seconds: float, **details: Any) -> None:
     study.set_user_attr(
         keys.phase(phase), {"done": True, "seconds": round(float(seconds), 3), "at": now_iso(), **details}
     )
 
 
-def set_state(study: Any, state: str, **extra: Any) -> None:
+def set_state(study: Study, state: str, **extra: Any) -> None:
     study.set_user_attr(keys.STATE, state)
     for key, value in extra.items():
         study.set_user_attr(key, value)
 
 
 # --- summaries -----------------------------------------------------------------------------------
-def source(trial: Any) -> str:
-    """Where a candidate trial came from: "search", or "anchor:<kind>" (pipeline.phase_anchor)."""
+def source(trial: FrozenTrial) -> str:
+    """Where a candidate trial came from: "search", or "anchor:<kind>" (service/phases/anchor.py)."""
     return str(trial.user_attrs.get(keys.T_SOURCE, "search"))
 
 
-def is_searched(trial: Any) -> bool:
+def is_searched(trial: FrozenTrial) -> bool:
     """A candidate the search proposed; anchors added beside the search are finalists, not candidates."""
     return source(trial) == "search"
 
 
-def summarize(frozen_or_study: Any, storage: Any) -> dict[str, Any]:
+def summarize(frozen_or_study: Study | FrozenStudy, storage: BaseStorage) -> dict[str, Any]:
     """One row of `acpsearch status`: state, progress and the winner, from storage only."""
     import optuna
 

@@ -16,12 +16,15 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from acpsearch.service.spec import StudySpec
+
+if TYPE_CHECKING:
+    from acpsearch.hashing import Splits
 
 
 def worker_threads(n: int | None = None) -> None:
@@ -30,18 +33,18 @@ def worker_threads(n: int | None = None) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _splits_cached(data_json: str) -> Any:
+def _splits_cached(data_json: str) -> Splits:
     from acpsearch.hashing.data import splits_from_data
 
     return splits_from_data(json.loads(data_json))
 
 
-def load_splits(spec: StudySpec) -> Any:
+def load_splits(spec: StudySpec) -> Splits:
     """The protocol splits of a spec (cached per process)."""
     return _splits_cached(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
 
 
-def light_splits(splits: Any) -> Any:
+def light_splits(splits: Splits) -> Splits:
     """The splits without query/database: what ranking and fine-tuning need (train + val)."""
     from acpsearch.hashing import Splits
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from acpsearch.service import keys
+
 
 def _trial_error(trial: Any) -> str:
     """One line saying why a Tune trial failed (its error file's last line, else its path)."""
@@ -57,7 +59,7 @@ class TuneRecorder:
         trial keeps running and records each failed attempt's reason."""
         number = trial.config["finalist"]["number"]
         self.retries.setdefault(number, []).append(_trial_error(trial))
-        self.storage.set_trial_user_attr(self.trial_ids[number], "failed_attempts", self.retries[number])
+        self.storage.set_trial_user_attr(self.trial_ids[number], keys.T_FAILED_ATTEMPTS, self.retries[number])
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         number = trial.config["finalist"]["number"]
@@ -68,10 +70,10 @@ class TuneRecorder:
         self.reported[number] = max(self.reported.get(number, -1), epoch)
         if result.get("node") and self.nodes.get(number) != result["node"]:
             self.nodes[number] = str(result["node"])
-            self.storage.set_trial_user_attr(self.trial_ids[number], "ray_node", self.nodes[number])
+            self.storage.set_trial_user_attr(self.trial_ids[number], keys.T_RAY_NODE, self.nodes[number])
         if result.get("device") and self.devices.get(number) != result["device"]:  # cpu, or cuda (a GPU share)
             self.devices[number] = str(result["device"])
-            self.storage.set_trial_user_attr(self.trial_ids[number], "device", self.devices[number])
+            self.storage.set_trial_user_attr(self.trial_ids[number], keys.T_DEVICE, self.devices[number])
 
     def complete(self, trial: Any) -> None:
         self.completed.add(trial.config["finalist"]["number"])

@@ -2647,15 +2647,14 @@ def test_run_study_refuses_a_foreign_companion_before_writing(stored, tmp_path, 
     """run_study (what `run` and `worker` call) refuses a foreign NAME.finetune before it takes the
     lease or starts Ray, as a StudyBlocked, which is a StudyBusy: a worker skips such a study
     instead of retrying it forever (nothing was written, so it stays claimable)."""
-    from acpsearch.service import cluster
-    from acpsearch.service import runner as pipeline
+    from acpsearch.service import cluster, runner
 
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     ctx = SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch, stored_url=stored.url, checks=[], cleanups=[])
     url = foreign_companion(ctx)["hijack_url"]
-    with pytest.raises(pipeline.StudyBlocked, match=re.escape(f"study '{STORED}.finetune': exists but is not")) as exc:
-        pipeline.run_study(url, STORED)
-    assert isinstance(exc.value, pipeline.StudyBusy)
+    with pytest.raises(runner.StudyBlocked, match=re.escape(f"study '{STORED}.finetune': exists but is not")) as exc:
+        runner.run_study(url, STORED)
+    assert isinstance(exc.value, runner.StudyBusy)
     for check in ctx.checks:
         check()
 

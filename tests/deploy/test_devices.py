@@ -153,7 +153,7 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
     from acpsearch.service.context import StudyRun
     from acpsearch.service.inputs import factory_policy, load_data
     from acpsearch.service.phases import base
-    from acpsearch.service.progress import Reporter
+    from acpsearch.service.progress import SilentReporter
     from acpsearch.service.runner import run_phase
     from acpsearch.service.storage import artifact_store, open_storage
 
@@ -171,7 +171,7 @@ def _base_phase(tmp_path, name: str) -> dict[str, torch.Tensor]:
         spec=spec,
         artifacts=art,
         store=artifact_store(art),
-        reporter=Reporter(),
+        reporter=SilentReporter(),
         workers=1,
         allow=factory_policy(spec),
         splits=load_data(spec),

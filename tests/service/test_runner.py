@@ -14,12 +14,12 @@ import pytest
 from acpsearch.errors import SpecError
 from acpsearch.service import study as st
 from acpsearch.service.context import Record, StudyRun
-from acpsearch.service.progress import Reporter
+from acpsearch.service.progress import SilentReporter
 from acpsearch.service.runner import run_phase
 from acpsearch.service.samplers import SAMPLERS, make_sampler
 
 
-class Recording(Reporter):
+class Recording(SilentReporter):
     def __init__(self) -> None:
         self.events: list[tuple[str, float, bool]] = []
 

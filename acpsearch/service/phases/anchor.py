@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from acpsearch.service import keys
 from acpsearch.service import study as st
 from acpsearch.service.candidates import candidate_attrs, is_anchor, strategy_of
 from acpsearch.service.context import Record, StudyRun
@@ -79,13 +80,19 @@ def _add_anchor(ctx: StudyRun, ray_mod: Any, strategy: Any) -> int:
     score = score_on_ray(ctx, ray_mod, ctx.spec.search.ranker, [ratios], round_to=rt)[0]
     a = candidate_attrs(ctx, [strategy], round_to=rt)[0]
     attrs: dict[str, Any] = {
-        "source": f"anchor:{ctx.spec.search.anchor}",
-        "round_to": rt,
+        keys.T_SOURCE: f"anchor:{ctx.spec.search.anchor}",
+        keys.T_ROUND_TO: rt,
         ctx.spec.search.ranker: round(float(score), 6),
-        "feasible": all(v <= 1e-9 for v in a["constraints"].values()),
+        keys.T_FEASIBLE: all(v <= 1e-9 for v in a["constraints"].values()),
     }
-    attrs.update({k: a[k] for k in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms") if k in a})
-    attrs.update({f"constraint.{k}": v for k, v in a["constraints"].items()})
+    attrs.update(
+        {
+            k: a[k]
+            for k in (keys.T_FLOPS, keys.T_PARAMS, keys.T_FLOPS_RATIO, keys.T_PARAMS_RATIO, keys.T_LATENCY_MS)
+            if k in a
+        }
+    )
+    attrs.update({keys.constraint(k): v for k, v in a["constraints"].items()})
     trial = optuna.trial.create_trial(
         params={f"keep/{n}": r for n, r in ratios.items()},
         distributions={f"keep/{n}": optuna.distributions.FloatDistribution(0.0, 1.0) for n in ratios},

@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
 from acpsearch.service.candidates import finalists, ratios_of, round_to_of
 from acpsearch.service.context import Record, StudyRun
@@ -27,10 +29,10 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     import optuna
 
     ft_study = st.finetune_study(ctx.storage, ctx.study)
-    ctx.study.set_user_attr("finetune_study", ft_study.study_name)
+    ctx.study.set_user_attr(keys.FINETUNE_STUDY, ft_study.study_name)
     fail_leftovers(ft_study, "runner stopped during fine-tuning")
     finished = {
-        t.user_attrs.get("candidate")
+        t.user_attrs.get(keys.T_CANDIDATE)
         for t in ft_study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
@@ -63,18 +65,24 @@ def _add_trials(ctx: StudyRun, ft_study: Any, todo: list[Any]) -> dict[int, int]
             distributions=dict(cand.distributions),
             user_attrs=clean(
                 {
-                    "candidate": cand.number,
-                    "score": cand.value,
-                    "source": st.source(cand),
+                    keys.T_CANDIDATE: cand.number,
+                    keys.T_SCORE: cand.value,
+                    keys.T_SOURCE: st.source(cand),
                     **{
                         k: cand.user_attrs.get(k)
-                        for k in ("flops", "params", "flops_ratio", "params_ratio", ctx.spec.search.ranker)
+                        for k in (
+                            keys.T_FLOPS,
+                            keys.T_PARAMS,
+                            keys.T_FLOPS_RATIO,
+                            keys.T_PARAMS_RATIO,
+                            ctx.spec.search.ranker,
+                        )
                     },
                 }
             ),
         )
         ft_study.add_trial(frozen)
-        trial_ids[cand.number] = ft_study.get_trials(deepcopy=False)[-1]._trial_id
+        trial_ids[cand.number] = adapter.trial_id(ft_study.get_trials(deepcopy=False)[-1])
     return trial_ids
 
 
@@ -170,7 +178,7 @@ def _finish(
         frozen = ctx.storage.get_trial(tid)
         curve = {int(k): float(v) for k, v in frozen.intermediate_values.items()}
         if cand.number not in refs or not curve:
-            ctx.storage.set_trial_user_attr(tid, "fail_reason", errors.get(cand.number, "no result"))
+            ctx.storage.set_trial_user_attr(tid, keys.T_FAIL_REASON, errors.get(cand.number, "no result"))
             ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
             continue
         _store_result(ctx, tid, path, curve, ray_mod.get(refs[cand.number]))
@@ -195,20 +203,20 @@ def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], 
     stopped = epochs_run < ctx.spec.finetune.epochs
     best_val = max(curve.values())
     attrs = {
-        "val_map": best_val,
-        "test_map": ev["test_map"],
-        "test_map_topk": ev["test_map_topk"],
-        "topk": ev["topk"],
-        "measured_flops": ev["flops"],
-        "measured_params": ev["params"],
-        "measured_flops_ratio": ev["flops"] / full.flops,
-        "measured_params_ratio": ev["params"] / full.params,
-        "latency_ms": ev.get("latency_ms"),
-        "epochs_run": epochs_run,
-        "stopped_early": stopped,
-        "val_map_before_finetune": curve.get(0),
-        "path": str(path),
-        "pr_curve": ev.get("pr_curve"),
+        keys.T_VAL_MAP: best_val,
+        keys.T_TEST_MAP: ev["test_map"],
+        keys.T_TEST_MAP_TOPK: ev["test_map_topk"],
+        keys.T_TOPK: ev["topk"],
+        keys.T_MEASURED_FLOPS: ev["flops"],
+        keys.T_MEASURED_PARAMS: ev["params"],
+        keys.T_MEASURED_FLOPS_RATIO: ev["flops"] / full.flops,
+        keys.T_MEASURED_PARAMS_RATIO: ev["params"] / full.params,
+        keys.T_LATENCY_MS: ev.get("latency_ms"),
+        keys.T_EPOCHS_RUN: epochs_run,
+        keys.T_STOPPED_EARLY: stopped,
+        keys.T_VAL_MAP_BEFORE: curve.get(0),
+        keys.T_PATH: str(path),
+        keys.T_PR_CURVE: ev.get("pr_curve"),
     }
     for key, val in clean(attrs).items():
         ctx.storage.set_trial_user_attr(tid, key, val)

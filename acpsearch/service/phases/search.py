@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service.candidates import candidate_attrs, round_space
 from acpsearch.service.context import Record, StudyRun
 from acpsearch.service.progress import clean
@@ -81,9 +83,9 @@ def _fail_batch(ctx: StudyRun, trials: list[Any], exc: BaseException) -> None:
     study = ctx.study
     reason = f"ray worker failed while scoring: {first_line(exc)}"
     for t in trials:
-        t.set_user_attr("fail_reason", reason)
+        t.set_user_attr(keys.T_FAIL_REASON, reason)
         study.tell(t, state=optuna.trial.TrialState.FAIL)
-    n = requeue(study, [study._storage.get_trial(t._trial_id) for t in trials])
+    n = requeue(study, [adapter.storage_of(study).get_trial(adapter.trial_id(t)) for t in trials])
     ctx.reporter.log(f"search: {reason}; {len(trials)} candidates FAIL, {n} re-queued")
 
 
@@ -91,14 +93,14 @@ def _tell(ctx: StudyRun, t: Any, a: dict[str, Any], score: float, *, rnd: int, r
     """One scored candidate: its constraints, costs, score, round and node, then its value."""
     for key, val in a["constraints"].items():
         t.set_constraint(key, val)
-        t.set_user_attr(f"constraint.{key}", val)
-    t.set_user_attr("feasible", all(v <= 1e-9 for v in a["constraints"].values()))
-    for key in ("flops", "params", "flops_ratio", "params_ratio", "latency_ms", "keep"):
+        t.set_user_attr(keys.constraint(key), val)
+    t.set_user_attr(keys.T_FEASIBLE, all(v <= 1e-9 for v in a["constraints"].values()))
+    for key in (keys.T_FLOPS, keys.T_PARAMS, keys.T_FLOPS_RATIO, keys.T_PARAMS_RATIO, keys.T_LATENCY_MS, keys.T_KEEP):
         if key in a:
             t.set_user_attr(key, a[key])
     t.set_user_attr(ctx.spec.search.ranker, round(float(score), 6))
-    t.set_user_attr("round", rnd)
+    t.set_user_attr(keys.T_ROUND, rnd)
     if ctx.spec.space.round_to is not None:
-        t.set_user_attr("round_to", round_to)
-    t.set_user_attr("ray_node", node)
+        t.set_user_attr(keys.T_ROUND_TO, round_to)
+    t.set_user_attr(keys.T_RAY_NODE, node)
     ctx.study.tell(t, float(score))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from acpsearch.service import keys
+from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
 from acpsearch.service.candidates import ratios_of, round_to_of, strategy_of
 from acpsearch.service.context import Record, StudyRun
@@ -24,25 +26,25 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     complete = [
         t
         for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("val_map") is not None
+        if t.user_attrs.get(keys.T_VAL_MAP) is not None
     ]
     if not complete:
         raise RuntimeError("select: no COMPLETE finalist to choose from")
     best = _choose(ctx, ft_study, complete)
     winner_path = _export(ctx, best)
     art = ctx.upload(winner_path)
-    cand = ctx.study.trials[int(best.user_attrs["candidate"])]
-    winner = {k: v for k, v in best.user_attrs.items() if k != "pr_curve"}
+    cand = ctx.study.trials[int(best.user_attrs[keys.T_CANDIDATE])]
+    winner = {k: v for k, v in best.user_attrs.items() if k != keys.T_PR_CURVE}
     winner.update(
         {
             "finetune_trial": best.number,
-            "path": str(winner_path),
+            keys.T_PATH: str(winner_path),
             "artifact_id": art,
             "ratios": st.round_ratios(ratios_of(cand)),
-            "score": cand.value,
+            keys.T_SCORE: cand.value,
             "channels": {g.name: int(g.channels) for g in ctx.graph.groups},
-            "source": st.source(cand),
-            "round_to": round_to_of(cand),
+            keys.T_SOURCE: st.source(cand),
+            keys.T_ROUND_TO: round_to_of(cand),
             "kept": {k: int(v) for k, v in strategy_of(ctx, cand).kept.items()},
         }
     )
@@ -53,12 +55,14 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
         winner["latency_compare"] = cmp
     _store_winner(ctx, winner, base_rec, cmp)
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
-    return Record({"winner": best.number, "finalists": {str(t.number): t.user_attrs.get("val_map") for t in complete}})
+    return Record(
+        {"winner": best.number, "finalists": {str(t.number): t.user_attrs.get(keys.T_VAL_MAP) for t in complete}}
+    )
 
 
 def _choose(ctx: StudyRun, ft_study: Any, complete: list[Any]) -> Any:
     """The finalist with the best val mAP; of those tied, the one Optuna names best."""
-    best = max(complete, key=lambda t: (t.user_attrs["val_map"], -t.number))
+    best = max(complete, key=lambda t: (t.user_attrs[keys.T_VAL_MAP], -t.number))
     # optuna-dashboard's "Best Trial" of NAME.finetune is Optuna's best trial (COMPLETE, value = val mAP):
     # among finalists tied on val mAP, take the one Optuna names, so that the two are the same trial
     try:
@@ -69,7 +73,7 @@ def _choose(ctx: StudyRun, ft_study: Any, complete: list[Any]) -> Any:
         tied = [
             t
             for t in complete
-            if t.number == optuna_best.number and t.user_attrs["val_map"] == best.user_attrs["val_map"]
+            if t.number == optuna_best.number and t.user_attrs[keys.T_VAL_MAP] == best.user_attrs[keys.T_VAL_MAP]
         ]
         if tied:
             best = tied[0]
@@ -86,7 +90,7 @@ def _export(ctx: StudyRun, best: Any) -> Path:
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 
     winner_path = ctx.dir() / "winner.pt"
-    ck = read_checkpoint(best.user_attrs["path"])
+    ck = read_checkpoint(best.user_attrs[keys.T_PATH])
     save_checkpoint(
         winner_path,
         model_from_checkpoint(ck, allow_factories=ctx.allow),
@@ -97,8 +101,8 @@ def _export(ctx: StudyRun, best: Any) -> Path:
             **(ck.get("meta") or {}),
             "study": ctx.name,
             "finetune_trial": best.number,
-            "val_map": best.user_attrs["val_map"],
-            "test_map": best.user_attrs.get("test_map"),
+            "val_map": best.user_attrs[keys.T_VAL_MAP],
+            "test_map": best.user_attrs.get(keys.T_TEST_MAP),
         },
     )
     return winner_path
@@ -106,30 +110,30 @@ def _export(ctx: StudyRun, best: Any) -> Path:
 
 def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any], cmp: dict[str, Any] | None) -> None:
     """The study's `winner`, its flat headline copies and the base's, and the latency comparison."""
-    ctx.study.set_user_attr("winner", clean(winner))
+    ctx.study.set_user_attr(keys.WINNER, clean(winner))
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
     # in its tables, so the nested dicts alone would be unreadable there.
     for key in (
-        "test_map",
-        "test_map_topk",
-        "val_map",
-        "flops_ratio",
-        "params_ratio",
-        "latency_ms",
-        "measured_flops",
-        "measured_params",
+        keys.T_TEST_MAP,
+        keys.T_TEST_MAP_TOPK,
+        keys.T_VAL_MAP,
+        keys.T_FLOPS_RATIO,
+        keys.T_PARAMS_RATIO,
+        keys.T_LATENCY_MS,
+        keys.T_MEASURED_FLOPS,
+        keys.T_MEASURED_PARAMS,
         "finetune_trial",
-        "candidate",
+        keys.T_CANDIDATE,
     ):
-        ctx.study.set_user_attr(f"winner.{key}", clean(winner.get(key)))
+        ctx.study.set_user_attr(keys.winner(key), clean(winner.get(key)))
     for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
-        ctx.study.set_user_attr(f"base.{key}", clean(base_rec.get(key)))
+        ctx.study.set_user_attr(keys.base(key), clean(base_rec.get(key)))
     if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
         from acpsearch.service.report import latency_row
 
         lb, lw, speed = latency_row({}, {"latency_compare": cmp})
         ctx.study.set_user_attr(
-            "latency.base_vs_winner",
+            keys.LATENCY_COMPARE,
             f"{speed}: base {lb} ms, winner {lw} ms "
             f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)",
         )
@@ -168,16 +172,18 @@ def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
         "",
         f"This finalist is the **winner** of `{ft_name[: -len(st.FINETUNE_SUFFIX)]}`.",
         "",
-        f"- chosen by **validation mAP {_f4(u.get('val_map'))}**, the best of the fully fine-tuned finalists",
+        f"- chosen by **validation mAP {_f4(u.get(keys.T_VAL_MAP))}**, the best of the fully fine-tuned finalists",
     ]
     lines += [
-        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get('val_map'))}" for t in complete if t.number != best.number
+        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get(keys.T_VAL_MAP))}"
+        for t in complete
+        if t.number != best.number
     ]
     lines += [
-        f"- **test mAP {_f4(u.get('test_map'))}**: reported, never used to choose",
+        f"- **test mAP {_f4(u.get(keys.T_TEST_MAP))}**: reported, never used to choose",
         f"- pruned structure: candidate trial {cand.number} of the search study",
         f"  (ranker score {_f4(cand.value)}, not mAP)",
-        f"- FLOPs ratio {_f4(u.get('measured_flops_ratio', u.get('flops_ratio')))}",
+        f"- FLOPs ratio {_f4(u.get(keys.T_MEASURED_FLOPS_RATIO, u.get(keys.T_FLOPS_RATIO)))}",
         "",
     ]
     return "\n".join(lines)
@@ -197,20 +203,21 @@ def mark_winner(
     val mAP and only fully fine-tuned finalists (COMPLETE) carry a value, so its best trial is the
     winner (ties: the lowest trial number, as in the select phase)."""
     ranker = st.study_spec(study).search.ranker
-    storage = study._storage
+    storage = adapter.storage_of(study)
     u = best.user_attrs
-    st.set_finished_trial_user_attr(storage, best._trial_id, "winner", True)
-    st.set_finished_trial_user_attr(storage, cand._trial_id, "winner", True)
-    if ratios and "keep" not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
-        st.set_finished_trial_user_attr(storage, cand._trial_id, "keep", st.round_ratios(ratios))
-    st.save_trial_note(ft_study, best._trial_id, winner_note(ft_study.study_name, best, cand, complete))
+    st.set_finished_trial_user_attr(storage, adapter.trial_id(best), keys.T_WINNER, True)
+    st.set_finished_trial_user_attr(storage, adapter.trial_id(cand), keys.T_WINNER, True)
+    if ratios and keys.T_KEEP not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
+        st.set_finished_trial_user_attr(storage, adapter.trial_id(cand), keys.T_KEEP, st.round_ratios(ratios))
+    st.save_trial_note(ft_study, adapter.trial_id(best), winner_note(ft_study.study_name, best, cand, complete))
     st.save_trial_note(
         study,
-        cand._trial_id,
+        adapter.trial_id(cand),
         (
             f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
             f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
-            f"- chosen by validation mAP {_f4(u.get('val_map'))} (test mAP {_f4(u.get('test_map'))}, reported only)\n"
+            f"- chosen by validation mAP {_f4(u.get(keys.T_VAL_MAP))} "
+            f"(test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only)\n"
             f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"
         ),
     )
@@ -222,8 +229,8 @@ def mark_winner(
         (
             f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; "
             "objective: validation mAP.\n\n"
-            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get('val_map'))}, "
-            f"test mAP {_f4(u.get('test_map'))}, reported only).\n\n"
+            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get(keys.T_VAL_MAP))}, "
+            f"test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only).\n\n"
             "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
             "their partial curves never make them best.\n"
         ),

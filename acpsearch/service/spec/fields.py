@@ -20,14 +20,13 @@ from acpsearch.hashing.data import DATASET_NAMES
 from acpsearch.hashing.losses import LOSS_NAMES
 from acpsearch.pruning.criteria import CRITERIA as PRUNING_CRITERIA
 from acpsearch.search.rankers import RANKERS as RANKERS  # the spec's ranker choices
+from acpsearch.service.samplers import SAMPLERS as SAMPLERS  # owned by acpsearch.service.samplers
 
 DATASETS = DATASET_NAMES
 LIST_KEYS = ("train_list", "database_list", "test_list", "val_list")
 DATASETS_WITH_PATH = ("cifar10", "folder", "npz")
 LOSSES = LOSS_NAMES
-# local until the pruning criteria and the samplers have registries of their own
 CRITERIA = PRUNING_CRITERIA  # owned by acpsearch.pruning.criteria
-SAMPLERS = ("tpe", "random", "nsga2", "gp", "qmc")
 
 
 def choice(names: tuple[str, ...]) -> Any:

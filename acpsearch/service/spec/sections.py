@@ -299,7 +299,7 @@ class SearchSpec(_Section):
     rerank_top: Candidates = 32
     rounds: Rounds = 2  # the space narrows around the best candidates of the earlier rounds
     elite: Candidates = 16  # how many of the best candidates set the narrowed ranges
-    # One finalist slot goes to the budget's global-magnitude allocation (pipeline.phase_anchor);
+    # One finalist slot goes to the budget's global-magnitude allocation (service/phases/anchor.py);
     # null: all finalists come from the search.
     anchor: Literal["magnitude"] | None = "magnitude"
     # per ranker actor (Ray): {cpu: 1, gpu: 0} as before; gpu > 0 scores on that GPU
