@@ -17,6 +17,7 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -138,8 +139,10 @@ def train_classifier(
     seed: int = 0,
     progress: bool = False,
     hflip: bool = False,
+    callback: Callable[[int, float], bool] | None = None,
 ) -> ClassifierTrainResult:
-    """Train `model` in place; returns it with the best-by-validation-top-1 epoch's weights."""
+    """Train `model` in place; returns it with the best-by-validation-top-1 epoch's weights.
+    `callback(epoch, val_top1)` after every epoch; it returns True to stop training there."""
     _check_args(epochs, lr, batch_size, distill, teacher)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -170,6 +173,8 @@ def train_classifier(
             best_state = copy.deepcopy(model.state_dict())
         if progress:
             print(f"epoch {epoch}/{epochs}  loss {mean_loss:.4f}  val top-1 {val:.4f}", file=sys.stderr, flush=True)
+        if callback is not None and callback(epoch, val):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -32,15 +32,19 @@ def factory_policy(spec: StudySpec, allow_factories: Any = None, trust_spec: boo
 
 
 def build_model(
-    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None
+    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None, classes: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """An untrained base network for the data's input shape, and its checkpoint model config
-    (allow_factories None: the spec's own factory is trusted, the user wrote it)."""
-    from acpsearch.checkpoint import build_from_config
+    (allow_factories None: the spec's own factory is trusted, the user wrote it); a classification
+    study's is a zoo classifier with `classes` outputs."""
+    from acpsearch.checkpoint import build_from_config, classifier_config
 
     c, h, w = input_shape
     cfg: dict[str, Any]
-    if spec.model.zoo is not None:
+    if spec.task == "classification":
+        assert spec.model.zoo is not None and classes is not None
+        cfg = classifier_config(spec.model.zoo, classes, c, h)
+    elif spec.model.zoo is not None:
         cfg = {
             "zoo": spec.model.zoo,
             "kwargs": {"bits": spec.model.bits, "in_channels": c, "image_size": h, **spec.model.kwargs},
@@ -57,7 +61,7 @@ def build_model(
 
 
 def read_base_checkpoint(
-    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None
+    spec: StudySpec, input_shape: tuple[int, int, int], allow_factories: Any = None, classes: int | None = None
 ) -> dict[str, Any]:
     """The user's trained base network, checked against the data it will be pruned on (a factory the
     checkpoint names must be allowed: `allow_factories`, the environment, or the spec's own factory)."""
@@ -76,7 +80,7 @@ def read_base_checkpoint(
     policy = allow_factories if allow_factories is not None else factory_policy(spec)
     where = f"model.checkpoint {spec.model.checkpoint!r}"
     if kind == "state_dict":  # a plain state dict: the spec's model (zoo or factory) for the data's input
-        net, cfg = build_model(spec, input_shape, allow_factories=policy)
+        net, cfg = build_model(spec, input_shape, allow_factories=policy, classes=classes)
         load_state_dict_strict(net, ckpt, where)
         ckpt = {
             "format": FORMAT,
@@ -95,8 +99,11 @@ def read_base_checkpoint(
             f"the data set {spec.data.dataset!r} has {tuple(input_shape)}"
         )
     model = model_from_checkpoint(ckpt, source=where, allow_factories=policy)
-    if kind == "acpsearch":  # the spec's zoo / factory / kwargs / bits must not contradict the checkpoint's
+    if kind == "acpsearch":  # the spec's task / zoo / factory / kwargs / bits must not contradict the checkpoint's
+        _task_contradiction(ckpt["model"], spec.task, where)
         spec_contradictions(ckpt["model"], spec.model, where)
+    if spec.task == "classification":
+        return ckpt
     import torch
 
     with torch.no_grad():
@@ -107,6 +114,13 @@ def read_base_checkpoint(
             f"model.checkpoint: the network outputs {int(out.shape[-1])} bits, model.bits is {spec.model.bits}"
         )
     return ckpt
+
+
+def _task_contradiction(cfg: dict[str, Any], task: str, where: str) -> None:
+    """A checkpoint whose stored `model.task` is not the spec's `task` is refused in one line."""
+    stored = str(cfg.get("task") or "retrieval")
+    if stored != task:
+        raise SpecError(f"task: {task!r} contradicts {where}, whose network is a {stored} network (model.task)")
 
 
 def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = None) -> Any:
@@ -165,10 +179,11 @@ def preflight(spec: StudySpec, allow_factories: Any = None) -> dict[str, Any]:
         from acpsearch.checkpoint import model_from_checkpoint
 
         policy = factory_policy(spec, allow_factories)
-        ckpt = read_base_checkpoint(spec, shape, allow_factories=policy)
+        ckpt = read_base_checkpoint(spec, shape, allow_factories=policy, classes=splits.num_classes)
         model = model_from_checkpoint(ckpt, allow_factories=policy)
     else:
-        model, _ = build_model(spec, shape, allow_factories=factory_policy(spec, allow_factories))
+        policy = factory_policy(spec, allow_factories)
+        model, _ = build_model(spec, shape, allow_factories=policy, classes=splits.num_classes)
     graph = ChannelGraph.from_model(model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer)
     space = make_space(spec, graph, model, torch.zeros(1, *shape))
     cost = graph.cost()

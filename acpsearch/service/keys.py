@@ -13,6 +13,7 @@ newer release (a higher version) is refused with one line instead of being misre
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from acpsearch.errors import StorageError
@@ -80,6 +81,12 @@ T_VAL_MAP = "val_map"
 T_VAL_MAP_BEFORE = "val_map_before_finetune"
 T_TEST_MAP = "test_map"
 T_TEST_MAP_TOPK = "test_map_topk"
+# a classification study's finalists and winner (top-5 only with 20 or more classes)
+T_VAL_ACC = "val_acc"
+T_VAL_ACC_BEFORE = "val_acc_before_finetune"
+T_TEST_ACC = "test_acc"
+T_VAL_ACC_TOP5 = "val_acc_top5"
+T_TEST_ACC_TOP5 = "test_acc_top5"
 T_TOPK = "topk"
 T_FLOPS = "flops"
 T_PARAMS = "params"
@@ -105,6 +112,27 @@ T_FAIL_REASON = "fail_reason"
 T_FAILED_ATTEMPTS = "failed_attempts"
 T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
+
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """The metric a study's task is scored by: its validation / test keys and its name in text."""
+
+    val: str
+    test: str
+    before: str  # a finalist's validation value before fine-tuning
+    label: str  # "mAP" or "accuracy", as the report, `show` and the dashboard notes say it
+
+
+RETRIEVAL_METRIC = TaskMetric(T_VAL_MAP, T_TEST_MAP, T_VAL_MAP_BEFORE, "mAP")
+CLASSIFICATION_METRIC = TaskMetric(T_VAL_ACC, T_TEST_ACC, T_VAL_ACC_BEFORE, "accuracy")
+
+
+def metric_of(task: str | None) -> TaskMetric:
+    """The metric of a study's task (a spec stored without `task` is retrieval)."""
+    return CLASSIFICATION_METRIC if task == "classification" else RETRIEVAL_METRIC
+
 
 # --- study system attributes ---------------------------------------------------------------------
 # Only the objective names, under Optuna's own key (what study.set_metric_names writes, which

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from acpsearch.service import keys
 from acpsearch.service.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -33,15 +34,21 @@ def worker_threads(n: int | None = None) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _splits_cached(data_json: str) -> Splits:
+def _splits_cached(data_json: str, task: str = "retrieval") -> Splits:
     from acpsearch.hashing.data import splits_from_data
 
+    if task == "classification":
+        from acpsearch.service.classify import classifier_splits
+
+        return classifier_splits(json.loads(data_json))
     return splits_from_data(json.loads(data_json))
 
 
 def load_splits(spec: StudySpec) -> Splits:
-    """The protocol splits of a spec (cached per process)."""
-    return _splits_cached(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
+    """The protocol splits of a spec (cached per process); a classification study's test split
+    is in `query` (service.classify.classifier_splits)."""
+    data_json = json.dumps(spec.data.model_dump(mode="json"), sort_keys=True)
+    return _splits_cached(data_json, spec.task) if spec.task == "classification" else _splits_cached(data_json)
 
 
 def light_splits(splits: Splits) -> Splits:
@@ -132,7 +139,7 @@ def build_ranker(
         ctx["probe_X"] = splits.val[0][:1000]
     if device is not None and torch.device(device).type != "cpu" and name in ("adaptive_bn", "code_agreement"):
         ctx["device"] = device
-    return graph, make_ranker(name, **ctx)
+    return graph, make_ranker(name, task=spec.task, **ctx)
 
 
 class RankerWorker:
@@ -181,14 +188,14 @@ def finetune_trainable(
     allow_factories: Any = None,
 ) -> None:
     """Ray Tune function trainable: prune the base net to one finalist, fine-tune it with the hash
-    loss, report val mAP every epoch (ASHA may stop it there). The best epoch is written to
-    `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
+    loss (a classifier: cross-entropy), report val mAP (a classifier: val top-1) every epoch (ASHA
+    may stop it there). The best epoch is written to `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
     from ray import tune
 
     from acpsearch.checkpoint import model_from_checkpoint, save_checkpoint
     from acpsearch.devices import resources_of, worker_device
     from acpsearch.graph import ChannelGraph
-    from acpsearch.hashing import train_hash_net, validation_map
+    from acpsearch.hashing import train_hash_net
     from acpsearch.pruning import PruningStrategy, make_record, prune
 
     assert ckpt is not None and spec is not None and splits is not None
@@ -203,8 +210,9 @@ def finetune_trainable(
     net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
+    metric = keys.metric_of(spec.task)
     best = {"val": -1.0}
-    v0 = validation_map(net, splits)  # step 0: the pruned net before fine-tuning
+    v0 = _val_score(net, splits, spec)  # step 0: the pruned net before fine-tuning
 
     def save(val: float, epoch: int) -> None:
         save_checkpoint(
@@ -216,7 +224,7 @@ def finetune_trainable(
             meta={
                 **(ckpt.get("meta") or {}),
                 "candidate": fin["number"],
-                "val_map": val,
+                metric.val: val,
                 "epoch": epoch,
                 "finetune": spec.finetune.model_dump(mode="json"),
             },
@@ -225,32 +233,45 @@ def finetune_trainable(
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:12]
-    save(v0, 0)
-    best["val"] = v0
-    tune.report({"val_map": float(v0), "epoch": 0, "best_val_map": float(v0), "node": node, "device": device.type})
 
     def on_epoch(epoch: int, val: float) -> bool:
-        if not math.isnan(val) and val > best["val"]:
+        if epoch == 0 or (not math.isnan(val) and val > best["val"]):
             best["val"] = val
             save(val, epoch)
         tune.report(
             {
-                "val_map": float(val),
+                metric.val: float(val),
                 "epoch": epoch,
-                "best_val_map": float(best["val"]),
+                f"best_{metric.val}": float(best["val"]),
                 "node": node,
                 "device": device.type,
             }
         )
         return False
 
-    recipe = finetune_recipe(spec)
+    on_epoch(0, v0)
     teacher = (
         model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
-        if recipe["distill"] > 0
+        if spec.finetune.distill > 0
         else None
     )
-    train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **recipe)
+    if spec.task == "classification":
+        from acpsearch.service import classify
+
+        classify.train(net, splits, spec, finetune=True, callback=on_epoch, teacher=teacher, device=device)
+    else:
+        train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **finetune_recipe(spec))
+
+
+def _val_score(net: torch.nn.Module, splits: Any, spec: StudySpec) -> float:
+    """The validation value a finalist is scored by: val mAP, or a classifier's val top-1."""
+    if spec.task == "classification":
+        from acpsearch.service.classify import accuracy
+
+        return accuracy(net, splits.val, "val")["val_acc"]
+    from acpsearch.hashing import validation_map
+
+    return float(validation_map(net, splits))
 
 
 def finetune_recipe(spec: StudySpec) -> dict[str, Any]:
@@ -289,6 +310,8 @@ def evaluate_checkpoint(
     splits = load_splits(spec)
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, source=f"checkpoint {path!r}", allow_factories=allow_factories)
+    if spec.task == "classification":
+        return _evaluate_classifier(model, ckpt, splits, latency)
     # One encoding of query + database serves mAP@all, mAP@k and the PR curve (hashing.evaluate
     # would encode them again; the database is most of the cost).
     q = encode(model, splits.query[0])
@@ -306,6 +329,18 @@ def evaluate_checkpoint(
     }
     if pr_curve:
         out["pr_curve"] = _pr_to_lists(precision_recall_curve(q, db, ql, dl))
+    if latency:
+        out["latency_ms"] = round(measure_latency_ms(model, ckpt["input_shape"]), 3)
+    return out
+
+
+def _evaluate_classifier(model: torch.nn.Module, ckpt: dict[str, Any], splits: Any, latency: bool) -> dict[str, Any]:
+    """A classifier's val / test accuracy (top-5 with 20 or more classes), cost and latency."""
+    from acpsearch.pruning import measure_cost
+    from acpsearch.service.classify import evaluate
+
+    cost = measure_cost(model, example_input(ckpt))
+    out: dict[str, Any] = {**evaluate(model, splits), "flops": int(cost.flops), "params": int(cost.params)}
     if latency:
         out["latency_ms"] = round(measure_latency_ms(model, ckpt["input_shape"]), 3)
     return out

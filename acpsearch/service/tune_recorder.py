@@ -21,10 +21,11 @@ def _trial_error(trial: Any) -> str:
 
 
 class TuneRecorder:
-    """Ray Tune callback on the driver: writes each reported val mAP of a finalist into its
-    Optuna trial as an intermediate value (live curves in the dashboard)."""
+    """Ray Tune callback on the driver: writes each reported val mAP (a classifier: val top-1,
+    `metric` val_acc) of a finalist into its Optuna trial as an intermediate value (live curves in
+    the dashboard)."""
 
-    def __init__(self, storage: Any, trial_ids: dict[int, int]) -> None:
+    def __init__(self, storage: Any, trial_ids: dict[int, int], metric: str = "val_map") -> None:
         from ray.tune import Callback
 
         recorder = self
@@ -47,6 +48,7 @@ class TuneRecorder:
         self.callback = _CB()
         self.storage = storage
         self.trial_ids = trial_ids
+        self.metric = metric
         self.reported: dict[int, int] = {}
         self.completed: set[int] = set()
         self.errors: dict[int, str] = {}
@@ -64,7 +66,7 @@ class TuneRecorder:
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         number = trial.config["finalist"]["number"]
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        val = result.get("val_map")
+        val = result.get(self.metric)
         if val is not None and math.isfinite(val):
             self.storage.set_trial_intermediate_value(self.trial_ids[number], epoch, float(val))
         self.reported[number] = max(self.reported.get(number, -1), epoch)

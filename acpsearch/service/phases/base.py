@@ -14,6 +14,10 @@ from acpsearch.service.inputs import build_model, make_space, read_base_checkpoi
 from acpsearch.service.progress import clean
 
 NAME = "base"
+_METRICS = {
+    "retrieval": ("val_map", "test_map", "test_map_topk", "topk", "latency_ms", "pr_curve"),
+    "classification": ("val_acc", "test_acc", "val_acc_top5", "test_acc_top5", "latency_ms"),
+}
 
 
 def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
@@ -27,6 +31,8 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     path = ctx.dir() / "base.pt"
     if ctx.spec.model.checkpoint:
         model, trained = _from_checkpoint(ctx, path), None
+    elif ctx.spec.task == "classification":
+        model, trained = _train_classifier(ctx, path)
     else:
         model, trained = _train(ctx, path)
     ckpt = read_checkpoint(path)
@@ -44,7 +50,7 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
             groups=len(g.groups),
             source="checkpoint" if ctx.spec.model.checkpoint else "trained",
             training=trained,
-            **clean({k: ev.get(k) for k in ("val_map", "test_map", "test_map_topk", "topk", "latency_ms", "pr_curve")}),
+            **clean({k: ev.get(k) for k in _METRICS[ctx.spec.task]}),
         )
     )
 
@@ -54,7 +60,8 @@ def _from_checkpoint(ctx: StudyRun, path: Path) -> Any:
     from acpsearch.checkpoint import model_from_checkpoint, save_checkpoint
 
     ctx.reporter.phase("base: loading checkpoint")
-    ckpt = read_base_checkpoint(ctx.spec, ctx.splits.input_shape, allow_factories=ctx.allow)
+    shape, classes = ctx.splits.input_shape, ctx.splits.num_classes
+    ckpt = read_base_checkpoint(ctx.spec, shape, allow_factories=ctx.allow, classes=classes)
     model = model_from_checkpoint(ckpt, allow_factories=ctx.allow)
     # meta.preprocess: the normalisation this run feeds the network (data.normalize)
     save_checkpoint(
@@ -122,6 +129,47 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
             "preprocess": dict(ctx.splits.preprocess),
         },
     )
+    return model, trained
+
+
+def _train_classifier(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
+    """A classification study's zoo classifier trained with cross-entropy on the train split (best
+    epoch by validation top-1), saved as base.pt; (model, training record)."""
+    from acpsearch.checkpoint import save_checkpoint
+    from acpsearch.devices import resolve_device, seed_everything
+    from acpsearch.service import classify
+
+    shape = ctx.splits.input_shape
+    tr = ctx.spec.train
+    device = resolve_device(tr.device, "train.device")
+    ctx.reporter.phase("base: training a classifier", total=tr.epochs)
+    seed_everything(ctx.spec.data.protocol.seed)
+    model, cfg = build_model(ctx.spec, shape, allow_factories=ctx.allow, classes=ctx.splits.num_classes)
+
+    def on_epoch(epoch: int, val: float) -> bool:
+        ctx.reporter.advance(1, val_acc=val)
+        ctx.check()
+        return False
+
+    res = classify.train(model, ctx.splits, ctx.spec, finetune=False, callback=on_epoch, device=device)
+    model = res.model.to("cpu")
+    trained = {
+        "epochs": res.epochs_run,
+        "best_epoch": res.best_epoch,
+        "seconds": round(res.seconds, 2),
+        "device": str(device),
+        "history": classify.history(res),
+    }
+    meta = {
+        "dataset": ctx.spec.data.dataset,
+        "task": "classification",
+        "classes": ctx.splits.num_classes,
+        "loss": tr.loss,
+        "label_smoothing": tr.label_smoothing,
+        "trained_by": ctx.name,
+        "preprocess": dict(ctx.splits.preprocess),
+    }
+    save_checkpoint(path, model, cfg, [1, *shape], meta=meta)
     return model, trained
 
 

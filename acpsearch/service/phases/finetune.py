@@ -86,14 +86,14 @@ def _add_trials(ctx: StudyRun, ft_study: Any, todo: list[Any]) -> dict[int, int]
     return trial_ids
 
 
-def _scheduler(ft: Any) -> Any:
-    """ASHA (finetune.early_stop: asha) or FIFO."""
+def _scheduler(ft: Any, metric: str = keys.T_VAL_MAP) -> Any:
+    """ASHA (finetune.early_stop: asha) on the validation `metric`, or FIFO."""
     if ft.early_stop == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(
             time_attr="training_iteration",
-            metric="val_map",
+            metric=metric,
             mode="max",
             max_t=ft.epochs + 1,
             grace_period=min(2, ft.epochs + 1),
@@ -114,7 +114,8 @@ def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int
     from acpsearch.devices import check_cluster_fits, resources_of, trial_resources
     from acpsearch.service.tasks import finetune_trainable, light_splits
 
-    recorder = TuneRecorder(ctx.storage, trial_ids)
+    metric = keys.metric_of(ctx.spec.task).val
+    recorder = TuneRecorder(ctx.storage, trial_ids, metric=metric)
     # every finalist trial asks for finetune.resources ({cpu: 1} as before; gpu > 0: it trains on
     # cuda, on the GPU share Ray gives it); a request no node can meet would wait forever
     check_cluster_fits(ray_mod.cluster_resources(), resources_of(ctx.spec.finetune), "finetune.resources")
@@ -138,7 +139,7 @@ def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            scheduler=_scheduler(ctx.spec.finetune), max_concurrent_trials=max(1, ctx.workers), reuse_actors=False
+            scheduler=_scheduler(ctx.spec.finetune, metric), max_concurrent_trials=max(1, ctx.workers), reuse_actors=False
         ),
         run_config=tune.RunConfig(
             name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
@@ -202,11 +203,10 @@ def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], 
     epochs_run = max(curve)
     stopped = epochs_run < ctx.spec.finetune.epochs
     best_val = max(curve.values())
+    metric = keys.metric_of(ctx.spec.task)
     attrs = {
-        keys.T_VAL_MAP: best_val,
-        keys.T_TEST_MAP: ev["test_map"],
-        keys.T_TEST_MAP_TOPK: ev["test_map_topk"],
-        keys.T_TOPK: ev["topk"],
+        metric.val: best_val,
+        **_test_attrs(ev, ctx.spec.task),
         keys.T_MEASURED_FLOPS: ev["flops"],
         keys.T_MEASURED_PARAMS: ev["params"],
         keys.T_MEASURED_FLOPS_RATIO: ev["flops"] / full.flops,
@@ -214,7 +214,7 @@ def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], 
         keys.T_LATENCY_MS: ev.get("latency_ms"),
         keys.T_EPOCHS_RUN: epochs_run,
         keys.T_STOPPED_EARLY: stopped,
-        keys.T_VAL_MAP_BEFORE: curve.get(0),
+        metric.before: curve.get(0),
         keys.T_PATH: str(path),
         keys.T_PR_CURVE: ev.get("pr_curve"),
     }
@@ -224,3 +224,14 @@ def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], 
         ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.PRUNED)
     else:
         ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE, [best_val])
+
+
+def _test_attrs(ev: dict[str, Any], task: str) -> dict[str, Any]:
+    """A finalist's test metrics (and a classifier's top-5 ones) as trial attributes."""
+    if task == "classification":
+        return {k: ev.get(k) for k in (keys.T_TEST_ACC, keys.T_VAL_ACC_TOP5, keys.T_TEST_ACC_TOP5)}
+    return {
+        keys.T_TEST_MAP: ev["test_map"],
+        keys.T_TEST_MAP_TOPK: ev["test_map_topk"],
+        keys.T_TOPK: ev["topk"],
+    }

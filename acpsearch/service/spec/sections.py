@@ -192,7 +192,9 @@ class _Augmentation(_Section):
 class TrainSpec(_Augmentation):
     """How the base network is trained when model.checkpoint is not given."""
 
+    # a hash loss (retrieval) or cross-entropy (classification: its default, spec/task.py)
     loss: choice(LOSSES) = "csq"  # type: ignore[valid-type]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0  # classification only
     epochs: Epochs = 20
     lr: LearningRate = 0.001
     batch_size: BatchSize = 128
@@ -310,7 +312,8 @@ class FinetuneSpec(_Augmentation):
     """How the finalists are fine-tuned; `augment` lets them use the base network's recipe
     (whether it pays depends on the structure: benchmarks/results/finetune_recipe_aug8.jsonl);
     `distill` > 0 adds that weight times the distance of the finalist's codes to the unpruned
-    network's (MSE of tanh outputs) to the hash loss."""
+    network's (MSE of tanh outputs) to the hash loss; for a classifier it is the weight alpha (in
+    [0, 1]) of the temperature-softened KL distillation from the unpruned network."""
 
     top: Finalists = 4
     epochs: Epochs = 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import annotated_types
 import yaml
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from acpsearch.errors import SpecError
 from acpsearch.errors import echo as _fmt
 from acpsearch.service.spec.fields import NAME_RE, _Section, valid_name
+from acpsearch.service.spec.task import TASKS, check_task_options, task_free
 from acpsearch.service.spec.sections import (
     BudgetSpec,
     DataSpec,
@@ -35,6 +36,7 @@ class StudySpec(_Section):
     """A whole study: what to prune, on which data, under which budget, and how to search."""
 
     name: str | None = None
+    task: Literal[TASKS] = "retrieval"  # type: ignore[valid-type]
     model: ModelSpec
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -53,6 +55,7 @@ class StudySpec(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
+        check_task_options(self)
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
@@ -66,7 +69,7 @@ class StudySpec(_Section):
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what is stored in the study's user attributes)."""
-        return self.model_dump(mode="json")
+        return task_free(self.model_dump(mode="json"))
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
