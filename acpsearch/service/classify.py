@@ -32,7 +32,12 @@ def classifier_splits(data: dict[str, Any]) -> Splits:
     ds = load_dataset(
         data["dataset"],
         data.get("path"),
-        **{k: data.get(k) for k in ("train_list", "database_list", "test_list", "val_list", "root", "image_size")},
+        train_list=data.get("train_list"),
+        database_list=data.get("database_list"),
+        test_list=data.get("test_list"),
+        val_list=data.get("val_list"),
+        root=data.get("root"),
+        image_size=data.get("image_size"),
         stream=False,
         seed=seed,
     )
@@ -145,4 +150,3 @@ def train(
 
 def history(res: Any) -> list[float | None]:
     return [round(h["val_top1"], 4) if math.isfinite(h["val_top1"]) else None for h in res.history]
-

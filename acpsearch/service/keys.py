@@ -114,7 +114,6 @@ T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
 
 
-
 @dataclass(frozen=True)
 class TaskMetric:
     """The metric a study's task is scored by: its validation / test keys and its name in text."""

@@ -67,6 +67,38 @@ def latency_row(b: dict[str, Any], w: dict[str, Any]) -> tuple[str, str, str]:
     return _fmt(bl, 2), _fmt(wl, 2), speedup(bl, wl)
 
 
+# the base network's metrics in the report, per task (by its validation key)
+_BASE_METRICS = {
+    keys.T_VAL_MAP: ("test_map", "test_map_topk", "topk", "val_map"),
+    keys.T_VAL_ACC: (keys.T_TEST_ACC, keys.T_TEST_ACC_TOP5, keys.T_VAL_ACC, keys.T_VAL_ACC_TOP5),
+}
+
+
+def metric_rows(m: keys.TaskMetric, topk: Any) -> list[tuple[str, str]]:
+    """(label, key) of the base-vs-winner rows of the task's metric."""
+    if m.val == keys.T_VAL_MAP:
+        return [("test mAP@all", "test_map"), (f"test mAP@{topk}", "test_map_topk"), ("val mAP", "val_map")]
+    return [
+        ("test accuracy (top-1)", keys.T_TEST_ACC),
+        ("test accuracy (top-5)", keys.T_TEST_ACC_TOP5),
+        ("val accuracy (top-1)", keys.T_VAL_ACC),
+    ]
+
+
+def _how_tested(m: keys.TaskMetric) -> str:
+    where = "query set vs database" if m.val == keys.T_VAL_MAP else "the test split"
+    return (
+        f"Test {m.label}: {where} (never used for selection); the winner is the finalist with "
+        f"the best validation {m.label}."
+    )
+
+
+def _network(spec: dict[str, Any]) -> str:
+    if spec.get("task", "retrieval") == "classification":
+        return "classifier"
+    return f"{(spec.get('model') or {}).get('bits')} bits"
+
+
 def build_report(study: Any, storage: Any) -> dict[str, Any]:
     """Everything the report shows, read from the storage (works for any finished study)."""
     import optuna
@@ -78,6 +110,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         winner["ratios"] = st.round_ratios(winner["ratios"])
     phases = {p: (attrs.get(keys.phase(p)) or {}).get("seconds") for p in st.PHASES}
     ft_name = attrs.get(keys.FINETUNE_STUDY)
+    m = keys.metric_of((attrs.get(keys.SPEC) or {}).get("task"))
     finalists: list[dict[str, Any]] = []
     if ft_name:
         ft = optuna.load_study(study_name=ft_name, storage=storage)
@@ -90,8 +123,8 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
                     "source": st.source(t),
                     "state": t.state.name,
                     "score": u.get(keys.T_SCORE),
-                    "val_map": u.get(keys.T_VAL_MAP),
-                    "test_map": u.get(keys.T_TEST_MAP),
+                    m.val: u.get(m.val),
+                    m.test: u.get(m.test),
                     "flops_ratio": u.get(keys.T_FLOPS_RATIO),
                     "winner": bool(u.get(keys.T_WINNER)),
                     "params_ratio": u.get(keys.T_PARAMS_RATIO),
@@ -106,10 +139,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         "study": study.study_name,
         "finetune_study": ft_name,
         "spec": attrs.get(keys.SPEC),
-        "base": {
-            k: base.get(k)
-            for k in ("test_map", "test_map_topk", "topk", "val_map", "flops", "params", "latency_ms", "source", "path")
-        },
+        "base": {k: base.get(k) for k in (*_BASE_METRICS[m.val], "flops", "params", "latency_ms", "source", "path")},
         "winner": winner,
         "finalists": finalists,
         "candidates": len(complete),
@@ -125,10 +155,11 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     spec = rep.get("spec") or {}
     model = (spec.get("model") or {}).get("zoo") or (spec.get("model") or {}).get("factory")
     budget = {k: v for k, v in (spec.get("budget") or {}).items() if v is not None}
+    m = keys.metric_of(spec.get("task"))
     lines = [
         f"# {rep['study']}",
         "",
-        f"**{model}** ({(spec.get('model') or {}).get('bits')} bits) on **{(spec.get('data') or {}).get('dataset')}**, "
+        f"**{model}** ({_network(spec)}) on **{(spec.get('data') or {}).get('dataset')}**, "
         f"budget {budget}, {rep['candidates']} candidates ranked by "
         f"`{(spec.get('search') or {}).get('ranker')}`"
         + (f", re-ranked by `{spec['search']['rerank']}`" if (spec.get("search") or {}).get("rerank") else "")
@@ -146,7 +177,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
         ranker = (spec.get("search") or {}).get("ranker")
         lines += [
             f"**Winner: trial {w['finetune_trial']} of `{ft_name}`** (fine-tuned candidate {w.get('candidate')}), "
-            f"chosen by validation mAP {_fmt(w.get('val_map'))}; test mAP {_fmt(w.get('test_map'))} is reported, "
+            f"chosen by validation {m.label} {_fmt(w.get(m.val))}; test {m.label} {_fmt(w.get(m.test))} is reported, "
             "never used to choose.",
             "",
             f"_Best Trial here = highest ranker score (`{ranker}`), not the winner; the winner is trial "
@@ -154,14 +185,10 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
             "",
         ]
     lines += ["| | base | winner | change |", "|---|---|---|---|"]
-    topk = b.get("topk") or w.get("topk")
-    rows = [
-        ("test mAP@all", "test_map", False, 4),
-        (f"test mAP@{topk}", "test_map_topk", False, 4),
-        ("val mAP", "val_map", False, 4),
-    ]
-    for label, key, _, d in rows:
-        lines.append(f"| {label} | {_fmt(b.get(key), d)} | {_fmt(w.get(key), d)} | {_change(b.get(key), w.get(key))} |")
+    for label, key in metric_rows(m, b.get("topk") or w.get("topk")):
+        if key in (keys.T_TEST_ACC_TOP5,) and b.get(key) is None and w.get(key) is None:
+            continue  # top-5 only with 20 or more classes
+        lines.append(f"| {label} | {_fmt(b.get(key), 4)} | {_fmt(w.get(key), 4)} | {_change(b.get(key), w.get(key))} |")
     wf, wp = w.get("measured_flops"), w.get("measured_params")
     lines.append(f"| FLOPs (MACs) | {_fmt(b.get('flops'))} | {_fmt(wf)} | {_change(b.get('flops'), wf, True)} |")
     lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
@@ -169,12 +196,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     rounds = (w.get("latency_compare") or {}).get("rounds")
     how = f"; median of {rounds} interleaved rounds, IQR" if rounds else ""
     lines.append(f"| latency (ms, batch 32, 1 thread{how}) | {lb} | {lw} | {speed} |")
-    lines += [
-        "",
-        "Test mAP: query set vs database (never used for selection); the winner is the finalist with "
-        "the best validation mAP.",
-        "",
-    ]
+    lines += ["", _how_tested(m), ""]
     ratios = w.get("ratios") or {}
     kept = w.get("kept") or {}
     if ratios:
@@ -192,15 +214,16 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
         lines += [
             "## Finalists (fine-tuned)",
             "",
-            "| trial | candidate | from | state | score | val mAP | test mAP | FLOPs ratio | latency ms | epochs |",
+            f"| trial | candidate | from | state | score | val {m.label} | test {m.label} | FLOPs ratio | latency ms "
+            "| epochs |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for f in rep["finalists"]:
             won = " (winner)" if f.get("winner") or f["trial"] == w.get("finetune_trial") else ""
             lines.append(
                 f"| {f['trial']}{won} | {f['candidate']} | {f.get('source', 'search')} | {f['state']} "
-                f"| {_fmt(f['score'])} | {_fmt(f['val_map'])} "
-                f"| {_fmt(f['test_map'])} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
+                f"| {_fmt(f['score'])} | {_fmt(f.get(m.val))} "
+                f"| {_fmt(f.get(m.test))} | {_fmt(f['flops_ratio'], 3)} | {_fmt(f['latency_ms'], 2)} "
                 f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |"
             )
         lines.append("")
@@ -264,6 +287,8 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
     fig = go.Figure(go.Bar(x=list(ratios), y=list(ratios.values())))
     fig.update_layout(title="keep ratio per channel group (winner)", yaxis_title="keep ratio", yaxis_range=[0, 1.05])
     figs.append(fig)
+    if ((rep.get("spec") or {}).get("task") or "retrieval") != "retrieval":
+        return figs  # a classifier has no precision-recall curve
     curves = {
         "base": (study.user_attrs.get(keys.phase("base")) or {}).get("pr_curve"),
         "winner": (rep["winner"] or {}).get("pr_curve") or _winner_curve(study, rep),

@@ -32,10 +32,11 @@ FINETUNE_OBJECTIVE = "val_map"
 RATIO_DIGITS = 4  # keep ratios are stored and shown with this many decimals (0.6000000000000001 -> 0.6)
 
 
-def objective_name(ranker: str) -> str:
+def objective_name(ranker: str, label: str = "mAP") -> str:
     """The search study's objective as optuna-dashboard shows it: a ranker score, not mAP (its
-    "Best Trial" is the best-scored candidate, not the winner; the winner is chosen by val mAP)."""
-    return f"{ranker} score (ranker, not mAP)"
+    "Best Trial" is the best-scored candidate, not the winner; the winner is chosen by val mAP);
+    `label` is the task's metric (keys.TaskMetric.label: mAP or accuracy)."""
+    return f"{ranker} score (ranker, not {label})"
 
 
 CANDIDATE_OBJECTIVE = objective_name("similarity")
@@ -156,7 +157,8 @@ def submit(storage: BaseStorage, spec: StudySpec, name: str | None = None) -> st
         keys.SUBMITTED_AT: now_iso(),
     }
     try:
-        _create_with_attrs(storage, name, attrs, [objective_name(spec.search.ranker)])
+        label = keys.metric_of(spec.task).label
+        _create_with_attrs(storage, name, attrs, [objective_name(spec.search.ranker, label)])
     except optuna.exceptions.DuplicatedStudyError:
         raise SpecError(f"name: a study named {name!r} already exists in this storage (use --name)") from None
     return name
@@ -236,9 +238,10 @@ def finetune_study(storage: BaseStorage, parent: Study) -> Study:
     import optuna
 
     name = parent.study_name + FINETUNE_SUFFIX
+    objective = keys.metric_of((parent.user_attrs.get(keys.SPEC) or {}).get("task")).val  # FINETUNE_OBJECTIVE
     try:
         return _create_with_attrs(
-            storage, name, {keys.KIND: FINETUNE_KIND, keys.PARENT: parent.study_name}, [FINETUNE_OBJECTIVE]
+            storage, name, {keys.KIND: FINETUNE_KIND, keys.PARENT: parent.study_name}, [objective]
         )
     except optuna.exceptions.DuplicatedStudyError:
         pass
@@ -306,4 +309,12 @@ def summarize(frozen_or_study: Study | FrozenStudy, storage: BaseStorage) -> dic
         "winner_flops_ratio": winner.get("flops_ratio"),
         "submitted_at": attrs.get(keys.SUBMITTED_AT),
         "error": attrs.get(keys.ERROR),
+        **_task_summary(spec, winner),
     }
+
+
+def _task_summary(spec: dict[str, Any], winner: dict[str, Any]) -> dict[str, Any]:
+    """A classification study's task and winner accuracy (nothing for a retrieval study)."""
+    if spec.get("task", "retrieval") == "retrieval":
+        return {}
+    return {"task": spec["task"], "winner_test_acc": winner.get(keys.T_TEST_ACC)}

@@ -189,7 +189,8 @@ def finetune_trainable(
 ) -> None:
     """Ray Tune function trainable: prune the base net to one finalist, fine-tune it with the hash
     loss (a classifier: cross-entropy), report val mAP (a classifier: val top-1) every epoch (ASHA
-    may stop it there). The best epoch is written to `out_dir/finalist-<number>.pt` BEFORE it is reported, so a stopped trial keeps its best model."""
+    may stop it there). The best epoch is written to `out_dir/finalist-<number>.pt` BEFORE it is
+    reported, so a stopped trial keeps its best model."""
     from ray import tune
 
     from acpsearch.checkpoint import model_from_checkpoint, save_checkpoint

@@ -139,7 +139,9 @@ def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            scheduler=_scheduler(ctx.spec.finetune, metric), max_concurrent_trials=max(1, ctx.workers), reuse_actors=False
+            scheduler=_scheduler(ctx.spec.finetune, metric),
+            max_concurrent_trials=max(1, ctx.workers),
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",

@@ -15,6 +15,12 @@ from acpsearch.service.context import Record, StudyRun
 from acpsearch.service.progress import clean
 
 NAME = "select"
+# the metrics copied flat into the study's attributes (winner.KEY, base.KEY) per task
+_HEADLINE = {
+    "retrieval": (keys.T_TEST_MAP, keys.T_TEST_MAP_TOPK, keys.T_VAL_MAP),
+    "classification": (keys.T_TEST_ACC, keys.T_VAL_ACC, keys.T_TEST_ACC_TOP5, keys.T_VAL_ACC_TOP5),
+}
+_OPTIONAL = (keys.T_TEST_ACC_TOP5, keys.T_VAL_ACC_TOP5)  # stored only with 20 or more classes
 
 
 def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
@@ -23,10 +29,11 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     import optuna
 
     ft_study = st.finetune_study(ctx.storage, ctx.study)
+    metric = keys.metric_of(ctx.spec.task)
     complete = [
         t
         for t in ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get(keys.T_VAL_MAP) is not None
+        if t.user_attrs.get(metric.val) is not None
     ]
     if not complete:
         raise RuntimeError("select: no COMPLETE finalist to choose from")
@@ -55,14 +62,13 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
         winner["latency_compare"] = cmp
     _store_winner(ctx, winner, base_rec, cmp)
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
-    return Record(
-        {"winner": best.number, "finalists": {str(t.number): t.user_attrs.get(keys.T_VAL_MAP) for t in complete}}
-    )
+    return Record({"winner": best.number, "finalists": {str(t.number): t.user_attrs.get(metric.val) for t in complete}})
 
 
 def _choose(ctx: StudyRun, ft_study: Any, complete: list[Any]) -> Any:
-    """The finalist with the best val mAP; of those tied, the one Optuna names best."""
-    best = max(complete, key=lambda t: (t.user_attrs[keys.T_VAL_MAP], -t.number))
+    """The finalist with the best val mAP (val accuracy); of those tied, the one Optuna names best."""
+    val = keys.metric_of(ctx.spec.task).val
+    best = max(complete, key=lambda t: (t.user_attrs[val], -t.number))
     # optuna-dashboard's "Best Trial" of NAME.finetune is Optuna's best trial (COMPLETE, value = val mAP):
     # among finalists tied on val mAP, take the one Optuna names, so that the two are the same trial
     try:
@@ -70,17 +76,13 @@ def _choose(ctx: StudyRun, ft_study: Any, complete: list[Any]) -> Any:
     except ValueError:
         optuna_best = None
     if optuna_best is not None and optuna_best.number != best.number:
-        tied = [
-            t
-            for t in complete
-            if t.number == optuna_best.number and t.user_attrs[keys.T_VAL_MAP] == best.user_attrs[keys.T_VAL_MAP]
-        ]
+        tied = [t for t in complete if t.number == optuna_best.number and t.user_attrs[val] == best.user_attrs[val]]
         if tied:
             best = tied[0]
         else:
             ctx.reporter.log(
                 f"select: trial {optuna_best.number} of {ft_study.study_name} has the best stored value "
-                f"but not the best val_map; the winner is trial {best.number} (by val_map)"
+                f"but not the best {val}; the winner is trial {best.number} (by {val})"
             )
     return best
 
@@ -90,6 +92,7 @@ def _export(ctx: StudyRun, best: Any) -> Path:
     from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 
     winner_path = ctx.dir() / "winner.pt"
+    metric = keys.metric_of(ctx.spec.task)
     ck = read_checkpoint(best.user_attrs[keys.T_PATH])
     save_checkpoint(
         winner_path,
@@ -101,8 +104,8 @@ def _export(ctx: StudyRun, best: Any) -> Path:
             **(ck.get("meta") or {}),
             "study": ctx.name,
             "finetune_trial": best.number,
-            "val_map": best.user_attrs[keys.T_VAL_MAP],
-            "test_map": best.user_attrs.get(keys.T_TEST_MAP),
+            metric.val: best.user_attrs[metric.val],
+            metric.test: best.user_attrs.get(metric.test),
         },
     )
     return winner_path
@@ -114,9 +117,7 @@ def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any
     # Flat copies of the headline numbers: optuna-dashboard cuts long attribute values (~1000 chars)
     # in its tables, so the nested dicts alone would be unreadable there.
     for key in (
-        keys.T_TEST_MAP,
-        keys.T_TEST_MAP_TOPK,
-        keys.T_VAL_MAP,
+        *_HEADLINE[ctx.spec.task],
         keys.T_FLOPS_RATIO,
         keys.T_PARAMS_RATIO,
         keys.T_LATENCY_MS,
@@ -125,9 +126,11 @@ def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any
         "finetune_trial",
         keys.T_CANDIDATE,
     ):
-        ctx.study.set_user_attr(keys.winner(key), clean(winner.get(key)))
-    for key in ("test_map", "test_map_topk", "val_map", "flops", "params", "latency_ms"):
-        ctx.study.set_user_attr(keys.base(key), clean(base_rec.get(key)))
+        if key not in _OPTIONAL or winner.get(key) is not None:
+            ctx.study.set_user_attr(keys.winner(key), clean(winner.get(key)))
+    for key in (*_HEADLINE[ctx.spec.task], "flops", "params", "latency_ms"):
+        if key not in _OPTIONAL or base_rec.get(key) is not None:
+            ctx.study.set_user_attr(keys.base(key), clean(base_rec.get(key)))
     if cmp is not None:  # the comparison to read (the separate latency_ms values above are minutes apart)
         from acpsearch.service.report import latency_row
 
@@ -163,26 +166,27 @@ def _compare_base_winner(ctx: StudyRun, base_rec: dict[str, Any], winner_path: P
     }
 
 
-def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any]) -> str:
+def winner_note(ft_name: str, best: Any, cand: Any, complete: list[Any], task: str | None = None) -> str:
     """The note of the winning fine-tune trial (markdown, short lines: the dashboard's note box
-    does not wrap long ones): it is the winner, and why."""
+    does not wrap long ones): it is the winner, and why (in the task's metric: mAP or accuracy)."""
+    m = keys.metric_of(task)
     u = best.user_attrs
     lines = [
         "## Winner",
         "",
         f"This finalist is the **winner** of `{ft_name[: -len(st.FINETUNE_SUFFIX)]}`.",
         "",
-        f"- chosen by **validation mAP {_f4(u.get(keys.T_VAL_MAP))}**, the best of the fully fine-tuned finalists",
+        f"- chosen by **validation {m.label} {_f4(u.get(m.val))}**, the best of the fully fine-tuned finalists",
     ]
     lines += [
-        f"  - trial {t.number}: val mAP {_f4(t.user_attrs.get(keys.T_VAL_MAP))}"
+        f"  - trial {t.number}: val {m.label} {_f4(t.user_attrs.get(m.val))}"
         for t in complete
         if t.number != best.number
     ]
     lines += [
-        f"- **test mAP {_f4(u.get(keys.T_TEST_MAP))}**: reported, never used to choose",
+        f"- **test {m.label} {_f4(u.get(m.test))}**: reported, never used to choose",
         f"- pruned structure: candidate trial {cand.number} of the search study",
-        f"  (ranker score {_f4(cand.value)}, not mAP)",
+        f"  (ranker score {_f4(cand.value)}, not {m.label})",
         f"- FLOPs ratio {_f4(u.get(keys.T_MEASURED_FLOPS_RATIO, u.get(keys.T_FLOPS_RATIO)))}",
         "",
     ]
@@ -202,35 +206,38 @@ def mark_winner(
     "Best Trial" is the best-scored candidate, not the winner). The fine-tune study's objective is
     val mAP and only fully fine-tuned finalists (COMPLETE) carry a value, so its best trial is the
     winner (ties: the lowest trial number, as in the select phase)."""
-    ranker = st.study_spec(study).search.ranker
+    spec = st.study_spec(study)
+    ranker, m = spec.search.ranker, keys.metric_of(spec.task)
     storage = adapter.storage_of(study)
     u = best.user_attrs
     st.set_finished_trial_user_attr(storage, adapter.trial_id(best), keys.T_WINNER, True)
     st.set_finished_trial_user_attr(storage, adapter.trial_id(cand), keys.T_WINNER, True)
     if ratios and keys.T_KEEP not in cand.user_attrs:  # an anchor (or an older study's) candidate: rounded ratios
         st.set_finished_trial_user_attr(storage, adapter.trial_id(cand), keys.T_KEEP, st.round_ratios(ratios))
-    st.save_trial_note(ft_study, adapter.trial_id(best), winner_note(ft_study.study_name, best, cand, complete))
+    st.save_trial_note(
+        ft_study, adapter.trial_id(best), winner_note(ft_study.study_name, best, cand, complete, spec.task)
+    )
     st.save_trial_note(
         study,
         adapter.trial_id(cand),
         (
             f"## Winner's structure\n\nThis candidate became the study's **winner**:\n\n"
             f"- fine-tuned as trial {best.number} of `{ft_study.study_name}`\n"
-            f"- chosen by validation mAP {_f4(u.get(keys.T_VAL_MAP))} "
-            f"(test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only)\n"
-            f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not mAP\n"
+            f"- chosen by validation {m.label} {_f4(u.get(m.val))} "
+            f"(test {m.label} {_f4(u.get(m.test))}, reported only)\n"
+            f"- its value here ({_f4(cand.value)}) is the `{ranker}` ranker score, not {m.label}\n"
         ),
     )
-    st.set_objective_names(study, [st.objective_name(ranker)])
+    st.set_objective_names(study, [st.objective_name(ranker, m.label)])
     from optuna_dashboard import save_note
 
     save_note(
         ft_study,
         (
             f"# {ft_study.study_name}\n\nThe finalists of `{study.study_name}`, fine-tuned; "
-            "objective: validation mAP.\n\n"
-            f"**Best Trial here = the winner: trial {best.number}** (val mAP {_f4(u.get(keys.T_VAL_MAP))}, "
-            f"test mAP {_f4(u.get(keys.T_TEST_MAP))}, reported only).\n\n"
+            f"objective: validation {m.label}.\n\n"
+            f"**Best Trial here = the winner: trial {best.number}** (val {m.label} {_f4(u.get(m.val))}, "
+            f"test {m.label} {_f4(u.get(m.test))}, reported only).\n\n"
             "Finalists that early stopping (ASHA) ended are PRUNED and have no value:\n"
             "their partial curves never make them best.\n"
         ),

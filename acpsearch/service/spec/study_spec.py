@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from acpsearch.errors import SpecError
 from acpsearch.errors import echo as _fmt
 from acpsearch.service.spec.fields import NAME_RE, _Section, valid_name
-from acpsearch.service.spec.task import TASKS, check_task_options, task_free
 from acpsearch.service.spec.sections import (
     BudgetSpec,
     DataSpec,
@@ -30,6 +29,7 @@ from acpsearch.service.spec.sections import (
     SpaceSpec,
     TrainSpec,
 )
+from acpsearch.service.spec.task import TASKS, check_task_options, task_free
 
 
 class StudySpec(_Section):

@@ -43,9 +43,7 @@ def _check_classification(spec: Any) -> None:
             ("model", "factory"), model.factory, "a classification study prunes a zoo network: give model.zoo"
         )
     if not isinstance(spec.data.normalize, str):
-        raise _field_error(
-            ("data", "normalize"), "{mean, std}", "a classification study takes 'train' or 'none'"
-        )
+        raise _field_error(("data", "normalize"), "{mean, std}", "a classification study takes 'train' or 'none'")
     if spec.finetune.distill > MAX_DISTILL_ALPHA:
         raise _field_error(
             ("finetune", "distill"),
