@@ -231,7 +231,8 @@ def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], 
 def _test_attrs(ev: dict[str, Any], task: str) -> dict[str, Any]:
     """A finalist's test metrics (and a classifier's top-5 ones) as trial attributes."""
     if task == "classification":
-        return {k: ev.get(k) for k in (keys.T_TEST_ACC, keys.T_VAL_ACC_TOP5, keys.T_TEST_ACC_TOP5)}
+        top5 = {k: ev[k] for k in (keys.T_VAL_ACC_TOP5, keys.T_TEST_ACC_TOP5) if k in ev}  # 20+ classes
+        return {keys.T_TEST_ACC: ev.get(keys.T_TEST_ACC), **top5}
     return {
         keys.T_TEST_MAP: ev["test_map"],
         keys.T_TEST_MAP_TOPK: ev["test_map_topk"],
