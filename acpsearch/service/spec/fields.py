@@ -25,7 +25,7 @@ from acpsearch.service.samplers import SAMPLERS as SAMPLERS  # owned by acpsearc
 DATASETS = DATASET_NAMES
 LIST_KEYS = ("train_list", "database_list", "test_list", "val_list")
 DATASETS_WITH_PATH = ("cifar10", "folder", "npz")
-LOSSES = (*LOSS_NAMES, "cross-entropy")  # hash losses, then the classifier's (spec/task.py)
+LOSSES = LOSS_NAMES  # the hash losses; a classifier's cross-entropy: spec/task.py
 CRITERIA = PRUNING_CRITERIA  # owned by acpsearch.pruning.criteria
 
 

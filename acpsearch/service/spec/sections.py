@@ -38,6 +38,7 @@ from acpsearch.service.spec.fields import (
     _Section,
     choice,
 )
+from acpsearch.service.spec.task import CLASSIFICATION_LOSSES
 
 
 class ModelSpec(_Section):
@@ -203,6 +204,12 @@ class TrainSpec(_Augmentation):
     # where the base network is trained (and the base evaluated) by the runner: auto (cuda when
     # torch sees a GPU), cpu, cuda, cuda:N; `--device` of train / run / worker overrides it
     device: str = "cpu"
+
+    @field_validator("loss", mode="wrap")
+    @classmethod
+    def _loss(cls, v: Any, handler: Any) -> Any:
+        """A hash loss, or a classifier's cross-entropy (which task takes which: spec/task.py)."""
+        return v if isinstance(v, str) and v in CLASSIFICATION_LOSSES else handler(v)
 
     @field_validator("device")
     @classmethod

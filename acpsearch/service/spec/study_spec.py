@@ -36,7 +36,6 @@ class StudySpec(_Section):
     """A whole study: what to prune, on which data, under which budget, and how to search."""
 
     name: str | None = None
-    task: Literal[TASKS] = "retrieval"  # type: ignore[valid-type]
     model: ModelSpec
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -45,6 +44,7 @@ class StudySpec(_Section):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    task: Literal[TASKS] = "retrieval"  # type: ignore[valid-type]  # what the network's output is for
 
     @field_validator("name")
     @classmethod
