@@ -131,7 +131,10 @@ def test_bad_values_name_the_field(path, value, message):
             "search.foo",
             "spec: search.foo: unknown key (allowed: candidates, sampler, workers, seed, ranker, rerank, rerank_top, rounds, elite, anchor, resources)",
         ),
-        ("foo", "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune, task)"),
+        (
+            "foo",
+            "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune, task)",
+        ),
         ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
         ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),
     ],
