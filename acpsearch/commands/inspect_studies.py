@@ -18,6 +18,13 @@ def _status_rows(st_obj: Any) -> list[dict[str, Any]]:
     return [st.summarize(s, st_obj) for s in st.list_search_studies(st_obj)]
 
 
+def _winner_test(row: dict[str, Any]) -> str:
+    """The winner's test metric of a status row: mAP, or a classifier's accuracy (marked `acc`)."""
+    acc = row.get("task") == "classification"
+    v = row.get("winner_test_acc") if acc else row["winner_test_map"]
+    return "–" if v is None else f"{v:.4f}" + (" acc" if acc else "")
+
+
 @app.command()
 def status(
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
@@ -30,7 +37,7 @@ def status(
         out({"storage": redact(url), "studies": rows})
         return
     table = Table(title=f"studies in {redact(url)}")
-    for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test mAP", "FLOPs"):
+    for col in ("name", "state", "model", "dataset", "budget", "candidates", "phases", "winner test", "FLOPs"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -41,7 +48,7 @@ def status(
             ", ".join(f"{k}={v}" for k, v in r["budget"].items()),
             f"{r['candidates']}/{r['candidates_target']}",
             ",".join(r["phases_done"]) or "–",
-            f"{r['winner_test_map']:.4f}" if r["winner_test_map"] is not None else "–",
+            _winner_test(r),
             f"{r['winner_flops_ratio']:.3f}" if r["winner_flops_ratio"] is not None else "–",
         )
     console().print(table)

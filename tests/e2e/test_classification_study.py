@@ -88,6 +88,13 @@ def test_note_and_dashboard_say_accuracy(cls_study, capsys):
     assert study.user_attrs["base.val_acc"] > 0.5
     assert run(["show", "tiny-cls", "--storage", cls_study["url"]]) == 0
     assert "accuracy" in capsys.readouterr().out
+    code, status = _json(capsys, ["status", "--storage", cls_study["url"], "--json"])
+    row = status["studies"][0]
+    assert (
+        code == 0 and row["task"] == "classification" and row["winner_test_acc"] == study.user_attrs["winner.test_acc"]
+    )
+    assert run(["status", "--storage", cls_study["url"]]) == 0
+    assert " acc" in capsys.readouterr().out
 
 
 def test_export_is_a_classifier(cls_study, tmp_path, capsys):
