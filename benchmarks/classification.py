@@ -198,8 +198,17 @@ class Progress:
 
 
 def run_budget(
-    budget: float, base: Any, g: Any, splits: Any, ex: Any, args: argparse.Namespace, prog: Progress
+    budget: float,
+    base: Any,
+    g: Any,
+    splits: Any,
+    ex: Any,
+    args: argparse.Namespace,
+    prog: Progress,
+    block: dict[str, Any],
+    save: Any,
 ) -> dict[str, Any]:
+    """Fill `block` method by method, calling `save()` after each (so a cut-short run leaves results)."""
     from acpsearch.pruning import prune
     from acpsearch.search.space import Budget, DynamicSpace
 
@@ -214,7 +223,6 @@ def run_budget(
     }
     log(f"budget {budget}: structures ready in {time.perf_counter() - t0:.0f}s")
     full = g.cost().flops
-    block: dict[str, Any] = {"budget": budget, "methods": {}}
     for method, strategies in structures.items():
         nets = [prune(base, s, ex) for s in strategies]
         sel: list[dict[str, float]] = []
@@ -237,6 +245,7 @@ def run_budget(
             "test": stats([r["test"] for r in runs]),
             "val": stats([r["val"] for r in runs]),
         }
+        save()
     return block
 
 
@@ -262,6 +271,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     )
     lines.append("| --- | --- | --- | ---: | ---: | ---: | --- |")
     for block in doc["budgets"]:
+        if "acpsearch" not in block["methods"]:
+            continue
         ref = block["methods"]["acpsearch"]["test"]
         for name, m in block["methods"].items():
             st = "—" if name == "acpsearch" else standing(m["test"], ref)
@@ -309,12 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         prog.step(f"unpruned seed {seed}: val {runs[-1]['val']:.4f} test {runs[-1]['test']:.4f}")
     doc["unpruned"] = {"runs": runs, "test": stats([r["test"] for r in runs]), "val": stats([r["val"] for r in runs])}
     write_json(Path(args.out), doc)
-    for budget in budgets:
-        block = run_budget(budget, base, g, splits, ex, args, prog)
-        block["methods"]["unpruned"] = {"flops_ratio": 1.0, "chosen": 0, **doc["unpruned"]}
-        doc["budgets"].append(block)
+
+    def save() -> None:
         doc["seconds"] = time.perf_counter() - t0
         write_json(Path(args.out), doc)
+
+    for budget in budgets:
+        block: dict[str, Any] = {"budget": budget, "methods": {}}
+        doc["budgets"].append(block)
+        run_budget(budget, base, g, splits, ex, args, prog, block, save)
+        block["methods"]["unpruned"] = {"flops_ratio": 1.0, "chosen": 0, **doc["unpruned"]}
+        save()
     md = render_markdown(doc)
     print(md)
     if args.md:
