@@ -17,7 +17,7 @@ from acpsearch.classification.losses import (
 )
 from acpsearch.classification.metrics import accuracy_report, top1_accuracy, topk_accuracy
 from acpsearch.classification.models import CLASSIFIER_NAMES, ZooClassifier, create_classifier
-from acpsearch.classification.splits import ClassificationSplits, classification_splits
+from acpsearch.classification.splits import ClassificationSplits, classification_splits, preprocess_meta
 from acpsearch.classification.train import (
     ClassifierTrainResult,
     evaluate_classifier,
@@ -39,6 +39,7 @@ __all__ = [
     "create_classifier",
     "ClassificationSplits",
     "classification_splits",
+    "preprocess_meta",
     "ClassifierTrainResult",
     "evaluate_classifier",
     "predict_logits",

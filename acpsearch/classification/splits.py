@@ -170,3 +170,17 @@ def classification_splits(
         mean=mean,
         std=std,
     )
+
+
+def preprocess_meta(splits: ClassificationSplits, ds: Dataset, normalize: bool) -> dict[str, object]:
+    """`meta.preprocess` of a classifier trained on `splits` of `ds`: what ``acpsearch.preprocess``
+    applies to raw pixels (the training part's statistics, the data set's scale and resize)."""
+    return {
+        "mean": splits.mean,
+        "std": splits.std,
+        "input_shape": list(splits.input_shape),
+        "divide_by": float(ds.divide_by),
+        "normalize": "train" if normalize else "none",
+        "image_size": ds.image_size,
+        "resize": "shorter-side-center-crop" if ds.image_size else None,
+    }

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from acpsearch.commands.common import print_metrics
 from acpsearch.errors import CheckpointError, DataError, SpecError
 
 CLASSIFICATION_LOSSES = ("cross-entropy",)
@@ -69,33 +69,6 @@ def _acc_rows(report: dict[str, float], prefix: str) -> dict[str, float]:
     return rows
 
 
-def _print(title: str, rows: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows.items():
-        if isinstance(v, float):
-            v = "nan" if math.isnan(v) else f"{v:.4f}"
-        table.add_row(k, str(v))
-    Console().print(table)
-
-
-def _preprocess(splits: Any, ds: Any, normalize: bool) -> dict[str, Any]:
-    """meta.preprocess of a classifier checkpoint (`acpsearch.preprocess` applies it)."""
-    return {
-        "mean": splits.mean,
-        "std": splits.std,
-        "input_shape": list(splits.input_shape),
-        "divide_by": float(ds.divide_by),
-        "normalize": "train" if normalize else "none",
-        "image_size": ds.image_size,
-        "resize": "shorter-side-center-crop" if ds.image_size else None,
-    }
-
-
 def train_classifier_run(opts: ClassifyOptions) -> None:
     """Train a zoo classifier, save its checkpoint, print validation / test accuracy."""
     from acpsearch.checkpoint import save_classifier_checkpoint
@@ -103,6 +76,7 @@ def train_classifier_run(opts: ClassifyOptions) -> None:
         classification_splits,
         create_classifier,
         evaluate_classifier,
+        preprocess_meta,
         train_classifier,
     )
     from acpsearch.devices import resolve_device, seed_everything
@@ -142,7 +116,7 @@ def train_classifier_run(opts: ClassifyOptions) -> None:
         "data_dir": opts.data_dir,
         "data_options": opts.data_options,
         "splits": {**split_args, "test_source": splits.test_source},
-        "preprocess": _preprocess(splits, ds, opts.normalize),
+        "preprocess": preprocess_meta(splits, ds, opts.normalize),
         "loss": opts.loss,
         "label_smoothing": opts.label_smoothing,
         "epochs": result.epochs_run,
@@ -172,7 +146,7 @@ def train_classifier_run(opts: ClassifyOptions) -> None:
         typer.echo(json.dumps(doc))
         return
     rows = {"checkpoint": str(opts.out), "best epoch": f"{result.best_epoch} of {result.epochs_run}", **metrics}
-    _print(f"{opts.model} / {opts.loss} classifier on {splits.dataset}", rows)
+    print_metrics(f"{opts.model} / {opts.loss} classifier on {splits.dataset}", rows)
 
 
 def _stored_splits(meta: dict[str, Any], same: bool, caps: dict[str, int | None], seed: int | None) -> dict[str, Any]:
@@ -250,4 +224,4 @@ def evaluate_classifier_run(
         }
         typer.echo(json.dumps(doc))
         return
-    _print(f"{checkpoint} on {splits.dataset}", metrics)
+    print_metrics(f"{checkpoint} on {splits.dataset}", metrics)

@@ -10,6 +10,7 @@ one line on stderr, exit 2, and the stored studies are untouched.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,17 @@ def _submit(
 
     with writes(url_of(storage)):  # a read-only or full storage is one line; st.submit leaves no half study
         return st.submit(storage, spec, name)
+
+
+def print_metrics(title: str, rows: dict[str, Any]) -> None:
+    """A two-column table (metric, value) on stdout; floats to 4 decimals."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows.items():
+        if isinstance(v, float):
+            v = "nan" if math.isnan(v) else f"{v:.4f}"
+        table.add_row(k, str(v))
+    Console().print(table)

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from acpsearch.commands.common import app
+from acpsearch.commands.common import app, print_metrics
 from acpsearch.errors import DataError, SpecError
 from acpsearch.service.spec import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_LIMIT
 from acpsearch.trust import ALLOW_HELP
@@ -23,20 +23,6 @@ DEVICE_HELP = "auto (cuda when a GPU is visible), cpu, cuda or cuda:N; cuda with
 
 def _protocol(query: int, train: int, val: int, seed: int) -> dict[str, int]:
     return {"query_per_class": query, "train_per_class": train, "val_per_class": val, "seed": seed}
-
-
-def _print_metrics(title: str, rows: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows.items():
-        if isinstance(v, float):
-            v = "nan" if math.isnan(v) else f"{v:.4f}"
-        table.add_row(k, str(v))
-    Console().print(table)
 
 
 def _metric_rows(m: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +229,7 @@ def train(
         "s / epoch": round(result.seconds_per_epoch, 2),
         **_metric_rows(metrics),
     }
-    _print_metrics(f"{model} / {loss} / {bits} bits on {splits.dataset}", rows)
+    print_metrics(f"{model} / {loss} / {bits} bits on {splits.dataset}", rows)
 
 
 @app.command()
@@ -342,7 +328,7 @@ def evaluate(
             )
         )
         return
-    _print_metrics(f"{checkpoint} on {splits.dataset}", _metric_rows(metrics))
+    print_metrics(f"{checkpoint} on {splits.dataset}", _metric_rows(metrics))
 
 
 def _evaluate_classifier(

@@ -24,23 +24,13 @@ def classifier_splits(data: dict[str, Any]) -> Splits:
     """A classification study's splits as the service's Splits: train / val as they are, the test
     split in `query` (the database is empty). `protocol.query_per_class` caps the test split,
     `train_per_class` / `val_per_class` the others, as `acpsearch train --task classification` does."""
-    from acpsearch.classification import classification_splits
-    from acpsearch.hashing import Splits, load_dataset
+    from acpsearch.classification import classification_splits, preprocess_meta
+    from acpsearch.hashing import Splits
+    from acpsearch.hashing.data import dataset_from_data
 
     proto = dict(data.get("protocol") or {})
     seed = int(proto.get("seed") or 0)
-    ds = load_dataset(
-        data["dataset"],
-        data.get("path"),
-        train_list=data.get("train_list"),
-        database_list=data.get("database_list"),
-        test_list=data.get("test_list"),
-        val_list=data.get("val_list"),
-        root=data.get("root"),
-        image_size=data.get("image_size"),
-        stream=False,
-        seed=seed,
-    )
+    ds = dataset_from_data(data, stream=False)
     normalize = data.get("normalize", "train") == "train"
     cs = classification_splits(
         ds,
@@ -59,20 +49,8 @@ def classifier_splits(data: dict[str, Any]) -> Splits:
         dataset=cs.dataset,
         protocol={"task": "classification", "test_source": cs.test_source, **proto},
         indices=dict(cs.indices),
-        preprocess=_preprocess(cs, ds, normalize),
+        preprocess=preprocess_meta(cs, ds, normalize),
     )
-
-
-def _preprocess(cs: ClassificationSplits, ds: Any, normalize: bool) -> dict[str, Any]:
-    return {
-        "mean": cs.mean,
-        "std": cs.std,
-        "input_shape": list(cs.input_shape),
-        "divide_by": float(ds.divide_by),
-        "normalize": "train" if normalize else "none",
-        "image_size": ds.image_size,
-        "resize": "shorter-side-center-crop" if ds.image_size else None,
-    }
 
 
 def as_classification(splits: Splits) -> ClassificationSplits:

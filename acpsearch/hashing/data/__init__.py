@@ -24,6 +24,7 @@ from acpsearch.hashing.data.protocol import (
     DATASET_NAMES,
     PROTOCOL_DEFAULTS,
     Splits,
+    dataset_from_data,
     load_dataset,
     make_splits,
     protocol_defaults,
@@ -45,5 +46,6 @@ __all__ = [
     "make_splits",
     "protocol_defaults",
     "resolve_normalize",
+    "dataset_from_data",
     "splits_from_data",
 ]

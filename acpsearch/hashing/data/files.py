@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from acpsearch.hashing.data.gate import (
     finish_dataset,
     first_line,
 )
+from acpsearch.hashing.data.stream import IMAGE_ERRORS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -106,15 +106,7 @@ def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
                 arr = np.asarray(pixels)
     except DataError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        zlib.error,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except IMAGE_ERRORS as exc:
         raise DataError(f"dataset folder: cannot read image {str(file)!r} ({first_line(exc)})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

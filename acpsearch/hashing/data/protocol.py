@@ -251,9 +251,10 @@ def make_splits(
     )
 
 
-def splits_from_data(data: dict[str, Any]) -> Splits:
-    """The splits of a spec's `data` section (a dict, as `StudySpec.to_dict()` writes it)."""
-    ds = load_dataset(
+def dataset_from_data(data: dict[str, Any], stream: bool | None = None) -> Dataset:
+    """The data set a spec's `data` section names (a dict, as `StudySpec.to_dict()` writes it);
+    `stream` overrides the section's own choice (a classifier needs the images in memory)."""
+    return load_dataset(
         data["dataset"],
         data.get("path"),
         train_list=data.get("train_list"),
@@ -262,9 +263,14 @@ def splits_from_data(data: dict[str, Any]) -> Splits:
         val_list=data.get("val_list"),
         root=data.get("root"),
         image_size=data.get("image_size"),
-        stream=data.get("stream", True),
+        stream=data.get("stream", True) if stream is None else stream,
         workers=int(data.get("workers") or 0),
         seed=int((data.get("protocol") or {}).get("seed") or 0),
     )
+
+
+def splits_from_data(data: dict[str, Any]) -> Splits:
+    """The splits of a spec's `data` section (a dict, as `StudySpec.to_dict()` writes it)."""
+    ds = dataset_from_data(data)
     proto = {k: v for k, v in (data.get("protocol") or {}).items() if v is not None}
     return make_splits(ds, **proto, normalize=data.get("normalize", "train"))

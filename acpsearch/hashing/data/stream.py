@@ -14,6 +14,17 @@ from PIL import Image
 from acpsearch.errors import DataError
 from acpsearch.hashing.data.gate import MAX_SIDE, first_line
 
+# what Pillow (and the zlib / parsers under it) raise on a damaged, truncated or oversized file
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    zlib.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
 
 def decode_pil(im: Any, size: tuple[int, int], mode: str, image_size: int | None) -> np.ndarray:
     """A PIL image as uint8 (C, H, W) in `mode` ("L" or "RGB"): with `image_size`, the shorter
@@ -47,15 +58,7 @@ def _decode(file: str, size: tuple[int, int], mode: str, image_size: int | None,
                 return decode_pil(im, size, mode, image_size)
     except DataError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        zlib.error,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except IMAGE_ERRORS as exc:
         raise DataError(f"{where}: cannot read image {file!r} ({first_line(exc)})") from None
 
 
