@@ -232,7 +232,9 @@ def test_sigkill_in_every_phase_then_run_finishes_the_study(tmp_path, cluster):
         params = next(t.params for t in failed if t.number == number)
         if params:
             retried = [t for t in candidates() if t.user_attrs.get("retry_of") == number]
-            assert retried and retried[0].params == params
+            # a trial killed while its ratios were being suggested (define-by-run) has only some of
+            # them: those are kept and the rest drawn anew, so the retry's ratios contain them
+            assert retried and params.items() <= retried[0].params.items()
     # the magnitude anchor was added once, across all the kills, and is a finalist
     anchors = [
         t for t in _study(url, name).get_trials(deepcopy=False) if t.user_attrs.get("source", "search") != "search"
@@ -445,7 +447,10 @@ def test_a_worker_killed_by_sigsegv_leaves_thread_stacks_and_another_worker_resu
     for out in (text, err):
         assert re.search(r"Fatal Python error: (Segmentation fault|Aborted)", out), out[-3000:]
         assert out.count("most recent call first") >= 2, out[-3000:]  # every thread, not just one
-        assert "in run_study" in out, out[-3000:]  # the main thread's stack names where it was
+        # the main thread's stack names where it was; faulthandler prints at most 100 frames of a
+        # thread ("  ..." after them), so a deep one (an import chain) hides run_study: then the
+        # lease-renewing thread, alive only inside run_study, shows the study was running
+        assert "in run_study" in out or ("\n  ...\n" in out and "in _renew" in out), out[-3000:]
     assert f"process {first.pid}" in text.splitlines()[0]
     a = _study(url, name).user_attrs
     assert a["state"] == "running" and "outcome" not in a["runs"][-1]  # the dead worker left it held
