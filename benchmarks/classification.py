@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS, eta, log, parser, seed_all, set_threads, write_json
+from benchmarks.pool import JobPool
 
 METHODS = ("acpsearch", "uniform_l1", "tp_global_mag", "random", "adaptive_bn", "unpruned")
 
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-keep", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--base-batch-size", type=int, default=None, help="batch of the base training (default --batch-size)"
+    )
+    p.add_argument("--base-augment", action="store_true", help="random crop + flip in the base training")
+    p.add_argument("--device", default="cpu", help="cpu / cuda: where the base and every fine-tune train")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tuning processes sharing the device (1: inline)")
+    p.add_argument("--deadline", type=float, default=None, help="seconds after which no new job starts")
+    p.add_argument("--grace", type=float, default=60.0, help="seconds running jobs get after the deadline")
+    p.add_argument("--base-out", default=None, help="also save the trained base's state dict here")
+    p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the system's)")
     p.add_argument("--out", default=str(RESULTS / "classification.json"))
     p.add_argument("--md", default=None, help="also write the markdown table here")
     return p
@@ -80,7 +91,7 @@ def load_splits(args: argparse.Namespace) -> Any:
     from acpsearch.hashing import load_dataset
 
     return classification_splits(
-        load_dataset("fashion-mnist"),
+        load_dataset("fashion-mnist", args.data),
         train_per_class=args.train_per_class,
         val_per_class=args.val_per_class,
         test_per_class=args.test_per_class,
@@ -96,11 +107,16 @@ def finetune(
     from acpsearch.classification import evaluate_classifier, train_classifier
     from acpsearch.pruning import measure_cost
 
-    res = train_classifier(copy.deepcopy(net), splits, epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=seed)
-    cost = measure_cost(res.model, torch.zeros(1, *splits.test[0].shape[1:]))
-    out = {"val": float(res.best_val_top1), "flops": int(cost.flops)}
+    t0 = time.perf_counter()
+    res = train_classifier(
+        copy.deepcopy(net), splits, epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=seed,
+        device=args.device,
+    )  # fmt: skip
+    out = {"val": float(res.best_val_top1), "best_epoch": res.best_epoch}
     if test:
         out["test"] = float(evaluate_classifier(res.model, *splits.test)["top1"])
+    cost = measure_cost(res.model.cpu(), torch.zeros(1, *splits.test[0].shape[1:]))
+    out.update(flops=int(cost.flops), seconds=time.perf_counter() - t0)
     return out
 
 
@@ -197,19 +213,10 @@ class Progress:
         log(f"[{self.done}/{self.total}] {what}; {eta(self.done, self.total, self.t0)}")
 
 
-def run_budget(
-    budget: float,
-    base: Any,
-    g: Any,
-    splits: Any,
-    ex: Any,
-    args: argparse.Namespace,
-    prog: Progress,
-    block: dict[str, Any],
-    save: Any,
+def build_structures(
+    budget: float, base: Any, g: Any, splits: Any, ex: Any, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Fill `block` method by method, calling `save()` after each (so a cut-short run leaves results)."""
-    from acpsearch.pruning import prune
+    """Every method's candidate structures at one budget (the best-of-m methods have m)."""
     from acpsearch.search.space import Budget, DynamicSpace
 
     space = DynamicSpace(g, Budget(flops=budget), step=args.step, criterion="l1", min_keep=args.min_keep)
@@ -222,31 +229,99 @@ def run_budget(
         "adaptive_bn": abn_finalists(base, space, splits, ex, args),
     }
     log(f"budget {budget}: structures ready in {time.perf_counter() - t0:.0f}s")
-    full = g.cost().flops
-    for method, strategies in structures.items():
-        nets = [prune(base, s, ex) for s in strategies]
-        sel: list[dict[str, float]] = []
-        if len(nets) > 1:
-            for i, net in enumerate(nets):
-                sel.append(finetune(net, splits, args, args.select_epochs, args.seed, test=False))
-                prog.step(f"{budget} {method} finalist {i}: val {sel[-1]['val']:.4f}")
-        chosen = max(range(len(nets)), key=lambda i: sel[i]["val"]) if sel else 0
-        runs = []
-        for seed in range(args.seeds):
-            runs.append(finetune(nets[chosen], splits, args, args.epochs, seed))
-            prog.step(f"{budget} {method} seed {seed}: val {runs[-1]['val']:.4f} test {runs[-1]['test']:.4f}")
-        block["methods"][method] = {
-            "chosen": chosen,
-            "source": "magnitude anchor" if method == "acpsearch" and chosen == 0 else method,
-            "flops_ratio": g.cost(strategies[chosen]).flops / full,
-            "ratios": {k: round(float(v), 4) for k, v in strategies[chosen].ratios.items()},
-            "selection_val": [r["val"] for r in sel],
-            "runs": runs,
-            "test": stats([r["test"] for r in runs]),
-            "val": stats([r["val"] for r in runs]),
-        }
-        save()
-    return block
+    return structures
+
+
+# --- fine-tuning jobs (run in worker processes with --jobs > 1) ---------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(arg_dict: dict[str, Any], threads: int) -> None:
+    args = argparse.Namespace(**arg_dict)
+    set_threads(threads)
+    _WORKER["args"] = args
+    _WORKER["splits"] = load_splits(args)
+
+
+def finetune_job(net: torch.nn.Module, epochs: int, seed: int, test: bool) -> dict[str, float]:
+    return finetune(net, _WORKER["splits"], _WORKER["args"], epochs, seed, test)
+
+
+class Runner:
+    """Submits every method's jobs and files their results into the results document."""
+
+    def __init__(self, doc: dict[str, Any], g: Any, pool: JobPool, args: argparse.Namespace, save: Any) -> None:
+        self.doc, self.g, self.pool, self.args, self.save = doc, g, pool, args, save
+        self.nets: dict[tuple[int, str], list[Any]] = {}
+        self.strategies: dict[tuple[int, str], list[Any]] = {}
+        self.sel: dict[tuple[int, str], dict[int, dict[str, float]]] = {}
+        self.t0 = time.perf_counter()
+
+    def add_budget(self, bi: int, structures: dict[str, list[Any]], base: Any, ex: Any) -> None:
+        from acpsearch.pruning import prune
+
+        full = self.g.cost().flops
+        for mi, (method, strategies) in enumerate(structures.items()):
+            key = (bi, method)
+            self.strategies[key] = strategies
+            self.nets[key] = [prune(base, s, ex) for s in strategies]
+            self.doc["budgets"][bi]["methods"][method] = {
+                "chosen": 0,
+                "flops_ratio": self.g.cost(strategies[0]).flops / full,
+                "selection_val": [],
+                "runs": [],
+            }
+            if len(strategies) > 1:
+                self.sel[key] = {}
+                for i, net in enumerate(self.nets[key]):
+                    self.pool.submit(("sel", bi, method, i), (-1, bi, mi, i), net, self.args.select_epochs, 0, False)
+            else:
+                self._finals(bi, method, mi, 0)
+
+    def _finals(self, bi: int, method: str, mi: int, chosen: int) -> None:
+        m = self.doc["budgets"][bi]["methods"][method]
+        s = self.strategies[(bi, method)][chosen]
+        m.update(
+            chosen=chosen,
+            source="magnitude anchor" if method == "acpsearch" and chosen == 0 else method,
+            flops_ratio=self.g.cost(s).flops / self.g.cost().flops,
+            ratios={k: round(float(v), 4) for k, v in s.ratios.items()},
+        )
+        for seed in range(self.args.seeds):
+            self.pool.submit(("final", bi, method, seed), (seed, bi, mi), self.nets[(bi, method)][chosen],
+                             self.args.epochs, seed, True)  # fmt: skip
+
+    def handle(self, tag: tuple[Any, ...], res: dict[str, float]) -> None:
+        kind = tag[0]
+        if kind == "unpruned":
+            m = self.doc["unpruned"]
+            what = f"unpruned seed {tag[1]}"
+        elif kind == "sel":
+            _, bi, method, i = tag
+            got = self.sel[(bi, method)]
+            got[i] = res
+            what = f"{self.doc['budgets'][bi]['budget']} {method} finalist {i}: val {res['val']:.4f}"
+            if len(got) == len(self.nets[(bi, method)]):
+                m = self.doc["budgets"][bi]["methods"][method]
+                m["selection_val"] = [got[j]["val"] for j in range(len(got))]
+                chosen = max(range(len(got)), key=lambda j: got[j]["val"])
+                self._finals(bi, method, list(self.doc["budgets"][bi]["methods"]).index(method), chosen)
+            self._log(what)
+            return
+        else:
+            _, bi, method, seed = tag
+            m = self.doc["budgets"][bi]["methods"][method]
+            what = f"{self.doc['budgets'][bi]['budget']} {method} seed {seed}"
+        m["runs"].append(res)
+        m["test"] = stats([r["test"] for r in m["runs"]])
+        m["val"] = stats([r["val"] for r in m["runs"]])
+        self.save()
+        self._log(f"{what}: val {res['val']:.4f} test {res['test']:.4f}")
+
+    def _log(self, what: str) -> None:
+        done, total = self.pool.finished, self.pool.submitted
+        log(f"[{done}/{total} jobs] {what}; {eta(done, total, self.t0)}")
 
 
 def chosen_label(name: str, m: dict[str, Any]) -> str:
@@ -297,45 +372,68 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(splits.train[0].shape[1:])
     log(f"splits: train {len(splits.train[0])}, val {len(splits.val[0])}, test {len(splits.test[0])}; input {shape}")
     base = create_classifier("resnet20", splits.num_classes, in_channels=shape[0], image_size=shape[-1])
-    res = train_classifier(base, splits, epochs=args.base_epochs, lr=args.base_lr, batch_size=args.batch_size, seed=0)
-    base = res.model.eval()
+    res = train_classifier(
+        base, splits, epochs=args.base_epochs, lr=args.base_lr, batch_size=args.base_batch_size or args.batch_size,
+        seed=0, device=args.device, augment=args.base_augment, hflip=args.base_augment,
+    )  # fmt: skip
+    base = res.model.cpu().eval()
+    if args.base_out:
+        torch.save(base.state_dict(), args.base_out)
     base_test = evaluate_classifier(base, *splits.test)["top1"]
     log(
-        f"base: best epoch {res.best_epoch}, val {res.best_val_top1:.4f}, test {base_test:.4f} "
+        f"base: best epoch {res.best_epoch} of {args.base_epochs}, val {res.best_val_top1:.4f}, test {base_test:.4f} "
         f"({time.perf_counter() - t0:.0f}s)"
     )
     ex = torch.zeros(1, *shape)
     g = ChannelGraph.from_model(base, ex, hash_layer="classifier")
-    per_budget = 3 * args.top + 5 * args.seeds
-    prog = Progress(len(budgets) * per_budget + args.seeds)
     doc: dict[str, Any] = {
         "args": vars(args),
         "splits": {k: len(getattr(splits, k)[0]) for k in ("train", "val", "test")},
-        "base": {"val": float(res.best_val_top1), "test": float(base_test), "best_epoch": res.best_epoch},
-        "budgets": [],
+        "base": {
+            "val": float(res.best_val_top1),
+            "test": float(base_test),
+            "best_epoch": res.best_epoch,
+            "history": res.history,
+            "seconds": time.perf_counter() - t0,
+        },
+        "unpruned": {"runs": []},
+        "budgets": [{"budget": b, "methods": {}} for b in budgets],
     }
-    runs = []
-    for seed in range(args.seeds):
-        runs.append(finetune(base, splits, args, args.epochs, seed))
-        prog.step(f"unpruned seed {seed}: val {runs[-1]['val']:.4f} test {runs[-1]['test']:.4f}")
-    doc["unpruned"] = {"runs": runs, "test": stats([r["test"] for r in runs]), "val": stats([r["val"] for r in runs])}
-    write_json(Path(args.out), doc)
 
     def save() -> None:
         doc["seconds"] = time.perf_counter() - t0
         write_json(Path(args.out), doc)
 
-    for budget in budgets:
-        block: dict[str, Any] = {"budget": budget, "methods": {}}
-        doc["budgets"].append(block)
-        run_budget(budget, base, g, splits, ex, args, prog, block, save)
+    save()
+    deadline = None if args.deadline is None else max(0.0, args.deadline - (time.perf_counter() - t0))
+    # by module name, not __main__'s: spawned workers unpickle the functions by that name
+    from benchmarks import classification as jobs
+
+    pool = JobPool(
+        jobs.finetune_job, jobs.init_worker, (vars(args), 1 if args.jobs > 1 else args.threads), args.jobs, deadline
+    )
+    runner = Runner(doc, g, pool, args, save)
+    for seed in range(args.seeds):
+        pool.submit(("unpruned", seed), (seed, -1, 0), base, args.epochs, seed, True)
+    for bi, budget in enumerate(budgets):
+        if args.jobs > 1:
+            for tag, r in pool.poll(0):
+                runner.handle(tag, r)  # type: ignore[arg-type]
+        runner.add_budget(bi, build_structures(budget, base, g, splits, ex, args), base, ex)
+    end = None if args.deadline is None else t0 + args.deadline + args.grace
+    while pool.pending() and (end is None or time.perf_counter() < end):
+        for tag, r in pool.poll(5):
+            runner.handle(tag, r)  # type: ignore[arg-type]
+    pool.close()
+    left = doc["dropped_jobs"] = pool.dropped
+    for block in doc["budgets"]:
         block["methods"]["unpruned"] = {"flops_ratio": 1.0, "chosen": 0, **doc["unpruned"]}
-        save()
+    save()
     md = render_markdown(doc)
     print(md)
     if args.md:
         Path(args.md).write_text(md)
-    log(f"done in {time.perf_counter() - t0:.0f}s")
+    log(f"done in {time.perf_counter() - t0:.0f}s ({left} jobs dropped at the deadline)")
     return 0
 
 
