@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new job starts")
     p.add_argument("--grace", type=float, default=60.0, help="seconds running jobs get after the deadline")
     p.add_argument("--base-out", default=None, help="also save the trained base's state dict here")
-    p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the system's)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 (with --data), digits, ...")
+    p.add_argument("--data", default=None, help="the data set's folder (default: the system's Fashion-MNIST)")
     p.add_argument("--out", default=str(RESULTS / "classification.json"))
     p.add_argument("--md", default=None, help="also write the markdown table here")
     return p
@@ -91,7 +92,7 @@ def load_splits(args: argparse.Namespace) -> Any:
     from acpsearch.hashing import load_dataset
 
     return classification_splits(
-        load_dataset("fashion-mnist", args.data),
+        load_dataset(args.dataset, args.data),
         train_per_class=args.train_per_class,
         val_per_class=args.val_per_class,
         test_per_class=args.test_per_class,
