@@ -1,6 +1,7 @@
-"""A study whose finalists are chosen for diversity and fine-tuned by successive halving: rung sizes
-and epochs as configured, the epochs spent equal the schedule's sum, the winner comes from the last
-rung, and a run stopped between rungs resumes without redoing the finished rung."""
+"""A study whose finalists are chosen for diversity, cut after a group-sparsity training and
+fine-tuned by successive halving: rung sizes and epochs as configured, the epochs spent equal the
+schedule's sum, the winner comes from the last rung, and a run stopped between rungs resumes
+without redoing the finished rung."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def test_halving_study_runs_rungs_as_configured_and_resumes_after_the_finished_r
         "diversity": {"pool": 8},
         "halving": {"eta": 2, "min_epochs": 1, "final": 2},
         "epoch_budget": 8,
+        "sparsity": {"steps": 10, "weight": 0.1},
     }
     path = tmp_path / "halve.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -87,6 +89,12 @@ def test_halving_study_runs_rungs_as_configured_and_resumes_after_the_finished_r
     assert len(rung1) == 2 and len(trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["epochs_run"] == 2 for t in rung1)
     assert all(t.user_attrs.get("test_map") is not None for t in rung1)
+    # each finalist was trained with the group penalty before its cut: the removed channels shrank
+    from acpsearch.checkpoint import read_checkpoint
+
+    for t in rung1:
+        sp = read_checkpoint(t.user_attrs["path"])["meta"]["sparsity"]
+        assert sp["steps"] == 10 and sp["norm_after"] < sp["norm_before"], sp
     # the two best of rung 1 by validation mAP went on
     best2 = sorted(rung0, key=lambda t: (-t.user_attrs["val_map"], t.number))[:2]
     assert {t.user_attrs["candidate"] for t in rung1} == {t.user_attrs["candidate"] for t in best2}

@@ -46,3 +46,13 @@ def test_bad_selection_options_name_the_field(ft, message):
         _ft(**ft)
     assert str(exc.value).startswith(message), str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_sparsity_parses_and_is_refused_for_a_classifier():
+    sp = _ft(sparsity={"steps": 50}).sparsity
+    assert (sp.steps, sp.weight, sp.lr) == (50, 1e-3, 1e-3)
+    with pytest.raises(SpecError, match=r"^spec: finetune.sparsity.weight: must be in \(0, 100\], got 0"):
+        _ft(sparsity={"weight": 0.0})
+    d = {**copy.deepcopy(MINIMAL), "task": "classification", "finetune": {"sparsity": {}}}
+    with pytest.raises(SpecError, match=r"^spec: finetune.sparsity: a retrieval option"):
+        parse_spec(d)

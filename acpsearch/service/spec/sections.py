@@ -38,7 +38,7 @@ from acpsearch.service.spec.fields import (
     _Section,
     choice,
 )
-from acpsearch.service.spec.selection import DiversitySpec, EpochBudget, HalvingSpec, check_finetune
+from acpsearch.service.spec.selection import DiversitySpec, EpochBudget, HalvingSpec, SparsitySpec, check_finetune
 from acpsearch.service.spec.task import CLASSIFICATION_LOSSES
 
 
@@ -337,6 +337,7 @@ class FinetuneSpec(_Augmentation):
     diversity: DiversitySpec | None = None
     halving: HalvingSpec | None = None
     epoch_budget: EpochBudget | None = None
+    sparsity: SparsitySpec | None = None  # retrieval only
 
     @model_validator(mode="after")
     def _selection(self) -> FinetuneSpec:

@@ -1,7 +1,8 @@
 """The spec's options for choosing and fine-tuning the finalists (sections of `finetune`):
 `diversity` (finalists chosen for diversity among the best-scored candidates), `halving`
-(successive halving over growing fine-tuning epochs) and `epoch_budget` (a cap on the epochs the
-fine-tuning phase may spend, checked when the spec is read)."""
+(successive halving over growing fine-tuning epochs), `epoch_budget` (a cap on the epochs the
+fine-tuning phase may spend, checked when the spec is read) and `sparsity` (a group-sparsity
+training of the unpruned network on the channels a finalist removes, before the cut)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from acpsearch.search.halving import schedule, total_epochs
-from acpsearch.service.spec.fields import MAX_EPOCHS, Candidates, Epochs, Finalists, _field_error, _Section
+from acpsearch.service.spec.fields import (
+    MAX_EPOCHS,
+    Candidates,
+    Epochs,
+    Finalists,
+    LearningRate,
+    _field_error,
+    _Section,
+)
 
 
 class DiversitySpec(_Section):
@@ -27,6 +36,15 @@ class HalvingSpec(_Section):
     eta: Annotated[int, Field(ge=2, le=16)] = 2
     min_epochs: Epochs = 1
     final: Finalists = 2
+
+
+class SparsitySpec(_Section):
+    """Before a finalist is cut: `steps` optimiser steps (learning rate `lr`) of the unpruned
+    network on the hash loss plus `weight` x the summed L2 norms of the removed channels' groups."""
+
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    weight: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1e-3
+    lr: LearningRate = 1e-3
 
 
 EpochBudget = Annotated[int, Field(ge=1, le=MAX_EPOCHS * 1000)]
