@@ -38,6 +38,7 @@ def test_halving_and_diversity_parse_with_defaults():
         ({"top": 4, "epochs": 5, "epoch_budget": 19}, "spec: finetune.epoch_budget: finetune.top x finetune.epochs"),
         ({"halving": {"eta": 1}}, "spec: finetune.halving.eta: must be in [2, 16], got 1"),
         ({"diversity": {"pool": 0}}, "spec: finetune.diversity.pool"),
+        ({"top": 8, "diversity": {"pool": 7}}, "spec: finetune.diversity.pool: must be >= finetune.top (8)"),
         ({"halving": {"rate": 2}}, "spec: finetune.halving.rate"),
     ],
 )

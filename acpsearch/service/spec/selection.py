@@ -60,8 +60,14 @@ def planned_epochs(ft: Any) -> int:
 
 
 def check_finetune(ft: Any) -> None:
-    """A halving schedule must fit finetune.epochs, and the planned epochs the epoch budget
-    (pydantic errors naming the field)."""
+    """The diversity pool must hold finetune.top finalists, a halving schedule must fit
+    finetune.epochs, and the planned epochs the epoch budget (pydantic errors naming the field)."""
+    if ft.diversity is not None and ft.diversity.pool < ft.top:
+        raise _field_error(
+            ("diversity", "pool"),
+            ft.diversity.pool,
+            f"must be >= finetune.top ({ft.top}): the finalists are chosen from the pool",
+        )
     if ft.halving is not None:
         h = ft.halving
         try:
