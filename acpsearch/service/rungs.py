@@ -44,7 +44,7 @@ def rung_spec(spec: Any, epochs: int) -> Any:
 def run_rungs(ctx: StudyRun, ray_mod: Any, ft_study: Any, chosen: list[Any], out_dir: Path) -> dict[str, Any]:
     """Fine-tune `chosen` (ranked finalists) by successive halving; the phase record: the rungs
     (size, epochs, candidate numbers), the schedule's epochs and the epochs spent."""
-    from acpsearch.search.halving import promote, schedule, total_epochs
+    from acpsearch.search.halving import schedule, total_epochs
     from acpsearch.service.finalist_trials import (
         add_trials,
         check_some_complete,
@@ -57,7 +57,7 @@ def run_rungs(ctx: StudyRun, ray_mod: Any, ft_study: Any, chosen: list[Any], out
     assert h is not None
     plan = schedule(len(chosen), h.eta, h.min_epochs, h.final, ft.epochs)
     metric = keys.metric_of(ctx.spec.task).val
-    by_number = {t.number: t for t in chosen}
+    by_number = _Trials({t.number: t for t in chosen})
     entrants = [t.number for t in chosen]
     rungs: list[dict[str, Any]] = []
     for i, rung in enumerate(plan):
@@ -83,7 +83,7 @@ def run_rungs(ctx: StudyRun, ray_mod: Any, ft_study: Any, chosen: list[Any], out
                 _finish_lower(ctx, todo, trial_ids, rdir, errors)
         ctx.check()
         if not last:
-            entrants = promote(rung_results(ft_study, i, metric), entrants, plan[i + 1].size)
+            entrants = _next_entrants(ctx, rung_results(ft_study, i, metric), entrants, by_number, plan[i + 1].size, i)
             if not entrants:
                 raise RuntimeError(f"finetune: no finalist of rung {i} finished (see the FAIL trials' fail_reason)")
     check_some_complete(ft_study)
@@ -92,9 +92,44 @@ def run_rungs(ctx: StudyRun, ray_mod: Any, ft_study: Any, chosen: list[Any], out
         "epochs_spent": spent,
         "epochs_planned": total_epochs(plan),
         "rungs": [{k: r[k] for k in ("size", "epochs")} for r in rungs],
+        **({"refit": by_number.refit} if by_number.refit is not None else {}),
         "finalists": [t.number for t in chosen],
         "finetune_study": ft_study.study_name,
     }
+
+
+class _Trials(dict[int, Any]):
+    """Candidate trials by number, and the record of the refit after rung 0 (None: no refit)."""
+
+    refit: dict[str, Any] | None = None
+
+
+def _next_entrants(
+    ctx: StudyRun, results: dict[int, float], entrants: list[int], by_number: _Trials, size: int, rung: int
+) -> list[int]:
+    """The next rung's entrants: the best `size` of this rung by validation value; after rung 0
+    with halving.refit, a ridge fit on rung 0's results may give up to half of the places to
+    candidates not yet fine-tuned (they join `by_number`)."""
+    from acpsearch.search.halving import promote
+
+    h = ctx.spec.finetune.halving
+    if rung != 0 or h is None or not h.refit:
+        return promote(results, entrants, size)
+    from acpsearch.search.diversity import keep_vectors
+    from acpsearch.search.refit import refit_entrants
+    from acpsearch.service.candidates import is_anchor, ranked_candidates, strategy_of
+
+    div = ctx.spec.finetune.diversity
+    limit = div.pool if div is not None else 4 * ctx.spec.finetune.top
+    pool = [t for t in ranked_candidates(ctx, limit=limit) if not is_anchor(t) and t.number not in entrants]
+    trials = [by_number[c] for c in entrants] + pool
+    channels = {g.name: int(g.channels) for g in ctx.graph.groups}
+    vec = keep_vectors([strategy_of(ctx, t).kept for t in trials], channels)
+    vectors = {t.number: vec[j] for j, t in enumerate(trials)}
+    out, fit = refit_entrants(results, vectors, entrants, [t.number for t in pool], size, max_new=size // 2)
+    by_number.update({t.number: t for t in pool if t.number in out})
+    by_number.refit = fit
+    return out
 
 
 def _finish_lower(

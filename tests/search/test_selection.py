@@ -57,3 +57,20 @@ def test_promote_keeps_the_best_by_validation_in_ranking_order():
     assert promote({7: 0.5, 3: 0.7, 9: 0.6, 1: 0.1}, order, 2) == [3, 9]
     assert promote({7: 0.6, 3: 0.7, 9: 0.6, 1: 0.1}, order, 2) == [7, 3]  # tie 7 vs 9: 7 ranked first
     assert promote({7: 0.5, 1: 0.9}, order, 3) == [7, 1]  # 3 and 9 failed: never promoted
+
+
+def test_refit_lets_a_predicted_better_candidate_take_the_weakest_place():
+    from acpsearch.search.refit import refit_entrants
+
+    # validation value grows with the first kept fraction; candidate 50 (not fine-tuned) keeps most
+    vec = {c: np.array([f, 0.5]) for c, f in {1: 0.2, 2: 0.4, 3: 0.6, 4: 0.8, 50: 1.0, 51: 0.1}.items()}
+    res = {1: 0.2, 2: 0.4, 3: 0.6, 4: 0.8}
+    entrants, fit = refit_entrants(res, vec, [1, 2, 3, 4], [50, 51], size=2, max_new=1, alpha=1e-6)
+    assert entrants == [4, 50]  # 50 is predicted ~1.0 > 0.6 of finalist 3, the weakest promoted one
+    assert fit["points"] == 4 and fit["r2"] > 0.99 and fit["newcomers"]["50"] == pytest.approx(1.0, abs=1e-3)
+    # a pool candidate predicted worse than every promoted finalist takes no place
+    entrants, fit = refit_entrants(res, vec, [1, 2, 3, 4], [51], size=2, max_new=1, alpha=1e-6)
+    assert entrants == [3, 4] and fit["newcomers"] == {}
+    # too few fine-tuned points: plain promotion
+    entrants, fit = refit_entrants({1: 0.2, 2: 0.4}, vec, [1, 2], [50], size=1, max_new=1)
+    assert entrants == [2] and fit == {"points": 2, "newcomers": {}}

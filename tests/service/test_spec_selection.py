@@ -26,7 +26,7 @@ def test_defaults_keep_todays_finalists():
 def test_halving_and_diversity_parse_with_defaults():
     ft = _ft(top=16, epochs=8, diversity={}, halving={}, epoch_budget=64)
     assert ft.diversity.pool == 64
-    assert (ft.halving.eta, ft.halving.min_epochs, ft.halving.final) == (2, 1, 2)
+    assert (ft.halving.eta, ft.halving.min_epochs, ft.halving.final, ft.halving.refit) == (2, 1, 2, False)
     assert planned_epochs(ft) == 64  # 16x1 + 8x2 + 4x4 + 2x8
 
 

@@ -36,6 +36,9 @@ class HalvingSpec(_Section):
     eta: Annotated[int, Field(ge=2, le=16)] = 2
     min_epochs: Epochs = 1
     final: Finalists = 2
+    # after rung 0: a ridge fit of its validation values on kept fractions may give up to half of
+    # rung 1's places to candidates not yet fine-tuned (acpsearch/search/refit.py)
+    refit: bool = False
 
 
 class SparsitySpec(_Section):
