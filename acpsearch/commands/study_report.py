@@ -30,6 +30,12 @@ def _show(url: str, st_obj: Any, name: str) -> dict[str, Any]:
     }
     rep["winner"] = {k: v for k, v in (rep.get("winner") or {}).items() if k != "pr_curve"}
     rep["storage"] = redact(url)
+    if study.user_attrs.get(keys.FINETUNE_EPOCHS) is not None:  # studies fine-tuned before it was recorded: none
+        rep["finetune_epochs"] = {
+            "spent": study.user_attrs[keys.FINETUNE_EPOCHS],
+            "budget": ((rep.get("spec") or {}).get("finetune") or {}).get("epoch_budget"),
+            "rungs": [{k: r[k] for k in ("size", "epochs")} for r in study.user_attrs.get(keys.FINETUNE_RUNGS) or []],
+        }
     return rep
 
 
@@ -68,6 +74,15 @@ def _print_show(rep: dict[str, Any]) -> None:
         )
         table.add_row(p, f"{rec.get('seconds', 0):.1f}", details[:120])
     c.print(table)
+    fe = rep.get("finetune_epochs")
+    if fe:
+        rungs = " -> ".join(f"{r['size']}x{r['epochs']}" for r in fe["rungs"])
+        c.print(
+            f"fine-tuning epochs spent: {fe['spent']}"
+            + (f" (budget {fe['budget']})" if fe["budget"] is not None else "")
+        )
+        if rungs:
+            c.print(f"halving rungs (finalists x epochs): {rungs}")
     if rep.get("winner"):
         from rich.markdown import Markdown
 

@@ -109,7 +109,8 @@ def is_anchor(trial: FrozenTrial) -> bool:
 
 def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[FrozenTrial]:
     """The anchor (if any) plus the top (top - 1) searched candidates, in ranker order (or in the
-    order of the scores of the rerank record)."""
+    order of the scores of the rerank record); with finetune.diversity, (top - 1) chosen for
+    diversity among the `pool` best of them."""
     ranked = ranked_candidates(run)
     anchors = [t for t in ranked if is_anchor(t)][:1]
     ranked = [t for t in ranked if not is_anchor(t)]
@@ -121,4 +122,18 @@ def finalists(run: StudyRun, rerank: dict[str, Any] | None) -> list[FrozenTrial]
         ranked = sorted(
             [t for t in ranked if str(t.number) in scores], key=lambda t: (-scores[str(t.number)], t.number)
         )
-    return anchors + ranked[: run.spec.finetune.top - len(anchors)]
+    k = run.spec.finetune.top - len(anchors)
+    if run.spec.finetune.diversity is not None:
+        return anchors + diverse(run, ranked[: run.spec.finetune.diversity.pool], k, anchors)
+    return anchors + ranked[:k]
+
+
+def diverse(run: StudyRun, pool: list[FrozenTrial], k: int, fixed: list[FrozenTrial]) -> list[FrozenTrial]:
+    """`k` of `pool` (best first) chosen for diversity (finetune.diversity): the best one, then
+    greedy max-min distance of the kept-channel fractions, also from the `fixed` finalists."""
+    from acpsearch.search.diversity import diverse_subset, keep_vectors
+
+    channels = {g.name: int(g.channels) for g in run.graph.groups}
+    vec = keep_vectors([strategy_of(run, t).kept for t in pool], channels)
+    fx = keep_vectors([strategy_of(run, t).kept for t in fixed], channels) if fixed else None
+    return [pool[i] for i in diverse_subset(vec, k, fixed=fx)]

@@ -38,6 +38,8 @@ WINNER = "winner"  # the winner's record (val/test mAP, ratios, costs, latency, 
 FINETUNE_STUDY = "finetune_study"  # the name of the companion study holding the finalists
 PARENT = "parent"  # on the companion study: the name of its search study
 LATENCY_COMPARE = "latency.base_vs_winner"  # one line: base vs winner latency, timed interleaved
+FINETUNE_EPOCHS = "finetune.epochs_spent"  # fine-tuning epochs the finalists trained, all trials together
+FINETUNE_RUNGS = "finetune.rungs"  # successive halving: [{rung, size, epochs, finalists}] (candidate numbers)
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -112,6 +114,7 @@ T_FAIL_REASON = "fail_reason"
 T_FAILED_ATTEMPTS = "failed_attempts"
 T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
+T_RUNG = "rung"  # successive halving: the rung a fine-tune trial belongs to (0 = all finalists, shortest)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
                     "params_ratio": u.get(keys.T_PARAMS_RATIO),
                     "latency_ms": u.get(keys.T_LATENCY_MS),
                     "epochs_run": u.get(keys.T_EPOCHS_RUN),
+                    "rung": u.get(keys.T_RUNG),
                 }
             )
     complete = [

@@ -197,7 +197,8 @@ def finetune_trainable(
     from acpsearch.devices import resources_of, worker_device
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import train_hash_net
-    from acpsearch.pruning import PruningStrategy, make_record, prune
+    from acpsearch.pruning import PruningStrategy, make_record
+    from acpsearch.service.presparsity import cut
 
     assert ckpt is not None and spec is not None and splits is not None
     res = resources_of(spec.finetune)  # what this trial asked Ray for (trial_resources)
@@ -208,8 +209,9 @@ def finetune_trainable(
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer)
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
-    net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)
+    # pruned on the CPU, trained where Ray put the trial (finetune.sparsity: group penalty first)
+    net, sparse = cut(base, graph, strategy, record, ex, spec, splits, device)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
     metric = keys.metric_of(spec.task)
     best = {"val": -1.0}
@@ -228,6 +230,7 @@ def finetune_trainable(
                 metric.val: val,
                 "epoch": epoch,
                 "finetune": spec.finetune.model_dump(mode="json"),
+                **({"sparsity": sparse} if sparse else {}),
             },
         )
 

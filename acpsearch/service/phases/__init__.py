@@ -8,7 +8,8 @@ and, when later phases need what it made, `attach(ctx, record) -> StudyRun`.
     rerank    optional: a costlier ranker re-scores the top tier (Ray actors)
     anchor    the budget's global-magnitude allocation as one more candidate (always a finalist)
     finetune  top-m finalists pruned + fine-tuned as Ray Tune trials (ASHA), one trial each in
-              the companion study NAME.finetune (curve = intermediate values; ASHA-stopped = PRUNED)
+              the companion study NAME.finetune (curve = intermediate values; ASHA-stopped = PRUNED);
+              with finetune.halving, rung after rung of growing epochs (service/rungs.py)
     select    winner by validation mAP; test mAP of base and finalists (Ray tasks); winner exported
     report    study note (markdown), JSON report and plots as artifacts
 """

@@ -4,18 +4,20 @@ ASHA-stopped = PRUNED); their test metrics are computed on Ray tasks."""
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
 from typing import Any
 
 from acpsearch.service import keys
-from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
-from acpsearch.service.candidates import finalists, ratios_of, round_to_of
+from acpsearch.service.candidates import finalists
 from acpsearch.service.context import Record, StudyRun
-from acpsearch.service.progress import clean
-from acpsearch.service.retries import MAX_ATTEMPTS, fail_leftovers
-from acpsearch.service.tune_recorder import TuneRecorder
+from acpsearch.service.finalist_trials import (
+    add_trials,
+    check_some_complete,
+    finish_finalists,
+    record_epochs_spent,
+    tune_finalists,
+)
+from acpsearch.service.retries import fail_leftovers
 
 NAME = "finetune"
 
@@ -38,203 +40,21 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
         )
     }
     chosen = finalists(ctx, records.get("rerank"))
-    todo = [t for t in chosen if t.number not in finished]
     ft = ctx.spec.finetune
     out_dir = ctx.dir() / "finalists"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ft.halving is not None:  # successive halving over growing epochs (service/rungs.py)
+        from acpsearch.service.rungs import run_rungs
+
+        return Record(run_rungs(ctx, ray_mod, ft_study, chosen, out_dir))
+    todo = [t for t in chosen if t.number not in finished]
     ctx.reporter.phase(f"finetune: {len(chosen)} finalists x {ft.epochs} epochs", total=len(todo))
-    trial_ids = _add_trials(ctx, ft_study, todo)
+    trial_ids = add_trials(ctx, ft_study, todo)
     if todo:
-        errors = _tune(ctx, ray_mod, todo, trial_ids, out_dir)
-        _finish(ctx, ray_mod, todo, trial_ids, out_dir, errors)
-    n_ok = len(ft_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    if n_ok == 0:
-        raise RuntimeError("finetune: no finalist finished its fine-tuning (see the FAIL trials' fail_reason)")
-    return Record({"finalists": [t.number for t in chosen], "finetune_study": ft_study.study_name})
-
-
-def _add_trials(ctx: StudyRun, ft_study: Any, todo: list[Any]) -> dict[int, int]:
-    """One RUNNING trial of NAME.finetune per finalist to fine-tune: {candidate number: trial id}."""
-    import optuna
-
-    trial_ids: dict[int, int] = {}
-    for cand in todo:
-        frozen = optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING,
-            params=dict(cand.params),
-            distributions=dict(cand.distributions),
-            user_attrs=clean(
-                {
-                    keys.T_CANDIDATE: cand.number,
-                    keys.T_SCORE: cand.value,
-                    keys.T_SOURCE: st.source(cand),
-                    **{
-                        k: cand.user_attrs.get(k)
-                        for k in (
-                            keys.T_FLOPS,
-                            keys.T_PARAMS,
-                            keys.T_FLOPS_RATIO,
-                            keys.T_PARAMS_RATIO,
-                            ctx.spec.search.ranker,
-                        )
-                    },
-                }
-            ),
-        )
-        ft_study.add_trial(frozen)
-        trial_ids[cand.number] = adapter.trial_id(ft_study.get_trials(deepcopy=False)[-1])
-    return trial_ids
-
-
-def _scheduler(ft: Any, metric: str = keys.T_VAL_MAP) -> Any:
-    """ASHA (finetune.early_stop: asha) on the validation `metric`, or FIFO."""
-    if ft.early_stop == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            metric=metric,
-            mode="max",
-            max_t=ft.epochs + 1,
-            grace_period=min(2, ft.epochs + 1),
-            reduction_factor=2,
-        )
-    from ray.tune.schedulers import FIFOScheduler
-
-    return FIFOScheduler()  # type: ignore[no-untyped-call]
-
-
-def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int], out_dir: Path) -> dict[int, str]:
-    """The finalists fine-tuned as Ray Tune trials; {candidate number: error} of those that failed."""
-    import contextlib
-    import sys
-
-    from ray import tune
-
-    from acpsearch.devices import check_cluster_fits, resources_of, trial_resources
-    from acpsearch.service.tasks import finetune_trainable, light_splits
-
-    metric = keys.metric_of(ctx.spec.task).val
-    recorder = TuneRecorder(ctx.storage, trial_ids, metric=metric)
-    # every finalist trial asks for finetune.resources ({cpu: 1} as before; gpu > 0: it trains on
-    # cuda, on the GPU share Ray gives it); a request no node can meet would wait forever
-    check_cluster_fits(ray_mod.cluster_resources(), resources_of(ctx.spec.finetune), "finetune.resources")
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            finetune_trainable,
-            ckpt=ctx.base_ckpt,
-            spec=ctx.spec,
-            splits=light_splits(ctx.splits),
-            out_dir=str(out_dir),
-            allow_factories=ctx.allow,
-        ),
-        trial_resources(ctx.spec),
+        errors = tune_finalists(ctx, ray_mod, todo, trial_ids, out_dir)
+        finish_finalists(ctx, ray_mod, todo, trial_ids, out_dir, errors)
+    check_some_complete(ft_study)
+    spent = record_epochs_spent(ctx, ft_study)
+    return Record(
+        {"epochs_spent": spent, "finalists": [t.number for t in chosen], "finetune_study": ft_study.study_name}
     )
-    space = {
-        "finalist": tune.grid_search(
-            [{"number": t.number, "ratios": ratios_of(t), "round_to": round_to_of(t)} for t in todo]
-        )
-    }
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            scheduler=_scheduler(ctx.spec.finetune, metric),
-            max_concurrent_trials=max(1, ctx.workers),
-            reuse_actors=False,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{ctx.name}-finetune-{uuid.uuid4().hex[:6]}",
-            storage_path=str(ctx.artifacts / "ray-results"),
-            callbacks=[recorder.callback],
-            verbose=0,
-            log_to_file=True,
-            # a finalist whose worker dies is started again, boundedly
-            failure_config=tune.FailureConfig(max_failures=MAX_ATTEMPTS - 1),
-        ),
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables on stdout; --json owns stdout
-        tuner.fit()
-    return recorder.errors
-
-
-def _finish(
-    ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int], out_dir: Path, errors: dict[int, str]
-) -> None:
-    """Test metrics (Ray tasks) of each fine-tuned finalist; its trial ends COMPLETE (val mAP as
-    value), PRUNED (stopped early) or FAIL (no result, with the reason)."""
-    import optuna
-
-    from acpsearch.service.tasks import evaluate_checkpoint
-
-    # Test metrics are computed BEFORE a finalist trial is finished: Optuna forbids attribute
-    # updates on finished trials, and every finalist must carry val_map and test_map.
-    remote = ray_mod.remote(num_cpus=1)(evaluate_checkpoint)
-    refs = {}
-    for cand in todo:
-        path = out_dir / f"finalist-{cand.number}.pt"
-        if cand.number not in errors and path.exists():
-            refs[cand.number] = remote.remote(str(path), ctx.spec, latency=False, allow_factories=ctx.allow)
-    for cand in todo:
-        tid = trial_ids[cand.number]
-        path = out_dir / f"finalist-{cand.number}.pt"
-        frozen = ctx.storage.get_trial(tid)
-        curve = {int(k): float(v) for k, v in frozen.intermediate_values.items()}
-        if cand.number not in refs or not curve:
-            ctx.storage.set_trial_user_attr(tid, keys.T_FAIL_REASON, errors.get(cand.number, "no result"))
-            ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
-            continue
-        _store_result(ctx, tid, path, curve, ray_mod.get(refs[cand.number]))
-        ctx.reporter.advance(1)
-        ctx.check()
-
-
-def _store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], ev: dict[str, Any]) -> None:
-    """A fine-tuned finalist's metrics into its trial, which ends COMPLETE or PRUNED."""
-    import optuna
-
-    from acpsearch.checkpoint import load_model
-    from acpsearch.service.tasks import measure_latency_ms
-
-    assert ctx.base_ckpt is not None
-    full = ctx.graph.cost()
-    # Latency is timed here on the driver, one finalist after another, like the base net in
-    # the base phase: parallel timings on a busy worker measured each other, not the model.
-    shape = list(ctx.base_ckpt["input_shape"])
-    ev["latency_ms"] = round(measure_latency_ms(load_model(path, allow_factories=ctx.allow), shape), 3)
-    epochs_run = max(curve)
-    stopped = epochs_run < ctx.spec.finetune.epochs
-    best_val = max(curve.values())
-    metric = keys.metric_of(ctx.spec.task)
-    attrs = {
-        metric.val: best_val,
-        **_test_attrs(ev, ctx.spec.task),
-        keys.T_MEASURED_FLOPS: ev["flops"],
-        keys.T_MEASURED_PARAMS: ev["params"],
-        keys.T_MEASURED_FLOPS_RATIO: ev["flops"] / full.flops,
-        keys.T_MEASURED_PARAMS_RATIO: ev["params"] / full.params,
-        keys.T_LATENCY_MS: ev.get("latency_ms"),
-        keys.T_EPOCHS_RUN: epochs_run,
-        keys.T_STOPPED_EARLY: stopped,
-        metric.before: curve.get(0),
-        keys.T_PATH: str(path),
-        keys.T_PR_CURVE: ev.get("pr_curve"),
-    }
-    for key, val in clean(attrs).items():
-        ctx.storage.set_trial_user_attr(tid, key, val)
-    if stopped:  # ASHA stopped it: PRUNED, not COMPLETE (Tune would call it complete)
-        ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.PRUNED)
-    else:
-        ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE, [best_val])
-
-
-def _test_attrs(ev: dict[str, Any], task: str) -> dict[str, Any]:
-    """A finalist's test metrics (and a classifier's top-5 ones) as trial attributes."""
-    if task == "classification":
-        top5 = {k: ev[k] for k in (keys.T_VAL_ACC_TOP5, keys.T_TEST_ACC_TOP5) if k in ev}  # 20+ classes
-        return {keys.T_TEST_ACC: ev.get(keys.T_TEST_ACC), **top5}
-    return {
-        keys.T_TEST_MAP: ev["test_map"],
-        keys.T_TEST_MAP_TOPK: ev["test_map_topk"],
-        keys.T_TOPK: ev["topk"],
-    }

@@ -38,6 +38,7 @@ from acpsearch.service.spec.fields import (
     _Section,
     choice,
 )
+from acpsearch.service.spec.selection import DiversitySpec, EpochBudget, HalvingSpec, SparsitySpec, check_finetune
 from acpsearch.service.spec.task import CLASSIFICATION_LOSSES
 
 
@@ -332,3 +333,13 @@ class FinetuneSpec(_Augmentation):
     distill: LossWeight = 0.0
     # per finalist trial (Ray Tune): {cpu: 1, gpu: 0} as before; gpu 0.25 = four trials per GPU
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # finalists chosen for diversity, successive halving, a cap on the epochs spent (spec/selection.py)
+    diversity: DiversitySpec | None = None
+    halving: HalvingSpec | None = None
+    epoch_budget: EpochBudget | None = None
+    sparsity: SparsitySpec | None = None  # retrieval only
+
+    @model_validator(mode="after")
+    def _selection(self) -> FinetuneSpec:
+        check_finetune(self)
+        return self

@@ -88,7 +88,9 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
     for part in loc:
         field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
         ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        # a section that may be left out (`HalvingSpec | None`): its model
+        ann = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = ann
         if model is None:
             break
     return model

@@ -44,6 +44,10 @@ def _check_classification(spec: Any) -> None:
         )
     if not isinstance(spec.data.normalize, str):
         raise _field_error(("data", "normalize"), "{mean, std}", "a classification study takes 'train' or 'none'")
+    if spec.finetune.sparsity is not None:
+        raise _field_error(
+            ("finetune", "sparsity"), "{...}", "a retrieval option (the group penalty trains with the hash loss)"
+        )
     if spec.finetune.distill > MAX_DISTILL_ALPHA:
         raise _field_error(
             ("finetune", "distill"),
