@@ -267,6 +267,14 @@ class ChannelGraph(CostForms):
             self._set_form_matrix()
 
     # ------------------------------------------------------------------ strategy arithmetic
+    def require_groups(self) -> None:
+        """UnsupportedModelError when the network has no prunable channel group (nothing to prune)."""
+        if not self.groups:
+            raise UnsupportedModelError(
+                f"model {type(self.model).__name__}: no prunable channel group (the converter froze every "
+                "channel; see docs/extending.md to register a rule for custom layers)"
+            )
+
     def group(self, name: str) -> ChannelGroup:
         idx = self.group_index.get(name)
         if idx is None:
@@ -305,6 +313,7 @@ class ChannelGraph(CostForms):
 
     def cost_batch(self, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
         """Exact (flops, params) arrays for ratio rows [n, n_groups], same rounding as strategies."""
+        self.require_groups()
         r = np.asarray(ratios, dtype=np.float64)
         if r.ndim != 2 or r.shape[1] != len(self.groups):
             raise SpecError(f"ratios: expected shape [n, {len(self.groups)}], got {list(r.shape)}")
@@ -325,6 +334,7 @@ class ChannelGraph(CostForms):
 
     def cost_kept(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flops, params) for explicit kept-count rows [n, n_groups]."""
+        self.require_groups()
         return self._eval_terms(np.asarray(kept, dtype=np.int64).reshape(-1, len(self.groups)))
 
     # ------------------------------------------------------------------ exports
