@@ -4,9 +4,14 @@ What the cost model counts (and `acpsearch.pruning.measure_cost` measures the sa
 
 * ``flops`` = multiply-accumulates (MACs) **per input sample** of every call of a convolution
   (``nn.Conv1d/2d/3d`` and subclasses: output elements x in_channels/groups x kernel volume;
-  transposed convs: input elements x out_channels/groups x kernel volume) and of every
-  ``nn.Linear`` (and subclasses: output elements x in_features). Biases, norms, activations,
-  pooling, elementwise ops and functional convs/linears (``F.conv2d``) are not counted.
+  transposed convs: input elements x out_channels/groups x kernel volume), of every
+  ``nn.Linear`` (and subclasses: output elements x in_features) and of every functional conv
+  (``F.conv2d``, groups 1) whose weight is computed from one parameter of the same shape. Biases,
+  norms, activations, pooling, elementwise ops and other functional convs/linears are not counted.
+* ``bops`` = the binary ones among those MACs (convs declaring ``acp_binary``, functional convs on
+  a sign-valued input with a ``+-alpha`` weight): counted here and not in ``flops``;
+  ``ops = flops + bops / 64``; ``binary_params`` = entries of binary weights (1 bit each in
+  ``model_bits``).
 * ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
   norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
 
