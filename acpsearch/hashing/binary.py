@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -61,6 +62,9 @@ def binary_sign(x: torch.Tensor, grad: str = "ste", k: float = 10.0, t: float = 
     return cast(torch.Tensor, _SignSTE.apply(x))  # type: ignore[no-untyped-call]
 
 
+torch.fx.wrap("binary_sign")  # plain torch.fx traces record it as one call (autograd Functions inside)
+
+
 class BinaryConv2d(nn.Conv2d):
     """Conv2d on sign(input) and alpha * sign(weight), alpha = mean |W| per output channel.
 
@@ -81,7 +85,7 @@ class BinaryConv2d(nn.Conv2d):
     def binary_weight(self) -> torch.Tensor:
         """alpha * sign(W), alpha = mean |W| over (in, kh, kw) per output channel."""
         w = self.weight
-        alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
         return alpha * binary_sign(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
