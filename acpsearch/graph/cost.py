@@ -82,3 +82,45 @@ def linear_term(m: nn.Linear, x_shape: Sequence[int], y_shape: Sequence[int]) ->
 def count_params(model: nn.Module) -> int:
     """Every parameter of the model, shared ones once (buffers are not counted)."""
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Model cost: float MACs per input sample (``flops``) and parameter count; for binary networks
+    also binary MACs per sample (``bops``) and how many parameters are binary weights (1 bit each).
+    ``ops = flops + bops / 64`` and ``model_bits`` (float parameters 32 bits, binary ones 1 bit)."""
+
+    flops: int
+    params: int
+    bops: int = 0
+    binary_params: int = 0
+
+    @property
+    def ops(self) -> float:
+        """Operations per sample: float MACs plus binary MACs / 64 (the BNN literature's convention)."""
+        return self.flops + self.bops / 64
+
+    @property
+    def model_bits(self) -> int:
+        """Model size in bits: binary weights 1 bit, every other parameter 32 bits."""
+        return 32 * (self.params - self.binary_params) + self.binary_params
+
+    def ops_ratio(self, base: Cost) -> float:
+        return self.ops / max(base.ops, 1.0)
+
+    def ratio(self, base: Cost) -> tuple[float, float]:
+        """(flops ratio, params ratio) relative to `base`."""
+        return self.flops / max(base.flops, 1), self.params / max(base.params, 1)
+
+    def flops_ratio(self, base: Cost) -> float:
+        return self.flops / max(base.flops, 1)
+
+    def params_ratio(self, base: Cost) -> float:
+        return self.params / max(base.params, 1)
+
+    def to_dict(self) -> dict[str, int]:
+        """{"flops", "params"}, plus "bops" and "binary_params" for a binary network."""
+        out = {"flops": int(self.flops), "params": int(self.params)}
+        if self.bops or self.binary_params:
+            out.update(bops=int(self.bops), binary_params=int(self.binary_params))
+        return out
