@@ -41,6 +41,7 @@ def inspect_cmd(
 
     ckpt, model, example = _load(checkpoint, allow_factory)
     g = ChannelGraph.from_model(model, example, hash_layer=hash_layer)
+    g.require_groups()
     cost = g.cost()
     doc = {
         "checkpoint": str(checkpoint),

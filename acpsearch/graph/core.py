@@ -4,9 +4,14 @@ What the cost model counts (and `acpsearch.pruning.measure_cost` measures the sa
 
 * ``flops`` = multiply-accumulates (MACs) **per input sample** of every call of a convolution
   (``nn.Conv1d/2d/3d`` and subclasses: output elements x in_channels/groups x kernel volume;
-  transposed convs: input elements x out_channels/groups x kernel volume) and of every
-  ``nn.Linear`` (and subclasses: output elements x in_features). Biases, norms, activations,
-  pooling, elementwise ops and functional convs/linears (``F.conv2d``) are not counted.
+  transposed convs: input elements x out_channels/groups x kernel volume), of every
+  ``nn.Linear`` (and subclasses: output elements x in_features) and of every functional conv
+  (``F.conv2d``, groups 1) whose weight is computed from one parameter of the same shape. Biases,
+  norms, activations, pooling, elementwise ops and other functional convs/linears are not counted.
+* ``bops`` = the binary ones among those MACs (convs declaring ``acp_binary``, functional convs on
+  a sign-valued input with a ``+-alpha`` weight): counted here and not in ``flops``;
+  ``ops = flops + bops / 64``; ``binary_params`` = entries of binary weights (1 bit each in
+  ``model_bits``).
 * ``params`` = every parameter of the model (``model.parameters()``, shared ones once), incl.
   norms, biases and free ``nn.Parameter`` such as layer-scale gammas; buffers are not counted.
 
@@ -28,6 +33,7 @@ from torch import nn
 from acpsearch.errors import SpecError, UnsupportedModelError
 from acpsearch.graph.analysis import analyse
 from acpsearch.graph.channels import Analysis, Seg
+from acpsearch.graph.cost import Cost as Cost
 from acpsearch.graph.features import NodeDescriptors, to_pyg
 from acpsearch.graph.forms import CostForms
 from acpsearch.graph.strategy import DescribedStrategy, KeptCounts
@@ -36,27 +42,6 @@ from acpsearch.graph.tracing import ExampleInput
 if TYPE_CHECKING:
     import networkx as nx
     from torch_geometric.data import Data
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Model cost: MACs per input sample (``flops``) and parameter count."""
-
-    flops: int
-    params: int
-
-    def ratio(self, base: Cost) -> tuple[float, float]:
-        """(flops ratio, params ratio) relative to `base`."""
-        return self.flops / max(base.flops, 1), self.params / max(base.params, 1)
-
-    def flops_ratio(self, base: Cost) -> float:
-        return self.flops / max(base.flops, 1)
-
-    def params_ratio(self, base: Cost) -> float:
-        return self.params / max(base.params, 1)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"flops": int(self.flops), "params": int(self.params)}
 
 
 @dataclass
@@ -182,7 +167,8 @@ class ChannelGraph(CostForms):
         self._build_terms()
         G = len(self.groups)
         self._base_cost = self._eval_terms(self.channels[None, :])
-        base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]))
+        bo, bp = self._eval_binary(self.channels[None, :])
+        base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]), int(bo[0]), int(bp[0]))
         self._base = base
         # cost shares per group: cost removed when the group alone is pruned to zero channels
         if G:
@@ -245,6 +231,14 @@ class ChannelGraph(CostForms):
             self._set_form_matrix()
 
     # ------------------------------------------------------------------ strategy arithmetic
+    def require_groups(self) -> None:
+        """UnsupportedModelError when the network has no prunable channel group (nothing to prune)."""
+        if not self.groups:
+            raise UnsupportedModelError(
+                f"model {type(self.model).__name__}: no prunable channel group (the converter froze every "
+                "channel; see docs/extending.md to register a rule for custom layers)"
+            )
+
     def group(self, name: str) -> ChannelGroup:
         idx = self.group_index.get(name)
         if idx is None:
@@ -278,17 +272,33 @@ class ChannelGraph(CostForms):
             return self._base
         kept = strategy.kept_vector()[None, :]
         f, p = self._eval_terms(kept)
-        return Cost(int(f[0]), int(p[0]))
+        bo, bp = self._eval_binary(kept)
+        return Cost(int(f[0]), int(p[0]), int(bo[0]), int(bp[0]))
 
     def cost_batch(self, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
         """Exact (flops, params) arrays for ratio rows [n, n_groups], same rounding as strategies."""
+        self.require_groups()
         r = np.asarray(ratios, dtype=np.float64)
         if r.ndim != 2 or r.shape[1] != len(self.groups):
             raise SpecError(f"ratios: expected shape [n, {len(self.groups)}], got {list(r.shape)}")
         return self._eval_terms(self.kept_counts(r, round_to))
 
+    def ops_batch(self, ratios: np.ndarray, round_to: int = 4) -> np.ndarray:
+        """Exact ops (flops + bops / 64) per ratio row [n, n_groups], same rounding as strategies."""
+        f, _ = self.cost_batch(ratios, round_to)
+        bo, _ = self._eval_binary(self.kept_counts(np.asarray(ratios, dtype=np.float64), round_to))
+        return np.asarray(f, dtype=np.float64) + bo / 64
+
+    def cost_kept_full(self, kept: np.ndarray) -> Cost:
+        """The Cost of one explicit kept-count vector (bops and binary parameters included)."""
+        row = np.asarray(kept, dtype=np.int64).reshape(1, len(self.groups))
+        f, p = self._eval_terms(row)
+        bo, bp = self._eval_binary(row)
+        return Cost(int(f[0]), int(p[0]), int(bo[0]), int(bp[0]))
+
     def cost_kept(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flops, params) for explicit kept-count rows [n, n_groups]."""
+        self.require_groups()
         return self._eval_terms(np.asarray(kept, dtype=np.int64).reshape(-1, len(self.groups)))
 
     # ------------------------------------------------------------------ exports

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -26,6 +27,7 @@ class MacTerm:
     den: int = 1
     out: bool = True
     inp: bool = True
+    binary: bool = False  # a binary (sign x sign) multiply-accumulate: counted in bops, not flops
 
     def value(self, c_out: int, c_in: int) -> int:
         return self.num * (c_out if self.out else 1) * (c_in if self.inp else 1) // self.den
@@ -40,11 +42,36 @@ def conv_term(m: _ConvNd, x_shape: Sequence[int], y_shape: Sequence[int]) -> Mac
     """Convolution: output elements x in_channels/groups x kernel volume (transposed: input
     elements x out_channels/groups x kernel volume)."""
     kv = int(math.prod(m.kernel_size))
+    binary = bool(getattr(m, "acp_binary", False))
     if m.transposed:
-        return MacTerm(_per_channel(x_shape, 1) * kv, m.groups)
+        return MacTerm(_per_channel(x_shape, 1) * kv, m.groups, binary=binary)
     if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise: one input channel each
-        return MacTerm(_per_channel(y_shape, 1) * kv, 1, out=True, inp=False)
-    return MacTerm(_per_channel(y_shape, 1) * kv, m.groups)
+        return MacTerm(_per_channel(y_shape, 1) * kv, 1, out=True, inp=False, binary=binary)
+    return MacTerm(_per_channel(y_shape, 1) * kv, m.groups, binary=binary)
+
+
+def functional_conv_term(w_shape: Sequence[int], y_shape: Sequence[int], binary: bool) -> MacTerm:
+    """``F.conv1d/2d/3d`` (groups 1): output elements x in_channels x kernel volume."""
+    return MacTerm(_per_channel(y_shape, 1) * int(math.prod(w_shape[2:])), binary=binary)
+
+
+def _sign_valued(t: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Every entry is 0 or +-scale (relative tolerance 1e-4: straight-through estimators written
+    as ``hard.detach() - soft.detach() + soft`` leave rounding errors)."""
+    d = t.detach().abs()
+    return bool((((d - scale).abs() <= 1e-4 * scale) | (d <= 1e-6 * scale)).all())
+
+
+def is_binary_call(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """A functional conv is binary when its input is sign-valued (0 / +-1) and every output row
+    of its weight is 0 / +-alpha (one scale per output channel)."""
+    if x.numel() == 0 or w.numel() == 0 or not x.is_floating_point():
+        return False
+    if not _sign_valued(x, torch.ones((), dtype=x.dtype, device=x.device)):
+        return False
+    rows = w.detach().flatten(1)
+    alpha = rows.abs().amax(1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+    return _sign_valued(rows, alpha)
 
 
 def linear_term(m: nn.Linear, x_shape: Sequence[int], y_shape: Sequence[int]) -> MacTerm:
@@ -55,3 +82,45 @@ def linear_term(m: nn.Linear, x_shape: Sequence[int], y_shape: Sequence[int]) ->
 def count_params(model: nn.Module) -> int:
     """Every parameter of the model, shared ones once (buffers are not counted)."""
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Model cost: float MACs per input sample (``flops``) and parameter count; for binary networks
+    also binary MACs per sample (``bops``) and how many parameters are binary weights (1 bit each).
+    ``ops = flops + bops / 64`` and ``model_bits`` (float parameters 32 bits, binary ones 1 bit)."""
+
+    flops: int
+    params: int
+    bops: int = 0
+    binary_params: int = 0
+
+    @property
+    def ops(self) -> float:
+        """Operations per sample: float MACs plus binary MACs / 64 (the BNN literature's convention)."""
+        return self.flops + self.bops / 64
+
+    @property
+    def model_bits(self) -> int:
+        """Model size in bits: binary weights 1 bit, every other parameter 32 bits."""
+        return 32 * (self.params - self.binary_params) + self.binary_params
+
+    def ops_ratio(self, base: Cost) -> float:
+        return self.ops / max(base.ops, 1.0)
+
+    def ratio(self, base: Cost) -> tuple[float, float]:
+        """(flops ratio, params ratio) relative to `base`."""
+        return self.flops / max(base.flops, 1), self.params / max(base.params, 1)
+
+    def flops_ratio(self, base: Cost) -> float:
+        return self.flops / max(base.flops, 1)
+
+    def params_ratio(self, base: Cost) -> float:
+        return self.params / max(base.params, 1)
+
+    def to_dict(self) -> dict[str, int]:
+        """{"flops", "params"}, plus "bops" and "binary_params" for a binary network."""
+        out = {"flops": int(self.flops), "params": int(self.params)}
+        if self.bops or self.binary_params:
+            out.update(bops=int(self.bops), binary_params=int(self.binary_params))
+        return out

@@ -8,8 +8,9 @@ from acpsearch.pruning.criteria import (
     get_criterion,
     set_taylor_importance,
 )
+from acpsearch.pruning.measure import measure_cost
 from acpsearch.pruning.probe import TASKS, FunctionalProbe, model_codes, model_outputs, recalibrate_bn
-from acpsearch.pruning.prune import apply_indices, apply_record, make_record, measure_cost, prune
+from acpsearch.pruning.prune import apply_indices, apply_record, make_record, prune
 from acpsearch.pruning.strategy import PruningStrategy
 
 __all__ = [

@@ -5,7 +5,9 @@ scales, free parameters). Each criterion scores the channels in every relevant t
 the scores by their mean (so layers of different scale weigh the same) and sums them:
 
 * ``l1`` / ``l2``: norm of each channel's slice of every conv / linear weight bound to the group
-  (output filters and consumer input columns; Torch-Pruning's group-norm importance);
+  (output filters and consumer input columns; Torch-Pruning's group-norm importance). On a group
+  that touches a binary conv's weight (used as ``alpha * sign(W)``, so its magnitude ranks only
+  alpha) they score like ``bn_scale`` when the group has norm scales: the default for binary groups;
 * ``bn_scale``: |gamma| of the norm layers on the group (network slimming), else l1;
 * ``fpgm``: distance of each output filter to the other filters of its layer (filters near the
   geometric median are redundant), else l1;
@@ -117,6 +119,9 @@ class Norm(Criterion):
         self.p = p
 
     def score(self, inp: ScoringInput) -> Scores:
+        binary = inp.graph.analysis.binary_params
+        if any(s[0] in binary for s in inp.slices) and _norm_scales(inp):
+            return BNScale().score(inp)
         total = np.zeros(inp.group.channels)
         for tname, axis, off, size, rep in inp.weights or inp.slices:
             rows = _channel_rows(inp.tensors[tname], axis, off, size, rep)
@@ -139,22 +144,27 @@ class L2(Norm):
         super().__init__(2)
 
 
+def _norm_scales(inp: ScoringInput) -> list[Slice]:
+    """The group's slices of norm-layer scales (gamma)."""
+    mods = inp.graph.analysis.modules
+
+    def is_norm_scale(tname: str) -> bool:
+        mod = mods.get(tname.rsplit(".", 1)[0])
+        return (
+            tname.endswith(".weight")
+            and inp.tensors[tname].dim() == 1
+            and mod is not None
+            and (mod.kind in ("norm", "groupnorm", "layernorm"))
+        )
+
+    return [s for s in inp.slices if is_norm_scale(s[0])]
+
+
 class BNScale(Criterion):
     name = "bn_scale"
 
     def score(self, inp: ScoringInput) -> Scores:
-        mods = inp.graph.analysis.modules
-
-        def is_norm_scale(tname: str) -> bool:
-            mod = mods.get(tname.rsplit(".", 1)[0])
-            return (
-                tname.endswith(".weight")
-                and inp.tensors[tname].dim() == 1
-                and mod is not None
-                and (mod.kind in ("norm", "groupnorm", "layernorm"))
-            )
-
-        norms = [s for s in inp.slices if is_norm_scale(s[0])]
+        norms = _norm_scales(inp)
         if not norms:
             return L1().score(inp)
         total = np.zeros(inp.group.channels)

@@ -50,6 +50,7 @@ class PruningStrategy:
     ) -> None:
         if not isinstance(graph, ChannelGraph):
             raise SpecError(f"graph: expected a ChannelGraph, got {type(graph).__name__}")
+        graph.require_groups()
         get_criterion(criterion)
         if not isinstance(round_to, (int, np.integer)) or isinstance(round_to, bool) or round_to < 1:
             raise SpecError(f"round_to: {round_to!r} must be a positive integer")

@@ -52,6 +52,8 @@ class GridSampler:
                 cols.append(np.asarray(flops, dtype=np.float64))
             if "params" in self.kinds:
                 cols.append(np.asarray(params, dtype=np.float64))
+        if "ops" in self.kinds:  # after flops / params, before latency: the order of `kinds`
+            cols.append(np.asarray(self.g.ops_batch(ratios, round_to=self._rt), dtype=np.float64))
         if "latency_ms" in self.kinds:
             cols.append(np.asarray(self.latency.predict_batch(self.g, ratios, self._rt), dtype=np.float64))
         if not cols:

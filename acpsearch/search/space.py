@@ -34,22 +34,28 @@ from acpsearch.errors import BudgetError, SpecError
 from acpsearch.graph import ChannelGraph
 from acpsearch.search.sampling import GridSampler
 
-_KIND_LABEL = {"flops": "FLOPs", "params": "params"}
+_KIND_LABEL = {"flops": "FLOPs", "params": "params", "ops": "OPs"}
+_KINDS = ("flops", "params", "ops")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Resource budget: FLOPs and params as ratios of the unpruned network, latency in ms."""
+    """Resource budget: FLOPs, params and OPs (float MACs + binary MACs / 64, for binary networks)
+    as ratios of the unpruned network, latency in ms."""
 
     flops: float | None = None
     params: float | None = None
     latency_ms: float | None = None
+    ops: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        out = asdict(self)
+        if self.ops is None:  # the key of binary networks only: float studies keep their records
+            del out["ops"]
+        return out
 
     def is_empty(self) -> bool:
-        return self.flops is None and self.params is None and self.latency_ms is None
+        return self.flops is None and self.params is None and self.latency_ms is None and self.ops is None
 
 
 def _grid(lo: float, hi: float, step: float) -> np.ndarray:
@@ -68,7 +74,7 @@ def _check_arguments(budget: Budget, step: float, min_keep: float, slack: float,
         raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
     if not (0.0 <= slack < 1.0):
         raise SpecError(f"space.slack={slack} must be in [0, 1)")
-    for kind in ("flops", "params"):
+    for kind in _KINDS:
         v = getattr(budget, kind)
         if v is not None and not (0.0 < v <= 1.0):
             raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
@@ -99,6 +105,12 @@ class DynamicSpace(GridSampler):
         fixed: Iterable[str] | None = None,
     ) -> None:
         budget = budget if budget is not None else Budget()
+        g.require_groups()
+        if budget.latency_ms is not None and g.cost().bops:
+            raise BudgetError(
+                "budget.latency_ms: the network has binary convs, which PyTorch runs as float convs (a timed "
+                "latency would measure float emulation); use budget.ops"
+            )
         _check_arguments(budget, step, min_keep, slack, latency)
         self.g = g
         self.budget = budget
@@ -113,8 +125,8 @@ class DynamicSpace(GridSampler):
         self.names = [grp.name for grp in g.groups]
         self._col = {n: i for i, n in enumerate(self.names)}
         full = g.cost()
-        self.full = {"flops": float(full.flops), "params": float(full.params)}
-        self.kinds: list[str] = [k for k in ("flops", "params") if getattr(budget, k) is not None]
+        self.full = {"flops": float(full.flops), "params": float(full.params), "ops": float(full.ops)}
+        self.kinds: list[str] = [k for k in _KINDS if getattr(budget, k) is not None]
         self.limits = np.array(
             [getattr(budget, k) * self.full[k] for k in self.kinds]
             + ([budget.latency_ms] if budget.latency_ms is not None else []),
@@ -187,13 +199,16 @@ class DynamicSpace(GridSampler):
             self._gvalid[i, : len(gr)] = True
 
     def _negligible_groups(self) -> list[str]:
-        kinds = [k for k in ("flops", "params") if k in self.kinds] or ["flops", "params"]
+        kinds = [k for k in _KINDS if k in self.kinds] or ["flops", "params"]
         base = np.ones((1, len(self.names)))
         rows = np.ones((len(self.names), len(self.names)))
         np.fill_diagonal(rows, self.min_keep)
         f0, p0 = self.g.cost_batch(base, round_to=self._rt)
         f, p = self.g.cost_batch(rows, round_to=self._rt)
         saved = {"flops": (f0[0] - np.asarray(f)) / max(f0[0], 1), "params": (p0[0] - np.asarray(p)) / max(p0[0], 1)}
+        if "ops" in kinds:
+            o0, o = self.g.ops_batch(base, round_to=self._rt), self.g.ops_batch(rows, round_to=self._rt)
+            saved["ops"] = (o0[0] - o) / max(o0[0], 1.0)
         share = np.max(np.stack([saved[k] for k in kinds]), axis=0)
         return [n for n, s in zip(self.names, share) if s < self.freeze_below]
 
@@ -220,6 +235,8 @@ class DynamicSpace(GridSampler):
         cheapest = self._full_matrix(self._lo[None, :])
         f, p = self.g.cost_batch(cheapest, round_to=self._rt)
         out = {"flops": float(f[0]) / self.full["flops"], "params": float(p[0]) / self.full["params"]}
+        if "ops" in self.kinds:
+            out["ops"] = float(self.g.ops_batch(cheapest, round_to=self._rt)[0]) / self.full["ops"]
         if self.latency is not None:
             out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest, self._rt)[0])
         return out

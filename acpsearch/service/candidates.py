@@ -23,6 +23,7 @@ def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> 
     names = [g.name for g in run.graph.groups]
     rows = np.array([[s.ratios.get(n, 1.0) for n in names] for s in strategies], dtype=np.float64)
     flops, params = run.graph.cost_batch(rows, round_to=round_to)
+    ops = run.graph.ops_batch(rows, round_to=round_to)
     full = run.graph.cost()
     b = run.spec.budget
     out = []
@@ -33,6 +34,8 @@ def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> 
             cons["flops"] = round(fr - b.flops, 6)
         if b.params is not None:
             cons["params"] = round(pr - b.params, 6)
+        if b.ops is not None:
+            cons["ops"] = round(float(ops[i]) / full.ops - b.ops, 6)
         out.append(
             {
                 keys.T_FLOPS: int(flops[i]),

@@ -211,6 +211,8 @@ def store_result(ctx: StudyRun, tid: int, path: Path, curve: dict[int, float], e
         keys.T_PATH: str(path),
         keys.T_PR_CURVE: ev.get("pr_curve"),
     }
+    if "ops" in ev:  # a binary network
+        attrs.update(measured_ops=ev["ops"], measured_ops_ratio=ev["ops"] / full.ops, model_bits=ev["model_bits"])
     for key, val in clean(attrs).items():
         ctx.storage.set_trial_user_attr(tid, key, val)
     if stopped:  # ASHA stopped it: PRUNED, not COMPLETE (Tune would call it complete)

@@ -133,9 +133,11 @@ def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = No
     bounds = group_bounds(graph, {k: tuple(v) for k, v in sp.bounds.items()}) if sp.bounds else None
 
     latency = None
-    if spec.budget.latency_ms is not None:
+    if spec.budget.latency_ms is not None and not graph.cost().bops:  # binary: refused by the space
         latency = _latency_table(graph, model, example)
-    budget = Budget(flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms)
+    budget = Budget(
+        flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms, ops=spec.budget.ops
+    )
     return DynamicSpace(
         graph,
         budget,

@@ -331,6 +331,8 @@ def evaluate_checkpoint(
         "flops": int(cost.flops),
         "params": int(cost.params),
     }
+    if cost.bops:  # a binary network: binary MACs, OPs and model bits as well
+        out.update(bops=int(cost.bops), ops=float(cost.ops), model_bits=int(cost.model_bits))
     if pr_curve:
         out["pr_curve"] = _pr_to_lists(precision_recall_curve(q, db, ql, dl))
     if latency:

@@ -10,7 +10,7 @@ from torch import fx, nn
 from acpsearch.errors import SpecError
 from acpsearch.hashing import MODEL_NAMES, HashHead, create_model, with_hash_head
 
-EXPECTED = {"resnet20", "resnet32", "resnet56", "vgg11", "vgg16", "alexnet", "mobilenetv2"}
+EXPECTED = {"resnet20", "resnet32", "resnet56", "vgg11", "vgg16", "alexnet", "mobilenetv2", "bnn_resnet20"}
 
 
 def test_zoo_names():

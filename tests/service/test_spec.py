@@ -136,7 +136,7 @@ def test_bad_values_name_the_field(path, value, message):
             "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune, task)",
         ),
         ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
-        ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms)"),
+        ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms, ops)"),
     ],
 )
 def test_unknown_keys_are_errors(path, message):

@@ -53,6 +53,7 @@ def _magnitude_allocation(ctx: StudyRun) -> Any:
         ok = (b.flops is None or c.flops <= b.flops * full.flops) and (
             b.params is None or c.params <= b.params * full.params
         )
+        ok = ok and (b.ops is None or c.ops <= b.ops * full.ops)
         if ok and b.latency_ms is not None and ctx.space.latency is not None:
             ok = ctx.space.latency.predict(ctx.graph, s) <= b.latency_ms
         return bool(ok)

@@ -242,11 +242,12 @@ class BudgetSpec(_Section):
     flops: Ratio | None = None
     params: Ratio | None = None
     latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    ops: Ratio | None = None  # float MACs + binary MACs / 64 (binary networks; docs/binary.md)
 
     @model_validator(mode="after")
     def _some(self) -> BudgetSpec:
-        if self.flops is None and self.params is None and self.latency_ms is None:
-            raise ValueError("set at least one of flops, params, latency_ms")
+        if self.flops is None and self.params is None and self.latency_ms is None and self.ops is None:
+            raise ValueError("set at least one of flops, params, latency_ms, ops")
         return self
 
 
