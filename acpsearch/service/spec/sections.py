@@ -241,11 +241,12 @@ class BudgetSpec(_Section):
     flops: Ratio | None = None
     params: Ratio | None = None
     latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    bits: Annotated[int, Field(ge=1, le=4096)] | None = None  # code-length cap: searches the hash layer's outputs
 
     @model_validator(mode="after")
     def _some(self) -> BudgetSpec:
-        if self.flops is None and self.params is None and self.latency_ms is None:
-            raise ValueError("set at least one of flops, params, latency_ms")
+        if self.flops is None and self.params is None and self.latency_ms is None and self.bits is None:
+            raise ValueError("set at least one of flops, params, latency_ms, bits")
         return self
 
 
