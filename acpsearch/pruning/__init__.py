@@ -8,7 +8,14 @@ from acpsearch.pruning.criteria import (
     get_criterion,
     set_taylor_importance,
 )
-from acpsearch.pruning.probe import TASKS, FunctionalProbe, model_codes, model_outputs, recalibrate_bn
+from acpsearch.pruning.probe import (
+    TASKS,
+    FunctionalProbe,
+    model_codes,
+    model_outputs,
+    neighbour_agreement,
+    recalibrate_bn,
+)
 from acpsearch.pruning.prune import apply_indices, apply_record, make_record, measure_cost, prune
 from acpsearch.pruning.strategy import PruningStrategy
 
@@ -27,6 +34,7 @@ __all__ = [
     "FunctionalProbe",
     "model_codes",
     "model_outputs",
+    "neighbour_agreement",
     "TASKS",
     "recalibrate_bn",
 ]

@@ -29,6 +29,7 @@ class GridSampler:
     criterion: str
     round_to: int | None
     latency: Any
+    code_col: int | None
     _rt: int
     _act_cols: np.ndarray
     _lo: np.ndarray
@@ -54,6 +55,8 @@ class GridSampler:
                 cols.append(np.asarray(params, dtype=np.float64))
         if "latency_ms" in self.kinds:
             cols.append(np.asarray(self.latency.predict_batch(self.g, ratios, self._rt), dtype=np.float64))
+        if "bits" in self.kinds:  # kept code bits (the code group's kept count), capped by budget.bits
+            cols.append(self.g.kept_counts(ratios, self._rt)[:, self.code_col].astype(np.float64))
         if not cols:
             return np.zeros((ratios.shape[0], 0))
         return np.stack(cols, axis=1)
