@@ -38,6 +38,8 @@ WINNER = "winner"  # the winner's record (val/test mAP, ratios, costs, latency, 
 FINETUNE_STUDY = "finetune_study"  # the name of the companion study holding the finalists
 PARENT = "parent"  # on the companion study: the name of its search study
 LATENCY_COMPARE = "latency.base_vs_winner"  # one line: base vs winner latency, timed interleaved
+FRONT = "front"  # joint search: the candidates on the FLOPs x bits x score Pareto front
+CODE_LENGTHS = "code.lengths"  # phase shorten: [{bits, val_map, test_map, ...}] per code length
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -66,6 +68,11 @@ def winner(key: str) -> str:
 def base(key: str) -> str:
     """One flat value of the base network, shown as its own column by optuna-dashboard."""
     return _BASE_PREFIX + key
+
+
+def code_length(bits: int, key: str) -> str:
+    """One flat value of the winner shortened to `bits` (phase shorten), e.g. code.16bits.test_map."""
+    return f"code.{int(bits)}bits.{key}"
 
 
 def constraint(key: str) -> str:
@@ -112,6 +119,7 @@ T_FAIL_REASON = "fail_reason"
 T_FAILED_ATTEMPTS = "failed_attempts"
 T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
+T_BITS = "bits"  # a candidate's (finalist's, winner's) code length: the hash layer's kept outputs
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def build_ranker(
 
     model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(model, ex, hash_layer=spec.model.hash_layer)
+    graph = ChannelGraph.from_model(model, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
     ctx: dict[str, Any] = {
         "graph": graph,
         "model": model,
@@ -206,7 +206,7 @@ def finetune_trainable(
     fin = config["finalist"]
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer)
+    graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
     net = prune(base, strategy, ex).to(device)  # pruned on the CPU, trained where Ray put the trial
     record = make_record(strategy)

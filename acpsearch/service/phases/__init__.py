@@ -10,11 +10,12 @@ and, when later phases need what it made, `attach(ctx, record) -> StudyRun`.
     finetune  top-m finalists pruned + fine-tuned as Ray Tune trials (ASHA), one trial each in
               the companion study NAME.finetune (curve = intermediate values; ASHA-stopped = PRUNED)
     select    winner by validation mAP; test mAP of base and finalists (Ray tasks); winner exported
+    shorten   optional (spec code:): the winner's code shortened per length -> artifacts bits{K}.pt
     report    study note (markdown), JSON report and plots as artifacts
 """
 
-from acpsearch.service.phases import anchor, base, encoder, finetune, report, rerank, search, select
+from acpsearch.service.phases import anchor, base, encoder, finetune, report, rerank, search, select, shorten
 
-PHASES = (base, encoder, search, rerank, anchor, finetune, select, report)
+PHASES = (base, encoder, search, rerank, anchor, finetune, select, shorten, report)
 
 __all__ = ["PHASES"]
