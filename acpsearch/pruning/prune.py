@@ -188,9 +188,7 @@ def _same_shapes(old: list[tuple[int, ...]], new: list[tuple[int, ...]], code: t
     """Output shapes unchanged, except a code axis of `code` = (bits, kept bits)."""
     if code is None or len(old) != len(new):
         return old == new
-    return all(
-        len(a) == len(b) and all(x == y or (x, y) == code for x, y in zip(a, b)) for a, b in zip(old, new)
-    )
+    return all(len(a) == len(b) and all(x == y or (x, y) == code for x, y in zip(a, b)) for a, b in zip(old, new))
 
 
 def _verify(

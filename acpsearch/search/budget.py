@@ -56,7 +56,9 @@ def _check_arguments(budget: Budget, step: float, min_keep: float, slack: float,
             raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be a positive finite number")
         if latency is None:
             raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
-    if budget.bits is not None and (isinstance(budget.bits, bool) or not isinstance(budget.bits, int) or budget.bits < 1):
+    if budget.bits is not None and (
+        isinstance(budget.bits, bool) or not isinstance(budget.bits, int) or budget.bits < 1
+    ):
         raise BudgetError(f"budget.bits={budget.bits!r} must be a positive integer")
 
 
@@ -76,5 +78,3 @@ def code_bits_of(g: Any, budget: Budget) -> int | None:
     if budget.bits > grp.channels:
         raise BudgetError(f"budget.bits={budget.bits} exceeds the code length {grp.channels}")
     return int(grp.index)
-
-

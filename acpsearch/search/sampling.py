@@ -87,7 +87,10 @@ class GridSampler:
         use_min = use[: n * m].reshape(n, m, -1)
         use_max = use[n * m :].reshape(n, m, -1)
         feasible = valid & np.all(use_min <= 1.0 + 1e-12, axis=2)
-        reach = np.max(use_max, axis=2) >= 1.0 - self.slack
+        # non-wasteful on the channel budgets; a code-length cap (bits) alone never makes a choice
+        # "reach" the budget, or FLOPs would be wasted wherever the code sits at its cap
+        cols = [i for i, k in enumerate(self.kinds) if k != "bits"] or list(range(len(self.kinds)))
+        reach = np.max(use_max[:, :, cols], axis=2) >= 1.0 - self.slack
         offered = feasible & reach
         # Where nothing can reach (1 - slack) any more, offer the largest feasible ratio alone.
         none = ~offered.any(axis=1)

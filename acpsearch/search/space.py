@@ -36,6 +36,7 @@ from acpsearch.search.sampling import GridSampler
 
 __all__ = ["Budget", "DynamicSpace", "excluded_groups", "group_bounds", "output_groups"]
 
+
 class DynamicSpace(GridSampler):
     """Budget-feasible, define-by-run space of keep ratios for the groups of a ChannelGraph."""
 

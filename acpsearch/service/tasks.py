@@ -118,7 +118,9 @@ def build_ranker(
 
     model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(model, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
+    graph = ChannelGraph.from_model(
+        model, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None
+    )
     ctx: dict[str, Any] = {
         "graph": graph,
         "model": model,

@@ -16,8 +16,15 @@ from acpsearch.errors import BudgetError
 from acpsearch.graph import ChannelGraph
 from acpsearch.graph.features import STATIC_FEATURES, STRATEGY_FEATURES
 from acpsearch.hashing import create_model
-from acpsearch.pruning import FunctionalProbe, PruningStrategy, apply_record, make_record, measure_cost, prune
-from acpsearch.pruning import neighbour_agreement
+from acpsearch.pruning import (
+    FunctionalProbe,
+    PruningStrategy,
+    apply_record,
+    make_record,
+    measure_cost,
+    neighbour_agreement,
+    prune,
+)
 from acpsearch.pruning.probe import model_codes
 from acpsearch.search.space import Budget, DynamicSpace
 
@@ -71,7 +78,8 @@ def test_budget_bits_caps_the_searched_code_length(net):
     samples = sp.sample_many(150, random.Random(0))
     bits = collections.Counter(s.kept["hash_layer"] for s in samples)
     assert set(bits) <= {4, 8} and len(bits) == 2  # never above the cap, more than one length
-    assert all(g.cost(s).flops <= 0.5 * g.cost().flops for s in samples)
+    flops = [g.cost(s).flops / g.cost().flops for s in samples]
+    assert max(flops) <= 0.5 and min(flops) >= 0.4  # the cap on bits never lets FLOPs go to waste
     assert sp.smallest_reachable()["bits"] == 4.0
     study = optuna.create_study(sampler=optuna.samplers.NSGAIISampler(seed=0))
     for _ in range(10):

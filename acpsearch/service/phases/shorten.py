@@ -24,13 +24,13 @@ _FLAT = ("val_map", "test_map", "test_map_topk")
 
 def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
     """Shorten the winner along code.lengths; store every length (artifact + study attributes)."""
+    code = ctx.spec.code
+    if code is None:
+        return Record({"lengths": None, "reason": "no code: section in the spec"}, seconds=0.0)
     from acpsearch.checkpoint import load_model, read_checkpoint
     from acpsearch.checkpoint.code import code_of
     from acpsearch.codelength import shorten
 
-    code = ctx.spec.code
-    if code is None:
-        return Record({"lengths": None, "reason": "no code: section in the spec"}, seconds=0.0)
     winner_path = Path((ctx.study.user_attrs.get(keys.WINNER) or {})[keys.T_PATH])
     done = _stored(ctx)
     start = Path(done[-1]["path"]) if done else winner_path
@@ -106,7 +106,9 @@ def _store_length(ctx: StudyRun, winner_path: Path, res: Any, done: list[dict[st
         pruning=shortened_record(rec or None, hash_layer, res.record()),
         meta={**(ck.get("meta") or {}), "bits": res.bits, "shortened_from": str(winner_path), "val_map": res.val_map},
     )
-    ev = evaluate_checkpoint(str(path), ctx.spec, pr_curve=False, latency=False, threads=None, allow_factories=ctx.allow)
+    ev = evaluate_checkpoint(
+        str(path), ctx.spec, pr_curve=False, latency=False, threads=None, allow_factories=ctx.allow
+    )
     row = {
         "bits": int(res.bits),
         "method": res.method,

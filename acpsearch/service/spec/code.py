@@ -65,7 +65,9 @@ def check_code_options(spec: Any) -> None:
     if bits is not None:
         if bits > spec.model.bits:
             raise _field_error(
-                ("budget", "bits"), bits, f"must be <= model.bits = {spec.model.bits} (the base code length), got {bits}"
+                ("budget", "bits"),
+                bits,
+                f"must be <= model.bits = {spec.model.bits} (the base code length), got {bits}",
             )
         if spec.finetune.distill > 0:
             raise _field_error(
