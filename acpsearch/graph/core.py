@@ -118,8 +118,8 @@ class ChannelGraph(CostForms):
         built with prune_code and nothing else fixes the code's width; else None."""
         info = self.analysis.modules.get(self.hash_layer)
         V = self.analysis.vars
-        found = {self.group_of_root.get(V.find(v)) for v, _ in (info.out_segs if info is not None else ())}
-        found.discard(None)
+        segs = info.out_segs if info is not None else ()
+        found = {self.group_of_root[V.find(v)] for v, _ in segs if V.find(v) in self.group_of_root}
         return self.groups[found.pop()].name if len(found) == 1 else None
 
     # ------------------------------------------------------------------ construction
