@@ -344,6 +344,8 @@ def group_bounds(g: Any, bounds: dict[str, Sequence[float]]) -> dict[str, tuple[
         hit = [n for n in groups if n == key or fnmatch.fnmatchcase(n, key)]
         if not hit:
             hit = [grp for m in modules if _matches(m, key) for grp in output_groups(g, m)]
+        if not hit and getattr(g, "hash_layer", None) == key:
+            raise SpecError(f"space.bounds: {key!r}: the hash layer's outputs are searched only with budget.bits")
         if not hit:
             raise SpecError(f"space.bounds: {key!r} names no channel group of the network; {_close(key, groups)}")
         lo, hi = float(pair[0]), float(pair[1])
