@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from acpsearch.codelength import CRITERION_CHOICES, METHODS
 from acpsearch.service.spec.fields import _field_error, _Section
 
-CODE_METHODS = ("prune", "merge")
-# the code-length library's criteria (acpsearch.codelength.CRITERIA) plus `auto`
-CODE_CRITERIA = ("loss", "map", "balance", "quant", "random", "centre", "auto")
+CODE_METHODS = METHODS  # owned by the code-length library
+CODE_CRITERIA = CRITERION_CHOICES  # its criteria plus `auto`
 MAX_CODE_LENGTHS = 16
 
 
