@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from acpsearch.checkpoint.code import replay_record
 from acpsearch.checkpoint.read import read_checkpoint
 from acpsearch.checkpoint.validate import (
     MAX_BITS,
@@ -24,7 +25,6 @@ from acpsearch.checkpoint.validate import (
     validate_checkpoint,
 )
 from acpsearch.errors import AcpError, CheckpointError, SpecError
-from acpsearch.pruning import apply_record
 from acpsearch.trust import FactoryNotAllowed, FactoryPolicy, factory_module
 
 
@@ -241,7 +241,7 @@ def model_from_checkpoint(
         raise CheckpointError(f"{source}: {exc}") from None
     if ckpt.get("pruning"):
         example = torch.zeros(*ckpt["input_shape"])
-        model = apply_record(model, ckpt["pruning"], example)
+        model = replay_record(model, ckpt["pruning"], example)  # channels, then a shortened code
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from acpsearch.checkpoint.code import validate_code
 from acpsearch.errors import CheckpointError
 
 FORMAT = "acpsearch"
@@ -199,6 +200,7 @@ def _validate_pruning(rec: Any, where: str) -> None:
             or not all(is_int(i) and 0 <= i < channels for i in kept)
         ):
             raise CheckpointError(f"{at}.kept: must be a non-empty list of channel indices in [0, {channels})")
+    validate_code(rec.get("code"), where)
     cost = rec.get("cost")
     if cost is not None and not (isinstance(cost, dict) and all(is_int(cost.get(k)) for k in ("flops", "params"))):
         raise CheckpointError(f"{where}: pruning.cost: must be a mapping with integer 'flops' and 'params'")

@@ -49,7 +49,11 @@ __all__ = ["Engine", "analyse"]
 
 
 class Engine(Analyzer):
-    """Walks the traced graph and hands every node to its rule."""
+    """Walks the traced graph and hands every node to its rule. `code_layer` (set by `analyse`
+    with prune_code): the hash layer whose output channels, the code bits, stay prunable at the
+    output (every other output channel is frozen)."""
+
+    code_layer: str | None = None
 
     # -- main ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -84,7 +88,27 @@ class Engine(Analyzer):
         elif node.op in ("call_function", "call_method"):
             self.call_function(node, value)
         elif node.op == "output":
+            self.freeze_outputs(node)
+
+    def freeze_outputs(self, node: fx.Node) -> None:
+        """Freeze the channels of every model output, except the code layer's own output channels."""
+        info = self.modules.get(self.code_layer) if self.code_layer is not None else None
+        if info is None:
             self.freeze_args(node)
+            return
+        code = {self.V.find(v) for v, _ in info.out_segs}
+
+        def walk(d: Any) -> None:
+            if isinstance(d, Desc):
+                for v, _ in d.segs:
+                    if self.V.find(v) not in code:
+                        self.V.freeze(v)
+            elif isinstance(d, (list, tuple)):
+                for x in d:
+                    walk(x)
+
+        for a in flatten_nodes((node.args, node.kwargs)):
+            walk(self.desc.get(a))
 
     def get_attr(self, node: fx.Node, value: Any) -> None:
         self.desc[node] = None
@@ -149,16 +173,15 @@ def _has_tensor(v: Any) -> bool:
 
 
 def analyse(
-    model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None
+    model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None, prune_code: bool = False
 ) -> tuple[Analysis, fx.GraphModule]:
-    """Trace `model` and run the channel analysis (model left in its original train/eval mode)."""
+    """Trace `model` and run the channel analysis (model left in its original train/eval mode).
+    `prune_code`: the hash layer's output channels (the code bits) form a prunable group too."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     if not inputs or not isinstance(inputs[0], torch.Tensor):
         raise UnsupportedModelError("example_input: expected a tensor (or a tuple of tensors)")
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
     gm, rec, out = _trace(model, tuple(inputs))
-    an = Engine(model, gm, rec.values, batch)
-    an.run()
     out_tensors = [t for t in flat_values(out) if isinstance(t, torch.Tensor)]
     if not out_tensors:
         raise UnsupportedModelError(f"model {type(model).__name__}: forward returns no tensor")
@@ -174,8 +197,11 @@ def analyse(
         names = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
         if hash_layer not in names:
             raise UnsupportedModelError(f"hash_layer {hash_layer!r}: no such module is called in forward")
+    an = Engine(model, gm, rec.values, batch)
+    an.code_layer = hash_layer if prune_code else None
+    an.run()
     info = an.modules.get(hash_layer)
-    if info is not None:
+    if info is not None and not prune_code:
         for v, _ in info.out_segs:
             an.V.freeze(v)
     for lay in an.layers:

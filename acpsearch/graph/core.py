@@ -96,14 +96,27 @@ class ChannelGraph(CostForms):
         self._build_forms()
         self._build_nodes()
         self._pyg_static: NodeDescriptors | None = None
+        self.code_group = self._code_group()
+
+    def _code_group(self) -> str | None:
+        """The group of the hash layer's output channels (the code bits): only when the graph was
+        built with prune_code and nothing else fixes the code's width; else None."""
+        info = self.analysis.modules.get(self.hash_layer)
+        V = self.analysis.vars
+        segs = info.out_segs if info is not None else ()
+        found = {self.group_of_root[V.find(v)] for v, _ in segs if V.find(v) in self.group_of_root}
+        return self.groups[found.pop()].name if len(found) == 1 else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None) -> ChannelGraph:
-        """Trace `model` on `example_input` (one forward, no grad) and find its channel groups."""
+    def from_model(
+        cls, model: nn.Module, example_input: ExampleInput, hash_layer: str | None = None, prune_code: bool = False
+    ) -> ChannelGraph:
+        """Trace `model` on `example_input` (one forward, no grad) and find its channel groups.
+        `prune_code`: the hash layer's outputs (the code bits) are a group too, `code_group`."""
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        analysis, _ = analyse(model, example_input, hash_layer)
+        analysis, _ = analyse(model, example_input, hash_layer, prune_code)
         return cls(model, analysis, example_input)
 
     def _check_bindings(self) -> None:

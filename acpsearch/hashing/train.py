@@ -89,6 +89,7 @@ def train_hash_net(
     num_threads: int | None = None,
     teacher: nn.Module | None = None,
     distill: float = 0.0,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) `model` in place with a hash loss; returns the best-by-validation model.
 
@@ -96,7 +97,9 @@ def train_hash_net(
     time_budget_s stops after the epoch that exceeds it; callback(epoch, val_map) -> True stops.
     teacher + distill > 0 adds distill * MSE(tanh(student), tanh(teacher)) on the same (augmented)
     batch: a pruned network fine-tuned on a small training set keeps the unpruned network's codes
-    instead of only chasing the hash centres (the teacher is frozen, in eval mode)."""
+    instead of only chasing the hash centres (the teacher is frozen, in eval mode).
+    lr_scale(parameter name) -> factor gives parameters their own learning rate (lr x factor), e.g.
+    a backbone fine-tuned far slower than the hash layer."""
     _check_train_args(epochs, lr, batch_size, distill, teacher)
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -111,8 +114,7 @@ def train_hash_net(
     if channels_last:
         to_memory_format(model, torch.channels_last)
     teacher = _frozen_teacher(teacher, dev, channels_last) if distill > 0 else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(_param_groups(model, lr, lr_scale), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if max_batches is not None:
@@ -198,6 +200,17 @@ def train_hash_net(
         seconds=time.perf_counter() - t_start,
         stopped_early=stopped,
     )
+
+
+def _param_groups(model: nn.Module, lr: float, lr_scale: Callable[[str], float] | None) -> list[dict[str, Any]]:
+    """Trainable parameters as optimizer groups: one group, or one per distinct lr_scale factor."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if lr_scale is None:
+        return [{"params": [p for _, p in named]}]
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in named:
+        groups.setdefault(float(lr_scale(name)), []).append(p)
+    return [{"params": ps, "lr": lr * f} for f, ps in groups.items()]
 
 
 def _check_train_args(epochs: int, lr: float, batch_size: int, distill: float, teacher: nn.Module | None) -> None:

@@ -9,7 +9,14 @@ from acpsearch.pruning.criteria import (
     set_taylor_importance,
 )
 from acpsearch.pruning.measure import measure_cost
-from acpsearch.pruning.probe import TASKS, FunctionalProbe, model_codes, model_outputs, recalibrate_bn
+from acpsearch.pruning.probe import (
+    TASKS,
+    FunctionalProbe,
+    model_codes,
+    model_outputs,
+    neighbour_agreement,
+    recalibrate_bn,
+)
 from acpsearch.pruning.prune import apply_indices, apply_record, make_record, prune
 from acpsearch.pruning.strategy import PruningStrategy
 
@@ -28,6 +35,7 @@ __all__ = [
     "FunctionalProbe",
     "model_codes",
     "model_outputs",
+    "neighbour_agreement",
     "TASKS",
     "recalibrate_bn",
 ]

@@ -4,6 +4,7 @@
 on a few training batches (EagleEye's adaptive BN: after pruning, the stored statistics no
 longer match the activations, which makes raw pruned accuracy a poor predictor), then reads
 - `agreement`: mean fraction of hash bits the pruned net gives identically to the unpruned net
+  (when the code length is pruned too: `neighbour_agreement`, the overlap of Hamming k-NN sets)
   on a fixed probe set (~0.3 s per ResNet-20 candidate on 1000 images here), and/or
 - `map`: validation mAP of the pruned net (val queries against the train set as database),
   the EagleEye adaptive-BN score.
@@ -97,6 +98,32 @@ def softened_kl_agreement(logits: Tensor, ref_logits: Tensor, temperature: float
     return float(torch.exp(-kl))
 
 
+def _neighbour_weights(codes: Tensor, k: int) -> Tensor:
+    """(N, N) expected membership of item j in item i's k Hamming nearest neighbours among the
+    other items: 1 strictly inside, need/tied for the items tied at the k-th distance (a random
+    tie break's expectation), 0 outside; each row sums to k."""
+    c = codes.float()
+    n = c.shape[0]
+    d = (c.shape[1] - c @ c.T) / 2
+    d.fill_diagonal_(float("inf"))
+    kth = d.kthvalue(k, dim=1).values[:, None]
+    strict = (d < kth).float()
+    tied = (d == kth).float()
+    need = k - strict.sum(dim=1, keepdim=True)
+    return strict + tied * need / tied.sum(dim=1, keepdim=True).clamp(min=1.0) if n > 1 else strict
+
+
+def neighbour_agreement(codes: Tensor, ref_codes: Tensor, k: int = 10, ref_weights: Tensor | None = None) -> float:
+    """Length-invariant agreement of two codings of the same items: the mean overlap of each
+    item's k Hamming nearest neighbours under `codes` and under `ref_codes` (ties shared out as
+    their expectation), in [0, 1]; 1.0 for identical codes. The two codes may have different
+    lengths (a shortened code against the base), where bitwise agreement is undefined."""
+    k = max(1, min(int(k), codes.shape[0] - 1))
+    w_ref = _neighbour_weights(ref_codes, k) if ref_weights is None else ref_weights
+    w = _neighbour_weights(codes, k)
+    return float((torch.minimum(w, w_ref).sum(dim=1) / k).mean())
+
+
 def check_task(task: str) -> str:
     """`task` if it is one of TASKS (retrieval, classification); otherwise a one-line SpecError."""
     if task not in TASKS:
@@ -139,6 +166,7 @@ class FunctionalProbe:
         threads: int | None = None,
         device: Any = None,
         task: str = "retrieval",
+        neighbours: int = 10,
     ) -> None:
         # `device` (None: the CPU): where the pruned nets are recalibrated and run (a Ray actor's
         # GPU); the base net stays on the CPU, where pruning slices it
@@ -151,6 +179,8 @@ class FunctionalProbe:
         self.calib_batches = calib_batches
         self.threads = threads
         self.task = check_task(task)
+        self.neighbours = int(neighbours)  # k of the neighbour agreement (a graph whose code is pruned)
+        self._ref_weights: Tensor | None = None
         # Reference outputs (codes or logits) from the unpruned net recalibrated on the SAME
         # batches, so that only the pruning differs (the unpruned strategy scores exactly 1.0).
         with torch_threads(threads):
@@ -161,9 +191,14 @@ class FunctionalProbe:
     def _outputs(self, net: nn.Module) -> Tensor:
         return model_outputs(net, self.probe_X) if self.task == "classification" else model_codes(net, self.probe_X)
 
-    def _agree(self, out: Tensor) -> float:
+    def _agree(self, out: Tensor, by_neighbours: bool = False) -> float:
         if self.task == "classification":
             return prediction_agreement(out, self.base_codes)
+        if by_neighbours:
+            if self._ref_weights is None:
+                k = max(1, min(self.neighbours, len(self.base_codes) - 1))
+                self._ref_weights = _neighbour_weights(self.base_codes, k)
+            return neighbour_agreement(out, self.base_codes, self.neighbours, self._ref_weights)
         return float((out == self.base_codes).float().mean())
 
     def pruned(self, strategy: Any) -> nn.Module:
@@ -173,11 +208,14 @@ class FunctionalProbe:
 
     def agreement(self, strategies: Sequence[Any]) -> np.ndarray:
         """Per strategy: the fraction of probe-set code bits equal to the unpruned net's
-        (retrieval), or of probe items with the unpruned net's top-1 class (classification)."""
+        (retrieval), or of probe items with the unpruned net's top-1 class (classification).
+        Where the code length itself is searched (the strategies' graph has a `code_group`), codes
+        of different lengths are compared by `neighbour_agreement` instead, for every strategy."""
         out = np.empty(len(strategies))
+        by_nn = any(getattr(getattr(s, "graph", None), "code_group", None) is not None for s in strategies)
         with torch_threads(self.threads):
             for i, s in enumerate(strategies):
                 t0 = time.perf_counter()
-                out[i] = self._agree(self._outputs(self.pruned(s)))
+                out[i] = self._agree(self._outputs(self.pruned(s)), by_nn)
                 self.seconds.append(time.perf_counter() - t0)
         return out

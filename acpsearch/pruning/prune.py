@@ -66,7 +66,11 @@ def apply_indices(
     _resize(new, an, kept)
     bake_scales(model, new, an, kept, example_input)
     if verify:
-        _verify(new, model, an, example_input, expected)
+        code = None
+        if g.code_group is not None:  # the code bits are pruned: the output's code axis shrinks
+            grp = g.group(g.code_group)
+            code = (int(grp.channels), len(indices.get(grp.name, range(grp.channels))))
+        _verify(new, model, an, example_input, expected, code)
     return new
 
 
@@ -158,8 +162,23 @@ def _sliced(t2: torch.Tensor, axes: dict[int, tuple[Seg, ...]], grp_n: int, kept
     return t2
 
 
-def _verify(new: nn.Module, model: nn.Module, an: Analysis, example_input: Any, expected: Cost | None) -> None:
-    """Forward on the example input (eval and training mode), same output shapes, cost as predicted."""
+def _same_shapes(old: list[tuple[int, ...]], new: list[tuple[int, ...]], code: tuple[int, int] | None) -> bool:
+    """Output shapes unchanged, except a code axis of `code` = (bits, kept bits)."""
+    if code is None or len(old) != len(new):
+        return old == new
+    return all(len(a) == len(b) and all(x == y or (x, y) == code for x, y in zip(a, b)) for a, b in zip(old, new))
+
+
+def _verify(
+    new: nn.Module,
+    model: nn.Module,
+    an: Analysis,
+    example_input: Any,
+    expected: Cost | None,
+    code: tuple[int, int] | None = None,
+) -> None:
+    """Forward on the example input (eval and training mode), same output shapes (a pruned code:
+    its axis `code` = (bits, kept bits) shorter), cost as predicted."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     was = new.training
     new.eval()
@@ -176,7 +195,7 @@ def _verify(new: nn.Module, model: nn.Module, an: Analysis, example_input: Any, 
         new.train(was)
     _check_train_mode(new, model, tuple(inputs))
     shapes = _out_shapes(out)
-    if shapes != an.output_shapes:
+    if not _same_shapes(an.output_shapes, shapes, code):
         raise UnsupportedModelError(
             f"pruned {type(model).__name__}: output shapes changed {an.output_shapes} -> {shapes}"
         )
@@ -251,6 +270,7 @@ def _record(g: ChannelGraph, strategy: PruningStrategy | None, indices: dict[str
         "format": RECORD_FORMAT,
         "version": 1,
         "hash_layer": g.hash_layer,
+        **({"prune_code": True} if g.code_group is not None else {}),  # the code bits are a group
         "strategy": strategy.to_dict() if strategy is not None else None,
         "groups": {
             gr.name: {
@@ -273,7 +293,9 @@ def apply_record(model: nn.Module, record: dict[str, Any], example_input: Exampl
     """Replay a pruning record on a fresh (unpruned) `model` of the same architecture."""
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise CheckpointError("pruning record: not an acpsearch pruning record")
-    g = ChannelGraph.from_model(model, example_input, hash_layer=record.get("hash_layer"))
+    g = ChannelGraph.from_model(
+        model, example_input, hash_layer=record.get("hash_layer"), prune_code=bool(record.get("prune_code"))
+    )
     indices: dict[str, np.ndarray] = {}
     for name, ent in record.get("groups", {}).items():
         if name not in g.group_index or g.group(name).channels != int(ent["channels"]):

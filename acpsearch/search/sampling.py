@@ -29,6 +29,7 @@ class GridSampler:
     criterion: str
     round_to: int | None
     latency: Any
+    code_col: int | None
     _rt: int
     _act_cols: np.ndarray
     _lo: np.ndarray
@@ -56,6 +57,8 @@ class GridSampler:
             cols.append(np.asarray(self.g.ops_batch(ratios, round_to=self._rt), dtype=np.float64))
         if "latency_ms" in self.kinds:
             cols.append(np.asarray(self.latency.predict_batch(self.g, ratios, self._rt), dtype=np.float64))
+        if "bits" in self.kinds:  # kept code bits (the code group's kept count), capped by budget.bits
+            cols.append(self.g.kept_counts(ratios, self._rt)[:, self.code_col].astype(np.float64))
         if not cols:
             return np.zeros((ratios.shape[0], 0))
         return np.stack(cols, axis=1)
@@ -86,7 +89,10 @@ class GridSampler:
         use_min = use[: n * m].reshape(n, m, -1)
         use_max = use[n * m :].reshape(n, m, -1)
         feasible = valid & np.all(use_min <= 1.0 + 1e-12, axis=2)
-        reach = np.max(use_max, axis=2) >= 1.0 - self.slack
+        # non-wasteful on the channel budgets; a code-length cap (bits) alone never makes a choice
+        # "reach" the budget, or FLOPs would be wasted wherever the code sits at its cap
+        cols = [i for i, k in enumerate(self.kinds) if k != "bits"] or list(range(len(self.kinds)))
+        reach = np.max(use_max[:, :, cols], axis=2) >= 1.0 - self.slack
         offered = feasible & reach
         # Where nothing can reach (1 - slack) any more, offer the largest feasible ratio alone.
         none = ~offered.any(axis=1)

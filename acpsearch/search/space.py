@@ -25,64 +25,16 @@ import difflib
 import fnmatch
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from acpsearch.errors import BudgetError, SpecError
 from acpsearch.graph import ChannelGraph
+from acpsearch.search.budget import _KIND_LABEL, _KINDS, Budget, _check_arguments, _grid, code_bits_of
 from acpsearch.search.sampling import GridSampler
 
-_KIND_LABEL = {"flops": "FLOPs", "params": "params", "ops": "OPs"}
-_KINDS = ("flops", "params", "ops")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Resource budget: FLOPs, params and OPs (float MACs + binary MACs / 64, for binary networks)
-    as ratios of the unpruned network, latency in ms."""
-
-    flops: float | None = None
-    params: float | None = None
-    latency_ms: float | None = None
-    ops: float | None = None
-
-    def to_dict(self) -> dict[str, float | None]:
-        out = asdict(self)
-        if self.ops is None:  # the key of binary networks only: float studies keep their records
-            del out["ops"]
-        return out
-
-    def is_empty(self) -> bool:
-        return self.flops is None and self.params is None and self.latency_ms is None and self.ops is None
-
-
-def _grid(lo: float, hi: float, step: float) -> np.ndarray:
-    """Grid values {1 - k*step} inside [lo, hi], ascending, rounded to 1e-6."""
-    kmax = int(math.floor((1.0 - lo) / step + 1e-9))
-    kmin = int(math.ceil((1.0 - hi) / step - 1e-9))
-    vals = [round(1.0 - k * step, 6) for k in range(max(kmin, 0), kmax + 1)]
-    return np.array(sorted(vals), dtype=np.float64)
-
-
-def _check_arguments(budget: Budget, step: float, min_keep: float, slack: float, latency: Any) -> None:
-    """SpecError / BudgetError for arguments no space can be built from."""
-    if not (0.01 <= step <= 0.5):  # below 0.01 the grid of keep ratios explodes (memory)
-        raise SpecError(f"space.step={step} must be in [0.01, 0.5]")
-    if not (0.0 < min_keep <= 1.0):
-        raise SpecError(f"space.min_keep={min_keep} must be in (0, 1]")
-    if not (0.0 <= slack < 1.0):
-        raise SpecError(f"space.slack={slack} must be in [0, 1)")
-    for kind in _KINDS:
-        v = getattr(budget, kind)
-        if v is not None and not (0.0 < v <= 1.0):
-            raise BudgetError(f"budget.{kind}={v} must be a ratio in (0, 1]")
-    if budget.latency_ms is not None:
-        if not (budget.latency_ms > 0 and math.isfinite(budget.latency_ms)):
-            raise BudgetError(f"budget.latency_ms={budget.latency_ms} must be a positive finite number")
-        if latency is None:
-            raise BudgetError("budget.latency_ms needs a latency table (acpsearch.search.latency.LatencyTable)")
+__all__ = ["Budget", "DynamicSpace", "excluded_groups", "group_bounds", "output_groups"]
 
 
 class DynamicSpace(GridSampler):
@@ -134,11 +86,19 @@ class DynamicSpace(GridSampler):
         )
         if budget.latency_ms is not None:
             self.kinds.append("latency_ms")
+        # The code length: searched (and capped) with budget.bits; else the code group (a graph
+        # built with prune_code) is never pruned.
+        self.code_col = code_bits_of(g, budget)
+        code = getattr(g, "code_group", None)
+        if self.code_col is not None:
+            self.kinds.append("bits")
+            self.limits = np.append(self.limits, float(budget.bits or 0))
 
         # Per-group [min_keep, max_keep] (spec space.bounds) and groups never pruned (space.exclude,
         # or bounds [1, 1]).
         self.bounds = self._checked_bounds(bounds)
-        self.fixed = [n for n in self.names if n in set(fixed or ()) or self.bounds.get(n, (0, 0))[0] >= 1.0]
+        fixed = set(fixed or ()) | ({code} if code is not None and self.code_col is None else set())
+        self.fixed = [n for n in self.names if n in fixed or self.bounds.get(n, (0, 0))[0] >= 1.0]
         self.frozen = self._frozen_groups(frozen)
         self.active = [n for n in self.names if n not in set(self.frozen)]
         self._build_grids(dict(ranges or {}))
@@ -163,6 +123,8 @@ class DynamicSpace(GridSampler):
         if frozen is not None:
             return [n for n in self.names if n in set(frozen) or n in self.fixed]
         must_prune = {n for n, (_, bhi) in self.bounds.items() if bhi < 1.0}
+        if self.code_col is not None:  # a searched code length saves bits, not FLOPs
+            must_prune.add(self.names[self.code_col])
         negligible = set(self._negligible_groups()) - must_prune
         return [n for n in self.names if n in negligible or n in self.fixed]
 
@@ -219,6 +181,11 @@ class DynamicSpace(GridSampler):
         cost = self.costs(cheapest)[0]
         for i, kind in enumerate(self.kinds):
             if cost[i] > self.limits[i] * (1 + 1e-12):
+                if kind == "bits":
+                    raise BudgetError(
+                        f"budget.bits={self.budget.bits} is below the shortest reachable code {int(cost[i])} bits "
+                        "(space.min_keep of the code length, rounded)"
+                    )
                 if kind == "latency_ms":
                     raise BudgetError(
                         f"budget.latency_ms={self.budget.latency_ms} is below the smallest reachable "
@@ -239,6 +206,8 @@ class DynamicSpace(GridSampler):
             out["ops"] = float(self.g.ops_batch(cheapest, round_to=self._rt)[0]) / self.full["ops"]
         if self.latency is not None:
             out["latency_ms"] = float(self.latency.predict_batch(self.g, cheapest, self._rt)[0])
+        if self.code_col is not None:
+            out["bits"] = float(self.g.kept_counts(cheapest, self._rt)[0, self.code_col])
         return out
 
     # ------------------------------------------------------------------ dynamics
@@ -386,6 +355,8 @@ def group_bounds(g: Any, bounds: dict[str, Sequence[float]]) -> dict[str, tuple[
         hit = [n for n in groups if n == key or fnmatch.fnmatchcase(n, key)]
         if not hit:
             hit = [grp for m in modules if _matches(m, key) for grp in output_groups(g, m)]
+        if not hit and getattr(g, "hash_layer", None) == key:
+            raise SpecError(f"space.bounds: {key!r}: the hash layer's outputs are searched only with budget.bits")
         if not hit:
             raise SpecError(f"space.bounds: {key!r} names no channel group of the network; {_close(key, groups)}")
         lo, hi = float(pair[0]), float(pair[1])

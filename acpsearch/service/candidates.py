@@ -36,8 +36,16 @@ def candidate_attrs(run: StudyRun, strategies: list[Any], round_to: int = 4) -> 
             cons["params"] = round(pr - b.params, 6)
         if b.ops is not None:
             cons["ops"] = round(float(ops[i]) / full.ops - b.ops, 6)
+        code = run.graph.code_group
+        if code is not None:  # joint search: the code length is a cost (and budget.bits its cap)
+            rec_bits = {keys.T_BITS: int(s.kept[code])}
+            if b.bits is not None:
+                cons["bits"] = int(s.kept[code]) - int(b.bits)
+        else:
+            rec_bits = {}
         out.append(
             {
+                **rec_bits,
                 keys.T_FLOPS: int(flops[i]),
                 keys.T_PARAMS: int(params[i]),
                 keys.T_FLOPS_RATIO: round(fr, 6),

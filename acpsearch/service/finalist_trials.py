@@ -55,6 +55,7 @@ def add_trials(ctx: StudyRun, ft_study: Any, todo: list[Any]) -> dict[int, int]:
                             keys.T_PARAMS,
                             keys.T_FLOPS_RATIO,
                             keys.T_PARAMS_RATIO,
+                            keys.T_BITS,
                             ctx.spec.search.ranker,
                         )
                     },

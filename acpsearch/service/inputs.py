@@ -135,9 +135,8 @@ def make_space(spec: StudySpec, graph: Any, model: Any = None, example: Any = No
     latency = None
     if spec.budget.latency_ms is not None and not graph.cost().bops:  # binary: refused by the space
         latency = _latency_table(graph, model, example)
-    budget = Budget(
-        flops=spec.budget.flops, params=spec.budget.params, latency_ms=spec.budget.latency_ms, ops=spec.budget.ops
-    )
+    b = spec.budget
+    budget = Budget(flops=b.flops, params=b.params, latency_ms=b.latency_ms, ops=b.ops, bits=b.bits)
     return DynamicSpace(
         graph,
         budget,
@@ -186,7 +185,9 @@ def preflight(spec: StudySpec, allow_factories: Any = None) -> dict[str, Any]:
     else:
         policy = factory_policy(spec, allow_factories)
         model, _ = build_model(spec, shape, allow_factories=policy, classes=splits.num_classes)
-    graph = ChannelGraph.from_model(model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer)
+    graph = ChannelGraph.from_model(
+        model, torch.zeros(1, *shape), hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None
+    )
     space = make_space(spec, graph, model, torch.zeros(1, *shape))
     cost = graph.cost()
     return {

@@ -40,6 +40,8 @@ PARENT = "parent"  # on the companion study: the name of its search study
 LATENCY_COMPARE = "latency.base_vs_winner"  # one line: base vs winner latency, timed interleaved
 FINETUNE_EPOCHS = "finetune.epochs_spent"  # fine-tuning epochs the finalists trained, all trials together
 FINETUNE_RUNGS = "finetune.rungs"  # successive halving: [{rung, size, epochs, finalists}] (candidate numbers)
+FRONT = "front"  # joint search: the candidates on the FLOPs x bits x score Pareto front
+CODE_LENGTHS = "code.lengths"  # phase shorten: [{bits, val_map, test_map, ...}] per code length
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -68,6 +70,11 @@ def winner(key: str) -> str:
 def base(key: str) -> str:
     """One flat value of the base network, shown as its own column by optuna-dashboard."""
     return _BASE_PREFIX + key
+
+
+def code_length(bits: int, key: str) -> str:
+    """One flat value of the winner shortened to `bits` (phase shorten), e.g. code.16bits.test_map."""
+    return f"code.{int(bits)}bits.{key}"
 
 
 def constraint(key: str) -> str:
@@ -115,6 +122,7 @@ T_FAILED_ATTEMPTS = "failed_attempts"
 T_RAY_NODE = "ray_node"
 T_DEVICE = "device"
 T_RUNG = "rung"  # successive halving: the rung a fine-tune trial belongs to (0 = all finalists, shortest)
+T_BITS = "bits"  # a candidate's (finalist's, winner's) code length: the hash layer's kept outputs
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from acpsearch.service import keys
+from acpsearch.service import code_report, keys
 from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
 
@@ -147,6 +147,8 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         "phase_seconds": phases,
         "space": (attrs.get(keys.phase("search")) or {}).get("space"),
         "ray": attrs.get(keys.RAY),
+        "code_lengths": attrs.get(keys.CODE_LENGTHS) or [],  # phase shorten (spec code:)
+        "front": code_report.pareto_front(study),  # a joint search's FLOPs x bits x score front
     }
 
 
@@ -193,6 +195,9 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
     wf, wp = w.get("measured_flops"), w.get("measured_params")
     lines.append(f"| FLOPs (MACs) | {_fmt(b.get('flops'))} | {_fmt(wf)} | {_change(b.get('flops'), wf, True)} |")
     lines.append(f"| params | {_fmt(b.get('params'))} | {_fmt(wp)} | {_change(b.get('params'), wp, True)} |")
+    if w.get(keys.T_BITS) is not None:  # a joint search's winner: its code length
+        bb = (spec.get("model") or {}).get("bits")
+        lines.append(f"| code bits | {bb} | {w[keys.T_BITS]} | {_change(bb, w[keys.T_BITS], True)} |")
     lb, lw, speed = latency_row(b, w)
     rounds = (w.get("latency_compare") or {}).get("rounds")
     how = f"; median of {rounds} interleaved rounds, IQR" if rounds else ""
@@ -228,6 +233,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
                 f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |"
             )
         lines.append("")
+    lines += code_report.code_markdown(rep)
     lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
     for p, sec in rep["phase_seconds"].items():
         if sec is not None:
@@ -310,7 +316,7 @@ def figures(study: Any, rep: dict[str, Any]) -> list[Any]:
         title="precision-recall (Hamming radius), test queries", xaxis_title="recall", yaxis_title="precision"
     )
     figs.append(fig)
-    return figs
+    return figs + code_report.code_figures(rep)
 
 
 def _winner_curve(study: Any, rep: dict[str, Any]) -> Any:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 KIND = keys.SEARCH_KIND
 FINETUNE_KIND = keys.FINETUNE_KIND
 FINETUNE_SUFFIX = ".finetune"
-PHASES = ("base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report")
+PHASES = ("base", "encoder", "search", "rerank", "anchor", "finetune", "select", "shorten", "report")
 FINETUNE_OBJECTIVE = "val_map"
 RATIO_DIGITS = 4  # keep ratios are stored and shown with this many decimals (0.6000000000000001 -> 0.6)
 

@@ -118,7 +118,9 @@ def build_ranker(
 
     model = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(model, ex, hash_layer=spec.model.hash_layer)
+    graph = ChannelGraph.from_model(
+        model, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None
+    )
     ctx: dict[str, Any] = {
         "graph": graph,
         "model": model,
@@ -207,7 +209,7 @@ def finetune_trainable(
     fin = config["finalist"]
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer)
+    graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
     record = make_record(strategy)
     # pruned on the CPU, trained where Ray put the trial (finetune.sparsity: group penalty first)

@@ -60,7 +60,17 @@ def test_study_runs_and_show_reports_accuracy(cls_study, capsys):
     assert cls_study["code"] == 0
     code, rep = _json(capsys, ["show", "tiny-cls", "--storage", cls_study["url"], "--json"])
     assert code == 0 and rep["summary"]["state"] == "done" and rep["summary"]["task"] == "classification"
-    assert set(rep["phases"]) == {"base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"}
+    assert set(rep["phases"]) == {
+        "base",
+        "encoder",
+        "search",
+        "rerank",
+        "anchor",
+        "finetune",
+        "select",
+        "shorten",
+        "report",
+    }
     w, b = rep["winner"], rep["base"]
     # 3 epochs of a ResNet-20 on digits: far above chance (0.1); the pruned, fine-tuned winner too
     assert b["val_acc"] > 0.5 and b["test_acc"] > 0.5

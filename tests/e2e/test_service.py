@@ -130,7 +130,17 @@ def test_worker_ran_both_studies_to_the_end(finished_studies, capsys):
     for name in fs["names"]:
         r = rows[name]
         assert r["state"] == "done", r
-        assert r["phases_done"] == ["base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"]
+        assert r["phases_done"] == [
+            "base",
+            "encoder",
+            "search",
+            "rerank",
+            "anchor",
+            "finetune",
+            "select",
+            "shorten",
+            "report",
+        ]
         assert r["candidates"] == fs["specs"][name]["search"]["candidates"]
         assert r["lease"] == "free"
         assert 0 < r["winner_flops_ratio"] <= 0.5 + 1e-9
@@ -289,7 +299,17 @@ def test_show_export_and_reload_winner(finished_studies, tmp_path, capsys):
     code, rep = _json(capsys, ["show", "tiny-a", "--storage", fs["url"], "--json"])
     assert code == 0
     assert rep["study"] == "tiny-a" and rep["summary"]["state"] == "done"
-    assert set(rep["phases"]) == {"base", "encoder", "search", "rerank", "anchor", "finetune", "select", "report"}
+    assert set(rep["phases"]) == {
+        "base",
+        "encoder",
+        "search",
+        "rerank",
+        "anchor",
+        "finetune",
+        "select",
+        "shorten",
+        "report",
+    }
     # 3 epochs on digits: well above chance (~0.1 for 10 balanced classes). The seeded initial
     # weights and train-split normalisation give 0.483 here (it was above 0.5 unseeded)
     assert rep["base"]["test_map"] > 0.3 and rep["winner"]["test_map"] > 0

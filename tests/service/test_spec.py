@@ -133,10 +133,10 @@ def test_bad_values_name_the_field(path, value, message):
         ),
         (
             "foo",
-            "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune, task)",
+            "spec: foo: unknown key (allowed: name, model, data, train, budget, space, encoder, search, finetune, code, task)",
         ),
         ("data.protocol.bogus", "spec: data.protocol.bogus: unknown key (allowed: query_per_class"),
-        ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms, ops)"),
+        ("budget.latency", "spec: budget.latency: unknown key (allowed: flops, params, latency_ms, ops, bits)"),
     ],
 )
 def test_unknown_keys_are_errors(path, message):

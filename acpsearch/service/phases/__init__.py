@@ -11,11 +11,12 @@ and, when later phases need what it made, `attach(ctx, record) -> StudyRun`.
               the companion study NAME.finetune (curve = intermediate values; ASHA-stopped = PRUNED);
               with finetune.halving, rung after rung of growing epochs (service/rungs.py)
     select    winner by validation mAP; test mAP of base and finalists (Ray tasks); winner exported
+    shorten   optional (spec code:): the winner's code shortened per length -> artifacts bits{K}.pt
     report    study note (markdown), JSON report and plots as artifacts
 """
 
-from acpsearch.service.phases import anchor, base, encoder, finetune, report, rerank, search, select
+from acpsearch.service.phases import anchor, base, encoder, finetune, report, rerank, search, select, shorten
 
-PHASES = (base, encoder, search, rerank, anchor, finetune, select, report)
+PHASES = (base, encoder, search, rerank, anchor, finetune, select, shorten, report)
 
 __all__ = ["PHASES"]

@@ -54,6 +54,8 @@ def _magnitude_allocation(ctx: StudyRun) -> Any:
             b.params is None or c.params <= b.params * full.params
         )
         ok = ok and (b.ops is None or c.ops <= b.ops * full.ops)
+        if ok and b.bits is not None and ctx.graph.code_group is not None:
+            ok = s.kept[ctx.graph.code_group] <= b.bits
         if ok and b.latency_ms is not None and ctx.space.latency is not None:
             ok = ctx.space.latency.predict(ctx.graph, s) <= b.latency_ms
         return bool(ok)
@@ -89,7 +91,14 @@ def _add_anchor(ctx: StudyRun, ray_mod: Any, strategy: Any) -> int:
     attrs.update(
         {
             k: a[k]
-            for k in (keys.T_FLOPS, keys.T_PARAMS, keys.T_FLOPS_RATIO, keys.T_PARAMS_RATIO, keys.T_LATENCY_MS)
+            for k in (
+                keys.T_FLOPS,
+                keys.T_PARAMS,
+                keys.T_FLOPS_RATIO,
+                keys.T_PARAMS_RATIO,
+                keys.T_LATENCY_MS,
+                keys.T_BITS,
+            )
             if k in a
         }
     )

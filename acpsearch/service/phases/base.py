@@ -185,6 +185,8 @@ def attach(ctx: StudyRun, rec: dict[str, Any]) -> StudyRun:
     ckpt = read_checkpoint(rec["path"])
     base_model = model_from_checkpoint(ckpt, allow_factories=ctx.allow)
     ex = example_input(ckpt)
-    graph = ChannelGraph.from_model(base_model, ex, hash_layer=ctx.spec.model.hash_layer)
+    graph = ChannelGraph.from_model(
+        base_model, ex, hash_layer=ctx.spec.model.hash_layer, prune_code=ctx.spec.budget.bits is not None
+    )
     space = make_space(ctx.spec, graph, base_model, ex)
     return dataclasses.replace(ctx, base_ckpt=ckpt, graph=graph, space=space)

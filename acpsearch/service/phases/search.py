@@ -95,7 +95,15 @@ def _tell(ctx: StudyRun, t: Any, a: dict[str, Any], score: float, *, rnd: int, r
         t.set_constraint(key, val)
         t.set_user_attr(keys.constraint(key), val)
     t.set_user_attr(keys.T_FEASIBLE, all(v <= 1e-9 for v in a["constraints"].values()))
-    for key in (keys.T_FLOPS, keys.T_PARAMS, keys.T_FLOPS_RATIO, keys.T_PARAMS_RATIO, keys.T_LATENCY_MS, keys.T_KEEP):
+    for key in (
+        keys.T_FLOPS,
+        keys.T_PARAMS,
+        keys.T_FLOPS_RATIO,
+        keys.T_PARAMS_RATIO,
+        keys.T_LATENCY_MS,
+        keys.T_KEEP,
+        keys.T_BITS,
+    ):
         if key in a:
             t.set_user_attr(key, a[key])
     t.set_user_attr(ctx.spec.search.ranker, round(float(score), 6))

@@ -55,6 +55,8 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
             "kept": {k: int(v) for k, v in strategy_of(ctx, cand).kept.items()},
         }
     )
+    if ctx.graph.code_group is not None:  # joint search: the winner's code length, measured
+        winner[keys.T_BITS] = code_length(ctx, winner_path)
     base_rec = records.get("base") or {}
     ctx.reporter.phase("select: latency, base vs winner (interleaved)")
     cmp = _compare_base_winner(ctx, base_rec, winner_path)
@@ -125,7 +127,10 @@ def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any
         keys.T_MEASURED_PARAMS,
         "finetune_trial",
         keys.T_CANDIDATE,
+        keys.T_BITS,
     ):
+        if key == keys.T_BITS and key not in winner:
+            continue
         if key not in _OPTIONAL or winner.get(key) is not None:
             ctx.study.set_user_attr(keys.winner(key), clean(winner.get(key)))
     for key in (*_HEADLINE[ctx.spec.task], "flops", "params", "latency_ms"):
@@ -140,6 +145,19 @@ def _store_winner(ctx: StudyRun, winner: dict[str, Any], base_rec: dict[str, Any
             f"{speed}: base {lb} ms, winner {lw} ms "
             f"(batch {cmp['batch']}, {cmp['threads']} thread, {cmp['rounds']} interleaved rounds)",
         )
+
+
+def code_length(ctx: StudyRun, path: Path) -> int:
+    """The code length a checkpoint's network emits (its output's width on one example)."""
+    import torch
+
+    from acpsearch.checkpoint import load_model, read_checkpoint
+    from acpsearch.pruning.probe import output_code
+
+    net = load_model(path, allow_factories=ctx.allow).eval()
+    with torch.no_grad():
+        out = output_code(net(torch.zeros(*read_checkpoint(path)["input_shape"])))
+    return int(out.shape[-1])
 
 
 def _compare_base_winner(ctx: StudyRun, base_rec: dict[str, Any], winner_path: Path) -> dict[str, Any] | None:

@@ -243,11 +243,12 @@ class BudgetSpec(_Section):
     params: Ratio | None = None
     latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     ops: Ratio | None = None  # float MACs + binary MACs / 64 (binary networks; docs/binary.md)
+    bits: Annotated[int, Field(ge=1, le=4096)] | None = None  # code-length cap: searches the hash layer's outputs
 
     @model_validator(mode="after")
     def _some(self) -> BudgetSpec:
-        if self.flops is None and self.params is None and self.latency_ms is None and self.ops is None:
-            raise ValueError("set at least one of flops, params, latency_ms, ops")
+        if all(v is None for v in (self.flops, self.params, self.latency_ms, self.ops, self.bits)):
+            raise ValueError("set at least one of flops, params, latency_ms, ops, bits")
         return self
 
 

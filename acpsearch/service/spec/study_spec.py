@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from acpsearch.errors import SpecError
 from acpsearch.errors import echo as _fmt
+from acpsearch.service.spec.code import CodeSpec, check_code_options, drop_unset
 from acpsearch.service.spec.fields import NAME_RE, _Section, valid_name
 from acpsearch.service.spec.sections import (
     BudgetSpec,
@@ -44,6 +45,7 @@ class StudySpec(_Section):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    code: CodeSpec | None = None  # shorter codes for the winner (phase shorten)
     task: Literal[TASKS] = "retrieval"  # type: ignore[valid-type]  # what the network's output is for
 
     @field_validator("name")
@@ -56,6 +58,7 @@ class StudySpec(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         check_task_options(self)
+        check_code_options(self)
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
@@ -69,7 +72,7 @@ class StudySpec(_Section):
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what is stored in the study's user attributes)."""
-        return task_free(self.model_dump(mode="json"))
+        return drop_unset(task_free(self.model_dump(mode="json")))
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -88,9 +91,8 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
     for part in loc:
         field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
         ann = field.annotation if field else None
-        # a section that may be left out (`HalvingSpec | None`): its model
-        ann = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        model = ann
+        opts = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = opts[0] if opts else None  # a section, also an optional one (`code: CodeSpec | None`)
         if model is None:
             break
     return model
