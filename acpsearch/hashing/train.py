@@ -89,6 +89,7 @@ def train_hash_net(
     num_threads: int | None = None,
     teacher: nn.Module | None = None,
     distill: float = 0.0,
+    val_score: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) `model` in place with a hash loss; returns the best-by-validation model.
 
@@ -96,7 +97,8 @@ def train_hash_net(
     time_budget_s stops after the epoch that exceeds it; callback(epoch, val_map) -> True stops.
     teacher + distill > 0 adds distill * MSE(tanh(student), tanh(teacher)) on the same (augmented)
     batch: a pruned network fine-tuned on a small training set keeps the unpruned network's codes
-    instead of only chasing the hash centres (the teacher is frozen, in eval mode)."""
+    instead of only chasing the hash centres (the teacher is frozen, in eval mode). val_score(model)
+    replaces the validation mAP (a label-free study: `hashing.labelfree.NeighbourScore`)."""
     _check_train_args(epochs, lr, batch_size, distill, teacher)
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -112,6 +114,7 @@ def train_hash_net(
         to_memory_format(model, torch.channels_last)
     teacher = _frozen_teacher(teacher, dev, channels_last) if distill > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
+    params += list(getattr(criterion, "generator_parameters", list)())  # a loss's own layers (lagnh)
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -156,8 +159,9 @@ def train_hash_net(
                 bar.batch(epoch, batches, steps_per_epoch)
             train_seconds = time.perf_counter() - t_ep
             last = epoch == epochs or step >= total_steps
+            score = val_score or (lambda m: validation_map(m, splits, channels_last=channels_last))
             val = (
-                validation_map(model, splits, channels_last=channels_last)
+                score(model)
                 if (epoch % eval_every == 0 or last)
                 else float("nan")
             )
