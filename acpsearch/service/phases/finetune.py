@@ -112,7 +112,8 @@ def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int
     from ray import tune
 
     from acpsearch.devices import check_cluster_fits, resources_of, trial_resources
-    from acpsearch.service.tasks import finetune_trainable, light_splits
+    from acpsearch.service.labelfree import work_splits
+    from acpsearch.service.tasks import finetune_trainable
 
     metric = keys.metric_of(ctx.spec.task).val
     recorder = TuneRecorder(ctx.storage, trial_ids, metric=metric)
@@ -124,7 +125,7 @@ def _tune(ctx: StudyRun, ray_mod: Any, todo: list[Any], trial_ids: dict[int, int
             finetune_trainable,
             ckpt=ctx.base_ckpt,
             spec=ctx.spec,
-            splits=light_splits(ctx.splits),
+            splits=work_splits(ctx.spec, ctx.splits, ctx.base_ckpt),  # label-free: no labels, tags
             out_dir=str(out_dir),
             allow_factories=ctx.allow,
         ),

@@ -29,6 +29,7 @@ from acpsearch.service.spec.sections import (
     SpaceSpec,
     TrainSpec,
 )
+from acpsearch.service.spec.supervision import check_supervision, supervision_free
 from acpsearch.service.spec.task import TASKS, check_task_options, task_free
 
 
@@ -56,6 +57,7 @@ class StudySpec(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         check_task_options(self)
+        check_supervision(self)
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
@@ -69,7 +71,7 @@ class StudySpec(_Section):
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what is stored in the study's user attributes)."""
-        return task_free(self.model_dump(mode="json"))
+        return supervision_free(task_free(self.model_dump(mode="json")))
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -184,6 +186,8 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> StudySpec:
         spec.model.path = str(base.resolve())
     if spec.data.path:
         spec.data.path = str((base / Path(spec.data.path).expanduser()).resolve())
+    if spec.train.tags:
+        spec.train.tags = str((base / Path(spec.train.tags).expanduser()).resolve())
     return spec
 
 
