@@ -319,7 +319,9 @@ def evaluate(
     # the checkpoint's own preprocessing (meta.preprocess) when it stores one: what its network was trained on
     pre = meta.get("preprocess")
     norm: Any = {"mean": pre["mean"], "std": pre["std"]} if isinstance(pre, dict) and "mean" in pre else "train"
-    splits = make_splits(ds, **proto, normalize=norm, stratify=meta.get("supervision") != "none")  # label-free: as trained
+    splits = make_splits(
+        ds, **proto, normalize=norm, stratify=meta.get("supervision") != "none"
+    )  # label-free: as trained
     want = tuple(int(v) for v in ckpt["input_shape"][1:])
     if splits.input_shape[0] != want[0]:
         raise DataError(

@@ -12,7 +12,9 @@ from typing import Any
 
 from acpsearch.errors import SpecError
 
-LABELS_UNUSED = "labels unused for training: loss lagnh learns from auxiliary tags ({aux}); only the test report reads labels"
+LABELS_UNUSED = (
+    "labels unused for training: loss lagnh learns from auxiliary tags ({aux}); only the test report reads labels"
+)
 
 
 def check_flags(loss: str, aux: str | None, tags: str | None) -> bool:

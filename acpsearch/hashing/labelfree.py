@@ -37,7 +37,9 @@ def neighbour_relevance(ref_query: Any, ref_db: Any, k: int = NEIGHBOURS) -> tup
     q = torch.as_tensor(ref_query).detach().cpu().float()
     d = torch.as_tensor(ref_db).detach().cpu().float()
     if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
-        raise DataError(f"neighbours: reference vectors must be (n, d) alike, got {tuple(q.shape)} and {tuple(d.shape)}")
+        raise DataError(
+            f"neighbours: reference vectors must be (n, d) alike, got {tuple(q.shape)} and {tuple(d.shape)}"
+        )
     if k < 1:
         raise DataError(f"neighbours: k must be >= 1, got {k}")
     n_q, n_db = q.shape[0], d.shape[0]

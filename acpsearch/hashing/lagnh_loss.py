@@ -59,9 +59,7 @@ class LAGNHLoss(nn.Module):
         self.fusion, self.k = float(fusion), float(k)
         self.tag_proj = nn.Linear(self.tag_dim, self.bits)
         self.tag_head = nn.Linear(self.bits, self.tag_dim)
-        self.disc = nn.Sequential(
-            nn.Linear(self.bits, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)
-        )
+        self.disc = nn.Sequential(nn.Linear(self.bits, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
         self._gen = torch.Generator().manual_seed(int(seed) + 7)
 
@@ -87,7 +85,7 @@ class LAGNHLoss(nn.Module):
         target = torch.cat([torch.ones(len(real), 1), torch.zeros(len(fake), 1)]).to(fake.device)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         self.disc_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.disc_opt.step()
 
     def forward(self, h: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,7 @@ def _features(aux_method: str, X: Any) -> np.ndarray:
     return x.reshape(x.shape[0], -1) if aux_method == "kmeans" else x
 
 
-def split_tags(
-    splits: Splits, aux: AuxSemantics, part: str, tag_rows: np.ndarray | None = None
-) -> torch.Tensor:
+def split_tags(splits: Splits, aux: AuxSemantics, part: str, tag_rows: np.ndarray | None = None) -> torch.Tensor:
     """The tags of a split's images: `aux.transform` of them, or (method `file`) their rows of the
     user's tag file (one row per image of the data set)."""
     if aux.method == "file":
@@ -67,7 +65,9 @@ def split_tags(
     return torch.from_numpy(aux.transform(_features(aux.method, X)))
 
 
-def fit_train_aux(splits: Splits, method: str = "kmeans", tag_rows: np.ndarray | None = None, seed: int = 0) -> AuxSemantics:
+def fit_train_aux(
+    splits: Splits, method: str = "kmeans", tag_rows: np.ndarray | None = None, seed: int = 0
+) -> AuxSemantics:
     """Auxiliary semantics fitted on the training images only."""
     if method == "file":
         rows = None if tag_rows is None else tag_rows[splits.indices["train"].numpy()]

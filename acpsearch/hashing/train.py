@@ -160,11 +160,7 @@ def train_hash_net(
             train_seconds = time.perf_counter() - t_ep
             last = epoch == epochs or step >= total_steps
             score = val_score or (lambda m: validation_map(m, splits, channels_last=channels_last))
-            val = (
-                score(model)
-                if (epoch % eval_every == 0 or last)
-                else float("nan")
-            )
+            val = score(model) if (epoch % eval_every == 0 or last) else float("nan")
             rec = {
                 "epoch": epoch,
                 "loss": total_loss / max(1, batches),

@@ -24,7 +24,14 @@ LF_SPEC: dict[str, Any] = {
     **copy.deepcopy(TINY_SPEC),
     "train": {"loss": "lagnh", "epochs": 3, "lr": 0.003, "batch_size": 64},
     "encoder": {"objective": "effect", "epochs": 3, "strategies": 16},
-    "search": {"candidates": 12, "sampler": "random", "workers": 2, "seed": 0, "rerank": "adaptive_bn", "rerank_top": 4},
+    "search": {
+        "candidates": 12,
+        "sampler": "random",
+        "workers": 2,
+        "seed": 0,
+        "rerank": "adaptive_bn",
+        "rerank_top": 4,
+    },
     "finetune": {"top": 2, "epochs": 2, "lr": 0.001, "early_stop": "asha", "distill": 0.5},
 }
 

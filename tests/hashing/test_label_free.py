@@ -74,7 +74,9 @@ def test_lagnh_loss_trains_its_tag_layers_and_discriminator():
 
 def test_unstratified_splits_ignore_the_labels():
     ds = load_dataset("digits")
-    shuffled = dataclasses.replace(ds, labels=ds.labels[torch.randperm(len(ds), generator=torch.Generator().manual_seed(5))])
+    shuffled = dataclasses.replace(
+        ds, labels=ds.labels[torch.randperm(len(ds), generator=torch.Generator().manual_seed(5))]
+    )
     a, b = make_splits(ds, **PROTO, stratify=False), make_splits(shuffled, **PROTO, stratify=False)
     for part in ("query", "train", "val", "database"):
         assert torch.equal(a.indices[part], b.indices[part])
@@ -96,9 +98,7 @@ def _label_free_run(labels_seed: int | None) -> tuple[torch.nn.Module, list[floa
     lf = label_free_setup(splits, "kmeans", seed=0)
     torch.manual_seed(0)
     net = create_model("resnet20", bits=16, in_channels=1, image_size=8)
-    res = train_hash_net(
-        net, lf.splits, loss="lagnh", epochs=2, lr=0.003, batch_size=64, progress=False, **_kw(lf)
-    )
+    res = train_hash_net(net, lf.splits, loss="lagnh", epochs=2, lr=0.003, batch_size=64, progress=False, **_kw(lf))
     return res.model, [h["val_map"] for h in res.history], lf.splits.train[1]
 
 
@@ -123,7 +123,13 @@ def test_shuffled_labels_give_bit_identical_training_and_ranking():
     ex = torch.zeros(1, 1, 8, 8)
     graph = ChannelGraph.from_model(a_net, ex)
     ranker = make_ranker(
-        "adaptive_bn", model=a_net, splits=splits, example_input=ex, graph=graph, select="neighbour_map", calib_batches=2
+        "adaptive_bn",
+        model=a_net,
+        splits=splits,
+        example_input=ex,
+        graph=graph,
+        select="neighbour_map",
+        calib_batches=2,
     )
     keep_all = PruningStrategy(graph, {g.name: 1.0 for g in graph.groups})
     half = PruningStrategy(graph, {g.name: 0.3 for g in graph.groups})

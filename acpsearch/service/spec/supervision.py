@@ -6,9 +6,10 @@ without labels, training gets the auxiliary tags where labels would go, validati
 winner use the label-free neighbour mAP (`finetune.select: neighbour_map`) and the adaptive-BN
 ranker scores by it too. Only the test report reads labels (where the data set has them).
 
-Refused, one line each: `none` with a supervised loss, `labels` with an unsupervised one, `finetune.select: val_map` (a labelled
-score) in a label-free study, `train.aux` / `train.tags` without an unsupervised loss, `aux: file`
-without `tags`, `tags` without `aux: file`, a streamed data set (the tags need the images in memory).
+Refused, one line each: `none` with a supervised loss, `labels` with an unsupervised one,
+`finetune.select: val_map` (a labelled score) in a label-free study, `train.aux` / `train.tags`
+without an unsupervised loss, `aux: file` without `tags`, `tags` without `aux: file`, a streamed
+data set (the tags need the images in memory).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from acpsearch.service.spec.fields import _field_error
 
 
 def supervision_of(spec: Any) -> str:
-    """"none" (a label-free study) or "labels"."""
+    """ "none" (a label-free study) or "labels"."""
     return "none" if spec.data.supervision == "none" else "labels"
 
 
