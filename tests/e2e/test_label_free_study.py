@@ -31,6 +31,7 @@ LF_SPEC: dict[str, Any] = {
         "seed": 0,
         "rerank": "adaptive_bn",
         "rerank_top": 4,
+        "anchor": None,
     },
     "finetune": {"top": 2, "epochs": 2, "lr": 0.001, "early_stop": "asha", "distill": 0.5},
 }

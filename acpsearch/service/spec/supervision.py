@@ -59,6 +59,10 @@ def check_supervision(spec: Any) -> None:
             "val_map",
             "needs labels; a label-free study (data.supervision: none) selects by 'neighbour_map'",
         )
+    if spec.task == "classification" and spec.finetune.select is not None:
+        raise _field_error(
+            ("finetune", "select"), spec.finetune.select, "a retrieval option; a classifier selects by val_acc"
+        )
     if data.supervision == "none" and data.dataset == "listfile" and data.stream:
         raise _field_error(("data", "stream"), True, "a label-free study needs the images in memory: stream: false")
     _check_aux(tr, unsupervised)
