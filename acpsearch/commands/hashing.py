@@ -57,8 +57,10 @@ def train(
     task: str = typer.Option("retrieval", "--task", help="retrieval (a hash network) or classification"),
     bits: int | None = typer.Option(None, "--bits", help="code length K (retrieval; default 32)"),
     loss: str | None = typer.Option(
-        None, "--loss", help="retrieval: csq (default), hashnet, dpsh; classification: cross-entropy (default)"
+        None, "--loss", help="retrieval: csq (default), hashnet, dpsh, lagnh (no labels); classification: cross-entropy"
     ),
+    aux: str | None = typer.Option(None, "--aux", help="lagnh: auxiliary tags kmeans (default), bovw or file"),
+    tags: str | None = typer.Option(None, "--tags", help="lagnh --aux file: tag file (.npz 'tags', .npy, text)"),
     label_smoothing: float | None = typer.Option(
         None, "--label-smoothing", help="classification: label smoothing of the cross-entropy, in [0, 1)"
     ),
@@ -95,6 +97,8 @@ def train(
     if task not in ("retrieval", "classification"):
         raise SpecError(f"--task: must be retrieval or classification, got {task!r}")
     _check_numbers(epochs, batch_size, lr)
+    if task == "classification" and (aux is not None or tags is not None):
+        raise SpecError(f"{'--aux' if aux is not None else '--tags'}: auxiliary tags are for --loss lagnh (retrieval)")
     if task == "classification":
         from acpsearch.commands.classify import ClassifyOptions, refuse_retrieval_flags, train_classifier_run
 
@@ -145,6 +149,9 @@ def train(
 
     if loss.lower() not in LOSS_NAMES:
         raise SpecError(f"--loss: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
+    from acpsearch.commands import labelfree
+
+    label_free = labelfree.check_flags(loss, aux, tags)
     for flag, value, most in (("--bits", bits, 4096), ("--topk", topk, None)):
         if value < 1:
             raise SpecError(f"{flag}: must be >= 1, got {value}")
@@ -171,13 +178,16 @@ def train(
         if v is not None
     }
     ds = load_dataset(dataset, data_dir, workers=workers, seed=seed, **data_opts)
-    splits = make_splits(ds, query_per_class, train_per_class, val_per_class, seed=seed, normalize=normalize)
+    splits = make_splits(
+        ds, query_per_class, train_per_class, val_per_class, seed=seed, normalize=normalize, stratify=not label_free
+    )
+    lf = labelfree.setup(ds, splits, aux, tags, seed, json_out) if label_free else None
     c, h, _w = splits.input_shape
     seed_everything(seed)  # before the model is built: the seed fixes the initial weights
     net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
     result = train_hash_net(
         net,
-        splits,
+        lf.splits if lf is not None else splits,  # label-free: tags in place of labels
         loss=loss.lower(),
         epochs=epochs,
         lr=lr,
@@ -186,6 +196,7 @@ def train(
         progress=progress and not json_out,
         augment=augment,
         hflip=hflip,
+        **({"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}),
     )
     metrics = evaluate(result.model, splits, topk=topk)
     meta = checkpoint_meta(
@@ -202,6 +213,7 @@ def train(
         augment=augment,
         hflip=hflip,
         device=str(dev),
+        **(lf.meta if lf is not None else {}),
     )
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)
@@ -307,7 +319,9 @@ def evaluate(
     # the checkpoint's own preprocessing (meta.preprocess) when it stores one: what its network was trained on
     pre = meta.get("preprocess")
     norm: Any = {"mean": pre["mean"], "std": pre["std"]} if isinstance(pre, dict) and "mean" in pre else "train"
-    splits = make_splits(ds, **proto, normalize=norm)
+    splits = make_splits(
+        ds, **proto, normalize=norm, stratify=meta.get("supervision") != "none"
+    )  # label-free: as trained
     want = tuple(int(v) for v in ckpt["input_shape"][1:])
     if splits.input_shape[0] != want[0]:
         raise DataError(

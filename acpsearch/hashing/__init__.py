@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from acpsearch.hashing.data import DATASET_NAMES, Dataset, Splits, load_dataset, make_splits
 from acpsearch.hashing.encoding import encode, evaluate, validation_map
+from acpsearch.hashing.labelfree import NeighbourScore, neighbour_map
 from acpsearch.hashing.losses import LOSS_NAMES, CSQLoss, DPSHLoss, HashNetLoss, get_loss, hash_centers
 from acpsearch.hashing.metrics import (
     hamming_distance,
@@ -40,4 +41,6 @@ __all__ = [
     "evaluate",
     "train_hash_net",
     "validation_map",
+    "NeighbourScore",
+    "neighbour_map",
 ]

@@ -28,7 +28,8 @@ from torch import nn
 
 from acpsearch.errors import SpecError
 
-LOSS_NAMES = ("csq", "hashnet", "dpsh")
+LOSS_NAMES = ("csq", "hashnet", "dpsh", "lagnh")
+UNSUPERVISED_LOSSES = ("lagnh",)  # trained on auxiliary tags (hashing.lagnh_loss), never on labels
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -143,9 +144,11 @@ class DPSHLoss(nn.Module):
 
 
 def get_loss(name: str, bits: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a hashing loss by name (csq, hashnet, dpsh); kwargs go to the loss class."""
+    """Build a hashing loss by name (csq, hashnet, dpsh, lagnh); kwargs go to the loss class."""
+    from acpsearch.hashing.lagnh_loss import LAGNHLoss
+
     key = str(name).lower()
-    classes: dict[str, type[nn.Module]] = {"csq": CSQLoss, "hashnet": HashNetLoss, "dpsh": DPSHLoss}
+    classes: dict[str, type[nn.Module]] = {"csq": CSQLoss, "hashnet": HashNetLoss, "dpsh": DPSHLoss, "lagnh": LAGNHLoss}
     if key not in classes:
         raise SpecError(f"loss: unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
     try:

@@ -90,6 +90,7 @@ def train_hash_net(
     teacher: nn.Module | None = None,
     distill: float = 0.0,
     lr_scale: Callable[[str], float] | None = None,
+    val_score: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) `model` in place with a hash loss; returns the best-by-validation model.
 
@@ -99,7 +100,8 @@ def train_hash_net(
     batch: a pruned network fine-tuned on a small training set keeps the unpruned network's codes
     instead of only chasing the hash centres (the teacher is frozen, in eval mode).
     lr_scale(parameter name) -> factor gives parameters their own learning rate (lr x factor), e.g.
-    a backbone fine-tuned far slower than the hash layer."""
+    a backbone fine-tuned far slower than the hash layer. val_score(model) replaces the validation
+    mAP (a label-free study: `hashing.labelfree.NeighbourScore`)."""
     _check_train_args(epochs, lr, batch_size, distill, teacher)
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -114,7 +116,11 @@ def train_hash_net(
     if channels_last:
         to_memory_format(model, torch.channels_last)
     teacher = _frozen_teacher(teacher, dev, channels_last) if distill > 0 else None
-    opt = torch.optim.Adam(_param_groups(model, lr, lr_scale), lr=lr, weight_decay=weight_decay)
+    groups = _param_groups(model, lr, lr_scale)
+    extra = list(getattr(criterion, "generator_parameters", list)())  # a loss's own layers (lagnh)
+    if extra:
+        groups.append({"params": extra})
+    opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if max_batches is not None:
@@ -158,11 +164,8 @@ def train_hash_net(
                 bar.batch(epoch, batches, steps_per_epoch)
             train_seconds = time.perf_counter() - t_ep
             last = epoch == epochs or step >= total_steps
-            val = (
-                validation_map(model, splits, channels_last=channels_last)
-                if (epoch % eval_every == 0 or last)
-                else float("nan")
-            )
+            score = val_score or (lambda m: validation_map(m, splits, channels_last=channels_last))
+            val = score(model) if (epoch % eval_every == 0 or last) else float("nan")
             rec = {
                 "epoch": epoch,
                 "loss": total_loss / max(1, batches),

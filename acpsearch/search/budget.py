@@ -30,8 +30,9 @@ class Budget:
 
     def to_dict(self) -> dict[str, float | None]:
         out = asdict(self)
-        if self.ops is None:  # the key of binary networks only: float studies keep their records
-            del out["ops"]
+        for key in ("bits", "ops"):  # keys of joint / binary studies only: other studies keep their records
+            if out[key] is None:
+                del out[key]
         return out
 
     def is_empty(self) -> bool:

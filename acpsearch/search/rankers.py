@@ -4,7 +4,9 @@
                  features and one batched GNN forward; no model forward at all.
 - `adaptive_bn`  EagleEye: prune, recalibrate batch norm on a few training batches, then the
                  validation mAP (val queries against the train set as database); for a
-                 classifier (``task="classification"``) the validation top-1 accuracy.
+                 classifier (``task="classification"``) the validation top-1 accuracy;
+                 ``select="neighbour_map"`` (a label-free study): the neighbour mAP against
+                 the unpruned net's codes (`hashing.labelfree`), no label read.
 - `code_agreement` prune, recalibrate BN, fraction of hash bits equal to the unpruned net's on
                  a probe set (the signal the `effect` encoder objective learns from); for a
                  classifier the fraction of probe items with the unpruned net's top-1 class.
@@ -86,16 +88,24 @@ class AdaptiveBNRanker(_Timed):
         threads: int | None = None,
         device: Any = None,
         task: str = "retrieval",
+        select: str = "val_map",
     ) -> None:
         from acpsearch.pruning.probe import FunctionalProbe
 
         self.task = check_task(task)
+        if select not in ("val_map", "neighbour_map"):
+            raise SpecError(f"finetune.select: must be val_map or neighbour_map, got {select!r}")
         Xtr, self.ytr = splits.train
         self.Xval, self.yval = splits.val
         gen = torch.Generator().manual_seed(seed)
         calib = Xtr[torch.randperm(len(Xtr), generator=gen)[: calib_batches * batch_size]]
         self.Xtr = Xtr
         self.topk = topk
+        self.neighbours = None
+        if select == "neighbour_map" and self.task == "retrieval":
+            from acpsearch.hashing.labelfree import NeighbourScore
+
+            self.neighbours = NeighbourScore(splits, reference=model)  # the unpruned net's neighbourhoods
         self.probe = FunctionalProbe(
             model, example_input, calib, self.Xval[:1], calib_batch_size=batch_size, threads=threads, device=device
         )
@@ -114,6 +124,9 @@ class AdaptiveBNRanker(_Timed):
                     continue
                 q = model_codes(net, self.Xval)
                 db = model_codes(net, self.Xtr)
+                if self.neighbours is not None:
+                    out[i] = self.neighbours.codes_score(q, db)
+                    continue
                 out[i] = mean_average_precision(q, db, self.yval, self.ytr, topk=self.topk)
         return out
 
@@ -203,6 +216,7 @@ def make_ranker(name: str, task: str = "retrieval", **ctx: Any) -> Ranker:
             threads=ctx.get("threads"),
             device=ctx.get("device"),
             task=task,
+            select=ctx.get("select", "val_map"),
         )
     if name == "code_agreement":
         return CodeAgreementRanker(

@@ -96,7 +96,8 @@ def tune_finalists(
     from ray import tune
 
     from acpsearch.devices import check_cluster_fits, resources_of, trial_resources
-    from acpsearch.service.tasks import finetune_trainable, light_splits
+    from acpsearch.service.labelfree import work_splits
+    from acpsearch.service.tasks import finetune_trainable
 
     spec = spec or ctx.spec
     metric = keys.metric_of(spec.task).val
@@ -109,7 +110,7 @@ def tune_finalists(
             finetune_trainable,
             ckpt=ctx.base_ckpt,
             spec=spec,
-            splits=light_splits(ctx.splits),
+            splits=work_splits(ctx.spec, ctx.splits, ctx.base_ckpt),  # label-free: no labels, tags
             out_dir=str(out_dir),
             allow_factories=ctx.allow,
         ),

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from acpsearch.service import keys
+from acpsearch.service import keys, labelfree
+from acpsearch.service.labelfree import light_splits as light_splits  # the splits of workers and trials
 from acpsearch.service.spec import StudySpec
+from acpsearch.service.spec.supervision import select_of
 
 if TYPE_CHECKING:
     from acpsearch.hashing import Splits
@@ -49,23 +51,6 @@ def load_splits(spec: StudySpec) -> Splits:
     is in `query` (service.classify.classifier_splits)."""
     data_json = json.dumps(spec.data.model_dump(mode="json"), sort_keys=True)
     return _splits_cached(data_json, spec.task) if spec.task == "classification" else _splits_cached(data_json)
-
-
-def light_splits(splits: Splits) -> Splits:
-    """The splits without query/database: what ranking and fine-tuning need (train + val)."""
-    from acpsearch.hashing import Splits
-
-    empty = (splits.train[0][:0], splits.train[1][:0])
-    return Splits(
-        query=empty,
-        train=splits.train,
-        val=splits.val,
-        database=empty,
-        num_classes=splits.num_classes,
-        dataset=splits.dataset,
-        protocol=dict(splits.protocol),
-        preprocess=dict(splits.preprocess),
-    )
 
 
 def example_input(ckpt: dict[str, Any]) -> torch.Tensor:
@@ -128,6 +113,7 @@ def build_ranker(
         "criterion": spec.space.criterion,
         "seed": spec.search.seed,
         "splits": splits,
+        "select": select_of(spec),  # adaptive_bn: val mAP, or neighbour mAP against the unpruned net
     }
     if name == "similarity":
         from acpsearch.encoder import StructureEncoder
@@ -208,6 +194,8 @@ def finetune_trainable(
     device = worker_device(res["gpu"])  # cuda when Ray gave the trial a GPU share
     fin = config["finalist"]
     base = model_from_checkpoint(ckpt, source="base network", allow_factories=allow_factories)
+    # a label-free study (or finetune.select: neighbour_map) scores against the unpruned network
+    score = labelfree.reference_score(spec, splits, base)
     ex = example_input(ckpt)
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
@@ -217,7 +205,7 @@ def finetune_trainable(
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
     metric = keys.metric_of(spec.task)
     best = {"val": -1.0}
-    v0 = _val_score(net, splits, spec)  # step 0: the pruned net before fine-tuning
+    v0 = score(net) if score is not None else _val_score(net, splits, spec)  # step 0: before fine-tuning
 
     def save(val: float, epoch: int) -> None:
         save_checkpoint(
@@ -266,7 +254,8 @@ def finetune_trainable(
 
         classify.train(net, splits, spec, finetune=True, callback=on_epoch, teacher=teacher, device=device)
     else:
-        train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **finetune_recipe(spec))
+        recipe = {**finetune_recipe(spec), **labelfree.loss_options(spec, splits)}
+        train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, val_score=score, **recipe)
 
 
 def _val_score(net: torch.nn.Module, splits: Any, spec: StudySpec) -> float:
@@ -329,7 +318,8 @@ def evaluate_checkpoint(
         "test_map": float(mean_average_precision(q, db, ql, dl)),
         "test_map_topk": float(mean_average_precision(q, db, ql, dl, topk=k)),
         "topk": k,
-        "val_map": float(validation_map(model, splits)),
+        # a label-free study's validation score is the neighbour mAP of its training curves
+        "val_map": None if labelfree.label_free(spec) else float(validation_map(model, splits)),
         "flops": int(cost.flops),
         "params": int(cost.params),
     }

@@ -17,10 +17,11 @@ class RankerPool:
 
     def __init__(self, run: StudyRun, ray_mod: Any, name: str, n: int) -> None:
         from acpsearch.devices import actor_options, check_cluster_fits, resources_of
-        from acpsearch.service.tasks import RankerWorker, light_splits
+        from acpsearch.service.labelfree import work_splits
+        from acpsearch.service.tasks import RankerWorker
 
         need_data = name in ("adaptive_bn", "code_agreement")
-        splits = light_splits(run.splits) if need_data else None
+        splits = work_splits(run.spec, run.splits) if need_data else None  # label-free: no labels
         res = resources_of(run.spec.search)  # {cpu: 1, gpu: 0} unless the spec says otherwise
         check_cluster_fits(ray_mod.cluster_resources(), res, "search.resources")
         actor = ray_mod.remote(**actor_options(run.spec, "search"))(RankerWorker)

@@ -138,6 +138,7 @@ def make_splits(
     seed: int = 0,
     *,
     normalize: Any = "train",
+    stratify: bool = True,
 ) -> Splits:
     """Seeded query / train / val / database split by per-class counts; the rest is the database.
 
@@ -147,7 +148,10 @@ def make_splits(
 
     Every part is normalised with per-channel statistics of the training split only
     (`normalize="train"`), none (`"none"`) or given ones (`{"mean": [...], "std": [...]}`);
-    `Splits.preprocess` records them (checkpoints store it as meta.preprocess)."""
+    `Splits.preprocess` records them (checkpoints store it as meta.preprocess).
+
+    `stratify=False` (a label-free study) draws the same total counts at random from all items,
+    as for multi-label data: then no label decides which image lands in which split."""
     defaults = protocol_defaults(ds.name)
     query_per_class = defaults["query_per_class"] if query_per_class is None else query_per_class
     train_per_class = defaults["train_per_class"] if train_per_class is None else train_per_class
@@ -175,7 +179,7 @@ def make_splits(
         for key in parts:
             parts[key].append(np.asarray(ds.parts.get(key, np.zeros(0, dtype=np.int64)), dtype=np.int64))
         counts = {}
-    elif ds.multi_label:
+    elif ds.multi_label or not stratify:
         total = need * ds.num_classes
         if total >= len(ds):
             raise DataError(
@@ -273,4 +277,5 @@ def splits_from_data(data: dict[str, Any]) -> Splits:
     """The splits of a spec's `data` section (a dict, as `StudySpec.to_dict()` writes it)."""
     ds = dataset_from_data(data)
     proto = {k: v for k, v in (data.get("protocol") or {}).items() if v is not None}
-    return make_splits(ds, **proto, normalize=data.get("normalize", "train"))
+    stratify = data.get("supervision") != "none"  # a label-free study's splits are drawn without labels
+    return make_splits(ds, **proto, normalize=data.get("normalize", "train"), stratify=stratify)

@@ -98,9 +98,13 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
         ctx.check()
         return False
 
+    from acpsearch.service.labelfree import base_setup
+
+    lf = base_setup(ctx.spec, ctx.splits)  # a label-free study: tags in place of labels, no labels at all
+    extra = {"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}
     res = train_hash_net(
         model,
-        ctx.splits,
+        lf.splits if lf is not None else ctx.splits,
         loss=tr.loss,
         epochs=tr.epochs,
         lr=tr.lr,
@@ -110,6 +114,7 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
         augment=tr.augment,
         hflip=tr.hflip,
         callback=on_epoch,
+        **extra,
     )
     model = res.model.to("cpu")  # the graph, the checkpoint and the search work on the CPU copy
     trained = {
@@ -130,6 +135,7 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
             "loss": tr.loss,
             "trained_by": ctx.name,
             "preprocess": dict(ctx.splits.preprocess),
+            **(lf.meta if lf is not None else {}),  # the aux state: fine-tuning derives the same tags
         },
     )
     return model, trained

@@ -125,6 +125,8 @@ class DataSpec(_Section):
     root: str | None = None
     stream: bool = True
     workers: _ints(0, 64) = 0  # type: ignore[valid-type]
+    # none: a label-free study (implied by an unsupervised loss; spec/supervision.py); null: labels
+    supervision: Literal["labels", "none"] | None = None
 
     @field_validator("path", "train_list", "database_list", "test_list", "val_list", "root")
     @classmethod
@@ -205,6 +207,9 @@ class TrainSpec(_Augmentation):
     # where the base network is trained (and the base evaluated) by the runner: auto (cuda when
     # torch sees a GPU), cpu, cuda, cuda:N; `--device` of train / run / worker overrides it
     device: str = "cpu"
+    # an unsupervised loss's auxiliary semantics (null: kmeans) and the tag file of aux: file
+    aux: Literal["kmeans", "bovw", "file"] | None = None
+    tags: str | None = None
 
     @field_validator("loss", mode="wrap")
     @classmethod
@@ -333,6 +338,8 @@ class FinetuneSpec(_Augmentation):
     augment: bool = False
     hflip: bool = False
     distill: LossWeight = 0.0
+    # what validation, ASHA and the winner use (null: val_map, neighbour_map in a label-free study)
+    select: Literal["val_map", "neighbour_map"] | None = None
     # per finalist trial (Ray Tune): {cpu: 1, gpu: 0} as before; gpu 0.25 = four trials per GPU
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     # finalists chosen for diversity, successive halving, a cap on the epochs spent (spec/selection.py)

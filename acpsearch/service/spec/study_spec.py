@@ -30,6 +30,7 @@ from acpsearch.service.spec.sections import (
     SpaceSpec,
     TrainSpec,
 )
+from acpsearch.service.spec.supervision import check_supervision, supervision_free
 from acpsearch.service.spec.task import TASKS, check_task_options, task_free
 
 
@@ -59,6 +60,7 @@ class StudySpec(_Section):
     def _consistent(self) -> StudySpec:
         check_task_options(self)
         check_code_options(self)
+        check_supervision(self)
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
@@ -72,7 +74,7 @@ class StudySpec(_Section):
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what is stored in the study's user attributes)."""
-        return drop_unset(task_free(self.model_dump(mode="json")))
+        return drop_unset(supervision_free(task_free(self.model_dump(mode="json"))))
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -188,6 +190,8 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> StudySpec:
         spec.model.path = str(base.resolve())
     if spec.data.path:
         spec.data.path = str((base / Path(spec.data.path).expanduser()).resolve())
+    if spec.train.tags:
+        spec.train.tags = str((base / Path(spec.train.tags).expanduser()).resolve())
     return spec
 
 
