@@ -57,7 +57,10 @@ def train(
     task: str = typer.Option("retrieval", "--task", help="retrieval (a hash network) or classification"),
     bits: int | None = typer.Option(None, "--bits", help="code length K (retrieval; default 32)"),
     loss: str | None = typer.Option(
-        None, "--loss", help="retrieval: csq (default), hashnet, dpsh; classification: cross-entropy (default)"
+        None, "--loss", help="retrieval: csq (default), hashnet, dpsh, odh; classification: cross-entropy (default)"
+    ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="--loss odh: classifier checkpoint whose class matrix feeds the learned centres"
     ),
     label_smoothing: float | None = typer.Option(
         None, "--label-smoothing", help="classification: label smoothing of the cross-entropy, in [0, 1)"
@@ -95,6 +98,8 @@ def train(
     if task not in ("retrieval", "classification"):
         raise SpecError(f"--task: must be retrieval or classification, got {task!r}")
     _check_numbers(epochs, batch_size, lr)
+    if teacher is not None and (loss or "").lower() != "odh":
+        raise SpecError("--teacher: only with --loss odh (the classifier that feeds ODH's learned centres)")
     if task == "classification":
         from acpsearch.commands.classify import ClassifyOptions, refuse_retrieval_flags, train_classifier_run
 
@@ -175,18 +180,25 @@ def train(
     c, h, _w = splits.input_shape
     seed_everything(seed)  # before the model is built: the seed fixes the initial weights
     net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
-    result = train_hash_net(
-        net,
-        splits,
-        loss=loss.lower(),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress and not json_out,
-        augment=augment,
-        hflip=hflip,
-    )
+    extra: dict[str, Any] = {}
+    if loss.lower() == "odh":  # learned centres, two stages (acpsearch.service.odh)
+        from acpsearch.service.odh import OdhRun, train_odh_base
+
+        odh_run = OdhRun(model.lower(), teacher, epochs, lr, batch_size, seed, hflip, dev, progress and not json_out)
+        result, extra["odh"] = train_odh_base(net, splits, odh_run, say=lambda m: typer.echo(m, err=True))
+    else:
+        result = train_hash_net(
+            net,
+            splits,
+            loss=loss.lower(),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress and not json_out,
+            augment=augment,
+            hflip=hflip,
+        )
     metrics = evaluate(result.model, splits, topk=topk)
     meta = checkpoint_meta(
         splits,
@@ -202,6 +214,7 @@ def train(
         augment=augment,
         hflip=hflip,
         device=str(dev),
+        **extra,
     )
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)

@@ -261,7 +261,11 @@ def finetune_trainable(
 
         classify.train(net, splits, spec, finetune=True, callback=on_epoch, teacher=teacher, device=device)
     else:
-        train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, **finetune_recipe(spec))
+        from acpsearch.hashing.odh import loss_kwargs_from_meta  # odh: the base's frozen centres
+
+        stored = loss_kwargs_from_meta(spec.train.loss, ckpt.get("meta"))
+        recipe = finetune_recipe(spec)
+        train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, loss_kwargs=stored, **recipe)
 
 
 def _val_score(net: torch.nn.Module, splits: Any, spec: StudySpec) -> float:

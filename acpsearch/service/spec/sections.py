@@ -204,12 +204,22 @@ class TrainSpec(_Augmentation):
     # where the base network is trained (and the base evaluated) by the runner: auto (cuda when
     # torch sees a GPU), cpu, cuda, cuda:N; `--device` of train / run / worker overrides it
     device: str = "cpu"
+    # loss odh: a classification checkpoint whose class matrix feeds the learned centres (left out:
+    # the base phase trains a classifier on the same backbone first)
+    teacher: str | None = None
 
     @field_validator("loss", mode="wrap")
     @classmethod
     def _loss(cls, v: Any, handler: Any) -> Any:
         """A hash loss, or a classifier's cross-entropy (which task takes which: spec/task.py)."""
         return v if isinstance(v, str) and v in CLASSIFICATION_LOSSES else handler(v)
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("loss") != "odh":
+            raise ValueError("only with loss: odh (the classifier that feeds its learned centres)")
+        return _not_empty(v, "leave it out to train the teacher classifier first")
 
     @field_validator("device")
     @classmethod
