@@ -127,7 +127,9 @@ class Engine(Analyzer):
             if term is not None:
                 c_in = xv.shape[norm_axis(rule.in_axis, xv.dim())]
                 c_out = value.shape[norm_axis(rule.out_axis, value.dim())]
-                const = MacTerm(term.value(int(c_out), int(c_in)), 1, out=False, inp=False)
+                const = MacTerm(term.value(int(c_out), int(c_in)), 1, out=False, inp=False, binary=term.binary)
+                if term.binary:
+                    self.binary_params.update(f"{name}.{n}" for n, _ in m.named_parameters() if n == "weight")
                 self.add_flops(idx, const, None, None)
 
     def call_function(self, node: fx.Node, value: Any) -> None:
@@ -190,6 +192,8 @@ def analyse(
         [tuple(t.shape) for t in out_tensors],
         batch,
         an.size_attrs,
+        binary_params=an.binary_params,
+        derived=an.derived,
     )
     res.expand_all()
     return res, gm

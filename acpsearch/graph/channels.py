@@ -182,6 +182,7 @@ class FlopTerm:
     a: tuple[Seg, ...] | None
     b: tuple[Seg, ...] | None
     node: int
+    binary: bool = False  # binary MACs (bops)
 
 
 @dataclass
@@ -216,6 +217,8 @@ class Analysis:
     output_shapes: list[tuple[int, ...]]
     batch: int
     size_attrs: list[SizeAttr] = field(default_factory=list)
+    binary_params: set[str] = field(default_factory=set)  # weights used as sign(W) * alpha (1 bit each)
+    derived: dict[str, str] = field(default_factory=dict)  # conv module -> the parameter its weight derives from
 
     def expand_all(self) -> None:
         """Rewrite every segment list in terms of split parts (done once, after the analysis)."""

@@ -40,10 +40,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Cost:
-    """Model cost: MACs per input sample (``flops``) and parameter count."""
+    """Model cost: float MACs per input sample (``flops``) and parameter count; for binary networks
+    also binary MACs per sample (``bops``) and how many parameters are binary weights (1 bit each).
+    ``ops = flops + bops / 64`` and ``model_bits`` (float parameters 32 bits, binary ones 1 bit)."""
 
     flops: int
     params: int
+    bops: int = 0
+    binary_params: int = 0
+
+    @property
+    def ops(self) -> float:
+        """Operations per sample: float MACs plus binary MACs / 64 (the BNN literature's convention)."""
+        return self.flops + self.bops / 64
+
+    @property
+    def model_bits(self) -> int:
+        """Model size in bits: binary weights 1 bit, every other parameter 32 bits."""
+        return 32 * (self.params - self.binary_params) + self.binary_params
+
+    def ops_ratio(self, base: Cost) -> float:
+        return self.ops / max(base.ops, 1.0)
 
     def ratio(self, base: Cost) -> tuple[float, float]:
         """(flops ratio, params ratio) relative to `base`."""
@@ -56,7 +73,11 @@ class Cost:
         return self.params / max(base.params, 1)
 
     def to_dict(self) -> dict[str, int]:
-        return {"flops": int(self.flops), "params": int(self.params)}
+        """{"flops", "params"}, plus "bops" and "binary_params" for a binary network."""
+        out = {"flops": int(self.flops), "params": int(self.params)}
+        if self.bops or self.binary_params:
+            out.update(bops=int(self.bops), binary_params=int(self.binary_params))
+        return out
 
 
 @dataclass
@@ -182,7 +203,8 @@ class ChannelGraph(CostForms):
         self._build_terms()
         G = len(self.groups)
         self._base_cost = self._eval_terms(self.channels[None, :])
-        base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]))
+        bo, bp = self._eval_binary(self.channels[None, :])
+        base = Cost(int(self._base_cost[0][0]), int(self._base_cost[1][0]), int(bo[0]), int(bp[0]))
         self._base = base
         # cost shares per group: cost removed when the group alone is pruned to zero channels
         if G:
@@ -278,7 +300,8 @@ class ChannelGraph(CostForms):
             return self._base
         kept = strategy.kept_vector()[None, :]
         f, p = self._eval_terms(kept)
-        return Cost(int(f[0]), int(p[0]))
+        bo, bp = self._eval_binary(kept)
+        return Cost(int(f[0]), int(p[0]), int(bo[0]), int(bp[0]))
 
     def cost_batch(self, ratios: np.ndarray, round_to: int = 4) -> tuple[np.ndarray, np.ndarray]:
         """Exact (flops, params) arrays for ratio rows [n, n_groups], same rounding as strategies."""
@@ -286,6 +309,19 @@ class ChannelGraph(CostForms):
         if r.ndim != 2 or r.shape[1] != len(self.groups):
             raise SpecError(f"ratios: expected shape [n, {len(self.groups)}], got {list(r.shape)}")
         return self._eval_terms(self.kept_counts(r, round_to))
+
+    def ops_batch(self, ratios: np.ndarray, round_to: int = 4) -> np.ndarray:
+        """Exact ops (flops + bops / 64) per ratio row [n, n_groups], same rounding as strategies."""
+        f, _ = self.cost_batch(ratios, round_to)
+        bo, _ = self._eval_binary(self.kept_counts(np.asarray(ratios, dtype=np.float64), round_to))
+        return np.asarray(f, dtype=np.float64) + bo / 64
+
+    def cost_kept_full(self, kept: np.ndarray) -> Cost:
+        """The Cost of one explicit kept-count vector (bops and binary parameters included)."""
+        row = np.asarray(kept, dtype=np.int64).reshape(1, len(self.groups))
+        f, p = self._eval_terms(row)
+        bo, bp = self._eval_binary(row)
+        return Cost(int(f[0]), int(p[0]), int(bo[0]), int(bp[0]))
 
     def cost_kept(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flops, params) for explicit kept-count rows [n, n_groups]."""

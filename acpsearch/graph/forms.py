@@ -61,7 +61,8 @@ class CostForms:
         self._forms: list[FormKey] = [((), 1)]
         self._form_key: dict[FormKey, int] = {((), 1): 0}
         an = self.analysis
-        ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms]
+        ft = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b), t.node) for t in an.flop_terms if not t.binary]
+        bt = [(t.num, t.den, self.form_of(t.a), self.form_of(t.b)) for t in an.flop_terms if t.binary]
         # Parameters: one term per tensor; bound axes are forms, the rest constants.
         pt: list[tuple[int, int, int, int]] = []
         self._param_term_of: dict[str, int] = {}
@@ -90,6 +91,8 @@ class CostForms:
         self.ft_a = np.array([t[2] for t in ft], dtype=np.int64)
         self.ft_b = np.array([t[3] for t in ft], dtype=np.int64)
         self.ft_node = np.array([t[4] for t in ft], dtype=np.int64)
+        self.bt = np.array(bt, dtype=np.int64).reshape(-1, 4)  # binary MAC terms: num, den, form a, form b
+        self.pt_binary = np.array([pn in an.binary_params for pn in self._param_term_of], dtype=bool)
         self.pt_num = np.array([t[0] for t in pt], dtype=np.int64)
         self.pt_den = np.array([t[1] for t in pt], dtype=np.int64)
         self.pt_a = np.array([t[2] for t in pt], dtype=np.int64)
@@ -125,6 +128,18 @@ class CostForms:
                 out += [ia, ib, Q[ia, ib]]
             self._P = tuple(out)
         return self._P
+
+    def _eval_binary(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(binary MACs, binary parameters) per kept-count row; zeros for a float network."""
+        n = np.asarray(kept).shape[0]
+        if not len(self.bt) and not self.pt_binary.any():
+            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        L = self._eval_forms(kept)
+        num, den, a, b = self.bt.T
+        bops = (L[:, a] * L[:, b] * num // den).sum(axis=1) if len(self.bt) else np.zeros(n, dtype=np.int64)
+        m = self.pt_binary
+        bpar = (L[:, self.pt_a[m]] * L[:, self.pt_b[m]] * self.pt_num[m] // self.pt_den[m]).sum(axis=1)
+        return bops.astype(np.int64), bpar.astype(np.int64)
 
     def _eval_terms(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Exact: every term is an integer (grouped convs keep multiples of their groups) and the

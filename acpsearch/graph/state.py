@@ -46,6 +46,8 @@ class Analyzer:
         self.grouped_in: dict[str, int] = {}
         self.modules: dict[str, ModuleInfo] = {}
         self.size_attrs: list[SizeAttr] = []
+        self.binary_params: set[str] = set()
+        self.derived: dict[str, str] = {}
         self.param_src: dict[fx.Node, tuple[str, ...]] = {}
         self.param_names = {n for n, _ in model.named_parameters()}
         first: dict[int, str] = {}
@@ -129,7 +131,7 @@ class Analyzer:
         """Closed-form cost of layer `idx`: the rule's MacTerm per sample over the kept channels."""
         a = out if term.out else None
         b = inp if term.inp else None
-        self.flop_terms.append(FlopTerm(term.num // self.batch, term.den, a, b, idx))
+        self.flop_terms.append(FlopTerm(term.num // self.batch, term.den, a, b, idx, term.binary))
         self.layers[idx].flops_terms.append(len(self.flop_terms) - 1)
 
     def own_tensors(self, name: str, m: nn.Module) -> list[str]:

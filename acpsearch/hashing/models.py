@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError
+from acpsearch.hashing.binary import bnn_resnet20
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -298,6 +299,7 @@ _ZOO: dict[str, Callable[..., nn.Module]] = {
     "vgg16": lambda bits, in_channels, image_size, **kw: VGG(_VGG_CFG["vgg16"], bits, in_channels, image_size, **kw),
     "alexnet": lambda bits, in_channels, image_size, **kw: SmallAlexNet(bits, in_channels, image_size, **kw),
     "mobilenetv2": lambda bits, in_channels, image_size, **kw: MobileNetV2(bits, in_channels, image_size, **kw),
+    "bnn_resnet20": lambda bits, in_channels, image_size, **kw: bnn_resnet20(bits, in_channels, image_size, **kw),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)

@@ -9,7 +9,8 @@ from acpsearch.pruning.criteria import (
     set_taylor_importance,
 )
 from acpsearch.pruning.probe import TASKS, FunctionalProbe, model_codes, model_outputs, recalibrate_bn
-from acpsearch.pruning.prune import apply_indices, apply_record, make_record, measure_cost, prune
+from acpsearch.pruning.measure import measure_cost
+from acpsearch.pruning.prune import apply_indices, apply_record, make_record, prune
 from acpsearch.pruning.strategy import PruningStrategy
 
 __all__ = [

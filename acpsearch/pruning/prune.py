@@ -18,36 +18,13 @@ from torch import nn
 from acpsearch.errors import CheckpointError, UnsupportedModelError
 from acpsearch.graph.channels import Analysis, Seg
 from acpsearch.graph.core import ChannelGraph, Cost
-from acpsearch.graph.cost import count_params
-from acpsearch.graph.rules import counts_macs, layer_macs, module_rule, set_size_attr
+from acpsearch.graph.rules import module_rule, set_size_attr
 from acpsearch.graph.tracing import ExampleInput, one_thread
+from acpsearch.pruning.bake import bake_scales
+from acpsearch.pruning.measure import measure_cost
 from acpsearch.pruning.strategy import PruningStrategy
 
 RECORD_FORMAT = "acpsearch-pruning"
-
-
-def measure_cost(model: nn.Module, example_input: ExampleInput) -> Cost:
-    """Cost measured on the real module: MACs per sample of every call of a layer whose rule has
-    a MAC formula (conv / linear; hooks, the same per-layer formula as the closed form in
-    ``acpsearch.graph.core``, see ``acpsearch.graph.cost``) and the number of parameters."""
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
-    total = [0]
-
-    def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        total[0] += layer_macs(m, args[0], out)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if counts_macs(m)]
-    was = model.training
-    model.eval()
-    try:
-        with one_thread(), torch.no_grad():
-            model(*inputs)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
-    return Cost(int(total[0] // batch), count_params(model))
 
 
 def _out_shapes(out: Any) -> list[tuple[int, ...]]:
@@ -87,6 +64,7 @@ def apply_indices(
     new = copy.deepcopy(model)
     _slice_tensors(new, an, kept)
     _resize(new, an, kept)
+    bake_scales(model, new, an, kept, example_input)
     if verify:
         _verify(new, model, an, example_input, expected)
     return new
@@ -268,7 +246,7 @@ def prune(model: nn.Module, strategy: PruningStrategy, example_input: ExampleInp
 
 def _record(g: ChannelGraph, strategy: PruningStrategy | None, indices: dict[str, np.ndarray]) -> dict[str, Any]:
     kept = np.array([len(indices.get(gr.name, range(gr.channels))) for gr in g.groups], dtype=np.int64)
-    f, p = g.cost_kept(kept)
+    cost = g.cost_kept_full(kept)
     return {
         "format": RECORD_FORMAT,
         "version": 1,
@@ -281,7 +259,7 @@ def _record(g: ChannelGraph, strategy: PruningStrategy | None, indices: dict[str
             }
             for gr in g.groups
         },
-        "cost": {"flops": int(f[0]), "params": int(p[0])},
+        "cost": cost.to_dict(),
         "base_cost": g.cost().to_dict(),
     }
 
@@ -302,9 +280,9 @@ def apply_record(model: nn.Module, record: dict[str, Any], example_input: Exampl
             raise CheckpointError(f"pruning record: group {name!r} does not match the architecture")
         indices[name] = np.asarray(ent["kept"], dtype=np.int64)
     kept = np.array([len(indices.get(gr.name, range(gr.channels))) for gr in g.groups], dtype=np.int64)
-    f, p = g.cost_kept(kept)
-    expected = Cost(int(f[0]), int(p[0]))
-    if "cost" in record and Cost(int(record["cost"]["flops"]), int(record["cost"]["params"])) != expected:
+    expected = g.cost_kept_full(kept)
+    stored = record.get("cost")
+    if stored is not None and (int(stored["flops"]), int(stored["params"])) != (expected.flops, expected.params):
         raise CheckpointError("pruning record: its cost does not match the replayed architecture")
     pruned = apply_indices(model, g, indices, example_input, expected=expected)
     object.__setattr__(pruned, "acp_pruning_record", record)

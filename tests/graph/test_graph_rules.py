@@ -30,7 +30,8 @@ def _prunes(model: nn.Module, keep: float = 0.5) -> tuple[acp.ChannelGraph, nn.M
 
 # ---------------------------------------------------------------- a user's own layer
 class StdConv2d(nn.Module):
-    """Weight-standardised conv written with F.conv2d (no nn.Conv2d): unknown to the converter."""
+    """Weight-standardised conv written with F.conv2d (no nn.Conv2d): a functional conv on a weight
+    derived from one parameter, which the converter binds without a rule."""
 
     def __init__(self, cin: int, cout: int, k: int) -> None:
         super().__init__()
@@ -76,9 +77,10 @@ class StdNet(nn.Module):
 def test_register_rule_makes_a_custom_layer_prunable() -> None:
     model = StdNet().eval()
     before = acp.ChannelGraph.from_model(model, X)
-    assert not [gr for gr in before.groups if gr.name in ("c1", "c2")]  # frozen without a rule
+    assert {gr.name for gr in before.groups} >= {"c1", "c2"}  # the functional conv rule binds it
     register_rule(StdConv2d, StdConvRule())
     g, pruned, s = _prunes(model)
+    assert g.cost() == before.cost()  # the registered rule (a leaf) counts the same MACs
     assert {gr.name for gr in g.groups} >= {"c1", "c2"}
     assert pruned.c1.out_channels == 8 and pruned.c2.in_channels == 8 and pruned.c2.out_channels == 16
     assert g.cost(s).flops < 0.5 * g.cost().flops

@@ -5,6 +5,7 @@ Later registrations win, so the families load from the most general to the most 
 from acpsearch.graph.rules import (  # noqa: F401 - registers the rules
     conv,
     elementwise,  # noqa: F401 - registers the rules (after shape)
+    functional,
     norm,
     pool,
     shape,

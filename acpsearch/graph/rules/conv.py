@@ -14,6 +14,8 @@ from acpsearch.graph.cost import MacTerm, conv_term, linear_term
 from acpsearch.graph.rules.base import LayerRule, add_module_rule
 from acpsearch.graph.state import Analyzer
 
+_PLAIN_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
 
 class ConvRule(LayerRule):
     """nn.Conv1d/2d/3d and subclasses (not transposed: those are frozen, their MACs counted)."""
@@ -50,6 +52,10 @@ class ConvRule(LayerRule):
             info, ltype = ModuleInfo("conv_grouped", segs_in, segs_out, g), "conv"
         if m.bias is not None:
             an.bind(f"{name}.bias", 0, segs_out)
+        if type(m).forward not in _PLAIN_FORWARDS:  # a custom forward (binary conv): its weight is derived
+            an.derived[name] = f"{name}.weight"
+        if getattr(m, "acp_binary", False):
+            an.binary_params.add(f"{name}.weight")
         an.modules.setdefault(name, info)
         stride = int(m.stride[0]) if isinstance(m.stride, tuple) else int(m.stride)
         lay = LayerInfo(name, ltype, type(m).__name__, name, segs_in, segs_out, int(m.kernel_size[0]), stride, g)

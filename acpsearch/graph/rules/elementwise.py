@@ -66,7 +66,12 @@ _BINARY = {
     torch.subtract,
     torch.multiply,
 }
+# comparisons (masks of BNN sign estimators: `(x < 0).float()`) and torch.where are elementwise
+_COMPARE: set[Any] = {operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne}
+_COMPARE |= {torch.lt, torch.le, torch.gt, torch.ge, torch.eq, torch.ne, torch.less, torch.greater, torch.where}
+_BINARY |= _COMPARE
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
+_BINARY_METHODS |= {"lt", "le", "gt", "ge", "eq", "ne", "less", "greater"}
 _MERGE_NAMES = {
     "add": "add",
     "iadd": "add",
@@ -168,6 +173,9 @@ _UNARY_METHODS = {
     "cpu",
     "cuda",
     "bfloat16",
+    "bool",
+    "int",
+    "long",
     "hardswish",
     "zero_",
 }
@@ -181,7 +189,6 @@ _META_METHODS = {
     "new_empty",
     "new_full",
     "new_tensor",
-    "type",
     "get_device",
     "is_contiguous",
     "element_size",
@@ -206,6 +213,15 @@ class PassRule(LayerRule):
 @methods(*_META_METHODS)
 def meta(an: Analyzer, node: fx.Node, value: Any) -> None:
     an.desc[node] = an.none_like(value)
+
+
+@methods("type")
+def type_cast(an: Analyzer, node: fx.Node, value: Any) -> None:
+    """`.type(dtype)` is a cast (unary); `.type()` returns the type name (meta)."""
+    if isinstance(value, torch.Tensor):
+        unary(an, node, value)
+    else:
+        meta(an, node, value)
 
 
 @functions(*_UNARY_FUNCS)
