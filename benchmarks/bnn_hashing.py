@@ -220,9 +220,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append("")
     if "odh_minus_bnn_csq" in v:
         claim = "a gain (beyond two standard errors)" if v["odh_gain_claimed"] else "NOT a gain: did not reproduce"
-        lines.append(
-            f"ODH - binary CSQ: {v['odh_minus_bnn_csq']:+.4f} mAP@all (two standard errors: {v['two_se']:.4f}): {claim}."
-        )
+        diff, two_se = v["odh_minus_bnn_csq"], v["two_se"]
+        lines.append(f"ODH - binary CSQ: {diff:+.4f} mAP@all (two standard errors: {two_se:.4f}): {claim}.")
     if "float_minus_bnn_csq" in v:
         lines.append(f"Float - binary (both CSQ): {v['float_minus_bnn_csq']:+.4f} mAP@all.")
     if doc.get("teachers"):
@@ -277,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     doc["teachers"].append({k: v for k, v in res.items() if k != "W"})
                     for r in needs_teacher:
                         pending[pool.submit(row_job, cfg, r, res["seed"], res["W"])] = r
-                    log(f"teacher seed {res['seed']}: val top-1 {res['val_top1']:.4f}  [{done}/{total}, {eta(done, total, t0)}]")
+                    where = f"[{done}/{total}, {eta(done, total, t0)}]"
+                    log(f"teacher seed {res['seed']}: val top-1 {res['val_top1']:.4f}  {where}")
                 else:
                     doc["runs"].append(res)
                     log(

@@ -11,9 +11,9 @@ from acpsearch.hashing.metrics import (
     precision_at_n,
     precision_recall_curve,
 )
+from acpsearch.hashing.models import MODEL_NAMES, HashHead, create_model, with_hash_head
 from acpsearch.hashing.odh import CentreModule, OdhLoss, hash_distill, hash_proxy_loss
 from acpsearch.hashing.odh_train import OdhConfig, OdhResult, train_odh
-from acpsearch.hashing.models import MODEL_NAMES, HashHead, create_model, with_hash_head
 from acpsearch.hashing.train import TrainResult, checkpoint_meta, train_hash_net
 
 __all__ = [

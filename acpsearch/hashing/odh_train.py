@@ -86,9 +86,7 @@ class OdhResult:
     centre_distance: list[int] = field(default_factory=list)  # min Hamming distance per epoch
 
 
-def make_view(
-    x: torch.Tensor, gen: torch.Generator, strength: float, hflip: bool, noise: float = 0.1
-) -> torch.Tensor:
+def make_view(x: torch.Tensor, gen: torch.Generator, strength: float, hflip: bool, noise: float = 0.1) -> torch.Tensor:
     """A random view of a batch (on the CPU): crop after padding with probability `strength`, flip
     with 0.5 x strength (hflip only), Gaussian noise with 0.5 x strength."""
     if x.ndim != 4 or strength <= 0:
@@ -147,6 +145,74 @@ def _stage2_batches(
     return [positives.groups(anchors[i : i + per_batch], n_positive, gen) for i in range(0, len(anchors), per_batch)]
 
 
+def _check_args(cfg: OdhConfig, epochs: int, lr: float, batch_size: int, splits: Splits) -> None:
+    cfg.check()
+    if epochs < 1:
+        raise SpecError(f"train.epochs: must be >= 1, got {epochs}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise SpecError(f"train.lr: must be a positive number, got {lr}")
+    if batch_size < 2 * cfg.n_positive:
+        raise SpecError(f"train.batch_size: ODH needs at least 2 x n_positive = {2 * cfg.n_positive}, got {batch_size}")
+    if not isinstance(splits.train[0], torch.Tensor):
+        raise SpecError("odh: needs the training images in memory (data.stream: false)")
+
+
+def _centre_source(
+    cfg: OdhConfig, class_matrix: torch.Tensor | None, num_classes: int, bits: int, seed: int, dev: torch.device
+) -> CentreModule | torch.Tensor:
+    """The learned centres' module (adaptive) or the fixed Hadamard centres (ablation)."""
+    if not cfg.adaptive:
+        return hash_centers(num_classes, bits, seed).to(dev)
+    if class_matrix is None:
+        raise SpecError("odh: adaptive centres need a class matrix (a classifier's final-layer weights)")
+    if class_matrix.shape[0] != num_classes:
+        raise SpecError(f"odh: the class matrix has {class_matrix.shape[0]} classes, the data set has {num_classes}")
+    return CentreModule(class_matrix, bits).to(dev)
+
+
+@dataclass
+class _Stepper:
+    """One optimisation step of either stage on a batch of training rows."""
+
+    model: nn.Module
+    source: CentreModule | torch.Tensor
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    cfg: OdhConfig
+    splits: Splits
+    gen: torch.Generator
+    hflip: bool
+    channels_last: bool
+    device: torch.device
+
+    def centres(self) -> torch.Tensor:
+        return self.source() if isinstance(self.source, CentreModule) else self.source
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(raw_output(self.model(to_input(x, self.channels_last, self.device))))
+
+    def step(self, idx: torch.Tensor, stage: int) -> float:
+        X, y = self.splits.train
+        xb, yb, cfg = X[idx], y[idx].to(self.device), self.cfg
+        weak = make_view(xb, self.gen, cfg.weak_scale, self.hflip, cfg.noise)
+        if stage == 1:
+            loss = hash_proxy_loss(self.codes(weak), self.centres(), yb, cfg.tau)
+        else:
+            strong = make_view(xb, self.gen, 1.0, self.hflip, cfg.noise)
+            both = self.codes(torch.cat([strong, weak]))
+            cs, cw = both[: len(idx)], both[len(idx) :]
+            loss = hash_proxy_loss(cw, self.centres(), yb, cfg.tau)
+            if cfg.distill_weight > 0:
+                loss = loss + cfg.distill_weight * hash_distill(cs, cw.detach(), cfg.n_positive, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if isinstance(self.source, CentreModule):
+            nn.utils.clip_grad_norm_(list(self.source.parameters()), CLIP_NORM)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+
 def train_odh(
     model: nn.Module,
     splits: Splits,
@@ -167,66 +233,24 @@ def train_odh(
     frozen centres of that epoch. `class_matrix` (classes x features) feeds the centre MLP; it may
     be None only with ``config.adaptive=False`` (fixed centres)."""
     cfg = config or OdhConfig()
-    cfg.check()
-    if epochs < 1:
-        raise SpecError(f"train.epochs: must be >= 1, got {epochs}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise SpecError(f"train.lr: must be a positive number, got {lr}")
-    if batch_size < 2 * cfg.n_positive:
-        raise SpecError(f"train.batch_size: ODH needs at least 2 x n_positive = {2 * cfg.n_positive}, got {batch_size}")
+    _check_args(cfg, epochs, lr, batch_size, splits)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     X, y = splits.train
-    if not isinstance(X, torch.Tensor):
-        raise SpecError("odh: needs the training images in memory (data.stream: false)")
-    n, dev, num_classes = X.shape[0], model_device(model), splits.num_classes
+    n, dev = X.shape[0], model_device(model)
     bits = int(raw_output(probe(model, X[:2], channels_last)).shape[1])
-    centre_net: CentreModule | None = None
-    fixed: torch.Tensor | None = None
-    if cfg.adaptive:
-        if class_matrix is None:
-            raise SpecError("odh: adaptive centres need a class matrix (a classifier's final-layer weights)")
-        if class_matrix.shape[0] != num_classes:
-            raise SpecError(
-                f"odh: the class matrix has {class_matrix.shape[0]} classes, the data set has {num_classes}"
-            )
-        centre_net = CentreModule(class_matrix, bits).to(dev)
-    else:
-        fixed = hash_centers(num_classes, bits, seed).to(dev)
+    source = _centre_source(cfg, class_matrix, splits.num_classes, bits, seed, dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    centre_params = list(centre_net.parameters()) if centre_net is not None else []
-    opt = torch.optim.Adam(params + centre_params, lr=lr, weight_decay=weight_decay)
+    if isinstance(source, CentreModule):
+        params += list(source.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(warmup_epochs * steps_per_epoch, total_steps))
-    positives = Positives(y, num_classes)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _warmup_cosine(warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
+    )
+    run = _Stepper(model, source, opt, sched, cfg, splits, gen, hflip, channels_last, dev)
+    positives = Positives(y, splits.num_classes)
     stage1 = cfg.stage1_epochs(epochs)
-
-    def centres() -> torch.Tensor:
-        return centre_net() if centre_net is not None else fixed  # type: ignore[return-value]
-
-    def step(idx: torch.Tensor, stage: int) -> float:
-        xb, yb = X[idx], y[idx].to(dev)
-        if stage == 1:
-            weak = make_view(xb, gen, cfg.weak_scale, hflip, cfg.noise)
-            codes = torch.tanh(raw_output(model(to_input(weak, channels_last, dev))))
-            loss = hash_proxy_loss(codes, centres(), yb, cfg.tau)
-        else:
-            strong = make_view(xb, gen, 1.0, hflip, cfg.noise)
-            weak = make_view(xb, gen, cfg.weak_scale, hflip, cfg.noise)
-            both = torch.tanh(raw_output(model(to_input(torch.cat([strong, weak]), channels_last, dev))))
-            cs, cw = both[: len(idx)], both[len(idx) :]
-            loss = hash_proxy_loss(cw, centres(), yb, cfg.tau)
-            if cfg.distill_weight > 0:
-                loss = loss + cfg.distill_weight * hash_distill(cs, cw.detach(), cfg.n_positive, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if centre_params:
-            nn.utils.clip_grad_norm_(centre_params, CLIP_NORM)
-        opt.step()
-        sched.step()
-        return float(loss.detach())
-
     best_state: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
     best_map, best_epoch, stopped = -1.0, 0, False
     history: list[dict[str, float]] = []
@@ -244,11 +268,11 @@ def train_odh(
                 chunks = _stage2_batches(positives, n, batch_size, cfg.n_positive, gen)
             total = 0.0
             for b, idx in enumerate(chunks, 1):
-                total += step(idx, stage)
+                total += run.step(idx, stage)
                 bar.batch(epoch, b, len(chunks))
             train_seconds = time.perf_counter() - t_ep
             with torch.no_grad():
-                current = centres().detach().clone()
+                current = run.centres().detach().clone()
             distances.append(min_centre_distance(current))
             val = validation_map(model, splits, channels_last=channels_last)
             rec = {
@@ -262,11 +286,9 @@ def train_odh(
                 "lr": opt.param_groups[0]["lr"],
             }
             history.append(rec)
-            if not math.isnan(val) and val > best_map:
-                best_map, best_epoch = val, epoch
+            if math.isnan(val) or val > best_map:  # no validation split (NaN): keep the last epoch
+                best_map, best_epoch = (val if not math.isnan(val) else best_map), epoch
                 best_state = (copy.deepcopy(model.state_dict()), current.cpu())
-            elif math.isnan(val):  # no validation split: keep the last epoch
-                best_state, best_epoch = (copy.deepcopy(model.state_dict()), current.cpu()), epoch
             bar.epoch(rec, best_map)
             if callback is not None and callback(epoch, val):
                 stopped = True
