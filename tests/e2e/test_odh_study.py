@@ -21,7 +21,7 @@ ODH_SPEC: dict[str, Any] = {
     "train": {"loss": "odh", "epochs": 4, "lr": 0.003, "batch_size": 64},
     "encoder": {"objective": "sacp", "epochs": 2, "strategies": 16},
     "search": {"candidates": 12, "sampler": "tpe", "workers": 2, "seed": 0},
-    "finetune": {"top": 2, "epochs": 2, "lr": 0.001, "early_stop": "none"},
+    "finetune": {"top": 2, "epochs": 2, "lr": 0.001, "early_stop": "asha"},
 }
 
 
