@@ -260,11 +260,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
         pending: dict[cf.Future[dict[str, Any]], str] = {}
+        # with a teacher, a seed's rows are queued when its teacher is done: seed by seed, complete
         for s in seeds:
             if needs_teacher:
                 pending[pool.submit(teacher_job, cfg, s)] = "teacher"
-            for r in rows:
-                if r not in needs_teacher:
+            else:
+                for r in rows:
                     pending[pool.submit(row_job, cfg, r, s, None)] = r
         while pending:
             finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -274,8 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 done += 1
                 if kind == "teacher":
                     doc["teachers"].append({k: v for k, v in res.items() if k != "W"})
-                    for r in needs_teacher:
-                        pending[pool.submit(row_job, cfg, r, res["seed"], res["W"])] = r
+                    for r in rows:
+                        w = res["W"] if r in needs_teacher else None
+                        pending[pool.submit(row_job, cfg, r, res["seed"], w)] = r
                     where = f"[{done}/{total}, {eta(done, total, t0)}]"
                     log(f"teacher seed {res['seed']}: val top-1 {res['val_top1']:.4f}  {where}")
                 else:
