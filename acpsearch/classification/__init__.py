@@ -18,6 +18,7 @@ from acpsearch.classification.losses import (
 from acpsearch.classification.metrics import accuracy_report, top1_accuracy, topk_accuracy
 from acpsearch.classification.models import CLASSIFIER_NAMES, ZooClassifier, create_classifier
 from acpsearch.classification.splits import ClassificationSplits, classification_splits, preprocess_meta
+from acpsearch.classification.teacher import class_matrix, teacher_splits, train_teacher
 from acpsearch.classification.train import (
     ClassifierTrainResult,
     evaluate_classifier,
@@ -44,4 +45,7 @@ __all__ = [
     "evaluate_classifier",
     "predict_logits",
     "train_classifier",
+    "class_matrix",
+    "teacher_splits",
+    "train_teacher",
 ]

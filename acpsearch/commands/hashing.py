@@ -57,7 +57,12 @@ def train(
     task: str = typer.Option("retrieval", "--task", help="retrieval (a hash network) or classification"),
     bits: int | None = typer.Option(None, "--bits", help="code length K (retrieval; default 32)"),
     loss: str | None = typer.Option(
-        None, "--loss", help="retrieval: csq (default), hashnet, dpsh, lagnh (no labels); classification: cross-entropy"
+        None,
+        "--loss",
+        help="retrieval: csq (default), hashnet, dpsh, lagnh (no labels), odh; classification: cross-entropy",
+    ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="--loss odh: classifier checkpoint whose class matrix feeds the learned centres"
     ),
     aux: str | None = typer.Option(None, "--aux", help="lagnh: auxiliary tags kmeans (default), bovw or file"),
     tags: str | None = typer.Option(None, "--tags", help="lagnh --aux file: tag file (.npz 'tags', .npy, text)"),
@@ -99,6 +104,8 @@ def train(
     _check_numbers(epochs, batch_size, lr)
     if task == "classification" and (aux is not None or tags is not None):
         raise SpecError(f"{'--aux' if aux is not None else '--tags'}: auxiliary tags are for --loss lagnh (retrieval)")
+    if teacher is not None and (loss or "").lower() != "odh":
+        raise SpecError("--teacher: only with --loss odh (the classifier that feeds ODH's learned centres)")
     if task == "classification":
         from acpsearch.commands.classify import ClassifyOptions, refuse_retrieval_flags, train_classifier_run
 
@@ -185,19 +192,26 @@ def train(
     c, h, _w = splits.input_shape
     seed_everything(seed)  # before the model is built: the seed fixes the initial weights
     net = create_model(model, bits=bits, in_channels=c, image_size=h).to(dev)
-    result = train_hash_net(
-        net,
-        lf.splits if lf is not None else splits,  # label-free: tags in place of labels
-        loss=loss.lower(),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress and not json_out,
-        augment=augment,
-        hflip=hflip,
-        **({"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}),
-    )
+    extra: dict[str, Any] = dict(lf.meta) if lf is not None else {}
+    if loss.lower() == "odh":  # learned centres, two stages (acpsearch.service.odh)
+        from acpsearch.service.odh import OdhRun, train_odh_base
+
+        odh_run = OdhRun(model.lower(), teacher, epochs, lr, batch_size, seed, hflip, dev, progress and not json_out)
+        result, extra["odh"] = train_odh_base(net, splits, odh_run, say=lambda m: typer.echo(m, err=True))
+    else:
+        result = train_hash_net(
+            net,
+            lf.splits if lf is not None else splits,  # label-free: tags in place of labels
+            loss=loss.lower(),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress and not json_out,
+            augment=augment,
+            hflip=hflip,
+            **({"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}),
+        )
     metrics = evaluate(result.model, splits, topk=topk)
     meta = checkpoint_meta(
         splits,
@@ -213,7 +227,7 @@ def train(
         augment=augment,
         hflip=hflip,
         device=str(dev),
-        **(lf.meta if lf is not None else {}),
+        **extra,
     )
     with atomic_out(out) as tmp:  # temp file + rename: a failed write leaves nothing at --out
         save_zoo_checkpoint(tmp, result.model, model.lower(), bits, c, h, meta)

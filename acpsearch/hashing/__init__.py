@@ -13,6 +13,8 @@ from acpsearch.hashing.metrics import (
     precision_recall_curve,
 )
 from acpsearch.hashing.models import MODEL_NAMES, HashHead, create_model, with_hash_head
+from acpsearch.hashing.odh import CentreModule, OdhLoss, hash_distill, hash_proxy_loss
+from acpsearch.hashing.odh_train import OdhConfig, OdhResult, train_odh
 from acpsearch.hashing.train import TrainResult, checkpoint_meta, train_hash_net
 
 __all__ = [
@@ -40,6 +42,13 @@ __all__ = [
     "encode",
     "evaluate",
     "train_hash_net",
+    "CentreModule",
+    "OdhLoss",
+    "OdhConfig",
+    "OdhResult",
+    "hash_distill",
+    "hash_proxy_loss",
+    "train_odh",
     "validation_map",
     "NeighbourScore",
     "neighbour_map",

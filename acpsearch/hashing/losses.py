@@ -13,6 +13,9 @@
   plus eta * ||u - sign(u)||^2. Pairs are formed inside the batch. Note: trained from scratch it can
   collapse to one code for every input; prefer csq / hashnet for base training.
 
+- ``odh`` ODH (He et al., ACM MM 2024): cross-entropy over cosine similarity to learned centres
+  / tau; here with frozen centres (given as ``centers``), see acpsearch.hashing.odh.
+
 All pair-based losses derive similarity from labels: share at least one label.
 """
 
@@ -28,7 +31,7 @@ from torch import nn
 
 from acpsearch.errors import SpecError
 
-LOSS_NAMES = ("csq", "hashnet", "dpsh", "lagnh")
+LOSS_NAMES = ("csq", "hashnet", "dpsh", "lagnh", "odh")
 UNSUPERVISED_LOSSES = ("lagnh",)  # trained on auxiliary tags (hashing.lagnh_loss), never on labels
 
 
@@ -144,11 +147,18 @@ class DPSHLoss(nn.Module):
 
 
 def get_loss(name: str, bits: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a hashing loss by name (csq, hashnet, dpsh, lagnh); kwargs go to the loss class."""
+    """Build a hashing loss by name (csq, hashnet, dpsh, lagnh, odh); kwargs go to the loss class."""
     from acpsearch.hashing.lagnh_loss import LAGNHLoss
+    from acpsearch.hashing.odh import OdhLoss  # odh: frozen learned centres (acpsearch.hashing.odh)
 
     key = str(name).lower()
-    classes: dict[str, type[nn.Module]] = {"csq": CSQLoss, "hashnet": HashNetLoss, "dpsh": DPSHLoss, "lagnh": LAGNHLoss}
+    classes: dict[str, type[nn.Module]] = {
+        "csq": CSQLoss,
+        "hashnet": HashNetLoss,
+        "dpsh": DPSHLoss,
+        "lagnh": LAGNHLoss,
+        "odh": OdhLoss,
+    }
     if key not in classes:
         raise SpecError(f"loss: unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
     try:

@@ -254,7 +254,12 @@ def finetune_trainable(
 
         classify.train(net, splits, spec, finetune=True, callback=on_epoch, teacher=teacher, device=device)
     else:
+        from acpsearch.hashing.odh import loss_kwargs_from_meta  # odh: the base's frozen centres
+
         recipe = {**finetune_recipe(spec), **labelfree.loss_options(spec, splits)}
+        stored = loss_kwargs_from_meta(spec.train.loss, ckpt.get("meta"))
+        if stored:
+            recipe["loss_kwargs"] = stored
         train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, val_score=score, **recipe)
 
 

@@ -38,6 +38,10 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     else:
         model, trained = _train(ctx, path)
     ckpt = read_checkpoint(path)
+    if ctx.spec.task == "retrieval":  # a loss that needs stored state (odh: the centres) must find it now
+        from acpsearch.hashing.odh import loss_kwargs_from_meta
+
+        loss_kwargs_from_meta(ctx.spec.train.loss, ckpt.get("meta"))
     g = ChannelGraph.from_model(model, torch.zeros(*ckpt["input_shape"]), hash_layer=ctx.spec.model.hash_layer)
     cost = g.cost()
     art = ctx.upload(path)
@@ -101,21 +105,29 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
     from acpsearch.service.labelfree import base_setup
 
     lf = base_setup(ctx.spec, ctx.splits)  # a label-free study: tags in place of labels, no labels at all
-    extra = {"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}
-    res = train_hash_net(
-        model,
-        lf.splits if lf is not None else ctx.splits,
-        loss=tr.loss,
-        epochs=tr.epochs,
-        lr=tr.lr,
-        batch_size=tr.batch_size,
-        seed=ctx.spec.data.protocol.seed,
-        progress=False,
-        augment=tr.augment,
-        hflip=tr.hflip,
-        callback=on_epoch,
-        **extra,
-    )
+    extra: dict[str, Any] = dict(lf.meta) if lf is not None else {}  # the aux state: fine-tuning derives the tags
+    if tr.loss == "odh":  # learned centres and two stages; meta.odh keeps the frozen centres
+        from acpsearch.service.odh import OdhRun, train_odh_base
+
+        seed = ctx.spec.data.protocol.seed
+        run = OdhRun(ctx.spec.model.zoo, tr.teacher, tr.epochs, tr.lr, tr.batch_size, seed, tr.hflip, device)
+        run.field, run.allow_factories = "train.teacher", ctx.allow
+        res, extra["odh"] = train_odh_base(model, ctx.splits, run, say=ctx.reporter.log, callback=on_epoch)
+    else:
+        res = train_hash_net(
+            model,
+            lf.splits if lf is not None else ctx.splits,
+            loss=tr.loss,
+            epochs=tr.epochs,
+            lr=tr.lr,
+            batch_size=tr.batch_size,
+            seed=ctx.spec.data.protocol.seed,
+            progress=False,
+            augment=tr.augment,
+            hflip=tr.hflip,
+            callback=on_epoch,
+            **({"loss_kwargs": lf.loss_kwargs, "val_score": lf.val_score} if lf is not None else {}),
+        )
     model = res.model.to("cpu")  # the graph, the checkpoint and the search work on the CPU copy
     trained = {
         "epochs": res.epochs_run,
@@ -135,7 +147,7 @@ def _train(ctx: StudyRun, path: Path) -> tuple[Any, dict[str, Any]]:
             "loss": tr.loss,
             "trained_by": ctx.name,
             "preprocess": dict(ctx.splits.preprocess),
-            **(lf.meta if lf is not None else {}),  # the aux state: fine-tuning derives the same tags
+            **extra,
         },
     )
     return model, trained

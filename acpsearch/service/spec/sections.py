@@ -210,12 +210,22 @@ class TrainSpec(_Augmentation):
     # an unsupervised loss's auxiliary semantics (null: kmeans) and the tag file of aux: file
     aux: Literal["kmeans", "bovw", "file"] | None = None
     tags: str | None = None
+    # loss odh: a classification checkpoint whose class matrix feeds the learned centres (left out:
+    # the base phase trains a classifier on the same backbone first)
+    teacher: str | None = None
 
     @field_validator("loss", mode="wrap")
     @classmethod
     def _loss(cls, v: Any, handler: Any) -> Any:
         """A hash loss, or a classifier's cross-entropy (which task takes which: spec/task.py)."""
         return v if isinstance(v, str) and v in CLASSIFICATION_LOSSES else handler(v)
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("loss") != "odh":
+            raise ValueError("only with loss: odh (the classifier that feeds its learned centres)")
+        return _not_empty(v, "leave it out to train the teacher classifier first")
 
     @field_validator("device")
     @classmethod

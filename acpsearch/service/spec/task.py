@@ -77,6 +77,8 @@ def task_free(data: dict[str, Any]) -> dict[str, Any]:
     """A spec's dict without the other task's keys: a retrieval spec without `task` and
     `train.label_smoothing` (what retrieval studies stored before, byte for byte), a classification
     spec without `model.bits` (which it refuses when it is read back)."""
+    if (data.get("train") or {}).get("teacher", "") is None:  # train.teacher (loss odh) only when given
+        data["train"].pop("teacher")
     if data.get("task", "retrieval") == "retrieval":
         data.pop("task", None)
         (data.get("train") or {}).pop("label_smoothing", None)
