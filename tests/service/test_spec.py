@@ -61,7 +61,11 @@ def test_minimal_spec_gets_design_defaults():
         ("train.epochs", 0, "spec: train.epochs: must be in [1, 10000], got 0"),
         ("train.epochs", True, "spec: train.epochs: input should be a valid integer"),
         ("train.lr", -1.0, "spec: train.lr: must be in (0, 10], got -1.0"),
-        ("train.loss", "mse", "spec: train.loss: input should be 'csq', 'hashnet', 'dpsh', 'lagnh' or 'odh', got 'mse'"),
+        (
+            "train.loss",
+            "mse",
+            "spec: train.loss: input should be 'csq', 'hashnet', 'dpsh', 'lagnh' or 'odh', got 'mse'",
+        ),
         ("space.step", 0.7, "spec: space.step: must be in [0.01, 0.5], got 0.7"),
         ("space.criterion", "l3", "spec: space.criterion: input should be"),
         ("search.workers", 0, "spec: search.workers: must be in [1, 1024], got 0"),
