@@ -57,7 +57,9 @@ def splits_of_checkpoint(ckpt: dict[str, Any], dataset: str | None, data_dir: st
     directory = data_dir if data_dir is not None else (meta.get("data_dir") if same else None)
     proto = {**protocol_defaults(name), "seed": 0, **((meta.get("protocol") or {}) if same else {})}
     proto = {k: int(proto[k]) for k in ("query_per_class", "train_per_class", "val_per_class", "seed")}
-    stored = meta.get("data_options") if same and isinstance(meta.get("data_options"), dict) else {}
+    stored: dict[str, Any] = meta.get("data_options") or {} if same else {}
+    if not isinstance(stored, dict):
+        stored = {}
     opts = {k: v for k, v in stored.items() if k in ("train_list", "database_list", "test_list", "image_size")}
     ds = load_dataset(name, directory, seed=proto["seed"], workers=workers, **opts)
     pre = meta.get("preprocess") if same else None
