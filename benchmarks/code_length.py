@@ -46,6 +46,7 @@ def build_parser() -> Any:
     p.add_argument("--criteria", default=",".join(CRITERIA_ORDER))
     p.add_argument("--database-per-class", type=int, default=None, help="cap the database (default: all)")
     p.add_argument("--collapse", type=float, default=0.2, help="a base below this val mAP has collapsed")
+    p.add_argument("--protocol", default=None, help="per class QUERY,TRAIN,VAL (default 100,500,100)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (CPU, about a minute)")
     p.add_argument("--out", default=str(RESULTS / "code_length.json"))
     p.add_argument("--md", default=str(RESULTS / "code_length.md"))
@@ -63,7 +64,7 @@ def splits_for(args: Any) -> Any:
 
     from acpsearch.hashing import load_dataset, make_splits
 
-    splits = make_splits(load_dataset("fashion-mnist"), **getattr(args, "protocol", PROTOCOL))
+    splits = make_splits(load_dataset("fashion-mnist"), **args.protocol)
     cap = args.database_per_class
     if cap:
         X, y = splits.database
@@ -231,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = build_parser().parse_args(argv)
+    if args.protocol:
+        q, t, v = (int(x) for x in args.protocol.split(","))
+        args.protocol = {"query_per_class": q, "train_per_class": t, "val_per_class": v, "seed": 0}
+    else:
+        args.protocol = dict(PROTOCOL)
     if args.quick:
         quick(args)
     lengths = [int(v) for v in args.lengths.split(",")]
