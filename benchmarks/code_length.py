@@ -111,7 +111,8 @@ def run_combo(job: tuple[str, int, Any]) -> dict[str, Any]:
         base = _train(loss, args.base_bits, args.base_epochs, seed, splits, args)
     out["loss_used"] = loss
     rows = out["rows"]
-    rows.append(_row("base", args.base_bits, base.model, splits, base.best_val_map, {}))
+    base_dist = {"min_centre_distance": min_centre_distance(base_centres(loss, args.base_bits, splits.num_classes))}
+    rows.append(_row("base", args.base_bits, base.model, splits, base.best_val_map, base_dist))
     log(f"{loss} seed {seed}: base val {base.best_val_map:.4f} ({time.perf_counter() - t0:.0f}s)")
 
     def collect(name: str) -> Any:
