@@ -42,7 +42,7 @@ class _BiHalf(torch.autograd.Function):
 
 def bihalf(u: torch.Tensor, gamma: float = 6.0) -> torch.Tensor:
     """The BiHalf layer (training forward): per-bit batch median split to +-1."""
-    out: torch.Tensor = _BiHalf.apply(u, gamma)
+    out: torch.Tensor = _BiHalf.apply(u, gamma)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -101,7 +101,7 @@ def fit_bihalf(
             target = F.cosine_similarity(xb[:half], xb[half:])
             loss = F.mse_loss(F.cosine_similarity(b[:half], b[half:]), target)
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total, steps = total + float(loss.detach()), steps + 1
         losses.append(total / max(1, steps))
