@@ -118,7 +118,7 @@ def fit_lagnh(
             raise DataError(f"lagnh: tags of shape {tuple(y_np.shape)} for {n} training images")
         y_all = torch.as_tensor(y_np, device=device)
     mean = flat.mean(0)
-    scale = float(np.sqrt(((flat - mean) ** 2).sum(1).mean())) or 1.0
+    scale = float(np.sqrt(((flat - mean) ** 2).mean())) or 1.0  # unit variance per feature on average
     x_all = torch.as_tensor((flat - mean) / scale, dtype=torch.float32, device=device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
