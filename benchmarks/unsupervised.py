@@ -158,9 +158,8 @@ def _verdict(doc: dict[str, Any]) -> None:
             verdicts.append(
                 {"method": method, "bits": b, "metric": key, "diff": diff, "two_sd": 2 * sd, "better": better}
             )
-            log(
-                f"{method} vs itq {b} bits {key}: {diff:+.4f} (2 sd {2 * sd:.4f}) -> {'better' if better else 'not better'}"
-            )
+            word = "better" if better else "not better"
+            log(f"{method} vs itq {b} bits {key}: {diff:+.4f} (2 sd {2 * sd:.4f}) -> {word}")
     doc["verdict_vs_itq"] = verdicts
 
 
