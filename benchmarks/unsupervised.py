@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     set_threads(a.threads)
     from acpsearch.hashing.unsupervised import fit_aux
-    from acpsearch.hashing.unsupervised.table import baseline_rows, score, split_features, summarise
+    from acpsearch.hashing.unsupervised.table import DETERMINISTIC, baseline_rows, score, split_features, summarise
 
     t0 = time.perf_counter()
     bits = [int(b) for b in a.bits.split(",")]
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     base = [m for m in methods if m in ("lsh", "pcah", "itq", "bihalf")]
     lagnh = [m for m in methods if m.startswith("lagnh")]
-    total = len(base) * len(bits) * len(seeds) + ("tags" in methods) * len(seeds)
+    runs_of = {m: 1 if m in DETERMINISTIC else len(seeds) for m in base}
+    total = sum(runs_of.values()) * len(bits) + ("tags" in methods) * len(seeds)
     total += len(lagnh) * len(bits) * len(seeds)
     done = 0
 
