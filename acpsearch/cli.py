@@ -21,6 +21,7 @@ from acpsearch.commands import export  # noqa: F401  export, bench
 from acpsearch.commands import dashboard  # noqa: F401  dashboard
 from acpsearch.commands import demo  # noqa: F401  demo
 from acpsearch.commands import shorten  # noqa: F401  shorten
+from acpsearch.commands import baselines  # noqa: F401  baselines
 
 # isort: on
 from acpsearch.commands.common import app, interrupt_line, reset_interrupt

@@ -228,7 +228,7 @@ def check_tags(tags: np.ndarray, n_rows: int | None, where: str, n_tags: int | N
     bad = ~((values == 0) | (values == 1))
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise DataError(f"{where}: tags must be 0 or 1, row {int(r)} column {int(c)} is {values[r, c]!r}")
+        raise DataError(f"{where}: tags must be 0 or 1, row {int(r)} column {int(c)} is {float(values[r, c])!r}")
     return values.astype(np.float32)
 
 
