@@ -1,6 +1,8 @@
-"""A study on the binary hash network `bnn_resnet20` at `budget.ops: 0.5` end to end through the
-CLI (`submit`, `run`, `show --json`): the winner meets the OPs budget, measured on its
-checkpoint (float MACs + binary MACs / 64), with a finite mAP, next to the unpruned network."""
+"""A study on the binary hash network `bnn_resnet20` with `train.loss: odh` at `budget.ops: 0.5` end
+to end through the CLI (`submit`, `run`, `show --json`, `export`): the base phase trains the ODH
+teacher and centres, the winner meets the OPs budget, measured on its checkpoint (float MACs +
+binary MACs / 64), with a finite mAP next to the unpruned network, and it was fine-tuned toward the
+base's stored, frozen centres. One study serves both checks: a binary study is the slowest e2e."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ BNN_SPEC: dict[str, Any] = {
     **copy.deepcopy(TINY_SPEC),
     "name": "tiny-bnn",
     "model": {"zoo": "bnn_resnet20", "bits": 16},
-    "train": {"loss": "csq", "epochs": 2, "lr": 0.003, "batch_size": 64},
+    "train": {"loss": "odh", "epochs": 3, "lr": 0.003, "batch_size": 64},
     "budget": {"ops": 0.5},
     "space": {"step": 0.1, "min_keep": 0.2, "criterion": "l1"},
     "encoder": {"objective": "sacp", "epochs": 2, "strategies": 16},
@@ -58,3 +60,20 @@ def test_binary_study_meets_the_ops_budget(bnn_study: dict[str, Any], capsys: py
     assert c.ops <= 0.5 * c0.ops * (1 + 1e-9)
     assert c.model_bits < c0.model_bits
     assert w["measured_ops_ratio"] == pytest.approx(c.ops / c0.ops)
+
+
+def test_binary_study_finetunes_toward_the_stored_odh_centres(bnn_study: dict[str, Any], capsys, tmp_path) -> None:
+    from acpsearch.checkpoint import read_checkpoint
+
+    assert bnn_study["code"] == 0
+    capsys.readouterr()
+    assert run(["show", "tiny-bnn", "--storage", bnn_study["url"], "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    base = read_checkpoint(rep["phases"]["base"]["path"])
+    centres = base["meta"]["odh"]["centers"]
+    assert base["meta"]["loss"] == "odh" and len(centres) == 10 and len(centres[0]) == 16
+    out = tmp_path / "winner.pt"
+    assert run(["export", "tiny-bnn", "--storage", bnn_study["url"], "--out", str(out)]) == 0
+    winner = read_checkpoint(out)
+    assert winner["pruning"] and winner["meta"]["odh"]["centers"] == centres  # the same, frozen centres
+    assert acp.load_model(out)(torch.zeros(2, 1, 8, 8)).shape == (2, 16)
