@@ -38,6 +38,7 @@ WINNER = "winner"  # the winner's record (val/test mAP, ratios, costs, latency, 
 FINETUNE_STUDY = "finetune_study"  # the name of the companion study holding the finalists
 PARENT = "parent"  # on the companion study: the name of its search study
 LATENCY_COMPARE = "latency.base_vs_winner"  # one line: base vs winner latency, timed interleaved
+TRUST = "trust"  # did the ranking predict the finalists' validation metric (service/trust.py)
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -51,6 +52,7 @@ _PHASE_PREFIX = "phase."
 _WINNER_PREFIX = "winner."
 _BASE_PREFIX = "base."
 _CONSTRAINT_PREFIX = "constraint."
+_TRUST_PREFIX = "trust."
 
 
 def phase(name: str) -> str:
@@ -66,6 +68,11 @@ def winner(key: str) -> str:
 def base(key: str) -> str:
     """One flat value of the base network, shown as its own column by optuna-dashboard."""
     return _BASE_PREFIX + key
+
+
+def trust(key: str) -> str:
+    """One flat value of the trust record (spearman, top1_hit, winner_source)."""
+    return _TRUST_PREFIX + key
 
 
 def constraint(key: str) -> str:

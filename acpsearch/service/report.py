@@ -11,6 +11,7 @@ from typing import Any
 from acpsearch.service import keys
 from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
+from acpsearch.service.trust import trust_lines
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -146,6 +147,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         "phase_seconds": phases,
         "space": (attrs.get(keys.phase("search")) or {}).get("space"),
         "ray": attrs.get(keys.RAY),
+        "trust": attrs.get(keys.TRUST),
     }
 
 
@@ -227,6 +229,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
                 f"| {f['epochs_run'] if f['epochs_run'] is not None else '–'} |"
             )
         lines.append("")
+    lines += trust_lines(rep.get("trust"), m.label)
     lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
     for p, sec in rep["phase_seconds"].items():
         if sec is not None:
