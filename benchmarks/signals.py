@@ -199,8 +199,12 @@ def score(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str
     c = _context(args.base, args.data_dir, args.device, args.threads)
     g, Xtr = c["g"], c["splits"].train[0]
     perm = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(0))
-    probe = SignalProbe(c["model"], c["ex"], Xtr[perm[: 4 * 128]], Xtr[perm[-args.probe :]], device=args.device)
-    abn = AdaptiveBNRanker(c["model"], c["splits"], c["ex"], calib_batches=args.abn_calib, device=args.device)
+    probe = None
+    if args.probe_signals:
+        probe = SignalProbe(c["model"], c["ex"], Xtr[perm[: 4 * 128]], Xtr[perm[-args.probe :]], device=args.device)
+    abn = None
+    if args.abn:
+        abn = AdaptiveBNRanker(c["model"], c["splits"], c["ex"], calib_batches=args.abn_calib, device=args.device)
     l1 = L1RetainedRanker(g)
     full = g.cost()
     secs: dict[str, float] = {}
@@ -208,10 +212,11 @@ def score(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str
     for i, st in enumerate(structs):
         s = strategy_of(g, st["kept"])
         t = time.perf_counter()
-        sig = {k: float(v[0]) for k, v in probe.signals([s]).items()}
+        sig = {k: float(v[0]) for k, v in probe.signals([s]).items()} if probe is not None else {}
         secs["probe"] = secs.get("probe", 0.0) + time.perf_counter() - t
-        sig["adaptive_bn"] = float(abn.score([s])[0])
-        secs["adaptive_bn"] = secs.get("adaptive_bn", 0.0) + abn.last_seconds
+        if abn is not None:
+            sig["adaptive_bn"] = float(abn.score([s])[0])
+            secs["adaptive_bn"] = secs.get("adaptive_bn", 0.0) + abn.last_seconds
         sig["l1_retained"] = float(l1.score([s])[0])
         cost = g.cost(s)
         sig["flops_ratio"], sig["params_ratio"] = cost.flops / full.flops, cost.params / full.params
@@ -274,7 +279,9 @@ def spearman_table(structs: list[dict[str, Any]], truth: str) -> dict[str, dict[
 def add_rank_averages(structs: list[dict[str, Any]]) -> None:
     """Rank averages of agreement with the branch signals, per budget (ranks within the budget)."""
     for b in {st["budget"] for st in structs}:
-        mine = [st for st in structs if st["budget"] == b and "signals" in st]
+        mine = [st for st in structs if st["budget"] == b and "agreement" in st.get("signals", {})]
+        if not mine:
+            continue
         r = {k: stats.rankdata([st["signals"][k] for st in mine]) for k in ("agreement", "branch", "branch_worst")}
         for i, st in enumerate(mine):
             st["signals"]["agreement+branch"] = float(r["agreement"][i] + r["branch"][i])
@@ -311,6 +318,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--abn-calib", type=int, default=20, help="adaptive-BN calibration batches")
     p.add_argument("--encoder-strategies", type=int, default=128, help="0: no encoder rows")
     p.add_argument("--encoder-epochs", type=int, default=60)
+    p.add_argument("--sets", default="sweep,ranking", help="evaluation sets: sweep, ranking (comma-separated)")
+    p.add_argument("--no-finetune", action="store_true", help="no ft4 fine-tunes: only the stored sweep mAP as truth")
+    p.add_argument("--no-abn", dest="abn", action="store_false", help="skip adaptive BN (the slowest signal)")
+    p.add_argument(
+        "--no-probe", dest="probe_signals", action="store_false", help="skip the probe's signals (agreement, branch...)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 2 structures per set and budget, tiny settings")
     p.add_argument("--out", default=str(common.RESULTS / "signals.json"))
     args = p.parse_args(argv)
@@ -327,17 +340,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def all_structures(args: argparse.Namespace, g: Any) -> list[dict[str, Any]]:
     """The evaluation set: the sweep's structures, then the ranking candidates (--quick: 2 of each)."""
-    structs = [dict(st, set="sweep") for st in structures_from_results(common.RESULTS, g)]
-    for b in (0.5, 0.25):
+    sets = set(args.sets.split(","))
+    structs = [dict(st, set="sweep") for st in structures_from_results(common.RESULTS, g)] if "sweep" in sets else []
+    for b in (0.5, 0.25) if "ranking" in sets else ():
         structs += [dict(st, set="ranking") for st in ranking_structures(g, b, args.candidates)]
     if args.quick:  # the first 2 structures of each set and budget
         seen: dict[tuple[str, float], int] = {}
         for st in structs:
             seen[(st["set"], st["budget"])] = st["n_in_set"] = seen.get((st["set"], st["budget"]), 0) + 1
         structs = [st for st in structs if st.pop("n_in_set") <= 2]
+    if args.no_finetune:  # the stored mAP is the only ground truth: structures without it are not scored
+        structs = [st for st in structs if st.get("val")]
     for i, st in enumerate(structs):
         st["key"] = i
         st["stored_val"] = float(np.mean(st["val"])) if st.get("val") else None
+        st["stored_test"] = float(np.mean(st["test"])) if st.get("test") else None
     return structs
 
 
@@ -357,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["tables"] = {
             "ft4 on this base (mean over seeds)": spearman_table(structs, "val_map"),
             "stored ft4 (sweep's base, mean over seeds)": spearman_table(structs, "stored_val"),
+            "stored ft4 test mAP (sweep's base, mean over seeds)": spearman_table(structs, "stored_test"),
         }
         common.write_json(out, doc)
         out.with_suffix(".md").write_text(markdown(doc))
@@ -364,11 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     base_job = {"base": args.base, "data_dir": args.data_dir, "device": args.device, "threads": args.threads}
     ft4 = [
         dict(base_job, key=st["key"], kept=st["kept"], seed=s, steps=0, max_batches=args.ft_max_batches)
-        for s in range(args.seeds)
+        for s in range(0 if args.no_finetune else args.seeds)
         for st in structs
     ]
     short = [dict(base_job, key=st["key"], kept=st["kept"], seed=0, steps=args.short_steps) for st in structs]
-    short = short if args.short_steps else []
+    short = short if args.short_steps and not args.no_finetune else []
     # with --jobs > 1 the fine-tunes start in worker processes now, while this one scores the signals
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
     futures = [pool.submit(finetune_job, j) for j in ft4 + short] if pool else None
@@ -377,11 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         score(args, structs, doc)
         save()
         res = collect(futures[: len(ft4)] if futures else map(finetune_job, ft4), len(ft4), "ft4")
-        for r in res:
+        for r in res:  # (none with --no-finetune)
             structs[r["key"]].setdefault("ft4", []).append(r["val_map"])
         for st in structs:
             st["val_map"] = float(np.mean(st["ft4"])) if st.get("ft4") else None
-        doc["seconds_per_candidate"]["ft4"] = float(np.mean([r["seconds"] for r in res]))
+        if res:
+            doc["seconds_per_candidate"]["ft4"] = float(np.mean([r["seconds"] for r in res]))
         save()
         if short:
             res = collect(futures[len(ft4) :] if futures else map(finetune_job, short), len(short), "ft_steps")

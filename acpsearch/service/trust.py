@@ -5,6 +5,7 @@ compared with their validation metric after fine-tuning:
 - `spearman`: Spearman's rho over the fully fine-tuned finalists (None with fewer than 3, or when
   either column is constant),
 - `top1_hit`: whether the finalist the ranker scored highest is the selected winner,
+- `ranker`: the ranker whose order chose the finalists (the re-ranker when the study re-ranks),
 - `winner_source`: where the winner came from, ``search`` or ``anchor`` (``anchor:<kind>`` in
   `winner_source_detail`).
 Stored as the study attribute `trust` plus flat `trust.*` copies (optuna-dashboard columns), and
@@ -48,17 +49,22 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def finalists_of(ft_study: Any, task: str | None) -> list[dict[str, Any]]:
-    """{trial, score, val, source} of every fine-tune trial of a study (val only when COMPLETE)."""
+def finalists_of(ft_study: Any, task: str | None, rerank: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """{trial, score, val, source} of every fine-tune trial of a study (val only when COMPLETE).
+    The score is what ordered the finalists: the rerank record's score of the candidate when the
+    study re-ranked (an anchor has none), else the ranker's."""
     import optuna
 
     from acpsearch.service import study as st
 
     val = keys.metric_of(task).val
+    reranked = (rerank or {}).get("scores") or {}
     return [
         {
             "trial": t.number,
-            "score": t.user_attrs.get(keys.T_SCORE),
+            "score": reranked.get(str(t.user_attrs.get(keys.T_CANDIDATE)))
+            if reranked
+            else t.user_attrs.get(keys.T_SCORE),
             "val": t.user_attrs.get(val) if t.state == optuna.trial.TrialState.COMPLETE else None,
             "source": st.source(t),
         }
@@ -82,7 +88,8 @@ def trust_lines(t: dict[str, Any] | None, label: str = "mAP") -> list[str]:
     return [
         "## Trust: did the ranking predict the fine-tuned finalists?",
         "",
-        f"- Spearman (ranker score vs validation {label}) over {t.get('finalists')} fine-tuned finalists: **{rho}**",
+        f"- Spearman (`{t.get('ranker', 'ranker')}` score vs validation {label}) over {t.get('finalists')} "
+        f"fine-tuned finalists: **{rho}**",
         f"- top-1 hit (the ranker's first finalist, trial {t.get('ranker_top1_trial')}, is the winner): **{hit}**",
         f"- winner from: **{t.get('winner_source') or '–'}**"
         + (f" (`{t['winner_source_detail']}`)" if t.get("winner_source") == "anchor" else ""),

@@ -63,7 +63,8 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
         winner["latency_compare"] = cmp
     _store_winner(ctx, winner, base_rec, cmp)
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
-    trust = trust_report(finalists_of(ft_study, ctx.spec.task), best.number)
+    trust = trust_report(finalists_of(ft_study, ctx.spec.task, records.get("rerank")), best.number)
+    trust["ranker"] = ctx.spec.search.rerank or ctx.spec.search.ranker
     store_trust(ctx.study, trust)
     return Record({"winner": best.number, "finalists": {str(t.number): t.user_attrs.get(metric.val) for t in complete}})
 
