@@ -171,7 +171,7 @@ def collect(results: Any, n: int, label: str) -> list[dict[str, Any]]:
 def train_base(args: argparse.Namespace) -> None:
     """The ResNet-20 / CSQ / 32-bit base, trained with the base-model benchmark's recipe on --device."""
     from acpsearch.checkpoint import save_zoo_checkpoint
-    from acpsearch.hashing import checkpoint_meta, create_model, evaluate, train_hash_net
+    from acpsearch.hashing import checkpoint_meta, create_model, train_hash_net
     from benchmarks.base_models import RECIPE
 
     splits = common.fmnist_splits(data_dir=args.data_dir)
@@ -183,11 +183,19 @@ def train_base(args: argparse.Namespace) -> None:
         save_zoo_checkpoint(args.base, model.cpu(), "resnet20", 32, c, h, {"dataset": splits.dataset})
         return
     t0 = time.perf_counter()
-    res = train_hash_net(model, splits, loss="csq", epochs=args.base_epochs, seed=0, progress=False, **RECIPE)
-    metrics = evaluate(res.model, splits, topk=1000)
-    common.log(f"base: {args.base_epochs} epochs in {time.perf_counter() - t0:.0f}s, val {res.best_val_map:.4f}, "
-               f"test {metrics['map_all']:.4f}")  # fmt: skip
-    meta = checkpoint_meta(splits, "csq", res, metrics, bits=32, lr=RECIPE["lr"], batch_size=RECIPE["batch_size"])
+    recipe = dict(RECIPE, batch_size=args.base_batch or RECIPE["batch_size"])
+    res = train_hash_net(
+        model,
+        splits,
+        loss="csq",
+        epochs=args.base_epochs,
+        seed=0,
+        progress=False,
+        eval_every=args.base_epochs,
+        **recipe,
+    )
+    common.log(f"base: {args.base_epochs} epochs in {time.perf_counter() - t0:.0f}s, val mAP {res.best_val_map:.4f}")
+    meta = checkpoint_meta(splits, "csq", res, None, bits=32, lr=recipe["lr"], batch_size=recipe["batch_size"])
     save_zoo_checkpoint(args.base, res.model.cpu(), "resnet20", 32, c, h, meta)
 
 
@@ -306,6 +314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = common.parser(__doc__)
     p.add_argument("--base", default=str(common.BASE))
     p.add_argument("--base-epochs", type=int, default=40, help="epochs when --base is missing and trained here")
+    p.add_argument("--base-batch", type=int, default=None, help="batch size of a base trained here (default: recipe's)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
