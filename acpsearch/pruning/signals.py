@@ -18,6 +18,7 @@ result) from one pruned, BN-recalibrated network per candidate.
 
 from __future__ import annotations
 
+import copy
 import operator
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acpsearch.graph.tracing import Tracer
-from acpsearch.pruning.probe import FunctionalProbe, torch_threads
+from acpsearch.pruning.probe import FunctionalProbe, recalibrate_bn, torch_threads
 
 _ADDS = (operator.add, operator.iadd, torch.add)
 
@@ -192,10 +193,6 @@ class SignalProbe(FunctionalProbe):
 
     def pruned(self, strategy: Any) -> nn.Module:
         if strategy is None:  # the unpruned net, recalibrated on the same batches
-            import copy
-
-            from acpsearch.pruning.probe import recalibrate_bn
-
             net = copy.deepcopy(self.model).to(self.device)
             return recalibrate_bn(net, self.calib_X, self.calib_batch_size, self.calib_batches)
         return super().pruned(strategy)
