@@ -42,6 +42,7 @@ FINETUNE_EPOCHS = "finetune.epochs_spent"  # fine-tuning epochs the finalists tr
 FINETUNE_RUNGS = "finetune.rungs"  # successive halving: [{rung, size, epochs, finalists}] (candidate numbers)
 FRONT = "front"  # joint search: the candidates on the FLOPs x bits x score Pareto front
 CODE_LENGTHS = "code.lengths"  # phase shorten: [{bits, val_map, test_map, ...}] per code length
+TRUST = "trust"  # did the ranking predict the finalists' validation metric (service/trust.py)
 
 # values of KIND
 SEARCH_KIND = "acpsearch-search"
@@ -55,6 +56,7 @@ _PHASE_PREFIX = "phase."
 _WINNER_PREFIX = "winner."
 _BASE_PREFIX = "base."
 _CONSTRAINT_PREFIX = "constraint."
+_TRUST_PREFIX = "trust."
 
 
 def phase(name: str) -> str:
@@ -75,6 +77,11 @@ def base(key: str) -> str:
 def code_length(bits: int, key: str) -> str:
     """One flat value of the winner shortened to `bits` (phase shorten), e.g. code.16bits.test_map."""
     return f"code.{int(bits)}bits.{key}"
+
+
+def trust(key: str) -> str:
+    """One flat value of the trust record (spearman, top1_hit, winner_source)."""
+    return _TRUST_PREFIX + key
 
 
 def constraint(key: str) -> str:

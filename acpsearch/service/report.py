@@ -11,6 +11,7 @@ from typing import Any
 from acpsearch.service import code_report, keys
 from acpsearch.service import optuna_adapter as adapter
 from acpsearch.service import study as st
+from acpsearch.service.trust import trust_lines
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -149,6 +150,7 @@ def build_report(study: Any, storage: Any) -> dict[str, Any]:
         "ray": attrs.get(keys.RAY),
         "code_lengths": attrs.get(keys.CODE_LENGTHS) or [],  # phase shorten (spec code:)
         "front": code_report.pareto_front(study),  # a joint search's FLOPs x bits x score front
+        "trust": attrs.get(keys.TRUST),
     }
 
 
@@ -234,6 +236,7 @@ def markdown(rep: dict[str, Any], groups: dict[str, int] | None = None) -> str:
             )
         lines.append("")
     lines += code_report.code_markdown(rep)
+    lines += trust_lines(rep.get("trust"), m.label)
     lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
     for p, sec in rep["phase_seconds"].items():
         if sec is not None:

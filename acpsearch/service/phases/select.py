@@ -13,6 +13,7 @@ from acpsearch.service import study as st
 from acpsearch.service.candidates import ratios_of, round_to_of, strategy_of
 from acpsearch.service.context import Record, StudyRun
 from acpsearch.service.progress import clean
+from acpsearch.service.trust import finalists_of, store_trust, trust_report
 
 NAME = "select"
 # the metrics copied flat into the study's attributes (winner.KEY, base.KEY) per task
@@ -64,6 +65,9 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
         winner["latency_compare"] = cmp
     _store_winner(ctx, winner, base_rec, cmp)
     mark_winner(ctx.study, ft_study, best, cand, complete, ratios=winner["ratios"])
+    trust = trust_report(finalists_of(ft_study, ctx.spec.task, records.get("rerank")), best.number)
+    trust["ranker"] = ctx.spec.search.rerank or ctx.spec.search.ranker
+    store_trust(ctx.study, trust)
     return Record({"winner": best.number, "finalists": {str(t.number): t.user_attrs.get(metric.val) for t in complete}})
 
 
