@@ -182,3 +182,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def digits_feats() -> dict[str, tuple[Any, Any]]:
+    """The digits protocol splits as flat numpy features (train / query / database), for the
+    unsupervised hashing tests."""
+    from acpsearch.hashing import load_dataset, make_splits
+    from acpsearch.hashing.unsupervised.table import split_features
+
+    return split_features(make_splits(load_dataset("digits"), seed=0))

@@ -162,3 +162,13 @@ def test_no_source_cites_files_outside_the_repository() -> None:
         if "DESIGN.md" in line or "FACTS.md" in line or "../shared" in line
     ]
     assert not cites, cites
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by basename (rootdir-relative, no packages), and the tests import
+    shared helpers with `from conftest import ...`: two test files of one name, or a second
+    conftest.py, break the collection of the whole suite."""
+    tests = Path(__file__).resolve().parent
+    names = [p.name for p in tests.rglob("*.py") if "fixtures" not in p.parts]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"test module names used twice: {dupes}"
