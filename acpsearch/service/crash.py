@@ -86,9 +86,12 @@ def _pipe() -> IO[bytes] | None:
 
 
 def rearm() -> None:
-    """Install the handler again (after a native library may have installed its own)."""
+    """Install the handler again (after a native library may have installed its own). An enabled
+    faulthandler's `enable()` only changes its file and leaves the signal handlers as they are, so
+    it is disabled first: then `enable()` installs them on top, chaining to the native one."""
     pipe = _pipe()
     if pipe is not None:
+        faulthandler.disable()
         faulthandler.enable(file=pipe, all_threads=True)
 
 

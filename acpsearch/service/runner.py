@@ -64,8 +64,11 @@ def run_phase(
 
 def run_phases(ctx: StudyRun, ray_mod: Any) -> None:
     """All phases in order, the lease checked between them."""
+    from acpsearch.service import crash
+
     records: dict[str, dict[str, Any]] = {}
     for i, phase in enumerate(PHASES):
+        crash.rearm()  # a native library loaded by the last phase may have put its own handler on top
         ctx, records[phase.NAME] = run_phase(ctx, phase, records, ray_mod)
         if i < len(PHASES) - 1:
             ctx.check()
