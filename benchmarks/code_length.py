@@ -39,6 +39,9 @@ def build_parser() -> Any:
     p.add_argument("--losses", default="csq,dpsh")
     p.add_argument("--base-bits", type=int, default=64)
     p.add_argument("--lengths", default="48,32,24,16,12")
+    p.add_argument(
+        "--direct-lengths", default=None, help="lengths that get a directly trained row (default: every length)"
+    )
     p.add_argument("--base-epochs", type=int, default=15)
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs per length")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -136,7 +139,10 @@ def run_combo(job: tuple[str, int, Any]) -> dict[str, Any]:
         )
         log(f"{loss} seed {seed}: dhwp {crit} done ({time.perf_counter() - t0:.0f}s)")
     shorten(base.model, splits, lengths, method="merge", epochs=args.epochs, on_length=collect("nmlayer"), **common)
+    direct = [int(v) for v in args.direct_lengths.split(",")] if args.direct_lengths else lengths
     for i, bits in enumerate(lengths):
+        if bits not in direct:
+            continue
         res = _train(loss, bits, args.base_epochs + (i + 1) * args.epochs, seed, splits, args)
         dist = min_centre_distance(base_centres(loss, bits, splits.num_classes))
         rows.append(_row("direct", bits, res.model, splits, res.best_val_map, {"min_centre_distance": dist}))
@@ -241,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         quick(args)
     lengths = [int(v) for v in args.lengths.split(",")]
+    if args.direct_lengths and not {int(v) for v in args.direct_lengths.split(",")} <= set(lengths):
+        build_parser().error("--direct-lengths: every value must be one of --lengths")
     criteria = args.criteria.split(",")
-    jobs = [(loss, seed, args) for loss in args.losses.split(",") for seed in range(args.seeds)]
+    jobs = [(loss, seed, args) for seed in range(args.seeds) for loss in args.losses.split(",")]
     doc: dict[str, Any] = {
         "command": "python -m benchmarks.code_length " + " ".join(argv or sys.argv[1:]),
         "args": {k: v for k, v in vars(args).items()},
