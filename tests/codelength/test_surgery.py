@@ -8,7 +8,7 @@ from torch import nn
 
 from acpsearch.codelength import CodeMap, apply_code_map, find_hash_layer, merge_bits, prune_bits
 from acpsearch.errors import SpecError
-from acpsearch.hashing import create_model, with_hash_head
+from acpsearch.hashing import MODEL_NAMES, create_model, with_hash_head
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,24 @@ def test_hash_layer_of_a_user_model_and_bad_layers() -> None:
         merge_bits(plain, [[0, 1], [1]])
     with pytest.raises(SpecError, match="code.groups"):
         prune_bits(plain, [12])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_zoo_network_prunes_and_merges_its_code(name: str) -> None:
+    """Both surgeries on every zoo network: the short network emits K' values, pruned bits are the
+    kept bits of the old code, merged values are the signed sums (before any fine-tuning)."""
+    torch.manual_seed(0)
+    model = create_model(name, bits=12, in_channels=1, image_size=16).eval()
+    _, layer = find_hash_layer(model)
+    with torch.no_grad():  # a non-trivial hash layer (the zoo initialises it tiny)
+        layer.weight.normal_(0, 0.5)
+    x = torch.randn(8, 1, 16, 16)
+    keep = [1, 4, 5, 11]
+    short = prune_bits(model, keep, example=x).eval()
+    merged = merge_bits(model, [[0, 2], [3, 7, 9]], [[1, -1], [1, 1, -1]], example=x).eval()
+    with torch.no_grad():
+        h, p, m = model(x), short(x), merged(x)
+    assert p.shape == (8, 4) and m.shape == (8, 2)
+    assert torch.allclose(p, h[:, keep], atol=1e-4, rtol=1e-4)
+    want = torch.stack([h[:, 0] - h[:, 2], h[:, 3] + h[:, 7] - h[:, 9]], 1)
+    assert torch.allclose(m, want, atol=1e-4, rtol=1e-4)
