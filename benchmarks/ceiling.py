@@ -25,7 +25,19 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import PROTOCOL, RESULTS, eta, load_base, log, parser, seed_all, set_threads, write_json
+from benchmarks.common import (
+    PROTOCOL,
+    RESULTS,
+    eta,
+    load_base,
+    log,
+    magnitude_strategy,
+    parser,
+    seed_all,
+    set_threads,
+    uniform_strategy,
+    write_json,
+)
 from benchmarks.pool import JobPool
 
 RECIPES: dict[str, dict[str, Any]] = {"ft4": {"epochs": 4, "lr": 1e-3, "batch_size": 128}}
@@ -84,7 +96,6 @@ def build_nets(
 ) -> dict[tuple[str, float], tuple[torch.nn.Module, float]]:
     """(method, budget) -> (the network before fine-tuning, its FLOPs ratio)."""
     from acpsearch.pruning import prune
-    from benchmarks.classification import magnitude_strategy, uniform_strategy
 
     full = g.cost().flops
     nets: dict[tuple[str, float], tuple[torch.nn.Module, float]] = {}

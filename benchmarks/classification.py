@@ -39,7 +39,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, eta, log, parser, seed_all, set_threads, write_json
+from benchmarks.common import (
+    RESULTS,
+    eta,
+    log,
+    magnitude_strategy,
+    parser,
+    seed_all,
+    set_threads,
+    uniform_strategy,
+    write_json,
+)
 from benchmarks.pool import JobPool
 
 METHODS = ("acpsearch", "uniform_l1", "tp_global_mag", "random", "adaptive_bn", "unpruned")
@@ -119,29 +129,6 @@ def finetune(
     cost = measure_cost(res.model.cpu(), torch.zeros(1, *splits.test[0].shape[1:]))
     out.update(flops=int(cost.flops), seconds=time.perf_counter() - t0)
     return out
-
-
-def uniform_strategy(g: Any, budget: float) -> Any:
-    from acpsearch.pruning import PruningStrategy
-
-    full = g.cost().flops
-    keep = 1.0
-    while keep > 0.01:
-        s = PruningStrategy.uniform(g, keep=round(keep, 4), criterion="l1")
-        if g.cost(s).flops <= budget * full:
-            return s
-        keep -= 0.01
-    raise SystemExit(f"uniform_l1: no uniform ratio meets budget {budget}")
-
-
-def magnitude_strategy(g: Any, budget: float) -> Any:
-    from acpsearch.pruning import PruningStrategy
-
-    full = g.cost().flops
-    s = PruningStrategy.global_magnitude(g, lambda s: g.cost(s).flops <= budget * full, criterion="l1")
-    if s is None:
-        raise SystemExit(f"tp_global_mag: no allocation meets budget {budget}")
-    return s
 
 
 def acpsearch_finalists(base: Any, g: Any, space: Any, splits: Any, ex: Any, args: argparse.Namespace) -> list[Any]:

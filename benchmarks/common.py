@@ -88,3 +88,28 @@ def eta(done: int, total: int, t0: float) -> str:
     elapsed = time.perf_counter() - t0
     left = elapsed / done * (total - done) if done else float("nan")
     return f"elapsed {elapsed:.0f}s, ETA {left:.0f}s"
+
+
+def uniform_strategy(g: Any, budget: float) -> Any:
+    """The uniform-L1 baseline: the largest uniform keep ratio (0.01 steps) under `budget` x FLOPs."""
+    from acpsearch.pruning import PruningStrategy
+
+    full = g.cost().flops
+    keep = 1.0
+    while keep > 0.01:
+        s = PruningStrategy.uniform(g, keep=round(keep, 4), criterion="l1")
+        if g.cost(s).flops <= budget * full:
+            return s
+        keep -= 0.01
+    raise SystemExit(f"uniform_l1: no uniform ratio meets budget {budget}")
+
+
+def magnitude_strategy(g: Any, budget: float) -> Any:
+    """Torch-Pruning-style global magnitude (one L1 ranking over every group) under `budget` x FLOPs."""
+    from acpsearch.pruning import PruningStrategy
+
+    full = g.cost().flops
+    s = PruningStrategy.global_magnitude(g, lambda s: g.cost(s).flops <= budget * full, criterion="l1")
+    if s is None:
+        raise SystemExit(f"tp_global_mag: no allocation meets budget {budget}")
+    return s
