@@ -39,6 +39,7 @@ ROUTES = ("joint", "two-step")
 def build_parser() -> Any:
     p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--routes", default=",".join(ROUTES), help="the routes to run (default: both)")
     p.add_argument("--base-bits", type=int, default=64)
     p.add_argument("--bits", type=int, default=32, help="the code-length budget B")
     p.add_argument("--flops", type=float, default=0.5, help="the FLOPs budget F (ratio of the base)")
@@ -243,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"base network: {base}")
     doc["base"] = train_base(args, base)
     log(f"base val {doc['base']['val_map']:.4f} test {doc['base']['test_map']:.4f} ({time.perf_counter() - t0:.0f}s)")
-    jobs = [(route, seed) for seed in range(args.seeds) for route in ROUTES]
+    routes = args.routes.split(",")
+    if not set(routes) <= set(ROUTES):
+        build_parser().error(f"--routes: each must be one of {', '.join(ROUTES)}")
+    jobs = [(route, seed) for seed in range(args.seeds) for route in routes]
     for i, (route, seed) in enumerate(jobs):
         row = run_route(route, seed, args, base.resolve(), work)
         doc["rows"].append(row)

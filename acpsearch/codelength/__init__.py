@@ -19,7 +19,15 @@ A plain library (torch + acpsearch.hashing): no Optuna, Ray or checkpoint code. 
 from __future__ import annotations
 
 from acpsearch.codelength.codemap import CodeMap
-from acpsearch.codelength.criteria import CRITERIA, BitData, Selection, hash_outputs, score_bits, select_bits
+from acpsearch.codelength.criteria import (
+    CRITERIA,
+    BitData,
+    Selection,
+    guard_keep,
+    hash_outputs,
+    score_bits,
+    select_bits,
+)
 from acpsearch.codelength.layer import base_centres, code_loss, find_hash_layer, min_centre_distance
 from acpsearch.codelength.merge import PARTNERS, merge_step
 from acpsearch.codelength.shorten import (
@@ -33,6 +41,7 @@ from acpsearch.codelength.shorten import (
 from acpsearch.codelength.surgery import apply_code_map, merge_bits, prune_bits
 
 __all__ = [
+    "guard_keep",
     "CRITERIA",
     "CRITERION_CHOICES",
     "METHODS",

@@ -227,12 +227,22 @@ def select_bits(criterion: str, data: BitData, k: int, guard: bool = True) -> Se
         raise SpecError(f"lengths: cannot keep {k} of {data.bits} bits")
     scores = score_bits(criterion, data)
     order = ranked(scores)
+    if not guard or data.centres is None:
+        return Selection(sorted(order[:k]), scores, False)
+    keep, guarded = guard_keep(order, data.centres, k, scores)
+    return Selection(keep, scores, guarded)
+
+
+def guard_keep(
+    order: list[int], centres: torch.Tensor, k: int, scores: np.ndarray | None = None
+) -> tuple[list[int], bool]:
+    """(the first k bits of `order`, sorted; False) when their class centres stay distinct, else a
+    guarded choice (True): distinct non-constant columns first in `order`, and when that still
+    merges two classes, the max-min-distance order (ties by `scores`)."""
     keep = order[:k]
-    c = data.centres
-    guarded = False
-    if guard and c is not None and c.shape[0] > 1 and min_centre_distance(c[:, keep]) == 0:
-        guarded = True
-        keep = _distinct_first(order, c, k)
-        if min_centre_distance(c[:, keep]) == 0:
-            keep = centre_order(c, scores)[:k]
-    return Selection(sorted(keep), scores, guarded)
+    if centres.shape[0] < 2 or min_centre_distance(centres[:, keep]) != 0:
+        return sorted(keep), False
+    keep = _distinct_first(order, centres, k)
+    if min_centre_distance(centres[:, keep]) == 0:
+        keep = centre_order(centres, scores)[:k]
+    return sorted(keep), True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -19,8 +20,14 @@ def cut(
 
     sp = spec.finetune.sparsity
     if sp is None:
-        return prune(base, strategy, ex).to(device), None
-    kept = strategy.kept_indices()  # on the base network's weights: the same choice as `record`
+        net = prune(base, strategy, ex)
+        made: dict[str, Any] = getattr(net, "acp_pruning_record", {})
+        if made.get("groups") != record["groups"]:  # the record moved some code bits
+            net = apply_record(base, record, ex)
+        return net.to(device), None
+    # the record's channels: the strategy's choice on the base network's weights (a joint study's
+    # code bits possibly moved off coinciding class centres)
+    kept = {name: np.asarray(ent["kept"], dtype=np.intp) for name, ent in record["groups"].items()}
     work = copy.deepcopy(base).to(device)
     res = sparsify(
         work,

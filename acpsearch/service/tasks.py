@@ -186,6 +186,7 @@ def finetune_trainable(
     from acpsearch.graph import ChannelGraph
     from acpsearch.hashing import train_hash_net
     from acpsearch.pruning import PruningStrategy, make_record
+    from acpsearch.service.code_finalist import centre_aware_code
     from acpsearch.service.presparsity import cut
 
     assert ckpt is not None and spec is not None and splits is not None
@@ -200,6 +201,9 @@ def finetune_trainable(
     graph = ChannelGraph.from_model(base, ex, hash_layer=spec.model.hash_layer, prune_code=spec.budget.bits is not None)
     strategy = PruningStrategy(graph, fin["ratios"], criterion=spec.space.criterion, round_to=int(fin["round_to"]))
     record = make_record(strategy)
+    code_criterion = None  # a joint study's CSQ finalist trains towards the base's kept centres
+    if spec.task == "retrieval":
+        record, code_criterion = centre_aware_code(graph, strategy, record, spec.train.loss, splits.num_classes)
     # pruned on the CPU, trained where Ray put the trial (finetune.sparsity: group penalty first)
     net, sparse = cut(base, graph, strategy, record, ex, spec, splits, device)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
@@ -260,6 +264,8 @@ def finetune_trainable(
         stored = loss_kwargs_from_meta(spec.train.loss, ckpt.get("meta"))
         if stored:
             recipe["loss_kwargs"] = stored
+        if code_criterion is not None:
+            recipe["loss"] = code_criterion
         train_hash_net(net, splits, progress=False, callback=on_epoch, teacher=teacher, val_score=score, **recipe)
 
 
