@@ -41,7 +41,6 @@ from acpsearch.codelength.shorten import (
 from acpsearch.codelength.surgery import apply_code_map, merge_bits, prune_bits
 
 __all__ = [
-    "guard_keep",
     "CRITERIA",
     "CRITERION_CHOICES",
     "METHODS",
@@ -56,6 +55,7 @@ __all__ = [
     "check_schedule",
     "code_loss",
     "find_hash_layer",
+    "guard_keep",
     "hash_outputs",
     "merge_bits",
     "merge_step",

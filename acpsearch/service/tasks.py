@@ -204,6 +204,7 @@ def finetune_trainable(
     code_criterion = None  # a joint study's CSQ finalist trains towards the base's kept centres
     if spec.task == "retrieval":
         record, code_criterion = centre_aware_code(graph, strategy, record, spec.train.loss, splits.num_classes)
+    code_centres = None if code_criterion is None else torch.as_tensor(code_criterion.centers).int().tolist()
     # pruned on the CPU, trained where Ray put the trial (finetune.sparsity: group penalty first)
     net, sparse = cut(base, graph, strategy, record, ex, spec, splits, device)
     path = Path(out_dir) / f"finalist-{fin['number']}.pt"
@@ -225,6 +226,8 @@ def finetune_trainable(
                 "epoch": epoch,
                 "finetune": spec.finetune.model_dump(mode="json"),
                 **({"sparsity": sparse} if sparse else {}),
+                # the centres this finalist's short code trains towards (the code: phase goes on from them)
+                **({"code_centres": code_centres} if code_centres is not None else {}),
             },
         )
 

@@ -115,3 +115,27 @@ def test_code_phase_stores_every_length(joint_study):
         assert Path(r["path"]).name == f"bits{r['bits']}.pt" and r["artifact_id"]
     rec = study.user_attrs["phase.shorten"]
     assert rec["done"] and rec["lengths"] == [6, 4] and rec["from_bits"] == study.user_attrs["winner.bits"]
+
+
+def _columns(c: torch.Tensor) -> set[tuple[int, ...]]:
+    return {tuple(int(v) for v in c[:, j]) for j in range(c.shape[1])}
+
+
+def test_short_codes_train_towards_the_base_centres(joint_study):
+    """The winner's short code kept the base's CSQ centres of its bits (distinct per class), and
+    the code: phase went on from them instead of drawing new centres."""
+    from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.checkpoint.code import code_of
+    from acpsearch.codelength import base_centres, min_centre_distance
+    from acpsearch.service import keys
+
+    study = optuna.load_study(study_name="tiny-joint", storage=joint_study["url"])
+    meta = read_checkpoint(study.user_attrs[keys.WINNER][keys.T_PATH])["meta"]
+    base = base_centres("csq", 16, 10)
+    assert base is not None
+    won = torch.tensor(meta["code_centres"], dtype=torch.float32)
+    assert won.shape == (10, study.user_attrs["winner.bits"])
+    assert _columns(won) <= _columns(base) and min_centre_distance(won) > 0
+    for r in study.user_attrs["code.lengths"]:
+        _, c = code_of(read_checkpoint(r["path"]))
+        assert c is not None and c.shape == (10, r["bits"]) and _columns(c) <= _columns(won)

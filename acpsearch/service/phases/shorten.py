@@ -36,6 +36,11 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     start = Path(done[-1]["path"]) if done else winner_path
     model = load_model(start, allow_factories=ctx.allow)
     code_map, centres = code_of(read_checkpoint(start)) if done else (None, None)
+    stored = (read_checkpoint(start).get("meta") or {}).get("code_centres") if not done else None
+    if stored is not None:  # a joint winner's short code: the base's centres of its kept bits
+        import torch
+
+        centres = torch.tensor(stored, dtype=torch.float32)
     current = _bits(ctx, start)
     todo = [k for k in code.lengths if k < current and all(k != r["bits"] for r in done)]
     skipped = [k for k in code.lengths if k >= _bits(ctx, winner_path)]
