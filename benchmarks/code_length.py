@@ -198,11 +198,17 @@ def verdicts(summary: dict[str, Any], losses: list[str], lengths: list[int]) -> 
         lo, hi = min(lengths), max(lengths)
         if lo in gains and hi in gains:
             g, s = gains[lo]
-            real = g > 2 * s and s > 0 and g > gains[hi][0]
+            n_seeds = int(get("direct", lo)["n"])
+            # "larger at the shortest length" needs a margin too: the difference of the two gains
+            # beyond two standard errors (each gain's spread: the larger std of its two rows)
+            se = ((s**2 + gains[hi][1] ** 2) / max(1, n_seeds)) ** 0.5
+            real = g > 2 * s and s > 0 and g - gains[hi][0] > 2 * se
             lines.append(
-                f"{loss}: the paper's effect (gain > 2 std and larger at {lo} than at {hi} bits) "
+                f"{loss}: the paper's effect (gain > 2 std, and larger at {lo} than at {hi} bits by more "
+                "than 2 SE) "
                 + ("REPRODUCED" if real else "did NOT reproduce")
-                + f" (gain {100 * g:+.2f} pt, std {100 * s:.2f} pt, gain at {hi} bits {100 * gains[hi][0]:+.2f} pt)"
+                + f" (gain {100 * g:+.2f} pt, std {100 * s:.2f} pt, gain at {hi} bits {100 * gains[hi][0]:+.2f} pt,"
+                f" 2 SE of the difference {200 * se:.2f} pt)"
             )
     return lines
 
