@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PROTOCOL, RESULTS, eta, log, parser, seed_all, set_threads, write_json
+from benchmarks.common import RESULTS, eta, log, parser, protocol_arg, seed_all, set_threads, write_json
 
 CRITERIA_ORDER = ("loss", "map", "balance", "quant", "random", "centre")
 
@@ -245,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = build_parser().parse_args(argv)
-    if args.protocol:
-        q, t, v = (int(x) for x in args.protocol.split(","))
-        args.protocol = {"query_per_class": q, "train_per_class": t, "val_per_class": v, "seed": 0}
-    else:
-        args.protocol = dict(PROTOCOL)
+    args.protocol = protocol_arg(args.protocol)
     if args.quick:
         quick(args)
     lengths = [int(v) for v in args.lengths.split(",")]

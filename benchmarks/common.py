@@ -29,6 +29,14 @@ BASE = CACHE / "resnet20_csq32_fmnist.pt"
 PROTOCOL = {"query_per_class": 100, "train_per_class": 500, "val_per_class": 100, "seed": 0}
 
 
+def protocol_arg(text: str | None) -> dict[str, int]:
+    """The split protocol of a `--protocol QUERY,TRAIN,VAL` option (per class); PROTOCOL without one."""
+    if not text:
+        return dict(PROTOCOL)
+    q, t, v = (int(x) for x in text.split(","))
+    return {"query_per_class": q, "train_per_class": t, "val_per_class": v, "seed": 0}
+
+
 def parser(doc: str | None, *, full: bool = True) -> argparse.ArgumentParser:
     """An argument parser described by a script's docstring (all of it, or its first line)."""
     text = doc or ""

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import PROTOCOL, RESULTS, eta, log, parser, set_threads, write_json
+from benchmarks.common import RESULTS, eta, log, parser, protocol_arg, set_threads, write_json
 
 ROUTES = ("joint", "two-step")
 
@@ -226,11 +226,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.protocol:
-        q, t, v = (int(x) for x in args.protocol.split(","))
-        args.protocol = {"query_per_class": q, "train_per_class": t, "val_per_class": v, "seed": 0}
-    else:
-        args.protocol = dict(PROTOCOL)
+    args.protocol = protocol_arg(args.protocol)
     if args.quick:
         quick(args)
     if not 1 <= args.bits < args.base_bits:

@@ -35,8 +35,9 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     done = _stored(ctx)
     start = Path(done[-1]["path"]) if done else winner_path
     model = load_model(start, allow_factories=ctx.allow)
-    code_map, centres = code_of(read_checkpoint(start)) if done else (None, None)
-    stored = (read_checkpoint(start).get("meta") or {}).get("code_centres") if not done else None
+    ck = read_checkpoint(start)
+    code_map, centres = code_of(ck) if done else (None, None)
+    stored = None if done else (ck.get("meta") or {}).get("code_centres")
     if stored is not None:  # a joint winner's short code: the base's centres of its kept bits
         import torch
 
