@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,28 @@ def build_nets(
     return nets
 
 
+def init_rows(
+    args: argparse.Namespace, budgets: list[float], methods: list[str], nets: dict[Any, Any]
+) -> tuple[dict[str, Any], dict[tuple[str, float, str], dict[str, Any]]]:
+    """The results document and its rows by (method, budget, recipe); with --resume the rows of an
+    existing --out come first, with their seeds (rows of methods not asked for now are kept)."""
+    doc: dict[str, Any] = {"args": vars(args), "rows": []}
+    old = json.loads(Path(args.out).read_text()).get("rows", []) if args.resume and Path(args.out).exists() else []
+    rows: dict[tuple[str, float, str], dict[str, Any]] = {}
+    for r in old:
+        rows[(r["method"], float(r["budget"]), r["recipe"])] = r
+        doc["rows"].append(r)
+    for recipe in args.recipes.split(","):
+        for b in budgets:
+            for m in methods:
+                if (m, b, recipe) in rows:
+                    continue
+                row = {"net": "resnet20", "budget": b, "recipe": recipe, "method": m, "flops_ratio": nets[(m, b)][1]}
+                rows[(m, b, recipe)] = {**row, "test_map": [], "val_map": [], "seeds": []}
+                doc["rows"].append(rows[(m, b, recipe)])
+    return doc, rows
+
+
 def summary(doc: dict[str, Any]) -> None:
     for row in doc["rows"]:
         xs = row["test_map"]
@@ -135,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=60.0)
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the system's)")
     p.add_argument("--out", default=str(RESULTS / "ceiling.json"))
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of an existing --out and run only the seeds they lack (more seeds: raise --seeds)",
+    )
     return p
 
 
@@ -157,20 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     nets = build_nets(base, ChannelGraph.from_model(base, ex), ex, budgets, methods)
-    doc: dict[str, Any] = {"args": vars(args), "rows": []}
-    rows: dict[tuple[str, float, str], dict[str, Any]] = {}
-    for recipe in args.recipes.split(","):
-        for b in budgets:
-            for m in methods:
-                row = {"net": "resnet20", "budget": b, "recipe": recipe, "method": m, "flops_ratio": nets[(m, b)][1]}
-                rows[(m, b, recipe)] = {**row, "test_map": [], "val_map": [], "seeds": []}
-                doc["rows"].append(rows[(m, b, recipe)])
+    doc, rows = init_rows(args, budgets, methods, nets)
     deadline = None if args.deadline is None else max(0.0, args.deadline - (time.perf_counter() - t0))
     pool = JobPool(jobs.finetune_job, jobs.init_worker, (args.data, args.device, 1), args.jobs, deadline)
     for recipe in args.recipes.split(","):
         for seed in range(args.seeds):
             for m in methods:  # the unpruned network is fine-tuned once per seed, shared by the budgets
                 for b in budgets if m != "unpruned" else budgets[:1]:
+                    if all(seed in rows[(m, bb, recipe)]["seeds"] for bb in (budgets if m == "unpruned" else [b])):
+                        continue  # --resume: already measured
                     pool.submit(
                         (m, b, recipe, seed), (seed, m != "unpruned"), nets[(m, b)][0], recipe, seed, args.ft_epochs
                     )
@@ -179,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         for (m, b, recipe, seed), r in pool.poll(5):  # type: ignore[misc]
             for bb in budgets if m == "unpruned" else [b]:
                 row = rows[(m, bb, recipe)]
+                if seed in row["seeds"]:
+                    continue
                 row["test_map"].append(r["test_map"])
                 row["val_map"].append(r["val_map"])
                 row["seeds"].append(seed)

@@ -13,9 +13,9 @@ validation mAP (val queries vs train set). The stored sweep mAP is reported as a
 Signals (higher = predicted better): agreement (the `effect` signal: code agreement after BN
 recalibration), branch / branch_mean / branch_worst (1 - residual-branch damage before the add,
 share-weighted / mean / worst block), add_output (the same measured after the add), naswot,
-adaptive_bn (EagleEye), l1_retained, flops / params ratios, similarity_effect and
-similarity_branch (the GCN encoder trained on agreement or on branch), ft_steps (validation mAP
-after --short-steps fine-tuning steps), and rank averages.
+adaptive_bn (EagleEye), l1_retained, flops / params ratios, similarity_effect, similarity_branch and
+similarity_agreement+branch (the GCN encoder trained on agreement, on branch, or on their rank
+average), ft_steps (validation mAP after --short-steps fine-tuning steps), and rank averages.
 
     python -m benchmarks.signals --device cuda --threads 2 --jobs 8 --seeds 2     # GPU, ~5 min
     python -m benchmarks.signals --quick --threads 1                              # CPU smoke, ~2 min
@@ -254,7 +254,14 @@ def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc
         common.log(f"[{b}] encoder targets for {len(train)} strategies in {time.perf_counter() - t:.0f}s")
         mine = [st for st in structs if st["budget"] == b]
         strategies = [strategy_of(g, st["kept"]) for st in mine]
-        for name, target in (("similarity_effect", "agreement"), ("similarity_branch", "branch")):
+        # the rank average of the two signals, scaled to [0, 1]: one target that sees both the code and the branches
+        ranks = stats.rankdata(tsig["agreement"]) + stats.rankdata(tsig["branch"])
+        tsig["agreement+branch"] = ranks / (2 * len(train))
+        for name, target in (
+            ("similarity_effect", "agreement"),
+            ("similarity_branch", "branch"),
+            ("similarity_agreement+branch", "agreement+branch"),
+        ):
             enc = train_encoder(g, "effect", strategies=train, signal=tsig[target], epochs=args.encoder_epochs, seed=0)
             for st, v in zip(mine, SimilarityRanker(enc.encoder, g).score(strategies)):
                 st["signals"][name] = float(v)
@@ -329,6 +336,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder-epochs", type=int, default=60)
     p.add_argument("--sets", default="sweep,ranking", help="evaluation sets: sweep, ranking (comma-separated)")
     p.add_argument("--no-finetune", action="store_true", help="no ft4 fine-tunes: only the stored sweep mAP as truth")
+    p.add_argument(
+        "--ranking-truth",
+        default=None,
+        help="benchmarks.ranking's fine-tune log (its cache's ranking_finetune.jsonl): the ranking set's truth "
+        "is read from it (fine-tuned from the same --base), and those structures are not fine-tuned again",
+    )
     p.add_argument("--no-abn", dest="abn", action="store_false", help="skip adaptive BN (the slowest signal)")
     p.add_argument(
         "--no-probe", dest="probe_signals", action="store_false", help="skip the probe's signals (agreement, branch...)"
@@ -347,6 +360,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def attach_ranking_truth(path: Path, g: Any, structs: list[dict[str, Any]]) -> None:
+    """The ranking benchmark's fine-tuned validation mAP as the ranking set's truth (st['ft4']).
+
+    Each record is matched by budget and candidate number, and its FLOPs ratio must be the one this
+    run's structure has: a log from other candidates (another seed or space) stops the run."""
+    recs = {}
+    for line in path.read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        recs[(float(d["budget"]), int(d["idx"]))] = d
+    full = g.cost().flops
+    for st in structs:
+        d = recs.get((st["budget"], int(st["names"][0].rsplit("/", 1)[1])))
+        if d is None:
+            continue
+        flops = g.cost(strategy_of(g, st["kept"])).flops / full
+        if abs(flops - d["flops_ratio"]) > 1e-6:
+            raise SystemExit(f"{path}: {st['names'][0]} has FLOPs ratio {d['flops_ratio']:.6f}, not {flops:.6f}")
+        st["ft4"] = [float(d["val_map"])]
+
+
 def all_structures(args: argparse.Namespace, g: Any) -> list[dict[str, Any]]:
     """The evaluation set: the sweep's structures, then the ranking candidates (--quick: 2 of each)."""
     sets = set(args.sets.split(","))
@@ -358,8 +394,10 @@ def all_structures(args: argparse.Namespace, g: Any) -> list[dict[str, Any]]:
         for st in structs:
             seen[(st["set"], st["budget"])] = st["n_in_set"] = seen.get((st["set"], st["budget"]), 0) + 1
         structs = [st for st in structs if st.pop("n_in_set") <= 2]
+    if args.ranking_truth:
+        attach_ranking_truth(Path(args.ranking_truth), g, [st for st in structs if st["set"] == "ranking"])
     if args.no_finetune:  # the stored mAP is the only ground truth: structures without it are not scored
-        structs = [st for st in structs if st.get("val")]
+        structs = [st for st in structs if st.get("val") or st.get("ft4")]
     for i, st in enumerate(structs):
         st["key"] = i
         st["stored_val"] = float(np.mean(st["val"])) if st.get("val") else None
@@ -393,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         dict(base_job, key=st["key"], kept=st["kept"], seed=s, steps=0, max_batches=args.ft_max_batches)
         for s in range(0 if args.no_finetune else args.seeds)
         for st in structs
+        if not st.get("ft4")  # truth read from --ranking-truth
     ]
     short = [dict(base_job, key=st["key"], kept=st["kept"], seed=0, steps=args.short_steps) for st in structs]
-    short = short if args.short_steps and not args.no_finetune else []
+    short = short if args.short_steps else []
     # with --jobs > 1 the fine-tunes start in worker processes now, while this one scores the signals
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
     futures = [pool.submit(finetune_job, j) for j in ft4 + short] if pool else None
