@@ -87,6 +87,7 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
             "space": {"step": args.step, "min_keep": args.min_keep, "criterion": "l1"},
             "encoder": {
                 "objective": args.objective,
+                **({"target": args.target} if args.objective == "effect" else {}),
                 "epochs": args.encoder_epochs,
                 "strategies": args.encoder_strategies,
             },
@@ -629,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-epochs", type=int, default=60)
     p.add_argument("--encoder-strategies", type=int, default=128)
     p.add_argument("--objective", default="effect", choices=["sacp", "effect"])
+    p.add_argument("--target", default="agreement", choices=["agreement", "agreement+branch"], help="encoder.target")
     p.add_argument("--step", type=float, default=0.1)
     p.add_argument("--min-keep", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=2)

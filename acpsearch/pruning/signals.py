@@ -197,6 +197,19 @@ class SignalProbe(FunctionalProbe):
             return recalibrate_bn(net, self.calib_X, self.calib_batch_size, self.calib_batches)
         return super().pruned(strategy)
 
+    def branch(self, strategies: Sequence[Any]) -> np.ndarray:
+        """Per strategy: 1 - the share-weighted residual-branch damage (the `branch` signal alone;
+        1.0 for a network without residual adds)."""
+        out = np.empty(len(strategies))
+        with torch_threads(self.threads):
+            for i, s in enumerate(strategies):
+                t0 = time.perf_counter()
+                net = self.pruned(s)
+                dmg = branch_damage(self.ref_ops, residual_operands(net, self.probe_X, self.pool), self.shares)
+                out[i] = 1.0 - dmg["weighted"]
+                self.seconds.append(time.perf_counter() - t0)
+        return out
+
     def signals(self, strategies: Sequence[Any]) -> dict[str, np.ndarray]:
         """Per strategy: agreement, branch (1 - share-weighted branch damage), branch_mean,
         branch_worst (1 - the worst block's damage), add_output (1 - damage after the add), naswot."""

@@ -10,6 +10,10 @@
 - `code_agreement` prune, recalibrate BN, fraction of hash bits equal to the unpruned net's on
                  a probe set (the signal the `effect` encoder objective learns from); for a
                  classifier the fraction of probe items with the unpruned net's top-1 class.
+- `branch_damage` prune, recalibrate BN, 1 - the residual branches' damage: per residual add,
+                 1 - linear CKA of the branch operand (before the add) against the unpruned net's,
+                 weighted by the branch's share of the add (`pruning.signals`). Not a study ranker:
+                 a training target of the `effect` encoder (`encoder.target: agreement+branch`).
 - `l1_retained`  fraction of the total L1 channel-importance mass the strategy keeps.
 - `random`       seeded uniform scores (the floor every ranker must beat).
 Every ranker records the wall time of its last `score` call in `last_seconds`. `make_ranker`'s
@@ -165,6 +169,40 @@ class CodeAgreementRanker(_Timed):
         return self.probe.agreement(strategies)
 
 
+class BranchRanker(_Timed):
+    """1 - share-weighted residual-branch damage of the pruned, BN-recalibrated net (read before
+    each residual add, where a gutted branch shows before the skip connection hides it)."""
+
+    name = "branch_damage"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        calib_X: torch.Tensor,
+        probe_X: torch.Tensor,
+        calib_batch_size: int = 128,
+        threads: int | None = None,
+        device: Any = None,
+        task: str = "retrieval",
+    ) -> None:
+        from acpsearch.pruning.signals import SignalProbe
+
+        self.probe = SignalProbe(
+            model,
+            example_input,
+            calib_X,
+            probe_X,
+            calib_batch_size=calib_batch_size,
+            threads=threads,
+            device=device,
+            task=task,
+        )
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        return self.probe.branch(strategies)
+
+
 class L1RetainedRanker(_Timed):
     """Share of the total channel-importance mass (under `criterion`) that the kept channels hold."""
 
@@ -218,8 +256,8 @@ def make_ranker(name: str, task: str = "retrieval", **ctx: Any) -> Ranker:
             task=task,
             select=ctx.get("select", "val_map"),
         )
-    if name == "code_agreement":
-        return CodeAgreementRanker(
+    if name in ("code_agreement", "branch_damage"):
+        return (CodeAgreementRanker if name == "code_agreement" else BranchRanker)(
             ctx["model"],
             ctx["example_input"],
             ctx["calib_X"],

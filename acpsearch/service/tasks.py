@@ -95,7 +95,7 @@ def build_ranker(
 ) -> tuple[Any, Any]:
     """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side).
 
-    `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement) run the
+    `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement, branch_damage) run the
     pruned nets' forwards and batch-norm recalibration; pruning and the graph stay on the CPU."""
     from acpsearch.checkpoint import model_from_checkpoint
     from acpsearch.graph import ChannelGraph
@@ -120,12 +120,13 @@ def build_ranker(
 
         assert encoder_state is not None, "the similarity ranker needs the trained structure encoder"
         ctx["encoder"] = StructureEncoder.from_state(encoder_state)
-    if name == "code_agreement" and splits is not None:
+    if name in ("code_agreement", "branch_damage") and splits is not None:
         gen = torch.Generator().manual_seed(int(spec.search.seed))
         X = splits.train[0]
         ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[: 20 * 128]]
         ctx["probe_X"] = splits.val[0][:1000]
-    if device is not None and torch.device(device).type != "cpu" and name in ("adaptive_bn", "code_agreement"):
+    functional = ("adaptive_bn", "code_agreement", "branch_damage")
+    if device is not None and torch.device(device).type != "cpu" and name in functional:
         ctx["device"] = device
     return graph, make_ranker(name, task=spec.task, **ctx)
 

@@ -78,6 +78,18 @@ def test_gutting_one_inner_conv_damages_only_from_its_block_on(probe_setup) -> N
     assert all(0.0 < v < 1.0 for v in probe.shares.values())
 
 
+def test_branch_alone_equals_the_branch_signal(probe_setup) -> None:  # type: ignore[no-untyped-def]
+    g, probe = probe_setup
+    cands = [
+        PruningStrategy.uniform(g, keep=1.0),
+        PruningStrategy(g, {"layer1.1.conv1": 0.25}, criterion="l1", round_to=1),
+        PruningStrategy.uniform(g, keep=0.5),
+    ]
+    alone, full = probe.branch(cands), probe.signals(cands)["branch"]
+    np.testing.assert_allclose(alone, full, atol=1e-9)
+    assert alone[0] == pytest.approx(1.0, abs=1e-6) and alone[1] < 1.0 and alone[2] < 1.0
+
+
 def test_naswot_kernel_by_hand() -> None:
     lin = nn.Linear(2, 3, bias=False)
     with torch.no_grad():

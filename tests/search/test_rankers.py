@@ -75,6 +75,19 @@ def test_functional_rankers_put_the_unpruned_net_first(setup) -> None:
     assert abn[0] > 0.3  # a trained net retrieves far above chance (0.1)
 
 
+def test_branch_damage_ranker(setup) -> None:
+    """The encoder target's second signal: built by name like the study's rankers, 1.0 for the
+    unpruned net, lower for every pruned candidate; the agreement ranker's probe data."""
+    model, splits, x, g, cands = setup
+    r = make_ranker(
+        "branch_damage", graph=g, model=model, example_input=x, calib_X=splits.train[0], probe_X=splits.val[0]
+    )
+    scores = r.score(cands)
+    assert r.name == "branch_damage" and "branch_damage" not in RANKERS  # not a study ranker
+    assert scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert np.all(scores[1:] < 1.0) and np.all(np.isfinite(scores)) and r.last_seconds > 0
+
+
 def test_l1_retained_is_the_kept_importance_share(setup) -> None:
     _, _, _, g, _ = setup
     r = L1RetainedRanker(g)

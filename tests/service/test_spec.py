@@ -25,6 +25,15 @@ def _with(path: str, value):
     return d
 
 
+def test_encoder_target():
+    assert parse_spec(copy.deepcopy(MINIMAL)).encoder.target == "agreement"
+    assert parse_spec(_with("encoder.target", "agreement+branch")).encoder.target == "agreement+branch"
+    with pytest.raises(SpecError, match=r"^spec: encoder.target: .*needs objective: effect"):
+        parse_spec(_with("encoder", {"objective": "sacp", "target": "agreement+branch"}))
+    with pytest.raises(SpecError, match=r"^spec: encoder.target: "):
+        parse_spec(_with("encoder.target", "branch"))
+
+
 def test_minimal_spec_gets_design_defaults():
     s = parse_spec(copy.deepcopy(MINIMAL))
     assert s.model.bits == 32 and s.model.checkpoint is None

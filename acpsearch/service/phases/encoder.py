@@ -20,7 +20,8 @@ def needs_encoder(spec: StudySpec) -> bool:
 
 def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
     """Train the structure encoder contrastively (no fine-tuned labels); `effect` computes its
-    functional signal (code agreement after BN recalibration) on Ray actors."""
+    functional signal (`encoder.target`: code agreement after BN recalibration, optionally with
+    residual-branch damage) on Ray actors."""
     from acpsearch.encoder import train_encoder
 
     if not needs_encoder(ctx.spec):
@@ -37,8 +38,7 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
     if enc.objective == "sacp":
         kwargs.update(n_strategies=enc.strategies)
     else:
-        ratios = [dict(s.ratios) for s in strategies]
-        kwargs.update(signal=score_on_ray(ctx, ray_mod, "code_agreement", ratios, round_to=ctx.space._rt))
+        kwargs.update(signal=effect_signal(ctx, ray_mod, [dict(s.ratios) for s in strategies]))
     result = train_encoder(
         ctx.graph,
         enc.objective,
@@ -54,10 +54,24 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
             path=str(path),
             artifact_id=art,
             objective=enc.objective,
+            target=enc.target if enc.objective == "effect" else None,
             strategies=len(strategies),
             losses=[round(float(x), 4) for x in result.losses],
         )
     )
+
+
+def effect_signal(ctx: StudyRun, ray_mod: Any, ratios: list[dict[str, float]]) -> list[float]:
+    """The `effect` objective's training signal per strategy (`encoder.target`): code agreement,
+    or the rank average of code agreement and residual-branch damage, scaled to (0, 1]."""
+    agree = score_on_ray(ctx, ray_mod, "code_agreement", ratios, round_to=ctx.space._rt)
+    if ctx.spec.encoder.target == "agreement":
+        return agree
+    from scipy.stats import rankdata
+
+    branch = score_on_ray(ctx, ray_mod, "branch_damage", ratios, round_to=ctx.space._rt)
+    ranks = rankdata(agree) + rankdata(branch)
+    return [float(r) / (2 * len(ratios)) for r in ranks]
 
 
 def attach(ctx: StudyRun, rec: dict[str, Any]) -> StudyRun:

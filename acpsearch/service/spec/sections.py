@@ -312,8 +312,17 @@ class SpaceSpec(_Section):
 
 class EncoderSpec(_Section):
     objective: Literal["sacp", "effect"] = "effect"  # effect ranked better: benchmarks/results/ranking.md
+    # effect's training signal: code agreement, or its rank average with residual-branch damage
+    # (docs/results/signals.md: better at 50% FLOPs on one base, not yet measured by fine-tuned winners)
+    target: Literal["agreement", "agreement+branch"] = "agreement"
     epochs: Epochs = 50
     strategies: Strategies = 512
+
+    @model_validator(mode="after")
+    def _target(self) -> EncoderSpec:
+        if self.target != "agreement" and self.objective != "effect":
+            raise _field_error(("target",), self.target, "needs objective: effect (sacp learns no signal)")
+        return self
 
 
 class SearchSpec(_Section):

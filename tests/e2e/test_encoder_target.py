@@ -1,0 +1,57 @@
+"""A study whose `effect` encoder learns from code agreement plus residual-branch damage: both
+signals are scored on Ray workers (a failing worker would fail the phase), the phase records
+the target, and the trained encoder is stored for the search."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TINY_SPEC, train_tiny_base
+
+
+class _Stop(Exception):
+    pass
+
+
+class StopAtSearch:
+    """Stops the run when the search phase starts: the encoder phase is done and stored."""
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        if name.startswith("search"):
+            raise _Stop(name)
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        pass
+
+    def done(self, name: str, seconds: float, skipped: bool = False) -> None:
+        pass
+
+    def log(self, msg: str) -> None:
+        pass
+
+
+def test_agreement_plus_branch_target_trains_the_encoder_on_ray(tmp_path: Path, ray_session: Any) -> None:
+    from acpsearch.encoder import StructureEncoder
+    from acpsearch.service import study as st
+    from acpsearch.service.runner import run_study
+    from acpsearch.service.spec import parse_spec
+    from acpsearch.service.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["name"] = "target"
+    spec["model"]["checkpoint"] = str(train_tiny_base(tmp_path / "base.pt"))
+    spec["encoder"] = {"objective": "effect", "target": "agreement+branch", "epochs": 5, "strategies": 16}
+    storage = open_storage(url)
+    st.submit(storage, parse_spec(spec), "target")
+    with pytest.raises(_Stop):
+        run_study(url, "target", artifacts=tmp_path / "artifacts", reporter=StopAtSearch())
+    rec = st.load_search_study(storage, "target").user_attrs["phase.encoder"]
+    assert rec["objective"] == "effect" and rec["target"] == "agreement+branch" and rec["strategies"] == 16
+    assert len(rec["losses"]) == 5
+
+    assert StructureEncoder.load(rec["path"]).state()  # the artifact the search phase loads
