@@ -237,7 +237,7 @@ def score(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str
 def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str, Any]) -> None:
     """similarity_effect / similarity_branch: the GCN encoder trained (per budget, as a study does)
     on the agreement or the branch signal of random strategies, scoring the structures."""
-    from acpsearch.encoder import train_encoder
+    from acpsearch.encoder import rank_average, train_encoder
     from acpsearch.pruning.signals import SignalProbe
     from acpsearch.search.rankers import SimilarityRanker
     from acpsearch.search.space import Budget, DynamicSpace
@@ -255,8 +255,7 @@ def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc
         mine = [st for st in structs if st["budget"] == b]
         strategies = [strategy_of(g, st["kept"]) for st in mine]
         # the rank average of the two signals, scaled to [0, 1]: one target that sees both the code and the branches
-        ranks = stats.rankdata(tsig["agreement"]) + stats.rankdata(tsig["branch"])
-        tsig["agreement+branch"] = ranks / (2 * len(train))
+        tsig["agreement+branch"] = np.asarray(rank_average(tsig["agreement"], tsig["branch"]))
         for name, target in (
             ("similarity_effect", "agreement"),
             ("similarity_branch", "branch"),
@@ -365,13 +364,9 @@ def attach_ranking_truth(path: Path, g: Any, structs: list[dict[str, Any]]) -> N
 
     Each record is matched by budget and candidate number, and its FLOPs ratio must be the one this
     run's structure has: a log from other candidates (another seed or space) stops the run."""
-    recs = {}
-    for line in path.read_text().splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        recs[(float(d["budget"]), int(d["idx"]))] = d
+    from benchmarks.ranking import load_jsonl
+
+    recs = {(float(d["budget"]), int(d["idx"])): d for d in load_jsonl(path)}
     full = g.cost().flops
     for st in structs:
         d = recs.get((st["budget"], int(st["names"][0].rsplit("/", 1)[1])))

@@ -97,6 +97,23 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
+class StoppedAtPhase(Exception):
+    """Raised by StopAtPhase: the run stopped as a killed runner would leave it."""
+
+
+def stop_at_phase(prefix: str) -> Any:
+    """A run reporter that stops the run when a phase named `prefix`... starts (earlier phases are
+    finished and stored)."""
+    from acpsearch.service.progress import SilentReporter
+
+    class StopAtPhase(SilentReporter):
+        def phase(self, name: str, total: int | None = None) -> None:
+            if name.startswith(prefix):
+                raise StoppedAtPhase(name)
+
+    return StopAtPhase()
+
+
 def train_tiny_base(path: Path) -> Path:
     """A ResNet-20 hash net (16 bits) trained 3 epochs on digits with TINY_SPEC's protocol."""
     from acpsearch.checkpoint import save_checkpoint

@@ -34,6 +34,16 @@ from acpsearch.pruning.probe import torch_threads
 OBJECTIVES = ("sacp", "effect")
 
 
+def rank_average(*signals: Sequence[float]) -> list[float]:
+    """One `effect` training signal from several (higher = better each): the mean of their ranks
+    over the strategies, scaled to (0, 1] (e.g. code agreement with residual-branch damage)."""
+    from scipy.stats import rankdata
+
+    n = len(signals[0])
+    total = sum(rankdata(np.asarray(x, dtype=np.float64)) for x in signals)
+    return [float(r) / (len(signals) * n) for r in np.atleast_1d(total)]
+
+
 @dataclass
 class EncoderTrainResult:
     """The trained encoder, the mean loss of every epoch (to show it falls) and the wall time."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from acpsearch.errors import SpecError
-from acpsearch.pruning.probe import check_task, torch_threads
+from acpsearch.pruning.probe import FunctionalProbe, check_task, torch_threads
 
 RANKERS = ("similarity", "adaptive_bn", "code_agreement", "l1_retained", "random")
 
@@ -152,9 +152,7 @@ class CodeAgreementRanker(_Timed):
         device: Any = None,
         task: str = "retrieval",
     ) -> None:
-        from acpsearch.pruning.probe import FunctionalProbe
-
-        self.probe = FunctionalProbe(
+        self.probe = self._probe_class()(
             model,
             example_input,
             calib_X,
@@ -164,42 +162,32 @@ class CodeAgreementRanker(_Timed):
             device=device,
             task=task,
         )
+
+    @staticmethod
+    def _probe_class() -> type[FunctionalProbe]:
+        return FunctionalProbe
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
         return self.probe.agreement(strategies)
 
 
-class BranchRanker(_Timed):
+class BranchRanker(CodeAgreementRanker):
     """1 - share-weighted residual-branch damage of the pruned, BN-recalibrated net (read before
-    each residual add, where a gutted branch shows before the skip connection hides it)."""
+    each residual add, where a gutted branch shows before the skip connection hides it); the same
+    probe data and recalibration as code agreement."""
 
     name = "branch_damage"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        example_input: torch.Tensor,
-        calib_X: torch.Tensor,
-        probe_X: torch.Tensor,
-        calib_batch_size: int = 128,
-        threads: int | None = None,
-        device: Any = None,
-        task: str = "retrieval",
-    ) -> None:
+    @staticmethod
+    def _probe_class() -> type[FunctionalProbe]:
         from acpsearch.pruning.signals import SignalProbe
 
-        self.probe = SignalProbe(
-            model,
-            example_input,
-            calib_X,
-            probe_X,
-            calib_batch_size=calib_batch_size,
-            threads=threads,
-            device=device,
-            task=task,
-        )
+        return SignalProbe
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
+        from acpsearch.pruning.signals import SignalProbe
+
+        assert isinstance(self.probe, SignalProbe)  # made by _probe_class
         return self.probe.branch(strategies)
 
 

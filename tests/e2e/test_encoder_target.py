@@ -10,28 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TINY_SPEC, train_tiny_base
-
-
-class _Stop(Exception):
-    pass
-
-
-class StopAtSearch:
-    """Stops the run when the search phase starts: the encoder phase is done and stored."""
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        if name.startswith("search"):
-            raise _Stop(name)
-
-    def advance(self, n: int = 1, **info: Any) -> None:
-        pass
-
-    def done(self, name: str, seconds: float, skipped: bool = False) -> None:
-        pass
-
-    def log(self, msg: str) -> None:
-        pass
+from tests.conftest import TINY_SPEC, StoppedAtPhase, stop_at_phase, train_tiny_base
 
 
 def test_agreement_plus_branch_target_trains_the_encoder_on_ray(tmp_path: Path, ray_session: Any) -> None:
@@ -48,8 +27,8 @@ def test_agreement_plus_branch_target_trains_the_encoder_on_ray(tmp_path: Path, 
     spec["encoder"] = {"objective": "effect", "target": "agreement+branch", "epochs": 5, "strategies": 16}
     storage = open_storage(url)
     st.submit(storage, parse_spec(spec), "target")
-    with pytest.raises(_Stop):
-        run_study(url, "target", artifacts=tmp_path / "artifacts", reporter=StopAtSearch())
+    with pytest.raises(StoppedAtPhase):  # when the search starts: the encoder phase is stored
+        run_study(url, "target", artifacts=tmp_path / "artifacts", reporter=stop_at_phase("search"))
     rec = st.load_search_study(storage, "target").user_attrs["phase.encoder"]
     assert rec["objective"] == "effect" and rec["target"] == "agreement+branch" and rec["strategies"] == 16
     assert len(rec["losses"]) == 5

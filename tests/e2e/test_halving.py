@@ -14,31 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import TINY_SPEC, train_tiny_base
-
-
-class _StopAtRung(Exception):
-    pass
-
-
-class StopReporter:
-    """Stops the run (as a killed runner would leave it) when the fine-tuning reaches rung `at`."""
-
-    def __init__(self, at: str) -> None:
-        self.at = at
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        if name.startswith(self.at):
-            raise _StopAtRung(name)
-
-    def advance(self, n: int = 1, **info: Any) -> None:
-        pass
-
-    def done(self, name: str, seconds: float, skipped: bool = False) -> None:
-        pass
-
-    def log(self, msg: str) -> None:
-        pass
+from tests.conftest import TINY_SPEC, StoppedAtPhase, stop_at_phase, train_tiny_base
 
 
 def _trials(url: str, name: str) -> list[Any]:
@@ -71,8 +47,8 @@ def test_halving_study_runs_rungs_as_configured_and_resumes_after_the_finished_r
     path.write_text(yaml.safe_dump(spec))
     assert run(["submit", str(path), "--storage", url]) == 0
     art = tmp_path / "artifacts"
-    with pytest.raises(_StopAtRung):  # stopped when rung 2 is about to start: rung 1 is done
-        run_study(url, "halve", artifacts=art, reporter=StopReporter("finetune: rung 2/2"))
+    with pytest.raises(StoppedAtPhase):  # stopped when rung 2 is about to start: rung 1 is done
+        run_study(url, "halve", artifacts=art, reporter=stop_at_phase("finetune: rung 2/2"))
     first = _trials(url, "halve")
     assert len(first) == 4 and {t.user_attrs["rung"] for t in first} == {0}
     assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["epochs_run"] == 1 for t in first)

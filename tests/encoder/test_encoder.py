@@ -137,3 +137,11 @@ def test_dense_path_equals_pyg_path(small) -> None:
         dense = batcher.forward(enc, feats)
         sparse = enc(*batcher.batch(feats))
     assert torch.allclose(dense, sparse, atol=1e-5)
+
+
+def test_rank_average_of_two_signals() -> None:
+    from acpsearch.encoder import rank_average
+
+    # ranks [1, 3, 2] and [3, 1, 2]: every strategy averages rank 2 of 3
+    assert rank_average([0.1, 0.3, 0.2], [3.0, 1.0, 2.0]) == pytest.approx([2 / 3] * 3)
+    assert rank_average([0.5, 0.9], [0.1, 0.2]) == pytest.approx([0.5, 1.0])  # best in both: 1.0

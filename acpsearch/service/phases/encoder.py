@@ -67,11 +67,9 @@ def effect_signal(ctx: StudyRun, ray_mod: Any, ratios: list[dict[str, float]]) -
     agree = score_on_ray(ctx, ray_mod, "code_agreement", ratios, round_to=ctx.space._rt)
     if ctx.spec.encoder.target == "agreement":
         return agree
-    from scipy.stats import rankdata
+    from acpsearch.encoder import rank_average
 
-    branch = score_on_ray(ctx, ray_mod, "branch_damage", ratios, round_to=ctx.space._rt)
-    ranks = rankdata(agree) + rankdata(branch)
-    return [float(r) / (2 * len(ratios)) for r in ranks]
+    return rank_average(agree, score_on_ray(ctx, ray_mod, "branch_damage", ratios, round_to=ctx.space._rt))
 
 
 def attach(ctx: StudyRun, rec: dict[str, Any]) -> StudyRun:
