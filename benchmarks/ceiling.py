@@ -81,14 +81,15 @@ def train_base(args: argparse.Namespace, splits: Any) -> torch.nn.Module:
 
     c, h, _ = splits.input_shape
     torch.manual_seed(0)
-    model = create_model("resnet20", bits=32, in_channels=c, image_size=h).to(args.device)
+    model = create_model(args.model, bits=32, in_channels=c, image_size=h).to(args.device)
     res = train_hash_net(model, splits, loss="csq", epochs=args.train_base, seed=0, progress=False, **BASE_RECIPE)
     base = res.model.cpu().eval()
     ev = evaluate(base, splits, topk=1000)
+    args.base_test_map = ev["map_all"]
     log(f"base: {args.train_base} epochs (best {res.best_epoch}), val {res.best_val_map:.4f}, test {ev['map_all']:.4f}")
     if args.base_out:
         meta = checkpoint_meta(splits, "csq", res, ev, bits=32, lr=BASE_RECIPE["lr"], batch_size=32, seed=0)
-        save_zoo_checkpoint(args.base_out, base, "resnet20", 32, c, h, meta)
+        save_zoo_checkpoint(args.base_out, base, args.model, 32, c, h, meta)
     return base
 
 
@@ -115,7 +116,7 @@ def init_rows(
 ) -> tuple[dict[str, Any], dict[tuple[str, float, str], dict[str, Any]]]:
     """The results document and its rows by (method, budget, recipe); with --resume the rows of an
     existing --out come first, with their seeds (rows of methods not asked for now are kept)."""
-    doc: dict[str, Any] = {"args": vars(args), "rows": []}
+    doc: dict[str, Any] = {"args": vars(args), "rows": [], "base_test_map": args.base_test_map}
     old = json.loads(Path(args.out).read_text()).get("rows", []) if args.resume and Path(args.out).exists() else []
     rows: dict[tuple[str, float, str], dict[str, Any]] = {}
     for r in old:
@@ -126,7 +127,7 @@ def init_rows(
             for m in methods:
                 if (m, b, recipe) in rows:
                     continue
-                row = {"net": "resnet20", "budget": b, "recipe": recipe, "method": m, "flops_ratio": nets[(m, b)][1]}
+                row = {"net": args.model, "budget": b, "recipe": recipe, "method": m, "flops_ratio": nets[(m, b)][1]}
                 rows[(m, b, recipe)] = {**row, "test_map": [], "val_map": [], "seeds": []}
                 doc["rows"].append(rows[(m, b, recipe)])
     return doc, rows
@@ -144,7 +145,8 @@ def summary(doc: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
     p.add_argument("--base", default=None, help="the base checkpoint (else --train-base trains one)")
-    p.add_argument("--train-base", type=int, default=0, help="epochs of a resnet20/CSQ-32 base trained here")
+    p.add_argument("--train-base", type=int, default=0, help="epochs of a CSQ-32 base of --model trained here")
+    p.add_argument("--model", default="resnet20", help="the zoo network --train-base trains (a --base names its own)")
     p.add_argument("--base-out", default=None, help="where to save the base trained with --train-base")
     p.add_argument("--budgets", default="0.5,0.25")
     p.add_argument("--methods", default="unpruned,tp_global_mag,uniform_l1")
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from acpsearch.checkpoint import read_checkpoint
     from acpsearch.graph import ChannelGraph
     from benchmarks import ceiling as jobs
 
@@ -177,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(args.data)
     if args.base:
         base = load_base(args.base).eval()
+        ck = read_checkpoint(args.base)
+        args.model = ck["model"]["zoo"]  # the rows' "net"
+        # the base's identity in search_alone.py: rows from different bases must not be compared
+        args.base_test_map = ((ck.get("meta") or {}).get("metrics") or {}).get("map_all")
     elif args.train_base:
         base = train_base(args, splits)
     else:

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,8 @@ from benchmarks.common import (
     parser,
     seed_all,
     set_threads,
+    standing,
+    stats,
     uniform_strategy,
     write_json,
 )
@@ -171,22 +171,6 @@ def abn_finalists(base: Any, space: Any, splits: Any, ex: Any, args: argparse.Na
     scores = ranker.score(cands)
     order = sorted(range(len(cands)), key=lambda i: -float(scores[i]))
     return [cands[i] for i in order[: args.top]]
-
-
-def stats(xs: list[float]) -> dict[str, float]:
-    mean = statistics.fmean(xs)
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-    return {"mean": mean, "se": se, "n": len(xs)}
-
-
-def standing(a: dict[str, float], ref: dict[str, float]) -> str:
-    """acpsearch's (ref) standing against a method (a): win / tie / loss by mean test top-1, a
-    difference within two standard errors of the difference is a tie."""
-    diff = ref["mean"] - a["mean"]
-    se = math.sqrt((a["se"] or 0.0) ** 2 + (ref["se"] or 0.0) ** 2)
-    if math.isnan(se) or abs(diff) <= 2 * se:
-        return "tie"
-    return "win" if diff > 0 else "loss"
 
 
 # --- the benchmark ---------------------------------------------------------------------------------

@@ -91,6 +91,28 @@ def log(msg: str, *, err: bool = False) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def stats(xs: list[float]) -> dict[str, float]:
+    """Mean, standard error of the mean (nan for one value) and n of a list of per-seed results."""
+    import math
+    import statistics
+
+    mean = statistics.fmean(xs)
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    return {"mean": mean, "se": se, "n": len(xs)}
+
+
+def standing(a: dict[str, float], ref: dict[str, float]) -> str:
+    """`ref`'s standing against `a` (both `stats`): win / tie / loss by mean; a difference within
+    two standard errors of the difference (or with an unknown one) is a tie."""
+    import math
+
+    diff = ref["mean"] - a["mean"]
+    se = math.sqrt((a["se"] or 0.0) ** 2 + (ref["se"] or 0.0) ** 2)
+    if math.isnan(se) or abs(diff) <= 2 * se:
+        return "tie"
+    return "win" if diff > 0 else "loss"
+
+
 def eta(done: int, total: int, t0: float) -> str:
     """'elapsed Ns, ETA Ms' for a loop that started at time.perf_counter() == t0."""
     elapsed = time.perf_counter() - t0

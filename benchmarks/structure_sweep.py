@@ -205,37 +205,38 @@ def prepare(args: argparse.Namespace) -> int:
         }
         meta["methods"].setdefault(method, []).append(name)
 
-    methods = set(args.methods.split(",")) if args.methods else None
-    if methods is None or "acpsearch" in methods:
+    methods = set(args.methods.split(",")) if args.methods else set(METHOD_ORDER)
+    unknown = methods - set(METHOD_ORDER)
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHOD_ORDER)}")
+    if "acpsearch" in methods:
         cands, info = acpsearch_finalists(args, Path(tempfile.mkdtemp(prefix="structure-sweep-")))
         meta["acpsearch"] = {**info, "seconds": round(time.perf_counter() - t0, 1)}
         for i, c in enumerate(cands):
             s = PruningStrategy(g, c["ratios"], criterion="l1", round_to=c["round_to"])
             add("acpsearch", f"acpsearch{i}", prune(base, s, ex), **c, kept=dict(s.kept), score=info["scores"][i])
-    if methods is not None:
-        _write_folder(args.dir, args.base, nets, meta)
-        return 0
-    add(
-        "uniform_l1",
-        "uniform_l1",
-        prune(base, PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget), criterion="l1"), ex),
-    )
-    add("tp_global_mag", "tp_global_mag", sq.tp_global_magnitude(base, ex, args.budget))
-    for i, s in enumerate(space.sample_many(args.top, random.Random(args.seed + 1))):
-        add("random_best_m", f"random{i}", prune(base, s, ex), ratios=dict(s.ratios))
-    t1 = time.perf_counter()
-    pool = space.sample_many(args.abn_candidates, random.Random(args.seed + 2))
-    scores = make_ranker("adaptive_bn", model=base, splits=splits, example_input=ex).score(pool)
-    order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
-    meta["adaptive_bn"] = {"pool": len(pool), "seconds": round(time.perf_counter() - t1, 1)}
-    for rank, i in enumerate(order):
-        add(
-            "adaptive_bn",
-            f"adaptive_bn{rank}",
-            prune(base, pool[i], ex),
-            ratios=dict(pool[i].ratios),
-            score=float(scores[i]),
-        )
+    if "uniform_l1" in methods:
+        s = PruningStrategy.uniform(g, keep=sq.uniform_keep(g, args.budget), criterion="l1")
+        add("uniform_l1", "uniform_l1", prune(base, s, ex))
+    if "tp_global_mag" in methods:
+        add("tp_global_mag", "tp_global_mag", sq.tp_global_magnitude(base, ex, args.budget))
+    if "random_best_m" in methods:
+        for i, s in enumerate(space.sample_many(args.top, random.Random(args.seed + 1))):
+            add("random_best_m", f"random{i}", prune(base, s, ex), ratios=dict(s.ratios))
+    if "adaptive_bn" in methods:
+        t1 = time.perf_counter()
+        pool = space.sample_many(args.abn_candidates, random.Random(args.seed + 2))
+        scores = make_ranker("adaptive_bn", model=base, splits=splits, example_input=ex).score(pool)
+        order = sorted(range(len(pool)), key=lambda i: -scores[i])[: args.top]
+        meta["adaptive_bn"] = {"pool": len(pool), "seconds": round(time.perf_counter() - t1, 1)}
+        for rank, i in enumerate(order):
+            add(
+                "adaptive_bn",
+                f"adaptive_bn{rank}",
+                prune(base, pool[i], ex),
+                ratios=dict(pool[i].ratios),
+                score=float(scores[i]),
+            )
     _write_folder(args.dir, args.base, nets, meta)
     return 0
 
@@ -550,6 +551,7 @@ def report(args: argparse.Namespace) -> int:
         tests = [r["test_map"] for r in sorted(cands[chosen], key=lambda r: r["seed"])]
         info = meta.get("candidates", {}).get(chosen, {})
         rec = {
+            "net": meta.get("model"),
             "budget": budget,
             "recipe": recipe,
             "method": label,
@@ -637,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-anchor", action="store_true", help="acpsearch without its magnitude anchor finalist")
-    p.add_argument("--methods", default=None, help="prepare only these (only 'acpsearch' so far); default: all")
+    p.add_argument("--methods", default=None, help=f"prepare only these ({', '.join(METHOD_ORDER)}); default: all")
     c = sub.add_parser("prepare-tp-counts", help="TP global magnitude's kept counts, pruned by acpsearch's pruner")
     c.add_argument("--base", type=Path, required=True)
     c.add_argument("--dir", type=Path, required=True)
