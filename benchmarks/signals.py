@@ -234,14 +234,25 @@ def score(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str
     doc["seconds_per_candidate"] = {k: v / len(structs) for k, v in secs.items()}
 
 
+ENCODER_ROWS = {  # encoder target -> its row (similarity_effect: the `effect` objective's own target)
+    "agreement": "similarity_effect",
+    "branch": "similarity_branch",
+    "agreement+branch": "similarity_agreement+branch",
+    "ft_steps": "similarity_ft_steps",
+}
+
+
 def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str, Any]) -> None:
-    """similarity_effect / similarity_branch: the GCN encoder trained (per budget, as a study does)
-    on the agreement or the branch signal of random strategies, scoring the structures."""
+    """similarity_<target>: the GCN encoder trained (per budget, as a study does) on one signal of
+    random strategies (--encoder-targets), scoring the structures. The ft_steps target fine-tunes
+    every training strategy --short-steps steps (in --jobs processes); its values are kept in the
+    results (encoder_ft_steps) and reused by a later --from run with the same settings."""
     from acpsearch.encoder import rank_average, train_encoder
     from acpsearch.pruning.signals import SignalProbe
     from acpsearch.search.rankers import SimilarityRanker
     from acpsearch.search.space import Budget, DynamicSpace
 
+    targets = [t for t in args.encoder_targets.split(",") if t]
     c = _context(args.base, args.data_dir, args.device, args.threads)
     g, Xtr = c["g"], c["splits"].train[0]
     perm = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(0))
@@ -251,20 +262,40 @@ def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc
         train = space.sample_many(args.encoder_strategies, random.Random(1000))
         t = time.perf_counter()
         tsig = probe.signals(train)
+        # the rank average of the two signals, scaled to [0, 1]: one target that sees both the code and the branches
+        tsig["agreement+branch"] = np.asarray(rank_average(tsig["agreement"], tsig["branch"]))
+        if "ft_steps" in targets:
+            tsig["ft_steps"] = np.asarray(_train_ft_steps(args, b, train, doc))
         common.log(f"[{b}] encoder targets for {len(train)} strategies in {time.perf_counter() - t:.0f}s")
         mine = [st for st in structs if st["budget"] == b]
         strategies = [strategy_of(g, st["kept"]) for st in mine]
-        # the rank average of the two signals, scaled to [0, 1]: one target that sees both the code and the branches
-        tsig["agreement+branch"] = np.asarray(rank_average(tsig["agreement"], tsig["branch"]))
-        for name, target in (
-            ("similarity_effect", "agreement"),
-            ("similarity_branch", "branch"),
-            ("similarity_agreement+branch", "agreement+branch"),
-        ):
+        for target in targets:
             enc = train_encoder(g, "effect", strategies=train, signal=tsig[target], epochs=args.encoder_epochs, seed=0)
             for st, v in zip(mine, SimilarityRanker(enc.encoder, g).score(strategies)):
-                st["signals"][name] = float(v)
+                st["signals"][ENCODER_ROWS[target]] = float(v)
         doc.setdefault("encoder_seconds", {})[str(b)] = time.perf_counter() - t
+
+
+def _train_ft_steps(args: argparse.Namespace, budget: float, train: list[Any], doc: dict[str, Any]) -> list[float]:
+    """The ft_steps signal of the encoder's training strategies (validation mAP after --short-steps
+    steps), from the results document when it holds them for these settings."""
+    key = f"{budget} steps={args.short_steps} n={len(train)}"
+    stored = doc.setdefault("encoder_ft_steps", {})
+    if key in stored:
+        return [float(v) for v in stored[key]]
+    base_job = {"base": args.base, "data_dir": args.data_dir, "device": args.device, "threads": args.threads}
+    jobs = [
+        dict(base_job, key=i, kept={k: int(v) for k, v in s.kept.items()}, seed=0, steps=args.short_steps)
+        for i, s in enumerate(train)
+    ]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            res = collect([pool.submit(finetune_job, j) for j in jobs], len(jobs), f"[{budget}] encoder ft_steps")
+    else:
+        res = collect(map(finetune_job, jobs), len(jobs), f"[{budget}] encoder ft_steps")
+    vals = [r["val_map"] for r in sorted(res, key=lambda r: r["key"])]
+    stored[key] = vals
+    return vals
 
 
 def spearman_table(structs: list[dict[str, Any]], truth: str) -> dict[str, dict[str, Any]]:
@@ -333,6 +364,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--abn-calib", type=int, default=20, help="adaptive-BN calibration batches")
     p.add_argument("--encoder-strategies", type=int, default=128, help="0: no encoder rows")
     p.add_argument("--encoder-epochs", type=int, default=60)
+    p.add_argument(
+        "--encoder-targets",
+        default="agreement,branch,agreement+branch",
+        help=f"the encoder rows' targets, comma-separated ({', '.join(ENCODER_ROWS)}); ft_steps fine-tunes "
+        "each of --encoder-strategies strategies --short-steps steps",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_json",
+        default=None,
+        help="a results file of an earlier run on the same --base: its structures, truth and signals are "
+        "reused and only the encoder rows are computed (again)",
+    )
     p.add_argument("--sets", default="sweep,ranking", help="evaluation sets: sweep, ranking (comma-separated)")
     p.add_argument("--no-finetune", action="store_true", help="no ft4 fine-tunes: only the stored sweep mAP as truth")
     p.add_argument(
@@ -349,6 +393,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(common.RESULTS / "signals.json"))
     args = p.parse_args(argv)
     common.set_threads(args.threads)
+    unknown = set(args.encoder_targets.split(",")) - set(ENCODER_ROWS) - {""}
+    if unknown:
+        p.error(f"--encoder-targets: unknown {sorted(unknown)}; known: {', '.join(ENCODER_ROWS)}")
     if args.quick:  # tiny settings, and files of their own so a smoke test never replaces real ones
         args.candidates, args.probe, args.abn_calib, args.encoder_strategies, args.encoder_epochs = 4, 128, 2, 16, 5
         args.base_epochs, args.short_steps, args.ft_max_batches = 0, 4, 8
@@ -400,27 +447,8 @@ def all_structures(args: argparse.Namespace, g: Any) -> list[dict[str, Any]]:
     return structs
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    out = Path(args.out)
-    if not Path(args.base).exists():
-        common.log(f"{args.base} missing: training it ({args.base_epochs} epochs on {args.device})")
-        train_base(args)
-    c = _context(args.base, args.data_dir, args.device, args.threads)
-    structs = all_structures(args, c["g"])
-    cmd = "python -m benchmarks.signals " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    doc: dict[str, Any] = {"command": cmd.strip(), "device": args.device, "tables": {}, "structures": structs}
-
-    def save() -> None:
-        add_rank_averages(structs)
-        doc["tables"] = {
-            "ft4 on this base (mean over seeds)": spearman_table(structs, "val_map"),
-            "stored ft4 (sweep's base, mean over seeds)": spearman_table(structs, "stored_val"),
-            "stored ft4 test mAP (sweep's base, mean over seeds)": spearman_table(structs, "stored_test"),
-        }
-        common.write_json(out, doc)
-        out.with_suffix(".md").write_text(markdown(doc))
-
+def measure(args: argparse.Namespace, structs: list[dict[str, Any]], doc: dict[str, Any], save: Any) -> None:
+    """The ground-truth fine-tunes (ft4), the cheap signals and the ft_steps signal of every structure."""
     base_job = {"base": args.base, "data_dir": args.data_dir, "device": args.device, "threads": args.threads}
     ft4 = [
         dict(base_job, key=st["key"], kept=st["kept"], seed=s, steps=0, max_batches=args.ft_max_batches)
@@ -454,6 +482,36 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if not Path(args.base).exists():
+        common.log(f"{args.base} missing: training it ({args.base_epochs} epochs on {args.device})")
+        train_base(args)
+    c = _context(args.base, args.data_dir, args.device, args.threads)
+    cmd = "python -m benchmarks.signals " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    if args.from_json:  # an earlier run's structures, truth and signals; only the encoder rows are computed
+        doc = json.loads(Path(args.from_json).read_text())
+        doc["command"] = f"{doc['command']}; then {cmd.strip()}"
+        structs = doc["structures"]
+    else:
+        structs = all_structures(args, c["g"])
+        doc = {"command": cmd.strip(), "device": args.device, "tables": {}, "structures": structs}
+
+    def save() -> None:
+        add_rank_averages(structs)
+        doc["tables"] = {
+            "ft4 on this base (mean over seeds)": spearman_table(structs, "val_map"),
+            "stored ft4 (sweep's base, mean over seeds)": spearman_table(structs, "stored_val"),
+            "stored ft4 test mAP (sweep's base, mean over seeds)": spearman_table(structs, "stored_test"),
+        }
+        common.write_json(out, doc)
+        out.with_suffix(".md").write_text(markdown(doc))
+
+    if not args.from_json:
+        measure(args, structs, doc, save)
     if args.encoder_strategies:
         encoder_signals(args, structs, doc)
         save()
