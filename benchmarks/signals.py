@@ -257,7 +257,8 @@ def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc
     g, Xtr = c["g"], c["splits"].train[0]
     perm = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(0))
     probe = SignalProbe(c["model"], c["ex"], Xtr[perm[: 4 * 128]], Xtr[perm[-args.probe :]], device=args.device)
-    for b in sorted({st["budget"] for st in structs}):
+    budgets = {float(b) for b in args.encoder_budgets.split(",")}
+    for b in sorted({st["budget"] for st in structs} & budgets):
         space = DynamicSpace(g, Budget(flops=b), step=0.1, min_keep=0.2)
         train = space.sample_many(args.encoder_strategies, random.Random(1000))
         t = time.perf_counter()
@@ -370,6 +371,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"the encoder rows' targets, comma-separated ({', '.join(ENCODER_ROWS)}); ft_steps fine-tunes "
         "each of --encoder-strategies strategies --short-steps steps",
     )
+    p.add_argument("--encoder-budgets", default="0.5,0.25", help="the budgets that get encoder rows")
     p.add_argument(
         "--from",
         dest="from_json",
