@@ -6,9 +6,10 @@ Inputs are results that other benchmarks wrote, all measured on one base network
 - ``--rows FILE``: ``benchmarks/ceiling.py`` output (``{"rows": [{"net", "budget", "recipe",
   "method", "test_map": [one per seed], ...}]}``): the unpruned, Torch-Pruning global magnitude and
   uniform L1 rows;
-- ``--sweep FILE``: ``benchmarks/structure_sweep.py report --md X.md`` summaries (``X.json``): each
-  method's candidate chosen on validation with its per-seed test mAP (the searched winner, random
-  best-of-m, adaptive BN).
+- ``--sweep FILE[=LABEL]``: ``benchmarks/structure_sweep.py report --md X.md`` summaries (``X.json``):
+  each method's candidate chosen on validation with its per-seed test mAP (the searched winner, random
+  best-of-m, adaptive BN); with ``=LABEL`` the file's searched winner is a variant row named LABEL
+  (e.g. another encoder target), judged against the same targets.
 
 A sweep row whose base network's test mAP differs from the rows' base is refused: rows measured on
 different bases cannot be compared. The output is ``benchmarks/results/search_alone.json``
@@ -58,11 +59,17 @@ def read_rows(files: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def read_sweeps(files: list[Path], net_default: str) -> list[dict[str, Any]]:
+def read_sweeps(files: list[str], net_default: str) -> list[dict[str, Any]]:
+    """Rows of structure_sweep report summaries; FILE=LABEL renames the file's acpsearch rows to LABEL
+    (a variant of the search, e.g. another encoder target), judged like the default search."""
     rows = []
-    for f in files:
+    for spec in files:
+        path, _, label = spec.partition("=")
+        f = Path(path)
         for rec in json.loads(f.read_text()):
             method = rec["method"].split(" (")[0]  # "acpsearch (folder)" when a report had several folders
+            if label and method == "acpsearch":
+                method = label
             rows.append(
                 {
                     "net": rec.get("net") or net_default,
@@ -102,39 +109,45 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["net"], float(r["budget"]), r["recipe"]), {})[r["method"]] = r
     for (net, budget, recipe), by in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
         t = target(budget, recipe)
-        if t is None or "acpsearch" not in by:
+        if t is None:
             continue
-        ref_name, margin = t
         present = [m for m in BASELINES if m in by]
+        ref_name, margin = t
         if ref_name == "best":
             if not present:
                 continue
             ref_name = max(present, key=lambda m: stats(by[m]["test_map"])["mean"])
         if ref_name not in by:
             continue
-        a, ref = stats(by["acpsearch"]["test_map"]), stats(by[ref_name]["test_map"])
-        diff = a["mean"] - ref["mean"]
-        se = math.sqrt(sum((s["se"] if not math.isnan(s["se"]) else 0.0) ** 2 for s in (a, ref)))
-        n_ok = min(a["n"], ref["n"]) >= MIN_SEEDS
-        unp = stats(by["unpruned"]["test_map"]) if "unpruned" in by else None
-        out.append(
-            {
-                "net": net,
-                "budget": budget,
-                "recipe": recipe,
-                "against": ref_name,
-                "margin_needed": margin,
-                "diff": diff,
-                "se_diff": se,
-                "standing": standing(ref, a),
-                "target_met": bool(n_ok and diff >= margin and diff > 2 * se),
-                "seeds": [a["n"], ref["n"]],
-                "verdict_scale": "verdict" if n_ok else f"CPU scale (< {MIN_SEEDS} seeds)",
-                "ceiling": unp["mean"] if unp else None,
-                "target_above_ceiling": bool(unp and ref["mean"] + margin > unp["mean"] + 2 * unp["se"]),
-            }
-        )
+        for method in sorted(m for m in by if m.startswith("acpsearch")):
+            out.append(_verdict(net, budget, recipe, method, by, ref_name, margin))
     return out
+
+
+def _verdict(
+    net: str, budget: float, recipe: str, method: str, by: dict[str, dict[str, Any]], ref_name: str, margin: float
+) -> dict[str, Any]:
+    a, ref = stats(by[method]["test_map"]), stats(by[ref_name]["test_map"])
+    diff = a["mean"] - ref["mean"]
+    se = math.sqrt(sum((s["se"] if not math.isnan(s["se"]) else 0.0) ** 2 for s in (a, ref)))
+    n_ok = min(a["n"], ref["n"]) >= MIN_SEEDS
+    unp = stats(by["unpruned"]["test_map"]) if "unpruned" in by else None
+    return {
+        "net": net,
+        "budget": budget,
+        "recipe": recipe,
+        "method": method,
+        "against": ref_name,
+        "margin_needed": margin,
+        "diff": diff,
+        "se_diff": se,
+        "standing": standing(ref, a),
+        "target_met": bool(n_ok and diff >= margin and diff > 2 * se),
+        "seeds": [a["n"], ref["n"]],
+        "verdict_scale": "verdict" if n_ok else f"CPU scale (< {MIN_SEEDS} seeds)",
+        "ceiling": unp["mean"] if unp else None,
+        "target_above_ceiling": bool(unp and ref["mean"] + margin > unp["mean"] + 2 * unp["se"]),
+    }
 
 
 def markdown(rows: list[dict[str, Any]], vs: list[dict[str, Any]]) -> str:
@@ -143,7 +156,7 @@ def markdown(rows: list[dict[str, Any]], vs: list[dict[str, Any]]) -> str:
         "|---|---:|---|---|---:|---:|---:|",
     ]
     order = {m: i for i, m in enumerate(("unpruned", "acpsearch", *BASELINES))}
-    for r in sorted(rows, key=lambda r: (r["net"], -r["budget"], r["recipe"], order.get(r["method"], 99))):
+    for r in sorted(rows, key=lambda r: (r["net"], -r["budget"], r["recipe"], order.get(r["method"], 1.5))):
         s = stats(r["test_map"])
         sd = s["se"] * math.sqrt(s["n"]) if s["n"] > 1 else float("nan")
         fr = f"{r['flops_ratio']:.3f}" if r.get("flops_ratio") is not None else ""
@@ -153,16 +166,17 @@ def markdown(rows: list[dict[str, Any]], vs: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| net | budget | recipe | target | searched winner − it | 2 SE | standing | target met | scale |",
-        "|---|---:|---|---|---:|---:|---|---|---|",
+        "| net | budget | recipe | searched winner | target | it − target's baseline | 2 SE | standing | target met "
+        "| scale |",
+        "|---|---:|---|---|---|---:|---:|---|---|---|",
     ]
     for v in vs:
         need = f"{v['against']} + {100 * v['margin_needed']:.1f} pt"
         above = " (target above the ceiling)" if v["target_above_ceiling"] else ""
         lines.append(
-            f"| {v['net']} | {v['budget']} | {v['recipe']} | {need}{above} | {100 * v['diff']:+.2f} pt | "
-            f"{200 * v['se_diff']:.2f} pt | {v['standing']} | {'yes' if v['target_met'] else 'no'} | "
-            f"{v['verdict_scale']} |"
+            f"| {v['net']} | {v['budget']} | {v['recipe']} | {v['method']} | {need}{above} | "
+            f"{100 * v['diff']:+.2f} pt | {200 * v['se_diff']:.2f} pt | {v['standing']} | "
+            f"{'yes' if v['target_met'] else 'no'} | {v['verdict_scale']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -170,12 +184,17 @@ def markdown(rows: list[dict[str, Any]], vs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--rows", type=Path, action="append", default=[], help="a ceiling.py results file")
-    ap.add_argument("--sweep", type=Path, action="append", default=[], help="a structure_sweep report JSON")
+    ap.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        help="a structure_sweep report JSON; FILE=LABEL names its searched winner LABEL (a variant of acpsearch)",
+    )
     ap.add_argument("--net", default="resnet20", help="the net of sweep summaries that do not name one")
     ap.add_argument("--out", type=Path, default=RESULTS / "search_alone.json")
     ap.add_argument("--md", type=Path, default=None, help="the markdown table (default: --out with .md)")
     args = ap.parse_args(argv)
-    for f in [*args.rows, *args.sweep]:
+    for f in [*args.rows, *(Path(x.partition("=")[0]) for x in args.sweep)]:
         if not f.exists():
             ap.error(f"{f}: no such file")
     rows = read_rows(args.rows) + read_sweeps(args.sweep, args.net)
