@@ -88,6 +88,7 @@ def acpsearch_finalists(args: argparse.Namespace, workdir: Path) -> tuple[list[d
             "encoder": {
                 "objective": args.objective,
                 **({"target": args.target} if args.objective == "effect" else {}),
+                **({"ft_steps": args.ft_steps} if args.target == "ft_steps" else {}),
                 "epochs": args.encoder_epochs,
                 "strategies": args.encoder_strategies,
             },
@@ -632,7 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-epochs", type=int, default=60)
     p.add_argument("--encoder-strategies", type=int, default=128)
     p.add_argument("--objective", default="effect", choices=["sacp", "effect"])
-    p.add_argument("--target", default="agreement", choices=["agreement", "agreement+branch"], help="encoder.target")
+    p.add_argument(
+        "--target", default="agreement", choices=["agreement", "agreement+branch", "ft_steps"], help="encoder.target"
+    )
+    p.add_argument("--ft-steps", type=int, default=40, help="encoder.ft_steps (with --target ft_steps)")
     p.add_argument("--step", type=float, default=0.1)
     p.add_argument("--min-keep", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=2)
