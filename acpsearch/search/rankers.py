@@ -14,6 +14,10 @@
                  1 - linear CKA of the branch operand (before the add) against the unpruned net's,
                  weighted by the branch's share of the add (`pruning.signals`). Not a study ranker:
                  a training target of the `effect` encoder (`encoder.target: agreement+branch`).
+- `ft_steps`     prune, fine-tune `steps` optimiser steps with the study's hash loss, then the
+                 validation mAP. The strongest signal measured (docs/results/signals.md) and the
+                 slowest (seconds per candidate): not a study ranker, a training target of the
+                 `effect` encoder (`encoder.target: ft_steps`), which spreads it over the space.
 - `l1_retained`  fraction of the total L1 channel-importance mass the strategy keeps.
 - `random`       seeded uniform scores (the floor every ranker must beat).
 Every ranker records the wall time of its last `score` call in `last_seconds`. `make_ranker`'s
@@ -191,6 +195,56 @@ class BranchRanker(CodeAgreementRanker):
         return self.probe.branch(strategies)
 
 
+class ShortFinetuneRanker(_Timed):
+    """Validation mAP of the pruned net after `steps` optimiser steps of fine-tuning (the hash
+    loss and optimiser settings of `recipe`: train_hash_net keyword arguments), evaluated once, at
+    the end. Every strategy starts from the same base weights and the same seed."""
+
+    name = "ft_steps"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: Any,
+        example_input: torch.Tensor,
+        steps: int = 40,
+        recipe: dict[str, Any] | None = None,
+        threads: int | None = None,
+        device: Any = None,
+    ) -> None:
+        if steps < 1:
+            raise SpecError(f"encoder.ft_steps: must be >= 1, got {steps}")
+        self.model, self.splits, self.example_input = model, splits, example_input
+        self.steps, self.threads = int(steps), threads
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.recipe = {"loss": "csq", "lr": 1e-3, "batch_size": 128, "seed": 0, **(recipe or {})}
+
+    def _score(self, strategies: list[Any]) -> np.ndarray:
+        import math
+
+        from acpsearch.hashing import train_hash_net
+        from acpsearch.pruning import prune
+
+        per_epoch = math.ceil(len(self.splits.train[0]) / int(self.recipe["batch_size"]))
+        epochs = math.ceil(self.steps / per_epoch)
+        out = np.empty(len(strategies))
+        with torch_threads(self.threads):
+            for i, s in enumerate(strategies):
+                net = prune(self.model, s, self.example_input).to(self.device)
+                res = train_hash_net(
+                    net,
+                    self.splits,
+                    epochs=epochs,
+                    max_batches=self.steps,
+                    eval_every=epochs,
+                    progress=False,
+                    num_threads=self.threads,
+                    **self.recipe,
+                )
+                out[i] = float(res.best_val_map)
+        return out
+
+
 class L1RetainedRanker(_Timed):
     """Share of the total channel-importance mass (under `criterion`) that the kept channels hold."""
 
@@ -253,6 +307,16 @@ def make_ranker(name: str, task: str = "retrieval", **ctx: Any) -> Ranker:
             threads=ctx.get("threads"),
             device=ctx.get("device"),
             task=task,
+        )
+    if name == "ft_steps":
+        return ShortFinetuneRanker(
+            ctx["model"],
+            ctx["splits"],
+            ctx["example_input"],
+            steps=ctx.get("steps", 40),
+            recipe=ctx.get("recipe"),
+            threads=ctx.get("threads"),
+            device=ctx.get("device"),
         )
     if name == "l1_retained":
         return L1RetainedRanker(ctx["graph"], ctx.get("criterion", "l1"))

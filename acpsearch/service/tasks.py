@@ -95,8 +95,9 @@ def build_ranker(
 ) -> tuple[Any, Any]:
     """(ChannelGraph, Ranker) for `name`, built from the base checkpoint (driver or worker side).
 
-    `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement, branch_damage) run the
-    pruned nets' forwards and batch-norm recalibration; pruning and the graph stay on the CPU."""
+    `device` (None: the CPU): where the functional rankers (adaptive_bn, code_agreement, branch_damage,
+    ft_steps) run the pruned nets' forwards, batch-norm recalibration and short fine-tunes; pruning and
+    the graph stay on the CPU."""
     from acpsearch.checkpoint import model_from_checkpoint
     from acpsearch.graph import ChannelGraph
     from acpsearch.search.rankers import make_ranker
@@ -125,7 +126,17 @@ def build_ranker(
         X = splits.train[0]
         ctx["calib_X"] = X[torch.randperm(len(X), generator=gen)[: 20 * 128]]
         ctx["probe_X"] = splits.val[0][:1000]
-    functional = ("adaptive_bn", "code_agreement", "branch_damage")
+    if name == "ft_steps":  # the encoder's ft_steps target: a short fine-tune with the study's hash loss
+        from acpsearch.hashing.odh import loss_kwargs_from_meta
+
+        ft = spec.finetune
+        ctx["steps"] = int(spec.encoder.ft_steps)
+        ctx["recipe"] = {"loss": spec.train.loss, "lr": float(ft.lr), "batch_size": int(ft.batch_size)}
+        ctx["recipe"]["seed"] = int(spec.search.seed)
+        stored = loss_kwargs_from_meta(spec.train.loss, ckpt.get("meta"))
+        if stored:
+            ctx["recipe"]["loss_kwargs"] = stored
+    functional = ("adaptive_bn", "code_agreement", "branch_damage", "ft_steps")
     if device is not None and torch.device(device).type != "cpu" and name in functional:
         ctx["device"] = device
     return graph, make_ranker(name, task=spec.task, **ctx)

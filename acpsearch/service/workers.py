@@ -20,7 +20,7 @@ class RankerPool:
         from acpsearch.service.labelfree import work_splits
         from acpsearch.service.tasks import RankerWorker
 
-        need_data = name in ("adaptive_bn", "code_agreement", "branch_damage")
+        need_data = name in ("adaptive_bn", "code_agreement", "branch_damage", "ft_steps")
         splits = work_splits(run.spec, run.splits) if need_data else None  # label-free: no labels
         res = resources_of(run.spec.search)  # {cpu: 1, gpu: 0} unless the spec says otherwise
         check_cluster_fits(ray_mod.cluster_resources(), res, "search.resources")

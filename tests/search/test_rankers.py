@@ -88,6 +88,26 @@ def test_branch_damage_ranker(setup) -> None:
     assert np.all(scores[1:] < 1.0) and np.all(np.isfinite(scores)) and r.last_seconds > 0
 
 
+def test_ft_steps_ranker_is_the_validation_map_after_a_short_fine_tune(setup) -> None:
+    """The encoder's ft_steps target: the same number as fine-tuning the pruned net `steps` steps
+    with the recipe and reading its validation mAP; deterministic; 0 steps refused."""
+    from acpsearch.hashing import validation_map
+
+    model, splits, x, g, cands = setup
+    recipe = {"loss": "csq", "lr": 1e-3, "batch_size": 64, "seed": 0}
+    r = make_ranker("ft_steps", model=model, splits=splits, example_input=x, steps=3, recipe=recipe)
+    scores = r.score(cands[:3])
+    assert r.name == "ft_steps" and "ft_steps" not in RANKERS  # not a study ranker: an encoder target
+    assert np.all((scores > 0) & (scores <= 1)) and r.last_seconds > 0
+    assert np.array_equal(scores, r.score(cands[:3]))  # same seed, same base: same value
+    net = acp.prune(model, cands[1], x)
+    res = train_hash_net(net, splits, epochs=1, max_batches=3, eval_every=1, progress=False, **recipe)
+    assert scores[1] == pytest.approx(float(validation_map(res.model, splits)), abs=1e-6)
+    assert scores[1] == pytest.approx(res.best_val_map, abs=1e-6)
+    with pytest.raises(SpecError, match="ft_steps"):
+        make_ranker("ft_steps", model=model, splits=splits, example_input=x, steps=0)
+
+
 def test_l1_retained_is_the_kept_importance_share(setup) -> None:
     _, _, _, g, _ = setup
     r = L1RetainedRanker(g)

@@ -34,6 +34,20 @@ def test_encoder_target():
         parse_spec(_with("encoder.target", "branch"))
 
 
+def test_encoder_ft_steps_target():
+    s = parse_spec(_with("encoder", {"target": "ft_steps", "ft_steps": 100}))
+    assert s.encoder.target == "ft_steps" and s.encoder.ft_steps == 100
+    assert parse_spec(copy.deepcopy(MINIMAL)).encoder.ft_steps == 40
+    with pytest.raises(SpecError, match=r"^spec: encoder.ft_steps: "):
+        parse_spec(_with("encoder", {"target": "ft_steps", "ft_steps": 0}))
+    # its signal is a labelled validation mAP of a hash network with a fixed code length
+    for path, value in (("train.loss", "lagnh"), ("task", "classification"), ("budget.bits", 16)):
+        d2 = _with(path, value)
+        d2["encoder"] = {"target": "ft_steps"}
+        with pytest.raises(SpecError, match="encoder.target: ft_steps needs a labelled retrieval study"):
+            parse_spec(d2)
+
+
 def test_minimal_spec_gets_design_defaults():
     s = parse_spec(copy.deepcopy(MINIMAL))
     assert s.model.bits == 32 and s.model.checkpoint is None

@@ -21,7 +21,7 @@ def needs_encoder(spec: StudySpec) -> bool:
 def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Record:
     """Train the structure encoder contrastively (no fine-tuned labels); `effect` computes its
     functional signal (`encoder.target`: code agreement after BN recalibration, optionally with
-    residual-branch damage) on Ray actors."""
+    residual-branch damage, or a short fine-tune's validation mAP) on Ray actors."""
     from acpsearch.encoder import train_encoder
 
     if not needs_encoder(ctx.spec):
@@ -63,7 +63,10 @@ def run(ctx: StudyRun, records: dict[str, dict[str, Any]], ray_mod: Any) -> Reco
 
 def effect_signal(ctx: StudyRun, ray_mod: Any, ratios: list[dict[str, float]]) -> list[float]:
     """The `effect` objective's training signal per strategy (`encoder.target`): code agreement,
-    or the rank average of code agreement and residual-branch damage, scaled to (0, 1]."""
+    the rank average of code agreement and residual-branch damage (scaled to (0, 1]), or the
+    validation mAP after `encoder.ft_steps` fine-tuning steps."""
+    if ctx.spec.encoder.target == "ft_steps":
+        return score_on_ray(ctx, ray_mod, "ft_steps", ratios, chunk=1, round_to=ctx.space._rt)
     agree = score_on_ray(ctx, ray_mod, "code_agreement", ratios, round_to=ctx.space._rt)
     if ctx.spec.encoder.target == "agreement":
         return agree

@@ -61,6 +61,13 @@ class StudySpec(_Section):
         check_task_options(self)
         check_code_options(self)
         check_supervision(self)
+        if self.encoder.target == "ft_steps" and (
+            self.task != "retrieval" or self.data.supervision == "none" or self.budget.bits is not None
+        ):
+            raise ValueError(
+                "encoder.target: ft_steps needs a labelled retrieval study without a searched code length "
+                "(its signal is the validation mAP after a short fine-tune with the study's hash loss)"
+            )
         if self.search.rerank is not None and self.search.rerank_top < self.finetune.top:
             raise ValueError(
                 f"search.rerank_top ({self.search.rerank_top}) must be >= finetune.top ({self.finetune.top})"
