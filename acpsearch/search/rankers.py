@@ -26,6 +26,7 @@ Every ranker records the wall time of its last `score` call in `last_seconds`. `
 
 from __future__ import annotations
 
+import math
 import random as _random
 import time
 from collections.abc import Sequence
@@ -220,8 +221,6 @@ class ShortFinetuneRanker(_Timed):
         self.recipe = {"loss": "csq", "lr": 1e-3, "batch_size": 128, "seed": 0, **(recipe or {})}
 
     def _score(self, strategies: list[Any]) -> np.ndarray:
-        import math
-
         from acpsearch.hashing import train_hash_net
         from acpsearch.pruning import prune
 

@@ -313,9 +313,9 @@ class SpaceSpec(_Section):
 class EncoderSpec(_Section):
     objective: Literal["sacp", "effect"] = "effect"  # effect ranked better: benchmarks/results/ranking.md
     # effect's training signal: code agreement, its rank average with residual-branch damage, or the
-    # validation mAP after `ft_steps` fine-tuning steps (docs/results/signals.md; neither alternative
-    # is the default: agreement+branch lost at 50% FLOPs by the searched winner's fine-tuned mAP,
-    # ft_steps is not yet measured that way)
+    # validation mAP after `ft_steps` fine-tuning steps (docs/results/signals.md). Neither alternative
+    # is the default: by the searched winner's fine-tuned mAP at 50% FLOPs (CPU scale, 5 seeds)
+    # agreement+branch lost to agreement and ft_steps tied it (docs/results/search_alone.md)
     target: Literal["agreement", "agreement+branch", "ft_steps"] = "agreement"
     epochs: Epochs = 50
     strategies: Strategies = 512
