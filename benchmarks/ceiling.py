@@ -30,7 +30,6 @@ from benchmarks.common import (
     PROTOCOL,
     RESULTS,
     eta,
-    load_base,
     log,
     magnitude_strategy,
     parser,
@@ -169,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from acpsearch.checkpoint import read_checkpoint
+    from acpsearch.checkpoint import model_from_checkpoint, read_checkpoint
     from acpsearch.graph import ChannelGraph
     from benchmarks import ceiling as jobs
 
@@ -179,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     splits = load_splits(args.data)
     if args.base:
-        base = load_base(args.base).eval()
         ck = read_checkpoint(args.base)
+        base = model_from_checkpoint(ck).eval()
         args.model = ck["model"]["zoo"]  # the rows' "net"
         # the base's identity in search_alone.py: rows from different bases must not be compared
         args.base_test_map = ((ck.get("meta") or {}).get("metrics") or {}).get("map_all")

@@ -262,9 +262,11 @@ def encoder_signals(args: argparse.Namespace, structs: list[dict[str, Any]], doc
         space = DynamicSpace(g, Budget(flops=b), step=0.1, min_keep=0.2)
         train = space.sample_many(args.encoder_strategies, random.Random(1000))
         t = time.perf_counter()
-        tsig = probe.signals(train)
-        # the rank average of the two signals, scaled to [0, 1]: one target that sees both the code and the branches
-        tsig["agreement+branch"] = np.asarray(rank_average(tsig["agreement"], tsig["branch"]))
+        tsig: dict[str, Any] = {}
+        if set(targets) - {"ft_steps"}:  # the probe's targets (ft_steps alone needs no probe pass)
+            tsig = probe.signals(train)
+            # the rank average of the two, scaled to (0, 1]: one target that sees both the code and the branches
+            tsig["agreement+branch"] = np.asarray(rank_average(tsig["agreement"], tsig["branch"]))
         if "ft_steps" in targets:
             tsig["ft_steps"] = np.asarray(_train_ft_steps(args, b, train, doc))
         common.log(f"[{b}] encoder targets for {len(train)} strategies in {time.perf_counter() - t:.0f}s")

@@ -129,10 +129,9 @@ def build_ranker(
     if name == "ft_steps":  # the encoder's ft_steps target: a short fine-tune with the study's hash loss
         from acpsearch.hashing.odh import loss_kwargs_from_meta
 
-        ft = spec.finetune
         ctx["steps"] = int(spec.encoder.ft_steps)
-        ctx["recipe"] = {"loss": spec.train.loss, "lr": float(ft.lr), "batch_size": int(ft.batch_size)}
-        ctx["recipe"]["seed"] = int(spec.search.seed)
+        # the finalists' loss and optimiser settings; no augmentation or distillation in the signal
+        ctx["recipe"] = {k: v for k, v in finetune_recipe(spec).items() if k in ("loss", "lr", "batch_size", "seed")}
         stored = loss_kwargs_from_meta(spec.train.loss, ckpt.get("meta"))
         if stored:
             ctx["recipe"]["loss_kwargs"] = stored
